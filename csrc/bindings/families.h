@@ -1,0 +1,9 @@
+// One registration function per kernel family, each defined in that family's binding file.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace lmk::bindings {
+
+void register_sparse(pybind11::module_& m);
+
+}  // namespace lmk::bindings

@@ -1,0 +1,55 @@
+// The lmkernels._C module: build information, threading, error translation, and each family's
+// bindings (registered from the family's own binding file).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "bindings/families.h"
+#include "common/errors.h"
+#include "common/parallel.h"
+#include "common/simd.h"
+
+namespace py = pybind11;
+
+namespace {
+
+void translate_errors(std::exception_ptr error) {
+  try {
+    if (error) std::rethrow_exception(error);
+  } catch (const lmk::Error& e) {
+    PyObject* type = PyExc_RuntimeError;
+    switch (e.kind()) {
+      case lmk::ErrorKind::Type: type = PyExc_TypeError; break;
+      case lmk::ErrorKind::Value: type = PyExc_ValueError; break;
+      case lmk::ErrorKind::Index: type = PyExc_IndexError; break;
+      case lmk::ErrorKind::Runtime: break;
+    }
+    PyErr_SetString(type, e.what());
+  }
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = LMK_VERSION;
+  info["build_type"] = LMK_BUILD_TYPE;
+#ifdef LMK_WITH_CUDA
+  info["cuda"] = true;
+#else
+  info["cuda"] = false;
+#endif
+  info["cuda_architectures"] = LMK_CUDA_ARCHS;
+  info["sanitize"] = LMK_SANITIZE;
+  info["compiler"] = __VERSION__;
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "lmkernels native kernels (C++17/CUDA). Use the torch ops in lmkernels.ops.";
+  py::register_exception_translator(translate_errors);
+  m.def("build_info", &build_info, "Version, build type, CUDA support and architectures, sanitizers, compiler.");
+  m.def("simd_level", &lmk::simd_level, "The SIMD level the CPU kernels run at on this machine.");
+  m.def("num_threads", &lmk::num_threads, "Threads used by the CPU kernels.");
+  m.def("set_num_threads", &lmk::set_num_threads, py::arg("n"), "Set the threads used by the CPU kernels.");
+  lmk::bindings::register_sparse(m);
+}

@@ -1,0 +1,35 @@
+// From a runtime dtype to a template argument: f(TypeTag<T>{}) for the supported element types.
+#pragma once
+#include <cstdint>
+
+#include "common/errors.h"
+#include "common/numeric.h"
+#include "common/tensor_view.h"
+
+namespace lmk {
+
+template <typename T>
+struct TypeTag { using type = T; };
+
+// float32, bfloat16, float16: the floating types that kernels accept for values.
+template <typename F>
+decltype(auto) dispatch_float(DType t, const char* name, F&& f) {
+  switch (t) {
+    case DType::Float32: return f(TypeTag<float>{});
+    case DType::BFloat16: return f(TypeTag<bfloat16>{});
+    case DType::Float16: return f(TypeTag<float16>{});
+    default: fail(ErrorKind::Type, name, ": expected dtype float32, bfloat16 or float16, got ", dtype_name(t));
+  }
+}
+
+// int32, int64: the types that kernels accept for indices and offsets.
+template <typename F>
+decltype(auto) dispatch_index(DType t, const char* name, F&& f) {
+  switch (t) {
+    case DType::Int32: return f(TypeTag<int32_t>{});
+    case DType::Int64: return f(TypeTag<int64_t>{});
+    default: fail(ErrorKind::Type, name, ": expected dtype int32 or int64, got ", dtype_name(t));
+  }
+}
+
+}  // namespace lmk

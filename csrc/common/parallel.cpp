@@ -1,0 +1,138 @@
+#include "common/parallel.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "common/errors.h"
+
+namespace lmk {
+namespace {
+
+class ThreadPool {
+ public:
+  ~ThreadPool() { stop_workers(); }
+
+  int size() const { return size_.load(); }
+
+  void resize(int n) {
+    std::lock_guard<std::mutex> busy(busy_);
+    stop_workers();
+    stopping_ = false;
+    for (int i = 0; i + 1 < n; ++i) workers_.emplace_back([this] { work(); });
+    size_ = n;
+  }
+
+  // Returns false without running anything when the pool is already in use.
+  bool try_run(int64_t num_chunks, const std::function<void(int64_t)>& chunk) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &chunk;
+      num_chunks_ = num_chunks;
+      next_chunk_ = 0;
+      active_ = int(workers_.size());
+      error_ = nullptr;
+      ++generation_;
+    }
+    wake_.notify_all();
+    run_chunks();
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [this] { return active_ == 0; });
+    job_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+    return true;
+  }
+
+ private:
+  void run_chunks() {
+    for (int64_t c; (c = next_chunk_.fetch_add(1)) < num_chunks_;) {
+      try {
+        (*job_)(c);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!error_) error_ = std::current_exception();
+      }
+    }
+  }
+
+  void work() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+        if (stopping_) return;
+        seen = generation_;
+      }
+      run_chunks();
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (--active_ == 0) done_.notify_one();
+    }
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+  }
+
+  std::mutex busy_;  // held for the whole of one parallel run, or a resize
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int64_t)>* job_ = nullptr;
+  int64_t num_chunks_ = 0;
+  std::atomic<int64_t> next_chunk_{0};
+  int active_ = 0;
+  uint64_t generation_ = 0;
+  bool stopping_ = false;
+  std::exception_ptr error_;
+  std::atomic<int> size_{1};
+};
+
+ThreadPool& pool() {
+  static ThreadPool* instance = [] {
+    auto* p = new ThreadPool();  // never destroyed: workers must not be joined during static teardown
+    p->resize(int(std::max(1u, std::thread::hardware_concurrency())));
+    return p;
+  }();
+  return *instance;
+}
+
+}  // namespace
+
+int num_threads() { return pool().size(); }
+
+void set_num_threads(int n) {
+  if (n < 1) fail(ErrorKind::Value, "num_threads: expected a positive thread count, got ", n);
+  pool().resize(n);
+}
+
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (end <= begin) return;
+  const int64_t range = end - begin;
+  grain = std::max<int64_t>(grain, 1);
+  const int threads = num_threads();
+  // A few chunks per thread balances uneven work (bags of different lengths) without much overhead.
+  const int64_t num_chunks = std::min<int64_t>((range + grain - 1) / grain, int64_t(threads) * 4);
+  if (threads == 1 || num_chunks <= 1) return fn(begin, end);
+  const int64_t chunk_size = (range + num_chunks - 1) / num_chunks;
+  const std::function<void(int64_t)> chunk = [&](int64_t c) {
+    const int64_t lo = begin + c * chunk_size;
+    const int64_t hi = std::min(end, lo + chunk_size);
+    if (lo < hi) fn(lo, hi);
+  };
+  if (!pool().try_run(num_chunks, chunk)) fn(begin, end);
+}
+
+}  // namespace lmk

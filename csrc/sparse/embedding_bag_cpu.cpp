@@ -1,0 +1,297 @@
+// Embedding bag on the CPU: bags in parallel, each bag's rows streamed through an fp32 row
+// accumulator with the next rows prefetched; the backward pass reduces each output row over its
+// positions in sorted order, so it needs no atomics and is bitwise reproducible.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "common/dispatch.h"
+#include "common/parallel.h"
+#include "common/simd.h"
+#include "sparse/embedding_bag.h"
+
+namespace lmk::sparse {
+namespace {
+
+constexpr int64_t kPrefetchDistance = 4;  // rows ahead: enough to hide DRAM latency behind one row of work
+
+// Records the smallest offending position seen by any thread.
+struct FirstError {
+  std::atomic<int64_t> position{std::numeric_limits<int64_t>::max()};
+  void record(int64_t p) {
+    int64_t seen = position.load();
+    while (p < seen && !position.compare_exchange_weak(seen, p)) {}
+  }
+  bool any() const { return position.load() != std::numeric_limits<int64_t>::max(); }
+};
+
+template <typename I>
+void check_offsets(const I* offsets, int64_t num_bags, int64_t num_indices) {
+  if (offsets[0] != 0) fail(ErrorKind::Value, "offsets: expected offsets[0] == 0, got ", int64_t(offsets[0]));
+  for (int64_t b = 0; b < num_bags; ++b)
+    if (offsets[b + 1] < offsets[b])
+      fail(ErrorKind::Value, "offsets: expected non-decreasing offsets, got offsets[", b, "] = ", int64_t(offsets[b]),
+           " > offsets[", b + 1, "] = ", int64_t(offsets[b + 1]));
+  if (offsets[num_bags] != num_indices)
+    fail(ErrorKind::Value, "offsets: expected the last offset to equal the number of indices (", num_indices,
+         "), got ", int64_t(offsets[num_bags]));
+}
+
+template <typename I>
+[[noreturn]] void fail_index(const I* indices, int64_t position, int64_t rows) {
+  fail(ErrorKind::Index, "indices: indices[", position, "] = ", int64_t(indices[position]),
+       " is out of range for a table of ", rows, " rows");
+}
+
+template <typename T>
+inline void prefetch_row(const T* row, int64_t dim) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t byte = 0; byte < dim * int64_t(sizeof(T)); byte += 64) __builtin_prefetch(p + byte);
+}
+
+// acc[0:dim] = sum_i w_i * table[indices[i]], or returns the first bad position (else -1).
+// Always inlined into the SIMD-cloned wrappers below, so it is compiled once per x86-64 level.
+template <typename T, typename I>
+__attribute__((always_inline)) inline int64_t accumulate_bag(float* __restrict acc, const T* __restrict table,
+                                                             int64_t row_stride, int64_t rows, const I* indices,
+                                                             const T* weights, int64_t count, int64_t dim) {
+  for (int64_t d = 0; d < dim; ++d) acc[d] = 0.f;
+  for (int64_t i = 0; i < count; ++i) {
+    if (i + kPrefetchDistance < count) {
+      const uint64_t ahead = uint64_t(indices[i + kPrefetchDistance]);
+      if (ahead < uint64_t(rows)) prefetch_row(table + int64_t(ahead) * row_stride, dim);
+    }
+    const uint64_t r = uint64_t(indices[i]);
+    if (r >= uint64_t(rows)) return i;
+    const T* __restrict row = table + int64_t(r) * row_stride;
+    const float w = weights ? to_float(weights[i]) : 1.f;
+    for (int64_t d = 0; d < dim; ++d) acc[d] += w * to_float(row[d]);
+  }
+  return -1;
+}
+
+// acc[0:dim] += w * src[0:dim]
+template <typename T>
+__attribute__((always_inline)) inline void axpy(float* __restrict acc, float w, const T* __restrict src, int64_t dim) {
+  for (int64_t d = 0; d < dim; ++d) acc[d] += w * to_float(src[d]);
+}
+
+template <typename T>
+__attribute__((always_inline)) inline float dot(const T* __restrict a, const T* __restrict b, int64_t dim) {
+  // Eight partial sums let the compiler vectorise without reassociating (no -ffast-math needed),
+  // and fix the summation order, so the result is the same on every SIMD level.
+  float partial[8] = {};
+  int64_t d = 0;
+  for (; d + 8 <= dim; d += 8)
+    for (int k = 0; k < 8; ++k) partial[k] += to_float(a[d + k]) * to_float(b[d + k]);
+  for (; d < dim; ++d) partial[d % 8] += to_float(a[d]) * to_float(b[d]);
+  return ((partial[0] + partial[1]) + (partial[2] + partial[3])) + ((partial[4] + partial[5]) + (partial[6] + partial[7]));
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void store_scaled(T* __restrict out, const float* __restrict acc, float divisor,
+                                                        int64_t dim) {
+  for (int64_t d = 0; d < dim; ++d) out[d] = from_float<T>(acc[d] / divisor);
+}
+
+// The SIMD-cloned entry points, one per (value type, index type).
+#define LMK_DEFINE_KERNELS(T, I, SUFFIX)                                                                  \
+  LMK_SIMD_CLONES int64_t accumulate_bag_##SUFFIX(float* acc, const T* table, int64_t row_stride,       \
+                                                  int64_t rows, const I* indices, const T* weights,    \
+                                                  int64_t count, int64_t dim) {                        \
+    return accumulate_bag(acc, table, row_stride, rows, indices, weights, count, dim);                 \
+  }
+LMK_DEFINE_KERNELS(float, int32_t, f32_i32)
+LMK_DEFINE_KERNELS(float, int64_t, f32_i64)
+LMK_DEFINE_KERNELS(bfloat16, int32_t, bf16_i32)
+LMK_DEFINE_KERNELS(bfloat16, int64_t, bf16_i64)
+LMK_DEFINE_KERNELS(float16, int32_t, f16_i32)
+LMK_DEFINE_KERNELS(float16, int64_t, f16_i64)
+#undef LMK_DEFINE_KERNELS
+
+#define LMK_DEFINE_ROW_KERNELS(T, SUFFIX)                                                                   \
+  LMK_SIMD_CLONES void axpy_##SUFFIX(float* acc, float w, const T* src, int64_t dim) { axpy(acc, w, src, dim); } \
+  LMK_SIMD_CLONES float dot_##SUFFIX(const T* a, const T* b, int64_t dim) { return dot(a, b, dim); }            \
+  LMK_SIMD_CLONES void store_scaled_##SUFFIX(T* out, const float* acc, float divisor, int64_t dim) {             \
+    store_scaled(out, acc, divisor, dim);                                                                        \
+  }
+LMK_DEFINE_ROW_KERNELS(float, f32)
+LMK_DEFINE_ROW_KERNELS(bfloat16, bf16)
+LMK_DEFINE_ROW_KERNELS(float16, f16)
+#undef LMK_DEFINE_ROW_KERNELS
+
+// Overloads that pick the clone for a type pair.
+#define LMK_OVERLOAD(T, I, SUFFIX)                                                                          \
+  inline int64_t accumulate_bag_simd(float* acc, const T* table, int64_t row_stride, int64_t rows,          \
+                                     const I* indices, const T* weights, int64_t count, int64_t dim) {      \
+    return accumulate_bag_##SUFFIX(acc, table, row_stride, rows, indices, weights, count, dim);            \
+  }
+LMK_OVERLOAD(float, int32_t, f32_i32)
+LMK_OVERLOAD(float, int64_t, f32_i64)
+LMK_OVERLOAD(bfloat16, int32_t, bf16_i32)
+LMK_OVERLOAD(bfloat16, int64_t, bf16_i64)
+LMK_OVERLOAD(float16, int32_t, f16_i32)
+LMK_OVERLOAD(float16, int64_t, f16_i64)
+#undef LMK_OVERLOAD
+
+#define LMK_ROW_OVERLOAD(T, SUFFIX)                                                                              \
+  inline void axpy_simd(float* acc, float w, const T* src, int64_t dim) { axpy_##SUFFIX(acc, w, src, dim); }    \
+  inline float dot_simd(const T* a, const T* b, int64_t dim) { return dot_##SUFFIX(a, b, dim); }                \
+  inline void store_scaled_simd(T* out, const float* acc, float divisor, int64_t dim) {                          \
+    store_scaled_##SUFFIX(out, acc, divisor, dim);                                                               \
+  }
+LMK_ROW_OVERLOAD(float, f32)
+LMK_ROW_OVERLOAD(bfloat16, bf16)
+LMK_ROW_OVERLOAD(float16, f16)
+#undef LMK_ROW_OVERLOAD
+
+// Bag sizes are a few to a few hundred rows: aim for chunks of about 64 KiB of row reads.
+int64_t bag_grain(int64_t dim, int64_t num_bags, int64_t num_indices) {
+  const int64_t mean_bag = std::max<int64_t>(1, num_indices / std::max<int64_t>(1, num_bags));
+  return std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, mean_bag * dim));
+}
+
+template <typename I>
+int64_t bag_of(const I* offsets, int64_t num_bags, int64_t position) {
+  // The last bag whose start is <= position; empty bags share a start with the next bag, so
+  // searching for the upper bound skips them.
+  return int64_t(std::upper_bound(offsets, offsets + num_bags + 1, I(position)) - offsets) - 1;
+}
+
+}  // namespace
+
+void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& out) {
+  dispatch_float(table.dtype, "table", [&](auto value_tag) {
+    dispatch_index(bags.indices.dtype, "indices", [&](auto index_tag) {
+      using T = typename decltype(value_tag)::type;
+      using I = typename decltype(index_tag)::type;
+      const int64_t num_bags = bags.num_bags(), rows = table.size(0), dim = table.size(1);
+      const I* indices = bags.indices.as<I>();
+      const I* offsets = bags.offsets.as<I>();
+      const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
+      check_offsets(offsets, num_bags, bags.num_indices());
+      FirstError bad;
+      parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
+        std::vector<float> acc(static_cast<size_t>(dim));
+        for (int64_t b = lo; b < hi; ++b) {
+          const int64_t begin = offsets[b], count = offsets[b + 1] - offsets[b];
+          const int64_t bad_at = accumulate_bag_simd(acc.data(), table.as<T>(), table.stride(0), rows,
+                                                     indices + begin, weights ? weights + begin : nullptr, count, dim);
+          if (bad_at >= 0) return bad.record(begin + bad_at);
+          const float divisor = (bags.mode == BagMode::Mean && count > 0) ? float(count) : 1.f;
+          store_scaled_simd(out.as<T>() + b * dim, acc.data(), divisor, dim);
+        }
+      });
+      if (bad.any()) fail_index(indices, bad.position.load(), rows);
+    });
+  });
+}
+
+void sort_positions_by_row_cpu(const TensorView& indices_view, int64_t rows, const TensorView& sorted_positions,
+                               const TensorView& row_starts) {
+  check_dtype(indices_view, "indices", {DType::Int32, DType::Int64});
+  check_ndim(indices_view, "indices", 1);
+  check_contiguous(indices_view, "indices");
+  if (rows < 0) fail(ErrorKind::Value, "rows: expected a non-negative row count, got ", rows);
+  check_dtype(sorted_positions, "sorted_positions", {DType::Int64});
+  check_ndim(sorted_positions, "sorted_positions", 1);
+  check_contiguous(sorted_positions, "sorted_positions");
+  check_size(sorted_positions, "sorted_positions", 0, indices_view.size(0));
+  check_writable(sorted_positions, "sorted_positions");
+  check_dtype(row_starts, "row_starts", {DType::Int64});
+  check_ndim(row_starts, "row_starts", 1);
+  check_contiguous(row_starts, "row_starts");
+  check_size(row_starts, "row_starts", 0, rows + 1);
+  check_writable(row_starts, "row_starts");
+  for (const TensorView* t : {&indices_view, &sorted_positions, &row_starts})
+    if (t->device != DeviceType::CPU) fail(ErrorKind::Value, "sort_positions_by_row: expected CPU tensors");
+  dispatch_index(indices_view.dtype, "indices", [&](auto index_tag) {
+    using I = typename decltype(index_tag)::type;
+    const I* indices = indices_view.as<I>();
+    const int64_t n = indices_view.size(0);
+    int64_t* starts = row_starts.as<int64_t>();
+    std::fill(starts, starts + rows + 1, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      if (uint64_t(indices[i]) >= uint64_t(rows)) fail_index(indices, i, rows);
+      ++starts[indices[i] + 1];
+    }
+    for (int64_t r = 0; r < rows; ++r) starts[r + 1] += starts[r];
+    std::vector<int64_t> cursor(starts, starts + rows);
+    int64_t* positions = sorted_positions.as<int64_t>();
+    for (int64_t i = 0; i < n; ++i) positions[cursor[size_t(indices[i])]++] = i;
+  });
+}
+
+void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const TensorView& sorted_positions,
+                        const TensorView& segment_starts, const TensorView& grad_segments) {
+  dispatch_float(grad_out.dtype, "grad_out", [&](auto value_tag) {
+    dispatch_index(bags.indices.dtype, "indices", [&](auto index_tag) {
+      using T = typename decltype(value_tag)::type;
+      using I = typename decltype(index_tag)::type;
+      const int64_t num_bags = bags.num_bags(), n = bags.num_indices(), dim = grad_out.size(1);
+      const int64_t num_segments = segment_starts.size(0) - 1;
+      const I* offsets = bags.offsets.as<I>();
+      const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
+      const int64_t* positions = sorted_positions.as<int64_t>();
+      const int64_t* starts = segment_starts.as<int64_t>();
+      check_offsets(offsets, num_bags, n);
+      for (int64_t s = 0; s < num_segments; ++s)
+        if (starts[s] < 0 || starts[s] > starts[s + 1] || starts[s + 1] > n)
+          fail(ErrorKind::Value, "segment_starts: expected non-decreasing starts within [0, ", n, "], got [",
+               starts[s], ", ", starts[s + 1], "] for segment ", s);
+      FirstError bad;
+      const int64_t grain = std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, dim));
+      parallel_for(0, num_segments, grain, [&](int64_t lo, int64_t hi) {
+        std::vector<float> acc(static_cast<size_t>(dim));
+        for (int64_t s = lo; s < hi; ++s) {
+          std::fill(acc.begin(), acc.end(), 0.f);
+          for (int64_t j = starts[s]; j < starts[s + 1]; ++j) {
+            const int64_t p = positions[j];
+            if (uint64_t(p) >= uint64_t(n)) return bad.record(j);
+            const int64_t b = bag_of(offsets, num_bags, p);
+            float scale = weights ? to_float(weights[p]) : 1.f;
+            if (bags.mode == BagMode::Mean) scale /= float(offsets[b + 1] - offsets[b]);
+            axpy_simd(acc.data(), scale, grad_out.as<T>() + b * grad_out.stride(0), dim);
+          }
+          store_scaled_simd(grad_segments.as<T>() + s * dim, acc.data(), 1.f, dim);
+        }
+      });
+      if (bad.any())
+        fail(ErrorKind::Index, "sorted_positions: sorted_positions[", bad.position.load(), "] = ",
+             positions[bad.position.load()], " is out of range for ", n, " indices");
+    });
+  });
+}
+
+void backward_weights_cpu(const TensorView& grad_out, const TensorView& table, const Bags& bags,
+                          const TensorView& grad_weights) {
+  dispatch_float(table.dtype, "table", [&](auto value_tag) {
+    dispatch_index(bags.indices.dtype, "indices", [&](auto index_tag) {
+      using T = typename decltype(value_tag)::type;
+      using I = typename decltype(index_tag)::type;
+      const int64_t num_bags = bags.num_bags(), rows = table.size(0), dim = table.size(1);
+      const I* indices = bags.indices.as<I>();
+      const I* offsets = bags.offsets.as<I>();
+      check_offsets(offsets, num_bags, bags.num_indices());
+      FirstError bad;
+      T* grad_w = grad_weights.as<T>();
+      parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
+        for (int64_t b = lo; b < hi; ++b) {
+          const int64_t count = offsets[b + 1] - offsets[b];
+          const T* g = grad_out.as<T>() + b * grad_out.stride(0);
+          for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
+            if (uint64_t(indices[i]) >= uint64_t(rows)) return bad.record(i);
+            float v = dot_simd(g, table.as<T>() + int64_t(indices[i]) * table.stride(0), dim);
+            if (bags.mode == BagMode::Mean) v /= float(count);
+            grad_w[i] = from_float<T>(v);
+          }
+        }
+      });
+      if (bad.any()) fail_index(indices, bad.position.load(), rows);
+    });
+  });
+}
+
+}  // namespace lmk::sparse

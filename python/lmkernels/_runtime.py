@@ -1,0 +1,45 @@
+"""Build information and the thread count of the CPU kernels."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from lmkernels import _C
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads the CPU kernels use (default: ``torch.get_num_threads()`` at import).
+
+    lmkernels keeps its own pool, separate from torch's, and never runs more than ``n`` threads
+    at once: a kernel called while the pool is busy (from another Python thread) runs serially.
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n: expected a positive thread count, got {n}")
+    _C.set_num_threads(n)
+
+
+def num_threads() -> int:
+    """The number of threads the CPU kernels use."""
+    return _C.num_threads()
+
+
+def info() -> dict:
+    """Version, build type, CUDA support and architectures, the SIMD level chosen at run time, threads."""
+    build = _C.build_info()
+    return {
+        "version": build["version"],
+        "build_type": build["build_type"],
+        "cuda_built": build["cuda"],
+        "cuda_architectures": build["cuda_architectures"] or None,
+        "cuda_available": bool(build["cuda"]) and torch.cuda.is_available(),
+        "sanitize": build["sanitize"] or None,
+        "compiler": build["compiler"],
+        "simd": _C.simd_level(),
+        "threads": num_threads(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+    }

@@ -1,0 +1,33 @@
+"""What every op needs to call into ``lmkernels._C``: detached views, the current stream, and the
+CUDA error flag through which kernels report bad values without a device-side assert."""
+
+from __future__ import annotations
+
+import torch
+
+from lmkernels import _C
+
+
+def stream_of(t: torch.Tensor) -> int:
+    """The caller's current CUDA stream for ``t``'s device (0 on the CPU)."""
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
+
+def error_flag(like: torch.Tensor) -> torch.Tensor | None:
+    """A zeroed int32[1] flag on ``like``'s GPU, or None on the CPU (CPU kernels raise directly)."""
+    return torch.zeros(1, dtype=torch.int32, device=like.device) if like.is_cuda else None
+
+
+def raise_on_flag(flag: torch.Tensor | None, messages: dict[int, BaseException]) -> None:
+    """Raise the exception of the lowest set bit of ``flag`` (this synchronises with the GPU)."""
+    if flag is None:
+        return
+    bits = int(flag.item())
+    for bit, error in sorted(messages.items()):
+        if bits & bit:
+            raise error
+    if bits:
+        raise RuntimeError(f"kernel reported unknown error bits {bits:#x}")
+
+
+__all__ = ["_C", "stream_of", "error_flag", "raise_on_flag"]

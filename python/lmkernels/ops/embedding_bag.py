@@ -1,0 +1,193 @@
+"""``lmk::embedding_bag``: sum or mean of table rows over CSR bags, with optional per-sample weights.
+
+    out[b] = scale_b * sum_{i = offsets[b]}^{offsets[b+1]-1} w_i * table[indices[i]]
+
+``scale_b`` is 1 for ``mode="sum"`` and ``1 / (offsets[b+1] - offsets[b])`` for ``mode="mean"``;
+empty bags give zeros. ``offsets`` has ``num_bags + 1`` entries, starts at 0 and ends at
+``len(indices)``. Values are float32, bfloat16 or float16 and accumulate in fp32.
+
+Gradients: the table gradient sums ``scale * w_i * grad_out[bag(i)]`` into row ``indices[i]``,
+deterministically (positions sorted stably by index, one reduction per row, no atomics);
+with ``sparse=True`` it is a sparse COO tensor holding only the touched rows. The weight gradient
+is ``scale * <grad_out[bag(i)], table[indices[i]]>``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lmkernels.ops._native import _C, error_flag, raise_on_flag, stream_of
+
+_MODES = {"sum": 0, "mean": 1}
+
+
+def embedding_bag(
+    table: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None = None,
+    mode: str = "sum",
+    sparse: bool = False,
+) -> Tensor:
+    """Reduce the rows ``table[indices]`` bag by bag; see the module docstring for the math.
+
+    Args:
+        table: [rows, dim] float32, bfloat16 or float16.
+        indices: [N] int32 or int64, each in ``[0, rows)``.
+        offsets: [num_bags + 1] int32 or int64 CSR offsets into ``indices``.
+        per_sample_weights: optional [N], dtype of ``table``.
+        mode: ``"sum"`` or ``"mean"``.
+        sparse: return the table gradient as a sparse COO tensor of the touched rows.
+
+    Returns:
+        [num_bags, dim], dtype of ``table``.
+    """
+    for name, t in (("table", table), ("indices", indices), ("offsets", offsets)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if per_sample_weights is not None and not isinstance(per_sample_weights, Tensor):
+        raise TypeError(f"per_sample_weights: expected a torch.Tensor or None, got {type(per_sample_weights).__name__}")
+    if mode not in _MODES:
+        raise ValueError(f"mode: expected 'sum' or 'mean', got {mode!r}")
+    return torch.ops.lmk.embedding_bag(table, indices, offsets, per_sample_weights, mode, bool(sparse))
+
+
+def _prepare(table: Tensor, indices: Tensor, offsets: Tensor, weights: Tensor | None):
+    """Detached views in the layouts the kernels take (offsets converted to the index dtype)."""
+    if table.dim() == 2 and table.stride(-1) != 1:
+        table = table.contiguous()
+    indices = indices.detach().contiguous()
+    if offsets.dtype in (torch.int32, torch.int64) and indices.dtype in (torch.int32, torch.int64):
+        offsets = offsets.to(indices.dtype)
+    offsets = offsets.detach().contiguous()
+    weights = None if weights is None else weights.detach().contiguous()
+    return table.detach(), indices, offsets, weights
+
+
+def _check_flag(flag: Tensor | None, rows: int) -> None:
+    raise_on_flag(flag, {
+        _C.BAG_BAD_INDEX: IndexError(f"indices: an index is out of range for a table of {rows} rows"),
+        _C.BAG_BAD_OFFSETS: ValueError("offsets: expected offsets[0] == 0, non-decreasing, and last == len(indices)"),
+    })
+
+
+@torch.library.custom_op("lmk::embedding_bag", mutates_args=())
+def _embedding_bag(
+    table: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str, sparse: bool
+) -> Tensor:
+    table, indices, offsets, weights = _prepare(table, indices, offsets, per_sample_weights)
+    if table.dim() != 2:
+        raise ValueError(f"table: expected 2 dimensions, got shape {list(table.shape)}")
+    if offsets.dim() != 1 or offsets.numel() < 1:
+        raise ValueError(f"offsets: expected a 1-D tensor of num_bags + 1 entries, got shape {list(offsets.shape)}")
+    out = torch.empty((offsets.numel() - 1, table.shape[1]), dtype=table.dtype, device=table.device)
+    flag = error_flag(table)
+    _C.embedding_bag_forward(table, indices, offsets, weights, _MODES[mode], out, flag, stream_of(table))
+    _check_flag(flag, table.shape[0])
+    return out
+
+
+@_embedding_bag.register_fake
+def _(table, indices, offsets, per_sample_weights, mode, sparse):
+    return table.new_empty((offsets.shape[0] - 1, table.shape[1]))
+
+
+def _positions_by_row(indices: Tensor, rows: int, flag: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Positions sorted stably by index, and the start of each row's run in that order ([rows + 1])."""
+    if not indices.is_cuda:
+        positions = torch.empty(indices.numel(), dtype=torch.int64)
+        row_starts = torch.empty(rows + 1, dtype=torch.int64)
+        _C.embedding_bag_sort_positions(indices, rows, positions, row_starts)
+        return positions, row_starts
+    sorted_indices, positions = torch.sort(indices, stable=True)
+    row_starts = torch.searchsorted(sorted_indices, torch.arange(rows + 1, device=indices.device, dtype=indices.dtype))
+    # Indices outside [0, rows) fall before row 0 or after the last row: flag them on the device.
+    out_of_range = (row_starts[0] != 0) | (row_starts[-1] != indices.numel())
+    flag.bitwise_or_(out_of_range.to(torch.int32) * _C.BAG_BAD_INDEX)
+    return positions, row_starts
+
+
+@torch.library.custom_op("lmk::embedding_bag_backward_table", mutates_args=())
+def _backward_table(
+    grad_out: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str, rows: int
+) -> Tensor:
+    grad_out, indices, offsets, weights = _prepare(grad_out, indices, offsets, per_sample_weights)
+    flag = error_flag(grad_out)
+    positions, row_starts = _positions_by_row(indices, rows, flag)
+    grad_table = torch.empty((rows, grad_out.shape[1]), dtype=grad_out.dtype, device=grad_out.device)
+    _C.embedding_bag_backward_table(grad_out, indices, offsets, weights, _MODES[mode], positions, row_starts,
+                                    grad_table, flag, stream_of(grad_out))
+    _check_flag(flag, rows)
+    return grad_table
+
+
+@_backward_table.register_fake
+def _(grad_out, indices, offsets, per_sample_weights, mode, rows):
+    return grad_out.new_empty((rows, grad_out.shape[1]))
+
+
+@torch.library.custom_op("lmk::embedding_bag_backward_rows", mutates_args=())
+def _backward_rows(
+    grad_out: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str, rows: int
+) -> tuple[Tensor, Tensor]:
+    grad_out, indices, offsets, weights = _prepare(grad_out, indices, offsets, per_sample_weights)
+    flag = error_flag(grad_out)
+    positions, row_starts = _positions_by_row(indices, rows, flag)
+    _check_flag(flag, rows)
+    touched = torch.nonzero(row_starts[1:] > row_starts[:-1]).flatten()
+    segment_starts = torch.cat([row_starts[touched], row_starts[-1:]])
+    values = torch.empty((touched.numel(), grad_out.shape[1]), dtype=grad_out.dtype, device=grad_out.device)
+    flag = error_flag(grad_out)
+    _C.embedding_bag_backward_table(grad_out, indices, offsets, weights, _MODES[mode], positions, segment_starts,
+                                    values, flag, stream_of(grad_out))
+    _check_flag(flag, rows)
+    return touched, values
+
+
+@_backward_rows.register_fake
+def _(grad_out, indices, offsets, per_sample_weights, mode, rows):
+    touched = torch.library.get_ctx().new_dynamic_size()
+    return indices.new_empty((touched,), dtype=torch.int64), grad_out.new_empty((touched, grad_out.shape[1]))
+
+
+@torch.library.custom_op("lmk::embedding_bag_backward_weights", mutates_args=())
+def _backward_weights(grad_out: Tensor, table: Tensor, indices: Tensor, offsets: Tensor, mode: str) -> Tensor:
+    table, indices, offsets, _ = _prepare(table, indices, offsets, None)
+    grad_out = grad_out.detach().contiguous()
+    grad_weights = torch.empty(indices.numel(), dtype=table.dtype, device=table.device)
+    flag = error_flag(table)
+    _C.embedding_bag_backward_weights(grad_out, table, indices, offsets, _MODES[mode], grad_weights, flag,
+                                      stream_of(table))
+    _check_flag(flag, table.shape[0])
+    return grad_weights
+
+
+@_backward_weights.register_fake
+def _(grad_out, table, indices, offsets, mode):
+    return table.new_empty((indices.shape[0],))
+
+
+def _setup_context(ctx, inputs, output):
+    table, indices, offsets, per_sample_weights, mode, sparse = inputs
+    ctx.mode, ctx.sparse, ctx.table_shape, ctx.dtype = mode, sparse, table.shape, table.dtype
+    ctx.save_for_backward(table if per_sample_weights is not None else None, indices, offsets, per_sample_weights)
+
+
+def _backward(ctx, grad):
+    table, indices, offsets, weights = ctx.saved_tensors
+    rows = ctx.table_shape[0]
+    grad = grad.to(ctx.dtype)
+    grad_table = grad_weights = None
+    if ctx.needs_input_grad[0]:
+        if ctx.sparse:
+            touched, values = torch.ops.lmk.embedding_bag_backward_rows(grad, indices, offsets, weights, ctx.mode, rows)
+            grad_table = torch.sparse_coo_tensor(touched.unsqueeze(0), values, ctx.table_shape, is_coalesced=True)
+        else:
+            grad_table = torch.ops.lmk.embedding_bag_backward_table(grad, indices, offsets, weights, ctx.mode, rows)
+    if weights is not None and ctx.needs_input_grad[3]:
+        grad_weights = torch.ops.lmk.embedding_bag_backward_weights(grad, table, indices, offsets, ctx.mode)
+    return grad_table, None, None, grad_weights, None, None
+
+
+_embedding_bag.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,5 @@
+"""Plain PyTorch implementations of every kernel: the oracles that the tests compare against."""
+
+from lmkernels.reference.embedding_bag import embedding_bag
+
+__all__ = ["embedding_bag"]
