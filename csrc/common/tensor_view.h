@@ -27,8 +27,9 @@ struct TensorView {
     return n;
   }
 
-  // Row-major contiguity; strides of size-1 dimensions carry no meaning and are ignored.
+  // Row-major contiguity; strides of size-1 dimensions, and of empty tensors, carry no meaning.
   bool is_contiguous() const {
+    if (numel() == 0) return true;
     int64_t expected = 1;
     for (int d = ndim - 1; d >= 0; --d) {
       if (sizes[d] != 1 && strides[d] != expected) return false;

@@ -111,15 +111,15 @@ RowGrid row_grid(int64_t rows, int64_t cols) {
   int group = 1;
   while (group < cols && group < kThreads) group *= 2;
   const int64_t per_block = kThreads / group;
-  return {dim3(unsigned(std::min(ceil_div(rows, per_block), kMaxGridX)), unsigned(std::min(ceil_div(cols, group), kMaxGridY))),
-          group};
+  const auto x = unsigned(std::min(ceil_div(rows, per_block), kMaxGridX));
+  const auto y = unsigned(std::min(ceil_div(cols, group), kMaxGridY));
+  return {dim3(x, y), group};
 }
 
 // out[b] = scale_b * sum over the bag's positions, in position order, of w_i * table[indices[i]].
 template <typename T, typename I, int V>
-__global__ void __launch_bounds__(kThreads)
-    forward_kernel(const T* __restrict__ table, int64_t rows, int64_t table_stride, DeviceBags<T, I> bags,
-                   T* __restrict__ out, int64_t dim, int group, int32_t* __restrict__ flag) {
+__global__ void forward_kernel(const T* __restrict__ table, int64_t rows, int64_t table_stride, DeviceBags<T, I> bags,
+                               T* __restrict__ out, int64_t dim, int group, int32_t* __restrict__ flag) {
   const int64_t cols = dim / V;
   const int per_block = kThreads / group;
   const int lane = threadIdx.x % group;
@@ -152,11 +152,11 @@ __global__ void __launch_bounds__(kThreads)
 
 // grad_segments[s] = sum over j in the segment, in sorted order, of scale * w_p * grad_out[bag(p)].
 template <typename T, typename I, int V>
-__global__ void __launch_bounds__(kThreads)
-    backward_table_kernel(const T* __restrict__ grad_out, int64_t grad_stride, DeviceBags<T, I> bags,
-                          const int64_t* __restrict__ sorted_positions, const int64_t* __restrict__ segment_starts,
-                          int64_t num_segments, T* __restrict__ grad_segments, int64_t dim, int group,
-                          int32_t* __restrict__ flag) {
+__global__ void backward_table_kernel(const T* __restrict__ grad_out, int64_t grad_stride, DeviceBags<T, I> bags,
+                                      const int64_t* __restrict__ sorted_positions,
+                                      const int64_t* __restrict__ segment_starts, int64_t num_segments,
+                                      T* __restrict__ grad_segments, int64_t dim, int group,
+                                      int32_t* __restrict__ flag) {
   const int64_t cols = dim / V;
   const int per_block = kThreads / group;
   const int lane = threadIdx.x % group;
@@ -194,10 +194,10 @@ __global__ void __launch_bounds__(kThreads)
 // grad_weights[p] = scale * <grad_out[bag(p)], table[indices[p]]>: one warp per position, each lane
 // summing its packs in order, then a fixed butterfly across lanes.
 template <typename T, typename I, int V>
-__global__ void __launch_bounds__(kThreads)
-    backward_weights_kernel(const T* __restrict__ grad_out, int64_t grad_stride, const T* __restrict__ table,
-                            int64_t rows, int64_t table_stride, DeviceBags<T, I> bags,
-                            T* __restrict__ grad_weights, int64_t dim, int32_t* __restrict__ flag) {
+__global__ void backward_weights_kernel(const T* __restrict__ grad_out, int64_t grad_stride,
+                                        const T* __restrict__ table, int64_t rows, int64_t table_stride,
+                                        DeviceBags<T, I> bags, T* __restrict__ grad_weights, int64_t dim,
+                                        int32_t* __restrict__ flag) {
   constexpr int kWarps = kThreads / 32;
   const int64_t cols = dim / V;
   const int lane = threadIdx.x % 32;

@@ -50,6 +50,9 @@ def embedding_bag(
         raise TypeError(f"per_sample_weights: expected a torch.Tensor or None, got {type(per_sample_weights).__name__}")
     if mode not in _MODES:
         raise ValueError(f"mode: expected 'sum' or 'mean', got {mode!r}")
+    for name, t in (("indices", indices), ("offsets", offsets), ("per_sample_weights", per_sample_weights)):
+        if t is not None and t.device != table.device:
+            raise ValueError(f"{name}: expected the device of table ({table.device}), got {t.device}")
     return torch.ops.lmk.embedding_bag(table, indices, offsets, per_sample_weights, mode, bool(sparse))
 
 
@@ -182,7 +185,8 @@ def _backward(ctx, grad):
     if ctx.needs_input_grad[0]:
         if ctx.sparse:
             touched, values = torch.ops.lmk.embedding_bag_backward_rows(grad, indices, offsets, weights, ctx.mode, rows)
-            grad_table = torch.sparse_coo_tensor(touched.unsqueeze(0), values, ctx.table_shape, is_coalesced=True)
+            grad_table = torch.sparse_coo_tensor(touched.unsqueeze(0), values, ctx.table_shape, is_coalesced=True,
+                                                 check_invariants=False)
         else:
             grad_table = torch.ops.lmk.embedding_bag_backward_table(grad, indices, offsets, weights, ctx.mode, rows)
     if weights is not None and ctx.needs_input_grad[3]:

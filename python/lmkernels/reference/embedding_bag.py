@@ -15,6 +15,8 @@ def embedding_bag(
     Accumulates in fp32 and rounds once to ``table.dtype``, as the kernels do. torch has no
     weighted mean, so mean is the weighted sum divided by the bag size (empty bags give zeros).
     """
+    if table.shape[1] == 0:  # torch's embedding_bag rejects zero-width tables
+        return table.sum(0).expand(offsets.numel() - 1, 0)
     weights = None if per_sample_weights is None else per_sample_weights.float()
     summed = F.embedding_bag(
         indices, table.float(), offsets.to(indices.dtype), mode="sum",

@@ -1,0 +1,246 @@
+"""lmk::embedding_bag against the reference: values, gradients, determinism, compile, bad input."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import lmkernels
+from lmkernels import _C, reference
+from lmkernels.ops import embedding_bag
+
+TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+             torch.float16: dict(rtol=2e-3, atol=2e-3)}
+
+
+def make_bags(bag_sizes, rows, index_dtype=torch.int64, device="cpu"):
+    offsets = torch.tensor([0] + list(np.cumsum(bag_sizes, dtype=np.int64)), dtype=index_dtype, device=device)
+    indices = torch.randint(0, rows, (int(offsets[-1]),), dtype=index_dtype, device=device)
+    return indices, offsets
+
+
+@st.composite
+def problems(draw):
+    rows = draw(st.integers(1, 40))
+    dim = draw(st.sampled_from([0, 1, 3, 8, 17, 64, 130]))
+    bag_sizes = draw(st.lists(st.integers(0, 12), min_size=0, max_size=9))
+    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+    index_dtype = draw(st.sampled_from([torch.int32, torch.int64]))
+    mode = draw(st.sampled_from(["sum", "mean"]))
+    weighted = draw(st.booleans())
+    seed = draw(st.integers(0, 2**16))
+    return rows, dim, bag_sizes, dtype, index_dtype, mode, weighted, seed
+
+
+def build(problem, device="cpu"):
+    rows, dim, bag_sizes, dtype, index_dtype, mode, weighted, seed = problem
+    torch.manual_seed(seed)
+    table = torch.randn(rows, dim, device=device).to(dtype)
+    indices, offsets = make_bags(bag_sizes, rows, index_dtype, device)
+    weights = torch.rand(indices.numel(), device=device).to(dtype) if weighted else None
+    return table, indices, offsets, weights, mode
+
+
+@settings(max_examples=150, deadline=None)
+@given(problems())
+def test_forward_matches_reference(problem):
+    table, indices, offsets, weights, mode = build(problem)
+    ours = embedding_bag(table, indices, offsets, weights, mode)
+    expected = reference.embedding_bag(table, indices, offsets, weights, mode)
+    assert ours.dtype == table.dtype and ours.shape == expected.shape
+    torch.testing.assert_close(ours, expected, **TOLERANCE[table.dtype])
+
+
+@settings(max_examples=100, deadline=None)
+@given(problems(), st.booleans())
+def test_gradients_match_reference(problem, sparse):
+    table, indices, offsets, weights, mode = build(problem)
+    table.requires_grad_()
+    inputs = (table,) if weights is None else (table, weights.requires_grad_())
+    ours = embedding_bag(table, indices, offsets, weights, mode, sparse=sparse)
+    upstream = torch.randn_like(ours)
+    grads = torch.autograd.grad(ours, inputs, upstream)
+    expected = torch.autograd.grad(reference.embedding_bag(table, indices, offsets, weights, mode), inputs, upstream,
+                                   materialize_grads=True)
+    if sparse:
+        assert grads[0].is_sparse
+        touched = torch.unique(indices)
+        assert torch.equal(grads[0].coalesce().indices()[0], touched)
+    tolerance = TOLERANCE[table.dtype]
+    torch.testing.assert_close(grads[0].to_dense(), expected[0], **tolerance)
+    if weights is not None:
+        torch.testing.assert_close(grads[1], expected[1], **{k: v * 4 for k, v in tolerance.items()})
+
+
+def test_sum_of_plain_fp32_bags_equals_torch_bitwise(device):
+    table = torch.randn(1000, 96, device=device)
+    indices, offsets = make_bags([50] * 64, 1000, device=device)
+    expected = torch.nn.functional.embedding_bag(indices, table, offsets[:-1], mode="sum")
+    assert torch.equal(embedding_bag(table, indices, offsets), expected)
+
+
+def test_empty_bags_give_zeros(device):
+    table = torch.randn(10, 4, device=device)
+    indices, offsets = make_bags([0, 3, 0, 0], 10, device=device)
+    for mode in ("sum", "mean"):
+        out = embedding_bag(table, indices, offsets, mode=mode)
+        assert torch.equal(out[[0, 2, 3]], torch.zeros(3, 4, device=device))
+
+
+def test_no_bags(device):
+    out = embedding_bag(torch.randn(5, 3, device=device), torch.zeros(0, dtype=torch.int64, device=device),
+                        torch.zeros(1, dtype=torch.int64, device=device))
+    assert out.shape == (0, 3)
+
+
+def test_strided_table_rows_are_read_correctly(device):
+    wide = torch.randn(50, 40, device=device)
+    table = wide[:, 5:21]  # rows 40 elements apart, each row contiguous
+    indices, offsets = make_bags([7, 0, 9], 50, device=device)
+    torch.testing.assert_close(embedding_bag(table, indices, offsets), reference.embedding_bag(table, indices, offsets))
+    transposed = torch.randn(16, 50, device=device).t()  # no unit stride in the last dimension: made contiguous
+    torch.testing.assert_close(embedding_bag(transposed, indices, offsets),
+                               reference.embedding_bag(transposed, indices, offsets))
+
+
+def heavy_duplicates(device="cpu", dtype=torch.float32):
+    table = torch.randn(64, 257, device=device, dtype=dtype, requires_grad=True)
+    indices = (torch.randint(0, 8, (4000,), device=device) ** 2)  # few rows, each hit hundreds of times
+    offsets = torch.arange(0, 4001, 40, device=device)
+    weights = torch.rand(4000, device=device, dtype=dtype, requires_grad=True)
+    return table, indices, offsets, weights
+
+
+def run_fwd_bwd(table, indices, offsets, weights, mode):
+    out = embedding_bag(table, indices, offsets, weights, mode)
+    grads = torch.autograd.grad(out, (table, weights), torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out))
+    return out, *grads
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bitwise_deterministic(device, mode, dtype):
+    problem = heavy_duplicates(device, dtype)
+    first = run_fwd_bwd(*problem, mode)
+    for _ in range(3):
+        for a, b in zip(first, run_fwd_bwd(*problem, mode)):
+            assert torch.equal(a, b)
+
+
+def test_same_result_for_any_thread_count():
+    problem = heavy_duplicates()
+    threads = lmkernels.num_threads()
+    try:
+        lmkernels.set_num_threads(1)
+        single = run_fwd_bwd(*problem, "sum")
+        lmkernels.set_num_threads(3)
+        several = run_fwd_bwd(*problem, "sum")
+    finally:
+        lmkernels.set_num_threads(threads)
+    for a, b in zip(single, several):
+        assert torch.equal(a, b)
+
+
+def test_concurrent_calls_from_python_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    table, indices, offsets, _ = heavy_duplicates()
+    table = table.detach()
+    expected = embedding_bag(table, indices, offsets)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: embedding_bag(table, indices, offsets), range(16)))
+    assert all(torch.equal(r, expected) for r in results)
+
+
+def test_compiles_fullgraph_with_backward(device):
+    table = torch.randn(30, 8, device=device, requires_grad=True)
+    weights = torch.rand(12, device=device, requires_grad=True)
+    indices, offsets = make_bags([5, 0, 7], 30, device=device)
+
+    def loss(table, weights):
+        return (embedding_bag(table, indices, offsets, weights, "mean") ** 2).sum()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    grads = torch.autograd.grad(compiled(table, weights), (table, weights))
+    expected = torch.autograd.grad(loss(table, weights), (table, weights))
+    for a, b in zip(grads, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_opcheck():
+    table = torch.randn(20, 6, requires_grad=True)
+    indices, offsets = make_bags([3, 0, 4], 20)
+    weights = torch.rand(7, requires_grad=True)
+    torch.library.opcheck(torch.ops.lmk.embedding_bag.default, (table, indices, offsets, weights, "sum", False))
+
+
+def test_native_function_accepts_numpy():
+    table = np.random.default_rng(0).standard_normal((20, 5)).astype(np.float32)
+    indices = np.array([1, 2, 3, 19, 0], dtype=np.int32)
+    offsets = np.array([0, 2, 5], dtype=np.int32)
+    out = np.empty((2, 5), dtype=np.float32)
+    _C.embedding_bag_forward(table, indices, offsets, None, 0, out)
+    np.testing.assert_allclose(out, np.stack([table[[1, 2]].sum(0), table[[3, 19, 0]].sum(0)]), rtol=1e-6)
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+def valid():
+    table = torch.randn(10, 4)
+    indices, offsets = make_bags([2, 3], 10)
+    return table, indices, offsets
+
+
+@pytest.mark.parametrize("bad_index", [10, 1000, -1])
+def test_index_out_of_range_raises_index_error(bad_index):
+    table, indices, offsets = valid()
+    indices[3] = bad_index
+    with pytest.raises(IndexError, match="indices"):
+        embedding_bag(table, indices, offsets)
+    with pytest.raises(IndexError, match="indices"):
+        torch.ops.lmk.embedding_bag_backward_table(torch.ones(2, 4), indices, offsets, None, "sum", 10)
+    with pytest.raises(IndexError, match="indices"):
+        torch.ops.lmk.embedding_bag_backward_weights(torch.ones(2, 4), table, indices, offsets, "sum")
+
+
+@pytest.mark.parametrize("offsets, message", [
+    ([-1, 2, 5], "offsets\\[0\\] == 0"),
+    ([0, 4, 2, 5], "non-decreasing"),
+    ([0, 2, 4], "last offset"),
+    ([0, 2, 9], "last offset"),
+    ([], "offsets"),
+])
+def test_malformed_offsets_raise_value_error(offsets, message):
+    table, indices, _ = valid()
+    with pytest.raises(ValueError, match=message):
+        embedding_bag(table, indices, torch.tensor(offsets, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("argument, make", [
+    ("indices", lambda t, i, o: (t, i.float(), o, None)),
+    ("table", lambda t, i, o: (t.to(torch.int32), i, o, None)),
+    ("table", lambda t, i, o: (t.double(), i, o, None)),
+    ("per_sample_weights", lambda t, i, o: (t, i, o, torch.rand(5, dtype=torch.float64))),
+    ("table", lambda t, i, o: (t.numpy(), i, o, None)),
+])
+def test_wrong_dtype_or_type_raises_type_error(argument, make):
+    with pytest.raises(TypeError, match=argument):
+        embedding_bag(*make(*valid()))
+
+
+@pytest.mark.parametrize("argument, make", [
+    ("table", lambda t, i, o: (t[0], i, o, None)),
+    ("indices", lambda t, i, o: (t, i.view(5, 1), o, None)),
+    ("per_sample_weights", lambda t, i, o: (t, i, o, torch.rand(4))),
+    ("indices", lambda t, i, o: (t, i.to("meta"), o, None)),
+    ("offsets", lambda t, i, o: (t, i, o.to("meta"), None)),
+    ("per_sample_weights", lambda t, i, o: (t, i, o, torch.rand(5, device="meta"))),
+])
+def test_wrong_shape_or_device_raises_value_error(argument, make):
+    with pytest.raises(ValueError, match=argument):
+        embedding_bag(*make(*valid()))
+
+
+def test_bad_mode_raises_value_error():
+    with pytest.raises(ValueError, match="mode"):
+        embedding_bag(*valid(), mode="max")
