@@ -1,0 +1,136 @@
+"""Timing machinery shared by the benchmark families.
+
+A family module exposes ``cases(quick: bool, device: str, tiny: bool = False) -> list[Case]``;
+``measure`` times one case, ours and the peer interleaved in the same process on the same inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark: our callable and the peer's, on inputs both already hold (allocated once)."""
+
+    kernel: str
+    case: str
+    peer: str
+    ours_fn: Callable[[], object]
+    peer_fn: Callable[[], object]
+    bytes_moved: int | None
+    device: str
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long to measure: warmup calls per side, then at least ``min_repeats`` samples per side
+    and enough to run each side for ``min_time`` seconds (at most ``max_repeats``)."""
+
+    warmup: int
+    min_repeats: int
+    min_time: float
+    max_repeats: int = 1000
+    stream_mib: int = 256
+
+
+FULL = Timing(warmup=2, min_repeats=10, min_time=0.3)
+QUICK = Timing(warmup=1, min_repeats=5, min_time=0.1)
+TINY = Timing(warmup=1, min_repeats=3, min_time=0.0, stream_mib=16)
+
+
+def _is_cuda(device: str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
+    """``fn`` followed by a device synchronization where ``device`` is CUDA (for wall-clock timers)."""
+    if not _is_cuda(device):
+        return fn
+
+    def call():
+        result = fn()
+        torch.cuda.synchronize(device)
+        return result
+
+    return call
+
+
+def _timer(device: str) -> Callable[[Callable[[], object]], float]:
+    """A function that runs a callable once and returns its time in milliseconds."""
+    if _is_cuda(device):
+        def time_once(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+    else:
+        def time_once(fn):
+            begin = time.perf_counter()
+            fn()
+            return (time.perf_counter() - begin) * 1e3
+    return time_once
+
+
+def _peak_mb(fn: Callable[[], object], device: str) -> float | None:
+    """Peak CUDA memory one call allocates above what is already held, in MiB; None on the CPU."""
+    if not _is_cuda(device):
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def stream_bandwidth(device: str, timing: Timing = FULL, repeats: int = 5) -> float:
+    """Streaming-read bandwidth in GB/s: median time of ``torch.sum`` over a float32 tensor."""
+    x = torch.ones(timing.stream_mib * 2**20 // 4, dtype=torch.float32, device=device)
+    time_once = _timer(device)
+    time_once(x.sum)
+    ms = statistics.median(time_once(x.sum) for _ in range(repeats))
+    return x.numel() * 4 / ms / 1e6
+
+
+def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None) -> dict:
+    """Time ``case``: warmup, then ours and the peer alternately; medians in milliseconds.
+
+    Returns the record: kernel, case, device, peer, ours_ms, peer_ms, speedup (peer_ms / ours_ms),
+    ours_peak_mb, peer_peak_mb (CUDA only, else None), gbps (ours, from ``bytes_moved``) and
+    stream_gbps (as given).
+    """
+    time_once = _timer(case.device)
+    fastest = 0.0
+    for _ in range(timing.warmup):
+        fastest = min(time_once(case.ours_fn), time_once(case.peer_fn))
+    repeats = timing.min_repeats
+    if fastest > 0:
+        repeats = max(repeats, math.ceil(timing.min_time * 1e3 / fastest))
+    repeats = min(repeats, timing.max_repeats)
+    ours, peer = [], []
+    for _ in range(repeats):
+        ours.append(time_once(case.ours_fn))
+        peer.append(time_once(case.peer_fn))
+    ours_ms, peer_ms = statistics.median(ours), statistics.median(peer)
+    return {
+        "kernel": case.kernel,
+        "case": case.case,
+        "device": case.device,
+        "peer": case.peer,
+        "ours_ms": ours_ms,
+        "peer_ms": peer_ms,
+        "speedup": peer_ms / ours_ms,
+        "ours_peak_mb": _peak_mb(case.ours_fn, case.device),
+        "peer_peak_mb": _peak_mb(case.peer_fn, case.device),
+        "gbps": None if case.bytes_moved is None else case.bytes_moved / ours_ms / 1e6,
+        "stream_gbps": stream_gbps,
+    }

@@ -1,0 +1,49 @@
+"""Tests of ``lmk bench`` (lmkernels.bench) at smoke-test sizes."""
+
+import json
+
+import pytest
+
+from lmkernels.bench import harness
+from lmkernels.cli import main
+
+_KEYS = {"kernel", "case", "device", "peer", "ours_ms", "peer_ms", "speedup", "ours_peak_mb", "peer_peak_mb",
+         "gbps", "stream_gbps"}
+
+
+def test_bench_writes_records(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--tiny", "--device", "cpu", "--filter", "embedding_bag", "--json", str(path)]) == 0
+    records = json.loads(path.read_text())
+    assert {r["case"].split()[0] for r in records} == {"fwd", "fwd+bwd"}
+    for record in records:
+        assert set(record) == _KEYS
+        assert record["kernel"] == "embedding_bag" and record["device"] == "cpu"
+        assert record["ours_ms"] > 0 and record["peer_ms"] > 0
+        assert record["speedup"] == pytest.approx(record["peer_ms"] / record["ours_ms"])
+        assert record["gbps"] > 0 and record["stream_gbps"] > 0
+        assert record["ours_peak_mb"] is None and record["peer_peak_mb"] is None
+    table = capsys.readouterr().out
+    assert "machine:" in table and "speedup" in table and records[0]["case"] in table
+
+
+def test_filter_terms_are_comma_separated_and_repeatable(tmp_path):
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--tiny", "--device", "cpu", "--filter", "fwd+bwd,nomatch", "--filter", "fp32", "--json", str(path)]
+    assert main(argv) == 0
+    cases = [r["case"] for r in json.loads(path.read_text())]
+    assert cases and all("fwd+bwd" in case or "fp32" in case for case in cases)
+    assert any(case.startswith("fwd ") for case in cases)  # "fp32" matched a forward case too
+
+
+def test_no_match_fails(capsys):
+    assert main(["bench", "--tiny", "--device", "cpu", "--filter", "nomatch"]) == 1
+    assert "no case matches" in capsys.readouterr().err
+
+
+def test_measure_interleaves_ours_and_peer():
+    calls = []
+    case = harness.Case("k", "c", "p", lambda: calls.append("ours"), lambda: calls.append("peer"), 1000, "cpu")
+    record = harness.measure(case, harness.Timing(warmup=1, min_repeats=3, min_time=0.0))
+    assert calls == ["ours", "peer"] * 4
+    assert record["gbps"] > 0 and record["stream_gbps"] is None
