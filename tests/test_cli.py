@@ -1,0 +1,20 @@
+"""The ``lmk`` command line: info and the tour (the bench smoke test is in tests/bench)."""
+
+import json
+import re
+
+from lmkernels.cli import main
+
+
+def test_info_json(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {"version", "cuda_built", "simd", "threads"} <= info.keys()
+
+
+def test_tour_runs_and_learns(capsys):
+    assert main(["tour"]) == 0
+    out = capsys.readouterr().out
+    assert "max |ours - torch|: forward 0.00e+00" in out
+    accuracy, majority = map(float, re.search(r"held-out accuracy ([\d.]+)% \(majority class: ([\d.]+)%\)", out).groups())
+    assert accuracy > majority + 30
