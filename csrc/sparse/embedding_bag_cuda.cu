@@ -126,7 +126,7 @@ __global__ void forward_kernel(const T* __restrict__ table, int64_t rows, int64_
   for (int64_t b = int64_t(blockIdx.x) * per_block + threadIdx.x / group; b < bags.num_bags;
        b += int64_t(gridDim.x) * per_block) {
     const int64_t start = bags.offsets[b], end = bags.offsets[b + 1];
-    // A malformed bag (flagged by check_monotone) is left as zeros.
+    // A malformed bag (flagged by check_monotone) gives zeros.
     const bool bag_ok = 0 <= start && start <= end && end <= bags.n;
     const float scale = bags.scale(end - start);
     for (int64_t c = int64_t(blockIdx.y) * group + lane; c < cols; c += int64_t(gridDim.y) * group) {
@@ -163,7 +163,7 @@ __global__ void backward_table_kernel(const T* __restrict__ grad_out, int64_t gr
   for (int64_t s = int64_t(blockIdx.x) * per_block + threadIdx.x / group; s < num_segments;
        s += int64_t(gridDim.x) * per_block) {
     const int64_t first = segment_starts[s], last = segment_starts[s + 1];
-    // A malformed segment (flagged by check_monotone) is left as zeros.
+    // A malformed segment (flagged by check_monotone) gives zeros.
     const bool segment_ok = 0 <= first && first <= last && last <= bags.n;
     for (int64_t c = int64_t(blockIdx.y) * group + lane; c < cols; c += int64_t(gridDim.y) * group) {
       float acc[V] = {};
