@@ -46,7 +46,8 @@ struct DeviceBags {
   bool mean;
 
   __device__ float weight(int64_t i) const { return weights ? to_float(weights[i]) : 1.0f; }
-  __device__ float scale(int64_t count) const { return mean && count > 0 ? 1.0f / float(count) : 1.0f; }
+  // Mean divides (rather than multiplying by a reciprocal) to round exactly as the CPU kernels do.
+  __device__ float divisor(int64_t count) const { return mean && count > 0 ? float(count) : 1.0f; }
 
   // The bag holding position p: upper_bound(offsets, p) - 1. Reads stay inside offsets whatever
   // its values, and the answer is verified, so malformed offsets give -1, never a wrong bag.
@@ -128,7 +129,7 @@ __global__ void forward_kernel(const T* __restrict__ table, int64_t rows, int64_
     const int64_t start = bags.offsets[b], end = bags.offsets[b + 1];
     // A malformed bag (flagged by check_monotone) gives zeros.
     const bool bag_ok = 0 <= start && start <= end && end <= bags.n;
-    const float scale = bags.scale(end - start);
+    const float divisor = bags.divisor(end - start);
     for (int64_t c = int64_t(blockIdx.y) * group + lane; c < cols; c += int64_t(gridDim.y) * group) {
       float acc[V] = {};
       for (int64_t i = start; bag_ok && i < end; ++i) {
@@ -144,7 +145,7 @@ __global__ void forward_kernel(const T* __restrict__ table, int64_t rows, int64_
       }
       Pack<T, V> y;
 #pragma unroll
-      for (int k = 0; k < V; ++k) y.v[k] = from_float<T>(acc[k] * scale);
+      for (int k = 0; k < V; ++k) y.v[k] = from_float<T>(acc[k] / divisor);
       *reinterpret_cast<Pack<T, V>*>(out + b * dim + c * V) = y;
     }
   }
@@ -178,7 +179,7 @@ __global__ void backward_table_kernel(const T* __restrict__ grad_out, int64_t gr
           flag_error(flag, kBadOffsets);
           continue;
         }
-        const float ws = bags.scale(int64_t(bags.offsets[b + 1]) - int64_t(bags.offsets[b])) * bags.weight(p);
+        const float ws = bags.weight(p) / bags.divisor(int64_t(bags.offsets[b + 1]) - int64_t(bags.offsets[b]));
         const Pack<T, V> g = load<T, V>(grad_out + b * grad_stride + c * V);
 #pragma unroll
         for (int k = 0; k < V; ++k) acc[k] += ws * to_float(g.v[k]);
@@ -220,8 +221,8 @@ __global__ void backward_weights_kernel(const T* __restrict__ grad_out, int64_t 
 #pragma unroll
     for (int m = 16; m > 0; m /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, m);
     if (lane == 0) {
-      const float scale = b >= 0 ? bags.scale(int64_t(bags.offsets[b + 1]) - int64_t(bags.offsets[b])) : 0.0f;
-      grad_weights[p] = from_float<T>(dot * scale);
+      const float divisor = b >= 0 ? bags.divisor(int64_t(bags.offsets[b + 1]) - int64_t(bags.offsets[b])) : 1.0f;
+      grad_weights[p] = from_float<T>(dot / divisor);
     }
   }
 }
