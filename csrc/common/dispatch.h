@@ -32,4 +32,12 @@ decltype(auto) dispatch_index(DType t, const char* name, F&& f) {
   }
 }
 
+// Both at once, for kernels over values indexed by integers: f(TypeTag<T>{}, TypeTag<I>{}).
+template <typename F>
+decltype(auto) dispatch_float_index(DType value, const char* value_name, DType index, const char* index_name, F&& f) {
+  return dispatch_float(value, value_name, [&](auto value_tag) {
+    return dispatch_index(index, index_name, [&](auto index_tag) { return f(value_tag, index_tag); });
+  });
+}
+
 }  // namespace lmk

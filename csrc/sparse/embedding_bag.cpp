@@ -8,8 +8,11 @@ static void check_vector(const TensorView& t, const char* name) {
   check_contiguous(t, name);
 }
 
-static void check_values(const TensorView& t, const char* name) {
+// A [rows, dim] matrix of values whose rows may sit at any stride.
+static void check_value_rows(const TensorView& t, const char* name) {
   check_dtype(t, name, {DType::Float32, DType::BFloat16, DType::Float16});
+  check_ndim(t, name, 2);
+  check_unit_last_stride(t, name);
 }
 
 void check_bags(const Bags& bags, const TensorView& table, const char* table_name) {
@@ -33,9 +36,7 @@ void check_bags(const Bags& bags, const TensorView& table, const char* table_nam
 }
 
 void check_forward(const TensorView& table, const Bags& bags, const TensorView& out) {
-  check_values(table, "table");
-  check_ndim(table, "table", 2);
-  check_unit_last_stride(table, "table");
+  check_value_rows(table, "table");
   check_bags(bags, table, "table");
   check_same_dtype(out, "out", table, "table");
   check_ndim(out, "out", 2);
@@ -48,9 +49,7 @@ void check_forward(const TensorView& table, const Bags& bags, const TensorView& 
 
 void check_backward_table(const TensorView& grad_out, const Bags& bags, const TensorView& sorted_positions,
                           const TensorView& segment_starts, const TensorView& grad_segments) {
-  check_values(grad_out, "grad_out");
-  check_ndim(grad_out, "grad_out", 2);
-  check_unit_last_stride(grad_out, "grad_out");
+  check_value_rows(grad_out, "grad_out");
   check_bags(bags, grad_out, "grad_out");
   check_size(grad_out, "grad_out", 0, bags.num_bags());
   check_dtype(sorted_positions, "sorted_positions", {DType::Int64});
@@ -73,13 +72,10 @@ void check_backward_table(const TensorView& grad_out, const Bags& bags, const Te
 
 void check_backward_weights(const TensorView& grad_out, const TensorView& table, const Bags& bags,
                             const TensorView& grad_weights) {
-  check_values(table, "table");
-  check_ndim(table, "table", 2);
-  check_unit_last_stride(table, "table");
+  check_value_rows(table, "table");
   check_bags(bags, table, "table");
+  check_value_rows(grad_out, "grad_out");
   check_same_dtype(grad_out, "grad_out", table, "table");
-  check_ndim(grad_out, "grad_out", 2);
-  check_unit_last_stride(grad_out, "grad_out");
   check_size(grad_out, "grad_out", 0, bags.num_bags());
   check_size(grad_out, "grad_out", 1, table.size(1));
   check_same_device(grad_out, "grad_out", table, "table");

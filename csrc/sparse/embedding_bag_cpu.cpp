@@ -142,31 +142,29 @@ int64_t bag_of(const I* offsets, int64_t num_bags, int64_t position) {
 }  // namespace
 
 void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& out) {
-  dispatch_float(table.dtype, "table", [&](auto value_tag) {
-    dispatch_index(bags.indices.dtype, "indices", [&](auto index_tag) {
-      using T = typename decltype(value_tag)::type;
-      using I = typename decltype(index_tag)::type;
-      const int64_t num_bags = bags.num_bags(), rows = table.size(0), dim = table.size(1);
-      const I* indices = bags.indices.as<I>();
-      const I* offsets = bags.offsets.as<I>();
-      const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
-      check_offsets(offsets, num_bags, bags.num_indices());
-      advise_huge_pages(out.data, size_t(num_bags * dim) * sizeof(T));
-      FirstError bad;
-      parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
-        Gather<T> gather;
-        for (int64_t b = lo; b < hi; ++b) {
-          gather.clear();
-          for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
-            if (uint64_t(indices[i]) >= uint64_t(rows)) return bad.record(i);
-            gather.add(table.as<T>() + int64_t(indices[i]) * table.stride(0), weights ? to_float(weights[i]) : 1.f);
-          }
-          const int64_t count = offsets[b + 1] - offsets[b];
-          gather.sum_into(out.as<T>() + b * dim, dim, bags.mode == BagMode::Mean && count > 0 ? float(count) : 1.f);
+  dispatch_float_index(table.dtype, "table", bags.indices.dtype, "indices", [&](auto value_tag, auto index_tag) {
+    using T = typename decltype(value_tag)::type;
+    using I = typename decltype(index_tag)::type;
+    const int64_t num_bags = bags.num_bags(), rows = table.size(0), dim = table.size(1);
+    const I* indices = bags.indices.as<I>();
+    const I* offsets = bags.offsets.as<I>();
+    const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
+    check_offsets(offsets, num_bags, bags.num_indices());
+    advise_huge_pages(out.data, size_t(num_bags * dim) * sizeof(T));
+    FirstError bad;
+    parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
+      Gather<T> gather;
+      for (int64_t b = lo; b < hi; ++b) {
+        gather.clear();
+        for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
+          if (uint64_t(indices[i]) >= uint64_t(rows)) return bad.record(i);
+          gather.add(table.as<T>() + int64_t(indices[i]) * table.stride(0), weights ? to_float(weights[i]) : 1.f);
         }
-      });
-      if (bad.any()) fail_index(indices, bad.position.load(), rows);
+        const int64_t count = offsets[b + 1] - offsets[b];
+        gather.sum_into(out.as<T>() + b * dim, dim, bags.mode == BagMode::Mean && count > 0 ? float(count) : 1.f);
+      }
     });
+    if (bad.any()) fail_index(indices, bad.position.load(), rows);
   });
 }
 
@@ -207,72 +205,68 @@ void sort_positions_by_row_cpu(const TensorView& indices_view, int64_t rows, con
 
 void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const TensorView& sorted_positions,
                         const TensorView& segment_starts, const TensorView& grad_segments) {
-  dispatch_float(grad_out.dtype, "grad_out", [&](auto value_tag) {
-    dispatch_index(bags.indices.dtype, "indices", [&](auto index_tag) {
-      using T = typename decltype(value_tag)::type;
-      using I = typename decltype(index_tag)::type;
-      const int64_t num_bags = bags.num_bags(), n = bags.num_indices(), dim = grad_out.size(1);
-      const int64_t num_segments = segment_starts.size(0) - 1;
-      const I* offsets = bags.offsets.as<I>();
-      const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
-      const int64_t* positions = sorted_positions.as<int64_t>();
-      const int64_t* starts = segment_starts.as<int64_t>();
-      check_offsets(offsets, num_bags, n);
-      for (int64_t s = 0; s < num_segments; ++s)
-        if (starts[s] < 0 || starts[s] > starts[s + 1] || starts[s + 1] > n)
-          fail(ErrorKind::Value, "segment_starts: expected non-decreasing starts within [0, ", n, "], got [",
-               starts[s], ", ", starts[s + 1], "] for segment ", s);
-      advise_huge_pages(grad_segments.data, size_t(num_segments * dim) * sizeof(T));
-      FirstError bad;
-      const int64_t grain = std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, dim));
-      parallel_for(0, num_segments, grain, [&](int64_t lo, int64_t hi) {
-        Gather<T> gather;
-        for (int64_t s = lo; s < hi; ++s) {
-          gather.clear();
-          for (int64_t j = starts[s]; j < starts[s + 1]; ++j) {
-            const int64_t p = positions[j];
-            if (uint64_t(p) >= uint64_t(n)) return bad.record(j);
-            const int64_t b = bag_of(offsets, num_bags, p);
-            float scale = weights ? to_float(weights[p]) : 1.f;
-            if (bags.mode == BagMode::Mean) scale /= float(offsets[b + 1] - offsets[b]);
-            gather.add(grad_out.as<T>() + b * grad_out.stride(0), scale);
-          }
-          gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f);
+  dispatch_float_index(grad_out.dtype, "grad_out", bags.indices.dtype, "indices", [&](auto value_tag, auto index_tag) {
+    using T = typename decltype(value_tag)::type;
+    using I = typename decltype(index_tag)::type;
+    const int64_t num_bags = bags.num_bags(), n = bags.num_indices(), dim = grad_out.size(1);
+    const int64_t num_segments = segment_starts.size(0) - 1;
+    const I* offsets = bags.offsets.as<I>();
+    const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
+    const int64_t* positions = sorted_positions.as<int64_t>();
+    const int64_t* starts = segment_starts.as<int64_t>();
+    check_offsets(offsets, num_bags, n);
+    for (int64_t s = 0; s < num_segments; ++s)
+      if (starts[s] < 0 || starts[s] > starts[s + 1] || starts[s + 1] > n)
+        fail(ErrorKind::Value, "segment_starts: expected non-decreasing starts within [0, ", n, "], got [",
+             starts[s], ", ", starts[s + 1], "] for segment ", s);
+    advise_huge_pages(grad_segments.data, size_t(num_segments * dim) * sizeof(T));
+    FirstError bad;
+    const int64_t grain = std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, dim));
+    parallel_for(0, num_segments, grain, [&](int64_t lo, int64_t hi) {
+      Gather<T> gather;
+      for (int64_t s = lo; s < hi; ++s) {
+        gather.clear();
+        for (int64_t j = starts[s]; j < starts[s + 1]; ++j) {
+          const int64_t p = positions[j];
+          if (uint64_t(p) >= uint64_t(n)) return bad.record(j);
+          const int64_t b = bag_of(offsets, num_bags, p);
+          float scale = weights ? to_float(weights[p]) : 1.f;
+          if (bags.mode == BagMode::Mean) scale /= float(offsets[b + 1] - offsets[b]);
+          gather.add(grad_out.as<T>() + b * grad_out.stride(0), scale);
         }
-      });
-      if (bad.any())
-        fail(ErrorKind::Index, "sorted_positions: sorted_positions[", bad.position.load(), "] = ",
-             positions[bad.position.load()], " is out of range for ", n, " indices");
+        gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f);
+      }
     });
+    if (bad.any())
+      fail(ErrorKind::Index, "sorted_positions: sorted_positions[", bad.position.load(), "] = ",
+           positions[bad.position.load()], " is out of range for ", n, " indices");
   });
 }
 
 void backward_weights_cpu(const TensorView& grad_out, const TensorView& table, const Bags& bags,
                           const TensorView& grad_weights) {
-  dispatch_float(table.dtype, "table", [&](auto value_tag) {
-    dispatch_index(bags.indices.dtype, "indices", [&](auto index_tag) {
-      using T = typename decltype(value_tag)::type;
-      using I = typename decltype(index_tag)::type;
-      const int64_t num_bags = bags.num_bags(), rows = table.size(0), dim = table.size(1);
-      const I* indices = bags.indices.as<I>();
-      const I* offsets = bags.offsets.as<I>();
-      check_offsets(offsets, num_bags, bags.num_indices());
-      FirstError bad;
-      T* grad_w = grad_weights.as<T>();
-      parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
-        for (int64_t b = lo; b < hi; ++b) {
-          const int64_t count = offsets[b + 1] - offsets[b];
-          const T* g = grad_out.as<T>() + b * grad_out.stride(0);
-          for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
-            if (uint64_t(indices[i]) >= uint64_t(rows)) return bad.record(i);
-            float v = dot_simd(g, table.as<T>() + int64_t(indices[i]) * table.stride(0), dim);
-            if (bags.mode == BagMode::Mean) v /= float(count);
-            grad_w[i] = from_float<T>(v);
-          }
+  dispatch_float_index(table.dtype, "table", bags.indices.dtype, "indices", [&](auto value_tag, auto index_tag) {
+    using T = typename decltype(value_tag)::type;
+    using I = typename decltype(index_tag)::type;
+    const int64_t num_bags = bags.num_bags(), rows = table.size(0), dim = table.size(1);
+    const I* indices = bags.indices.as<I>();
+    const I* offsets = bags.offsets.as<I>();
+    check_offsets(offsets, num_bags, bags.num_indices());
+    FirstError bad;
+    T* grad_w = grad_weights.as<T>();
+    parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
+      for (int64_t b = lo; b < hi; ++b) {
+        const int64_t count = offsets[b + 1] - offsets[b];
+        const T* g = grad_out.as<T>() + b * grad_out.stride(0);
+        for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
+          if (uint64_t(indices[i]) >= uint64_t(rows)) return bad.record(i);
+          float v = dot_simd(g, table.as<T>() + int64_t(indices[i]) * table.stride(0), dim);
+          if (bags.mode == BagMode::Mean) v /= float(count);
+          grad_w[i] = from_float<T>(v);
         }
-      });
-      if (bad.any()) fail_index(indices, bad.position.load(), rows);
+      }
     });
+    if (bad.any()) fail_index(indices, bad.position.load(), rows);
   });
 }
 
