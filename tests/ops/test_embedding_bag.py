@@ -41,20 +41,16 @@ def build(problem, device="cpu"):
     return table, indices, offsets, weights, mode
 
 
-@settings(max_examples=150, deadline=None)
-@given(problems())
-def test_forward_matches_reference(problem):
-    table, indices, offsets, weights, mode = build(problem)
+def check_forward(problem, device="cpu"):
+    table, indices, offsets, weights, mode = build(problem, device)
     ours = embedding_bag(table, indices, offsets, weights, mode)
     expected = reference.embedding_bag(table, indices, offsets, weights, mode)
     assert ours.dtype == table.dtype and ours.shape == expected.shape
     torch.testing.assert_close(ours, expected, **TOLERANCE[table.dtype])
 
 
-@settings(max_examples=100, deadline=None)
-@given(problems(), st.booleans())
-def test_gradients_match_reference(problem, sparse):
-    table, indices, offsets, weights, mode = build(problem)
+def check_gradients(problem, sparse, device="cpu"):
+    table, indices, offsets, weights, mode = build(problem, device)
     table.requires_grad_()
     inputs = (table,) if weights is None else (table, weights.requires_grad_())
     ours = embedding_bag(table, indices, offsets, weights, mode, sparse=sparse)
@@ -70,6 +66,37 @@ def test_gradients_match_reference(problem, sparse):
     torch.testing.assert_close(grads[0].to_dense(), expected[0], **tolerance)
     if weights is not None:
         torch.testing.assert_close(grads[1], expected[1], **{k: v * 4 for k, v in tolerance.items()})
+
+
+@settings(max_examples=150, deadline=None)
+@given(problems())
+def test_forward_matches_reference(problem):
+    check_forward(problem)
+
+
+@settings(max_examples=100, deadline=None)
+@given(problems(), st.booleans())
+def test_gradients_match_reference(problem, sparse):
+    check_gradients(problem, sparse)
+
+
+# Fixed problems, run on every device (hypothesis above covers the CPU broadly):
+# (rows, dim, bag sizes, dtype, index dtype, mode, weighted, seed)
+FIXED_PROBLEMS = [
+    (40, 130, [3, 0, 12, 1], torch.float32, torch.int64, "sum", False, 1),
+    (7, 17, [5, 5, 0, 9], torch.bfloat16, torch.int32, "mean", True, 2),
+    (300, 64, [50] * 20, torch.float16, torch.int64, "sum", True, 3),
+    (3, 1, [0, 0, 4], torch.float32, torch.int32, "mean", False, 4),
+    (25, 0, [2, 3], torch.float32, torch.int64, "sum", True, 5),
+    (1000, 1024, [40] * 8, torch.bfloat16, torch.int64, "sum", False, 6),
+]
+
+
+@pytest.mark.parametrize("problem", FIXED_PROBLEMS)
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fixed_problems_on_every_device(device, problem, sparse):
+    check_forward(problem, device)
+    check_gradients(problem, sparse, device)
 
 
 def test_sum_of_plain_fp32_bags_equals_torch_bitwise(device):
