@@ -141,7 +141,6 @@ def _backward_rows(
     touched = torch.nonzero(row_starts[1:] > row_starts[:-1]).flatten()
     segment_starts = torch.cat([row_starts[touched], row_starts[-1:]])
     values = torch.empty((touched.numel(), grad_out.shape[1]), dtype=grad_out.dtype, device=grad_out.device)
-    flag = error_flag(grad_out)
     _C.embedding_bag_backward_table(grad_out, indices, offsets, weights, _MODES[mode], positions, segment_starts,
                                     values, flag, stream_of(grad_out))
     _check_flag(flag, rows)
