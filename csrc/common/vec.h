@@ -41,16 +41,6 @@ __attribute__((always_inline)) inline f32x8 load8(const float* p) {
   return v;
 }
 
-typedef uint16_t u16x16 __attribute__((vector_size(32)));
-
-// bf16 -> fp32 is the 16 bits placed above 16 zero bits: one interleave with zeros.
-__attribute__((always_inline)) inline f32x8 load8(const bfloat16* p) {
-  u16x8 h;
-  std::memcpy(&h, p, sizeof h);
-  const u16x8 zero = {};
-  return bitcast<f32x8>(__builtin_shufflevector(zero, h, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15));
-}
-
 // The lane-wise form of to_float(float16) in numeric.h.
 __attribute__((always_inline)) inline f32x8 load8(const float16* p) {
   const u32x8 w = widen(&p->bits) << 16;
@@ -61,11 +51,51 @@ __attribute__((always_inline)) inline f32x8 load8(const float16* p) {
   return bitcast<f32x8>(sign | (is_subnormal ? bitcast<u32x8>(subnormal) : bitcast<u32x8>(normal)));
 }
 
+// Sixteen consecutive values as two 8-lane vectors. fp32 and fp16: elements 0-7 and 8-15. bf16: the
+// even and the odd elements, which one load, a shift and a mask produce; store16 puts them back.
+// Element-wise arithmetic on the pair is therefore the same for every type.
+__attribute__((always_inline)) inline void load16(const float* p, f32x8& a, f32x8& b) {
+  a = load8(p);
+  b = load8(p + 8);
+}
+
+__attribute__((always_inline)) inline void load16(const float16* p, f32x8& a, f32x8& b) {
+  a = load8(p);
+  b = load8(p + 8);
+}
+
+__attribute__((always_inline)) inline void load16(const bfloat16* p, f32x8& a, f32x8& b) {
+  u32x8 pairs;
+  std::memcpy(&pairs, p, sizeof pairs);
+  a = bitcast<f32x8>(pairs << 16);
+  b = bitcast<f32x8>(pairs & 0xFFFF0000u);
+}
+
 template <typename T>
 __attribute__((always_inline)) inline void store8(T* out, f32x8 v) {
   float lanes[8];
   std::memcpy(lanes, &v, sizeof lanes);
   for (int k = 0; k < 8; ++k) out[k] = from_float<T>(lanes[k]);
+}
+
+// The lane-wise form of from_float<bfloat16>, left in the high 16 bits of each lane.
+__attribute__((always_inline)) inline u32x8 round_to_bf16_high(f32x8 x) {
+  const u32x8 u = bitcast<u32x8>(x);
+  const u32x8 rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  const u32x8 quiet_nan = (u | 0x00400000u) & 0xFFFF0000u;
+  return (i32x8)((u & 0x7FFFFFFFu) > 0x7F800000u) ? quiet_nan : rounded;
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void store16(T* out, f32x8 a, f32x8 b) {
+  store8(out, a);
+  store8(out + 8, b);
+}
+
+template <>
+__attribute__((always_inline)) inline void store16(bfloat16* out, f32x8 even, f32x8 odd) {
+  const u32x8 pairs = (round_to_bf16_high(even) >> 16) | round_to_bf16_high(odd);
+  std::memcpy(out, &pairs, sizeof pairs);
 }
 
 }  // namespace lmk::vec

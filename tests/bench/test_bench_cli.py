@@ -41,9 +41,9 @@ def test_no_match_fails(capsys):
     assert "no case matches" in capsys.readouterr().err
 
 
-def test_measure_interleaves_ours_and_peer():
+def test_measure_interleaves_blocks_of_ours_and_peer():
     calls = []
     case = harness.Case("k", "c", "p", lambda: calls.append("ours"), lambda: calls.append("peer"), 1000, "cpu")
-    record = harness.measure(case, harness.Timing(warmup=1, min_repeats=3, min_time=0.0))
-    assert calls == ["ours", "peer"] * 4
+    record = harness.measure(case, harness.Timing(warmup=1, min_repeats=3, min_time=0.0, block=3))
+    assert calls == ["ours", "peer"] + (["ours"] * 3 + ["peer"] * 3) * 2
     assert record["gbps"] > 0 and record["stream_gbps"] is None

@@ -31,13 +31,15 @@ class Case:
 @dataclass(frozen=True)
 class Timing:
     """How long to measure: warmup calls per side, then at least ``min_repeats`` samples per side
-    and enough to run each side for ``min_time`` seconds (at most ``max_repeats``)."""
+    and enough to run each side for ``min_time`` seconds (at most ``max_repeats``), taken in
+    blocks of ``block`` calls per side of which the first is discarded."""
 
     warmup: int
     min_repeats: int
     min_time: float
     max_repeats: int = 1000
     stream_mib: int = 256
+    block: int = 3
 
 
 FULL = Timing(warmup=2, min_repeats=10, min_time=0.3)
@@ -102,7 +104,7 @@ def stream_bandwidth(device: str, timing: Timing = FULL, repeats: int = 5) -> fl
 
 
 def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None) -> dict:
-    """Time ``case``: warmup, then ours and the peer alternately; medians in milliseconds.
+    """Time ``case``: warmup, then blocks of ours and of the peer alternately; medians in milliseconds.
 
     Returns the record: kernel, case, device, peer, ours_ms, peer_ms, speedup (peer_ms / ours_ms),
     ours_peak_mb, peer_peak_mb (CUDA only, else None), gbps (ours, from ``bytes_moved``) and
@@ -116,10 +118,13 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
     if fastest > 0:
         repeats = max(repeats, math.ceil(timing.min_time * 1e3 / fastest))
     repeats = min(repeats, timing.max_repeats)
+    # Blocks of calls, ours then the peer, alternate against drift in the machine's speed. The
+    # first call of each block is not kept: it pays for the other side's leftovers (torch's
+    # OpenMP workers spin for milliseconds after each torch call, holding a core).
     ours, peer = [], []
-    for _ in range(repeats):
-        ours.append(time_once(case.ours_fn))
-        peer.append(time_once(case.peer_fn))
+    for _ in range(math.ceil(repeats / (timing.block - 1))):
+        ours += [time_once(case.ours_fn) for _ in range(timing.block)][1:]
+        peer += [time_once(case.peer_fn) for _ in range(timing.block)][1:]
     ours_ms, peer_ms = statistics.median(ours), statistics.median(peer)
     return {
         "kernel": case.kernel,
