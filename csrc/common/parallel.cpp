@@ -13,6 +13,8 @@
 namespace lmk {
 namespace {
 
+constexpr int kMaxThreads = 1024;
+
 class ThreadPool {
  public:
   ~ThreadPool() { stop_workers(); }
@@ -114,7 +116,8 @@ ThreadPool& pool() {
 int num_threads() { return pool().size(); }
 
 void set_num_threads(int n) {
-  if (n < 1) fail(ErrorKind::Value, "num_threads: expected a positive thread count, got ", n);
+  if (n < 1 || n > kMaxThreads)
+    fail(ErrorKind::Value, "n: expected a thread count in [1, ", kMaxThreads, "], got ", n);
   pool().resize(n);
 }
 
