@@ -8,6 +8,16 @@ import torch
 from lmkernels import _C
 
 
+def dl(t: torch.Tensor | None):
+    """``t`` as a DLPack capsule for ``_C`` (None stays None).
+
+    The native functions accept any DLPack producer, but a capsule made here costs 0.4 us against
+    2-3 us for the native side calling ``Tensor.__dlpack__``, which matters for small calls. No
+    stream synchronisation is done: kernels run on the current stream, which the op passes.
+    """
+    return None if t is None else torch.utils.dlpack.to_dlpack(t)
+
+
 def stream_of(t: torch.Tensor) -> int:
     """The caller's current CUDA stream for ``t``'s device (0 on the CPU)."""
     return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
@@ -30,4 +40,4 @@ def raise_on_flag(flag: torch.Tensor | None, messages: dict[int, BaseException])
         raise RuntimeError(f"kernel reported unknown error bits {bits:#x}")
 
 
-__all__ = ["_C", "stream_of", "error_flag", "raise_on_flag"]
+__all__ = ["_C", "dl", "stream_of", "error_flag", "raise_on_flag"]

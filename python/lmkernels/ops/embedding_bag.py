@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import _C, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import _C, dl, error_flag, raise_on_flag, stream_of
 
 _MODES = {"sum": 0, "mean": 1}
 
@@ -86,7 +86,8 @@ def _embedding_bag(
         raise ValueError(f"offsets: expected a 1-D tensor of num_bags + 1 entries, got shape {list(offsets.shape)}")
     out = torch.empty((offsets.numel() - 1, table.shape[1]), dtype=table.dtype, device=table.device)
     flag = error_flag(table)
-    _C.embedding_bag_forward(table, indices, offsets, weights, _MODES[mode], out, flag, stream_of(table))
+    _C.embedding_bag_forward(dl(table), dl(indices), dl(offsets), dl(weights), _MODES[mode], dl(out), dl(flag),
+                             stream_of(table))
     _check_flag(flag, table.shape[0])
     return out
 
@@ -101,7 +102,7 @@ def _positions_by_row(indices: Tensor, rows: int, flag: Tensor | None) -> tuple[
     if not indices.is_cuda:
         positions = torch.empty(indices.numel(), dtype=torch.int64)
         row_starts = torch.empty(rows + 1, dtype=torch.int64)
-        _C.embedding_bag_sort_positions(indices, rows, positions, row_starts)
+        _C.embedding_bag_sort_positions(dl(indices), rows, dl(positions), dl(row_starts))
         return positions, row_starts
     sorted_indices, positions = torch.sort(indices, stable=True)
     row_starts = torch.searchsorted(sorted_indices, torch.arange(rows + 1, device=indices.device, dtype=indices.dtype))
@@ -119,8 +120,8 @@ def _backward_table(
     flag = error_flag(grad_out)
     positions, row_starts = _positions_by_row(indices, rows, flag)
     grad_table = torch.empty((rows, grad_out.shape[1]), dtype=grad_out.dtype, device=grad_out.device)
-    _C.embedding_bag_backward_table(grad_out, indices, offsets, weights, _MODES[mode], positions, row_starts,
-                                    grad_table, flag, stream_of(grad_out))
+    _C.embedding_bag_backward_table(dl(grad_out), dl(indices), dl(offsets), dl(weights), _MODES[mode],
+                                    dl(positions), dl(row_starts), dl(grad_table), dl(flag), stream_of(grad_out))
     _check_flag(flag, rows)
     return grad_table
 
@@ -141,8 +142,8 @@ def _backward_rows(
     touched = torch.nonzero(row_starts[1:] > row_starts[:-1]).flatten()
     segment_starts = torch.cat([row_starts[touched], row_starts[-1:]])
     values = torch.empty((touched.numel(), grad_out.shape[1]), dtype=grad_out.dtype, device=grad_out.device)
-    _C.embedding_bag_backward_table(grad_out, indices, offsets, weights, _MODES[mode], positions, segment_starts,
-                                    values, flag, stream_of(grad_out))
+    _C.embedding_bag_backward_table(dl(grad_out), dl(indices), dl(offsets), dl(weights), _MODES[mode],
+                                    dl(positions), dl(segment_starts), dl(values), dl(flag), stream_of(grad_out))
     _check_flag(flag, rows)
     return touched, values
 
@@ -159,8 +160,8 @@ def _backward_weights(grad_out: Tensor, table: Tensor, indices: Tensor, offsets:
     grad_out = grad_out.detach().contiguous()
     grad_weights = torch.empty(indices.numel(), dtype=table.dtype, device=table.device)
     flag = error_flag(table)
-    _C.embedding_bag_backward_weights(grad_out, table, indices, offsets, _MODES[mode], grad_weights, flag,
-                                      stream_of(table))
+    _C.embedding_bag_backward_weights(dl(grad_out), dl(table), dl(indices), dl(offsets), _MODES[mode],
+                                      dl(grad_weights), dl(flag), stream_of(table))
     _check_flag(flag, table.shape[0])
     return grad_weights
 
