@@ -12,6 +12,7 @@ def test_info_reports_build_and_runtime():
     assert info["simd"] in {"avx512", "avx2", "neon", "baseline"}
     assert info["threads"] == lmkernels.num_threads() >= 1
     assert isinstance(info["cuda_built"], bool)
+    assert info["threads_from"] == "openmp (the process's runtime)"  # torch's, shared
 
 
 def test_default_thread_count_follows_torch():
@@ -38,3 +39,34 @@ def test_set_num_threads_round_trip():
     finally:
         lmkernels.set_num_threads(before)
     assert lmkernels.num_threads() == before == torch.get_num_threads()
+
+
+def test_own_threads_without_an_openmp_runtime():
+    """Without torch (or any OpenMP runtime) in the process, the kernels run on threads of their own."""
+    import subprocess
+    import sys
+
+    import lmkernels._C as native
+
+    code = f"""
+import importlib.machinery, importlib.util
+import numpy as np
+spec = importlib.util.spec_from_file_location("lmkernels._C", {native.__file__!r})
+native = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(native)
+assert native.parallel_backend() == "own threads", native.parallel_backend()
+rng = np.random.default_rng(0)
+table = rng.standard_normal((500, 33)).astype(np.float32)
+indices = rng.integers(0, 500, 4000)
+offsets = np.arange(0, 4001, 40)
+results = []
+for threads in (1, 3):
+    native.set_num_threads(threads)
+    out = np.empty((100, 33), np.float32)
+    native.embedding_bag_forward(table, indices, offsets, None, 0, out)
+    results.append(out)
+assert np.array_equal(results[0], results[1])
+np.testing.assert_allclose(results[0], table[indices].reshape(100, 40, 33).sum(1), rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "ok"

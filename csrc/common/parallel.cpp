@@ -8,6 +8,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#endif
+
 #include "common/errors.h"
 
 namespace lmk {
@@ -15,17 +19,33 @@ namespace {
 
 constexpr int kMaxThreads = 1024;
 
+// libgomp's entry point for `#pragma omp parallel` (LLVM's libomp provides it too).
+using OpenMPParallel = void (*)(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags);
+
+// The OpenMP runtime already loaded in the process (torch's), if any. Running on its threads
+// rather than on threads of our own matters: after each parallel region its workers spin for
+// milliseconds waiting for more work, and a second pool would compete with them for the cores.
+OpenMPParallel find_openmp() {
+#if defined(__unix__) || defined(__APPLE__)
+  return reinterpret_cast<OpenMPParallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+#else
+  return nullptr;
+#endif
+}
+
 class ThreadPool {
  public:
   ~ThreadPool() { stop_workers(); }
 
   int size() const { return size_.load(); }
+  bool shares_openmp() const { return openmp_ != nullptr; }
 
   void resize(int n) {
     std::lock_guard<std::mutex> busy(busy_);
     stop_workers();
     stopping_ = false;
-    for (int i = 0; i + 1 < n; ++i) workers_.emplace_back([this] { work(); });
+    if (!openmp_)
+      for (int i = 0; i + 1 < n; ++i) workers_.emplace_back([this] { work(); });
     size_ = n;
   }
 
@@ -42,8 +62,12 @@ class ThreadPool {
       error_ = nullptr;
       ++generation_;
     }
-    wake_.notify_all();
-    run_chunks();
+    if (openmp_) {
+      openmp_([](void* self) { static_cast<ThreadPool*>(self)->run_chunks(); }, this, unsigned(size_.load()), 0);
+    } else {
+      wake_.notify_all();
+      run_chunks();
+    }
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [this] { return active_ == 0; });
     job_ = nullptr;
@@ -100,6 +124,7 @@ class ThreadPool {
   bool stopping_ = false;
   std::exception_ptr error_;
   std::atomic<int> size_{1};
+  const OpenMPParallel openmp_ = find_openmp();
 };
 
 ThreadPool& pool() {
@@ -114,6 +139,8 @@ ThreadPool& pool() {
 }  // namespace
 
 int num_threads() { return pool().size(); }
+
+std::string parallel_backend() { return pool().shares_openmp() ? "openmp (the process's runtime)" : "own threads"; }
 
 void set_num_threads(int n) {
   if (n < 1 || n > kMaxThreads)

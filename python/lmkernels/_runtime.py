@@ -12,8 +12,9 @@ from lmkernels import _C
 def set_num_threads(n: int) -> None:
     """Set the number of threads the CPU kernels use (default: ``torch.get_num_threads()`` at import).
 
-    lmkernels keeps its own pool, separate from torch's, and never runs more than ``n`` threads
-    at once: a kernel called while the pool is busy (from another Python thread) runs serially.
+    The kernels run on the threads of the OpenMP runtime that torch loaded (shared with torch, not
+    competing with it), or on threads of their own where there is none, and never run more than
+    ``n`` at once: a kernel called while another runs (from another Python thread) runs serially.
     """
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n: expected an int, got {type(n).__name__}")
@@ -38,6 +39,7 @@ def info() -> dict:
         "compiler": build["compiler"],
         "simd": _C.simd_level(),
         "threads": num_threads(),
+        "threads_from": _C.parallel_backend(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
     }
