@@ -1,7 +1,7 @@
 // Embedding bag on the CPU. Forward and table backward are the same operation, a weighted sum
-// of gathered rows (table rows per bag; upstream-gradient rows per table row), computed one
-// cache line of columns at a time across all gathered rows, so the accumulators stay in
-// registers while the row reads go out in parallel. The backward pass visits each table row's
+// of gathered rows (table rows per bag; upstream-gradient rows per table row), computed a tile
+// of columns at a time across all gathered rows, so the accumulators stay in registers while
+// the row reads go out in parallel. The backward pass visits each table row's
 // positions in sorted order, so it needs no atomics and is bitwise reproducible.
 #include <algorithm>
 #include <atomic>
