@@ -47,26 +47,24 @@ template <typename I>
 }
 
 // out[d0 : d0 + 16 * kUnits] of weighted_row_sum, in 2 * kUnits vector accumulators: independent add
-// chains that hide the add latency, with each row's columns read once.
-template <int kUnits, typename T>
+// chains that hide the add latency, with each row's columns read once. With kPrefetch, the next
+// 256 bytes of the row two ahead are prefetched, so that later passes find their lines in cache.
+template <int kUnits, bool kPrefetch, typename T>
 __attribute__((always_inline)) inline void weighted_tile_sum(T* __restrict out, const T* const* rows, const float* w,
                                                              int64_t count, int64_t d0, float divisor) {
+  constexpr int64_t kAhead = 2, kBytes = 256;
   vec::f32x8 acc[2 * kUnits] = {};
   vec::f32x8 a, b;
-  if (w) {
-    for (int64_t i = 0; i < count; ++i)
-      for (int u = 0; u < kUnits; ++u) {
-        vec::load16(rows[i] + d0 + 16 * u, a, b);
-        acc[2 * u] += w[i] * a;
-        acc[2 * u + 1] += w[i] * b;
-      }
-  } else {
-    for (int64_t i = 0; i < count; ++i)
-      for (int u = 0; u < kUnits; ++u) {
-        vec::load16(rows[i] + d0 + 16 * u, a, b);
-        acc[2 * u] += a;
-        acc[2 * u + 1] += b;
-      }
+  for (int64_t i = 0; i < count; ++i) {
+    if (kPrefetch && i + kAhead < count)
+      for (int64_t byte = 0; byte < kBytes; byte += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(rows[i + kAhead] + d0) + byte);
+    const float wi = w ? w[i] : 1.f;
+    for (int u = 0; u < kUnits; ++u) {
+      vec::load16(rows[i] + d0 + 16 * u, a, b);
+      acc[2 * u] += w ? wi * a : a;
+      acc[2 * u + 1] += w ? wi * b : b;
+    }
   }
   for (int u = 0; u < kUnits; ++u) vec::store16(out + d0 + 16 * u, acc[2 * u] / divisor, acc[2 * u + 1] / divisor);
 }
@@ -76,12 +74,14 @@ __attribute__((always_inline)) inline void weighted_tile_sum(T* __restrict out, 
 template <typename T>
 __attribute__((always_inline)) inline void weighted_row_sum(T* __restrict out, const T* const* rows, const float* w,
                                                             int64_t count, int64_t dim, float divisor) {
-  // Columns per pass over the rows, measured on Zen 4 for tables in and out of cache: 64 for fp32;
-  // 16 for 16-bit types, which went 1.2-2x slower with wider tiles.
-  constexpr int kUnits = sizeof(T) == 4 ? 4 : 1;
+  // Columns per pass and prefetching, measured on Zen 4 with tables in and out of cache: 64 fp32
+  // columns without prefetching; 32 16-bit columns with it (up to 1.5x faster on large tables).
+  constexpr bool k16Bit = sizeof(T) == 2;
+  constexpr int kUnits = k16Bit ? 2 : 4;
   int64_t d0 = 0;
-  for (; d0 + 16 * kUnits <= dim; d0 += 16 * kUnits) weighted_tile_sum<kUnits>(out, rows, w, count, d0, divisor);
-  for (; d0 + 16 <= dim; d0 += 16) weighted_tile_sum<1>(out, rows, w, count, d0, divisor);
+  for (; d0 + 16 * kUnits <= dim; d0 += 16 * kUnits)
+    weighted_tile_sum<kUnits, k16Bit>(out, rows, w, count, d0, divisor);
+  for (; d0 + 16 <= dim; d0 += 16) weighted_tile_sum<1, false>(out, rows, w, count, d0, divisor);
   for (int64_t d = d0; d < dim; ++d) {
     float acc = 0.f;
     for (int64_t i = 0; i < count; ++i) acc += (w ? w[i] : 1.f) * to_float(rows[i][d]);
