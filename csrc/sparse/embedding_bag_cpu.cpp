@@ -71,21 +71,34 @@ __attribute__((always_inline)) inline void weighted_tile_sum(T* __restrict out, 
 
 // out[0:dim] = (sum_i w[i] * rows[i][0:dim]) / divisor, summing over i in order in fp32 (w null: all 1).
 // Always inlined into the SIMD-cloned wrappers below, so it is compiled once per x86-64 level.
-template <typename T>
+template <int kUnits, bool kPrefetch, typename T>
 __attribute__((always_inline)) inline void weighted_row_sum(T* __restrict out, const T* const* rows, const float* w,
                                                             int64_t count, int64_t dim, float divisor) {
-  // Columns per pass and prefetching, measured on Zen 4 with tables in and out of cache: 64 fp32
-  // columns without prefetching; 32 16-bit columns with it (up to 1.5x faster on large tables).
-  constexpr bool k16Bit = sizeof(T) == 2;
-  constexpr int kUnits = k16Bit ? 2 : 4;
   int64_t d0 = 0;
   for (; d0 + 16 * kUnits <= dim; d0 += 16 * kUnits)
-    weighted_tile_sum<kUnits, k16Bit>(out, rows, w, count, d0, divisor);
+    weighted_tile_sum<kUnits, kPrefetch>(out, rows, w, count, d0, divisor);
   for (; d0 + 16 <= dim; d0 += 16) weighted_tile_sum<1, false>(out, rows, w, count, d0, divisor);
   for (int64_t d = d0; d < dim; ++d) {
     float acc = 0.f;
     for (int64_t i = 0; i < count; ++i) acc += (w ? w[i] : 1.f) * to_float(rows[i][d]);
     out[d] = from_float<T>(acc / divisor);
+  }
+}
+
+// Columns per pass and prefetching, measured on Zen 4 (see docs/benchmarks.md). 16-bit rows: 32
+// columns, prefetched. fp32 rows streamed from memory (`from_memory`: the source is larger than a
+// last-level cache): 16 columns, prefetched, which matched torch where 64 columns ran at 0.8x;
+// fp32 rows in cache: 64 columns without prefetching, which ran 1.5x faster than that.
+template <typename T>
+__attribute__((always_inline)) inline void weighted_row_sum(T* __restrict out, const T* const* rows, const float* w,
+                                                            int64_t count, int64_t dim, float divisor,
+                                                            bool from_memory) {
+  if constexpr (sizeof(T) == 2) {
+    weighted_row_sum<2, true>(out, rows, w, count, dim, divisor);
+  } else if (from_memory) {
+    weighted_row_sum<1, true>(out, rows, w, count, dim, divisor);
+  } else {
+    weighted_row_sum<4, false>(out, rows, w, count, dim, divisor);
   }
 }
 
@@ -104,13 +117,13 @@ __attribute__((always_inline)) inline float dot(const T* __restrict a, const T* 
 // The SIMD-cloned entry points, one per value type, and overloads that pick them.
 #define LMK_DEFINE_KERNELS(T, SUFFIX)                                                                       \
   LMK_SIMD_CLONES void weighted_row_sum_##SUFFIX(T* out, const T* const* rows, const float* w, int64_t count, \
-                                                 int64_t dim, float divisor) {                               \
-    weighted_row_sum(out, rows, w, count, dim, divisor);                                                     \
+                                                 int64_t dim, float divisor, bool from_memory) {             \
+    weighted_row_sum(out, rows, w, count, dim, divisor, from_memory);                                        \
   }                                                                                                          \
   LMK_SIMD_CLONES float dot_##SUFFIX(const T* a, const T* b, int64_t dim) { return dot(a, b, dim); }         \
   inline void weighted_row_sum_simd(T* out, const T* const* rows, const float* w, int64_t count, int64_t dim, \
-                                    float divisor) {                                                          \
-    weighted_row_sum_##SUFFIX(out, rows, w, count, dim, divisor);                                            \
+                                    float divisor, bool from_memory) {                                        \
+    weighted_row_sum_##SUFFIX(out, rows, w, count, dim, divisor, from_memory);                               \
   }                                                                                                          \
   inline float dot_simd(const T* a, const T* b, int64_t dim) { return dot_##SUFFIX(a, b, dim); }
 LMK_DEFINE_KERNELS(float, f32)
@@ -136,11 +149,15 @@ struct Gather {
     weights.push_back(w);
     unit_weights = unit_weights && w == 1.f;
   }
-  void sum_into(T* out, int64_t dim, float divisor) const {
+  void sum_into(T* out, int64_t dim, float divisor, bool from_memory) const {
     weighted_row_sum_simd(out, rows.data(), unit_weights ? nullptr : weights.data(), int64_t(rows.size()), dim,
-                          divisor);
+                          divisor, from_memory);
   }
 };
+
+// Whether gathered rows come from memory rather than cache: a source larger than a typical
+// last-level cache (32 MiB).
+bool larger_than_cache(int64_t bytes) { return bytes > (int64_t(32) << 20); }
 
 // Bag sizes are a few to a few hundred rows: aim for chunks of about 64 KiB of row reads.
 int64_t bag_grain(int64_t dim, int64_t num_bags, int64_t num_indices) {
@@ -167,6 +184,7 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
     const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
     check_offsets(offsets, num_bags, bags.num_indices());
     advise_huge_pages(out.data, size_t(num_bags * dim) * sizeof(T));
+    const bool from_memory = larger_than_cache(rows * table.stride(0) * int64_t(sizeof(T)));
     FirstError bad;
     parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
       Gather<T> gather;
@@ -177,7 +195,8 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
           gather.add(table.as<T>() + int64_t(indices[i]) * table.stride(0), weights ? to_float(weights[i]) : 1.f);
         }
         const int64_t count = offsets[b + 1] - offsets[b];
-        gather.sum_into(out.as<T>() + b * dim, dim, bags.mode == BagMode::Mean && count > 0 ? float(count) : 1.f);
+        const float divisor = bags.mode == BagMode::Mean && count > 0 ? float(count) : 1.f;
+        gather.sum_into(out.as<T>() + b * dim, dim, divisor, from_memory);
       }
     });
     if (bad.any()) fail_index(indices, bad.position.load(), rows);
@@ -236,6 +255,7 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
         fail(ErrorKind::Value, "segment_starts: expected non-decreasing starts within [0, ", n, "], got [",
              starts[s], ", ", starts[s + 1], "] for segment ", s);
     advise_huge_pages(grad_segments.data, size_t(num_segments * dim) * sizeof(T));
+    const bool from_memory = larger_than_cache(num_bags * grad_out.stride(0) * int64_t(sizeof(T)));
     FirstError bad;
     const int64_t grain = std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, dim));
     parallel_for(0, num_segments, grain, [&](int64_t lo, int64_t hi) {
@@ -250,7 +270,7 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
           if (bags.mode == BagMode::Mean) scale /= float(offsets[b + 1] - offsets[b]);
           gather.add(grad_out.as<T>() + b * grad_out.stride(0), scale);
         }
-        gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f);
+        gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, from_memory);
       }
     });
     if (bad.any())
