@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import _C, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, raise_on_flag, stream_of
 
 _MODES = {"sum": 0, "mean": 1}
 
@@ -75,7 +75,6 @@ def _check_flag(flag: Tensor | None, rows: int) -> None:
     })
 
 
-@torch.library.custom_op("lmk::embedding_bag", mutates_args=())
 def _embedding_bag(
     table: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str, sparse: bool
 ) -> Tensor:
@@ -92,9 +91,12 @@ def _embedding_bag(
     return out
 
 
-@_embedding_bag.register_fake
-def _(table, indices, offsets, per_sample_weights, mode, sparse):
+def _embedding_bag_fake(table, indices, offsets, per_sample_weights, mode, sparse):
     return table.new_empty((offsets.shape[0] - 1, table.shape[1]))
+
+
+define_op("embedding_bag(Tensor table, Tensor indices, Tensor offsets, Tensor? per_sample_weights, str mode, "
+          "bool sparse) -> Tensor", _embedding_bag, _embedding_bag_fake)
 
 
 def _positions_by_row(indices: Tensor, rows: int, flag: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -112,7 +114,6 @@ def _positions_by_row(indices: Tensor, rows: int, flag: Tensor | None) -> tuple[
     return positions, row_starts
 
 
-@torch.library.custom_op("lmk::embedding_bag_backward_table", mutates_args=())
 def _backward_table(
     grad_out: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str, rows: int
 ) -> Tensor:
@@ -126,12 +127,14 @@ def _backward_table(
     return grad_table
 
 
-@_backward_table.register_fake
-def _(grad_out, indices, offsets, per_sample_weights, mode, rows):
+def _backward_table_fake(grad_out, indices, offsets, per_sample_weights, mode, rows):
     return grad_out.new_empty((rows, grad_out.shape[1]))
 
 
-@torch.library.custom_op("lmk::embedding_bag_backward_rows", mutates_args=())
+define_op("embedding_bag_backward_table(Tensor grad_out, Tensor indices, Tensor offsets, Tensor? per_sample_weights, "
+          "str mode, SymInt rows) -> Tensor", _backward_table, _backward_table_fake)
+
+
 def _backward_rows(
     grad_out: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str, rows: int
 ) -> tuple[Tensor, Tensor]:
@@ -148,13 +151,15 @@ def _backward_rows(
     return touched, values
 
 
-@_backward_rows.register_fake
-def _(grad_out, indices, offsets, per_sample_weights, mode, rows):
+def _backward_rows_fake(grad_out, indices, offsets, per_sample_weights, mode, rows):
     touched = torch.library.get_ctx().new_dynamic_size()
     return indices.new_empty((touched,), dtype=torch.int64), grad_out.new_empty((touched, grad_out.shape[1]))
 
 
-@torch.library.custom_op("lmk::embedding_bag_backward_weights", mutates_args=())
+define_op("embedding_bag_backward_rows(Tensor grad_out, Tensor indices, Tensor offsets, Tensor? per_sample_weights, "
+          "str mode, SymInt rows) -> (Tensor, Tensor)", _backward_rows, _backward_rows_fake)
+
+
 def _backward_weights(grad_out: Tensor, table: Tensor, indices: Tensor, offsets: Tensor, mode: str) -> Tensor:
     table, indices, offsets, _ = _prepare(table, indices, offsets, None)
     grad_out = grad_out.detach().contiguous()
@@ -166,9 +171,12 @@ def _backward_weights(grad_out: Tensor, table: Tensor, indices: Tensor, offsets:
     return grad_weights
 
 
-@_backward_weights.register_fake
-def _(grad_out, table, indices, offsets, mode):
+def _backward_weights_fake(grad_out, table, indices, offsets, mode):
     return table.new_empty((indices.shape[0],))
+
+
+define_op("embedding_bag_backward_weights(Tensor grad_out, Tensor table, Tensor indices, Tensor offsets, str mode) "
+          "-> Tensor", _backward_weights, _backward_weights_fake)
 
 
 def _setup_context(ctx, inputs, output):
@@ -194,4 +202,4 @@ def _backward(ctx, grad):
     return grad_table, None, None, grad_weights, None, None
 
 
-_embedding_bag.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd("lmk::embedding_bag", _backward, setup_context=_setup_context, lib=LIBRARY)
