@@ -273,3 +273,49 @@ def test_wrong_shape_or_device_raises_value_error(argument, make):
 def test_bad_mode_raises_value_error():
     with pytest.raises(ValueError, match="mode"):
         embedding_bag(*valid(), mode="max")
+
+
+# The native backward entry points check what the op layer computes for them, for callers of _C.
+
+def backward_arguments():
+    indices = torch.tensor([3, 1, 3, 0])
+    offsets = torch.tensor([0, 2, 4])
+    positions = torch.tensor([3, 1, 0, 2])  # sorted by index: rows 0, 1, 3, 3
+    row_starts = torch.tensor([0, 1, 2, 2, 4])
+    return torch.ones(2, 5), indices, offsets, positions, row_starts, torch.empty(4, 5)
+
+
+def test_native_backward_matches_reference():
+    grad_out, indices, offsets, positions, row_starts, grad_table = backward_arguments()
+    grad_out = torch.tensor([[1.0] * 5, [10.0] * 5])
+    _C.embedding_bag_backward_table(grad_out, indices, offsets, None, 0, positions, row_starts, grad_table)
+    assert grad_table[:, 0].tolist() == [10.0, 1.0, 0.0, 11.0]
+
+
+@pytest.mark.parametrize("bad_position", [4, -1])
+def test_native_backward_rejects_bad_positions(bad_position):
+    grad_out, indices, offsets, positions, row_starts, grad_table = backward_arguments()
+    positions[2] = bad_position
+    with pytest.raises(IndexError, match="sorted_positions"):
+        _C.embedding_bag_backward_table(grad_out, indices, offsets, None, 0, positions, row_starts, grad_table)
+
+
+@pytest.mark.parametrize("starts", [[0, 1, 3, 2, 4], [-1, 1, 2, 2, 4], [0, 1, 2, 2, 5]])
+def test_native_backward_rejects_bad_segment_starts(starts):
+    grad_out, indices, offsets, positions, _, grad_table = backward_arguments()
+    with pytest.raises(ValueError, match="segment_starts"):
+        _C.embedding_bag_backward_table(grad_out, indices, offsets, None, 0, positions, torch.tensor(starts),
+                                        grad_table)
+
+
+def test_native_sort_positions_checks_its_arguments():
+    indices = torch.tensor([2, 0, 2])
+    positions, row_starts = torch.empty(3, dtype=torch.int64), torch.empty(4, dtype=torch.int64)
+    _C.embedding_bag_sort_positions(indices, 3, positions, row_starts)
+    assert positions.tolist() == [1, 0, 2] and row_starts.tolist() == [0, 1, 1, 3]
+    with pytest.raises(ValueError, match="rows"):
+        _C.embedding_bag_sort_positions(indices, -1, positions, row_starts)
+    with pytest.raises(IndexError, match="indices"):
+        _C.embedding_bag_sort_positions(indices, 2, positions, torch.empty(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="sorted_positions"):
+        _C.embedding_bag_sort_positions(indices, 3, positions.int(), row_starts)
