@@ -172,6 +172,21 @@ int64_t bag_of(const I* offsets, int64_t num_bags, int64_t position) {
   return int64_t(std::upper_bound(offsets, offsets + num_bags + 1, I(position)) - offsets) - 1;
 }
 
+// Checks the offsets, then calls visit(b) for every bag in parallel. visit returns the position of an
+// index outside the table that it met (it stops there), or -1; the first such position is raised.
+template <typename I, typename Visit>
+void for_each_bag(const Bags& bags, int64_t rows, int64_t dim, Visit visit) {
+  const I* offsets = bags.offsets.as<I>();
+  const int64_t num_bags = bags.num_bags();
+  check_offsets(offsets, num_bags, bags.num_indices());
+  FirstError bad;
+  parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b)
+      if (const int64_t position = visit(b); position >= 0) return bad.record(position);
+  });
+  if (bad.any()) fail_index(bags.indices.as<I>(), bad.position.load(), rows);
+}
+
 }  // namespace
 
 void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& out) {
@@ -182,24 +197,20 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
     const I* indices = bags.indices.as<I>();
     const I* offsets = bags.offsets.as<I>();
     const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
-    check_offsets(offsets, num_bags, bags.num_indices());
     advise_huge_pages(out.data, size_t(num_bags * dim) * sizeof(T));
     const bool from_memory = larger_than_cache(rows * table.stride(0) * int64_t(sizeof(T)));
-    FirstError bad;
-    parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
-      Gather<T> gather;
-      for (int64_t b = lo; b < hi; ++b) {
-        gather.clear();
-        for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
-          if (uint64_t(indices[i]) >= uint64_t(rows)) return bad.record(i);
-          gather.add(table.as<T>() + int64_t(indices[i]) * table.stride(0), weights ? to_float(weights[i]) : 1.f);
-        }
-        const int64_t count = offsets[b + 1] - offsets[b];
-        const float divisor = bags.mode == BagMode::Mean && count > 0 ? float(count) : 1.f;
-        gather.sum_into(out.as<T>() + b * dim, dim, divisor, from_memory);
+    thread_local Gather<T> gather;  // scratch per thread (static storage: not captured, each thread its own)
+    for_each_bag<I>(bags, rows, dim, [&](int64_t b) -> int64_t {
+      gather.clear();
+      for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
+        if (uint64_t(indices[i]) >= uint64_t(rows)) return i;
+        gather.add(table.as<T>() + int64_t(indices[i]) * table.stride(0), weights ? to_float(weights[i]) : 1.f);
       }
+      const int64_t count = offsets[b + 1] - offsets[b];
+      const float divisor = bags.mode == BagMode::Mean && count > 0 ? float(count) : 1.f;
+      gather.sum_into(out.as<T>() + b * dim, dim, divisor, from_memory);
+      return -1;
     });
-    if (bad.any()) fail_index(indices, bad.position.load(), rows);
   });
 }
 
@@ -284,25 +295,21 @@ void backward_weights_cpu(const TensorView& grad_out, const TensorView& table, c
   dispatch_float_index(table.dtype, "table", bags.indices.dtype, "indices", [&](auto value_tag, auto index_tag) {
     using T = typename decltype(value_tag)::type;
     using I = typename decltype(index_tag)::type;
-    const int64_t num_bags = bags.num_bags(), rows = table.size(0), dim = table.size(1);
+    const int64_t rows = table.size(0), dim = table.size(1);
     const I* indices = bags.indices.as<I>();
     const I* offsets = bags.offsets.as<I>();
-    check_offsets(offsets, num_bags, bags.num_indices());
-    FirstError bad;
     T* grad_w = grad_weights.as<T>();
-    parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
-      for (int64_t b = lo; b < hi; ++b) {
-        const int64_t count = offsets[b + 1] - offsets[b];
-        const T* g = grad_out.as<T>() + b * grad_out.stride(0);
-        for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
-          if (uint64_t(indices[i]) >= uint64_t(rows)) return bad.record(i);
-          float v = dot_simd(g, table.as<T>() + int64_t(indices[i]) * table.stride(0), dim);
-          if (bags.mode == BagMode::Mean) v /= float(count);
-          grad_w[i] = from_float<T>(v);
-        }
+    for_each_bag<I>(bags, rows, dim, [&](int64_t b) -> int64_t {
+      const int64_t count = offsets[b + 1] - offsets[b];
+      const T* g = grad_out.as<T>() + b * grad_out.stride(0);
+      for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
+        if (uint64_t(indices[i]) >= uint64_t(rows)) return i;
+        float v = dot_simd(g, table.as<T>() + int64_t(indices[i]) * table.stride(0), dim);
+        if (bags.mode == BagMode::Mean) v /= float(count);
+        grad_w[i] = from_float<T>(v);
       }
+      return -1;
     });
-    if (bad.any()) fail_index(indices, bad.position.load(), rows);
   });
 }
 
