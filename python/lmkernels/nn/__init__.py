@@ -1,5 +1,12 @@
 """Building blocks shared by the methods."""
 
+from lmkernels.nn.attention import SelfAttention
+from lmkernels.nn.decoder import Decoder, DecoderConfig, DecoderLayer
 from lmkernels.nn.embedding_bag import EmbeddingBag
+from lmkernels.nn.kv_cache import KVCache
+from lmkernels.nn.rms_norm import RMSNorm
+from lmkernels.nn.rotary import RotaryEmbedding
+from lmkernels.nn.swiglu import SwiGLU
 
-__all__ = ["EmbeddingBag"]
+__all__ = ["Decoder", "DecoderConfig", "DecoderLayer", "EmbeddingBag", "KVCache", "RMSNorm", "RotaryEmbedding",
+           "SelfAttention", "SwiGLU"]
