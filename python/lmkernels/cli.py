@@ -3,6 +3,7 @@
     lmk info                 build and runtime information
     lmk tour                 the main job: every method at work on embedded defaults
     lmk bench [--quick] ...  the microbenchmark suite against the strongest peers
+    lmk tfree train ...      train a small T-FREE LM on a text file (reference script)
 """
 
 from __future__ import annotations
@@ -37,6 +38,49 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _tfree_train(args: argparse.Namespace) -> int:
+    from lmkernels import data
+    from lmkernels.tfree.train import TrainSettings, report, train
+
+    if args.text:
+        with open(args.text, encoding="utf-8") as f:
+            text = f.read()
+        documents = text.split("\n\n")
+        cut = max(len(documents) * 9 // 10, 1)
+        train_text, heldout = "\n\n".join(documents[:cut]), "\n\n".join(documents[cut:])
+    else:
+        train_text, heldout = data.text("train"), data.text("heldout")
+    settings = TrainSettings(vocab_size=args.vocab_size, m=args.m, k_lowercase=args.k_lowercase, dim=args.dim,
+                             num_layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size,
+                             steps=args.steps, learning_rate=args.lr, seed=args.seed)
+    print(f"lmk tfree train: {len(train_text) / 1e6:.2f} MB of training text, {len(heldout) / 1e6:.2f} MB held out")
+    result = train(train_text, heldout, settings)
+    report(result, train_text, None if args.no_bpe else args.bpe_vocab, args.prompt or ["The", "Return the"])
+    if args.plot:
+        _plot_losses(result, args.plot)
+    return 0
+
+
+def _plot_losses(result, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib: pip install 'lmkernels[plot]'", file=sys.stderr)
+        return
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot(range(1, len(result.losses) + 1), result.losses, label="train")
+    if result.heldout_losses:
+        axes.plot(*zip(*result.heldout_losses), "o-", label="held out")
+    axes.set_xlabel("step")
+    axes.set_ylabel("T-FREE loss")
+    axes.legend()
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    print(f"saved the loss curve to {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmk", description="lmkernels: fast kernels for LLM research methods")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +98,25 @@ def main(argv: list[str] | None = None) -> int:
 
     add_arguments(bench)
     bench.set_defaults(run=_bench)
+
+    tfree = commands.add_parser("tfree", help="T-FREE reference scripts").add_subparsers(dest="tfree", required=True)
+    tfree_train = tfree.add_parser("train", help="train a small T-FREE LM on a text file (default: embedded text)")
+    tfree_train.add_argument("--text", metavar="FILE", help="UTF-8 text; paragraphs separated by blank lines")
+    tfree_train.add_argument("--steps", type=int, default=300)
+    tfree_train.add_argument("--vocab-size", type=int, default=8000, help="hash vocabulary v")
+    tfree_train.add_argument("--m", type=int, default=10, help="indices per trigram")
+    tfree_train.add_argument("--k-lowercase", type=int, default=2)
+    tfree_train.add_argument("--dim", type=int, default=128)
+    tfree_train.add_argument("--layers", type=int, default=2)
+    tfree_train.add_argument("--seq-len", type=int, default=64)
+    tfree_train.add_argument("--batch-size", type=int, default=16)
+    tfree_train.add_argument("--lr", type=float, default=3e-3)
+    tfree_train.add_argument("--seed", type=int, default=0)
+    tfree_train.add_argument("--bpe-vocab", type=int, default=32000, help="BPE vocabulary size to compare against")
+    tfree_train.add_argument("--no-bpe", action="store_true", help="skip the BPE comparison (no tokenizers package)")
+    tfree_train.add_argument("--prompt", action="append", help="prompt to sample from (repeatable)")
+    tfree_train.add_argument("--plot", metavar="PNG", help="save the loss curve (needs matplotlib)")
+    tfree_train.set_defaults(run=_tfree_train)
 
     args = parser.parse_args(argv)
     return args.run(args)

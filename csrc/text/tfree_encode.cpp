@@ -1,0 +1,103 @@
+#include "text/tfree_encode.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "common/errors.h"
+#include "common/parallel.h"
+#include "text/tfree_words.h"
+
+namespace lmk::text {
+namespace {
+
+constexpr std::string_view kEndOfText = "<|endoftext|>";
+
+// One text's words, rows and ids, produced independently by one task.
+struct TextEncoding {
+  std::vector<int64_t> rows_per_word;
+  std::vector<int32_t> rows;
+  std::vector<int32_t> trigram_ids;
+  std::vector<uint8_t> is_endoftext;
+};
+
+void encode_word(PatternTable& table, std::string_view word, const EncodeOptions& options,
+                 std::vector<uint32_t>& ids, TextEncoding& out) {
+  const int m = table.config().m;
+  out.is_endoftext.push_back(word == kEndOfText);
+  if (options.entire_words || is_hashed_word(word)) {
+    out.rows.resize(out.rows.size() + m);
+    table.hashed_word(word, out.rows.data() + out.rows.size() - m);
+    out.trigram_ids.push_back(-1);
+    out.rows_per_word.push_back(1);
+    return;
+  }
+  ids.clear();
+  word_trigrams(word, ids);
+  const size_t first = out.rows.size();
+  out.rows.resize(first + ids.size() * m);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    table.row(ids[i], out.rows.data() + first + i * m);
+    out.trigram_ids.push_back(static_cast<int32_t>(ids[i]));
+  }
+  out.rows_per_word.push_back(static_cast<int64_t>(ids.size()));
+}
+
+void encode_text(PatternTable& table, std::string_view text, const EncodeOptions& options, TextEncoding& out) {
+  std::vector<uint32_t> ids;
+  if (!options.split_words) {
+    if (text.empty()) fail(ErrorKind::Value, "expected a non-empty word");
+    encode_word(table, text, options, ids, out);
+    return;
+  }
+  std::vector<std::string> words;
+  tfree_split(text, words);
+  for (const std::string& word : words) encode_word(table, word, options, ids, out);
+}
+
+}  // namespace
+
+Encoding tfree_encode(PatternTable& table, const std::vector<std::string_view>& texts, const EncodeOptions& options) {
+  const int64_t count = static_cast<int64_t>(texts.size());
+  std::vector<TextEncoding> parts(texts.size());
+  parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      try {
+        encode_text(table, texts[i], options, parts[i]);
+      } catch (const Error& e) {
+        throw Error(e.kind(), concat("texts[", i, "]: ", e.what()));
+      }
+    }
+  });
+
+  Encoding result;
+  const int m = table.config().m;
+  result.word_offsets.resize(texts.size() + 1);
+  std::vector<int64_t> first_row(texts.size() + 1);
+  result.word_offsets[0] = first_row[0] = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    result.word_offsets[i + 1] = result.word_offsets[i] + static_cast<int64_t>(parts[i].rows_per_word.size());
+    first_row[i + 1] = first_row[i] + static_cast<int64_t>(parts[i].trigram_ids.size());
+  }
+  const int64_t words = result.word_offsets.back(), rows = first_row.back();
+  result.row_offsets.resize(words + 1);
+  result.rows.resize(rows * m);
+  result.trigram_ids.resize(rows);
+  result.is_endoftext.resize(words);
+  result.row_offsets[0] = 0;
+  parallel_for(0, count, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const TextEncoding& part = parts[i];
+      int64_t offset = first_row[i];
+      int64_t* row_offsets = result.row_offsets.data() + result.word_offsets[i] + 1;
+      for (size_t w = 0; w < part.rows_per_word.size(); ++w) row_offsets[w] = offset += part.rows_per_word[w];
+      std::copy(part.rows.begin(), part.rows.end(), result.rows.begin() + first_row[i] * m);
+      std::copy(part.trigram_ids.begin(), part.trigram_ids.end(), result.trigram_ids.begin() + first_row[i]);
+      std::copy(part.is_endoftext.begin(), part.is_endoftext.end(),
+                result.is_endoftext.begin() + result.word_offsets[i]);
+    }
+  });
+  return result;
+}
+
+}  // namespace lmk::text

@@ -1,0 +1,50 @@
+"""Greedy word-by-word generation with a T-FREE model, a dictionary and a KV cache.
+
+The prompt is encoded (not stripped) and run once; then, at each step, the last position's logits
+are scored against the dictionary (with the prompt's words added), the best word is appended,
+re-encoded alone and run at the next position with the cache. Generation stops at
+``<|endoftext|>`` or after ``max_words``; the text is the exact inverse split of the words.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmkernels.tfree.dictionary import Dictionary
+from lmkernels.tfree.model import TFreeLM
+from lmkernels.tfree.tokenizer import Tokenizer
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+@torch.no_grad()
+def generate(model: TFreeLM, tokenizer: Tokenizer, dictionary: Dictionary, prompt: str, max_words: int = 32,
+             edge_weight: float = 1.0, variant: str = "contrast") -> str:
+    """The prompt's continuation as text (the prompt itself excluded; lowercased if the tokenizer lowercases)."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt: expected str, got {type(prompt).__name__}")
+    if max_words < 0:
+        raise ValueError(f"max_words: expected >= 0, got {max_words}")
+    device = model.head.weight.device
+    prompt_words = tokenizer.split(prompt)
+    dictionary.add(w for w in prompt_words if w not in dictionary)
+    encoding = tokenizer.encode(prompt)
+    if encoding.num_words == 0:
+        raise ValueError("prompt: expected at least one word")
+    cache = model.decoder.new_cache()
+    positions = torch.arange(encoding.num_words, device=device)[None]
+    rows, offsets = encoding.rows.to(device), encoding.row_offsets.to(device)
+    words: list[str] = []
+    for step in range(max_words):
+        logits = model(rows, offsets, positions, cache=cache)[0, -1:]
+        word = dictionary.top(logits, 1, edge_weight, variant)[0][0][0]
+        if word == END_OF_TEXT:
+            break
+        words.append(word)
+        if step + 1 == max_words:
+            break
+        next_word = tokenizer.encode_words([word])
+        rows, offsets = next_word.rows.to(device), next_word.row_offsets.to(device)
+        positions = torch.tensor([[cache.length]], device=device)
+    # Joined with the prompt, so that the whitespace between the two follows the inverse rules.
+    return tokenizer.join(prompt_words + words)[len(tokenizer.join(prompt_words)):]

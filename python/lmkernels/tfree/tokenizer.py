@@ -1,0 +1,125 @@
+"""``Tokenizer``: T-FREE's tokenizer-free text encoding, from text to trigram pattern rows.
+
+    words   = split(text)                    # the exact official word splitter (invertible)
+    pattern = for each distinct byte trigram t of " " + word + " ": T[t]  (m hash indices each)
+              or one row of m hashed indices for a word containing "<|"
+    text    = join(words)                    # the exact inverse
+
+Batches are encoded in native code, in parallel and without the GIL, into flat CSR tensors
+(:class:`~lmkernels.tfree.encoding.Encoding`) that feed the embedding kernel directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from lmkernels import _C
+from lmkernels.tfree.encoding import Encoding, TrainingBatch, collate, training_sequence
+from lmkernels.tfree.patterns import TrigramPatterns
+from lmkernels.tfree.words import join_words, split_words
+
+Chunks = Sequence[tuple[str, float]]
+
+
+class Tokenizer:
+    """T-FREE tokenizer with hash vocabulary ``vocab_size`` (v), ``m`` indices per trigram and ``k_lowercase``
+    of them shared with the lowercase trigram (the released 7B model: 32000, 10, 2).
+
+    Args:
+        lowercase: lowercase every text before splitting (official config option, default off).
+        entire_words: hash every word whole instead of by trigrams (official config option).
+        patterns: an existing :class:`TrigramPatterns` table to share (its config wins).
+    """
+
+    def __init__(self, vocab_size: int = 32000, m: int = 10, k_lowercase: int = 2, lowercase: bool = False,
+                 entire_words: bool = False, patterns: TrigramPatterns | None = None):
+        self.patterns = patterns if patterns is not None else TrigramPatterns(vocab_size, m, k_lowercase)
+        self.lowercase, self.entire_words = bool(lowercase), bool(entire_words)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.patterns.vocab_size
+
+    @property
+    def m(self) -> int:
+        return self.patterns.m
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(vocab_size={self.vocab_size}, m={self.m}, k_lowercase={self.patterns.k_lowercase}, "
+                f"lowercase={self.lowercase}, entire_words={self.entire_words})")
+
+    def split(self, text: str) -> list[str]:
+        return split_words(self._prepare(text, strip=False))
+
+    def join(self, words: Sequence[str]) -> str:
+        return join_words(words)
+
+    def word_pattern(self, word: str) -> list[list[int]]:
+        """One row of m indices per distinct trigram (ascending trigram id), or the single hashed row."""
+        return self.patterns.word_pattern(word, entire_words=self.entire_words)
+
+    def encode(self, texts: str | Sequence[str], strip: bool = False) -> Encoding:
+        """Encode one text or a batch (inference encoding: texts are not stripped by default)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self._encode([self._prepare(t, strip, f"texts[{i}]") for i, t in enumerate(texts)], split=True)
+
+    def encode_words(self, words: Sequence[str]) -> Encoding:
+        """Encode each entry as a single word, without splitting (dictionary entries, generated words)."""
+        words = list(words)
+        for i, word in enumerate(words):
+            if not isinstance(word, str):
+                raise TypeError(f"words[{i}]: expected str, got {type(word).__name__}")
+        return self._encode(words, split=False)
+
+    def encode_training(self, sequences: str | Chunks | Sequence[str | Chunks], seq_len: int | None = None,
+                        strip: bool = True, reset_at_endoftext: bool = True) -> TrainingBatch:
+        """Training encoding of one sequence or a batch of sequences.
+
+        A sequence is a text, or a list of ``(text, loss_weight)`` chunks (instruction data) that are
+        split separately and concatenated with no whitespace marker between them. ``seq_len``
+        truncates or pads every sequence to that many positions (required for batches of unequal
+        length). Texts are stripped before splitting, as the official training code does.
+        """
+        if isinstance(sequences, str) or (sequences and isinstance(sequences[0], tuple)):
+            sequences = [sequences]
+        if seq_len is not None and (not isinstance(seq_len, int) or seq_len < 1):
+            raise ValueError(f"seq_len: expected a positive int or None, got {seq_len!r}")
+        texts, weights, owners = [], [], []
+        for s, sequence in enumerate(sequences):
+            chunks = [(sequence, 1.0)] if isinstance(sequence, str) else list(sequence)
+            for text, weight in chunks:
+                texts.append(self._prepare(text, strip, f"sequences[{s}]"))
+                weights.append(float(weight))
+                owners.append(s)
+        encoding = self._encode(texts, split=True)
+        result, first = [], 0
+        for s in range(len(sequences)):
+            count = owners.count(s)
+            part = _select_texts(encoding, first, first + count)
+            result.append(training_sequence(part, weights[first:first + count], seq_len, reset_at_endoftext))
+            first += count
+        return collate(result, self.m)
+
+    def _prepare(self, text, strip: bool, name: str = "text") -> str:
+        if not isinstance(text, str):
+            raise TypeError(f"{name}: expected str, got {type(text).__name__}")
+        if strip:
+            text = text.strip()
+        return text.lower() if self.lowercase else text
+
+    def _encode(self, texts: list[str], split: bool) -> Encoding:
+        word_offsets, row_offsets, rows, trigram_ids, is_eot = _C.tfree_encode(
+            self.patterns.native, texts, split, self.entire_words)
+        return Encoding(torch.from_numpy(word_offsets), torch.from_numpy(row_offsets),
+                        torch.from_numpy(rows).view(-1, self.m), torch.from_numpy(trigram_ids),
+                        torch.from_numpy(is_eot).bool())
+
+
+def _select_texts(encoding: Encoding, first: int, stop: int) -> Encoding:
+    """The texts ``first..stop-1`` of an encoding, as an encoding of their own."""
+    w0, w1 = int(encoding.word_offsets[first]), int(encoding.word_offsets[stop])
+    r0, r1 = int(encoding.row_offsets[w0]), int(encoding.row_offsets[w1])
+    return Encoding(encoding.word_offsets[first:stop + 1] - w0, encoding.row_offsets[w0:w1 + 1] - r0,
+                    encoding.rows[r0:r1], encoding.trigram_ids[r0:r1], encoding.is_endoftext[w0:w1])

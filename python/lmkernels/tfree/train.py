@@ -1,0 +1,172 @@
+"""``lmk tfree train``: train a small T-FREE LM on a text file (or the embedded corpus) on the CPU.
+
+Documents (paragraphs separated by blank lines) end with ``<|endoftext|>`` and are packed into
+sequences of ``seq_len`` word positions with attention and positions reset at document ends. The
+run reports the embedding + head parameters against a BPE model of the same width whose vocabulary
+is trained on the same text with the ``tokenizers`` package, the training and held-out loss curve,
+and greedy samples decoded against a dictionary of the text's most frequent words.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from lmkernels.nn import DecoderConfig
+from lmkernels.tfree.dictionary import Dictionary, build_dictionary
+from lmkernels.tfree.encoding import Encoding, TrainingBatch, collate, training_sequence
+from lmkernels.tfree.generate import generate
+from lmkernels.tfree.model import TFreeConfig, TFreeLM
+from lmkernels.tfree.tokenizer import Tokenizer
+
+
+@dataclass
+class TrainSettings:
+    vocab_size: int = 8000
+    m: int = 10
+    k_lowercase: int = 2
+    dim: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    seq_len: int = 64
+    batch_size: int = 16
+    steps: int = 300
+    learning_rate: float = 3e-3
+    warmup: int = 30
+    pos_weight: float = 100.0
+    loss_scale: float = 1000.0
+    seed: int = 0
+    dictionary_size: int = 20000
+
+
+@dataclass
+class TrainResult:
+    model: TFreeLM
+    tokenizer: Tokenizer
+    dictionary: Dictionary
+    losses: list[float] = field(default_factory=list)
+    heldout_losses: list[tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def documents_of(text: str) -> list[str]:
+    """Paragraphs (separated by blank lines), stripped, empty ones dropped."""
+    return [d.strip() for d in text.split("\n\n") if d.strip()]
+
+
+def pack(tokenizer: Tokenizer, documents: list[str], seq_len: int) -> list[dict]:
+    """Documents + ``<|endoftext|>`` as one word stream, cut into sequences of ``seq_len`` positions."""
+    encoding = tokenizer.encode([d + "<|endoftext|>" for d in documents])
+    words = encoding.num_words
+    sequences = []
+    for start in range(0, words - 1, seq_len):
+        stop = min(start + seq_len + 1, words)
+        rows, offsets = encoding.words(start, stop)
+        first_row = int(encoding.row_offsets[start])
+        window = Encoding(torch.tensor([0, stop - start]), offsets, rows,
+                          encoding.trigram_ids[first_row:first_row + rows.shape[0]], encoding.is_endoftext[start:stop])
+        sequences.append(training_sequence(window, [1.0], seq_len, reset_at_endoftext=True))
+    return sequences
+
+
+def _evaluate(model: TFreeLM, batches: list[TrainingBatch]) -> float:
+    with torch.no_grad():
+        return sum(float(model.loss(b)) for b in batches) / max(len(batches), 1)
+
+
+def train(text: str, heldout: str = "", settings: TrainSettings | None = None, log=print) -> TrainResult:
+    """Train on ``text``; evaluate on ``heldout`` every tenth of the run (when given)."""
+    s = settings or TrainSettings()
+    torch.manual_seed(s.seed)
+    tokenizer = Tokenizer(s.vocab_size, s.m, s.k_lowercase)
+    train_sequences = pack(tokenizer, documents_of(text), s.seq_len)
+    if not train_sequences:
+        raise ValueError("text: no training sequence (the text has fewer than two words)")
+    heldout_batches = [collate(chunk, s.m) for chunk in _chunks(pack(tokenizer, documents_of(heldout), s.seq_len)[:64],
+                                                                s.batch_size)]
+    config = TFreeConfig(s.vocab_size, s.m, s.k_lowercase,
+                         DecoderConfig(dim=s.dim, num_layers=s.num_layers, num_heads=s.num_heads),
+                         pos_weight=s.pos_weight, loss_scale=s.loss_scale)
+    model = TFreeLM(config)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _learning_rate_factor(step, s))
+    result = TrainResult(model, tokenizer, build_dictionary(tokenizer, documents_of(text), s.dictionary_size))
+    generator = torch.Generator().manual_seed(s.seed)
+    start = time.perf_counter()
+    for step in range(s.steps):
+        picks = torch.randint(len(train_sequences), (s.batch_size,), generator=generator).tolist()
+        loss = model.loss(collate([train_sequences[i] for i in picks], s.m))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        result.losses.append(float(loss))
+        if heldout_batches and ((step + 1) % max(s.steps // 10, 1) == 0 or step + 1 == s.steps):
+            result.heldout_losses.append((step + 1, _evaluate(model, heldout_batches)))
+        _progress(step + 1, s.steps, result, start, log)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _learning_rate_factor(step: int, s: TrainSettings) -> float:
+    if step < s.warmup:
+        return (step + 1) / s.warmup
+    progress = (step - s.warmup) / max(s.steps - s.warmup, 1)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _progress(step: int, steps: int, result: TrainResult, start: float, log) -> None:
+    if log is not print:
+        return
+    width = 30
+    done = int(width * step / steps)
+    recent = result.losses[-10:]
+    line = (f"\r  [{'#' * done}{'.' * (width - done)}] step {step}/{steps}  loss {sum(recent) / len(recent):.3f}"
+            f"  {time.perf_counter() - start:.0f}s")
+    sys.stdout.write(line + ("\n" if step == steps else ""))
+    sys.stdout.flush()
+
+
+def bpe_vocabulary_size(text: str, vocab_size: int) -> int:
+    """Size of a byte-level BPE vocabulary trained on ``text`` with the ``tokenizers`` package."""
+    try:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import models, pre_tokenizers, trainers
+    except ImportError as error:
+        raise ImportError("the BPE comparison needs the tokenizers package: pip install 'lmkernels[hf]'") from error
+    bpe = HFTokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(documents_of(text), trainer=trainer)
+    return bpe.get_vocab_size()
+
+
+def report(result: TrainResult, text: str, bpe_vocab: int | None, prompts: list[str], log=print) -> None:
+    """Print the parameter comparison, the loss curve and samples."""
+    counts = result.model.parameter_counts()
+    dim = result.model.config.decoder.dim
+    tfree = counts["embedding"] + counts["head"]
+    log(f"T-FREE embedding + head: {tfree:,} parameters (v = {result.model.config.vocab_size}, width {dim})")
+    if bpe_vocab is not None:
+        size = bpe_vocabulary_size(text, bpe_vocab)
+        bpe = 2 * size * dim
+        log(f"BPE embedding + head:    {bpe:,} parameters (BPE vocabulary {size:,} trained on the same text, "
+            f"width {dim}): T-FREE uses {1 - tfree / bpe:.0%} fewer")
+    curve = result.losses
+    marks = sorted({0, len(curve) // 4, len(curve) // 2, 3 * len(curve) // 4, len(curve) - 1})
+    log("training loss: " + ", ".join(f"step {i + 1}: {curve[i]:.3f}" for i in marks))
+    if result.heldout_losses:
+        log("held-out loss: " + ", ".join(f"step {s}: {v:.3f}" for s, v in result.heldout_losses))
+    log(f"trained {len(curve)} steps in {result.seconds:.1f} s")
+    for prompt in prompts:
+        sample = generate(result.model, result.tokenizer, result.dictionary, prompt, max_words=16)
+        log(f"  {prompt!r} -> {sample!r}")
