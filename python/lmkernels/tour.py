@@ -1,8 +1,9 @@
 """``lmk tour``: the library at work on its embedded defaults, in well under a minute on a CPU.
 
-For now: the build, then the embedding-bag kernel (the T-FREE input embedding) agreeing with
-torch, timed against it, and learning something: a bag-of-words classifier that tells from a
-standard-library docstring which module wrote it. Later methods add their own stops.
+The build; the embedding-bag kernel (the T-FREE input embedding) agreeing with torch, timed
+against it, and learning something: a bag-of-words classifier that tells from a standard-library
+docstring which module wrote it; then T-FREE: exact splitting, trigram hashing, encoding speed and
+a small language model trained and sampled. Later methods add their own stops.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import lmkernels
 from lmkernels import data
 from lmkernels.nn import EmbeddingBag
 from lmkernels.ops import embedding_bag
+from lmkernels.tfree import tour as tfree_tour
 
 _WORD = re.compile(r"[a-z]+")
 
@@ -123,5 +125,6 @@ def run_tour(seed: int = 0) -> int:
     _show_build()
     _kernel_against_torch(generator)
     _docstring_classifier(generator)
+    tfree_tour.run(_section)
     print(f"\ntour finished in {time.perf_counter() - start:.1f} s")
     return 0

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SPLITS", "Document", "documents", "text"]
+__all__ = ["SPLITS", "Document", "documents", "multilingual_text", "text"]
 
 SPLITS = ("train", "heldout", "all")
 
@@ -103,6 +103,14 @@ def documents(split: str = "train") -> list[Document]:
 def text(split: str = "train", separator: str = "\n\n") -> str:
     """Return the texts of ``documents(split)`` joined by ``separator``."""
     return separator.join(doc.text for doc in documents(split))
+
+
+def multilingual_text() -> str:
+    """Thirteen short paragraphs about tokenisation, written for this package in German, French,
+    Spanish, Russian, Greek, Vietnamese, Arabic, Japanese, Chinese, Korean, Hindi, Polish and
+    Turkish (5.5 kB of UTF-8), separated by blank lines: non-English text for the tokenizer
+    benchmarks and tests."""
+    return (Path(__file__).with_name("multilingual.txt")).read_text(encoding="utf-8").strip()
 
 
 def _is_heldout(name: str) -> bool:

@@ -1,0 +1,104 @@
+"""The T-FREE model pieces: embedding, loss, dictionary decoding, generation and a short training run."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmkernels.nn import DecoderConfig
+from lmkernels.tfree import Dictionary, TFreeConfig, TFreeLM, Tokenizer, build_dictionary, generate, tfree_loss
+from lmkernels.tfree.train import TrainSettings, train
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer(vocab_size=2000, m=4, k_lowercase=1)
+
+
+def _tiny_model(tokenizer, dim=32):
+    torch.manual_seed(0)
+    config = TFreeConfig(tokenizer.vocab_size, tokenizer.m, 1, DecoderConfig(dim=dim, num_layers=2, num_heads=4))
+    return TFreeLM(config)
+
+
+def test_embedding_sums_every_index_with_multiplicity(tokenizer):
+    model = _tiny_model(tokenizer)
+    encoding = tokenizer.encode("Hello Hello world")
+    out = model.embedding(encoding.rows, encoding.row_offsets)
+    for w, word in enumerate(tokenizer.split("Hello Hello world")):
+        indices = torch.tensor(tokenizer.word_pattern(word)).reshape(-1)
+        torch.testing.assert_close(out[w], model.embedding.weight[indices].sum(0))
+
+
+def test_loss_equals_dense_bce_with_pos_weight(tokenizer):
+    batch = tokenizer.encode_training(["The cat sat on the mat.", "A dog."], seq_len=8)
+    logits = torch.randn(16, tokenizer.vocab_size, requires_grad=True)
+    loss = tfree_loss(logits, batch.target_rows, batch.target_offsets, batch.loss_weights, pos_weight=30.0,
+                      loss_scale=10.0)
+    target = torch.zeros(16, tokenizer.vocab_size)
+    for p in range(16):
+        rows = batch.target_rows[batch.target_offsets[p]:batch.target_offsets[p + 1]]
+        target[p, rows.reshape(-1).long()] = 1.0
+    dense = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.full((tokenizer.vocab_size,), 30.0),
+                                               reduction="none")
+    expected = (dense * batch.loss_weights.reshape(-1, 1)).mean() * 10.0
+    torch.testing.assert_close(loss, expected)
+    grad, = torch.autograd.grad(loss, logits)
+    expected_grad, = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_dictionary_sets_and_scores(tokenizer):
+    dictionary = Dictionary(tokenizer, ["<|endoftext|>", "Hello", "a", "world"])
+    logits = torch.randn(3, tokenizer.vocab_size)
+    scores = dictionary.scores(logits, edge_weight=0.5)
+    a = torch.sigmoid(logits)
+    v, m = tokenizer.vocab_size, tokenizer.m
+    for w, word in enumerate(dictionary.words):
+        rows = tokenizer.word_pattern(word)
+        ids = [-1] if word.startswith("<|") else tokenizer.patterns.trigram_ids(word)
+        edge = {i for row, t in zip(rows, ids) if t >= 0 and (t & 0xFF == 0x20 or t >> 16 == 0x20) for i in row}
+        inner = {i for row, t in zip(rows, ids) if not (t >= 0 and (t & 0xFF == 0x20 or t >> 16 == 0x20))
+                 for i in row}
+        s = a[:, sorted(inner)].sum(1) + 0.5 * a[:, sorted(edge)].sum(1)
+        n = len(rows)
+        expected = s / (m * n) + (s - a.sum(1)) / (v - m * n)
+        torch.testing.assert_close(scores[:, w], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dictionary_rejects_entries_that_are_not_one_word(tokenizer):
+    dictionary = Dictionary(tokenizer)
+    assert len(dictionary) == 0
+    with pytest.raises(ValueError, match="not a single word"):
+        dictionary.add(["two words"])
+    with pytest.raises(TypeError):
+        dictionary.add([3])
+    assert dictionary.add(["x", "x", "y"]) == 2 and dictionary.add(["x"]) == 0
+
+
+def test_generation_with_cache_equals_recomputation(tokenizer):
+    model = _tiny_model(tokenizer)
+    dictionary = build_dictionary(tokenizer, ["the cat sat on the mat . a dog ran <|endoftext|>"], size=64)
+    prompt = "the cat"
+    text = generate(model, tokenizer, dictionary, prompt, max_words=6)
+    # Recompute every step from scratch without a cache.
+    words = tokenizer.split(prompt)
+    for _ in range(6):
+        encoding = tokenizer.encode_words(words)
+        positions = torch.arange(len(words))[None]
+        with torch.no_grad():
+            logits = model(encoding.rows, encoding.row_offsets, positions)[0, -1:]
+        word = dictionary.top(logits, 1)[0][0][0]
+        if word == "<|endoftext|>":
+            break
+        words.append(word)
+    assert text == tokenizer.join(words)[len(prompt):]
+
+
+def test_short_training_run_learns():
+    text = "\n\n".join(["the cat sat on the mat. the dog sat on the log."] * 40)
+    result = train(text, text, TrainSettings(vocab_size=1000, m=4, k_lowercase=0, dim=32, num_heads=4, seq_len=16,
+                                             batch_size=8, steps=40, learning_rate=1e-2, warmup=5,
+                                             dictionary_size=100), log=None)
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    assert last < 0.7 * first
+    assert result.heldout_losses[-1][1] < result.heldout_losses[0][1]

@@ -1,0 +1,124 @@
+"""lmkernels.tfree.Tokenizer: batched native encoding against word_pattern, and the official
+training/inference encoding tests (spec 6.1)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmkernels.tfree import Tokenizer
+
+SMALL = dict(vocab_size=32000, m=4, k_lowercase=0)  # the official test fixture's config
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer(**SMALL)
+
+
+def _expected_rows(tokenizer, texts):
+    return [[row for word in tokenizer.split(text) for row in tokenizer.word_pattern(word)] for text in texts]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(list("ab Ab,.\n\t_1é€<|>ш")), max_size=40), max_size=5))
+def test_encode_matches_split_and_word_pattern(texts):
+    tokenizer = Tokenizer(vocab_size=1000, m=3, k_lowercase=1)
+    encoding = tokenizer.encode(texts)
+    assert encoding.num_texts == len(texts)
+    for b, text in enumerate(texts):
+        words = tokenizer.split(text)
+        first, stop = int(encoding.word_offsets[b]), int(encoding.word_offsets[b + 1])
+        assert stop - first == len(words)
+        for w, word in enumerate(words, start=first):
+            rows = encoding.rows[encoding.row_offsets[w]:encoding.row_offsets[w + 1]].tolist()
+            assert rows == tokenizer.word_pattern(word)
+            assert bool(encoding.is_endoftext[w]) == (word == "<|endoftext|>")
+
+
+def test_encoding_layout_feeds_the_embedding_bag(tokenizer):
+    encoding = tokenizer.encode(["Hello world!", "", "<|endoftext|>x"])
+    assert encoding.word_offsets.tolist() == [0, 3, 3, 5]
+    assert encoding.rows.dtype == torch.int32 and encoding.rows.shape[1] == 4
+    indices, offsets = encoding.bags()
+    assert offsets[-1] == indices.numel() == encoding.rows.numel()
+    # The hashed word has a single row marked with trigram id -1.
+    eot = int(encoding.row_offsets[3])
+    assert encoding.trigram_ids[eot] == -1 and encoding.row_offsets[4] - encoding.row_offsets[3] == 1
+    hello = torch.tensor(tokenizer.word_pattern("Hello"), dtype=torch.int32)
+    torch.testing.assert_close(encoding.rows[: hello.shape[0]], hello)
+
+
+def test_official_encode_and_training_counts(tokenizer):
+    assert tokenizer.encode("Hello world!").num_words == 3
+    batch = tokenizer.encode_training("Hello world!")
+    assert batch.shape == (1, 2)
+    assert batch.input_offsets.numel() == 3 and batch.target_offsets.numel() == 3
+
+
+def test_official_training_encoding_with_document_reset(tokenizer):
+    batch = tokenizer.encode_training("Hello World!" + "<|endoftext|>" + "42" + "<|endoftext|>")
+    assert batch.shape == (1, 6)
+    assert batch.target_is_endoftext[0].tolist() == [False, False, True, False, False, True]
+    masked = ~batch.attention_allowed()[0]
+    expected = [[False, True, True, True, True, True],
+                [False, False, True, True, True, True],
+                [False, False, False, True, True, True],
+                [True, True, True, False, True, True],
+                [True, True, True, False, False, True],
+                [True, True, True, False, False, False]]
+    assert masked.tolist() == expected
+    assert batch.position_ids[0].tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_official_training_lengths(tokenizer):
+    texts = ["Hello World!", "This is a test!", "12345"]
+    assert sum(tokenizer.encode_training(t).shape[1] for t in texts) == 10
+    assert tokenizer.encode_training(texts[1], seq_len=4).shape == (1, 4)
+    padded = tokenizer.encode_training(texts, seq_len=2048)
+    assert padded.shape == (3, 2048)
+    assert padded.loss_weights[:, 4:].abs().sum() == 0
+    with pytest.raises(ValueError, match="seq_len"):
+        tokenizer.encode_training(texts)  # unequal lengths need seq_len
+
+
+def test_official_instruction_chunks(tokenizer):
+    chunks = [("<|begin_of_text|><|start_header_id|>user<|end_header_id|>Provide a poem<|endoftext|>"
+               "<|start_header_id|>assistant<|end_header_id|>", 0.0), ("The sun is shining.<|endoftext|>", 1.0)]
+    batch = tokenizer.encode_training(chunks, reset_at_endoftext=False)
+    assert batch.loss_weights[0].tolist() == [0.0] * 10 + [1.0] * 6
+    assert batch.target_is_endoftext[0, 15]
+    targets = ["<|start_header_id|>", "user", "<|end_header_id|>", "Provide", "a", "poem", "<|endoftext|>",
+               "<|start_header_id|>", "assistant", "<|end_header_id|>", "The", "sun", "is", "shining", ".",
+               "<|endoftext|>"]
+    expected = torch.tensor([row for word in targets for row in tokenizer.word_pattern(word)], dtype=torch.int32)
+    torch.testing.assert_close(batch.target_rows, expected)
+    padded = tokenizer.encode_training(chunks, seq_len=32, reset_at_endoftext=False)
+    assert padded.loss_weights[0, 16:].abs().sum() == 0 and padded.shape == (1, 32)
+
+
+def test_official_inference_encoding(tokenizer):
+    encoding = tokenizer.encode(["Hello World!", "This is a test!", "12345"])
+    assert encoding.num_words == 13
+
+
+def test_encode_words_and_lowercase_option():
+    tokenizer = Tokenizer(vocab_size=500, m=2, k_lowercase=0, lowercase=True)
+    assert tokenizer.split("Hello World") == ["hello", "world"]
+    single = tokenizer.encode_words(["hello"])
+    assert single.num_words == 1
+    with pytest.raises(ValueError):
+        tokenizer.encode_words([""])
+
+
+def test_bad_input(tokenizer):
+    with pytest.raises(TypeError, match="texts"):
+        tokenizer.encode(["ok", 3])
+    with pytest.raises(ValueError):
+        tokenizer.encode(["bad \ud800 surrogate"])
+    with pytest.raises(TypeError, match="words"):
+        tokenizer.encode_words([b"bytes"])
+    with pytest.raises(ValueError, match="seq_len"):
+        tokenizer.encode_training("Hello", seq_len=0)
+    huge = "a" * (1 << 20)  # a megabyte-long word with three distinct trigrams: " aa", "aaa", "aa "
+    assert tokenizer.encode(huge).rows.shape == (3, 4)
