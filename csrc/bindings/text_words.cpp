@@ -2,6 +2,7 @@
 // while the native code runs; the Python objects are built around it.
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -22,6 +23,40 @@ py::str utf8_str(std::string_view text) {
   return py::reinterpret_steal<py::str>(s);
 }
 
+// Text repeats its words, so the list shares one str object per distinct short word: a
+// direct-mapped cache keyed by the word's bytes, which saves most str allocations (strings are
+// immutable, so sharing is invisible to the caller).
+class StrCache {
+ public:
+  ~StrCache() {
+    for (const Slot& slot : slots_) Py_XDECREF(slot.str);
+  }
+
+  // A new reference to the str of `word` (valid UTF-8).
+  PyObject* get(std::string_view word) {
+    if (word.size() > kMaxCachedBytes) return utf8_str(word).release().ptr();
+    uint64_t hash = 14695981039346656037ull;  // FNV-1a
+    for (const char c : word) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    Slot& slot = slots_[hash & (kSlots - 1)];
+    if (slot.str == nullptr || slot.word != word) {
+      PyObject* str = utf8_str(word).release().ptr();
+      Py_XDECREF(slot.str);
+      slot = {word, str};
+    }
+    Py_INCREF(slot.str);
+    return slot.str;
+  }
+
+ private:
+  static constexpr size_t kSlots = 4096;
+  static constexpr size_t kMaxCachedBytes = 24;
+  struct Slot {
+    std::string_view word;  // views the split text, alive for the whole call
+    PyObject* str = nullptr;
+  };
+  std::vector<Slot> slots_ = std::vector<Slot>(kSlots);
+};
+
 py::list tfree_split(const py::bytes& text) {
   char* data = nullptr;
   Py_ssize_t size = 0;
@@ -32,7 +67,8 @@ py::list tfree_split(const py::bytes& text) {
     text::tfree_split_views(std::string_view(data, static_cast<size_t>(size)), words);
   }
   py::list result(words.size());
-  for (size_t i = 0; i < words.size(); ++i) PyList_SET_ITEM(result.ptr(), Py_ssize_t(i), utf8_str(words[i]).release().ptr());
+  StrCache cache;
+  for (size_t i = 0; i < words.size(); ++i) PyList_SET_ITEM(result.ptr(), Py_ssize_t(i), cache.get(words[i]));
   return result;
 }
 

@@ -73,11 +73,13 @@ Span find_special(std::string_view text, size_t from) {
 }
 
 // One segment of the character split: a maximal run of run characters, or one other character.
+// Filled in place (never copied as a whole: copies of small structs stall store forwarding).
 struct Segment {
-  enum Kind : uint8_t { Space, Linebreak, Other } kind;
+  enum Kind : uint8_t { Space, Linebreak, Other };
+  size_t begin, end;
+  Kind kind;
   bool no_space_after;   // its last character is in NO_WHITESPACE_AFTER
   bool no_space_before;  // its first character is in NO_WHITESPACE_BEFORE
-  std::string_view text;
 };
 
 // Splits `text` and hands each word (a view of `text` or of static storage) to `emit`; throws on
@@ -95,12 +97,14 @@ class Splitter {
       piece(pos, piece_end);
       if (special.begin == std::string_view::npos) break;
       check_utf8(special.begin, special.end);
-      emit_(text_.substr(special.begin, special.end - special.begin));
+      emit_(text_.data() + special.begin, special.end - special.begin);
       pos = special.end;
     }
   }
 
  private:
+  void emit(std::string_view w) { emit_(w.data(), w.size()); }
+
   [[noreturn]] static void invalid_utf8(size_t pos) { fail(ErrorKind::Value, "text: invalid UTF-8 at byte ", pos); }
 
   void check_utf8(size_t begin, size_t end) const {
@@ -114,60 +118,67 @@ class Splitter {
     const std::string_view text = text_.substr(begin, end - begin);
     if (is_special_shaped(text)) {
       check_utf8(begin, end);
-      emit_(text);
+      emit(text);
       return;
     }
     pos_ = begin;
     end_ = end;
     if (pos_ == end_) return;
     // Whitespace compression needs each segment's neighbours, so segments go through a window
-    // of three: the previous one, the current one and the next one.
-    Segment previous{};
+    // of three slots: the previous one, the current one and the next one.
+    Segment slots[3];
+    Segment* previous = &slots[0];
+    Segment* current = &slots[1];
+    Segment* next = &slots[2];
     bool has_previous = false;
-    Segment current = next_segment();
+    read_segment(*current);
     while (true) {
       const bool has_next = pos_ < end_;
-      const Segment next = has_next ? next_segment() : Segment{};
-      if (has_previous && current.kind != Segment::Space && previous.kind != Segment::Space &&
-          !previous.no_space_after && !current.no_space_before) {
-        word(kNoWhitespaceToken);  // a space was expected here and is missing
+      if (has_next) read_segment(*next);
+      if (has_previous && current->kind != Segment::Space && previous->kind != Segment::Space &&
+          !previous->no_space_after && !current->no_space_before) {
+        word(kNoWhitespaceToken.data(), kNoWhitespaceToken.size());  // a space was expected here and is missing
       }
-      if (current.kind == Segment::Space) {
+      if (current->kind == Segment::Space) {
         // A space is dropped only where it is expected: between neighbours that expect one.
-        if (!has_previous || !has_next || previous.no_space_after || next.no_space_before)
-          repeat(false);
-      } else if (current.kind == Segment::Linebreak) {
+        if (!has_previous || !has_next || previous->no_space_after || next->no_space_before) repeat(false);
+      } else if (current->kind == Segment::Linebreak) {
         repeat(true);
       } else {
-        word(current.text);
+        word(text_.data() + current->begin, current->end - current->begin);
       }
       if (!has_next) break;
+      Segment* const free_slot = previous;
       previous = current;
-      has_previous = true;
       current = next;
+      next = free_slot;
+      has_previous = true;
     }
     flush_run();
   }
 
-  Segment next_segment() {
+  void read_segment(Segment& segment) {
     const size_t begin = pos_;
+    segment.begin = begin;
     const unsigned char lead = static_cast<unsigned char>(text_[begin]);
     if (lead < 0x80u) {
-      if (kByteFlags[lead] & kRunChar) return run_from(begin, 1);
-      pos_ = begin + 1;
-      const Segment::Kind kind = lead == ' ' ? Segment::Space : lead == '\n' ? Segment::Linebreak : Segment::Other;
-      return {kind, no_space_after(char(lead)), no_space_before(char(lead)), text_.substr(begin, 1)};
+      if (kByteFlags[lead] & kRunChar) return read_run(segment, begin + 1);
+      pos_ = segment.end = begin + 1;
+      segment.kind = lead == ' ' ? Segment::Space : lead == '\n' ? Segment::Linebreak : Segment::Other;
+      segment.no_space_after = no_space_after(char(lead));
+      segment.no_space_before = no_space_before(char(lead));
+      return;
     }
     const utf8::Decoded d = utf8::decode(text_.substr(0, end_), begin);
     if (d.length == 0) invalid_utf8(begin);
-    if (is_run_code_point(d.code_point)) return run_from(begin, d.length);
-    pos_ = begin + d.length;
-    return {Segment::Other, false, false, text_.substr(begin, d.length)};
+    if (is_run_code_point(d.code_point)) return read_run(segment, begin + d.length);
+    pos_ = segment.end = begin + d.length;
+    segment.kind = Segment::Other;
+    segment.no_space_after = segment.no_space_before = false;
   }
 
-  // The run of run characters that starts at `begin` with a character of `length` bytes.
-  Segment run_from(size_t begin, size_t length) {
-    size_t pos = begin + length;
+  // The rest of a run of run characters, from `pos`.
+  void read_run(Segment& segment, size_t pos) {
     const std::string_view piece = text_.substr(0, end_);
     while (pos < end_) {
       const unsigned char byte = static_cast<unsigned char>(text_[pos]);
@@ -181,14 +192,14 @@ class Splitter {
       if (!is_run_code_point(d.code_point)) break;
       pos += d.length;
     }
-    pos_ = pos;
-    // Run characters are never in either ASCII set.
-    return {Segment::Other, false, false, text_.substr(begin, pos - begin)};
+    pos_ = segment.end = pos;
+    segment.kind = Segment::Other;
+    segment.no_space_after = segment.no_space_before = false;  // run characters are in neither set
   }
 
-  void word(std::string_view w) {
+  void word(const char* data, size_t size) {
     flush_run();
-    emit_(w);
+    emit_(data, size);
   }
 
   // <|ws|> and <|\n|> are merged into run-length tokens when they repeat.
@@ -204,9 +215,9 @@ class Splitter {
     if (run_count_ == 0) return;
     const std::string_view* runs = run_is_linebreak_ ? kLinebreakRuns : kWhitespaceRuns;
     size_t pairs = run_count_ / 2;
-    for (; pairs > 2; pairs -= 2) emit_(runs[1]);
-    if (pairs > 0) emit_(runs[pairs - 1]);
-    if (run_count_ % 2) emit_(run_is_linebreak_ ? kLinebreakToken : kWhitespaceToken);
+    for (; pairs > 2; pairs -= 2) emit(runs[1]);
+    if (pairs > 0) emit(runs[pairs - 1]);
+    if (run_count_ % 2) emit(run_is_linebreak_ ? kLinebreakToken : kWhitespaceToken);
     run_count_ = 0;
   }
 
@@ -220,7 +231,7 @@ class Splitter {
 template <typename Word>
 void split_into(std::string_view text, std::vector<Word>& words) {
   const size_t before = words.size();
-  auto emit = [&words](std::string_view w) { words.emplace_back(w); };
+  auto emit = [&words](const char* data, size_t size) { words.emplace_back(data, size); };
   try {
     Splitter<decltype(emit)>(text, emit).run();
   } catch (...) {
