@@ -9,10 +9,10 @@ import sys
 
 import torch
 
-from lmkernels.bench import harness, sparse
+from lmkernels.bench import harness, sparse, tfree_words
 
 # One module per kernel family, each with ``cases(quick, device, tiny=False) -> list[Case]``.
-FAMILIES = [sparse]
+FAMILIES = [sparse, tfree_words]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +64,8 @@ def run_bench(args: argparse.Namespace) -> int:
         record = harness.measure(case, timing, streams[case.device])
         records.append(record)
         gbps = "" if record["gbps"] is None else f"{record['gbps']:.1f} ({record['gbps'] / record['stream_gbps']:.0%})"
+        if "ours_mbps" in record:
+            gbps = f"text {record['ours_mbps']:.1f} MB/s (peer {record['peer_mbps']:.1f})"
         print(_row([record["kernel"], record["case"], record["device"], f"{record['ours_ms']:.3f}", record["peer"],
                     f"{record['peer_ms']:.3f}", f"{record['speedup']:.2f}x", gbps], widths), flush=True)
 

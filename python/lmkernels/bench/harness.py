@@ -26,6 +26,7 @@ class Case:
     peer_fn: Callable[[], object]
     bytes_moved: int | None
     device: str
+    text_bytes: int | None = None  # text kernels: input bytes per call, reported as MB/s
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
 
     Returns the record: kernel, case, device, peer, ours_ms, peer_ms, speedup (peer_ms / ours_ms),
     ours_peak_mb, peer_peak_mb (CUDA only, else None), gbps (ours, from ``bytes_moved``) and
-    stream_gbps (as given).
+    stream_gbps (as given); cases with ``text_bytes`` add ours_mbps and peer_mbps (text MB/s).
     """
     time_once = _timer(case.device)
     fastest = 0.0
@@ -126,7 +127,7 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
         ours += [time_once(case.ours_fn) for _ in range(timing.block)][1:]
         peer += [time_once(case.peer_fn) for _ in range(timing.block)][1:]
     ours_ms, peer_ms = statistics.median(ours), statistics.median(peer)
-    return {
+    record = {
         "kernel": case.kernel,
         "case": case.case,
         "device": case.device,
@@ -139,3 +140,7 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
         "gbps": None if case.bytes_moved is None else case.bytes_moved / ours_ms / 1e6,
         "stream_gbps": stream_gbps,
     }
+    if case.text_bytes is not None:
+        record["ours_mbps"] = case.text_bytes / ours_ms / 1e3
+        record["peer_mbps"] = case.text_bytes / peer_ms / 1e3
+    return record
