@@ -47,3 +47,21 @@ def test_measure_interleaves_blocks_of_ours_and_peer():
     record = harness.measure(case, harness.Timing(warmup=1, min_repeats=3, min_time=0.0, block=3))
     assert calls == ["ours", "peer"] + (["ours"] * 3 + ["peer"] * 3) * 2
     assert record["gbps"] > 0 and record["stream_gbps"] is None
+
+
+def test_text_cases_report_megabytes_per_second(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--tiny", "--device", "cpu", "--filter", "tfree_words", "--json", str(path)]) == 0
+    records = json.loads(path.read_text())
+    assert [r["case"].split()[0] for r in records] == ["split", "join"]
+    for record in records:
+        assert set(record) == _KEYS | {"ours_mbps", "peer_mbps"}
+        assert record["gbps"] is None
+        assert record["ours_mbps"] == pytest.approx(record["peer_mbps"] * record["speedup"])
+    assert "MB/s" in capsys.readouterr().out
+
+
+def test_text_cases_are_cpu_only():
+    from lmkernels.bench import tfree_words
+
+    assert tfree_words.cases(quick=True, device="cuda", tiny=True) == []

@@ -26,7 +26,7 @@ class Case:
     peer_fn: Callable[[], object]
     bytes_moved: int | None
     device: str
-    text_bytes: int | None = None  # for text kernels: UTF-8 bytes processed per call (reported as MB/s)
+    text_bytes: int | None = None  # text kernels: input bytes per call, reported as MB/s
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,8 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
     """Time ``case``: warmup, then blocks of ours and of the peer alternately; medians in milliseconds.
 
     Returns the record: kernel, case, device, peer, ours_ms, peer_ms, speedup (peer_ms / ours_ms),
-    ours_peak_mb, peer_peak_mb (CUDA only, else None), gbps (ours, from ``bytes_moved``),
-    stream_gbps (as given) and, for text kernels, ours_text_mbps and peer_text_mbps (MB/s of text).
+    ours_peak_mb, peer_peak_mb (CUDA only, else None), gbps (ours, from ``bytes_moved``) and
+    stream_gbps (as given); cases with ``text_bytes`` add ours_mbps and peer_mbps (text MB/s).
     """
     time_once = _timer(case.device)
     fastest = 0.0
@@ -127,7 +127,7 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
         ours += [time_once(case.ours_fn) for _ in range(timing.block)][1:]
         peer += [time_once(case.peer_fn) for _ in range(timing.block)][1:]
     ours_ms, peer_ms = statistics.median(ours), statistics.median(peer)
-    return {
+    record = {
         "kernel": case.kernel,
         "case": case.case,
         "device": case.device,
@@ -139,6 +139,8 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
         "peer_peak_mb": _peak_mb(case.peer_fn, case.device),
         "gbps": None if case.bytes_moved is None else case.bytes_moved / ours_ms / 1e6,
         "stream_gbps": stream_gbps,
-        "ours_text_mbps": None if case.text_bytes is None else case.text_bytes / ours_ms / 1e3,
-        "peer_text_mbps": None if case.text_bytes is None else case.text_bytes / peer_ms / 1e3,
     }
+    if case.text_bytes is not None:
+        record["ours_mbps"] = case.text_bytes / ours_ms / 1e3
+        record["peer_mbps"] = case.text_bytes / peer_ms / 1e3
+    return record
