@@ -446,10 +446,13 @@ PatternTable* PatternTable::load(const std::string& path) {
     fail(ErrorKind::Value, "path: '", path, "' is not an lmkernels pattern table (bad magic)");
   if (header.version != kVersion)
     fail(ErrorKind::Value, "path: '", path, "' has format version ", header.version, ", expected ", kVersion);
-  if (header.m > uint32_t(kMaxM) || header.k_lowercase > header.m)
-    fail(ErrorKind::Value, "path: '", path, "' holds a bad config (m = ", header.m, ", k_lowercase = ",
-         header.k_lowercase, ")");
-  const PatternConfig config{header.vocab_size, int(header.m), int(header.k_lowercase)};
+  const PatternConfig config{header.vocab_size, int(std::min(header.m, uint32_t(kMaxM + 1))),
+                             int(std::min(header.k_lowercase, uint32_t(kMaxM + 1)))};
+  try {
+    check_config(config);
+  } catch (const Error& e) {
+    fail(ErrorKind::Value, "path: '", path, "' holds a bad config (", e.what(), ")");
+  }
   auto table = std::make_unique<PatternTable>(config);
   Storage& storage = *table->storage_;
   const uint32_t index_bytes = storage.narrow ? 2 : 4;
