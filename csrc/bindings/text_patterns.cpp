@@ -6,7 +6,6 @@
 
 #include "bindings/families.h"
 #include "bindings/tensor_import.h"
-#include "common/parallel.h"
 #include "text/trigram_patterns.h"
 
 namespace py = pybind11;
@@ -35,21 +34,12 @@ std::vector<int32_t> table_row(PatternTable& table, int64_t id) {
   return row;
 }
 
-template <typename Index>
-void fill_rows(PatternTable& table, const Index* ids, int64_t n, int32_t* out) {
-  const int m = table.config().m;
-  parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) table.row(uint32_t(ids[i]), out + i * m);
-  });
-}
-
 void table_rows(PatternTable& table, py::handle ids, py::handle out) {
   TensorImports in;
   const TensorView i = in.require(ids, "ids");
   const TensorView o = in.require(out, "out");
   check_dtype(i, "ids", {DType::Int64, DType::Int32});
   check_ndim(i, "ids", 1);
-  check_contiguous(i, "ids");
   check_dtype(o, "out", {DType::Int32});
   check_ndim(o, "out", 2);
   check_size(o, "out", 0, i.size(0));
@@ -59,14 +49,16 @@ void table_rows(PatternTable& table, py::handle ids, py::handle out) {
   if (i.device != DeviceType::CPU || o.device != DeviceType::CPU)
     fail(ErrorKind::Value, "ids, out: the pattern table lives on the CPU; expected CPU tensors");
   const int64_t n = i.size(0);
+  std::vector<uint32_t> checked(static_cast<size_t>(n));
   for (int64_t k = 0; k < n; ++k) {
-    const int64_t id = i.dtype == DType::Int64 ? i.as<int64_t>()[k] : i.as<int32_t>()[k];
+    const int64_t at = k * i.stride(0);
+    const int64_t id = i.dtype == DType::Int64 ? i.as<int64_t>()[at] : i.as<int32_t>()[at];
     if (id < 0 || id >= int64_t(text::kTrigramIds))
       fail(ErrorKind::Index, "ids: expected trigram ids in [0, 2^24), got ", id, " at position ", k);
+    checked[size_t(k)] = uint32_t(id);
   }
   py::gil_scoped_release release;
-  if (i.dtype == DType::Int64) fill_rows(table, i.as<int64_t>(), n, o.as<int32_t>());
-  else fill_rows(table, i.as<int32_t>(), n, o.as<int32_t>());
+  table.rows(checked.data(), n, o.as<int32_t>());
 }
 
 std::vector<int32_t> table_hashed_word(const PatternTable& table, const std::string& word) {

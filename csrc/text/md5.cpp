@@ -2,6 +2,7 @@
 // the SIMD lanes (GCC vector extensions) run the same steps.
 #include "text/md5.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/simd.h"
@@ -87,40 +88,50 @@ Md5State md5(std::string_view message) {
   return Md5State{{state[0], state[1], state[2], state[3]}};
 }
 
-void md5_pad_single_block(std::string_view message, uint8_t block[64]) {
-  std::memset(block, 0, 64);
-  if (!message.empty()) std::memcpy(block, message.data(), message.size());
-  block[message.size()] = 0x80;
-  const uint64_t bits = uint64_t(message.size()) * 8;
-  for (int i = 0; i < 8; ++i) block[56 + i] = uint8_t(bits >> (8 * i));
+void Md5Blocks::set(int lane, std::string_view message) {
+  // Only the words holding the message and its 0x80 change (and any a longer message left).
+  uint8_t bytes[56] = {};
+  std::memcpy(bytes, message.data(), message.size());
+  bytes[message.size()] = 0x80;
+  const int used = int(message.size()) / 4 + 1;
+  const int rewrite = std::max(used, int(words_used_[lane]));
+  for (int w = 0; w < rewrite; ++w) words[w][lane] = load_le32(bytes + 4 * w);
+  words_used_[lane] = uint8_t(used);
+  words[14][lane] = uint32_t(message.size() * 8);
 }
 
 LMK_SIMD_CLONES
-void md5_single_blocks(const uint8_t blocks[kMd5Lanes][64], Md5State states[kMd5Lanes]) {
-  // Transpose to word-major order so that each vector holds one message word of every lane.
-  alignas(64) uint32_t words[16][kMd5Lanes];
-  for (int lane = 0; lane < kMd5Lanes; ++lane)
-    for (int w = 0; w < 16; ++w) words[w][lane] = load_le32(blocks[lane] + 4 * w);
+void md5_blocks(const Md5Blocks& blocks, uint32_t states[4][kMd5Lanes]) {
+  // Lanes are wider than the machine's vectors: the compiler splits each operation into
+  // independent vector operations, which hides the latency of MD5's serial chain of steps.
   Lanes m[16];
-  for (int w = 0; w < 16; ++w) std::memcpy(&m[w], words[w], sizeof(Lanes));
+  for (int w = 0; w < 16; ++w) std::memcpy(&m[w], blocks.words[w], sizeof(Lanes));
   Lanes state[4];
   for (int i = 0; i < 4; ++i) state[i] = Lanes{} + kInitial[i];
   compress(state, m);
-  alignas(64) uint32_t out[4][kMd5Lanes];
-  for (int i = 0; i < 4; ++i) std::memcpy(out[i], &state[i], sizeof(Lanes));
-  for (int lane = 0; lane < kMd5Lanes; ++lane)
-    for (int i = 0; i < 4; ++i) states[lane].words[i] = out[i][lane];
+  for (int i = 0; i < 4; ++i) std::memcpy(states[i], &state[i], sizeof(Lanes));
 }
 
 Md5Modulo::Md5Modulo(uint32_t modulus)
-    : modulus_(modulus), two_pow_64_mod_((~uint64_t(0) % modulus + 1) % modulus) {}
+    : modulus_(modulus),
+      inverse_(~(unsigned __int128)0 / modulus + 1),
+      two_pow_64_mod_((~uint64_t(0) % modulus + 1) % modulus) {}
 
-uint32_t Md5Modulo::operator()(const Md5State& state) const {
+uint64_t Md5Modulo::mod(uint64_t x) const {
+  // Lemire, Kaser and Kurz, "Faster remainder by direct computation" (2019): with
+  // c = ceil(2^128 / d), x mod d = ((c * x mod 2^128) * d) >> 128 for every 64-bit x and d.
+  const unsigned __int128 fraction = inverse_ * x;
+  const unsigned __int128 low = (unsigned __int128)(uint64_t(fraction)) * modulus_;
+  const unsigned __int128 high = (unsigned __int128)(uint64_t(fraction >> 64)) * modulus_;
+  return uint64_t((high + (low >> 64)) >> 64);
+}
+
+uint32_t Md5Modulo::operator()(uint32_t a, uint32_t b, uint32_t c, uint32_t d) const {
   // Digest bytes are A, B, C, D little-endian; read big-endian they give these two halves.
-  const uint64_t high = uint64_t(__builtin_bswap32(state.words[0])) << 32 | __builtin_bswap32(state.words[1]);
-  const uint64_t low = uint64_t(__builtin_bswap32(state.words[2])) << 32 | __builtin_bswap32(state.words[3]);
+  const uint64_t high = uint64_t(__builtin_bswap32(a)) << 32 | __builtin_bswap32(b);
+  const uint64_t low = uint64_t(__builtin_bswap32(c)) << 32 | __builtin_bswap32(d);
   // (high * 2^64 + low) mod v, every product below 2^62 because v <= 2^31.
-  return uint32_t(((high % modulus_) * two_pow_64_mod_ + low % modulus_) % modulus_);
+  return uint32_t(mod(mod(high) * two_pow_64_mod_ + mod(low)));
 }
 
 }  // namespace lmk::text

@@ -195,7 +195,7 @@ class RowDrawer {
         char* end = write_decimal(prefix_end, uint64_t(k));
         *end++ = '_';
         *end++ = '0';
-        md5_pad_single_block(std::string_view(message, size_t(end - message)), blocks_[pending]);
+        blocks_.set(pending, std::string_view(message, size_t(end - message)));
         targets_[pending++] = rows + int64_t(r) * m_ + k;
         if (pending == kMd5Lanes) flush(pending);
       }
@@ -206,9 +206,10 @@ class RowDrawer {
 
  private:
   void flush(int& pending) {
-    Md5State states[kMd5Lanes];
-    md5_single_blocks(blocks_, states);
-    for (int lane = 0; lane < pending; ++lane) *targets_[lane] = int32_t(modulo_(states[lane]));
+    alignas(64) uint32_t states[4][kMd5Lanes];
+    md5_blocks(blocks_, states);
+    for (int lane = 0; lane < pending; ++lane)
+      *targets_[lane] = int32_t(modulo_(states[0][lane], states[1][lane], states[2][lane], states[3][lane]));
     pending = 0;
   }
 
@@ -230,7 +231,7 @@ class RowDrawer {
 
   int m_;
   const Md5Modulo& modulo_;
-  alignas(64) uint8_t blocks_[kMd5Lanes][64];
+  Md5Blocks blocks_;
   int32_t* targets_[kMd5Lanes];
 };
 
@@ -345,6 +346,36 @@ void PatternTable::hashed_word(std::string_view word, int32_t* out) const {
     message += std::to_string(i);
     out[cased + i] = int32_t(modulo(md5(message)));
   }
+}
+
+void PatternTable::rows(const uint32_t* ids, int64_t n, int32_t* out) {
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] >= kTrigramIds) fail(ErrorKind::Index, "ids: expected trigram ids below 2^24, got ", ids[i]);
+  Storage& storage = *storage_;
+  const int m = config_.m;
+  parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) {
+    RowDrawer drawer(config_, storage.modulo);
+    uint32_t missing[RowDrawer::kBlockRows];
+    int64_t positions[RowDrawer::kBlockRows];
+    std::vector<int32_t> computed(size_t(RowDrawer::kBlockRows) * m);
+    for (int64_t block = begin; block < end; block += RowDrawer::kBlockRows) {
+      int n_missing = 0;
+      for (int64_t i = block; i < std::min(end, block + RowDrawer::kBlockRows); ++i) {
+        if (storage.state(ids[i]) == kReady) {
+          storage.read(ids[i], out + i * m);
+        } else {
+          missing[n_missing] = ids[i];
+          positions[n_missing++] = i;
+        }
+      }
+      if (n_missing == 0) continue;
+      storage.compute(drawer, missing, n_missing, computed.data());
+      for (int r = 0; r < n_missing; ++r) {
+        std::copy_n(computed.data() + int64_t(r) * m, m, out + positions[r] * m);
+        storage.publish(missing[r], computed.data() + int64_t(r) * m);
+      }
+    }
+  });
 }
 
 void PatternTable::precompute() {

@@ -9,10 +9,10 @@ import sys
 
 import torch
 
-from lmkernels.bench import harness, sparse
+from lmkernels.bench import harness, sparse, tfree_patterns
 
 # One module per kernel family, each with ``cases(quick, device, tiny=False) -> list[Case]``.
-FAMILIES = [sparse]
+FAMILIES = [sparse, tfree_patterns]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
