@@ -28,6 +28,9 @@ struct Md5Blocks {
 
   // Puts `message` (at most kMd5MaxSingleBlock bytes), padded, in `lane`.
   void set(int lane, std::string_view message);
+  // The same for a message of at most 15 bytes given already padded: `padded` holds its bytes,
+  // then 0x80, then zeros up to 16 bytes.
+  void set_short(int lane, const uint8_t padded[16], size_t size);
 
  private:
   uint8_t words_used_[kMd5Lanes] = {};  // words before the length that may be non-zero

@@ -188,14 +188,18 @@ class RowDrawer {
   void draw(const uint32_t* ids, int n, int32_t* rows) {
     int pending = 0;
     for (int r = 0; r < n; ++r) {
-      char message[32];
-      char* prefix_end = write_decimal(message, ids[r]);
+      // "{id}_" is at most 9 bytes and "{k}_0" at most 4, so every message fits 16 padded bytes.
+      alignas(16) char prefix[16] = {};
+      char* prefix_end = write_decimal(prefix, ids[r]);
       *prefix_end++ = '_';
       for (int k = 0; k < m_; ++k) {
-        char* end = write_decimal(prefix_end, uint64_t(k));
+        alignas(16) char message[16];
+        std::memcpy(message, prefix, sizeof(message));
+        char* end = write_decimal(message + (prefix_end - prefix), uint64_t(k));
         *end++ = '_';
         *end++ = '0';
-        blocks_.set(pending, std::string_view(message, size_t(end - message)));
+        *end = char(0x80);
+        blocks_.set_short(pending, reinterpret_cast<const uint8_t*>(message), size_t(end - message));
         targets_[pending++] = rows + int64_t(r) * m_ + k;
         if (pending == kMd5Lanes) flush(pending);
       }

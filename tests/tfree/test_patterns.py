@@ -161,6 +161,42 @@ def test_words_match_reference(config, word):
     assert patterns.hashed_word(word) == ref.hashed_word(word, *config)
 
 
+@pytest.mark.parametrize("vocab_size", [1, 2, 3, 7, 255, 256, 257, 32000, 65535, 65536, 65537, 1_000_003,
+                                        2**31 - 1, 2**31])
+def test_modulo_of_the_digest(vocab_size):
+    patterns = TrigramPatterns(vocab_size, 1, 1 if vocab_size % 2 else 0)
+    config = (patterns.vocab_size, patterns.m, patterns.k_lowercase)
+    for word in ["<|endoftext|>", "<|ws|>", "<|Ünïcödé|>", "<|x|>"]:
+        assert patterns.hashed_word(word) == ref.hashed_word(word, *config)
+    ids = [0, 1, 6637600, trigram_id("Hel"), TRIGRAM_IDS - 1]
+    assert [patterns.row(i) for i in ids] == [ref.trigram_row(i, *config) for i in ids]
+
+
+@pytest.mark.parametrize("length", range(40, 140))
+def test_long_hashed_words(length):
+    """Messages of one, two and three MD5 blocks, across every padding boundary."""
+    word = "<|" + "Ab" * (length // 2) + "c" * (length % 2) + "|>"
+    assert table(32000, 10, 2).hashed_word(word) == ref.hashed_word(word, 32000, 10, 2)
+
+
+def test_native_rows_accepts_strided_ids():
+    patterns = table(32000, 10, 2)
+    ids = torch.arange(0, 40, dtype=torch.int64)[::3]
+    out = torch.empty(ids.numel(), 10, dtype=torch.int32)
+    patterns._table.rows(ids, out)
+    assert out.tolist() == [ref.trigram_row(int(i), 32000, 10, 2) for i in ids]
+
+
+def test_benchmark_case_runs():
+    from lmkernels.bench import harness, tfree_patterns
+
+    (case,) = tfree_patterns.cases(quick=True, device="cpu", tiny=True)
+    assert tfree_patterns.cases(quick=True, device="cuda", tiny=True) == []
+    record = harness.measure(case, harness.TINY)
+    assert record["kernel"] == "tfree_patterns" and record["ours_ms"] > 0
+    assert case.peer_scale == 16 and "x16" in case.peer
+
+
 def test_rows_are_lazy_and_kept():
     patterns = TrigramPatterns(32000, 10, 2)
     assert patterns.rows_computed == 0
