@@ -54,4 +54,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("parallel_backend", &lmk::parallel_backend, "Whose threads the CPU kernels run on.");
   lmk::bindings::register_sparse(m);
   lmk::bindings::register_text_words(m);
+  lmk::bindings::register_text_patterns(m);
 }

@@ -41,6 +41,9 @@ class PatternTable {
 
   // Writes the m indices of trigram `id` (< 2^24) to out[0..m).
   void row(uint32_t id, int32_t* out);
+  // Writes the rows of ids[0..n) (each < 2^24) to out[0..n*m), computing missing rows in
+  // parallel and in SIMD batches (much faster than n calls of row() on a fresh table).
+  void rows(const uint32_t* ids, int64_t n, int32_t* out);
   // Writes the m indices of a word hashed whole to out[0..m).
   void hashed_word(std::string_view word, int32_t* out) const;
 

@@ -17,7 +17,11 @@ import torch
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark: our callable and the peer's, on inputs both already hold (allocated once)."""
+    """One benchmark: our callable and the peer's, on inputs both already hold (allocated once).
+
+    A peer too slow to run the whole case runs ``1 / peer_scale`` of it; its times are multiplied
+    by ``peer_scale`` (an extrapolation, which the ``peer`` label must say).
+    """
 
     kernel: str
     case: str
@@ -27,6 +31,7 @@ class Case:
     bytes_moved: int | None
     device: str
     text_bytes: int | None = None  # text kernels: input bytes per call, reported as MB/s
+    peer_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,8 @@ def stream_bandwidth(device: str, timing: Timing = FULL, repeats: int = 5) -> fl
 def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None) -> dict:
     """Time ``case``: warmup, then blocks of ours and of the peer alternately; medians in milliseconds.
 
-    Returns the record: kernel, case, device, peer, ours_ms, peer_ms, speedup (peer_ms / ours_ms),
+    Returns the record: kernel, case, device, peer, ours_ms, peer_ms (times ``peer_scale``), speedup
+    (peer_ms / ours_ms),
     ours_peak_mb, peer_peak_mb (CUDA only, else None), gbps (ours, from ``bytes_moved``) and
     stream_gbps (as given); cases with ``text_bytes`` add ours_mbps and peer_mbps (text MB/s).
     """
@@ -126,7 +132,7 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
     for _ in range(math.ceil(repeats / (timing.block - 1))):
         ours += [time_once(case.ours_fn) for _ in range(timing.block)][1:]
         peer += [time_once(case.peer_fn) for _ in range(timing.block)][1:]
-    ours_ms, peer_ms = statistics.median(ours), statistics.median(peer)
+    ours_ms, peer_ms = statistics.median(ours), statistics.median(peer) * case.peer_scale
     record = {
         "kernel": case.kernel,
         "case": case.case,

@@ -2,5 +2,6 @@
 
 from lmkernels.reference import tfree_words
 from lmkernels.reference.embedding_bag import embedding_bag
+from lmkernels.reference import tfree_patterns
 
-__all__ = ["embedding_bag", "tfree_words"]
+__all__ = ["embedding_bag", "tfree_patterns", "tfree_words"]
