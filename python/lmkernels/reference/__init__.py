@@ -1,5 +1,6 @@
 """Plain PyTorch implementations of every kernel: the oracles that the tests compare against."""
 
 from lmkernels.reference.embedding_bag import embedding_bag
+from lmkernels.reference.multilabel_bce import multilabel_bce_with_logits
 
-__all__ = ["embedding_bag"]
+__all__ = ["embedding_bag", "multilabel_bce_with_logits"]
