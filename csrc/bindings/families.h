@@ -7,5 +7,6 @@ namespace lmk::bindings {
 void register_sparse(pybind11::module_& m);
 void register_text_words(pybind11::module_& m);
 void register_text_patterns(pybind11::module_& m);
+void register_multilabel_bce(pybind11::module_& m);
 
 }  // namespace lmk::bindings

@@ -55,4 +55,5 @@ PYBIND11_MODULE(_C, m) {
   lmk::bindings::register_sparse(m);
   lmk::bindings::register_text_words(m);
   lmk::bindings::register_text_patterns(m);
+  lmk::bindings::register_multilabel_bce(m);
 }

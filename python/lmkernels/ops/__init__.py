@@ -2,5 +2,6 @@
 allocation, a fake implementation for ``torch.compile`` and, where differentiable, autograd."""
 
 from lmkernels.ops.embedding_bag import embedding_bag
+from lmkernels.ops.multilabel_bce import multilabel_bce_with_logits
 
-__all__ = ["embedding_bag"]
+__all__ = ["embedding_bag", "multilabel_bce_with_logits"]
