@@ -5,5 +5,6 @@
 namespace lmk::bindings {
 
 void register_sparse(pybind11::module_& m);
+void register_dictionary_score(pybind11::module_& m);
 
 }  // namespace lmk::bindings

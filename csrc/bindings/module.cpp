@@ -53,4 +53,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &lmk::set_num_threads, py::arg("n"), "Set the threads used by the CPU kernels.");
   m.def("parallel_backend", &lmk::parallel_backend, "Whose threads the CPU kernels run on.");
   lmk::bindings::register_sparse(m);
+  lmk::bindings::register_dictionary_score(m);
 }

@@ -1,6 +1,7 @@
 """One ``torch.library`` custom op (``lmk::<name>``) per kernel: argument checks, output
 allocation, a fake implementation for ``torch.compile`` and, where differentiable, autograd."""
 
+from lmkernels.ops.dictionary_score import dictionary_scores, top_words
 from lmkernels.ops.embedding_bag import embedding_bag
 
 __all__ = ["embedding_bag"]
