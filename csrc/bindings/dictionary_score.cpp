@@ -54,7 +54,7 @@ void register_dictionary_score(py::module_& m) {
         py::arg("edge_weight"), py::arg("variant"), py::arg("scores"), py::arg("activations") = py::none(),
         py::arg("totals") = py::none(), py::arg("error_flag") = py::none(), py::arg("stream") = 0,
         "T-FREE scores [Q, W] of every dictionary word against each row of logits [Q, v]; variant 0 = contrast, "
-        "1 = mean. CUDA logits need the workspace activations [Q, v] and totals [Q] (float32).");
+        "1 = mean. CUDA logits need the workspace activations [v, Q] and totals [Q] (float32).");
 }
 
 }  // namespace lmk::bindings

@@ -20,9 +20,11 @@ void check_dictionary_scores(const TensorView& logits, const Dictionary& diction
   check_int32_vector(dictionary.edge_indices, "edge_indices", logits);
   check_int32_vector(dictionary.edge_offsets, "edge_offsets", logits);
   check_int32_vector(dictionary.trigram_counts, "trigram_counts", logits);
+  if (dictionary.ne_offsets.size(0) < 1)
+    fail(ErrorKind::Value, "ne_offsets: expected at least one entry (offsets have num_words + 1 entries), got 0");
   const int64_t num_words = dictionary.num_words();
-  check_size(dictionary.ne_offsets, "ne_offsets", 0, num_words + 1);
   check_size(dictionary.edge_offsets, "edge_offsets", 0, num_words + 1);
+  check_size(dictionary.trigram_counts, "trigram_counts", 0, num_words);
   if (params.indices_per_trigram < 1 || params.indices_per_trigram > INT32_MAX)
     fail(ErrorKind::Value, "m: expected a number of indices per trigram in [1, 2^31), got ", params.indices_per_trigram);
   if (params.variant != ScoreVariant::Contrast && params.variant != ScoreVariant::Mean)
@@ -39,8 +41,8 @@ void check_dictionary_scores(const TensorView& logits, const Dictionary& diction
 void check_dictionary_workspace(const TensorView& logits, const TensorView& activations, const TensorView& totals) {
   check_dtype(activations, "activations", {DType::Float32});
   check_ndim(activations, "activations", 2);
-  check_size(activations, "activations", 0, logits.size(0));
-  check_size(activations, "activations", 1, logits.size(1));
+  check_size(activations, "activations", 0, logits.size(1));
+  check_size(activations, "activations", 1, logits.size(0));
   check_contiguous(activations, "activations");
   check_writable(activations, "activations");
   check_same_device(activations, "activations", logits, "logits");

@@ -30,7 +30,7 @@ struct Dictionary {
   TensorView edge_offsets;    // [W + 1] int32; 0, non-decreasing, N_e
   TensorView trigram_counts;  // [W]     int32, each >= 1
 
-  int64_t num_words() const { return trigram_counts.size(0); }
+  int64_t num_words() const { return ne_offsets.size(0) - 1; }
 };
 
 struct ScoreParams {
@@ -51,8 +51,9 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
                            const TensorView& scores);
 
 // ---- CUDA ------------------------------------------------------------------------------------
-// Same contract on the given stream. The op allocates the workspace: activations [Q, v] float32
-// (sigmoid of the logits) and totals [Q] float32 (S_q). Dictionary values are not checked on the
+// Same contract on the given stream. The op allocates the workspace: activations [v, Q] float32
+// (sigmoid of the logits, transposed so that one index's activations for all queries are
+// adjacent) and totals [Q] float32 (S_q). Dictionary values are not checked on the
 // host: the kernels OR these bits into error_flag (int32 [1] on the device) and skip the
 // offending element instead.
 constexpr int32_t kDictionaryBadIndex = 1;    // an index outside [0, v)

@@ -31,6 +31,8 @@ using vec::i32x8;
 
 constexpr int64_t kLanes = 8;
 constexpr int64_t kMaxChunk = 64;      // queries per pass: 256 bytes of activations per index
+static const int64_t kAhead = getenv("LMK_AHEAD") ? atoi(getenv("LMK_AHEAD")) : 16;
+static const int64_t kChunk = getenv("LMK_CHUNK") ? atoi(getenv("LMK_CHUNK")) : 64;
 constexpr int64_t kColumnBlock = 512;  // vocabulary columns per partial total (fixed: sets the summation order)
 constexpr int64_t kWordBlock = 16;     // words per tile: 64 bytes of each query's scores row
 
@@ -123,6 +125,8 @@ struct Words {
   const int32_t* edge_indices;
   const int32_t* edge_offsets;
   const int32_t* counts;
+  int64_t ne_count;
+  int64_t edge_count;
   int64_t vocab;
   int64_t m;
   float edge_weight;
@@ -136,32 +140,53 @@ struct BadPosition {
   bool any() const { return ne >= 0 || edge >= 0; }
 };
 
-// acc[0:kUnits] = sum over positions [begin, end), in order, of the activation rows of indices[p].
-template <int kUnits>
+// acc[0:kUnits] = sum over positions [begin, end) of the activation rows of indices[p], in
+// kChains interleaved partial sums (position p into chain p % kChains) that keep several
+// independent add chains in flight, combined pairwise at the end. Returns the position of an
+// index outside [0, vocab), or -1.
+template <int kUnits, int kChains>
 __attribute__((always_inline)) inline int64_t gather_rows(const float* act, const int32_t* indices, int64_t begin,
-                                                          int64_t end, int64_t vocab, f32x8* acc) {
+                                                          int64_t end, int64_t limit, int64_t vocab, f32x8* acc) {
   constexpr int64_t width = kUnits * kLanes;
-  for (int u = 0; u < kUnits; ++u) acc[u] = f32x8{};
-  for (int64_t p = begin; p < end; ++p) {
+  f32x8 chains[kChains][kUnits] = {};
+  int64_t p = begin;
+  for (; p + kChains <= end; p += kChains)
+    for (int c = 0; c < kChains; ++c) {
+      if (p + c + kAhead < limit) {
+        const uint32_t next = uint32_t(indices[p + c + kAhead]);
+        if (next < uint64_t(vocab))
+          for (int64_t byte = 0; byte < width * 4; byte += 64)
+            __builtin_prefetch(reinterpret_cast<const char*>(act + int64_t(next) * width) + byte);
+      }
+      const uint32_t i = uint32_t(indices[p + c]);
+      if (i >= uint64_t(vocab)) return p + c;
+      const float* row = act + int64_t(i) * width;
+      for (int u = 0; u < kUnits; ++u) chains[c][u] += load8(row + u * kLanes);
+    }
+  for (int c = 0; p < end; ++p, ++c) {
     const uint32_t i = uint32_t(indices[p]);
     if (i >= uint64_t(vocab)) return p;
     const float* row = act + int64_t(i) * width;
-    for (int u = 0; u < kUnits; ++u) acc[u] += load8(row + u * kLanes);
+    for (int u = 0; u < kUnits; ++u) chains[c][u] += load8(row + u * kLanes);
   }
+  for (int step = 1; step < kChains; step *= 2)
+    for (int c = 0; c + step < kChains; c += 2 * step)
+      for (int u = 0; u < kUnits; ++u) chains[c][u] += chains[c + step][u];
+  for (int u = 0; u < kUnits; ++u) acc[u] = chains[0][u];
   return -1;
 }
 
 // tile[(w - w0) * width + q] = score of word w for lane q, for w in [w0, w1).
-template <int kUnits>
+template <int kUnits, int kChains = (kUnits >= 4 ? 1 : 4 / kUnits)>
 __attribute__((always_inline)) inline void score_words(const float* act, const float* totals, const Words& words,
                                                        int64_t w0, int64_t w1, float* tile, BadPosition& bad) {
   constexpr int64_t width = kUnits * kLanes;
   for (int64_t w = w0; w < w1; ++w) {
     f32x8 ne[kUnits], edge[kUnits];
-    bad.ne = gather_rows<kUnits>(act, words.ne_indices, words.ne_offsets[w], words.ne_offsets[w + 1], words.vocab, ne);
+    bad.ne = gather_rows<kUnits, kChains>(act, words.ne_indices, words.ne_offsets[w], words.ne_offsets[w + 1], words.ne_count, words.vocab, ne);
     if (bad.ne >= 0) return;
-    bad.edge = gather_rows<kUnits>(act, words.edge_indices, words.edge_offsets[w], words.edge_offsets[w + 1],
-                                   words.vocab, edge);
+    bad.edge = gather_rows<kUnits, kChains>(act, words.edge_indices, words.edge_offsets[w], words.edge_offsets[w + 1],
+                                   words.edge_count, words.vocab, edge);
     if (bad.edge >= 0) return;
     const int64_t slots = words.m * int64_t(words.counts[w]);
     const float on_pattern = float(slots);
@@ -237,7 +262,8 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
   const int64_t num_queries = logits.size(0), vocab = logits.size(1), num_words = dictionary.num_words();
   const Words words{dictionary.ne_indices.as<int32_t>(),  dictionary.ne_offsets.as<int32_t>(),
                     dictionary.edge_indices.as<int32_t>(), dictionary.edge_offsets.as<int32_t>(),
-                    dictionary.trigram_counts.as<int32_t>(), vocab, params.indices_per_trigram, params.edge_weight,
+                    dictionary.trigram_counts.as<int32_t>(), dictionary.ne_indices.size(0),
+                    dictionary.edge_indices.size(0), vocab, params.indices_per_trigram, params.edge_weight,
                     params.variant == ScoreVariant::Contrast};
   check_offsets(words.ne_offsets, num_words, dictionary.ne_indices.size(0), "ne_offsets");
   check_offsets(words.edge_offsets, num_words, dictionary.edge_indices.size(0), "edge_offsets");
@@ -249,15 +275,15 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
   // Scratch of the calling thread, kept between calls so that repeated calls fault no pages in.
   // The workers reach it through these pointers (a thread_local named in the lambdas would be theirs).
   thread_local std::vector<float> act_scratch, partial_scratch;
-  act_scratch.resize(size_t(vocab * std::min(num_queries + kLanes - 1, kMaxChunk) / kLanes * kLanes));
+  act_scratch.resize(size_t(vocab * std::min(num_queries + kLanes - 1, kChunk) / kLanes * kLanes));
   partial_scratch.resize(size_t(column_blocks * kMaxChunk));
   advise_huge_pages(act_scratch.data(), act_scratch.size() * sizeof(float));
   float* act = act_scratch.data();
   float* partial = partial_scratch.data();
   float* out = scores.as<float>();
 
-  for (int64_t q0 = 0; q0 < num_queries; q0 += kMaxChunk) {
-    const int64_t rows = std::min(kMaxChunk, num_queries - q0);
+  for (int64_t q0 = 0; q0 < num_queries; q0 += kChunk) {
+    const int64_t rows = std::min(kChunk, num_queries - q0);
     const int64_t units = (rows + kLanes - 1) / kLanes, width = units * kLanes;
     dispatch_float(logits.dtype, "logits", [&](auto tag) {
       using T = typename decltype(tag)::type;

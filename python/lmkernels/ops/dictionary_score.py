@@ -107,7 +107,7 @@ def _dictionary_scores(logits: Tensor, ne_indices: Tensor, ne_offsets: Tensor, e
     scores = torch.empty((queries, trigram_counts.shape[0]), dtype=torch.float32, device=logits.device)
     activations = totals = None
     if logits.is_cuda:
-        activations = torch.empty((queries, vocab), dtype=torch.float32, device=logits.device)
+        activations = torch.empty((vocab, queries), dtype=torch.float32, device=logits.device)
         totals = torch.empty(queries, dtype=torch.float32, device=logits.device)
     flag = error_flag(logits)
     _C.dictionary_scores(dl(logits.detach()), *map(dl, dictionary), m, edge_weight, _VARIANTS[variant], dl(scores),
