@@ -100,7 +100,7 @@ __device__ float gather(const int32_t* __restrict__ indices, int64_t begin, int6
                         int lane, int32_t* __restrict__ flag) {
   float sum = 0.f;
   for (int64_t base = begin; base < end; base += 32) {
-    const int count = int(min<int64_t>(32, end - base));
+    const int count = end - base < 32 ? int(end - base) : 32;
     const int32_t mine = lane < count ? indices[base + lane] : 0;
     if (mine < 0 || mine >= vocab) flag_error(flag, kDictionaryBadIndex);
     for (int k = 0; k < count; ++k) {
