@@ -56,4 +56,6 @@ PYBIND11_MODULE(_C, m) {
   lmk::bindings::register_text_words(m);
   lmk::bindings::register_text_patterns(m);
   lmk::bindings::register_multilabel_bce(m);
+  lmk::bindings::register_dictionary_score(m);
+  lmk::bindings::register_text_encode(m);
 }

@@ -1,7 +1,8 @@
 """One ``torch.library`` custom op (``lmk::<name>``) per kernel: argument checks, output
 allocation, a fake implementation for ``torch.compile`` and, where differentiable, autograd."""
 
+from lmkernels.ops.dictionary_score import dictionary_scores, top_words
 from lmkernels.ops.embedding_bag import embedding_bag
 from lmkernels.ops.multilabel_bce import multilabel_bce_with_logits
 
-__all__ = ["embedding_bag", "multilabel_bce_with_logits"]
+__all__ = ["dictionary_scores", "embedding_bag", "multilabel_bce_with_logits", "top_words"]

@@ -1,7 +1,8 @@
 """Plain PyTorch implementations of every kernel: the oracles that the tests compare against."""
 
 from lmkernels.reference import tfree_patterns, tfree_words
+from lmkernels.reference.dictionary_score import dictionary_scores
 from lmkernels.reference.embedding_bag import embedding_bag
 from lmkernels.reference.multilabel_bce import multilabel_bce_with_logits
 
-__all__ = ["embedding_bag", "multilabel_bce_with_logits", "tfree_patterns", "tfree_words"]
+__all__ = ["dictionary_scores", "embedding_bag", "multilabel_bce_with_logits", "tfree_patterns", "tfree_words"]

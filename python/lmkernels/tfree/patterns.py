@@ -52,6 +52,11 @@ class TrigramPatterns:
         return patterns
 
     @property
+    def native(self):
+        """The ``_C.PatternTable`` behind this object, for native callers such as the batched encoder."""
+        return self._table
+
+    @property
     def vocab_size(self) -> int:
         return self._table.vocab_size
 

@@ -58,7 +58,9 @@ class Tokenizer:
 
     def word_pattern(self, word: str) -> list[list[int]]:
         """One row of m indices per distinct trigram (ascending trigram id), or the single hashed row."""
-        return self.patterns.word_pattern(word, entire_words=self.entire_words)
+        if self.entire_words:
+            return [self.patterns.hashed_word(word)]
+        return self.patterns.word_pattern(word)
 
     def encode(self, texts: str | Sequence[str], strip: bool = False) -> Encoding:
         """Encode one text or a batch (inference encoding: texts are not stripped by default)."""

@@ -1,0 +1,57 @@
+// Argument checks of the dictionary scoring, shared by the CPU and CUDA paths.
+#include "sparse/dictionary_score.h"
+
+namespace lmk::sparse {
+
+static void check_int32_vector(const TensorView& t, const char* name, const TensorView& logits) {
+  check_dtype(t, name, {DType::Int32});
+  check_ndim(t, name, 1);
+  check_contiguous(t, name);
+  check_same_device(t, name, logits, "logits");
+}
+
+void check_dictionary_scores(const TensorView& logits, const Dictionary& dictionary, const ScoreParams& params,
+                             const TensorView& scores) {
+  check_dtype(logits, "logits", {DType::Float32, DType::BFloat16, DType::Float16});
+  check_ndim(logits, "logits", 2);
+  check_unit_last_stride(logits, "logits");
+  check_int32_vector(dictionary.ne_indices, "ne_indices", logits);
+  check_int32_vector(dictionary.ne_offsets, "ne_offsets", logits);
+  check_int32_vector(dictionary.edge_indices, "edge_indices", logits);
+  check_int32_vector(dictionary.edge_offsets, "edge_offsets", logits);
+  check_int32_vector(dictionary.trigram_counts, "trigram_counts", logits);
+  if (dictionary.ne_offsets.size(0) < 1)
+    fail(ErrorKind::Value, "ne_offsets: expected at least one entry (offsets have num_words + 1 entries), got 0");
+  const int64_t num_words = dictionary.num_words();
+  check_size(dictionary.edge_offsets, "edge_offsets", 0, num_words + 1);
+  check_size(dictionary.trigram_counts, "trigram_counts", 0, num_words);
+  if (params.indices_per_trigram < 1 || params.indices_per_trigram > INT32_MAX)
+    fail(ErrorKind::Value, "m: expected a number of indices per trigram in [1, 2^31), got ", params.indices_per_trigram);
+  if (params.variant != ScoreVariant::Contrast && params.variant != ScoreVariant::Mean)
+    fail(ErrorKind::Value, "variant: expected contrast (0) or mean (1), got ", int(params.variant));
+  check_dtype(scores, "scores", {DType::Float32});
+  check_ndim(scores, "scores", 2);
+  check_size(scores, "scores", 0, logits.size(0));
+  check_size(scores, "scores", 1, num_words);
+  check_contiguous(scores, "scores");
+  check_writable(scores, "scores");
+  check_same_device(scores, "scores", logits, "logits");
+}
+
+void check_dictionary_workspace(const TensorView& logits, const TensorView& activations, const TensorView& totals) {
+  check_dtype(activations, "activations", {DType::Float32});
+  check_ndim(activations, "activations", 2);
+  check_size(activations, "activations", 0, logits.size(1));
+  check_size(activations, "activations", 1, logits.size(0));
+  check_contiguous(activations, "activations");
+  check_writable(activations, "activations");
+  check_same_device(activations, "activations", logits, "logits");
+  check_dtype(totals, "totals", {DType::Float32});
+  check_ndim(totals, "totals", 1);
+  check_size(totals, "totals", 0, logits.size(0));
+  check_contiguous(totals, "totals");
+  check_writable(totals, "totals");
+  check_same_device(totals, "totals", logits, "logits");
+}
+
+}  // namespace lmk::sparse

@@ -1,0 +1,317 @@
+// Dictionary scoring on the CPU, a pass per chunk of up to 64 queries:
+//
+// 1. Activations: sigmoid of the chunk's logits, stored transposed as act[i][q] (one row of the
+//    chunk's queries per vocabulary index, padded to a multiple of 8 lanes), with the per-query
+//    totals S_q summed over fixed column blocks and then over the blocks in order.
+// 2. Gathers: per word, the rows act[i] of its NE and E indices summed as vectors, so every index
+//    load serves all the queries of the chunk; then the normalisation, into a tile of 16 words that
+//    goes out as 64-byte runs of each query's row of scores.
+//
+// Every sum has a fixed order that depends on neither the thread count nor the schedule, so the
+// scores are bitwise reproducible.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "common/dispatch.h"
+#include "common/memory.h"
+#include "common/parallel.h"
+#include "common/simd.h"
+#include "common/vec.h"
+#include "sparse/dictionary_score.h"
+
+namespace lmk::sparse {
+namespace {
+
+using vec::f32x8;
+using vec::i32x8;
+
+constexpr int64_t kLanes = 8;
+constexpr int64_t kMaxChunk = 64;      // queries per pass: 256 bytes of activations per index
+static const int64_t kAhead = getenv("LMK_AHEAD") ? atoi(getenv("LMK_AHEAD")) : 16;
+static const int64_t kChunk = getenv("LMK_CHUNK") ? atoi(getenv("LMK_CHUNK")) : 64;
+constexpr int64_t kColumnBlock = 512;  // vocabulary columns per partial total (fixed: sets the summation order)
+constexpr int64_t kWordBlock = 16;     // words per tile: 64 bytes of each query's scores row
+
+__attribute__((always_inline)) inline f32x8 load8(const float* p) { return vec::load8(p); }
+__attribute__((always_inline)) inline f32x8 load8(const float16* p) { return vec::load8(p); }
+__attribute__((always_inline)) inline f32x8 load8(const bfloat16* p) {
+  return vec::bitcast<f32x8>(vec::widen(&p->bits) << 16);
+}
+
+__attribute__((always_inline)) inline f32x8 select(i32x8 mask, f32x8 a, f32x8 b) { return mask ? a : b; }
+
+// exp(x) for x in [-87.3, 0] (the caller clamps): Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2,
+// and the minimax polynomial of Cephes' expf (about 1 ulp), times 2^n built in the exponent bits.
+__attribute__((always_inline)) inline f32x8 exp_nonpositive(f32x8 x) {
+  const f32x8 shifted = x * 1.44269504088896341f + 0.5f;
+  i32x8 n = __builtin_convertvector(shifted, i32x8);  // truncates towards zero; floor below
+  n -= (i32x8)(__builtin_convertvector(n, f32x8) > shifted) & 1;
+  const f32x8 nf = __builtin_convertvector(n, f32x8);
+  const f32x8 r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f;
+  f32x8 p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const f32x8 y = p * (r * r) + r + 1.f;
+  return y * vec::bitcast<f32x8>((n + 127) << 23);
+}
+
+// 1 / (1 + exp(-x)), through exp(-|x|) so that neither side overflows; NaN stays NaN.
+__attribute__((always_inline)) inline f32x8 sigmoid(f32x8 x) {
+  const i32x8 is_nan = x != x;
+  const f32x8 finite = select(is_nan, f32x8{}, x);
+  const f32x8 magnitude = select(finite < 0.f, -finite, finite);
+  const f32x8 neg = -magnitude;
+  const f32x8 t = exp_nonpositive(select(neg < -87.3f, f32x8{} - 87.3f, neg));
+  const f32x8 value = select(finite >= 0.f, 1.f / (1.f + t), t / (1.f + t));
+  return select(is_nan, x, value);
+}
+
+// Columns [c0, c1) of the chunk's rows: act[i * width + q] = sigmoid(logits[q][i]) for q < rows
+// (0 in the padding lanes up to width), and partial[q] = sum of those activations in column
+// order (8 interleaved partial sums, combined pairwise).
+template <typename T>
+__attribute__((always_inline)) inline void activate_columns(const T* logits, int64_t stride, int64_t rows,
+                                                            int64_t width, int64_t c0, int64_t c1, float* act,
+                                                            float* partial) {
+  for (int64_t q = 0; q < rows; ++q) {
+    const T* row = logits + q * stride;
+    f32x8 acc = {};
+    int64_t i = c0;
+    for (; i + kLanes <= c1; i += kLanes) {
+      const f32x8 a = sigmoid(load8(row + i));
+      acc += a;
+      for (int k = 0; k < kLanes; ++k) act[(i + k) * width + q] = a[k];
+    }
+    if (i < c1) {
+      T tail[kLanes];
+      std::memset(tail, 0, sizeof tail);
+      std::memcpy(tail, row + i, size_t(c1 - i) * sizeof(T));
+      const f32x8 a = sigmoid(load8(tail));
+      for (int64_t k = 0; k < c1 - i; ++k) {
+        acc[k] += a[k];
+        act[(i + k) * width + q] = a[k];
+      }
+    }
+    partial[q] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  }
+  for (int64_t i = c0; i < c1; ++i)
+    for (int64_t q = rows; q < width; ++q) act[i * width + q] = 0.f;
+}
+
+#define LMK_DEFINE_ACTIVATE(T, SUFFIX)                                                                              \
+  LMK_SIMD_CLONES void activate_columns_##SUFFIX(const T* logits, int64_t stride, int64_t rows, int64_t width,      \
+                                                 int64_t c0, int64_t c1, float* act, float* partial) {             \
+    activate_columns(logits, stride, rows, width, c0, c1, act, partial);                                             \
+  }                                                                                                                  \
+  inline void activate_columns_simd(const T* logits, int64_t stride, int64_t rows, int64_t width, int64_t c0,       \
+                                    int64_t c1, float* act, float* partial) {                                       \
+    activate_columns_##SUFFIX(logits, stride, rows, width, c0, c1, act, partial);                                   \
+  }
+LMK_DEFINE_ACTIVATE(float, f32)
+LMK_DEFINE_ACTIVATE(bfloat16, bf16)
+LMK_DEFINE_ACTIVATE(float16, f16)
+#undef LMK_DEFINE_ACTIVATE
+
+// The word-side inputs of one pass, read by the gathers.
+struct Words {
+  const int32_t* ne_indices;
+  const int32_t* ne_offsets;
+  const int32_t* edge_indices;
+  const int32_t* edge_offsets;
+  const int32_t* counts;
+  int64_t ne_count;
+  int64_t edge_count;
+  int64_t vocab;
+  int64_t m;
+  float edge_weight;
+  bool contrast;
+};
+
+// Where a gather met an index outside [0, v): its position in ne_indices or edge_indices.
+struct BadPosition {
+  int64_t ne = -1;
+  int64_t edge = -1;
+  bool any() const { return ne >= 0 || edge >= 0; }
+};
+
+// acc[0:kUnits] = sum over positions [begin, end) of the activation rows of indices[p], in
+// kChains interleaved partial sums (position p into chain p % kChains) that keep several
+// independent add chains in flight, combined pairwise at the end. Returns the position of an
+// index outside [0, vocab), or -1.
+template <int kUnits, int kChains>
+__attribute__((always_inline)) inline int64_t gather_rows(const float* act, const int32_t* indices, int64_t begin,
+                                                          int64_t end, int64_t limit, int64_t vocab, f32x8* acc) {
+  constexpr int64_t width = kUnits * kLanes;
+  f32x8 chains[kChains][kUnits] = {};
+  int64_t p = begin;
+  for (; p + kChains <= end; p += kChains)
+    for (int c = 0; c < kChains; ++c) {
+      if (p + c + kAhead < limit) {
+        const uint32_t next = uint32_t(indices[p + c + kAhead]);
+        if (next < uint64_t(vocab))
+          for (int64_t byte = 0; byte < width * 4; byte += 64)
+            __builtin_prefetch(reinterpret_cast<const char*>(act + int64_t(next) * width) + byte);
+      }
+      const uint32_t i = uint32_t(indices[p + c]);
+      if (i >= uint64_t(vocab)) return p + c;
+      const float* row = act + int64_t(i) * width;
+      for (int u = 0; u < kUnits; ++u) chains[c][u] += load8(row + u * kLanes);
+    }
+  for (int c = 0; p < end; ++p, ++c) {
+    const uint32_t i = uint32_t(indices[p]);
+    if (i >= uint64_t(vocab)) return p;
+    const float* row = act + int64_t(i) * width;
+    for (int u = 0; u < kUnits; ++u) chains[c][u] += load8(row + u * kLanes);
+  }
+  for (int step = 1; step < kChains; step *= 2)
+    for (int c = 0; c + step < kChains; c += 2 * step)
+      for (int u = 0; u < kUnits; ++u) chains[c][u] += chains[c + step][u];
+  for (int u = 0; u < kUnits; ++u) acc[u] = chains[0][u];
+  return -1;
+}
+
+// tile[(w - w0) * width + q] = score of word w for lane q, for w in [w0, w1).
+template <int kUnits, int kChains = (kUnits >= 4 ? 1 : 4 / kUnits)>
+__attribute__((always_inline)) inline void score_words(const float* act, const float* totals, const Words& words,
+                                                       int64_t w0, int64_t w1, float* tile, BadPosition& bad) {
+  constexpr int64_t width = kUnits * kLanes;
+  for (int64_t w = w0; w < w1; ++w) {
+    f32x8 ne[kUnits], edge[kUnits];
+    bad.ne = gather_rows<kUnits, kChains>(act, words.ne_indices, words.ne_offsets[w], words.ne_offsets[w + 1], words.ne_count, words.vocab, ne);
+    if (bad.ne >= 0) return;
+    bad.edge = gather_rows<kUnits, kChains>(act, words.edge_indices, words.edge_offsets[w], words.edge_offsets[w + 1],
+                                   words.edge_count, words.vocab, edge);
+    if (bad.edge >= 0) return;
+    const int64_t slots = words.m * int64_t(words.counts[w]);
+    const float on_pattern = float(slots);
+    const float off_pattern = float(words.vocab - slots);
+    float* out = tile + (w - w0) * width;
+    for (int u = 0; u < kUnits; ++u) {
+      const f32x8 s = ne[u] + words.edge_weight * edge[u];
+      f32x8 score = s / on_pattern;
+      if (words.contrast && off_pattern > 0.f) score += (s - load8(totals + u * kLanes)) / off_pattern;
+      std::memcpy(out + u * kLanes, &score, sizeof score);
+    }
+  }
+}
+
+LMK_SIMD_CLONES void score_words_simd(int64_t units, const float* act, const float* totals, const Words& words,
+                                      int64_t w0, int64_t w1, float* tile, BadPosition& bad) {
+  switch (units) {
+    case 1: return score_words<1>(act, totals, words, w0, w1, tile, bad);
+    case 2: return score_words<2>(act, totals, words, w0, w1, tile, bad);
+    case 3: return score_words<3>(act, totals, words, w0, w1, tile, bad);
+    case 4: return score_words<4>(act, totals, words, w0, w1, tile, bad);
+    case 5: return score_words<5>(act, totals, words, w0, w1, tile, bad);
+    case 6: return score_words<6>(act, totals, words, w0, w1, tile, bad);
+    case 7: return score_words<7>(act, totals, words, w0, w1, tile, bad);
+    default: return score_words<8>(act, totals, words, w0, w1, tile, bad);
+  }
+}
+
+void check_offsets(const int32_t* offsets, int64_t num_words, int64_t num_indices, const char* name) {
+  if (offsets[0] != 0) fail(ErrorKind::Value, name, ": expected ", name, "[0] == 0, got ", offsets[0]);
+  for (int64_t w = 0; w < num_words; ++w)
+    if (offsets[w + 1] < offsets[w])
+      fail(ErrorKind::Value, name, ": expected non-decreasing offsets, got ", name, "[", w, "] = ", offsets[w], " > ",
+           name, "[", w + 1, "] = ", offsets[w + 1]);
+  if (offsets[num_words] != num_indices)
+    fail(ErrorKind::Value, name, ": expected the last offset to equal the number of indices (", num_indices,
+         "), got ", offsets[num_words]);
+}
+
+void check_counts(const int32_t* counts, int64_t num_words) {
+  for (int64_t w = 0; w < num_words; ++w)
+    if (counts[w] < 1)
+      fail(ErrorKind::Value, "trigram_counts: expected every word to have at least 1 trigram, got trigram_counts[", w,
+           "] = ", counts[w]);
+}
+
+// The smallest offending positions seen by any thread.
+struct FirstBad {
+  std::atomic<int64_t> ne{std::numeric_limits<int64_t>::max()};
+  std::atomic<int64_t> edge{std::numeric_limits<int64_t>::max()};
+
+  static void lower(std::atomic<int64_t>& to, int64_t p) {
+    int64_t seen = to.load();
+    while (p >= 0 && p < seen && !to.compare_exchange_weak(seen, p)) {}
+  }
+  void record(const BadPosition& bad) {
+    lower(ne, bad.ne);
+    lower(edge, bad.edge);
+  }
+  void raise(const Dictionary& dictionary, int64_t vocab) const {
+    for (auto [position, view, name] : {std::tuple{ne.load(), &dictionary.ne_indices, "ne_indices"},
+                                        std::tuple{edge.load(), &dictionary.edge_indices, "edge_indices"}})
+      if (position != std::numeric_limits<int64_t>::max())
+        fail(ErrorKind::Index, name, ": ", name, "[", position, "] = ", view->as<int32_t>()[position],
+             " is out of range for logits of ", vocab, " columns");
+  }
+};
+
+}  // namespace
+
+void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionary, const ScoreParams& params,
+                           const TensorView& scores) {
+  const int64_t num_queries = logits.size(0), vocab = logits.size(1), num_words = dictionary.num_words();
+  const Words words{dictionary.ne_indices.as<int32_t>(),  dictionary.ne_offsets.as<int32_t>(),
+                    dictionary.edge_indices.as<int32_t>(), dictionary.edge_offsets.as<int32_t>(),
+                    dictionary.trigram_counts.as<int32_t>(), dictionary.ne_indices.size(0),
+                    dictionary.edge_indices.size(0), vocab, params.indices_per_trigram, params.edge_weight,
+                    params.variant == ScoreVariant::Contrast};
+  check_offsets(words.ne_offsets, num_words, dictionary.ne_indices.size(0), "ne_offsets");
+  check_offsets(words.edge_offsets, num_words, dictionary.edge_indices.size(0), "edge_offsets");
+  check_counts(words.counts, num_words);
+  if (num_queries == 0 || num_words == 0) return;
+
+  const int64_t column_blocks = (vocab + kColumnBlock - 1) / kColumnBlock;
+  const int64_t word_blocks = (num_words + kWordBlock - 1) / kWordBlock;
+  // Scratch of the calling thread, kept between calls so that repeated calls fault no pages in.
+  // The workers reach it through these pointers (a thread_local named in the lambdas would be theirs).
+  thread_local std::vector<float> act_scratch, partial_scratch;
+  act_scratch.resize(size_t(vocab * std::min(num_queries + kLanes - 1, kChunk) / kLanes * kLanes));
+  partial_scratch.resize(size_t(column_blocks * kMaxChunk));
+  advise_huge_pages(act_scratch.data(), act_scratch.size() * sizeof(float));
+  float* act = act_scratch.data();
+  float* partial = partial_scratch.data();
+  float* out = scores.as<float>();
+
+  for (int64_t q0 = 0; q0 < num_queries; q0 += kChunk) {
+    const int64_t rows = std::min(kChunk, num_queries - q0);
+    const int64_t units = (rows + kLanes - 1) / kLanes, width = units * kLanes;
+    dispatch_float(logits.dtype, "logits", [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const T* chunk = logits.as<T>() + q0 * logits.stride(0);
+      parallel_for(0, column_blocks, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t b = lo; b < hi; ++b)
+          activate_columns_simd(chunk, logits.stride(0), rows, width, b * kColumnBlock,
+                                std::min(vocab, (b + 1) * kColumnBlock), act, partial + b * kMaxChunk);
+      });
+    });
+    alignas(32) float totals[kMaxChunk] = {};
+    for (int64_t b = 0; b < column_blocks; ++b)
+      for (int64_t q = 0; q < rows; ++q) totals[q] += partial[b * kMaxChunk + q];
+
+    FirstBad first_bad;
+    parallel_for(0, word_blocks, 1, [&](int64_t lo, int64_t hi) {
+      alignas(32) float tile[kWordBlock * kMaxChunk];
+      for (int64_t b = lo; b < hi; ++b) {
+        const int64_t w0 = b * kWordBlock, w1 = std::min(num_words, w0 + kWordBlock);
+        BadPosition bad;
+        score_words_simd(units, act, totals, words, w0, w1, tile, bad);
+        if (bad.any()) return first_bad.record(bad);
+        for (int64_t q = 0; q < rows; ++q)
+          for (int64_t w = w0; w < w1; ++w) out[(q0 + q) * num_words + w] = tile[(w - w0) * width + q];
+      }
+    });
+    first_bad.raise(dictionary, vocab);
+  }
+}
+
+}  // namespace lmk::sparse

@@ -1,0 +1,49 @@
+"""Reference T-FREE dictionary scoring: dense sigmoid and two ``torch.sparse_csr_tensor`` products."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def dictionary_scores(
+    logits: Tensor,
+    ne_indices: Tensor,
+    ne_offsets: Tensor,
+    edge_indices: Tensor,
+    edge_offsets: Tensor,
+    trigram_counts: Tensor,
+    m: int,
+    edge_weight: float = 1.0,
+    variant: str = "contrast",
+) -> Tensor:
+    """Scores [Q, W] of every dictionary word against each row of ``logits`` [Q, v], in fp32.
+
+    ``a = sigmoid(logits)``, ``s = a @ NE^T + e * a @ E^T`` with NE and E the [W, v] 0/1 CSR
+    matrices of the words' non-edge and edge index sets, ``S = a.sum(-1)``; contrast:
+    ``s / (m n_w) + (s - S) / (v - m n_w)`` (the second term 0 where ``v - m n_w <= 0``); mean:
+    ``s / (m n_w)``.
+    """
+    if variant not in ("contrast", "mean"):
+        raise ValueError(f"variant: expected 'contrast' or 'mean', got {variant!r}")
+    activations = logits.float().sigmoid()
+    queries, vocab = activations.shape
+    words = trigram_counts.numel()
+    if words == 0:
+        return activations.new_zeros(queries, 0)
+
+    def pattern(indices: Tensor, offsets: Tensor) -> Tensor:
+        ones = torch.ones(indices.numel(), device=logits.device)
+        return torch.sparse_csr_tensor(offsets.long(), indices.long(), ones, (words, vocab), check_invariants=False)
+
+    transposed = activations.t().contiguous()
+    pattern_sums = (pattern(ne_indices, ne_offsets) @ transposed
+                    + edge_weight * (pattern(edge_indices, edge_offsets) @ transposed)).t()
+    slots = m * trigram_counts.long()
+    scores = pattern_sums / slots.float()
+    if variant == "contrast":
+        off_pattern = (vocab - slots).float()
+        totals = activations.sum(-1, keepdim=True)
+        contrast = (pattern_sums - totals) / off_pattern
+        scores = scores + torch.where(off_pattern > 0, contrast, torch.zeros_like(contrast))
+    return scores

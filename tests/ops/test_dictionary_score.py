@@ -1,0 +1,305 @@
+"""lmk::dictionary_scores against the reference: values, variants, edge cases, compile, bad input."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import lmkernels
+from lmkernels import reference
+from lmkernels.ops import dictionary_scores, top_words
+
+TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+
+
+def index_sets(set_sizes, vocab, device="cpu"):
+    """CSR of distinct random indices per word: (indices int32, offsets int32)."""
+    indices = [torch.randperm(vocab)[:size] for size in set_sizes]
+    offsets = torch.tensor([0] + [len(i) for i in indices], dtype=torch.int64).cumsum(0)
+    flat = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64)
+    return flat.to(device=device, dtype=torch.int32), offsets.to(device=device, dtype=torch.int32)
+
+
+@st.composite
+def problems(draw):
+    queries = draw(st.integers(0, 5))
+    vocab = draw(st.integers(1, 80))
+    words = draw(st.integers(0, 8))
+    ne_sizes = draw(st.lists(st.integers(0, min(vocab, 20)), min_size=words, max_size=words))
+    edge_sizes = draw(st.lists(st.integers(0, min(vocab, 20)), min_size=words, max_size=words))
+    counts = draw(st.lists(st.integers(1, 12), min_size=words, max_size=words))
+    m = draw(st.integers(1, 12))
+    edge_weight = draw(st.sampled_from([1.0, 0.0, 0.7, -0.5, 2.5]))
+    variant = draw(st.sampled_from(["contrast", "mean"]))
+    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+    strided = draw(st.booleans())
+    seed = draw(st.integers(0, 2**16))
+    return queries, vocab, ne_sizes, edge_sizes, counts, m, edge_weight, variant, dtype, strided, seed
+
+
+def build(problem, device="cpu"):
+    queries, vocab, ne_sizes, edge_sizes, counts, m, edge_weight, variant, dtype, strided, seed = problem
+    torch.manual_seed(seed)
+    logits = (3 * torch.randn(queries, vocab + 5 if strided else vocab)).to(device=device, dtype=dtype)[:, :vocab]
+    dictionary = (*index_sets(ne_sizes, vocab, device), *index_sets(edge_sizes, vocab, device),
+                  torch.tensor(counts, dtype=torch.int32, device=device))
+    return logits, dictionary, m, edge_weight, variant
+
+
+def check(problem, device="cpu"):
+    logits, dictionary, m, edge_weight, variant = build(problem, device)
+    ours = dictionary_scores(logits, *dictionary, m, edge_weight, variant)
+    expected = reference.dictionary_scores(logits, *dictionary, m, edge_weight, variant)
+    assert ours.dtype == torch.float32 and ours.shape == (logits.shape[0], dictionary[-1].numel())
+    torch.testing.assert_close(ours, expected, **TOLERANCE)
+
+
+@settings(max_examples=200, deadline=None)
+@given(problems())
+def test_matches_reference(problem):
+    check(problem)
+
+
+# (queries, vocab, NE set sizes, E set sizes, trigram counts, m, e, variant, dtype, strided, seed). Over 64
+# queries (two passes on the CPU) and every lane count, hashed words (n = 1, no edge set), and
+# words with v - m n <= 0.
+FIXED_PROBLEMS = [
+    (70, 1000, [40, 0, 10, 30] * 30, [20, 20, 0, 10] * 30, [6, 3, 1, 4] * 30, 10, 0.8, "contrast", torch.float32,
+     False, 1),
+    (13, 517, [7, 3, 0, 9] * 9, [2, 0, 0, 4] * 9, [1, 2, 1, 3] * 9, 4, 1.0, "mean", torch.bfloat16, True, 2),
+    (41, 333, [30] * 17, [5] * 17, [3] * 16 + [40], 10, 0.5, "contrast", torch.float16, False, 3),
+    (1, 32000, [60] * 50, [20] * 50, [8] * 50, 10, 1.0, "contrast", torch.float32, False, 4),
+]
+
+
+@pytest.mark.parametrize("problem", FIXED_PROBLEMS)
+def test_fixed_problems_on_every_device(device, problem):
+    check(problem, device)
+
+
+@pytest.mark.parametrize("variant", ["contrast", "mean"])
+def test_handwritten_example(device, variant):
+    logits = torch.tensor([[0.0, 2.0, -1.0, 1.0, 0.5]], device=device)
+    a = torch.sigmoid(logits[0]).tolist()
+    ne_indices = torch.tensor([1, 3, 0], dtype=torch.int32, device=device)  # word 0: {1, 3}; word 1: {0}
+    ne_offsets = torch.tensor([0, 2, 3], dtype=torch.int32, device=device)
+    edge_indices = torch.tensor([3, 4], dtype=torch.int32, device=device)  # word 0: {3, 4}; word 1: {}
+    edge_offsets = torch.tensor([0, 2, 2], dtype=torch.int32, device=device)
+    counts = torch.tensor([2, 1], dtype=torch.int32, device=device)
+    scores = dictionary_scores(logits, ne_indices, ne_offsets, edge_indices, edge_offsets, counts, 1, 0.5, variant)
+    s0, s1, total = a[1] + a[3] + 0.5 * (a[3] + a[4]), a[0], sum(a)
+    expected = [s0 / 2, s1 / 1]
+    if variant == "contrast":
+        expected = [expected[0] + (s0 - total) / 3, expected[1] + (s1 - total) / 4]
+    assert scores.cpu()[0].tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_words_longer_than_the_vocabulary_get_their_mean_score(device):
+    logits = torch.randn(3, 20, device=device)
+    ne_indices, ne_offsets = index_sets([5, 5, 5], 20, device)
+    edge_indices, edge_offsets = index_sets([2, 2, 2], 20, device)
+    counts = torch.tensor([2, 10, 3], dtype=torch.int32, device=device)  # m n = 4, 20 (= v), 6
+    args = (ne_indices, ne_offsets, edge_indices, edge_offsets, counts, 2, 1.0)
+    contrast, mean = dictionary_scores(logits, *args, "contrast"), dictionary_scores(logits, *args, "mean")
+    assert torch.equal(contrast[:, 1], mean[:, 1])
+    assert not torch.equal(contrast[:, 0], mean[:, 0])
+
+
+def test_empty_dictionary_gives_empty_scores(device):
+    logits = torch.randn(4, 10, device=device)
+    empty = torch.zeros(0, dtype=torch.int32, device=device)
+    offsets = torch.zeros(1, dtype=torch.int32, device=device)
+    scores = dictionary_scores(logits, empty, offsets, empty, offsets, empty, 3)
+    assert scores.shape == (4, 0) and scores.dtype == torch.float32
+
+
+def test_no_queries(device):
+    _, dictionary, m, e, variant = build(FIXED_PROBLEMS[1], device)
+    scores = dictionary_scores(torch.zeros(0, 517, device=device), *dictionary, m, e, variant)
+    assert scores.shape == (0, 36)
+
+
+@pytest.mark.parametrize("variant", ["contrast", "mean"])
+def test_nan_logits_give_nan_scores(device, variant):
+    logits = torch.randn(2, 30, device=device)
+    logits[1, 7] = float("nan")
+    ne_indices = torch.tensor([7, 1, 2, 3], dtype=torch.int32, device=device)  # word 0 holds column 7, word 1 not
+    ne_offsets = torch.tensor([0, 2, 4], dtype=torch.int32, device=device)
+    edge_indices, edge_offsets = index_sets([0, 0], 30, device)
+    counts = torch.tensor([1, 1], dtype=torch.int32, device=device)
+    scores = dictionary_scores(logits, ne_indices, ne_offsets, edge_indices, edge_offsets, counts, 2, 1.0, variant)
+    assert not scores[0].isnan().any()
+    assert scores[1, 0].isnan()
+    assert scores[1, 1].isnan() == (variant == "contrast")
+
+
+def test_extreme_logits_saturate(device):
+    logits = torch.tensor([[float("inf"), float("-inf"), 1e4, -1e4, 0.0]], device=device)
+    ne_indices = torch.tensor([0, 1, 2, 3, 4], dtype=torch.int32, device=device)
+    ne_offsets = torch.tensor([0, 1, 2, 3, 4, 5], dtype=torch.int32, device=device)
+    edge_indices, edge_offsets = index_sets([0] * 5, 5, device)
+    counts = torch.ones(5, dtype=torch.int32, device=device)
+    scores = dictionary_scores(logits, ne_indices, ne_offsets, edge_indices, edge_offsets, counts, 1, 1.0, "mean")
+    torch.testing.assert_close(scores.cpu(), torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.5]]), rtol=0, atol=1e-30)
+
+
+def large_problem(device="cpu"):
+    return build((70, 2000, [30] * 300, [10] * 300, [5] * 300, 10, 0.8, "contrast", torch.float32, False, 9), device)
+
+
+def test_bitwise_deterministic(device):
+    logits, dictionary, m, e, variant = large_problem(device)
+    first = dictionary_scores(logits, *dictionary, m, e, variant)
+    for _ in range(3):
+        assert torch.equal(first, dictionary_scores(logits, *dictionary, m, e, variant))
+
+
+def test_same_result_for_any_thread_count():
+    logits, dictionary, m, e, variant = large_problem()
+    threads = lmkernels.num_threads()
+    try:
+        lmkernels.set_num_threads(1)
+        single = dictionary_scores(logits, *dictionary, m, e, variant)
+        lmkernels.set_num_threads(3)
+        several = dictionary_scores(logits, *dictionary, m, e, variant)
+    finally:
+        lmkernels.set_num_threads(threads)
+    assert torch.equal(single, several)
+
+
+def test_concurrent_calls_from_python_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    logits, dictionary, m, e, variant = large_problem()
+    narrow = logits[:5]  # a different pass width from the other threads
+    expected = {n: dictionary_scores(x, *dictionary, m, e, variant) for n, x in ((70, logits), (5, narrow))}
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: (i % 2, dictionary_scores(logits if i % 2 else narrow, *dictionary, m, e,
+                                                                    variant)), range(12)))
+    assert all(torch.equal(r, expected[70 if odd else 5]) for odd, r in results)
+
+
+def test_compiles_fullgraph(device):
+    logits, dictionary, m, e, variant = build(FIXED_PROBLEMS[1], device)
+
+    def decode(logits):
+        return top_words(dictionary_scores(logits * 2, *dictionary, m, e, variant), 3)
+
+    compiled = torch.compile(decode, fullgraph=True)
+    for a, b in zip(compiled(logits), decode(logits)):
+        torch.testing.assert_close(a, b)
+
+
+def test_opcheck():
+    logits, dictionary, m, e, variant = build(FIXED_PROBLEMS[1])
+    torch.library.opcheck(torch.ops.lmk.dictionary_scores.default, (logits, *dictionary, m, e, variant))
+
+
+def test_top_words_are_the_best_log_probabilities():
+    scores = torch.randn(3, 50)
+    values, indices = top_words(scores, 5)
+    log_probs = torch.log_softmax(scores, -1)
+    assert torch.equal(indices[:, 0], scores.argmax(-1))
+    torch.testing.assert_close(values, log_probs.gather(1, indices))
+    assert (values[:, :-1] >= values[:, 1:]).all()
+    assert math.isclose(float(log_probs.exp().sum(-1)[0]), 1.0, rel_tol=1e-5)
+    raw, raw_indices = top_words(scores, 5, softmax=False)
+    assert torch.equal(raw_indices, indices) and torch.equal(raw, scores.gather(1, indices))
+
+
+@pytest.mark.parametrize("k, error", [(51, ValueError), (-1, ValueError), (2.0, TypeError)])
+def test_top_words_rejects_bad_k(k, error):
+    with pytest.raises(error, match="k"):
+        top_words(torch.randn(2, 50), k)
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+def valid():
+    logits = torch.randn(2, 10)
+    ne_indices, ne_offsets = index_sets([3, 0, 4], 10)
+    edge_indices, edge_offsets = index_sets([2, 2, 0], 10)
+    counts = torch.tensor([2, 1, 3], dtype=torch.int32)
+    return [logits, ne_indices, ne_offsets, edge_indices, edge_offsets, counts, 3]
+
+
+def call(args, **kwargs):
+    return dictionary_scores(*args, **kwargs)
+
+
+@pytest.mark.parametrize("position, name", [(1, "ne_indices"), (3, "edge_indices")])
+@pytest.mark.parametrize("bad_index", [10, 1000, -1])
+def test_index_out_of_range_raises_index_error(position, name, bad_index):
+    args = valid()
+    args[position][1] = bad_index
+    with pytest.raises(IndexError, match=name):
+        call(args)
+
+
+# The fixture's NE sets hold 7 indices over 3 words, its edge sets 4.
+@pytest.mark.parametrize("position, name, offsets, message", [
+    (2, "ne_offsets", [1, 3, 3, 7], "\\[0\\] == 0"),
+    (2, "ne_offsets", [0, 3, 2, 7], "non-decreasing"),
+    (2, "ne_offsets", [0, 3, 3, 6], "last offset"),
+    (2, "ne_offsets", [0, 3, 3, 9], "last offset"),
+    (2, "ne_offsets", [], "at least one"),
+    (4, "edge_offsets", [-1, 2, 4, 4], "\\[0\\] == 0"),
+    (4, "edge_offsets", [0, 3, 2, 4], "non-decreasing"),
+    (4, "edge_offsets", [0, 2, 4, 5], "last offset"),
+])
+def test_malformed_offsets_raise_value_error(position, name, offsets, message):
+    args = valid()
+    args[position] = torch.tensor(offsets, dtype=torch.int32)
+    with pytest.raises(ValueError, match=f"{name}.*{message}"):
+        call(args)
+
+
+@pytest.mark.parametrize("count", [0, -2])
+def test_trigram_counts_below_one_raise_value_error(count):
+    args = valid()
+    args[5][2] = count
+    with pytest.raises(ValueError, match="trigram_counts"):
+        call(args)
+
+
+@pytest.mark.parametrize("position, name, make", [
+    (0, "logits", lambda t: t.double()),
+    (0, "logits", lambda t: t.to(torch.int32)),
+    (0, "logits", lambda t: t.numpy()),
+    (1, "ne_indices", lambda t: t.long()),
+    (2, "ne_offsets", lambda t: t.long()),
+    (3, "edge_indices", lambda t: t.float()),
+    (4, "edge_offsets", lambda t: t.long()),
+    (5, "trigram_counts", lambda t: t.long()),
+    (6, "m", lambda m: 3.0),
+    (6, "m", lambda m: True),
+])
+def test_wrong_type_raises_type_error(position, name, make):
+    args = valid()
+    args[position] = make(args[position])
+    with pytest.raises(TypeError, match=name):
+        call(args)
+
+
+@pytest.mark.parametrize("position, name, make", [
+    (0, "logits", lambda t: t[0]),
+    (1, "ne_indices", lambda t: t.view(-1, 1)),
+    (2, "ne_offsets", lambda t: t.view(1, -1)),
+    (4, "edge_offsets", lambda t: t[:-1]),
+    (4, "edge_offsets", lambda t: torch.cat([t, t[-1:]])),
+    (5, "trigram_counts", lambda t: t.view(1, -1)),
+    (5, "trigram_counts", lambda t: t[:2]),
+    (3, "edge_indices", lambda t: t.to("meta")),
+    (6, "m", lambda m: 0),
+])
+def test_wrong_shape_device_or_value_raises_value_error(position, name, make):
+    args = valid()
+    args[position] = make(args[position])
+    with pytest.raises(ValueError, match=name):
+        call(args)
+
+
+def test_bad_variant_raises_value_error():
+    with pytest.raises(ValueError, match="variant"):
+        call(valid(), variant="max")
