@@ -21,38 +21,44 @@ struct TextEncoding {
   std::vector<uint8_t> is_endoftext;
 };
 
-void encode_word(PatternTable& table, std::string_view word, const EncodeOptions& options,
-                 std::vector<uint32_t>& ids, TextEncoding& out) {
-  const int m = table.config().m;
-  out.is_endoftext.push_back(word == kEndOfText);
-  if (options.entire_words || is_hashed_word(word)) {
-    out.rows.resize(out.rows.size() + m);
-    table.hashed_word(word, out.rows.data() + out.rows.size() - m);
-    out.trigram_ids.push_back(-1);
-    out.rows_per_word.push_back(1);
-    return;
-  }
-  ids.clear();
-  word_trigrams(word, ids);
-  const size_t first = out.rows.size();
-  out.rows.resize(first + ids.size() * m);
-  for (size_t i = 0; i < ids.size(); ++i) {
-    table.row(ids[i], out.rows.data() + first + i * m);
-    out.trigram_ids.push_back(static_cast<int32_t>(ids[i]));
-  }
-  out.rows_per_word.push_back(static_cast<int64_t>(ids.size()));
-}
-
+// Pattern rows are looked up in one batch per run of trigram rows, so that the table's random
+// reads overlap (its rows are spread over hundreds of megabytes) instead of waiting in turn.
 void encode_text(PatternTable& table, std::string_view text, const EncodeOptions& options, TextEncoding& out) {
-  std::vector<uint32_t> ids;
-  if (!options.split_words) {
-    if (text.empty()) fail(ErrorKind::Value, "expected a non-empty word");
-    encode_word(table, text, options, ids, out);
-    return;
-  }
   std::vector<std::string> words;
-  tfree_split(text, words);
-  for (const std::string& word : words) encode_word(table, word, options, ids, out);
+  if (options.split_words) {
+    tfree_split(text, words);
+  } else {
+    if (text.empty()) fail(ErrorKind::Value, "expected a non-empty word");
+    words.emplace_back(text);
+  }
+  std::vector<std::pair<size_t, const std::string*>> hashed;  // (row, word) of the words hashed whole
+  std::vector<uint32_t> ids;
+  for (const std::string& word : words) {
+    out.is_endoftext.push_back(word == kEndOfText);
+    if (options.entire_words || is_hashed_word(word)) {
+      hashed.emplace_back(out.trigram_ids.size(), &word);
+      out.trigram_ids.push_back(-1);
+      out.rows_per_word.push_back(1);
+      continue;
+    }
+    word_trigrams(word, ids);
+    out.trigram_ids.insert(out.trigram_ids.end(), ids.begin(), ids.end());
+    out.rows_per_word.push_back(static_cast<int64_t>(ids.size()));
+  }
+  const int m = table.config().m;
+  out.rows.resize(out.trigram_ids.size() * m);
+  auto lookup = [&](size_t begin, size_t end) {
+    if (end > begin)
+      table.rows(reinterpret_cast<const uint32_t*>(out.trigram_ids.data()) + begin, int64_t(end - begin),
+                 out.rows.data() + begin * m);
+  };
+  size_t run = 0;
+  for (const auto& [row, word] : hashed) {
+    lookup(run, row);
+    table.hashed_word(*word, out.rows.data() + row * m);
+    run = row + 1;
+  }
+  lookup(run, out.trigram_ids.size());
 }
 
 }  // namespace

@@ -80,52 +80,42 @@ class TrainingBatch:
         return TrainingBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
-def _concatenate_rows(parts: list[tuple[Tensor, Tensor]], m: int) -> tuple[Tensor, Tensor]:
-    rows = torch.cat([r for r, _ in parts]) if parts else torch.empty(0, m, dtype=torch.int32)
-    offsets, base = [torch.zeros(1, dtype=torch.int64)], 0
-    for r, o in parts:
-        offsets.append(o[1:] + base)
-        base += r.shape[0]
-    return rows, torch.cat(offsets)
+def _gather_words(encoding: Encoding, words: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows and CSR offsets of ``words`` [B, L] (flattened), with empty positions where not ``present``."""
+    first = encoding.row_offsets[words].reshape(-1)
+    counts = torch.where(present, encoding.row_offsets[words + 1] - encoding.row_offsets[words], 0).reshape(-1)
+    offsets = torch.zeros(counts.numel() + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    total = int(offsets[-1])
+    within = torch.arange(total) - torch.repeat_interleave(offsets[:-1], counts, output_size=total)
+    return encoding.rows[torch.repeat_interleave(first, counts, output_size=total) + within], offsets
 
 
-def training_sequence(encoding: Encoding, chunk_weights: list[float], seq_len: int | None,
-                      reset_at_endoftext: bool) -> dict:
-    """One training sequence from an encoding whose texts are the chunks of one sequence."""
+def batch_from_stream(encoding: Encoding, starts: Tensor, stops: Tensor, seq_len: int, word_weights: Tensor,
+                      reset_at_endoftext: bool = True) -> TrainingBatch:
+    """Training windows over the encoding's words read as one stream.
+
+    Window b has inputs ``starts[b] + p`` and targets ``starts[b] + p + 1`` for the positions p < seq_len
+    whose target lies before ``stops[b]``; the other positions are padding (no rows, weight 0).
+    A position's loss weight is ``word_weights`` of its target word.
+    """
     words = encoding.num_words
-    positions = max(words - 1, 0)
-    length = positions if seq_len is None else seq_len
-    used = min(positions, length)
-    counts = encoding.word_offsets.diff()
-    word_weight = torch.repeat_interleave(torch.tensor(chunk_weights, dtype=torch.float32), counts)
-    target_is_eot = encoding.is_endoftext[1:used + 1]
-    input_rows, input_offsets = encoding.words(0, used)
-    target_rows, target_offsets = encoding.words(1, used + 1)
-    pad = length - used
-    if pad:
-        input_offsets = torch.cat([input_offsets, input_offsets[-1:].expand(pad)])
-        target_offsets = torch.cat([target_offsets, target_offsets[-1:].expand(pad)])
-        target_is_eot = torch.cat([target_is_eot, torch.zeros(pad, dtype=torch.bool)])
-    weights = torch.zeros(length)
-    weights[:used] = word_weight[1:used + 1]
+    index = torch.arange(seq_len)
+    inputs = starts[:, None] + index
+    present = inputs + 1 < stops[:, None]
+    inputs = inputs.clamp(max=max(words - 2, 0))
+    targets = (inputs + 1).clamp(max=max(words - 1, 0))
+    input_rows, input_offsets = _gather_words(encoding, inputs, present)
+    target_rows, target_offsets = _gather_words(encoding, targets, present)
+    weights = torch.where(present, word_weights[targets], 0.0).float()
+    target_is_eot = present & encoding.is_endoftext[targets]
     if reset_at_endoftext:
         ends = target_is_eot.long()
-        documents = ends.cumsum(0) - ends
+        documents = ends.cumsum(1) - ends
     else:
-        documents = torch.zeros(length, dtype=torch.int64)
-    index = torch.arange(length)
-    starts = torch.zeros(length, dtype=torch.int64).scatter_reduce(0, documents, index, "amin", include_self=False)
-    return dict(input=(input_rows, input_offsets), target=(target_rows, target_offsets), loss_weights=weights,
-                position_ids=index - starts[documents], document_ids=documents, target_is_endoftext=target_is_eot)
-
-
-def collate(sequences: list[dict], m: int) -> TrainingBatch:
-    """Stack equal-length training sequences into one batch."""
-    lengths = {s["loss_weights"].numel() for s in sequences}
-    if len(lengths) != 1:
-        raise ValueError(f"sequences: expected one common length (pass seq_len), got lengths {sorted(lengths)}")
-    input_rows, input_offsets = _concatenate_rows([s["input"] for s in sequences], m)
-    target_rows, target_offsets = _concatenate_rows([s["target"] for s in sequences], m)
-    stack = lambda key: torch.stack([s[key] for s in sequences])  # noqa: E731
-    return TrainingBatch(input_rows, input_offsets, target_rows, target_offsets, stack("loss_weights"),
-                         stack("position_ids"), stack("document_ids"), stack("target_is_endoftext"))
+        documents = torch.zeros_like(inputs)
+    begins = torch.ones_like(target_is_eot)
+    begins[:, 1:] = target_is_eot[:, :-1] if reset_at_endoftext else False
+    last_begin = torch.where(begins, index, 0).cummax(1).values
+    return TrainingBatch(input_rows, input_offsets, target_rows, target_offsets, weights, index - last_begin,
+                         documents, target_is_eot)

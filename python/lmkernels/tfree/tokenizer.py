@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from lmkernels import _C
-from lmkernels.tfree.encoding import Encoding, TrainingBatch, collate, training_sequence
+from lmkernels.tfree.encoding import Encoding, TrainingBatch, batch_from_stream
 from lmkernels.tfree.patterns import TrigramPatterns
 from lmkernels.tfree.words import join_words, split_words
 
@@ -86,23 +86,29 @@ class Tokenizer:
         """
         if isinstance(sequences, str) or (sequences and isinstance(sequences[0], tuple)):
             sequences = [sequences]
+        if len(sequences) == 0:
+            raise ValueError("sequences: expected at least one sequence")
         if seq_len is not None and (not isinstance(seq_len, int) or seq_len < 1):
             raise ValueError(f"seq_len: expected a positive int or None, got {seq_len!r}")
-        texts, weights, owners = [], [], []
+        texts, weights, first_chunk = [], [], []
         for s, sequence in enumerate(sequences):
             chunks = [(sequence, 1.0)] if isinstance(sequence, str) else list(sequence)
+            first_chunk.append(len(texts))
             for text, weight in chunks:
                 texts.append(self._prepare(text, strip, f"sequences[{s}]"))
                 weights.append(float(weight))
-                owners.append(s)
+        first_chunk.append(len(texts))
         encoding = self._encode(texts, split=True)
-        result, first = [], 0
-        for s in range(len(sequences)):
-            count = owners.count(s)
-            part = _select_texts(encoding, first, first + count)
-            result.append(training_sequence(part, weights[first:first + count], seq_len, reset_at_endoftext))
-            first += count
-        return collate(result, self.m)
+        starts = encoding.word_offsets[first_chunk[:-1]]
+        stops = encoding.word_offsets[first_chunk[1:]]
+        if seq_len is None:
+            lengths = (stops - starts - 1).clamp(min=0)
+            if lengths.unique().numel() > 1:
+                raise ValueError(f"seq_len: sequences of unequal length ({sorted(set(lengths.tolist()))} positions) "
+                                 "need a common seq_len")
+            seq_len = int(lengths[0])
+        word_weights = torch.repeat_interleave(torch.tensor(weights), encoding.word_offsets.diff())
+        return batch_from_stream(encoding, starts, stops, seq_len, word_weights, reset_at_endoftext)
 
     def _prepare(self, text, strip: bool, name: str = "text") -> str:
         if not isinstance(text, str):
@@ -117,11 +123,3 @@ class Tokenizer:
         return Encoding(torch.from_numpy(word_offsets), torch.from_numpy(row_offsets),
                         torch.from_numpy(rows).view(-1, self.m), torch.from_numpy(trigram_ids),
                         torch.from_numpy(is_eot).bool())
-
-
-def _select_texts(encoding: Encoding, first: int, stop: int) -> Encoding:
-    """The texts ``first..stop-1`` of an encoding, as an encoding of their own."""
-    w0, w1 = int(encoding.word_offsets[first]), int(encoding.word_offsets[stop])
-    r0, r1 = int(encoding.row_offsets[w0]), int(encoding.row_offsets[w1])
-    return Encoding(encoding.word_offsets[first:stop + 1] - w0, encoding.row_offsets[w0:w1 + 1] - r0,
-                    encoding.rows[r0:r1], encoding.trigram_ids[r0:r1], encoding.is_endoftext[w0:w1])

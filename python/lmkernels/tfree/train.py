@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from lmkernels.nn import DecoderConfig
 from lmkernels.tfree.dictionary import Dictionary, build_dictionary
-from lmkernels.tfree.encoding import Encoding, TrainingBatch, collate, training_sequence
+from lmkernels.tfree.encoding import Encoding, TrainingBatch, batch_from_stream
 from lmkernels.tfree.generate import generate
 from lmkernels.tfree.model import TFreeConfig, TFreeLM
 from lmkernels.tfree.tokenizer import Tokenizer
@@ -58,19 +59,27 @@ def documents_of(text: str) -> list[str]:
     return [d.strip() for d in text.split("\n\n") if d.strip()]
 
 
-def pack(tokenizer: Tokenizer, documents: list[str], seq_len: int) -> list[dict]:
-    """Documents + ``<|endoftext|>`` as one word stream, cut into sequences of ``seq_len`` positions."""
-    encoding = tokenizer.encode([d + "<|endoftext|>" for d in documents])
-    words = encoding.num_words
-    sequences = []
-    for start in range(0, words - 1, seq_len):
-        stop = min(start + seq_len + 1, words)
-        rows, offsets = encoding.words(start, stop)
-        first_row = int(encoding.row_offsets[start])
-        window = Encoding(torch.tensor([0, stop - start]), offsets, rows,
-                          encoding.trigram_ids[first_row:first_row + rows.shape[0]], encoding.is_endoftext[start:stop])
-        sequences.append(training_sequence(window, [1.0], seq_len, reset_at_endoftext=True))
-    return sequences
+@dataclass
+class Stream:
+    """Documents + ``<|endoftext|>`` encoded as one word stream, cut into windows of ``seq_len`` positions."""
+
+    encoding: Encoding
+    starts: Tensor
+    seq_len: int
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer, documents: list[str], seq_len: int) -> "Stream":
+        encoding = tokenizer.encode([d + "<|endoftext|>" for d in documents])
+        return cls(encoding, torch.arange(0, max(encoding.num_words - 1, 0), seq_len), seq_len)
+
+    def __len__(self) -> int:
+        return self.starts.numel()
+
+    def batch(self, windows: Tensor) -> TrainingBatch:
+        starts = self.starts[windows]
+        stops = torch.full_like(starts, self.encoding.num_words)
+        weights = torch.ones(self.encoding.num_words)
+        return batch_from_stream(self.encoding, starts, stops, self.seq_len, weights)
 
 
 def _evaluate(model: TFreeLM, batches: list[TrainingBatch]) -> float:
@@ -83,11 +92,12 @@ def train(text: str, heldout: str = "", settings: TrainSettings | None = None, l
     s = settings or TrainSettings()
     torch.manual_seed(s.seed)
     tokenizer = Tokenizer(s.vocab_size, s.m, s.k_lowercase)
-    train_sequences = pack(tokenizer, documents_of(text), s.seq_len)
-    if not train_sequences:
+    stream = Stream.of(tokenizer, documents_of(text), s.seq_len)
+    if len(stream) == 0:
         raise ValueError("text: no training sequence (the text has fewer than two words)")
-    heldout_batches = [collate(chunk, s.m) for chunk in _chunks(pack(tokenizer, documents_of(heldout), s.seq_len)[:64],
-                                                                s.batch_size)]
+    heldout_stream = Stream.of(tokenizer, documents_of(heldout), s.seq_len)
+    heldout_batches = [heldout_stream.batch(torch.arange(i, min(i + s.batch_size, len(heldout_stream), 64)))
+                       for i in range(0, min(len(heldout_stream), 64), s.batch_size)]
     config = TFreeConfig(s.vocab_size, s.m, s.k_lowercase,
                          DecoderConfig(dim=s.dim, num_layers=s.num_layers, num_heads=s.num_heads),
                          pos_weight=s.pos_weight, loss_scale=s.loss_scale)
@@ -98,22 +108,17 @@ def train(text: str, heldout: str = "", settings: TrainSettings | None = None, l
     generator = torch.Generator().manual_seed(s.seed)
     start = time.perf_counter()
     for step in range(s.steps):
-        picks = torch.randint(len(train_sequences), (s.batch_size,), generator=generator).tolist()
-        loss = model.loss(collate([train_sequences[i] for i in picks], s.m))
+        loss = model.loss(stream.batch(torch.randint(len(stream), (s.batch_size,), generator=generator)))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         schedule.step()
-        result.losses.append(float(loss))
+        result.losses.append(loss.item())
         if heldout_batches and ((step + 1) % max(s.steps // 10, 1) == 0 or step + 1 == s.steps):
             result.heldout_losses.append((step + 1, _evaluate(model, heldout_batches)))
         _progress(step + 1, s.steps, result, start, log)
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _learning_rate_factor(step: int, s: TrainSettings) -> float:
