@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lmkernels.nn import DecoderConfig
-from lmkernels.tfree import Dictionary, TFreeConfig, TFreeLM, Tokenizer, build_dictionary, generate, tfree_loss
+from lmkernels.tfree import Decoder, TFreeConfig, TFreeLM, Tokenizer, build_dictionary, generate, tfree_loss
 from lmkernels.tfree.train import TrainSettings, train
 
 
@@ -48,12 +48,12 @@ def test_loss_equals_dense_bce_with_pos_weight(tokenizer):
 
 
 def test_dictionary_sets_and_scores(tokenizer):
-    dictionary = Dictionary(tokenizer, ["<|endoftext|>", "Hello", "a", "world"])
+    decoder = Decoder(tokenizer, ["<|endoftext|>", "Hello", "a", "world"])
     logits = torch.randn(3, tokenizer.vocab_size)
-    scores = dictionary.scores(logits, edge_weight=0.5)
+    scores = decoder.scores(logits, edge_weight=0.5)
     a = torch.sigmoid(logits)
     v, m = tokenizer.vocab_size, tokenizer.m
-    for w, word in enumerate(dictionary.words):
+    for w, word in enumerate(decoder.words):
         rows = tokenizer.word_pattern(word)
         ids = [-1] if word.startswith("<|") else tokenizer.patterns.trigram_ids(word)
         edge = {i for row, t in zip(rows, ids) if t >= 0 and (t & 0xFF == 0x20 or t >> 16 == 0x20) for i in row}
@@ -66,20 +66,21 @@ def test_dictionary_sets_and_scores(tokenizer):
 
 
 def test_dictionary_rejects_entries_that_are_not_one_word(tokenizer):
-    dictionary = Dictionary(tokenizer)
-    assert len(dictionary) == 0
+    decoder = Decoder(tokenizer)
+    assert len(decoder) == 0
     with pytest.raises(ValueError, match="not a single word"):
-        dictionary.add(["two words"])
+        decoder.add(["two words"])
     with pytest.raises(TypeError):
-        dictionary.add([3])
-    assert dictionary.add(["x", "x", "y"]) == 2 and dictionary.add(["x"]) == 0
+        decoder.add([3])
+    assert decoder.add(["x", "x", "y"]) == 2 and decoder.add(["x"]) == 0
 
 
 def test_generation_with_cache_equals_recomputation(tokenizer):
     model = _tiny_model(tokenizer)
-    dictionary = build_dictionary(tokenizer, ["the cat sat on the mat . a dog ran <|endoftext|>"], size=64)
+    decoder = Decoder(tokenizer, build_dictionary(tokenizer, ["the cat sat on the mat . a dog ran <|endoftext|>"],
+                                                      size=64))
     prompt = "the cat"
-    text = generate(model, tokenizer, dictionary, prompt, max_words=6)
+    text = generate(model, tokenizer, decoder, prompt, max_words=6)
     # Recompute every step from scratch without a cache.
     words = tokenizer.split(prompt)
     for _ in range(6):
@@ -87,7 +88,7 @@ def test_generation_with_cache_equals_recomputation(tokenizer):
         positions = torch.arange(len(words))[None]
         with torch.no_grad():
             logits = model(encoding.rows, encoding.row_offsets, positions)[0, -1:]
-        word = dictionary.top(logits, 1)[0][0][0]
+        word = decoder.top(logits, 1)[0][0][0]
         if word == "<|endoftext|>":
             break
         words.append(word)

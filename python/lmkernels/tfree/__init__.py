@@ -4,10 +4,10 @@
     words = tokenizer.split("Hello  world!")        # ['Hello', '<|2<-ws->|>', 'world', '!']
     batch = tokenizer.encode_training(texts, seq_len=256)
     model = TFreeLM(TFreeConfig(...)); loss = model.loss(batch)
-    text = generate(model, tokenizer, build_dictionary(tokenizer, texts), "Once upon")
+    text = generate(model, tokenizer, Decoder(tokenizer, build_dictionary(tokenizer, texts)), "Once upon")
 """
 
-from lmkernels.tfree.dictionary import SPECIAL_WORDS, Dictionary, build_dictionary
+from lmkernels.tfree.decoding import SPECIAL_WORDS, Decoder, build_dictionary
 from lmkernels.tfree.encoding import Encoding, TrainingBatch
 from lmkernels.tfree.generate import generate
 from lmkernels.tfree.model import TFreeConfig, TFreeEmbedding, TFreeHead, TFreeLM, tfree_loss
@@ -15,6 +15,6 @@ from lmkernels.tfree.patterns import TrigramPatterns
 from lmkernels.tfree.tokenizer import Tokenizer
 from lmkernels.tfree.words import join_words, split_words
 
-__all__ = ["SPECIAL_WORDS", "Dictionary", "Encoding", "TFreeConfig", "TFreeEmbedding", "TFreeHead", "TFreeLM",
+__all__ = ["SPECIAL_WORDS", "Decoder", "Encoding", "TFreeConfig", "TFreeEmbedding", "TFreeHead", "TFreeLM",
            "Tokenizer", "TrainingBatch", "TrigramPatterns", "build_dictionary", "generate", "join_words",
            "split_words", "tfree_loss"]

@@ -1,7 +1,7 @@
 """Greedy word-by-word generation with a T-FREE model, a dictionary and a KV cache.
 
 The prompt is encoded (not stripped) and run once; then, at each step, the last position's logits
-are scored against the dictionary (with the prompt's words added), the best word is appended,
+are scored by the dictionary decoder (with the prompt's words added), the best word is appended,
 re-encoded alone and run at the next position with the cache. Generation stops at
 ``<|endoftext|>`` or after ``max_words``; the text is the exact inverse split of the words.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from lmkernels.tfree.dictionary import Dictionary
+from lmkernels.tfree.decoding import Decoder
 from lmkernels.tfree.model import TFreeLM
 from lmkernels.tfree.tokenizer import Tokenizer
 
@@ -18,8 +18,8 @@ END_OF_TEXT = "<|endoftext|>"
 
 
 @torch.no_grad()
-def generate(model: TFreeLM, tokenizer: Tokenizer, dictionary: Dictionary, prompt: str, max_words: int = 32,
-             edge_weight: float = 1.0, variant: str = "contrast") -> str:
+def generate(model: TFreeLM, tokenizer: Tokenizer, decoder: Decoder, prompt: str, max_words: int = 32,
+             ) -> str:
     """The prompt's continuation as text (the prompt itself excluded; lowercased if the tokenizer lowercases)."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt: expected str, got {type(prompt).__name__}")
@@ -27,7 +27,7 @@ def generate(model: TFreeLM, tokenizer: Tokenizer, dictionary: Dictionary, promp
         raise ValueError(f"max_words: expected >= 0, got {max_words}")
     device = model.head.weight.device
     prompt_words = tokenizer.split(prompt)
-    dictionary.add(w for w in prompt_words if w not in dictionary)
+    decoder.add(prompt_words)
     encoding = tokenizer.encode(prompt)
     if encoding.num_words == 0:
         raise ValueError("prompt: expected at least one word")
@@ -37,7 +37,7 @@ def generate(model: TFreeLM, tokenizer: Tokenizer, dictionary: Dictionary, promp
     words: list[str] = []
     for step in range(max_words):
         logits = model(rows, offsets, positions, cache=cache)[0, -1:]
-        word = dictionary.top(logits, 1, edge_weight, variant)[0][0][0]
+        word = decoder.top(logits, 1)[0][0][0]
         if word == END_OF_TEXT:
             break
         words.append(word)

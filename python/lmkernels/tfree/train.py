@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lmkernels.nn import DecoderConfig
-from lmkernels.tfree.dictionary import Dictionary, build_dictionary
+from lmkernels.tfree.decoding import Decoder, build_dictionary
 from lmkernels.tfree.encoding import Encoding, TrainingBatch, batch_from_stream
 from lmkernels.tfree.generate import generate
 from lmkernels.tfree.model import TFreeConfig, TFreeLM
@@ -48,7 +48,7 @@ class TrainSettings:
 class TrainResult:
     model: TFreeLM
     tokenizer: Tokenizer
-    dictionary: Dictionary
+    decoder: Decoder
     losses: list[float] = field(default_factory=list)
     heldout_losses: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
@@ -104,7 +104,8 @@ def train(text: str, heldout: str = "", settings: TrainSettings | None = None, l
     model = TFreeLM(config)
     optimiser = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _learning_rate_factor(step, s))
-    result = TrainResult(model, tokenizer, build_dictionary(tokenizer, documents_of(text), s.dictionary_size))
+    words = build_dictionary(tokenizer, documents_of(text), s.dictionary_size)
+    result = TrainResult(model, tokenizer, Decoder(tokenizer, words))
     generator = torch.Generator().manual_seed(s.seed)
     start = time.perf_counter()
     for step in range(s.steps):
@@ -173,5 +174,5 @@ def report(result: TrainResult, text: str, bpe_vocab: int | None, prompts: list[
         log("held-out loss: " + ", ".join(f"step {s}: {v:.3f}" for s, v in result.heldout_losses))
     log(f"trained {len(curve)} steps in {result.seconds:.1f} s")
     for prompt in prompts:
-        sample = generate(result.model, result.tokenizer, result.dictionary, prompt, max_words=16)
+        sample = generate(result.model, result.tokenizer, result.decoder, prompt, max_words=16)
         log(f"  {prompt!r} -> {sample!r}")

@@ -43,11 +43,17 @@ def _index_sets(encoding: Encoding, keep_rows: Tensor, vocab_size: int) -> tuple
     return (keys % vocab_size).int(), offsets.int()
 
 
-class Dictionary:
-    """Candidate words with their NE/E index sets, scored by the native dictionary kernel."""
+class Decoder:
+    """Dictionary decoding: candidate words with their NE/E index sets, scored by the native kernel.
 
-    def __init__(self, tokenizer: Tokenizer, words: Iterable[str] = ()):
+    ``edge_weight`` and ``variant`` are the defaults of :meth:`scores` and :meth:`top` (the official
+    README suggests an edge weight below 0.8 to reduce artifacts; the official default is 1.0).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, words: Iterable[str] = (), edge_weight: float = 1.0,
+                 variant: str = "contrast"):
         self.tokenizer = tokenizer
+        self.edge_weight, self.variant = edge_weight, variant
         self.words: list[str] = []
         self.index: dict[str, int] = {}
         m = tokenizer.m
@@ -95,12 +101,14 @@ class Dictionary:
                          torch.cat([old[2], e_indices]), torch.cat([old[3], e_offsets[1:] + old[3][-1]]),
                          torch.cat([old[4], counts]))
 
-    def scores(self, logits: Tensor, edge_weight: float = 1.0, variant: str = "contrast") -> Tensor:
+    def scores(self, logits: Tensor, edge_weight: float | None = None, variant: str | None = None) -> Tensor:
         """[Q, W] float32 scores of every word for each row of ``logits`` [Q, v]."""
         tensors = [t.to(logits.device) for t in self._tensors]
-        return dictionary_scores(logits, *tensors, m=self.m, edge_weight=edge_weight, variant=variant)
+        return dictionary_scores(logits, *tensors, m=self.m,
+                                 edge_weight=self.edge_weight if edge_weight is None else edge_weight,
+                                 variant=variant or self.variant)
 
-    def top(self, logits: Tensor, k: int = 1, edge_weight: float = 1.0, variant: str = "contrast",
+    def top(self, logits: Tensor, k: int = 1, edge_weight: float | None = None, variant: str | None = None,
             ) -> list[list[tuple[str, float]]]:
         """The k best words with their log-probabilities (softmax over the dictionary), per row of logits."""
         values, indices = top_words(self.scores(logits, edge_weight, variant), k)
@@ -108,12 +116,12 @@ class Dictionary:
 
 
 def build_dictionary(tokenizer: Tokenizer, texts: Sequence[str], size: int = 100_000,
-                     specials: Sequence[str] = SPECIAL_WORDS) -> Dictionary:
-    """The official construction: the special words first, then the most frequent words of ``texts``."""
+                     specials: Sequence[str] = SPECIAL_WORDS) -> list[str]:
+    """The official construction: the special words first, then the words of ``texts`` by descending count
+    (ties in order of first appearance), ``size`` words in all."""
     if size < 1:
         raise ValueError(f"size: expected a positive int, got {size}")
     counts: Counter[str] = Counter()
     for text in texts:
         counts.update(tokenizer.split(text))
-    ordered = list(dict.fromkeys([*specials, *(w for w, _ in counts.most_common())]))
-    return Dictionary(tokenizer, ordered[:size])
+    return list(dict.fromkeys([*specials, *(w for w, _ in counts.most_common())]))[:size]
