@@ -1,0 +1,34 @@
+"""``lmk tfree train`` at smoke-test size: it trains, compares with BPE, samples and plots."""
+
+import pytest
+
+from lmkernels.cli import main
+from lmkernels.tfree.train import bpe_vocabulary_size
+
+TEXT = "\n\n".join(f"The cat number {i} sat on the mat. A dog looked at the cat and ran away." for i in range(60))
+
+
+def test_train_command_reports_parameters_losses_and_samples(tmp_path, capsys):
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    argv = ["tfree", "train", "--text", str(path), "--steps", "4", "--vocab-size", "1000", "--m", "4",
+            "--k-lowercase", "1", "--dim", "32", "--seq-len", "16", "--batch-size", "4", "--bpe-vocab", "500",
+            "--prompt", "The cat"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "T-FREE embedding + head: 64,000 parameters" in out
+    assert "BPE embedding + head:" in out and "fewer" in out
+    assert "training loss: step 1:" in out and "held-out loss:" in out
+    assert "'The cat' -> " in out
+
+
+def test_bpe_vocabulary_is_trained_on_the_text():
+    size = bpe_vocabulary_size(TEXT, 400)
+    assert 256 < size <= 400
+
+
+def test_train_rejects_text_without_words(tmp_path):
+    path = tmp_path / "empty.txt"
+    path.write_text("   ", encoding="utf-8")
+    with pytest.raises(ValueError, match="text"):
+        main(["tfree", "train", "--text", str(path), "--steps", "1", "--no-bpe"])
