@@ -308,6 +308,29 @@ struct PatternTable::Storage {
     }
   }
 
+  // Rows of up to kBlockRows ids: ready ones are read, missing ones computed together and
+  // published; all are written to rows[n * m] unless rows is null.
+  void fill(RowDrawer& drawer, const uint32_t* ids, int n, int32_t* rows) {
+    uint32_t missing[RowDrawer::kBlockRows];
+    int positions[RowDrawer::kBlockRows];
+    int n_missing = 0;
+    for (int i = 0; i < n; ++i) {
+      if (state(ids[i]) != kReady) {
+        missing[n_missing] = ids[i];
+        positions[n_missing++] = i;
+      } else if (rows) {
+        read(ids[i], rows + int64_t(i) * m);
+      }
+    }
+    if (n_missing == 0) return;
+    int32_t computed[RowDrawer::kBlockRows * kMaxM];
+    compute(drawer, missing, n_missing, computed);
+    for (int r = 0; r < n_missing; ++r) {
+      publish(missing[r], computed + r * m);
+      if (rows) std::copy_n(computed + r * m, m, rows + int64_t(positions[r]) * m);
+    }
+  }
+
   int m;
   bool narrow;
   ZeroMapping values;
@@ -355,47 +378,22 @@ void PatternTable::hashed_word(std::string_view word, int32_t* out) const {
 void PatternTable::rows(const uint32_t* ids, int64_t n, int32_t* out) {
   for (int64_t i = 0; i < n; ++i)
     if (ids[i] >= kTrigramIds) fail(ErrorKind::Index, "ids: expected trigram ids below 2^24, got ", ids[i]);
-  Storage& storage = *storage_;
   const int m = config_.m;
   parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) {
-    RowDrawer drawer(config_, storage.modulo);
-    uint32_t missing[RowDrawer::kBlockRows];
-    int64_t positions[RowDrawer::kBlockRows];
-    std::vector<int32_t> computed(size_t(RowDrawer::kBlockRows) * m);
-    for (int64_t block = begin; block < end; block += RowDrawer::kBlockRows) {
-      int n_missing = 0;
-      for (int64_t i = block; i < std::min(end, block + RowDrawer::kBlockRows); ++i) {
-        if (storage.state(ids[i]) == kReady) {
-          storage.read(ids[i], out + i * m);
-        } else {
-          missing[n_missing] = ids[i];
-          positions[n_missing++] = i;
-        }
-      }
-      if (n_missing == 0) continue;
-      storage.compute(drawer, missing, n_missing, computed.data());
-      for (int r = 0; r < n_missing; ++r) {
-        std::copy_n(computed.data() + int64_t(r) * m, m, out + positions[r] * m);
-        storage.publish(missing[r], computed.data() + int64_t(r) * m);
-      }
-    }
+    RowDrawer drawer(config_, storage_->modulo);
+    for (int64_t block = begin; block < end; block += RowDrawer::kBlockRows)
+      storage_->fill(drawer, ids + block, int(std::min<int64_t>(end - block, RowDrawer::kBlockRows)), out + block * m);
   });
 }
 
 void PatternTable::precompute() {
-  Storage& storage = *storage_;
-  const int m = config_.m;
   parallel_for(0, kTrigramIds, 1 << 14, [&](int64_t begin, int64_t end) {
-    RowDrawer drawer(config_, storage.modulo);
+    RowDrawer drawer(config_, storage_->modulo);
     uint32_t ids[RowDrawer::kBlockRows];
-    std::vector<int32_t> rows(size_t(RowDrawer::kBlockRows) * m);
     for (int64_t block = begin; block < end; block += RowDrawer::kBlockRows) {
-      int n = 0;
-      for (int64_t id = block; id < std::min(end, block + RowDrawer::kBlockRows); ++id)
-        if (storage.state(uint32_t(id)) == kEmpty) ids[n++] = uint32_t(id);
-      if (n == 0) continue;
-      storage.compute(drawer, ids, n, rows.data());
-      for (int r = 0; r < n; ++r) storage.publish(ids[r], rows.data() + int64_t(r) * m);
+      const int n = int(std::min<int64_t>(end - block, RowDrawer::kBlockRows));
+      for (int i = 0; i < n; ++i) ids[i] = uint32_t(block + i);
+      storage_->fill(drawer, ids, n, nullptr);
     }
   });
 }

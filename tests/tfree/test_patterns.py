@@ -245,7 +245,7 @@ def test_save_load_round_trip(tmp_path, config):
     index_bytes = 2 if config[0] <= 65536 else 4
     assert path.stat().st_size == HEADER_BYTES + BITMAP_BYTES + ids.numel() * config[1] * index_bytes
     loaded = TrigramPatterns.load(path)
-    assert (loaded.vocab_size, loaded.m, loaded.k_lowercase) == config
+    assert (loaded.vocab_size, loaded.m, loaded.k_lowercase) == loaded._table.config == config
     assert loaded.rows_computed == ids.numel()
     assert torch.equal(loaded.rows(ids), expected)
     assert loaded.rows_computed == ids.numel()  # read from the file, not recomputed
