@@ -323,11 +323,11 @@ struct PatternTable::Storage {
       }
     }
     if (n_missing == 0) return;
-    int32_t computed[RowDrawer::kBlockRows * kMaxM];
-    compute(drawer, missing, n_missing, computed);
+    int32_t drawn[RowDrawer::kBlockRows * kMaxM];
+    compute(drawer, missing, n_missing, drawn);
     for (int r = 0; r < n_missing; ++r) {
-      publish(missing[r], computed + r * m);
-      if (rows) std::copy_n(computed + r * m, m, rows + int64_t(positions[r]) * m);
+      publish(missing[r], drawn + r * m);
+      if (rows) std::copy_n(drawn + r * m, m, rows + int64_t(positions[r]) * m);
     }
   }
 
@@ -351,8 +351,7 @@ void PatternTable::row(uint32_t id, int32_t* out) {
   if (id >= kTrigramIds) fail(ErrorKind::Index, "id: expected a trigram id below 2^24, got ", id);
   if (storage_->state(id) == kReady) return storage_->read(id, out);
   RowDrawer drawer(config_, storage_->modulo);
-  storage_->compute(drawer, &id, 1, out);
-  storage_->publish(id, out);
+  storage_->fill(drawer, &id, 1, out);
 }
 
 void PatternTable::hashed_word(std::string_view word, int32_t* out) const {
