@@ -132,9 +132,11 @@ def test_rows_match_reference(config, ids):
 
 # Words that stress Python's str.lower(): final sigma in and out of context, dotted capital I,
 # case-ignorable marks, titlecase letters, scripts with and without case.
-LOWERCASE_WORDS = ["<|ΑΣ|>", "<|Σ|>", "<|ΣΑ|>", "<|ΑΣΑ|>", "<|Α'Σ|>", "<|Α\u0308Σ\u0308|>", "<|ΑΣ\u0308Α|>", "<|İSTANBUL|>",
-                   "<|ǅ|>", "<|ΌΣΟΣ ΛΌΓΟΣ|>", "<|ẞ|>", "<|Ⅻ|>", "<|ꟼꟻ|>", "<|𐐀𐐨|>", "<|ÅNGSTRÖM|>", "<|日本|>", "<|😀Σ|>",
-                   "<|:Σ|>", "<|A.Σ.b|>", "<|a\u00adΣ|>", "<|Σ\u00ad|>"]
+LOWERCASE_WORDS = [
+    "<|ΑΣ|>", "<|Σ|>", "<|ΣΑ|>", "<|ΑΣΑ|>", "<|Α'Σ|>", "<|Α\u0308Σ\u0308|>", "<|ΑΣ\u0308Α|>", "<|İSTANBUL|>",
+    "<|ǅ|>", "<|ΌΣΟΣ ΛΌΓΟΣ|>", "<|ẞ|>", "<|Ⅻ|>", "<|ꟼꟻ|>", "<|𐐀𐐨|>", "<|ÅNGSTRÖM|>", "<|日本|>", "<|😀Σ|>",
+    "<|:Σ|>", "<|A.Σ.b|>", "<|a\u00adΣ|>", "<|Σ\u00ad|>",
+]
 
 
 @pytest.mark.parametrize("word", LOWERCASE_WORDS)
@@ -148,7 +150,7 @@ WORDS = st.one_of(
     st.text(alphabet="aAbBzZ ΣσΑİ", min_size=1, max_size=8),
     st.tuples(st.text(max_size=6), st.text(max_size=6)).map(lambda t: f"{t[0]}<|{t[1]}"),
     st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=6).map(lambda s: f"<|{s}|>"),
-).filter(lambda w: w.encode("utf-8", "surrogatepass") and not any(0xD800 <= ord(c) <= 0xDFFF for c in w))
+)  # hypothesis text leaves out surrogates (no UTF-8 form)
 
 
 @settings(max_examples=80, deadline=None)
