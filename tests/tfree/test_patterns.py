@@ -145,6 +145,14 @@ def test_hashed_word_lowercases_as_python(word):
         assert table(*config).word_pattern(word) == ref.word_pattern(word, *config), word
 
 
+def test_hashed_word_lowercases_every_cased_code_point():
+    """Each code point that str.lower() changes, and its effect on a following capital sigma."""
+    patterns = table(2**31, 1, 1)  # the one index hashes the lowercase word
+    changed = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000 and chr(c).lower() != chr(c)]
+    words = [f"<|{c}Σ|>" for c in changed] + [f"<|A{c}Σ|>" for c in changed[::7]]
+    assert [patterns.hashed_word(w) for w in words] == [ref.hashed_word(w, 2**31, 1, 1) for w in words]
+
+
 WORDS = st.one_of(
     st.text(min_size=1, max_size=12),
     st.text(alphabet="aAbBzZ ΣσΑİ", min_size=1, max_size=8),
