@@ -191,6 +191,7 @@ def test_long_hashed_words(length):
 
 def test_native_rows_accepts_strided_ids():
     patterns = table(32000, 10, 2)
+    assert patterns.rows(torch.empty(0, dtype=torch.int64)).shape == (0, 10)
     ids = torch.arange(0, 40, dtype=torch.int64)[::3]
     out = torch.empty(ids.numel(), 10, dtype=torch.int32)
     patterns._table.rows(ids, out)
