@@ -51,8 +51,8 @@ class Md5Modulo {
   uint64_t mod(uint64_t x) const;
 
   uint32_t modulus_;
-  unsigned __int128 inverse_;  // ceil(2^128 / modulus): x mod modulus without a division
-  uint64_t two_pow_64_mod_;    // 2^64 mod modulus
+  uint64_t reciprocal_;       // floor((2^64 - 1) / modulus), for Barrett reduction
+  uint64_t two_pow_32k_[4];  // 2^(32 k) mod modulus
 };
 
 }  // namespace lmk::text
