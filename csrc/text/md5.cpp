@@ -100,13 +100,6 @@ void Md5Blocks::set(int lane, std::string_view message) {
   words[14][lane] = uint32_t(message.size() * 8);
 }
 
-void Md5Blocks::set_short(int lane, const uint8_t padded[16], size_t size) {
-  for (int w = 0; w < 4; ++w) words[w][lane] = load_le32(padded + 4 * w);
-  for (int w = 4; w < words_used_[lane]; ++w) words[w][lane] = 0;
-  words_used_[lane] = 4;
-  words[14][lane] = uint32_t(size * 8);
-}
-
 LMK_SIMD_CLONES
 void md5_blocks(const Md5Blocks& blocks, uint32_t states[4][kMd5Lanes]) {
   // Lanes are wider than the machine's vectors: the compiler splits each operation into

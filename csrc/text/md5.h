@@ -28,9 +28,18 @@ struct Md5Blocks {
 
   // Puts `message` (at most kMd5MaxSingleBlock bytes), padded, in `lane`.
   void set(int lane, std::string_view message);
-  // The same for a message of at most 15 bytes given already padded: `padded` holds its bytes,
-  // then 0x80, then zeros up to 16 bytes.
-  void set_short(int lane, const uint8_t padded[16], size_t size);
+  // The same for a message of at most 15 bytes given already padded, as the little-endian
+  // 64-bit words `low` and `high` of its bytes, then 0x80, then zeros up to 16 bytes. Inline and
+  // from registers: it runs once per hash of the pattern table.
+  void set_short(int lane, uint64_t low, uint64_t high, size_t size) {
+    words[0][lane] = uint32_t(low);
+    words[1][lane] = uint32_t(low >> 32);
+    words[2][lane] = uint32_t(high);
+    words[3][lane] = uint32_t(high >> 32);
+    for (int w = 4; w < words_used_[lane]; ++w) words[w][lane] = 0;
+    words_used_[lane] = 4;
+    words[14][lane] = uint32_t(size * 8);
+  }
 
  private:
   uint8_t words_used_[kMd5Lanes] = {};  // words before the length that may be non-zero
