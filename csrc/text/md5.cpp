@@ -2,7 +2,6 @@
 // the SIMD lanes (GCC vector extensions) run the same steps.
 #include "text/md5.h"
 
-#include <algorithm>
 #include <cstring>
 
 #include "common/simd.h"
@@ -86,18 +85,6 @@ Md5State md5(std::string_view message) {
   for (int i = 0; i < 8; ++i) tail[tail_size - 8 + i] = uint8_t(bits >> (8 * i));
   for (size_t offset = 0; offset < tail_size; offset += 64) compress_bytes(state, tail + offset);
   return Md5State{{state[0], state[1], state[2], state[3]}};
-}
-
-void Md5Blocks::set(int lane, std::string_view message) {
-  // Only the words holding the message and its 0x80 change (and any a longer message left).
-  uint8_t bytes[56] = {};
-  std::memcpy(bytes, message.data(), message.size());
-  bytes[message.size()] = 0x80;
-  const int used = int(message.size()) / 4 + 1;
-  const int rewrite = std::max(used, int(words_used_[lane]));
-  for (int w = 0; w < rewrite; ++w) words[w][lane] = load_le32(bytes + 4 * w);
-  words_used_[lane] = uint8_t(used);
-  words[14][lane] = uint32_t(message.size() * 8);
 }
 
 LMK_SIMD_CLONES

@@ -203,7 +203,7 @@ class RowDrawer {
                                              uint64_t('0') << 24 | 0x80ull << 32;
         const int size = prefix_size + (k < 10 ? 3 : 4);
         const unsigned __int128 message = prefix | (unsigned __int128)suffix << (8 * prefix_size);
-        blocks_.set_short(pending, uint64_t(message), uint64_t(message >> 64), size_t(size));
+        blocks_.set(pending, uint64_t(message), uint64_t(message >> 64), size_t(size));
         targets_[pending++] = rows + int64_t(r) * m_ + k;
         if (pending == kMd5Lanes) flush(pending);
       }
