@@ -107,6 +107,11 @@ void register_text_patterns(py::module_& m) {
       .def_property_readonly("vocab_size", [](const PatternTable& t) { return t.config().vocab_size; })
       .def_property_readonly("m", [](const PatternTable& t) { return t.config().m; })
       .def_property_readonly("k_lowercase", [](const PatternTable& t) { return t.config().k_lowercase; })
+      .def_property_readonly("config",
+                             [](const PatternTable& t) {
+                               return py::make_tuple(t.config().vocab_size, t.config().m, t.config().k_lowercase);
+                             },
+                             "(vocab_size, m, k_lowercase)")
       .def_property_readonly("rows_computed", &PatternTable::rows_computed)
       .def("row", &table_row, py::arg("id"), "The m indices of trigram `id` (lowercase surgery applied).")
       .def("rows", &table_rows, py::arg("ids"), py::arg("out"),

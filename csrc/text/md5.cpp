@@ -2,7 +2,6 @@
 // the SIMD lanes (GCC vector extensions) run the same steps.
 #include "text/md5.h"
 
-#include <algorithm>
 #include <cstring>
 
 #include "common/simd.h"
@@ -88,25 +87,6 @@ Md5State md5(std::string_view message) {
   return Md5State{{state[0], state[1], state[2], state[3]}};
 }
 
-void Md5Blocks::set(int lane, std::string_view message) {
-  // Only the words holding the message and its 0x80 change (and any a longer message left).
-  uint8_t bytes[56] = {};
-  std::memcpy(bytes, message.data(), message.size());
-  bytes[message.size()] = 0x80;
-  const int used = int(message.size()) / 4 + 1;
-  const int rewrite = std::max(used, int(words_used_[lane]));
-  for (int w = 0; w < rewrite; ++w) words[w][lane] = load_le32(bytes + 4 * w);
-  words_used_[lane] = uint8_t(used);
-  words[14][lane] = uint32_t(message.size() * 8);
-}
-
-void Md5Blocks::set_short(int lane, const uint8_t padded[16], size_t size) {
-  for (int w = 0; w < 4; ++w) words[w][lane] = load_le32(padded + 4 * w);
-  for (int w = 4; w < words_used_[lane]; ++w) words[w][lane] = 0;
-  words_used_[lane] = 4;
-  words[14][lane] = uint32_t(size * 8);
-}
-
 LMK_SIMD_CLONES
 void md5_blocks(const Md5Blocks& blocks, uint32_t states[4][kMd5Lanes]) {
   // Lanes are wider than the machine's vectors: the compiler splits each operation into
@@ -119,26 +99,30 @@ void md5_blocks(const Md5Blocks& blocks, uint32_t states[4][kMd5Lanes]) {
   for (int i = 0; i < 4; ++i) std::memcpy(states[i], &state[i], sizeof(Lanes));
 }
 
-Md5Modulo::Md5Modulo(uint32_t modulus)
-    : modulus_(modulus),
-      inverse_(~(unsigned __int128)0 / modulus + 1),
-      two_pow_64_mod_((~uint64_t(0) % modulus + 1) % modulus) {}
+Md5Modulo::Md5Modulo(uint32_t modulus) : modulus_(modulus), reciprocal_(~uint64_t(0) / modulus) {
+  two_pow_32k_[0] = 1 % modulus;
+  for (int k = 1; k < 4; ++k) two_pow_32k_[k] = (two_pow_32k_[k - 1] << 32) % modulus;
+}
 
 uint64_t Md5Modulo::mod(uint64_t x) const {
-  // Lemire, Kaser and Kurz, "Faster remainder by direct computation" (2019): with
-  // c = ceil(2^128 / d), x mod d = ((c * x mod 2^128) * d) >> 128 for every 64-bit x and d.
-  const unsigned __int128 fraction = inverse_ * x;
-  const unsigned __int128 low = (unsigned __int128)(uint64_t(fraction)) * modulus_;
-  const unsigned __int128 high = (unsigned __int128)(uint64_t(fraction >> 64)) * modulus_;
-  return uint64_t((high + (low >> 64)) >> 64);
+  // Barrett: the quotient estimate floor(x * reciprocal / 2^64) falls short of floor(x / d) by at
+  // most 2, so the remainder estimate lies in [0, 3d) (below 2^33, as d <= 2^31).
+  uint64_t r = x - uint64_t((unsigned __int128)x * reciprocal_ >> 64) * modulus_;
+  if (r >= modulus_) r -= modulus_;
+  if (r >= modulus_) r -= modulus_;
+  return r;
 }
 
 uint32_t Md5Modulo::operator()(uint32_t a, uint32_t b, uint32_t c, uint32_t d) const {
-  // Digest bytes are A, B, C, D little-endian; read big-endian they give these two halves.
-  const uint64_t high = uint64_t(__builtin_bswap32(a)) << 32 | __builtin_bswap32(b);
-  const uint64_t low = uint64_t(__builtin_bswap32(c)) << 32 | __builtin_bswap32(d);
-  // (high * 2^64 + low) mod v, every product below 2^62 because v <= 2^31.
-  return uint32_t(mod(mod(high) * two_pow_64_mod_ + mod(low)));
+  // The digest bytes are A, B, C, D little-endian, so read big-endian the 128-bit integer is
+  // w0 2^96 + w1 2^64 + w2 2^32 + w3 with w = bswap(A, B, C, D). Each product below is under
+  // 2^63, so both partial sums fit 64 bits.
+  const uint64_t w0 = __builtin_bswap32(a), w1 = __builtin_bswap32(b), w2 = __builtin_bswap32(c),
+                 w3 = __builtin_bswap32(d);
+  const uint64_t low = mod(w2 * two_pow_32k_[1] + w3);
+  const uint64_t high = mod(w0 * two_pow_32k_[3] + w1 * two_pow_32k_[2]);
+  const uint64_t sum = low + high;
+  return uint32_t(sum >= modulus_ ? sum - modulus_ : sum);
 }
 
 }  // namespace lmk::text

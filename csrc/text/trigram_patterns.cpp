@@ -188,18 +188,22 @@ class RowDrawer {
   void draw(const uint32_t* ids, int n, int32_t* rows) {
     int pending = 0;
     for (int r = 0; r < n; ++r) {
-      // "{id}_" is at most 9 bytes and "{k}_0" at most 4, so every message fits 16 padded bytes.
-      alignas(16) char prefix[16] = {};
-      char* prefix_end = write_decimal(prefix, ids[r]);
-      *prefix_end++ = '_';
+      // "{id}_" is at most 9 bytes and "{k}_0" at most 4, so each message and its 0x80 fit 16
+      // bytes, built in a 128-bit integer (byte stores read back as words would stall).
+      char digits[16];
+      char* digits_end = write_decimal(digits, ids[r]);
+      *digits_end++ = '_';
+      const int prefix_size = int(digits_end - digits);
+      unsigned __int128 prefix = 0;
+      for (int i = 0; i < prefix_size; ++i) prefix |= (unsigned __int128)uint8_t(digits[i]) << (8 * i);
       for (int k = 0; k < m_; ++k) {
-        alignas(16) char message[16];
-        std::memcpy(message, prefix, sizeof(message));
-        char* end = write_decimal(message + (prefix_end - prefix), uint64_t(k));
-        *end++ = '_';
-        *end++ = '0';
-        *end = char(0x80);
-        blocks_.set_short(pending, reinterpret_cast<const uint8_t*>(message), size_t(end - message));
+        // "{k}_0" then 0x80, little-endian
+        const uint64_t suffix = k < 10 ? uint64_t('0' + k) | uint64_t('_') << 8 | uint64_t('0') << 16 | 0x80ull << 24
+                                       : uint64_t('0' + k / 10) | uint64_t('0' + k % 10) << 8 | uint64_t('_') << 16 |
+                                             uint64_t('0') << 24 | 0x80ull << 32;
+        const int size = prefix_size + (k < 10 ? 3 : 4);
+        const unsigned __int128 message = prefix | (unsigned __int128)suffix << (8 * prefix_size);
+        blocks_.set(pending, uint64_t(message), uint64_t(message >> 64), size_t(size));
         targets_[pending++] = rows + int64_t(r) * m_ + k;
         if (pending == kMd5Lanes) flush(pending);
       }
@@ -217,7 +221,9 @@ class RowDrawer {
     pending = 0;
   }
 
-  // row[k] holds draw j = 0 of each k; redraw collisions in k order, then sort.
+  // row[k] holds draw j = 0 of each k; redraw collisions in k order, then sort. The values are
+  // distinct, so each one's place is the count of smaller ones (no data-dependent branches,
+  // which on random rows mispredict about twice per element in an insertion sort).
   void resolve(uint32_t id, int32_t* row) {
     for (int k = 1; k < m_; ++k) {
       for (uint32_t j = 1; std::find(row, row + k, row[k]) != row + k; ++j) {
@@ -230,7 +236,13 @@ class RowDrawer {
         row[k] = int32_t(modulo_(md5(std::string_view(message, size_t(end - message)))));
       }
     }
-    std::sort(row, row + m_);
+    int32_t drawn[kMaxM];
+    std::copy_n(row, m_, drawn);
+    for (int i = 0; i < m_; ++i) {
+      int place = 0;
+      for (int j = 0; j < m_; ++j) place += drawn[j] < drawn[i];
+      row[place] = drawn[i];
+    }
   }
 
   int m_;
@@ -282,15 +294,17 @@ struct PatternTable::Storage {
     else std::copy_n(row, m, values.as<int32_t>() + at);
   }
 
-  // Stores a computed row unless another thread already claimed it.
-  void publish(uint32_t id, const int32_t* row) {
+  // Stores a computed row unless another thread already claimed it; true if stored. The caller
+  // adds the stored rows to `computed` once per block (a shared counter per row would bounce
+  // its cache line between the threads).
+  bool publish(uint32_t id, const int32_t* row) {
     uint8_t expected = kEmpty;
     if (!__atomic_compare_exchange_n(states.as<uint8_t>() + id, &expected, kClaimed, false, __ATOMIC_ACQUIRE,
                                      __ATOMIC_RELAXED))
-      return;
+      return false;
     write(id, row);
     __atomic_store_n(states.as<uint8_t>() + id, kReady, __ATOMIC_RELEASE);
-    computed.fetch_add(1, std::memory_order_relaxed);
+    return true;
   }
 
   // Rows of `ids` (sorted draws and the lowercase surgery) into rows[n * m].
@@ -306,6 +320,31 @@ struct PatternTable::Storage {
       else drawer.draw(&source, 1, lower_row);
       std::copy_n(lower_row + m - k, k, rows + int64_t(r) * m + m - k);
     }
+  }
+
+  // Rows of up to kBlockRows ids: ready ones are read, missing ones computed together and
+  // published; all are written to rows[n * m] unless rows is null.
+  void fill(RowDrawer& drawer, const uint32_t* ids, int n, int32_t* rows) {
+    uint32_t missing[RowDrawer::kBlockRows];
+    int positions[RowDrawer::kBlockRows];
+    int n_missing = 0;
+    for (int i = 0; i < n; ++i) {
+      if (state(ids[i]) != kReady) {
+        missing[n_missing] = ids[i];
+        positions[n_missing++] = i;
+      } else if (rows) {
+        read(ids[i], rows + int64_t(i) * m);
+      }
+    }
+    if (n_missing == 0) return;
+    int32_t drawn[RowDrawer::kBlockRows * kMaxM];
+    compute(drawer, missing, n_missing, drawn);
+    int stored = 0;
+    for (int r = 0; r < n_missing; ++r) {
+      stored += publish(missing[r], drawn + r * m);
+      if (rows) std::copy_n(drawn + r * m, m, rows + int64_t(positions[r]) * m);
+    }
+    computed.fetch_add(stored, std::memory_order_relaxed);
   }
 
   int m;
@@ -328,8 +367,7 @@ void PatternTable::row(uint32_t id, int32_t* out) {
   if (id >= kTrigramIds) fail(ErrorKind::Index, "id: expected a trigram id below 2^24, got ", id);
   if (storage_->state(id) == kReady) return storage_->read(id, out);
   RowDrawer drawer(config_, storage_->modulo);
-  storage_->compute(drawer, &id, 1, out);
-  storage_->publish(id, out);
+  storage_->fill(drawer, &id, 1, out);
 }
 
 void PatternTable::hashed_word(std::string_view word, int32_t* out) const {
@@ -355,47 +393,22 @@ void PatternTable::hashed_word(std::string_view word, int32_t* out) const {
 void PatternTable::rows(const uint32_t* ids, int64_t n, int32_t* out) {
   for (int64_t i = 0; i < n; ++i)
     if (ids[i] >= kTrigramIds) fail(ErrorKind::Index, "ids: expected trigram ids below 2^24, got ", ids[i]);
-  Storage& storage = *storage_;
   const int m = config_.m;
   parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) {
-    RowDrawer drawer(config_, storage.modulo);
-    uint32_t missing[RowDrawer::kBlockRows];
-    int64_t positions[RowDrawer::kBlockRows];
-    std::vector<int32_t> computed(size_t(RowDrawer::kBlockRows) * m);
-    for (int64_t block = begin; block < end; block += RowDrawer::kBlockRows) {
-      int n_missing = 0;
-      for (int64_t i = block; i < std::min(end, block + RowDrawer::kBlockRows); ++i) {
-        if (storage.state(ids[i]) == kReady) {
-          storage.read(ids[i], out + i * m);
-        } else {
-          missing[n_missing] = ids[i];
-          positions[n_missing++] = i;
-        }
-      }
-      if (n_missing == 0) continue;
-      storage.compute(drawer, missing, n_missing, computed.data());
-      for (int r = 0; r < n_missing; ++r) {
-        std::copy_n(computed.data() + int64_t(r) * m, m, out + positions[r] * m);
-        storage.publish(missing[r], computed.data() + int64_t(r) * m);
-      }
-    }
+    RowDrawer drawer(config_, storage_->modulo);
+    for (int64_t block = begin; block < end; block += RowDrawer::kBlockRows)
+      storage_->fill(drawer, ids + block, int(std::min<int64_t>(end - block, RowDrawer::kBlockRows)), out + block * m);
   });
 }
 
 void PatternTable::precompute() {
-  Storage& storage = *storage_;
-  const int m = config_.m;
   parallel_for(0, kTrigramIds, 1 << 14, [&](int64_t begin, int64_t end) {
-    RowDrawer drawer(config_, storage.modulo);
+    RowDrawer drawer(config_, storage_->modulo);
     uint32_t ids[RowDrawer::kBlockRows];
-    std::vector<int32_t> rows(size_t(RowDrawer::kBlockRows) * m);
     for (int64_t block = begin; block < end; block += RowDrawer::kBlockRows) {
-      int n = 0;
-      for (int64_t id = block; id < std::min(end, block + RowDrawer::kBlockRows); ++id)
-        if (storage.state(uint32_t(id)) == kEmpty) ids[n++] = uint32_t(id);
-      if (n == 0) continue;
-      storage.compute(drawer, ids, n, rows.data());
-      for (int r = 0; r < n; ++r) storage.publish(ids[r], rows.data() + int64_t(r) * m);
+      const int n = int(std::min<int64_t>(end - block, RowDrawer::kBlockRows));
+      for (int i = 0; i < n; ++i) ids[i] = uint32_t(block + i);
+      storage_->fill(drawer, ids, n, nullptr);
     }
   });
 }
@@ -524,7 +537,7 @@ PatternTable* PatternTable::load(const std::string& path) {
         fail(ErrorKind::Value, "path: '", path, "' is corrupt: row ", id, " holds index ", row[i],
              " outside [0, vocab_size = ", config.vocab_size, ")");
     }
-    storage.publish(id, row);
+    storage.computed += storage.publish(id, row);
   }
   if (std::fgetc(file.get()) != EOF)
     fail(ErrorKind::Value, "path: '", path, "' is corrupt: data after the last row");

@@ -39,19 +39,21 @@ class PatternTable {
 
   const PatternConfig& config() const { return config_; }
 
-  // Writes the m indices of trigram `id` (< 2^24) to out[0..m).
+  // Writes the m indices of trigram `id` (< 2^24, else throws Index) to out[0..m).
   void row(uint32_t id, int32_t* out);
   // Writes the rows of ids[0..n) (each < 2^24) to out[0..n*m), computing missing rows in
   // parallel and in SIMD batches (much faster than n calls of row() on a fresh table).
   void rows(const uint32_t* ids, int64_t n, int32_t* out);
-  // Writes the m indices of a word hashed whole to out[0..m).
+  // Writes the m indices of a word hashed whole to out[0..m). The word is UTF-8, lowercased as
+  // Python's str.lower() does (invalid UTF-8 throws Value when k_lowercase > 0).
   void hashed_word(std::string_view word, int32_t* out) const;
 
   // Computes every row not yet computed, in parallel (parallel_for).
   void precompute();
   int64_t rows_computed() const;
 
-  // Binary file with the config and every computed row; load() checks the config it holds.
+  // Binary file with the config and every computed row; load() checks the config it holds and
+  // throws Value on a truncated or corrupt file (Runtime when the file cannot be opened).
   void save(const std::string& path) const;
   static PatternTable* load(const std::string& path);
 
