@@ -68,14 +68,19 @@ py::list tfree_split(const py::bytes& text) {
   }
   py::list result(words.size());
   StrCache cache;
-  for (size_t i = 0; i < words.size(); ++i) PyList_SET_ITEM(result.ptr(), Py_ssize_t(i), cache.get(words[i]));
+  for (size_t i = 0; i < words.size(); ++i) {
+    PyList_SET_ITEM(result.ptr(), Py_ssize_t(i), cache.get(words[i]));
+  }
   return result;
 }
 
 py::str tfree_join(const py::list& words) {
-  std::vector<std::string_view> views(words.size());
+  // A tuple snapshot holds the words alive while the GIL is released (the list could change).
+  const py::tuple items = py::reinterpret_steal<py::tuple>(PyList_AsTuple(words.ptr()));
+  if (!items) throw py::error_already_set();
+  std::vector<std::string_view> views(items.size());
   for (size_t i = 0; i < views.size(); ++i) {
-    PyObject* word = PyList_GET_ITEM(words.ptr(), Py_ssize_t(i));
+    PyObject* word = PyTuple_GET_ITEM(items.ptr(), Py_ssize_t(i));
     if (!PyUnicode_Check(word)) fail(ErrorKind::Type, "words[", i, "]: expected str, got ", Py_TYPE(word)->tp_name);
     Py_ssize_t size = 0;
     const char* data = PyUnicode_AsUTF8AndSize(word, &size);  // cached in the str object
