@@ -34,7 +34,8 @@ class StrCache {
 
   // A new reference to the str of `word` (valid UTF-8).
   PyObject* get(std::string_view word) {
-    if (word.size() > kMaxCachedBytes) return utf8_str(word).release().ptr();
+    // CPython keeps one str per ASCII character already; long words rarely repeat.
+    if (word.size() > kMaxCachedBytes || word.size() == 1) return utf8_str(word).release().ptr();
     uint64_t hash = 14695981039346656037ull;  // FNV-1a
     for (const char c : word) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ull;
     Slot& slot = slots_[hash & (kSlots - 1)];
