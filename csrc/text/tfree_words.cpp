@@ -59,14 +59,17 @@ struct Span {
 };
 
 Span find_special(std::string_view text, size_t from) {
+  constexpr size_t npos = std::string_view::npos;
+  const auto closes_at = [text](size_t pos) {
+    return text[pos] == '|' && pos + 1 < text.size() && text[pos + 1] == '>';
+  };
   size_t open = from;
   while (true) {
     open = text.find("<|", open);
-    if (open == std::string_view::npos) return {open, open};
+    if (open == npos) return {npos, npos};
     size_t pos = open + 2;
-    while (pos < text.size() && text[pos] != '\n' && !(text[pos] == '|' && pos + 1 < text.size() && text[pos + 1] == '>'))
-      ++pos;
-    if (pos == text.size()) return {std::string_view::npos, std::string_view::npos};
+    while (pos < text.size() && text[pos] != '\n' && !closes_at(pos)) ++pos;
+    if (pos == text.size()) return {npos, npos};
     if (text[pos] != '\n') return {open, pos + 2};
     open = pos + 1;
   }
@@ -91,7 +94,7 @@ class Splitter {
 
   void run() {
     size_t pos = 0;
-    while (pos <= text_.size()) {
+    while (true) {
       const Span special = find_special(text_, pos);
       const size_t piece_end = special.begin == std::string_view::npos ? text_.size() : special.begin;
       piece(pos, piece_end);

@@ -169,6 +169,17 @@ def test_join_run_tokens(words, text):
     assert join_words(words) == reference.join_words(words) == text
 
 
+def test_concurrent_calls():
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"text {i}:  " + "word\u00e9 " * 2000 + "\n" * i for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        splits = list(pool.map(split_words, texts))
+        joined = list(pool.map(join_words, splits))
+    assert splits == [reference.split_words(t) for t in texts]
+    assert joined == texts
+
+
 # ---- properties over random text ----------------------------------------------------------------
 
 FRAGMENTS = ["<|", "|>", "<|endoftext|>", "<|x y|>", "<|a\nb|>", "<", "|", ">", "_", "\t", "\u00a0", "\u0301",
@@ -214,10 +225,12 @@ def test_join_of_any_words_equals_reference(words):
     assert join_words(tuple(words)) == join_words(words)
 
 
+BYTE_PIECES = [b"a", b" ", b"<|", b"|>", b"\n", b"\xc3\xa9", b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
+               b"\xe2\x82", b"\xf0\x9f\x98\x80"]
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=40) | st.lists(st.sampled_from([b"a", b" ", b"<|", b"|>", b"\n", b"\xc3\xa9", b"\xff",
-                                                          b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
-                                                          b"\xe2\x82", b"\xf0\x9f\x98\x80"]), max_size=12).map(b"".join))
+@given(st.binary(max_size=40) | st.lists(st.sampled_from(BYTE_PIECES), max_size=12).map(b"".join))
 def test_native_utf8_validation(data):
     try:
         text = data.decode("utf-8")
