@@ -13,6 +13,30 @@ namespace {
 
 constexpr std::string_view kEndOfText = "<|endoftext|>";
 
+// The whitespace markers the splitter emits (a sixth of all words in English prose) and the
+// end-of-text token: their rows are hashed once per call instead of once per occurrence.
+constexpr std::string_view kFrequentHashedWords[] = {"<|ws|>", "<|no_ws|>", "<|\n|>", "<|2<-ws->|>", "<|4<-ws->|>",
+                                                     "<|2<-\n->|>", "<|4<-\n->|>", kEndOfText};
+
+struct HashedRows {
+  explicit HashedRows(const PatternTable& table) : m(table.config().m) {
+    rows.resize(std::size(kFrequentHashedWords) * m);
+    for (size_t i = 0; i < std::size(kFrequentHashedWords); ++i)
+      table.hashed_word(kFrequentHashedWords[i], rows.data() + i * m);
+  }
+  // Writes the row of `word` to out[0..m).
+  void write(const PatternTable& table, std::string_view word, int32_t* out) const {
+    for (size_t i = 0; i < std::size(kFrequentHashedWords); ++i)
+      if (word == kFrequentHashedWords[i]) {
+        std::copy_n(rows.data() + i * m, m, out);
+        return;
+      }
+    table.hashed_word(word, out);
+  }
+  int m;
+  std::vector<int32_t> rows;
+};
+
 // One text's words, rows and ids, produced independently by one task.
 struct TextEncoding {
   std::vector<int64_t> rows_per_word;
@@ -23,7 +47,8 @@ struct TextEncoding {
 
 // Pattern rows are looked up in one batch per run of trigram rows, so that the table's random
 // reads overlap (its rows are spread over hundreds of megabytes) instead of waiting in turn.
-void encode_text(PatternTable& table, std::string_view text, const EncodeOptions& options, TextEncoding& out) {
+void encode_text(PatternTable& table, const HashedRows& hashed_rows, std::string_view text,
+                 const EncodeOptions& options, TextEncoding& out) {
   std::vector<std::string> words;
   if (options.split_words) {
     tfree_split(text, words);
@@ -55,7 +80,7 @@ void encode_text(PatternTable& table, std::string_view text, const EncodeOptions
   size_t run = 0;
   for (const auto& [row, word] : hashed) {
     lookup(run, row);
-    table.hashed_word(*word, out.rows.data() + row * m);
+    hashed_rows.write(table, *word, out.rows.data() + row * m);
     run = row + 1;
   }
   lookup(run, out.trigram_ids.size());
@@ -66,10 +91,11 @@ void encode_text(PatternTable& table, std::string_view text, const EncodeOptions
 Encoding tfree_encode(PatternTable& table, const std::vector<std::string_view>& texts, const EncodeOptions& options) {
   const int64_t count = static_cast<int64_t>(texts.size());
   std::vector<TextEncoding> parts(texts.size());
+  const HashedRows hashed_rows(table);
   parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       try {
-        encode_text(table, texts[i], options, parts[i]);
+        encode_text(table, hashed_rows, texts[i], options, parts[i]);
       } catch (const Error& e) {
         throw Error(e.kind(), concat("texts[", i, "]: ", e.what()));
       }
