@@ -140,7 +140,7 @@ class Splitter {
       if (has_next) read_segment(*next);
       if (has_previous && current->kind != Segment::Space && previous->kind != Segment::Space &&
           !previous->no_space_after && !current->no_space_before) {
-        word(kNoWhitespaceToken.data(), kNoWhitespaceToken.size());  // a space was expected here and is missing
+        word(kNoWhitespaceToken.data(), kNoWhitespaceToken.size());  // an expected space is missing
       }
       if (current->kind == Segment::Space) {
         // A space is dropped only where it is expected: between neighbours that expect one.
@@ -243,7 +243,7 @@ void split_into(std::string_view text, std::vector<Word>& words) {
   }
 }
 
-// A run-length token's expansion: `count` copies of `character`; count = 0 means "not one".
+// A run-length token's expansion: `count` copies of `character` (0 for a word that is no such token).
 struct RunLength {
   char character;
   size_t count;
