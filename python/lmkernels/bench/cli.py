@@ -9,10 +9,10 @@ import sys
 
 import torch
 
-from lmkernels.bench import harness, sparse
+from lmkernels.bench import harness, multilabel_bce, sparse
 
 # One module per kernel family, each with ``cases(quick, device, tiny=False) -> list[Case]``.
-FAMILIES = [sparse]
+FAMILIES = [sparse, multilabel_bce]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -149,6 +149,21 @@ define_op("multilabel_bce(Tensor logits, Tensor pos_indices, Tensor pos_offsets,
           "bool compute_grad) -> (Tensor, Tensor)", _multilabel_bce, _multilabel_bce_fake)
 
 
+def _multilabel_bce_backward(grad: Tensor, grad_loss: Tensor) -> Tensor:
+    grad_loss = grad_loss.detach().to(torch.float32).contiguous()
+    grad_logits = torch.empty_like(grad, memory_format=torch.contiguous_format)
+    _C.multilabel_bce_backward(dl(grad.detach().contiguous()), dl(grad_loss), dl(grad_logits), stream_of(grad))
+    return grad_logits
+
+
+def _multilabel_bce_backward_fake(grad, grad_loss):
+    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+
+define_op("multilabel_bce_backward(Tensor grad, Tensor grad_loss) -> Tensor", _multilabel_bce_backward,
+          _multilabel_bce_backward_fake)
+
+
 def _setup_context(ctx, inputs, output):
     logits, _, _, _, _, compute_grad = inputs
     ctx.compute_grad = compute_grad
@@ -160,12 +175,7 @@ def _backward(ctx, grad_loss, _grad_of_grad):
         raise RuntimeError("multilabel_bce: the gradient was not computed in the forward pass (logits did not require "
                            "a gradient then)")
     (grad,) = ctx.saved_tensors
-    scale = grad_loss.unsqueeze(1)
-    if grad.dtype == torch.float32:
-        grad_logits = grad * scale
-    else:  # scale in fp32 and round once
-        grad_logits = (grad.float() * scale.float()).to(grad.dtype)
-    return grad_logits, None, None, None, None, None
+    return torch.ops.lmk.multilabel_bce_backward(grad, grad_loss), None, None, None, None, None
 
 
 torch.library.register_autograd("lmk::multilabel_bce", _backward, setup_context=_setup_context, lib=LIBRARY)
