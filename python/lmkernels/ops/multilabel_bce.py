@@ -168,9 +168,14 @@ def _setup_context(ctx, inputs, output):
     logits, _, _, _, _, compute_grad = inputs
     ctx.compute_grad = compute_grad
     ctx.save_for_backward(output[1])
+    # Autograd would otherwise fill a [positions, v] tensor of zeros as the incoming gradient of
+    # the (never differentiated) fused-gradient output, on every backward.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, _grad_of_grad):
+    if grad_loss is None:
+        return None, None, None, None, None, None
     if not ctx.compute_grad:
         raise RuntimeError("multilabel_bce: the gradient was not computed in the forward pass (logits did not require "
                            "a gradient then)")
