@@ -75,7 +75,7 @@ def check(problem, device="cpu"):
                                atol=tolerance["atol"] * scale)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(problems())
 def test_matches_reference(problem):
     check(problem)
