@@ -264,6 +264,16 @@ def test_same_result_for_any_thread_count():
         assert torch.equal(a, b)
 
 
+def test_concurrent_calls_from_python_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    problem = heavy_problem()
+    expected = run_fwd_bwd(*problem)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: run_fwd_bwd(*problem), range(8)))
+    assert all(torch.equal(a, b) for result in results for a, b in zip(result, expected))
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_compiles_fullgraph_with_backward(device, reduction):
     logits = torch.randn(5, 24, device=device, requires_grad=True)
