@@ -23,11 +23,16 @@ The logits are thus read once, at the price of holding a ``[positions, v]`` tens
 dtype (as large as the logits) from the forward until the backward; without a gradient nothing
 beyond the ``[positions]`` loss is allocated.
 
-Logits are float32, bfloat16 or float16 and accumulate in fp32 (row sums in fp64); the loss is
-float32, the gradient has the logits' dtype. A NaN logit makes its position's loss NaN (and its own
-gradient NaN); ``+inf`` logits give an infinite loss on a negative, and ``NaN`` on a positive
-(``inf - inf`` in the dense-plus-correction form, as in the dense reference); ``-inf`` gives 0 on a
-negative and ``+inf`` on a positive. Results are bitwise reproducible for any thread count.
+Logits are float32, bfloat16 or float16 and accumulate in fp32 (on the CPU each row's fp32 partial
+sums are added up in fp64); the loss is float32, the gradient has the logits' dtype. The backward
+(``lmk::multilabel_bce_backward``) scales in fp32 and rounds once. ``weights`` are constants: they
+get no gradient, and a ``weights`` tensor that requires one is rejected.
+
+Non-finite logits: a NaN logit makes its position's loss NaN (and its own gradient NaN); ``+inf``
+gives an infinite loss on a negative and NaN on a positive (``inf - inf`` in the
+dense-plus-correction form; the dense reference gives NaN there too); ``-inf`` gives 0 on a
+negative and ``+inf`` on a positive (where the dense reference gives NaN). Results are bitwise
+reproducible run to run on one device, for any thread count.
 """
 
 from __future__ import annotations
@@ -165,7 +170,7 @@ define_op("multilabel_bce_backward(Tensor grad, Tensor grad_loss) -> Tensor", _m
 
 
 def _setup_context(ctx, inputs, output):
-    logits, _, _, _, _, compute_grad = inputs
+    compute_grad = inputs[5]
     ctx.compute_grad = compute_grad
     ctx.save_for_backward(output[1])
     # Autograd would otherwise fill a [positions, v] tensor of zeros as the incoming gradient of
