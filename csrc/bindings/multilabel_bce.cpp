@@ -31,6 +31,22 @@ void multilabel_bce(py::handle logits, py::handle pos_indices, py::handle pos_of
 #endif
 }
 
+void multilabel_bce_backward(py::handle grad, py::handle grad_loss, py::handle grad_logits, uintptr_t stream) {
+  TensorImports in;
+  const TensorView g = in.require(grad, "grad");
+  const TensorView s = in.require(grad_loss, "grad_loss");
+  const TensorView o = in.require(grad_logits, "grad_logits");
+  sparse::check_multilabel_bce_backward(g, s, o);
+  py::gil_scoped_release release;
+  if (g.device == DeviceType::CPU) return sparse::multilabel_bce_backward_cpu(g, s, o);
+#ifdef LMK_WITH_CUDA
+  sparse::multilabel_bce_backward_cuda(g, s, o, reinterpret_cast<void*>(stream));
+#else
+  (void)stream;
+  fail(ErrorKind::Runtime, "lmkernels was built without CUDA: rebuild with LMK_CUDA=on to run on GPU tensors");
+#endif
+}
+
 }  // namespace
 
 void register_multilabel_bce(py::module_& m) {
@@ -41,6 +57,9 @@ void register_multilabel_bce(py::module_& m) {
         py::arg("error_flag") = py::none(), py::arg("stream") = 0,
         "loss[p] = w_p * sum_i BCE-with-logits(logits[p, i], y_pi; pos_weight) against the multi-hot target of the "
         "CSR positives; grad (optional) = d sum_p loss[p] / d logits.");
+  m.def("multilabel_bce_backward", &multilabel_bce_backward, py::arg("grad"), py::arg("grad_loss"),
+        py::arg("grad_logits"), py::arg("stream") = 0,
+        "grad_logits[p, i] = grad[p, i] * grad_loss[p]: the backward of the fused loss, in fp32, rounded once.");
 }
 
 }  // namespace lmk::bindings

@@ -78,6 +78,9 @@ __attribute__((always_inline)) inline void store8(T* out, f32x8 v) {
   for (int k = 0; k < 8; ++k) out[k] = from_float<T>(lanes[k]);
 }
 
+// fp32 needs no conversion: one vector store (the lane loop above is not always turned into one).
+__attribute__((always_inline)) inline void store8(float* out, f32x8 v) { std::memcpy(out, &v, sizeof v); }
+
 // The lane-wise form of from_float<bfloat16>, left in the high 16 bits of each lane.
 __attribute__((always_inline)) inline u32x8 round_to_bf16_high(f32x8 x) {
   const u32x8 u = bitcast<u32x8>(x);

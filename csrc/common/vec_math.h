@@ -52,10 +52,11 @@ __attribute__((always_inline)) inline f32x8 exp(f32x8 x) {
   return (p * scale_a) * scale_b;
 }
 
-// log(1 + x) for x in [0, 1] (and NaN for NaN).
-__attribute__((always_inline)) inline f32x8 log1p_unit(f32x8 x) {
+// log(1 + x) for x in [0, 1] (and NaN for NaN), given 1 / (1 + x) to within an ulp or so (the
+// callers have it already: it only scales the tiny rounding term).
+__attribute__((always_inline)) inline f32x8 log1p_unit(f32x8 x, f32x8 inverse_one_plus_x) {
   const f32x8 u = x + 1.f;
-  const f32x8 rounding = (x - (u - 1.f)) / u;  // u - 1 is exact for u in [1, 2]
+  const f32x8 rounding = (x - (u - 1.f)) * inverse_one_plus_x;  // u - 1 is exact for u in [1, 2]
   const i32x8 above_sqrt2 = (i32x8)(u > 1.41421356237309505f);
   const f32x8 m = above_sqrt2 ? u * 0.5f : u;
   const f32x8 k = above_sqrt2 ? splat(1.f) : splat(0.f);
@@ -76,7 +77,8 @@ __attribute__((always_inline)) inline f32x8 log1p_unit(f32x8 x) {
 }
 
 // softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e^-|x|), and sigmoid(x) = 1 / (1 + e^-x), from
-// one exponential: e = e^-|x| gives sigmoid = 1 / (1 + e) for x >= 0 and e / (1 + e) below.
+// one exponential and one division: e = e^-|x| gives sigmoid = 1 / (1 + e) for x >= 0 and
+// e * (1 / (1 + e)) below.
 struct SoftplusSigmoid {
   f32x8 softplus, sigmoid;
 };
@@ -84,9 +86,9 @@ struct SoftplusSigmoid {
 __attribute__((always_inline)) inline SoftplusSigmoid softplus_sigmoid(f32x8 x) {
   const f32x8 e = exp(-abs(x));
   const f32x8 positive_part = (i32x8)(x > 0.f) ? x : splat(0.f);
-  const f32x8 one_plus_e = e + 1.f;
-  const f32x8 sigmoid = (i32x8)(x >= 0.f) ? 1.f / one_plus_e : e / one_plus_e;
-  return {positive_part + log1p_unit(e), sigmoid};
+  const f32x8 inverse = 1.f / (e + 1.f);  // the one division
+  const f32x8 sigmoid = (i32x8)(x >= 0.f) ? inverse : e * inverse;
+  return {positive_part + log1p_unit(e, inverse), sigmoid};
 }
 
 }  // namespace lmk::vec

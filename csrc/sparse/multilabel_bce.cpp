@@ -50,4 +50,22 @@ void check_multilabel_bce(const TensorView& logits, const MultiLabelTargets& tar
   }
 }
 
+void check_multilabel_bce_backward(const TensorView& grad, const TensorView& grad_loss,
+                                   const TensorView& grad_logits) {
+  check_dtype(grad, "grad", {DType::Float32, DType::BFloat16, DType::Float16});
+  check_ndim(grad, "grad", 2);
+  check_contiguous(grad, "grad");
+  check_dtype(grad_loss, "grad_loss", {DType::Float32});
+  check_vector(grad_loss, "grad_loss");
+  check_size(grad_loss, "grad_loss", 0, grad.size(0));
+  check_same_device(grad_loss, "grad_loss", grad, "grad");
+  check_same_dtype(grad_logits, "grad_logits", grad, "grad");
+  check_ndim(grad_logits, "grad_logits", 2);
+  check_size(grad_logits, "grad_logits", 0, grad.size(0));
+  check_size(grad_logits, "grad_logits", 1, grad.size(1));
+  check_contiguous(grad_logits, "grad_logits");
+  check_writable(grad_logits, "grad_logits");
+  check_same_device(grad_logits, "grad_logits", grad, "grad");
+}
+
 }  // namespace lmk::sparse

@@ -39,10 +39,16 @@ struct MultiLabelTargets {
 void check_multilabel_bce(const TensorView& logits, const MultiLabelTargets& targets, const TensorView& loss,
                           const OptionalView& grad);
 
+// The backward of the fused loss: grad_logits[p, i] = grad[p, i] * grad_loss[p], in fp32, rounded
+// once to the dtype of grad (contiguous [positions, v]); grad_loss is float32 [positions].
+void check_multilabel_bce_backward(const TensorView& grad, const TensorView& grad_loss,
+                                   const TensorView& grad_logits);
+
 // ---- CPU -------------------------------------------------------------------------------------
 // Raises IndexError for an index outside [0, v) and ValueError for malformed offsets.
 void multilabel_bce_cpu(const TensorView& logits, const MultiLabelTargets& targets, const TensorView& loss,
                         const OptionalView& grad);
+void multilabel_bce_backward_cpu(const TensorView& grad, const TensorView& grad_loss, const TensorView& grad_logits);
 
 // ---- CUDA ------------------------------------------------------------------------------------
 // Same contract, on the given stream. Values are not checked on the host: the kernel ORs these
@@ -53,6 +59,8 @@ constexpr int32_t kBceBadOffsets = 2;  // offsets not monotone from 0 to N
 #ifdef LMK_WITH_CUDA
 void multilabel_bce_cuda(const TensorView& logits, const MultiLabelTargets& targets, const TensorView& loss,
                          const OptionalView& grad, const TensorView& error_flag, void* stream);
+void multilabel_bce_backward_cuda(const TensorView& grad, const TensorView& grad_loss, const TensorView& grad_logits,
+                                  void* stream);
 #endif
 
 }  // namespace lmk::sparse

@@ -112,6 +112,28 @@ LMK_SIMD_CLONES float dense_softplus(float x) {
   return lanes[0];
 }
 
+// out[0:v] = g[0:v] * scale, in fp32, rounded once.
+template <typename T>
+__attribute__((always_inline)) inline void scale_row(const T* g, float scale, int64_t v, T* out) {
+  int64_t i = 0;
+  for (; i + 16 <= v; i += 16) {
+    vec::f32x8 a, b;
+    vec::load16(g + i, a, b);
+    vec::store16(out + i, a * scale, b * scale);
+  }
+  for (; i < v; ++i) out[i] = from_float<T>(to_float(g[i]) * scale);
+}
+
+#define LMK_DEFINE_SCALE_ROW(T, SUFFIX)                                                                       \
+  LMK_SIMD_CLONES void scale_row_##SUFFIX(const T* g, float scale, int64_t v, T* out) {                       \
+    scale_row(g, scale, v, out);                                                                              \
+  }                                                                                                           \
+  inline void scale_row_simd(const T* g, float scale, int64_t v, T* out) { scale_row_##SUFFIX(g, scale, v, out); }
+LMK_DEFINE_SCALE_ROW(float, f32)
+LMK_DEFINE_SCALE_ROW(bfloat16, bf16)
+LMK_DEFINE_SCALE_ROW(float16, f16)
+#undef LMK_DEFINE_SCALE_ROW
+
 // softplus(x) = log(1 + e^x) without overflow, in double for the few positives of a row.
 double softplus(double x) { return std::max(x, 0.0) + std::log1p(std::exp(-std::fabs(x))); }
 double sigmoid(double x) {
@@ -162,6 +184,21 @@ void multilabel_bce_cpu(const TensorView& logits, const MultiLabelTargets& targe
     if (bad.any())
       fail(ErrorKind::Index, "pos_indices: pos_indices[", bad.position.load(), "] = ",
            int64_t(indices[bad.position.load()]), " is out of range for a vocabulary of ", v, " logits");
+  });
+}
+
+void multilabel_bce_backward_cpu(const TensorView& grad, const TensorView& grad_loss, const TensorView& grad_logits) {
+  dispatch_float(grad.dtype, "grad", [&](auto value_tag) {
+    using T = typename decltype(value_tag)::type;
+    const int64_t num_positions = grad.size(0), v = grad.size(1);
+    const float* scale = grad_loss.as<float>();
+    advise_huge_pages(grad_logits.data, size_t(num_positions * v) * sizeof(T));
+    // Rows of about 64 KiB or more per task: the work is a stream through memory.
+    const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, v * int64_t(sizeof(T))));
+    parallel_for(0, num_positions, grain, [&](int64_t lo, int64_t hi) {
+      for (int64_t p = lo; p < hi; ++p)
+        scale_row_simd(grad.as<T>() + p * v, scale[p], v, grad_logits.as<T>() + p * v);
+    });
   });
 }
 

@@ -108,6 +108,14 @@ __global__ void check_offsets_kernel(const I* __restrict__ offsets, int64_t coun
   }
 }
 
+// grad_logits[p, i] = grad[p, i] * grad_loss[p], over a grid-stride loop of elements.
+template <typename T>
+__global__ void scale_rows_kernel(const T* __restrict__ grad, const float* __restrict__ grad_loss, int64_t v,
+                                  int64_t numel, T* __restrict__ grad_logits) {
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < numel; k += int64_t(gridDim.x) * blockDim.x)
+    grad_logits[k] = from_float<T>(to_float(grad[k]) * grad_loss[k / v]);
+}
+
 }  // namespace
 
 void multilabel_bce_cuda(const TensorView& logits, const MultiLabelTargets& targets, const TensorView& loss,
@@ -132,6 +140,21 @@ void multilabel_bce_cuda(const TensorView& logits, const MultiLabelTargets& targ
           grad ? grad->as<T>() : nullptr, flag);
       LMK_CUDA_CHECK(cudaGetLastError());
     });
+  });
+}
+
+void multilabel_bce_backward_cuda(const TensorView& grad, const TensorView& grad_loss, const TensorView& grad_logits,
+                                  void* stream) {
+  CudaDeviceGuard guard(grad.device_index);
+  const auto s = static_cast<cudaStream_t>(stream);
+  const int64_t numel = grad.numel();
+  if (numel == 0) return;
+  dispatch_float(grad.dtype, "grad", [&](auto value_tag) {
+    using T = typename decltype(value_tag)::type;
+    const auto blocks = unsigned(std::min<int64_t>(ceil_div(numel, kThreads), 65535));
+    scale_rows_kernel<T><<<blocks, kThreads, 0, s>>>(grad.as<const T>(), grad_loss.as<const float>(), grad.size(1),
+                                                     numel, grad_logits.as<T>());
+    LMK_CUDA_CHECK(cudaGetLastError());
   });
 }
 

@@ -23,11 +23,16 @@ The logits are thus read once, at the price of holding a ``[positions, v]`` tens
 dtype (as large as the logits) from the forward until the backward; without a gradient nothing
 beyond the ``[positions]`` loss is allocated.
 
-Logits are float32, bfloat16 or float16 and accumulate in fp32 (row sums in fp64); the loss is
-float32, the gradient has the logits' dtype. A NaN logit makes its position's loss NaN (and its own
-gradient NaN); ``+inf`` logits give an infinite loss on a negative, and ``NaN`` on a positive
-(``inf - inf`` in the dense-plus-correction form, as in the dense reference); ``-inf`` gives 0 on a
-negative and ``+inf`` on a positive. Results are bitwise reproducible for any thread count.
+Logits are float32, bfloat16 or float16 and accumulate in fp32 (on the CPU each row's fp32 partial
+sums are added up in fp64); the loss is float32, the gradient has the logits' dtype. The backward
+(``lmk::multilabel_bce_backward``) scales in fp32 and rounds once. ``weights`` are constants: they
+get no gradient, and a ``weights`` tensor that requires one is rejected.
+
+Non-finite logits: a NaN logit makes its position's loss NaN (and its own gradient NaN); ``+inf``
+gives an infinite loss on a negative and NaN on a positive (``inf - inf`` in the
+dense-plus-correction form; the dense reference gives NaN there too); ``-inf`` gives 0 on a
+negative and ``+inf`` on a positive (where the dense reference gives NaN). Results are bitwise
+reproducible run to run on one device, for any thread count.
 """
 
 from __future__ import annotations
@@ -149,23 +154,38 @@ define_op("multilabel_bce(Tensor logits, Tensor pos_indices, Tensor pos_offsets,
           "bool compute_grad) -> (Tensor, Tensor)", _multilabel_bce, _multilabel_bce_fake)
 
 
+def _multilabel_bce_backward(grad: Tensor, grad_loss: Tensor) -> Tensor:
+    grad_loss = grad_loss.detach().to(torch.float32).contiguous()
+    grad_logits = torch.empty_like(grad, memory_format=torch.contiguous_format)
+    _C.multilabel_bce_backward(dl(grad.detach().contiguous()), dl(grad_loss), dl(grad_logits), stream_of(grad))
+    return grad_logits
+
+
+def _multilabel_bce_backward_fake(grad, grad_loss):
+    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+
+define_op("multilabel_bce_backward(Tensor grad, Tensor grad_loss) -> Tensor", _multilabel_bce_backward,
+          _multilabel_bce_backward_fake)
+
+
 def _setup_context(ctx, inputs, output):
-    logits, _, _, _, _, compute_grad = inputs
+    compute_grad = inputs[5]
     ctx.compute_grad = compute_grad
     ctx.save_for_backward(output[1])
+    # Autograd would otherwise fill a [positions, v] tensor of zeros as the incoming gradient of
+    # the (never differentiated) fused-gradient output, on every backward.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, _grad_of_grad):
+    if grad_loss is None:
+        return None, None, None, None, None, None
     if not ctx.compute_grad:
         raise RuntimeError("multilabel_bce: the gradient was not computed in the forward pass (logits did not require "
                            "a gradient then)")
     (grad,) = ctx.saved_tensors
-    scale = grad_loss.unsqueeze(1)
-    if grad.dtype == torch.float32:
-        grad_logits = grad * scale
-    else:  # scale in fp32 and round once
-        grad_logits = (grad.float() * scale.float()).to(grad.dtype)
-    return grad_logits, None, None, None, None, None
+    return torch.ops.lmk.multilabel_bce_backward(grad, grad_loss), None, None, None, None, None
 
 
 torch.library.register_autograd("lmk::multilabel_bce", _backward, setup_context=_setup_context, lib=LIBRARY)
