@@ -350,6 +350,16 @@ float* activation_scratch(size_t count) {
   return buffer.data;
 }
 
+// Grains of the two parallel loops: at least ~64 K activations, or ~16 K gathered vectors, per
+// chunk, so that small problems run on one thread instead of paying for waking the others.
+int64_t activation_grain(int64_t rows) { return std::max<int64_t>(1, (int64_t(1) << 16) / (kColumnBlock * rows)); }
+
+int64_t gather_grain(const Words& words, int64_t num_words, int64_t width) {
+  const double indices_per_word = double(words.ne_count + words.edge_count) / double(std::max<int64_t>(1, num_words));
+  const double vectors_per_block = std::max(1.0, indices_per_word) * kWordBlock * double((width + kLanes - 1) / kLanes);
+  return std::max<int64_t>(1, int64_t(double(1 << 14) / vectors_per_block));
+}
+
 }  // namespace
 
 void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionary, const ScoreParams& params,
@@ -380,7 +390,7 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
     dispatch_float(logits.dtype, "logits", [&](auto tag) {
       using T = typename decltype(tag)::type;
       const T* chunk = logits.as<T>() + q0 * logits.stride(0);
-      parallel_for(0, column_blocks, 1, [&](int64_t lo, int64_t hi) {
+      parallel_for(0, column_blocks, activation_grain(rows), [&](int64_t lo, int64_t hi) {
         for (int64_t b = lo; b < hi; ++b)
           activate_columns_simd(chunk, logits.stride(0), rows, width, b * kColumnBlock,
                                 std::min(vocab, (b + 1) * kColumnBlock), act, partial + b * kMaxChunk);
@@ -391,7 +401,7 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
       for (int64_t q = 0; q < rows; ++q) totals[q] += partial[b * kMaxChunk + q];
 
     FirstBad first_bad;
-    parallel_for(0, word_blocks, 1, [&](int64_t lo, int64_t hi) {
+    parallel_for(0, word_blocks, gather_grain(words, num_words, width), [&](int64_t lo, int64_t hi) {
       alignas(32) float tile[kWordBlock * kMaxChunk];
       for (int64_t b = lo; b < hi; ++b) {
         const int64_t w0 = b * kWordBlock, w1 = std::min(num_words, w0 + kWordBlock);

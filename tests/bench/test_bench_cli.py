@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from lmkernels.bench import harness
 from lmkernels.cli import main
@@ -47,3 +48,13 @@ def test_measure_interleaves_blocks_of_ours_and_peer():
     record = harness.measure(case, harness.Timing(warmup=1, min_repeats=3, min_time=0.0, block=3))
     assert calls == ["ours", "peer"] + (["ours"] * 3 + ["peer"] * 3) * 2
     assert record["gbps"] > 0 and record["stream_gbps"] is None
+
+
+def test_dictionary_scores_cases_compute_the_peers_scores():
+    from lmkernels.bench import dictionary_score
+
+    cases = dictionary_score.cases(quick=True, device="cpu", tiny=True)
+    assert {case.peer for case in cases} == {"torch embedding_bag (C = NE + e E)", "torch.sparse CSR @ dense"}
+    for case in cases:
+        assert case.kernel == "dictionary_scores"
+        torch.testing.assert_close(case.ours_fn(), case.peer_fn(), rtol=1e-5, atol=1e-5)

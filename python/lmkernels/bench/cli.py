@@ -9,10 +9,10 @@ import sys
 
 import torch
 
-from lmkernels.bench import harness, sparse
+from lmkernels.bench import dictionary_score, harness, sparse
 
 # One module per kernel family, each with ``cases(quick, device, tiny=False) -> list[Case]``.
-FAMILIES = [sparse]
+FAMILIES = [sparse, dictionary_score]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
