@@ -61,9 +61,9 @@ def test_matches_reference(problem):
     check(problem)
 
 
-# (queries, vocab, NE set sizes, E set sizes, trigram counts, m, e, variant, dtype, strided, seed). Over 64
-# queries (two passes on the CPU) and every lane count, hashed words (n = 1, no edge set), and
-# words with v - m n <= 0.
+# (queries, vocab, NE set sizes, E set sizes, trigram counts, m, e, variant, dtype, strided, seed). Over 32
+# queries (several passes on the CPU), every lane count, one query (the scalar path), hashed words
+# (n = 1, no edge set), and words with v - m n <= 0.
 FIXED_PROBLEMS = [
     (70, 1000, [40, 0, 10, 30] * 30, [20, 20, 0, 10] * 30, [6, 3, 1, 4] * 30, 10, 0.8, "contrast", torch.float32,
      False, 1),
