@@ -195,7 +195,7 @@ __attribute__((always_inline)) inline V word_score(V s, V total, const Words& wo
 }
 
 // tile[(w - w0) * width + q] = score of word w for lane q, for w in [w0, w1).
-template <int kUnits, int kChains = (kUnits >= 4 ? 1 : 4 / kUnits)>
+template <int kUnits, int kChains = (kUnits == 1 ? 4 : 2)>
 __attribute__((always_inline)) inline void score_words(const float* act, const float* totals, const Words& words,
                                                        int64_t w0, int64_t w1, float* tile, BadPosition& bad) {
   constexpr int64_t width = kUnits * kLanes;
