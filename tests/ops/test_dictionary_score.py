@@ -191,6 +191,13 @@ def test_compiles_fullgraph(device):
         torch.testing.assert_close(a, b)
 
 
+def test_backward_raises():
+    logits, dictionary, m, e, variant = build(FIXED_PROBLEMS[1])
+    scores = dictionary_scores(logits.float().requires_grad_(), *dictionary, m, e, variant)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        scores.sum().backward()
+
+
 def test_opcheck():
     logits, dictionary, m, e, variant = build(FIXED_PROBLEMS[1])
     torch.library.opcheck(torch.ops.lmk.dictionary_scores.default, (logits, *dictionary, m, e, variant))
