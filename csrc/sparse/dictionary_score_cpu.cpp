@@ -34,7 +34,7 @@ using vec::i32x8;
 
 constexpr int64_t kLanes = 8;
 // Queries per pass: 128 bytes of activations per index, 4 MiB for v = 32000. 64 queries (8 MiB)
-// ran 1.2x slower, 16 queries 1.1x slower (Zen 4, 64 queries against 100,000 words).
+// ran 1.3x slower, 16 queries 1.1x slower (Zen 4, 64 queries against 100,000 words).
 constexpr int64_t kMaxChunk = 32;
 constexpr int64_t kColumnBlock = 512;  // vocabulary columns per partial total (fixed: sets the summation order)
 constexpr int64_t kWordBlock = 16;     // words per tile: 64 bytes of each query's scores row
@@ -43,6 +43,7 @@ constexpr int64_t kWordBlock = 16;     // words per tile: 64 bytes of each query
 // Zen 4 with 64 queries against 100,000 words; 8 ahead was in between).
 constexpr int64_t kAhead = 16;
 
+// Eight consecutive values of any logits type (vec.h loads bf16 only in even/odd pairs).
 __attribute__((always_inline)) inline f32x8 load8(const float* p) { return vec::load8(p); }
 __attribute__((always_inline)) inline f32x8 load8(const float16* p) { return vec::load8(p); }
 __attribute__((always_inline)) inline f32x8 load8(const bfloat16* p) {
