@@ -61,9 +61,9 @@ def test_matches_reference(problem):
     check(problem)
 
 
-# (queries, vocab, NE set sizes, E set sizes, trigram counts, m, e, variant, dtype, strided, seed). Over 64
-# queries (two passes on the CPU) and every lane count, hashed words (n = 1, no edge set), and
-# words with v - m n <= 0.
+# (queries, vocab, NE set sizes, E set sizes, trigram counts, m, e, variant, dtype, strided, seed). Over 32
+# queries (several passes on the CPU), every lane count, one query (the scalar path), hashed words
+# (n = 1, no edge set), and words with v - m n <= 0.
 FIXED_PROBLEMS = [
     (70, 1000, [40, 0, 10, 30] * 30, [20, 20, 0, 10] * 30, [6, 3, 1, 4] * 30, 10, 0.8, "contrast", torch.float32,
      False, 1),
@@ -189,6 +189,13 @@ def test_compiles_fullgraph(device):
     compiled = torch.compile(decode, fullgraph=True)
     for a, b in zip(compiled(logits), decode(logits)):
         torch.testing.assert_close(a, b)
+
+
+def test_backward_raises():
+    logits, dictionary, m, e, variant = build(FIXED_PROBLEMS[1])
+    scores = dictionary_scores(logits.float().requires_grad_(), *dictionary, m, e, variant)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        scores.sum().backward()
 
 
 def test_opcheck():

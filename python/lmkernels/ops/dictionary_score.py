@@ -15,8 +15,8 @@ the contrast score of that word equals its mean score. A dictionary of W = 0 wor
 [Q, 0] result. NaN logits give NaN scores: under contrast every word of that row (through S_q),
 under mean the words whose pattern holds the NaN column. Scores are bitwise reproducible.
 
-Inference only: the op has no autograd formula (T-FREE decodes with it; training uses the
-multi-label loss on the logits).
+Inference only: the op has no gradient (T-FREE decodes with it; training uses the multi-label
+loss on the logits), and backpropagating through it raises a RuntimeError.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import _C, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, raise_on_flag, stream_of
 
 _VARIANTS = {"contrast": 0, "mean": 1}
 _INDEX_ARGUMENTS = ("ne_indices", "ne_offsets", "edge_indices", "edge_offsets", "trigram_counts")
@@ -130,3 +130,11 @@ def _dictionary_scores_fake(logits, ne_indices, ne_offsets, edge_indices, edge_o
 define_op("dictionary_scores(Tensor logits, Tensor ne_indices, Tensor ne_offsets, Tensor edge_indices, "
           "Tensor edge_offsets, Tensor trigram_counts, int m, float edge_weight, str variant) -> Tensor",
           _dictionary_scores, _dictionary_scores_fake)
+
+
+def _no_backward(ctx, grad):
+    raise RuntimeError("lmk::dictionary_scores is inference-only and has no gradient; T-FREE trains the head with "
+                       "the multi-label loss on the logits")
+
+
+torch.library.register_autograd("lmk::dictionary_scores", _no_backward, lib=LIBRARY)
