@@ -80,6 +80,7 @@ __global__ void multilabel_bce_kernel(const T* __restrict__ logits, int64_t row_
         flag_error(flag, kBceBadIndex);
         continue;
       }
+      // Quadratic in the row's positives (about 50 in T-FREE), but needs no scratch memory or sort.
       bool first = true;
       for (int64_t earlier = start; earlier < k && first; ++earlier) first = int64_t(indices[earlier]) != j;
       if (!first) continue;
