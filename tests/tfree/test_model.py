@@ -75,6 +75,18 @@ def test_dictionary_rejects_entries_that_are_not_one_word(tokenizer):
     assert decoder.add(["x", "x", "y"]) == 2 and decoder.add(["x"]) == 0
 
 
+def test_empty_dictionary_and_nan_logits(tokenizer):
+    empty = Decoder(tokenizer)
+    logits = torch.randn(2, tokenizer.vocab_size)
+    assert empty.scores(logits).shape == (2, 0)
+    with pytest.raises(ValueError, match="k"):
+        empty.top(logits)
+    decoder = Decoder(tokenizer, ["a", "b"])
+    logits[0, 0] = float("nan")
+    scores = decoder.scores(logits)
+    assert scores[0].isnan().all() and not scores[1].isnan().any()  # documented: NaN spreads through the total
+
+
 def test_generation_with_cache_equals_recomputation(tokenizer):
     model = _tiny_model(tokenizer)
     decoder = Decoder(tokenizer, build_dictionary(tokenizer, ["the cat sat on the mat . a dog ran <|endoftext|>"],

@@ -120,5 +120,12 @@ def test_bad_input(tokenizer):
         tokenizer.encode_words([b"bytes"])
     with pytest.raises(ValueError, match="seq_len"):
         tokenizer.encode_training("Hello", seq_len=0)
+    with pytest.raises(ValueError, match="vocab_size"):
+        Tokenizer(vocab_size=3, m=4, k_lowercase=0)  # v < m
+    with pytest.raises(ValueError, match="m"):
+        Tokenizer(vocab_size=100, m=0, k_lowercase=0)
+    with pytest.raises(TypeError, match="text"):
+        tokenizer.split(b"bytes")
+    assert tokenizer.encode("").num_words == 0
     huge = "a" * (1 << 20)  # a megabyte-long word with three distinct trigrams: " aa", "aaa", "aa "
     assert tokenizer.encode(huge).rows.shape == (3, 4)
