@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with a GPU and no network (Python 3.12, torch + CUDA preinstalled,
 # with cmake, ninja, pybind11, scikit-build-core, pytest, hypothesis and pytest-benchmark; any
-# missing wheel, e.g. tokenizers for the T-FREE tests, can be carried in .whl/). Builds with CUDA on, runs the whole test suite (the
-# CUDA cases included) and the GPU benchmarks, and writes everything to $OUT (default ./device-out).
+# missing wheel, such as tokenizers for the T-FREE tests, can be carried in .whl/). Builds with
+# CUDA on, runs the whole test suite (the CUDA cases included) and the GPU benchmarks, and writes
+# everything to $OUT (default ./device-out).
 # Finishes in a few minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
