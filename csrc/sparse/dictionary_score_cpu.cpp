@@ -24,6 +24,7 @@
 #include "common/parallel.h"
 #include "common/simd.h"
 #include "common/vec.h"
+#include "sparse/csr_checks.h"
 #include "sparse/dictionary_score.h"
 
 namespace lmk::sparse {
@@ -277,17 +278,6 @@ LMK_SIMD_CLONES void score_words_simd(int64_t width, const float* act, const flo
   }
 }
 
-void check_offsets(const int32_t* offsets, int64_t num_words, int64_t num_indices, const char* name) {
-  if (offsets[0] != 0) fail(ErrorKind::Value, name, ": expected ", name, "[0] == 0, got ", offsets[0]);
-  for (int64_t w = 0; w < num_words; ++w)
-    if (offsets[w + 1] < offsets[w])
-      fail(ErrorKind::Value, name, ": expected non-decreasing offsets, got ", name, "[", w, "] = ", offsets[w], " > ",
-           name, "[", w + 1, "] = ", offsets[w + 1]);
-  if (offsets[num_words] != num_indices)
-    fail(ErrorKind::Value, name, ": expected the last offset to equal the number of indices (", num_indices,
-         "), got ", offsets[num_words]);
-}
-
 void check_counts(const int32_t* counts, int64_t num_words) {
   for (int64_t w = 0; w < num_words; ++w)
     if (counts[w] < 1)
@@ -377,8 +367,8 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
                     dictionary.trigram_counts.as<int32_t>(), dictionary.ne_indices.size(0),
                     dictionary.edge_indices.size(0), vocab, params.indices_per_trigram, params.edge_weight,
                     params.variant == ScoreVariant::Contrast};
-  check_offsets(words.ne_offsets, num_words, dictionary.ne_indices.size(0), "ne_offsets");
-  check_offsets(words.edge_offsets, num_words, dictionary.edge_indices.size(0), "edge_offsets");
+  check_csr_offsets(words.ne_offsets, num_words, dictionary.ne_indices.size(0), "ne_offsets");
+  check_csr_offsets(words.edge_offsets, num_words, dictionary.edge_indices.size(0), "edge_offsets");
   check_counts(words.counts, num_words);
   if (num_queries == 0 || num_words == 0) return;
 

@@ -13,32 +13,11 @@
 #include "common/parallel.h"
 #include "common/simd.h"
 #include "common/vec.h"
+#include "sparse/csr_checks.h"
 #include "sparse/embedding_bag.h"
 
 namespace lmk::sparse {
 namespace {
-
-// Records the smallest offending position seen by any thread.
-struct FirstError {
-  std::atomic<int64_t> position{std::numeric_limits<int64_t>::max()};
-  void record(int64_t p) {
-    int64_t seen = position.load();
-    while (p < seen && !position.compare_exchange_weak(seen, p)) {}
-  }
-  bool any() const { return position.load() != std::numeric_limits<int64_t>::max(); }
-};
-
-template <typename I>
-void check_offsets(const I* offsets, int64_t num_bags, int64_t num_indices) {
-  if (offsets[0] != 0) fail(ErrorKind::Value, "offsets: expected offsets[0] == 0, got ", int64_t(offsets[0]));
-  for (int64_t b = 0; b < num_bags; ++b)
-    if (offsets[b + 1] < offsets[b])
-      fail(ErrorKind::Value, "offsets: expected non-decreasing offsets, got offsets[", b, "] = ", int64_t(offsets[b]),
-           " > offsets[", b + 1, "] = ", int64_t(offsets[b + 1]));
-  if (offsets[num_bags] != num_indices)
-    fail(ErrorKind::Value, "offsets: expected the last offset to equal the number of indices (", num_indices,
-         "), got ", int64_t(offsets[num_bags]));
-}
 
 template <typename I>
 [[noreturn]] void fail_index(const I* indices, int64_t position, int64_t rows) {
@@ -178,7 +157,7 @@ template <typename I, typename Visit>
 void for_each_bag(const Bags& bags, int64_t rows, int64_t dim, Visit visit) {
   const I* offsets = bags.offsets.as<I>();
   const int64_t num_bags = bags.num_bags();
-  check_offsets(offsets, num_bags, bags.num_indices());
+  check_csr_offsets(offsets, num_bags, bags.num_indices(), "offsets");
   FirstError bad;
   parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b)
@@ -260,7 +239,7 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
     const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
     const int64_t* positions = sorted_positions.as<int64_t>();
     const int64_t* starts = segment_starts.as<int64_t>();
-    check_offsets(offsets, num_bags, n);
+    check_csr_offsets(offsets, num_bags, n, "offsets");
     for (int64_t s = 0; s < num_segments; ++s)
       if (starts[s] < 0 || starts[s] > starts[s + 1] || starts[s + 1] > n)
         fail(ErrorKind::Value, "segment_starts: expected non-decreasing starts within [0, ", n, "], got [",

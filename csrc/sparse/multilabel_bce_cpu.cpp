@@ -14,33 +14,11 @@
 #include "common/parallel.h"
 #include "common/simd.h"
 #include "common/vec_math.h"
+#include "sparse/csr_checks.h"
 #include "sparse/multilabel_bce.h"
 
 namespace lmk::sparse {
 namespace {
-
-// Records the smallest offending position seen by any thread.
-struct FirstError {
-  std::atomic<int64_t> position{std::numeric_limits<int64_t>::max()};
-  void record(int64_t p) {
-    int64_t seen = position.load();
-    while (p < seen && !position.compare_exchange_weak(seen, p)) {}
-  }
-  bool any() const { return position.load() != std::numeric_limits<int64_t>::max(); }
-};
-
-template <typename I>
-void check_offsets(const I* offsets, int64_t num_positions, int64_t num_indices) {
-  if (offsets[0] != 0)
-    fail(ErrorKind::Value, "pos_offsets: expected pos_offsets[0] == 0, got ", int64_t(offsets[0]));
-  for (int64_t p = 0; p < num_positions; ++p)
-    if (offsets[p + 1] < offsets[p])
-      fail(ErrorKind::Value, "pos_offsets: expected non-decreasing offsets, got pos_offsets[", p, "] = ",
-           int64_t(offsets[p]), " > pos_offsets[", p + 1, "] = ", int64_t(offsets[p + 1]));
-  if (offsets[num_positions] != num_indices)
-    fail(ErrorKind::Value, "pos_offsets: expected the last offset to equal the number of indices (", num_indices,
-         "), got ", int64_t(offsets[num_positions]));
-}
 
 // The sum of the eight lanes in double, in lane order.
 __attribute__((always_inline)) inline double lane_sum(vec::f32x8 v) {
@@ -155,7 +133,7 @@ void multilabel_bce_cpu(const TensorView& logits, const MultiLabelTargets& targe
     const float* weights = targets.weights ? targets.weights->as<float>() : nullptr;
     const double pos_weight = targets.pos_weight;
     T* grad_data = grad ? grad->as<T>() : nullptr;
-    check_offsets(offsets, num_positions, targets.num_indices());
+    check_csr_offsets(offsets, num_positions, targets.num_indices(), "pos_offsets");
     if (grad_data) advise_huge_pages(grad_data, size_t(num_positions * v) * sizeof(T));
     FirstError bad;
     parallel_for(0, num_positions, 1, [&](int64_t lo, int64_t hi) {
