@@ -1,32 +1,6 @@
-"""pytest-benchmark mirror of ``lmk bench`` for the multi-label BCE cases (``lmkernels.bench.multilabel_bce``).
-
-    PYTHONPATH=python python -m pytest benchmarks/bench_multilabel_bce.py -p no:cacheprovider --benchmark-only \\
-        -o python_files='bench_*.py'
-
-Quick shapes by default; ``LMK_BENCH_FULL=1`` for the full T-FREE sizes. CUDA cases run where available.
-"""
-
-import os
-
-import pytest
-import torch
+"""pytest-benchmark tests of ``lmkernels.bench.multilabel_bce`` (made by ``lmkernels.bench.pytest_mirror``)."""
 
 from lmkernels.bench import multilabel_bce
-from lmkernels.bench.harness import synced
+from lmkernels.bench.pytest_mirror import mirror
 
-_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-_QUICK = os.environ.get("LMK_BENCH_FULL") != "1"
-_CASES = [case for device in _DEVICES for case in multilabel_bce.cases(quick=_QUICK, device=device)]
-_IDS = [f"{case.device}-{case.case.replace(' ', '-')}" for case in _CASES]
-
-
-@pytest.mark.parametrize("case", _CASES, ids=_IDS)
-def test_ours(benchmark, case):
-    benchmark.group = f"{case.kernel} {case.case} {case.device}"
-    benchmark(synced(case.ours_fn, case.device))
-
-
-@pytest.mark.parametrize("case", _CASES, ids=_IDS)
-def test_peer(benchmark, case):
-    benchmark.group = f"{case.kernel} {case.case} {case.device}"
-    benchmark(synced(case.peer_fn, case.device))
+test_ours, test_peer = mirror(multilabel_bce)

@@ -1,5 +1,6 @@
 """``lmk bench``: microbenchmarks of lmkernels against the strongest available peers.
 
-``harness`` holds the timing machinery, one module per kernel family holds its cases
-(``sparse``, ``tfree_words``), and ``cli`` runs them and prints the table.
+``harness`` holds the timing machinery, one module per kernel (``embedding_bag``,
+``multilabel_bce``, ``tfree_words``, ...) holds its cases, ``cli`` runs them and prints the table,
+and ``pytest_mirror`` turns a module's cases into the pytest-benchmark tests of ``benchmarks/``.
 """
