@@ -139,10 +139,12 @@ struct RowLanes {
 template <bool kWithReference, typename T>
 __attribute__((always_inline)) inline void row(const T* c, const T* r, int64_t v, RowLanes& out) {
   RowState st;
+  // r is null without reference logits, and null + i is undefined.
+  auto reference_at = [r](int64_t i) { return kWithReference ? r + i : r; };
   int64_t i = 0;
-  for (; i + kBlock <= v; i += kBlock) block<kWithReference>(c + i, r + i, kBlock, int32_t(i), st);
+  for (; i + kBlock <= v; i += kBlock) block<kWithReference>(c + i, reference_at(i), kBlock, int32_t(i), st);
   const int64_t full = (v - i) / 16 * 16;
-  if (full > 0) block<kWithReference>(c + i, r + i, full, int32_t(i), st);
+  if (full > 0) block<kWithReference>(c + i, reference_at(i), full, int32_t(i), st);
   i += full;
   if (i < v) {  // the last partial load, padded with -inf (never the argmax, e^{-inf} = 0, p = 0 terms dropped)
     float padded[16], padded_reference[16];

@@ -76,19 +76,35 @@ def test_matches_reference(problem):
     assert_matches_reference(*build(problem))
 
 
+# (batch, length, vocab, dtype, token dtype, mask, reference, strided, coarse, seed): the CUDA
+# paths with and without 16-byte packs (odd vocabularies, strided rows), warp- and block-sized rows.
+FIXED_PROBLEMS = [
+    (3, 4, 1, torch.float32, torch.int64, True, True, False, True, 1),
+    (2, 5, 37, torch.bfloat16, torch.int32, False, True, True, True, 2),
+    (2, 3, 512, torch.float16, torch.int64, True, False, False, False, 3),
+    (1, 7, 4099, torch.bfloat16, torch.int64, True, True, True, False, 4),
+    (2, 2, 32000, torch.float32, torch.int32, False, True, False, True, 5),
+]
+
+
+@pytest.mark.parametrize("problem", FIXED_PROBLEMS)
+def test_fixed_problems_on_every_device(device, problem):
+    assert_matches_reference(*(None if t is None else t.to(device) for t in build(problem)))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("vocab", [1, 15, 16, 17, 255, 256, 257, 1000, 32000])
-def test_vocabulary_sizes_around_the_block_lengths(dtype, vocab):
-    logits = (3 * torch.randn(2, 3, vocab)).to(dtype)
-    reference_logits = (logits.float() + torch.randn(2, 3, vocab)).to(dtype)
-    tokens = torch.randint(vocab, (2, 3))
+def test_vocabulary_sizes_around_the_block_lengths(device, dtype, vocab):
+    logits = (3 * torch.randn(2, 3, vocab)).to(device, dtype)
+    reference_logits = (logits.float() + torch.randn(2, 3, vocab, device=device)).to(dtype)
+    tokens = torch.randint(vocab, (2, 3), device=device)
     assert_matches_reference(logits, tokens, None, reference_logits)
 
 
-def test_handwritten_example():
-    logits = torch.tensor([[[1.0, 3.0, 2.0], [0.0, 0.0, -1.0]]])
-    reference_logits = torch.tensor([[[1.0, 3.0, 2.0], [0.0, -INF, 0.0]]])
-    out = token_divergence(logits, torch.tensor([[1, 2]]), None, reference_logits)
+def test_handwritten_example(device):
+    logits = torch.tensor([[[1.0, 3.0, 2.0], [0.0, 0.0, -1.0]]], device=device)
+    reference_logits = torch.tensor([[[1.0, 3.0, 2.0], [0.0, -INF, 0.0]]], device=device)
+    out = token_divergence(logits, torch.tensor([[1, 2]], device=device), None, reference_logits)
     assert out.argmax.tolist() == [[1, 0]]
     assert out.match.tolist() == [[True, False]]
     lse = [math.log(math.e + math.e**3 + math.e**2), math.log(2 + math.e**-1)]
@@ -102,45 +118,46 @@ def test_handwritten_example():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_ties_give_the_lowest_index(dtype):
+def test_ties_give_the_lowest_index(device, dtype):
     vocab = 700
-    logits = torch.zeros(1, 6, vocab, dtype=dtype)
+    logits = torch.zeros(1, 6, vocab, dtype=dtype, device=device)
     for position, places in enumerate([[0, 1], [5, 3], [699, 698], [17, 16, 600], [300, 301], [256, 255]]):
         logits[0, position, places] = 2.0
-    out = assert_matches_reference(logits, torch.zeros(1, 6, dtype=torch.int64))
+    out = assert_matches_reference(logits, torch.zeros(1, 6, dtype=torch.int64, device=device))
     assert out.argmax.tolist() == [[0, 3, 698, 16, 300, 255]]
     assert (out.margin == 0).all()
     # Every value equal: index 0.
-    assert token_divergence(torch.ones(1, 1, 333), torch.zeros(1, 1, dtype=torch.int64)).argmax.item() == 0
+    same = torch.ones(1, 1, 333, device=device)
+    assert token_divergence(same, torch.zeros(1, 1, dtype=torch.int64, device=device)).argmax.item() == 0
 
 
-def test_identical_logits_give_exactly_zero_kl():
+def test_identical_logits_give_exactly_zero_kl(device):
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        logits = (5 * torch.randn(3, 4, 1001)).to(dtype)
+        logits = (5 * torch.randn(3, 4, 1001)).to(device, dtype)
         logits[0, 0, :500] = -INF
-        out = token_divergence(logits, torch.randint(500, 1001, (3, 4)), None, logits.clone())
-        assert torch.equal(out.kl, torch.zeros(3, 4))
+        out = token_divergence(logits, torch.randint(500, 1001, (3, 4), device=device), None, logits.clone())
+        assert torch.equal(out.kl, torch.zeros(3, 4, device=device))
 
 
-def test_vocabulary_of_one():
-    logits = torch.tensor([[[2.5], [-INF]]])
-    out = assert_matches_reference(logits, torch.zeros(1, 2, dtype=torch.int64), None, logits)
+def test_vocabulary_of_one(device):
+    logits = torch.tensor([[[2.5], [-INF]]], device=device)
+    out = assert_matches_reference(logits, torch.zeros(1, 2, dtype=torch.int64, device=device), None, logits)
     assert out.argmax.tolist() == [[0, 0]] and out.match.tolist() == [[True, True]]
     assert out.margin[0, 0].item() == INF and out.margin[0, 1].item() == 0.0
     assert out.nll[0, 0].item() == 0.0 and math.isnan(out.nll[0, 1].item())
 
 
 @pytest.mark.parametrize("vocab", [5, 40, 300])
-def test_negative_infinity_logits(vocab):
-    logits = torch.randn(1, 5, vocab)
-    reference_logits = torch.randn(1, 5, vocab)
+def test_negative_infinity_logits(device, vocab):
+    logits = torch.randn(1, 5, vocab, device=device)
+    reference_logits = torch.randn(1, 5, vocab, device=device)
     logits[0, 0, 1:] = -INF                 # one finite candidate logit
     logits[0, 1, :] = -INF                  # a row of -inf: argmax 0, margin 0, NaN nll and kl
     logits[0, 2, 3] = -INF                  # the token's logit: nll = +inf; p_3 > 0: kl = +inf
     reference_logits[0, 3, ::2] = -INF      # p = 0 terms contribute 0
     logits[0, 3, ::2] = -INF                # ... even where log q is -inf too
     reference_logits[0, 4, :] = -INF        # a reference row of -inf: kl NaN
-    tokens = torch.tensor([[0, 2, 3, 1, 4]])
+    tokens = torch.tensor([[0, 2, 3, 1, 4]], device=device)
     out = assert_matches_reference(logits, tokens, None, reference_logits)
     assert out.argmax[0, :2].tolist() == [0, 0] and out.margin[0, 0].item() == INF
     assert out.margin[0, 1].item() == 0 and math.isnan(out.nll[0, 1].item()) and math.isnan(out.kl[0, 1].item())
@@ -150,25 +167,26 @@ def test_negative_infinity_logits(vocab):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_nan_logits_give_nan_and_the_first_nan_index(dtype):
+def test_nan_logits_give_nan_and_the_first_nan_index(device, dtype):
     vocab = 300
-    logits = torch.randn(1, 3, vocab).to(dtype)
-    reference_logits = torch.randn(1, 3, vocab).to(dtype)
+    logits = torch.randn(1, 3, vocab).to(device, dtype)
+    reference_logits = torch.randn(1, 3, vocab).to(device, dtype)
     logits[0, 0, [270, 40]] = NAN
     logits[0, 1, 0] = NAN
     reference_logits[0, 2, 7] = NAN  # only the reference: kl NaN, the rest finite
-    out = assert_matches_reference(logits, torch.zeros(1, 3, dtype=torch.int64), None, reference_logits)
+    out = assert_matches_reference(logits, torch.zeros(1, 3, dtype=torch.int64, device=device), None,
+                                   reference_logits)
     assert out.argmax[0, :2].tolist() == [40, 0]
     assert all(math.isnan(x) for x in (*out.nll[0, :2].tolist(), *out.margin[0, :2].tolist(),
                                        *out.kl[0].tolist()))
     assert math.isfinite(out.nll[0, 2].item()) and math.isfinite(out.margin[0, 2].item())
 
 
-def test_masked_positions_are_skipped():
-    logits = torch.randn(2, 3, 50)
-    reference_logits = torch.randn(2, 3, 50)
-    mask = torch.tensor([[True, False, True], [False, False, True]])
-    tokens = torch.tensor([[1, -5, 2], [10**9, 3, 49]])
+def test_masked_positions_are_skipped(device):
+    logits = torch.randn(2, 3, 50, device=device)
+    reference_logits = torch.randn(2, 3, 50, device=device)
+    mask = torch.tensor([[True, False, True], [False, False, True]], device=device)
+    tokens = torch.tensor([[1, -5, 2], [10**9, 3, 49]], device=device)
     out = assert_matches_reference(logits, tokens, mask, reference_logits)
     assert out.argmax[~mask].eq(-1).all() and not out.match[~mask].any()
     for field in (out.nll, out.margin, out.kl):
@@ -195,14 +213,15 @@ def test_bfloat16_matches_float32_of_the_same_values():
         torch.testing.assert_close(a, b, **TOLERANCE)
 
 
-def large_problem():
+def large_problem(device="cpu"):
     logits = (3 * torch.randn(4, 33, 2053)).bfloat16()
-    return logits, torch.randint(2053, (4, 33)), torch.rand(4, 33) > 0.2, (logits.float() + torch.randn_like(
-        logits.float())).bfloat16()
+    reference_logits = (logits.float() + torch.randn_like(logits.float())).bfloat16()
+    args = logits, torch.randint(2053, (4, 33)), torch.rand(4, 33) > 0.2, reference_logits
+    return tuple(t.to(device) for t in args)
 
 
-def test_bitwise_deterministic():
-    args = large_problem()
+def test_bitwise_deterministic(device):
+    args = large_problem(device)
     first = token_divergence(*args)
     for _ in range(3):
         again = token_divergence(*args)
@@ -257,8 +276,8 @@ def valid():
 
 @pytest.mark.parametrize("bad_token", [10, 1000, -1])
 @pytest.mark.parametrize("token_dtype", [torch.int64, torch.int32])
-def test_token_out_of_range_raises_index_error(bad_token, token_dtype):
-    args = valid()
+def test_token_out_of_range_raises_index_error(device, bad_token, token_dtype):
+    args = [t.to(device) for t in valid()]
     args[1] = args[1].to(token_dtype)
     args[1][1, 2] = bad_token
     with pytest.raises(IndexError, match="reference_tokens.*\\[0, 10\\)"):
