@@ -10,10 +10,11 @@ import sys
 import torch
 
 from lmkernels.bench import (dictionary_score, embedding_bag, harness, multilabel_bce, tfree_encode, tfree_patterns,
-                             tfree_words)
+                             tfree_words, token_divergence)
 
 # One module per kernel family, each with ``cases(quick, device, tiny=False) -> list[Case]``.
-FAMILIES = [embedding_bag, multilabel_bce, dictionary_score, tfree_words, tfree_patterns, tfree_encode]
+FAMILIES = [embedding_bag, multilabel_bce, dictionary_score, tfree_words, tfree_patterns, tfree_encode,
+            token_divergence]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,5 +4,7 @@ from lmkernels.reference import tfree_patterns, tfree_words
 from lmkernels.reference.dictionary_score import dictionary_scores
 from lmkernels.reference.embedding_bag import embedding_bag
 from lmkernels.reference.multilabel_bce import multilabel_bce_with_logits
+from lmkernels.reference.token_divergence import token_divergence
 
-__all__ = ["dictionary_scores", "embedding_bag", "multilabel_bce_with_logits", "tfree_patterns", "tfree_words"]
+__all__ = ["dictionary_scores", "embedding_bag", "multilabel_bce_with_logits", "tfree_patterns", "tfree_words",
+           "token_divergence"]
