@@ -69,11 +69,11 @@ def check_prompts(prompts, vocab: int) -> list[Tensor]:
     checked = []
     for index, prompt in enumerate(prompts):
         tokens = prompt if isinstance(prompt, Tensor) else torch.as_tensor(prompt)
+        if tokens.numel() == 0:
+            raise ValueError(f"prompts[{index}]: expected at least one token")
         if tokens.dim() != 1 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
             raise TypeError(f"prompts[{index}]: expected a 1-D sequence of integer token ids, "
                             f"got {tokens.dtype} of shape {list(tokens.shape)}")
-        if tokens.numel() == 0:
-            raise ValueError(f"prompts[{index}]: expected at least one token")
         if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
             raise IndexError(f"prompts[{index}]: token ids must lie in [0, {vocab}) (the model's vocabulary)")
         checked.append(tokens.to("cpu", torch.int64))
