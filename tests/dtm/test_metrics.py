@@ -56,3 +56,12 @@ def test_bad_input(model, prompts, tmp_path):
         model.decoder.layers[1].mlp.w_out.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN logits"):
         dtm.score(model, references)
+
+
+def test_teacher_forced_fdt_equals_where_free_running_generation_diverges(model, prompts, tmp_path):
+    references = dtm.reference_continuations(model, prompts, 10, 5, cache_dir=tmp_path)
+    for name in ["layers.0.q", "layers.0.down", "layers.1.v", "layers.1.up"]:
+        with dtm.compressed(model, name, dtm.MagnitudePruning(0.6)):
+            free_running = dtm.generate(model, prompts, 10, 5)
+            teacher_forced = dtm.score(model, references).fdt
+        assert torch.equal(teacher_forced, dtm.first_divergent_token(free_running == references.continuations))
