@@ -19,7 +19,7 @@ import sys
 import torch
 
 from lmkernels import data
-from lmkernels.dtm.compression import Int8Absmax, MagnitudePruning
+from lmkernels.dtm.compression import MagnitudePruning
 from lmkernels.dtm.continuations import reference_continuations
 from lmkernels.dtm.metrics import score
 from lmkernels.dtm.sparsify import METHODS, global_sparsity, int8_plan, sparsify
