@@ -4,6 +4,7 @@
     lmk tour                 the main job: every method at work on embedded defaults
     lmk bench [--quick] ...  the microbenchmark suite against the strongest peers
     lmk tfree train ...      train a small T-FREE LM on a text file (reference script)
+    lmk dtm ...              Divergent Token Metrics: sweep and sparsify a small LM (reference script)
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def _tfree_train(args: argparse.Namespace) -> int:
     if args.plot:
         _plot_losses(result, args.plot)
     return 0
+
+
+def _dtm(args: argparse.Namespace) -> int:
+    from lmkernels.dtm.cli import run
+
+    return run(args)
 
 
 def _plot_losses(result, path: str) -> None:
@@ -117,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     tfree_train.add_argument("--prompt", action="append", help="prompt to sample from (repeatable)")
     tfree_train.add_argument("--plot", metavar="PNG", help="save the loss curve (needs matplotlib)")
     tfree_train.set_defaults(run=_tfree_train)
+
+    dtm = commands.add_parser("dtm", help="Divergent Token Metrics: component sweep and FDT-guided sparsification "
+                                          "of a small byte-level LM (reference script)")
+    from lmkernels.dtm.cli import add_arguments as add_dtm_arguments
+
+    add_dtm_arguments(dtm)
+    dtm.set_defaults(run=_dtm)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -1,0 +1,228 @@
+"""Divergence-guided compression plans: per-component sparsity (``sparsify``) and int8 (``int8_plan``).
+
+``sparsify(model, target, prompts, method="fdt")`` prunes the model's components (magnitude
+pruning) until their parameter-weighted sparsity is ``target``, in ``iterations`` steps, each
+adding ``t`` = (what remains) / (steps left). One step, for the model ``m`` as it stands (the
+algorithm of Deiseroth et al. 2023, v3; our reading of it, see ``docs`` of the spec):
+
+1. Curves: for every component ``c`` with current sparsity ``s_c``, score ``m`` with only ``c``
+   pruned further by ``t/2`` and by ``3t/2`` (capped at ``1 - s_c``). The curve of ``c`` maps the added
+   sparsity to the score: ``0 -> 100``, ``t/2 -> measured``, ``3t/2 -> measured``, ``1 - s_c -> 0``
+   (everything pruned), linear in between.
+2. Threshold: for ``f = 100, 100 - threshold_step, ...``: every component gets the largest added
+   sparsity at which its curve is still ``>= f``; stop at the first ``f`` at which the
+   parameter-weighted mean of these reaches ``t``.
+3. With ``interpolate=True`` (default) the allocation is blended linearly between that ``f`` and the
+   one before, so that the step adds exactly ``t`` (all methods then compare at equal sparsity);
+   with ``interpolate=False`` it is taken at ``f`` as in the paper (it may overshoot ``t``).
+4. Every component is magnitude-pruned to ``s_c +`` its allocation.
+
+Scores (higher is better, 100 = unchanged): ``method="fdt"`` uses ``100 * quantile_q(FDT) / N``
+(``q = quantile``, default 0.75: "FDT75"); ``method="perplexity"`` uses ``100 * ppl(m) / ppl(m')``
+(clamped to [0, 100]) for perplexity on the reference continuations; ``method="uniform"``
+measures nothing and adds ``t`` to every component. FDT and perplexity are always measured
+against the reference continuations of the model as it was when ``sparsify`` was called. There
+is no recovery training between steps.
+
+``int8_plan(model, budget, prompts)`` scores int8 absmax quantisation of every component alone
+and converts components in order of least divergence (highest FDT score, then highest mean FDT,
+then lowest SDT) while the converted parameters stay within ``budget`` (a fraction of all
+component parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from lmkernels.dtm.components import compressed, select
+from lmkernels.dtm.compression import Int8Absmax, MagnitudePruning, int8_absmax, magnitude_prune, sparsity_of
+from lmkernels.dtm.continuations import References, reference_continuations
+from lmkernels.dtm.metrics import DivergenceResult, score
+from lmkernels.dtm.sweep import ProgressBar, SweepTable, component_sweep
+
+METHODS = ("fdt", "perplexity", "uniform")
+
+
+def largest_sparsity_above(xs: Sequence[float], ys: Sequence[float], threshold: float) -> float:
+    """The largest ``x`` at which the piecewise-linear curve through ``(xs, ys)`` is ``>= threshold``
+    (``xs`` increasing; ``xs[0]`` when no point reaches the threshold)."""
+    for j in range(len(xs) - 1, 0, -1):
+        x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
+        if y1 >= threshold:
+            return x1
+        if y0 >= threshold:
+            return x0 + (x1 - x0) * (y0 - threshold) / (y0 - y1)
+    return xs[0]
+
+
+def allocate(curves: dict[str, tuple[Sequence[float], Sequence[float]]], parameters: dict[str, int],
+             target: float, threshold_step: float = 1.0, interpolate: bool = True) -> tuple[dict[str, float], float]:
+    """Added sparsity per component whose parameter-weighted mean is ``target``; and the threshold ``f``.
+
+    ``curves[c] = (xs, ys)``: added sparsity -> score (0..100), ``xs`` increasing from 0 to the
+    component's capacity. See steps 2 and 3 of the module docstring.
+    """
+    if set(curves) != set(parameters):
+        raise ValueError("curves: expected one curve per component of parameters")
+    if threshold_step <= 0:
+        raise ValueError(f"threshold_step: expected > 0, got {threshold_step}")
+    total = sum(parameters.values())
+    capacity = sum(parameters[c] * curves[c][0][-1] for c in curves) / total
+    if not 0.0 <= target <= capacity + 1e-12:
+        raise ValueError(f"target: expected an added sparsity in [0, {capacity:.4f}] (what the components can "
+                         f"still lose), got {target}")
+
+    def at(threshold: float) -> tuple[dict[str, float], float]:
+        added = {c: largest_sparsity_above(*curves[c], threshold) for c in curves}
+        return added, sum(parameters[c] * added[c] for c in curves) / total
+
+    previous, previous_mean = {c: 0.0 for c in curves}, 0.0
+    threshold = 100.0
+    while True:
+        added, mean = at(max(threshold, 0.0))
+        if mean >= target or threshold <= 0.0:
+            break
+        previous, previous_mean = added, mean
+        threshold -= threshold_step
+    if interpolate and mean > previous_mean:
+        weight = (target - previous_mean) / (mean - previous_mean)
+        added = {c: previous[c] + weight * (added[c] - previous[c]) for c in curves}
+    return added, max(threshold, 0.0)
+
+
+@dataclass
+class SparsityPlan:
+    """What ``sparsify`` did: the final sparsity per component, the global (parameter-weighted)
+    sparsity, one record per step, and the final model's scores on the references."""
+
+    method: str
+    target: float
+    sparsity: dict[str, float]
+    global_sparsity: float
+    steps: list[dict] = field(default_factory=list)
+    result: DivergenceResult | None = None
+
+
+def global_sparsity(model: torch.nn.Module, components: Iterable[str] | None = None) -> float:
+    """Parameter-weighted sparsity (fraction of exact zeros) over the components."""
+    weights = select(model, components)
+    return sum(float((w == 0).sum()) for w in weights.values()) / sum(w.numel() for w in weights.values())
+
+
+@torch.no_grad()
+def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt", iterations: int = 4,
+             quantile: float = 0.75, threshold_step: float = 1.0, interpolate: bool = True,
+             components: Iterable[str] | None = None, num_tokens: int = 100, batch_size: int = 16,
+             progress: bool = True, **reference_options) -> SparsityPlan:
+    """Prune ``model`` in place to the global ``target`` sparsity over its components (see the module docstring).
+
+    ``prompts`` are token id sequences or the model's ``References``; ``components`` restricts the
+    plan to some canonical names (default: all).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 <= target <= 1.0:
+        raise ValueError(f"target: expected a sparsity in [0, 1], got {target!r}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations: expected an int >= 1, got {iterations!r}")
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile: expected a number in [0, 1], got {quantile!r}")
+    weights = select(model, components)
+    names = list(weights)
+    parameters = {c: weights[c].numel() for c in names}
+    references = prompts if isinstance(prompts, References) else reference_continuations(
+        model, prompts, num_tokens, batch_size, **reference_options)
+    plan = SparsityPlan(method, float(target), {}, global_sparsity(model, names))
+    if target < plan.global_sparsity:
+        raise ValueError(f"target: {target} is below the components' current sparsity {plan.global_sparsity:.4f}")
+    for step in range(iterations):
+        sparsity = {c: sparsity_of(weights[c]) for c in names}
+        current = sum(parameters[c] * sparsity[c] for c in names) / sum(parameters.values())
+        added_target = (target - current) / (iterations - step)
+        if added_target <= 0:
+            break
+        if method == "uniform":
+            added = {c: min(added_target, 1.0 - sparsity[c]) for c in names}
+            threshold = None
+        else:
+            curves = _curves(model, references, weights, sparsity, added_target, method, quantile,
+                             f"sparsify step {step + 1}/{iterations}" if progress else None)
+            added, threshold = allocate(curves, parameters, added_target, threshold_step, interpolate)
+        for c in names:
+            weights[c].copy_(magnitude_prune(weights[c], min(sparsity[c] + added[c], 1.0)))
+        plan.steps.append({"step": step + 1, "added_target": added_target, "threshold": threshold,
+                           "global_sparsity": global_sparsity(model, names)})
+    plan.sparsity = {c: sparsity_of(weights[c]) for c in names}
+    plan.global_sparsity = global_sparsity(model, names)
+    plan.result = score(model, references)
+    return plan
+
+
+def _curves(model, references, weights, sparsity, added_target, method, quantile, title):
+    baseline = score(model, references).perplexity if method == "perplexity" else None
+    bar = ProgressBar(len(weights), title) if title else None
+    curves = {}
+    for c, weight in weights.items():
+        capacity = 1.0 - sparsity[c]
+        xs, ys = [0.0], [100.0]
+        for added in (added_target / 2, 3 * added_target / 2):
+            added = min(added, capacity)
+            if added <= xs[-1]:
+                continue
+            with compressed(model, c, MagnitudePruning(sparsity[c] + added)):
+                result = score(model, references)
+            xs.append(added)
+            ys.append(result.fdt_score(quantile) if method == "fdt"
+                      else min(100.0, 100.0 * baseline / result.perplexity))
+        if capacity > xs[-1]:
+            xs.append(capacity)
+            ys.append(0.0)
+        curves[c] = (xs, ys)
+        if bar:
+            bar.advance(c)
+    return curves
+
+
+@dataclass
+class Int8Plan:
+    """The components ranked by the divergence int8 causes (least first), those converted, the
+    fraction of component parameters converted, the sweep behind it and the scores after conversion."""
+
+    order: list[str]
+    converted: list[str]
+    converted_fraction: float
+    sweep: SweepTable
+    result: DivergenceResult | None = None
+
+
+@torch.no_grad()
+def int8_plan(model: torch.nn.Module, budget: float, prompts, quantile: float = 0.75, apply: bool = True,
+              components: Iterable[str] | None = None, num_tokens: int = 100, batch_size: int = 16,
+              progress: bool = True, **reference_options) -> Int8Plan:
+    """Rank components by the divergence int8 absmax causes and convert the least divergent ones
+    while the converted parameters stay within ``budget`` (a fraction in [0, 1]); in place when ``apply``."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 <= budget <= 1.0:
+        raise ValueError(f"budget: expected a fraction of the component parameters in [0, 1], got {budget!r}")
+    weights = select(model, components)
+    references = prompts if isinstance(prompts, References) else reference_continuations(
+        model, prompts, num_tokens, batch_size, **reference_options)
+    sweep = component_sweep(model, references, Int8Absmax(), list(weights), progress=progress)
+    results = sweep.results
+    order = sorted(weights, key=lambda c: (-results[c].fdt_score(quantile), -results[c].fdt_mean,
+                                           results[c].sdt_mean))
+    total = sum(w.numel() for w in weights.values())
+    converted, used = [], 0
+    for c in order:
+        if used + weights[c].numel() > budget * total:
+            break
+        converted.append(c)
+        used += weights[c].numel()
+    plan = Int8Plan(order, converted, used / total, sweep)
+    if apply:
+        for c in converted:
+            weights[c].copy_(int8_absmax(weights[c]))
+        plan.result = score(model, references)
+    return plan

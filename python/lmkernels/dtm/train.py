@@ -1,0 +1,109 @@
+"""A small byte-level ``CausalLM`` trained on the embedded corpus, the subject of ``lmk dtm``.
+
+Documents (paragraphs of ``lmkernels.data``, each joined to one line) are concatenated as UTF-8
+bytes separated by newlines and cut into random windows of ``seq_len + 1`` bytes; the loss is the
+next-byte cross-entropy. AdamW with a linear warmup and a cosine decay to a tenth.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmkernels.nn import ByteTokenizer, CausalLM, DecoderConfig
+
+
+@dataclass
+class TrainSettings:
+    dim: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    seq_len: int = 64
+    batch_size: int = 16
+    steps: int = 300
+    learning_rate: float = 3e-3
+    warmup: int = 30
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    model: CausalLM
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def one_line_documents(text: str) -> list[str]:
+    """Paragraphs (separated by blank lines) with their whitespace runs collapsed, empty ones dropped."""
+    return [" ".join(paragraph.split()) for paragraph in text.split("\n\n") if paragraph.strip()]
+
+
+def byte_stream(documents: list[str]) -> Tensor:
+    """The documents as one int64 stream of UTF-8 bytes, a newline after each."""
+    tokenizer = ByteTokenizer()
+    return torch.cat([tokenizer.encode(document + "\n") for document in documents])
+
+
+def train(stream: Tensor, settings: TrainSettings | None = None, progress: bool = True) -> TrainResult:
+    """Train a ``CausalLM`` (V = 256) on random windows of the byte ``stream``."""
+    s = settings or TrainSettings()
+    if stream.numel() <= s.seq_len + 1:
+        raise ValueError(f"stream: expected more than seq_len + 1 = {s.seq_len + 1} bytes, got {stream.numel()}")
+    torch.manual_seed(s.seed)
+    model = CausalLM(ByteTokenizer.vocab_size, DecoderConfig(dim=s.dim, num_layers=s.num_layers,
+                                                             num_heads=s.num_heads))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _learning_rate_factor(step, s))
+    generator = torch.Generator().manual_seed(s.seed)
+    offsets = torch.arange(s.seq_len + 1)
+    result = TrainResult(model)
+    start = time.perf_counter()
+    for step in range(s.steps):
+        starts = torch.randint(stream.numel() - s.seq_len - 1, (s.batch_size, 1), generator=generator)
+        windows = stream[starts + offsets]
+        logits = model(windows[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        result.losses.append(loss.item())
+        if progress:
+            _progress(step + 1, s.steps, result, start)
+    result.seconds = time.perf_counter() - start
+    model.eval()
+    return result
+
+
+@torch.no_grad()
+def heldout_loss(model: CausalLM, stream: Tensor, seq_len: int = 128, max_windows: int = 64) -> float:
+    """Mean next-byte cross-entropy (nats) over the first ``max_windows`` disjoint windows of ``stream``."""
+    windows = min((stream.numel() - 1) // seq_len, max_windows)
+    if windows < 1:
+        raise ValueError(f"stream: expected at least {seq_len + 1} bytes, got {stream.numel()}")
+    inputs = stream[:windows * seq_len].view(windows, seq_len)
+    targets = stream[1:windows * seq_len + 1].view(windows, seq_len)
+    return float(F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten()))
+
+
+def _learning_rate_factor(step: int, s: TrainSettings) -> float:
+    if step < s.warmup:
+        return (step + 1) / s.warmup
+    progress = (step - s.warmup) / max(s.steps - s.warmup, 1)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _progress(step: int, steps: int, result: TrainResult, start: float) -> None:
+    width = 30
+    done = width * step // steps
+    recent = result.losses[-10:]
+    sys.stdout.write(f"\r  [{'#' * done}{'.' * (width - done)}] step {step}/{steps}  loss "
+                     f"{sum(recent) / len(recent):.3f}  {time.perf_counter() - start:.0f}s"
+                     + ("\n" if step == steps else ""))
+    sys.stdout.flush()

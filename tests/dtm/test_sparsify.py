@@ -1,0 +1,92 @@
+"""The FDT-guided allocation on synthetic curves, and sparsify / int8_plan on a tiny model."""
+
+import pytest
+import torch
+
+from lmkernels import dtm
+
+
+def test_largest_sparsity_above_interpolates_linearly():
+    xs, ys = [0.0, 0.1, 0.3, 1.0], [100.0, 90.0, 50.0, 0.0]
+    assert dtm.largest_sparsity_above(xs, ys, 100.0) == 0.0
+    assert dtm.largest_sparsity_above(xs, ys, 95.0) == pytest.approx(0.05)
+    assert dtm.largest_sparsity_above(xs, ys, 70.0) == pytest.approx(0.2)
+    assert dtm.largest_sparsity_above(xs, ys, 0.0) == 1.0
+    # Not monotone: the largest x wins, also past a dip.
+    assert dtm.largest_sparsity_above([0.0, 0.1, 0.3, 1.0], [100.0, 40.0, 80.0, 0.0], 60.0) == pytest.approx(
+        0.3 + 0.7 * 20 / 80)
+
+
+def _synthetic_curves(target):
+    # "robust" barely moves FDT until far past the target; "sensitive" collapses at once.
+    return {
+        "robust": ([0.0, target / 2, 1.5 * target, 1.0], [100.0, 100.0, 95.0, 0.0]),
+        "middle": ([0.0, target / 2, 1.5 * target, 1.0], [100.0, 80.0, 40.0, 0.0]),
+        "sensitive": ([0.0, target / 2, 1.5 * target, 1.0], [100.0, 20.0, 5.0, 0.0]),
+    }
+
+
+@pytest.mark.parametrize("target", [0.1, 0.3, 0.5])
+def test_allocation_keeps_sensitive_components_denser_and_reaches_the_target(target):
+    parameters = {"robust": 1000, "middle": 3000, "sensitive": 2000}
+    added, threshold = dtm.allocate(_synthetic_curves(target), parameters, target)
+    assert added["robust"] > added["middle"] > added["sensitive"]
+    mean = sum(parameters[c] * added[c] for c in parameters) / sum(parameters.values())
+    assert mean == pytest.approx(target)
+    assert 0 <= threshold <= 100
+    paper, _ = dtm.allocate(_synthetic_curves(target), parameters, target, interpolate=False)
+    assert sum(parameters[c] * paper[c] for c in parameters) / sum(parameters.values()) >= target - 1e-12
+
+
+def test_allocation_threshold_is_the_first_that_reaches_the_target():
+    curves = {"a": ([0.0, 1.0], [100.0, 0.0]), "b": ([0.0, 1.0], [100.0, 0.0])}
+    added, threshold = dtm.allocate(curves, {"a": 1, "b": 1}, 0.25, interpolate=False)
+    assert threshold == 75 and added == pytest.approx({"a": 0.25, "b": 0.25})
+
+
+def test_allocation_bad_input():
+    curves = _synthetic_curves(0.2)
+    with pytest.raises(ValueError, match="target"):
+        dtm.allocate(curves, {"robust": 1, "middle": 1, "sensitive": 1}, 1.5)
+    with pytest.raises(ValueError, match="curves"):
+        dtm.allocate(curves, {"robust": 1}, 0.2)
+    with pytest.raises(ValueError, match="threshold_step"):
+        dtm.allocate(curves, {"robust": 1, "middle": 1, "sensitive": 1}, 0.2, threshold_step=0)
+
+
+@pytest.mark.parametrize("method", dtm.METHODS)
+def test_sparsify_reaches_the_global_target(model, prompts, tmp_path, method):
+    references = dtm.reference_continuations(model, prompts, 8, 5, cache_dir=tmp_path)
+    plan = dtm.sparsify(model, 0.4, references, method=method, iterations=2, progress=False)
+    assert plan.global_sparsity == pytest.approx(0.4, abs=1e-3)
+    assert dtm.global_sparsity(model) == plan.global_sparsity
+    assert [s["step"] for s in plan.steps] == [1, 2]
+    assert plan.sparsity == {c: dtm.sparsity_of(w) for c, w in dtm.components(model).items()}
+    assert plan.result.num_tokens == 8
+    if method == "uniform":
+        assert all(s == pytest.approx(0.4, abs=1e-3) for s in plan.sparsity.values())
+
+
+def test_sparsify_bad_input(model, prompts, tmp_path):
+    references = dtm.reference_continuations(model, prompts, 4, 5, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="method"):
+        dtm.sparsify(model, 0.5, references, method="wanda")
+    with pytest.raises(ValueError, match="target"):
+        dtm.sparsify(model, 1.2, references)
+    with pytest.raises(ValueError, match="iterations"):
+        dtm.sparsify(model, 0.5, references, iterations=0)
+    with pytest.raises(ValueError, match="do not exist"):
+        dtm.sparsify(model, 0.5, references, components=["layers.9.q"])
+
+
+def test_int8_plan_converts_least_divergent_first_within_budget(model, prompts, tmp_path):
+    references = dtm.reference_continuations(model, prompts, 8, 5, cache_dir=tmp_path)
+    before = {c: w.detach().clone() for c, w in dtm.components(model).items()}
+    plan = dtm.int8_plan(model, 0.5, references, progress=False)
+    scores = [plan.sweep.results[c].fdt_score() for c in plan.order]
+    assert scores == sorted(scores, reverse=True) and sorted(plan.order) == sorted(before)
+    assert plan.converted == plan.order[:len(plan.converted)] and 0 < plan.converted_fraction <= 0.5
+    for c, w in dtm.components(model).items():
+        assert torch.equal(w, dtm.int8_absmax(before[c]) if c in plan.converted else before[c])
+    with pytest.raises(ValueError, match="budget"):
+        dtm.int8_plan(model, 2.0, references)
