@@ -18,3 +18,7 @@ def test_tour_runs_and_learns(capsys):
     assert "max |ours - torch|: forward 0.00e+00" in out
     accuracy, majority = map(float, re.search(r"held-out accuracy ([\d.]+)% \(majority class: ([\d.]+)%\)", out).groups())
     assert accuracy > majority + 30
+    assert "join(split(text)) == text" in out and "T-FREE embedding + head" in out
+    first, last = map(float, re.search(r"held-out loss: step \d+: ([\d.]+),.* step \d+: ([\d.]+)\n", out).groups())
+    assert last < 0.8 * first  # the T-FREE model learns
+    assert "FDT(F, F) = 32 (no divergence" in out
