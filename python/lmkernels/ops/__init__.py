@@ -3,6 +3,8 @@ allocation, a fake implementation for ``torch.compile`` and, where differentiabl
 
 from lmkernels.ops.dictionary_score import dictionary_scores, top_words
 from lmkernels.ops.embedding_bag import embedding_bag
+from lmkernels.ops.int8_absmax import int8_dequantize, int8_fake_quantize, int8_quantize
 from lmkernels.ops.multilabel_bce import multilabel_bce_with_logits
 
-__all__ = ["dictionary_scores", "embedding_bag", "multilabel_bce_with_logits", "top_words"]
+__all__ = ["dictionary_scores", "embedding_bag", "int8_dequantize", "int8_fake_quantize", "int8_quantize",
+           "multilabel_bce_with_logits", "top_words"]
