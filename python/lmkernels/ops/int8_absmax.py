@@ -16,10 +16,12 @@ quantise. In place, rows holding them are left as they were (the other rows are 
 GPU the check reads an error flag back, which synchronises with the device once per call.
 
 Gradients: ``int8_fake_quantize`` passes the gradient of ``W'`` straight through to ``W`` (the
-straight-through estimator of quantisation-aware training; the returned scales are treated as
-constants). ``int8_quantize`` and ``int8_dequantize`` are not differentiable: rounding has zero
-gradient almost everywhere, so their backward raises ``RuntimeError`` pointing at
-``int8_fake_quantize``.
+straight-through estimator of quantisation-aware training); rounding has zero gradient almost
+everywhere, so the exact gradient would be useless. Its returned scales, and both outputs of
+``int8_quantize`` (an integer q and its scales), carry no gradient: they are marked
+non-differentiable, so a loss that depends on ``W`` only through them has nothing to
+backpropagate and ``backward`` raises torch's "does not require grad" error. ``int8_dequantize``
+is linear in ``scale``: ``grad_scale[r] = sum_c grad[r, c] * q[r, c]`` (q is an integer: none).
 """
 
 from __future__ import annotations
@@ -192,28 +194,38 @@ define_op("int8_fake_quantize_(Tensor(a!) weight) -> Tensor", _fake_quantize_inp
 
 # ---- autograd ---------------------------------------------------------------------------------
 
+def _fake_quantize_context(ctx, inputs, output):
+    ctx.dtype = inputs[0].dtype
+    ctx.mark_non_differentiable(output[1])
+
+
 def _straight_through(ctx, grad_out, grad_scale):
     return None if grad_out is None else grad_out.to(ctx.dtype)
 
 
-def _remember_dtype(ctx, inputs, output):
-    ctx.dtype = inputs[0].dtype
+def _quantize_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(*output)
 
 
-def _not_differentiable(name: str):
-    def backward(ctx, *grads):
-        raise RuntimeError(f"{name} is not differentiable (rounding has zero gradient almost everywhere); "
-                           "use int8_fake_quantize, whose gradient is the straight-through estimator")
-    return backward
+def _quantize_backward(ctx, grad_q, grad_scale):
+    return None
 
 
-def _no_context(ctx, inputs, output):
-    pass
+def _dequantize_context(ctx, inputs, output):
+    q, scale, _ = inputs
+    ctx.save_for_backward(q)
+    ctx.scale_dtype = scale.dtype
 
 
-torch.library.register_autograd("lmk::int8_fake_quantize", _straight_through, setup_context=_remember_dtype,
+def _dequantize_backward(ctx, grad_out):
+    (q,) = ctx.saved_tensors
+    grad_scale = (grad_out.float() * q.float()).sum(1).to(ctx.scale_dtype) if ctx.needs_input_grad[1] else None
+    return None, grad_scale, None
+
+
+torch.library.register_autograd("lmk::int8_fake_quantize", _straight_through, setup_context=_fake_quantize_context,
                                 lib=LIBRARY)
-torch.library.register_autograd("lmk::int8_quantize", _not_differentiable("int8_quantize"),
-                                setup_context=_no_context, lib=LIBRARY)
-torch.library.register_autograd("lmk::int8_dequantize", _not_differentiable("int8_dequantize"),
-                                setup_context=_no_context, lib=LIBRARY)
+torch.library.register_autograd("lmk::int8_quantize", _quantize_backward, setup_context=_quantize_context,
+                                lib=LIBRARY)
+torch.library.register_autograd("lmk::int8_dequantize", _dequantize_backward, setup_context=_dequantize_context,
+                                lib=LIBRARY)
