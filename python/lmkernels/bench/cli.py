@@ -9,11 +9,11 @@ import sys
 
 import torch
 
-from lmkernels.bench import (dictionary_score, harness, multilabel_bce, sparse, tfree_encode, tfree_patterns,
-                             tfree_words)
+from lmkernels.bench import (dictionary_score, harness, int8_absmax, multilabel_bce, sparse, tfree_encode,
+                             tfree_patterns, tfree_words)
 
 # One module per kernel family, each with ``cases(quick, device, tiny=False) -> list[Case]``.
-FAMILIES = [sparse, multilabel_bce, dictionary_score, tfree_words, tfree_patterns, tfree_encode]
+FAMILIES = [sparse, multilabel_bce, dictionary_score, tfree_words, tfree_patterns, tfree_encode, int8_absmax]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
