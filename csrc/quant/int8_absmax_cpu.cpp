@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "common/dispatch.h"
+#include "common/memory.h"
 #include "common/parallel.h"
 #include "common/simd.h"
 #include "common/vec.h"
@@ -178,6 +179,13 @@ LMK_DEFINE_KERNELS(bfloat16, bf16)
 LMK_DEFINE_KERNELS(float16, f16)
 #undef LMK_DEFINE_KERNELS
 
+// A fresh output matrix of Llama size costs more in 4 KiB page faults than the kernel takes.
+void advise_output(const TensorView& t) {
+  if (t.numel() == 0) return;
+  const int64_t elements = (t.size(0) - 1) * t.stride(0) + t.size(1);
+  advise_huge_pages(t.data, size_t(elements) * size_t(dtype_itemsize(t.dtype)));
+}
+
 // About 64 KiB of row reads per chunk, so small matrices stay on one thread.
 int64_t row_grain(int64_t cols, int64_t itemsize) {
   return std::max<int64_t>(1, (int64_t(64) << 10) / std::max<int64_t>(1, cols * itemsize));
@@ -205,6 +213,7 @@ void quantize_cpu(const TensorView& weight, const TensorView& q, const TensorVie
   dispatch_float(weight.dtype, "weight", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const int64_t cols = weight.size(1);
+    advise_output(q);
     for_each_row(weight.size(0), cols, sizeof(T), [&](int64_t r) {
       return quantize_row_simd(weight.as<const T>() + r * weight.stride(0), cols, q.as<int8_t>() + r * q.stride(0),
                                scale.as<float>()[r]);
@@ -216,6 +225,7 @@ void dequantize_cpu(const TensorView& q, const TensorView& scale, const TensorVi
   dispatch_float(out.dtype, "out", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const int64_t cols = q.size(1);
+    advise_output(out);
     parallel_for(0, q.size(0), row_grain(cols, 1), [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r)
         dequantize_row_simd(q.as<const int8_t>() + r * q.stride(0), scale.as<const float>()[r], cols,
@@ -228,6 +238,7 @@ void fake_quantize_cpu(const TensorView& weight, const TensorView& out, const Te
   dispatch_float(weight.dtype, "weight", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const int64_t cols = weight.size(1);
+    if (out.data != weight.data) advise_output(out);
     for_each_row(weight.size(0), cols, sizeof(T), [&](int64_t r) {
       return fake_quantize_row_simd(weight.as<const T>() + r * weight.stride(0), cols,
                                     out.as<T>() + r * out.stride(0), scale.as<float>()[r]);
