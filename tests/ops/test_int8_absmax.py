@@ -102,6 +102,16 @@ def test_extreme_magnitudes(device, dtype):
     check_all_ops(weight)
 
 
+def test_rounding_to_16_bits_over_the_whole_exponent_range(device):
+    # Every int8 value times scales from 2^-30 to 2^10, and scales at fp16's overflow and subnormal
+    # edges: the lane-wise fp16 and bf16 roundings agree with torch's casts.
+    scale = torch.logspace(-30, 10, 2000, base=2.0) * (1 + torch.rand(2000) * 1e-3)
+    scale = torch.cat([scale, torch.tensor([65504 / 127, 65520 / 127, 7e-8, 1e-10, 0.0])]).to(device)
+    q = torch.arange(-128, 128, dtype=torch.int8, device=device).repeat(scale.numel(), 1)
+    for dtype in DTYPES:
+        assert_bitwise_equal(int8_dequantize(q, scale, dtype), reference.int8_dequantize(q, scale, dtype))
+
+
 def test_ties_round_half_to_even(device):
     # absmax 127 gives scale exactly 1, so W / scale is W: the halves are exact ties.
     values = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 3.5, 4.5]
