@@ -105,7 +105,7 @@ __attribute__((always_inline)) inline void load16_int8(const int8_t* __restrict 
 }
 
 // The lane-wise form of from_float<float16> in numeric.h (vec::store16 converts fp16 a value at a
-// time, which made fp16 outputs five times slower than bf16 ones here).
+// time, which made fp16 fake quantisation 2.7 times slower than this).
 __attribute__((always_inline)) inline vec::u32x8 round_to_f16_bits(vec::f32x8 x) {
   const vec::u32x8 w = vec::bitcast<vec::u32x8>(x), shl1_w = w + w, sign = w & 0x80000000u;
   vec::f32x8 base = (vec::bitcast<vec::f32x8>(w & 0x7FFFFFFFu) * 0x1p112f) * 0x1p-110f;
