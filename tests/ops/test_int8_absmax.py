@@ -154,7 +154,17 @@ def test_non_finite_weights_raise_value_error(device, bad, dtype):
     assert_bitwise_equal(in_place[finite_rows], reference.int8_fake_quantize(weight[finite_rows]))
 
 
-def test_bitwise_deterministic_and_thread_count_independent():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bitwise_deterministic(device, dtype):
+    weight = (torch.randn(300, 1000, device=device) * torch.rand(300, 1, device=device)).to(dtype)
+    first = int8_fake_quantize(weight, return_scale=True), int8_quantize(weight)
+    for _ in range(3):
+        again = int8_fake_quantize(weight, return_scale=True), int8_quantize(weight)
+        for a, b in zip([*first[0], *first[1]], [*again[0], *again[1]]):
+            assert_bitwise_equal(a, b)
+
+
+def test_same_result_for_any_thread_count():
     weight = torch.randn(300, 1000) * torch.rand(300, 1)
     first = int8_fake_quantize(weight, return_scale=True)
     threads = lmkernels.num_threads()
@@ -165,6 +175,16 @@ def test_bitwise_deterministic_and_thread_count_independent():
                 assert_bitwise_equal(a, b)
     finally:
         lmkernels.set_num_threads(threads)
+
+
+def test_concurrent_calls_from_python_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    weight = torch.randn(64, 513)
+    expected = int8_fake_quantize(weight)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: int8_fake_quantize(weight), range(16)))
+    assert all(torch.equal(r, expected) for r in results)
 
 
 def test_transposed_weight_is_read_correctly(device):
