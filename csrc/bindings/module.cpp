@@ -59,4 +59,5 @@ PYBIND11_MODULE(_C, m) {
   lmk::bindings::register_dictionary_score(m);
   lmk::bindings::register_text_encode(m);
   lmk::bindings::register_divergence(m);
+  lmk::bindings::register_quant(m);
 }
