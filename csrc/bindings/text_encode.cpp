@@ -16,13 +16,13 @@ namespace py = pybind11;
 namespace lmk::bindings {
 namespace {
 
-// The vector's buffer as a 1-D numpy array that owns it (no copy).
+// The buffer as a 1-D numpy array that owns it (no copy).
 template <typename T>
-py::array_t<T> owning_array(std::vector<T>&& values) {
-  auto* owned = new std::vector<T>(std::move(values));
-  py::capsule free_when_done(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>({static_cast<py::ssize_t>(owned->size())}, {static_cast<py::ssize_t>(sizeof(T))},
-                        owned->data(), free_when_done);
+py::array_t<T> owning_array(text::Buffer<T>&& buffer) {
+  T* data = buffer.data.release();
+  py::capsule free_when_done(data, [](void* p) { delete[] static_cast<T*>(p); });
+  return py::array_t<T>({static_cast<py::ssize_t>(buffer.size)}, {static_cast<py::ssize_t>(sizeof(T))}, data,
+                        free_when_done);
 }
 
 // UTF-8 views of the texts; `keep` holds a reference to each so that they outlive the GIL release.

@@ -37,31 +37,48 @@ struct HashedRows {
   std::vector<int32_t> rows;
 };
 
-// One text's words, rows and ids, produced independently by one task.
-struct TextEncoding {
+// A block of consecutive texts: enough text (or texts) that one task's allocations and
+// bookkeeping are amortised, small enough that the blocks balance across threads and that their
+// vectors stay in reused heap memory (at 32 KiB and more a thread ran at half speed, its growing
+// vectors page-faulting in fresh mappings).
+constexpr size_t kBlockBytes = 16 * 1024;
+constexpr size_t kBlockTexts = 256;
+
+// The words, rows and ids of one block of texts, produced independently by one task.
+struct BlockEncoding {
+  std::vector<int64_t> words_per_text;
   std::vector<int64_t> rows_per_word;
   std::vector<int32_t> rows;
   std::vector<int32_t> trigram_ids;
   std::vector<uint8_t> is_endoftext;
 };
 
+template <typename T>
+Buffer<T> uninitialised(size_t size) {
+  return Buffer<T>{std::unique_ptr<T[]>(new T[size == 0 ? 1 : size]), size};
+}
+
 // Pattern rows are looked up in one batch per run of trigram rows, so that the table's random
 // reads overlap (its rows are spread over hundreds of megabytes) instead of waiting in turn.
 void encode_text(PatternTable& table, const HashedRows& hashed_rows, std::string_view text,
-                 const EncodeOptions& options, TextEncoding& out) {
-  std::vector<std::string> words;
+                 const EncodeOptions& options, BlockEncoding& out) {
+  // Views into `text` (or the splitter's static marker strings): no copy of any word.
+  thread_local std::vector<std::string_view> words;
+  words.clear();
   if (options.split_words) {
-    tfree_split(text, words);
+    tfree_split_views(text, words);
   } else {
     if (text.empty()) fail(ErrorKind::Value, "expected a non-empty word");
-    words.emplace_back(text);
+    words.push_back(text);
   }
-  std::vector<std::pair<size_t, const std::string*>> hashed;  // (row, word) of the words hashed whole
-  std::vector<uint32_t> ids;
-  for (const std::string& word : words) {
+  std::vector<std::pair<size_t, std::string_view>> hashed;  // (row, word) of the words hashed whole
+  thread_local std::vector<uint32_t> ids;
+  const size_t first = out.trigram_ids.size();
+  out.words_per_text.push_back(static_cast<int64_t>(words.size()));
+  for (std::string_view word : words) {
     out.is_endoftext.push_back(word == kEndOfText);
     if (options.entire_words || is_hashed_word(word)) {
-      hashed.emplace_back(out.trigram_ids.size(), &word);
+      hashed.emplace_back(out.trigram_ids.size(), word);
       out.trigram_ids.push_back(-1);
       out.rows_per_word.push_back(1);
       continue;
@@ -77,10 +94,10 @@ void encode_text(PatternTable& table, const HashedRows& hashed_rows, std::string
       table.rows(reinterpret_cast<const uint32_t*>(out.trigram_ids.data()) + begin, int64_t(end - begin),
                  out.rows.data() + begin * m);
   };
-  size_t run = 0;
+  size_t run = first;
   for (const auto& [row, word] : hashed) {
     lookup(run, row);
-    hashed_rows.write(table, *word, out.rows.data() + row * m);
+    hashed_rows.write(table, word, out.rows.data() + row * m);
     run = row + 1;
   }
   lookup(run, out.trigram_ids.size());
@@ -89,44 +106,55 @@ void encode_text(PatternTable& table, const HashedRows& hashed_rows, std::string
 }  // namespace
 
 Encoding tfree_encode(PatternTable& table, const std::vector<std::string_view>& texts, const EncodeOptions& options) {
-  const int64_t count = static_cast<int64_t>(texts.size());
-  std::vector<TextEncoding> parts(texts.size());
-  const HashedRows hashed_rows(table);
-  parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      try {
-        encode_text(table, hashed_rows, texts[i], options, parts[i]);
-      } catch (const Error& e) {
-        throw Error(e.kind(), concat("texts[", i, "]: ", e.what()));
-      }
+  std::vector<size_t> block_starts{0};
+  for (size_t i = 0, bytes = 0; i < texts.size(); ++i) {
+    bytes += texts[i].size();
+    if (bytes >= kBlockBytes || i + 1 - block_starts.back() >= kBlockTexts) {
+      block_starts.push_back(i + 1);
+      bytes = 0;
     }
+  }
+  if (block_starts.back() != texts.size()) block_starts.push_back(texts.size());
+  const int64_t num_blocks = static_cast<int64_t>(block_starts.size()) - 1;
+
+  std::vector<BlockEncoding> blocks(num_blocks);
+  const HashedRows hashed_rows(table);
+  parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (size_t i = block_starts[b]; i < block_starts[b + 1]; ++i) {
+        try {
+          encode_text(table, hashed_rows, texts[i], options, blocks[b]);
+        } catch (const Error& e) {
+          throw Error(e.kind(), concat("texts[", i, "]: ", e.what()));
+        }
+      }
   });
 
-  Encoding result;
-  const int m = table.config().m;
-  result.word_offsets.resize(texts.size() + 1);
-  std::vector<int64_t> first_row(texts.size() + 1);
-  result.word_offsets[0] = first_row[0] = 0;
-  for (size_t i = 0; i < texts.size(); ++i) {
-    result.word_offsets[i + 1] = result.word_offsets[i] + static_cast<int64_t>(parts[i].rows_per_word.size());
-    first_row[i + 1] = first_row[i] + static_cast<int64_t>(parts[i].trigram_ids.size());
+  // Where each block's words and rows start in the result.
+  std::vector<int64_t> first_word(num_blocks + 1, 0), first_row(num_blocks + 1, 0);
+  for (int64_t b = 0; b < num_blocks; ++b) {
+    first_word[b + 1] = first_word[b] + static_cast<int64_t>(blocks[b].rows_per_word.size());
+    first_row[b + 1] = first_row[b] + static_cast<int64_t>(blocks[b].trigram_ids.size());
   }
-  const int64_t words = result.word_offsets.back(), rows = first_row.back();
-  result.row_offsets.resize(words + 1);
-  result.rows.resize(rows * m);
-  result.trigram_ids.resize(rows);
-  result.is_endoftext.resize(words);
-  result.row_offsets[0] = 0;
-  parallel_for(0, count, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const TextEncoding& part = parts[i];
-      int64_t offset = first_row[i];
-      int64_t* row_offsets = result.row_offsets.data() + result.word_offsets[i] + 1;
-      for (size_t w = 0; w < part.rows_per_word.size(); ++w) row_offsets[w] = offset += part.rows_per_word[w];
-      std::copy(part.rows.begin(), part.rows.end(), result.rows.begin() + first_row[i] * m);
-      std::copy(part.trigram_ids.begin(), part.trigram_ids.end(), result.trigram_ids.begin() + first_row[i]);
-      std::copy(part.is_endoftext.begin(), part.is_endoftext.end(),
-                result.is_endoftext.begin() + result.word_offsets[i]);
+  const int m = table.config().m;
+  Encoding result;
+  result.word_offsets = uninitialised<int64_t>(texts.size() + 1);
+  result.row_offsets = uninitialised<int64_t>(first_word.back() + 1);
+  result.rows = uninitialised<int32_t>(first_row.back() * m);
+  result.trigram_ids = uninitialised<int32_t>(first_row.back());
+  result.is_endoftext = uninitialised<uint8_t>(first_word.back());
+  result.word_offsets.data[0] = result.row_offsets.data[0] = 0;
+  parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const BlockEncoding& block = blocks[b];
+      int64_t words = first_word[b], rows = first_row[b];
+      int64_t* word_offsets = result.word_offsets.data.get() + block_starts[b] + 1;
+      for (int64_t count : block.words_per_text) *word_offsets++ = words += count;
+      int64_t* row_offsets = result.row_offsets.data.get() + first_word[b] + 1;
+      for (int64_t count : block.rows_per_word) *row_offsets++ = rows += count;
+      std::copy(block.rows.begin(), block.rows.end(), result.rows.data.get() + first_row[b] * m);
+      std::copy(block.trigram_ids.begin(), block.trigram_ids.end(), result.trigram_ids.data.get() + first_row[b]);
+      std::copy(block.is_endoftext.begin(), block.is_endoftext.end(), result.is_endoftext.data.get() + first_word[b]);
     }
   });
   return result;

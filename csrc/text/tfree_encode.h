@@ -7,7 +7,9 @@
 // so rows[] read as indices with offsets m * row_offsets is exactly the embedding-bag input
 // (one bag per word, every index of every trigram, with multiplicity).
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -20,12 +22,20 @@ struct EncodeOptions {
   bool entire_words = false;  // hash every word whole instead of by trigrams
 };
 
+// An uninitialised array: the encoder writes every element, so zero-filling first would only
+// cost time (and page faults on a fresh allocation).
+template <typename T>
+struct Buffer {
+  std::unique_ptr<T[]> data;
+  size_t size = 0;
+};
+
 struct Encoding {
-  std::vector<int64_t> word_offsets;  // [texts + 1]
-  std::vector<int64_t> row_offsets;   // [words + 1]
-  std::vector<int32_t> rows;          // [rows * m]
-  std::vector<int32_t> trigram_ids;   // [rows]
-  std::vector<uint8_t> is_endoftext;  // [words]: the word is <|endoftext|>
+  Buffer<int64_t> word_offsets;  // [texts + 1]
+  Buffer<int64_t> row_offsets;   // [words + 1]
+  Buffer<int32_t> rows;          // [rows * m]
+  Buffer<int32_t> trigram_ids;   // [rows]
+  Buffer<uint8_t> is_endoftext;  // [words]: the word is <|endoftext|>
 };
 
 // Encodes the texts in parallel (parallel_for over texts); invalid UTF-8 throws a Value error
