@@ -19,7 +19,7 @@ from lmkernels.dtm import reference_continuations
 from lmkernels.nn import CausalLM, DecoderConfig
 
 _FULL = {"dim": 256, "layers": 4, "prompts": 32, "tokens": 100, "peer_every": 7}
-_QUICK = {"dim": 128, "layers": 2, "prompts": 16, "tokens": 64, "peer_every": 7}
+_QUICK = {"dim": 64, "layers": 2, "prompts": 8, "tokens": 32, "peer_every": 7}
 _TINY = {"dim": 16, "layers": 1, "prompts": 2, "tokens": 4, "peer_every": 7}
 _PROMPT_LEN = 32
 _BATCH = 16
