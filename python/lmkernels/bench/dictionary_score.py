@@ -86,7 +86,8 @@ class _Peers:
         def coo(indices, offsets, value):
             rows = torch.repeat_interleave(torch.arange(words, device=device), (offsets[1:] - offsets[:-1]).long())
             values = torch.full((indices.numel(),), value, device=device)
-            return torch.sparse_coo_tensor(torch.stack([rows, indices.long()]), values, (words, vocab))
+            return torch.sparse_coo_tensor(torch.stack([rows, indices.long()]), values, (words, vocab),
+                                           check_invariants=True)
 
         combined = (coo(ne_indices, ne_offsets, 1.0) + coo(edge_indices, edge_offsets, _EDGE_WEIGHT)).coalesce()
         csr = combined.to_sparse_csr()
