@@ -13,7 +13,7 @@ namespace lmk::fp8 {
 namespace {
 
 constexpr int64_t kGrainElements = 1 << 15;
-constexpr int64_t kTile = 64;  // 64 x 64 tiles: 16 KiB of fp32 input and 4 KiB of output
+constexpr int64_t kTile = 64;
 
 template <Format F, Rounding R, typename T>
 inline void cast_run(const T* x, int64_t count, uint64_t first_index, uint64_t seed, uint8_t* out) {
@@ -23,17 +23,20 @@ inline void cast_run(const T* x, int64_t count, uint64_t first_index, uint64_t s
   }
 }
 
-// out[c * rows + r] = fp8(x[r * row_stride + c]) for r in [r0, r1), c in [c0, c1).
+// out[c * rows + r] = fp8(x[r * row_stride + c]) for r in [r0, r1), c in [c0, c1): the tile's rows
+// are converted along x's contiguous rows into a small buffer, then transposed byte by byte.
 template <Format F, Rounding R, typename T>
 inline void cast_tile(const T* x, MatrixShape shape, int64_t r0, int64_t r1, int64_t c0, int64_t c1, uint64_t seed,
                       uint8_t* out) {
+  uint8_t tile[kTile * kTile];
+  for (int64_t r = r0; r < r1; ++r)
+    cast_run<F, R>(x + r * shape.row_stride + c0, c1 - c0, uint64_t(r) * uint64_t(shape.cols) + uint64_t(c0), seed,
+                   tile + (r - r0) * kTile);
   for (int64_t c = c0; c < c1; ++c) {
-    uint8_t* out_row = out + c * shape.rows;
-    for (int64_t r = r0; r < r1; ++r) {
-      const uint64_t index = uint64_t(r) * uint64_t(shape.cols) + uint64_t(c);
-      const uint32_t random = R == Rounding::Stochastic ? random_bits(seed, index) : 0u;
-      out_row[r] = encode<F, R>(to_float(x[r * shape.row_stride + c]), random);
-    }
+    uint8_t* out_row = out + c * shape.rows + r0;
+    const uint8_t* tile_column = tile + (c - c0);
+    const int64_t count = r1 - r0;
+    for (int64_t r = 0; r < count; ++r) out_row[r] = tile_column[r * kTile];
   }
 }
 
@@ -91,12 +94,13 @@ void cast_typed(const TensorView& x, const TensorView& out, Format format, const
   uint8_t* o = out.as<uint8_t>();
   if (shape.rows == 0 || shape.cols == 0) return;
   if (options.transpose) {
-    const int64_t col_tiles = (shape.cols + kTile - 1) / kTile;
-    parallel_for(0, col_tiles, 1, [&](int64_t t0, int64_t t1) {
+    // Tiles in x's row-major order: a row of tiles reads one band of x's rows page by page.
+    const int64_t row_tiles = (shape.rows + kTile - 1) / kTile;
+    parallel_for(0, row_tiles, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t c0 = t * kTile, c1 = std::min(shape.cols, c0 + kTile);
-        for (int64_t r0 = 0; r0 < shape.rows; r0 += kTile)
-          cast_tile_simd(in, shape, r0, std::min(shape.rows, r0 + kTile), c0, c1, options.seed, o, format,
+        const int64_t r0 = t * kTile, r1 = std::min(shape.rows, r0 + kTile);
+        for (int64_t c0 = 0; c0 < shape.cols; c0 += kTile)
+          cast_tile_simd(in, shape, r0, r1, c0, std::min(shape.cols, c0 + kTile), options.seed, o, format,
                          options.rounding);
       }
     });

@@ -9,12 +9,12 @@ import sys
 
 import torch
 
-from lmkernels.bench import (dictionary_score, dtm_sweep, embedding_bag, harness, int8_absmax, multilabel_bce,
-                             tfree_encode, tfree_patterns, tfree_words, token_divergence)
+from lmkernels.bench import (dictionary_score, dtm_sweep, embedding_bag, fp8_cast, harness, int8_absmax,
+                             multilabel_bce, tfree_encode, tfree_patterns, tfree_words, token_divergence)
 
 # One module per kernel family, each with ``cases(quick, device, tiny=False) -> list[Case]``.
 FAMILIES = [embedding_bag, multilabel_bce, dictionary_score, tfree_words, tfree_patterns, tfree_encode,
-            token_divergence, int8_absmax, dtm_sweep]
+            token_divergence, int8_absmax, fp8_cast, dtm_sweep]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -59,9 +59,9 @@ def fp8_cast(x: Tensor, dtype: torch.dtype, rounding: str = "nearest", seed: int
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype: expected a torch.dtype, got {type(dtype).__name__}")
     if dtype not in _FORMATS:
-        raise ValueError(f"dtype: expected torch.float8_e4m3fn or torch.float8_e5m2, got {dtype}")
+        raise TypeError(f"dtype: expected torch.float8_e4m3fn or torch.float8_e5m2, got {dtype}")
     if x.dtype not in _INPUTS:
-        raise ValueError(f"x: expected float32, bfloat16 or float16, got {x.dtype}")
+        raise TypeError(f"x: expected float32, bfloat16 or float16, got {x.dtype}")
     if rounding not in _ROUNDINGS:
         raise ValueError(f"rounding: expected 'nearest' or 'stochastic', got {rounding!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
