@@ -23,23 +23,6 @@ inline void cast_run(const T* x, int64_t count, uint64_t first_index, uint64_t s
   }
 }
 
-// out[c * rows + r] = fp8(x[r * row_stride + c]) for r in [r0, r1), c in [c0, c1): the tile's rows
-// are converted along x's contiguous rows into a small buffer, then transposed byte by byte.
-template <Format F, Rounding R, typename T>
-inline void cast_tile(const T* x, MatrixShape shape, int64_t r0, int64_t r1, int64_t c0, int64_t c1, uint64_t seed,
-                      uint8_t* out) {
-  uint8_t tile[kTile * kTile];
-  for (int64_t r = r0; r < r1; ++r)
-    cast_run<F, R>(x + r * shape.row_stride + c0, c1 - c0, uint64_t(r) * uint64_t(shape.cols) + uint64_t(c0), seed,
-                   tile + (r - r0) * kTile);
-  for (int64_t c = c0; c < c1; ++c) {
-    uint8_t* out_row = out + c * shape.rows + r0;
-    const uint8_t* tile_column = tile + (c - c0);
-    const int64_t count = r1 - r0;
-    for (int64_t r = 0; r < count; ++r) out_row[r] = tile_column[r * kTile];
-  }
-}
-
 template <typename Body>
 inline void with_mode(Format format, Rounding rounding, const Body& body) {
   if (format == Format::E4M3FN) {
@@ -56,36 +39,39 @@ struct RunBody {
   template <Format F, Rounding R> void operator()() const { cast_run<F, R>(x, count, first_index, seed, out); }
 };
 
-template <typename T>
-struct TileBody {
-  const T* x; MatrixShape shape; int64_t r0, r1, c0, c1; uint64_t seed; uint8_t* out;
-  template <Format F, Rounding R> void operator()() const { cast_tile<F, R>(x, shape, r0, r1, c0, c1, seed, out); }
-};
-
 // The SIMD-cloned entry points, one per input type, and overloads that pick them.
 #define LMK_DEFINE_KERNELS(T, SUFFIX)                                                                          \
   LMK_SIMD_CLONES void cast_run_##SUFFIX(const T* x, int64_t count, uint64_t first_index, uint64_t seed,       \
                                          uint8_t* out, Format format, Rounding rounding) {                     \
-    with_mode(format, rounding, RunBody<T>{x, count, first_index, seed, out});                              \
-  }                                                                                                            \
-  LMK_SIMD_CLONES void cast_tile_##SUFFIX(const T* x, MatrixShape shape, int64_t r0, int64_t r1, int64_t c0,   \
-                                          int64_t c1, uint64_t seed, uint8_t* out, Format format,              \
-                                          Rounding rounding) {                                                 \
-    with_mode(format, rounding, TileBody<T>{x, shape, r0, r1, c0, c1, seed, out});                          \
+    with_mode(format, rounding, RunBody<T>{x, count, first_index, seed, out});                                 \
   }                                                                                                            \
   inline void cast_run_simd(const T* x, int64_t count, uint64_t first_index, uint64_t seed, uint8_t* out,      \
                             Format format, Rounding rounding) {                                                \
     cast_run_##SUFFIX(x, count, first_index, seed, out, format, rounding);                                     \
-  }                                                                                                            \
-  inline void cast_tile_simd(const T* x, MatrixShape shape, int64_t r0, int64_t r1, int64_t c0, int64_t c1,    \
-                             uint64_t seed, uint8_t* out, Format format, Rounding rounding) {                  \
-    cast_tile_##SUFFIX(x, shape, r0, r1, c0, c1, seed, out, format, rounding);                                 \
   }
 
 LMK_DEFINE_KERNELS(float, f32)
 LMK_DEFINE_KERNELS(bfloat16, bf16)
 LMK_DEFINE_KERNELS(float16, f16)
 #undef LMK_DEFINE_KERNELS
+
+// out[c * rows + r] = fp8(x[r * row_stride + c]) for r in [r0, r1), c in [c0, c1): the tile's rows
+// are converted along x's contiguous rows by the vectorised run kernel into a small buffer, which
+// is then transposed byte by byte.
+template <typename T>
+void cast_tile(const T* x, MatrixShape shape, int64_t r0, int64_t r1, int64_t c0, int64_t c1, uint8_t* out,
+               Format format, const CastOptions& options) {
+  uint8_t tile[kTile * kTile];
+  for (int64_t r = r0; r < r1; ++r)
+    cast_run_simd(x + r * shape.row_stride + c0, c1 - c0, uint64_t(r) * uint64_t(shape.cols) + uint64_t(c0),
+                  options.seed, tile + (r - r0) * kTile, format, options.rounding);
+  for (int64_t c = c0; c < c1; ++c) {
+    uint8_t* out_row = out + c * shape.rows + r0;
+    const uint8_t* tile_column = tile + (c - c0);
+    const int64_t count = r1 - r0;
+    for (int64_t r = 0; r < count; ++r) out_row[r] = tile_column[r * kTile];
+  }
+}
 
 template <typename T>
 void cast_typed(const TensorView& x, const TensorView& out, Format format, const CastOptions& options) {
@@ -100,8 +86,7 @@ void cast_typed(const TensorView& x, const TensorView& out, Format format, const
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r0 = t * kTile, r1 = std::min(shape.rows, r0 + kTile);
         for (int64_t c0 = 0; c0 < shape.cols; c0 += kTile)
-          cast_tile_simd(in, shape, r0, r1, c0, std::min(shape.cols, c0 + kTile), options.seed, o, format,
-                         options.rounding);
+          cast_tile(in, shape, r0, r1, c0, std::min(shape.cols, c0 + kTile), o, format, options);
       }
     });
     return;

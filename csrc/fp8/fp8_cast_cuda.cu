@@ -75,7 +75,8 @@ template <Format F, Rounding R, typename T>
 void launch(const T* x, MatrixShape shape, const CastOptions& options, uint8_t* out, cudaStream_t stream) {
   if (options.transpose) {
     const dim3 block(kTile, kTileRowsPerPass);
-    const dim3 grid(unsigned(ceil_div(shape.cols, kTile)), unsigned(std::min(ceil_div(shape.rows, kTile), kMaxGridY)));
+    const dim3 grid(unsigned(ceil_div(shape.cols, kTile)),
+                    unsigned(std::min(ceil_div(shape.rows, kTile), kMaxGridY)));
     cast_transpose_kernel<T, F, R><<<grid, block, 0, stream>>>(x, shape.rows, shape.cols, shape.row_stride,
                                                                 options.seed, out);
     return;

@@ -40,7 +40,8 @@ def _stochastic(x: Tensor, dtype: torch.dtype, seed: int) -> Tensor:
     significand = (magnitude & 0x7FFFFF) | torch.where(biased > 0, 0x800000, 0)
     target = (exponent - 127).clamp(min=min_exponent)
     shift = (150 + target - mantissa_bits - exponent).clamp(max=63)
-    fixed = torch.where(shift <= 32, significand << (32 - shift).clamp(min=0), significand >> (shift - 32).clamp(min=0))
+    fixed = torch.where(shift <= 32, significand << (32 - shift).clamp(min=0),
+                        significand >> (shift - 32).clamp(min=0))
     index = torch.arange(x.numel(), dtype=torch.int64, device=x.device).reshape(x.shape)
     n = (fixed + random_bits(seed, index)) >> 32
     code = (((target - min_exponent) << mantissa_bits) + n).clamp(max=max_code)
