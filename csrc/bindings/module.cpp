@@ -60,4 +60,5 @@ PYBIND11_MODULE(_C, m) {
   lmk::bindings::register_text_encode(m);
   lmk::bindings::register_divergence(m);
   lmk::bindings::register_quant(m);
+  lmk::bindings::register_fp8_gemm(m);
 }
