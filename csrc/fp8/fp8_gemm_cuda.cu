@@ -59,7 +59,7 @@ __global__ void gemm_kernel(const uint8_t* __restrict__ a, int64_t a_stride, For
           b_slab[local][tx] = (col < n && kk < k) ? b_table[b[col * b_stride + kk]] : 0.f;
         }
         __syncthreads();
-        const int depth = int(min<int64_t>(kTile, k - k0));
+        const int depth = k - k0 < kTile ? int(k - k0) : kTile;
         for (int kk = 0; kk < depth; ++kk) {
           const float y = b_slab[tx][kk];
 #pragma unroll
