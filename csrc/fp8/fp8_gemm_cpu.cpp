@@ -123,7 +123,8 @@ void gemm_cpu(const TensorView& a, const TensorView& b, float alpha, const Optio
       std::vector<float> acc(kTileM * kTileN);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t row0 = (t / tiles_n) * kTileM, col0 = (t % tiles_n) * kTileN;
-        const int64_t rows = std::min(kTileM, d.padded_m - row0), panels = std::min(kTileN, d.padded_n - col0) / kPanel;
+        const int64_t rows = std::min(kTileM, d.padded_m - row0);
+        const int64_t panels = std::min(kTileN, d.padded_n - col0) / kPanel;
         std::fill(acc.begin(), acc.end(), 0.f);
         for (int64_t k0 = 0; k0 < k; k0 += kBlockK)
           multiply_block(d.a.data() + row0 * k + k0, k, rows, d.b.data() + (col0 / kPanel) * k * kPanel + k0 * kPanel,
