@@ -13,6 +13,8 @@
 //
 // A and B have unit stride inside a row and any non-negative row stride; bias is contiguous fp32
 // [N]; out is a contiguous [M, N] float32, bfloat16 or float16. alpha is applied in fp32.
+// The CPU path decodes both operands once into fp32 scratch memory (4 (M + N) K bytes, rows and
+// columns padded to its micro-kernel), the same footprint as torch's a.float() and b.float().
 #pragma once
 #include <cstdint>
 

@@ -83,6 +83,18 @@ def test_small_integers_are_exact(device, a_dtype, b_dtype, out_dtype):
         assert torch.equal(fp8_gemm(a, b, alpha, bias, out_dtype).cpu(), expected)
 
 
+@pytest.mark.parametrize("a_dtype, b_dtype", [(E4M3, E4M3), (E5M2, E4M3)])
+def test_every_fp8_value_decodes_as_torch_does(device, a_dtype, b_dtype):
+    # a holds all 256 bit patterns as a column; multiplying by b = [[1]] exposes the decoded values.
+    a = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(a_dtype).reshape(256, 1)
+    b = torch.ones(1, 1).to(b_dtype)
+    out = fp8_gemm(a.to(device), b.to(device), out_dtype=torch.float32).cpu()[:, 0]
+    expected = a.float()[:, 0]
+    assert torch.equal(out.isnan(), expected.isnan())
+    finite = ~expected.isnan()
+    assert torch.equal(out[finite], expected[finite])  # -0 gives +0: the sum starts at +0
+
+
 def test_summation_is_sequential_in_k():
     # 2^23 + 0.5 + 0.5 - 2^23 in increasing k: each + 0.5 is a tie rounded to the even 2^23, so the sum
     # is 0 (the exact sum is 1, and any other order that pairs the halves first gives 1).
