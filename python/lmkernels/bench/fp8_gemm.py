@@ -3,7 +3,7 @@
 Square problems M = N = K (1024 and 2048; quick: 512), ``a`` float8_e4m3fn and ``b`` float8_e5m2
 from seeded normal values, alpha = 0.5, an fp32 bias, bfloat16 output. CPU peer: decode with
 ``.float()``, ``torch.addmm`` (MKL / OpenBLAS sgemm, fp32 accumulation in its own order), cast to
-bfloat16. CUDA peer: ``torch._scaled_mm`` with unit fp32 scales (cuBLASLt FP8 tensor cores), which
+bfloat16. CUDA peer: ``torch._scaled_mm`` with scales alpha and 1 (cuBLASLt FP8 tensor cores), which
 needs K and N multiples of 16 and ``b`` column-major, as given. Case names read
 ``<M>x<N>x<K> e4m3*e5m2 -> bf16``; throughput is 2 M N K floating-point operations per call.
 """
@@ -37,10 +37,11 @@ def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
                 return torch.addmm(bias, a.float(), b.float().T, alpha=_ALPHA).to(torch.bfloat16)
         else:
             peer = "torch._scaled_mm (unit scales)"
-            one = torch.ones((), device=device)
+            scale_a, scale_b = torch.full((), _ALPHA, device=device), torch.ones((), device=device)
+            bias_bf16 = bias.to(torch.bfloat16)  # _scaled_mm takes the bias in the output dtype
 
-            def peer_fn(a=a, b=b, bias=bias, one=one):
-                return torch._scaled_mm(a, b.T, scale_a=one * _ALPHA, scale_b=one, bias=bias.to(torch.bfloat16),
+            def peer_fn(a=a, b=b, scale_a=scale_a, scale_b=scale_b, bias_bf16=bias_bf16):
+                return torch._scaled_mm(a, b.T, scale_a=scale_a, scale_b=scale_b, bias=bias_bf16,
                                         out_dtype=torch.bfloat16)
         result.append(Case(
             kernel="fp8_gemm",
