@@ -36,7 +36,7 @@ def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
             def peer_fn(a=a, b=b, bias=bias):
                 return torch.addmm(bias, a.float(), b.float().T, alpha=_ALPHA).to(torch.bfloat16)
         else:
-            peer = "torch._scaled_mm (unit scales)"
+            peer = "torch._scaled_mm (scale_a = alpha)"
             scale_a, scale_b = torch.full((), _ALPHA, device=device), torch.ones((), device=device)
             bias_bf16 = bias.to(torch.bfloat16)  # _scaled_mm takes the bias in the output dtype
 
