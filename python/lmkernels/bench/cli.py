@@ -9,12 +9,12 @@ import sys
 
 import torch
 
-from lmkernels.bench import (dictionary_score, dtm_sweep, embedding_bag, fp8_cast, harness, int8_absmax,
+from lmkernels.bench import (dictionary_score, dtm_sweep, embedding_bag, fp8_cast, fp8_gemm, harness, int8_absmax,
                              multilabel_bce, tfree_encode, tfree_patterns, tfree_words, token_divergence)
 
 # One module per kernel family, each with ``cases(quick, device, tiny=False) -> list[Case]``.
 FAMILIES = [embedding_bag, multilabel_bce, dictionary_score, tfree_words, tfree_patterns, tfree_encode,
-            token_divergence, int8_absmax, fp8_cast, dtm_sweep]
+            token_divergence, int8_absmax, fp8_cast, fp8_gemm, dtm_sweep]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +68,8 @@ def run_bench(args: argparse.Namespace) -> int:
         gbps = "" if record["gbps"] is None else f"{record['gbps']:.1f} ({record['gbps'] / record['stream_gbps']:.0%})"
         if "ours_mbps" in record:
             gbps = f"text {record['ours_mbps']:.1f} MB/s (peer {record['peer_mbps']:.1f})"
+        if "ours_gflops" in record:
+            gbps = f"{record['ours_gflops']:.1f} GFLOP/s (peer {record['peer_gflops']:.1f})"
         print(_row([record["kernel"], record["case"], record["device"], f"{record['ours_ms']:.3f}", record["peer"],
                     f"{record['peer_ms']:.3f}", f"{record['speedup']:.2f}x", gbps], widths), flush=True)
 

@@ -31,6 +31,7 @@ class Case:
     bytes_moved: int | None
     device: str
     text_bytes: int | None = None  # text kernels: input bytes per call, reported as MB/s
+    flops: int | None = None  # compute-bound kernels (GEMMs): floating-point operations per call, as GFLOP/s
     peer_scale: float = 1.0
 
 
@@ -115,7 +116,8 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
     Returns the record: kernel, case, device, peer, ours_ms, peer_ms (times ``peer_scale``), speedup
     (peer_ms / ours_ms),
     ours_peak_mb, peer_peak_mb (CUDA only, else None), gbps (ours, from ``bytes_moved``) and
-    stream_gbps (as given); cases with ``text_bytes`` add ours_mbps and peer_mbps (text MB/s).
+    stream_gbps (as given); cases with ``text_bytes`` add ours_mbps and peer_mbps (text MB/s), cases
+    with ``flops`` add ours_gflops and peer_gflops.
     """
     time_once = _timer(case.device)
     fastest = 0.0
@@ -149,4 +151,7 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
     if case.text_bytes is not None:
         record["ours_mbps"] = case.text_bytes / ours_ms / 1e3
         record["peer_mbps"] = case.text_bytes / peer_ms / 1e3
+    if case.flops is not None:
+        record["ours_gflops"] = case.flops / ours_ms / 1e6
+        record["peer_gflops"] = case.flops / peer_ms / 1e6
     return record

@@ -1,0 +1,37 @@
+// Bindings of csrc/fp8/fp8_gemm: import the arguments, check them, release the GIL, dispatch on device.
+#include <pybind11/pybind11.h>
+
+#include "bindings/families.h"
+#include "bindings/tensor_import.h"
+#include "fp8/fp8_gemm.h"
+
+namespace py = pybind11;
+
+namespace lmk::bindings {
+namespace {
+
+void fp8_gemm(py::handle a, py::handle b, double alpha, py::handle bias, py::handle out, uintptr_t stream) {
+  TensorImports in;
+  const TensorView av = in.require(a, "a");
+  const TensorView bv = in.require(b, "b");
+  const OptionalView biasv = in.optional(bias, "bias");
+  const TensorView o = in.require(out, "out");
+  fp8::check_gemm(av, bv, biasv, o);
+  py::gil_scoped_release release;
+  if (av.device == DeviceType::CPU) return fp8::gemm_cpu(av, bv, float(alpha), biasv, o);
+#ifdef LMK_WITH_CUDA
+  fp8::gemm_cuda(av, bv, float(alpha), biasv, o, reinterpret_cast<void*>(stream));
+#else
+  (void)stream;
+#endif
+}
+
+}  // namespace
+
+void register_fp8_gemm(py::module_& m) {
+  m.def("fp8_gemm", &fp8_gemm, py::arg("a"), py::arg("b"), py::arg("alpha"), py::arg("bias"), py::arg("out"),
+        py::arg("stream") = 0,
+        "out = round(fp32(alpha) * (a @ b^T) + bias): FP8 a [M, K], b [N, K], fp32 sums in increasing k.");
+}
+
+}  // namespace lmk::bindings

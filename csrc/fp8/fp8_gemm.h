@@ -1,0 +1,39 @@
+// Scale-free FP8 GEMM (u-muP, specs/umup_dtm.md 2.2, 2.3, 4):
+//
+//   acc[m, n] = sum_{k = 0 .. K-1} decode(A[m, k]) * decode(B[n, k])      (fp32, k in increasing order)
+//   D[m, n]   = round_out(fl(fl(alpha * acc[m, n]) + bias[n]))             (bias optional; fp32 math)
+//
+// A [M, K] and B [N, K] hold float8_e4m3fn or float8_e5m2 bytes (E5M2 x E5M2 is rejected, as FP8
+// tensor cores do not support it). Every product of two FP8 values is exact in fp32 (at most 4 + 4
+// significand bits, exponents within fp32's normal range), so the only roundings are those of the
+// running sum, which starts at +0 and adds the products one k at a time in increasing k, then one
+// rounding each for alpha and bias, and one rounding (nearest-even) to the output dtype. The order
+// is the same on the CPU and the GPU and for any thread count, so results are bitwise reproducible
+// and CPU and CUDA agree bit for bit. NaN and inf inputs propagate by IEEE rules (inf * 0 = NaN).
+//
+// A and B have unit stride inside a row and any non-negative row stride; bias is contiguous fp32
+// [N]; out is a contiguous [M, N] float32, bfloat16 or float16. alpha is applied in fp32.
+// The CPU path decodes both operands once into fp32 scratch memory (4 (M + N) K bytes, rows and
+// columns padded to its micro-kernel), the same footprint as torch's a.float() and b.float().
+#pragma once
+#include <cstdint>
+
+#include "common/checks.h"
+#include "common/tensor_view.h"
+
+namespace lmk::fp8 {
+
+// Shapes, dtypes, devices and layouts of the arguments, including the format pair.
+void check_gemm(const TensorView& a, const TensorView& b, const OptionalView& bias, const TensorView& out);
+
+// ---- CPU (blocked over M, N and K; output tiles in parallel) ------------------------------------
+void gemm_cpu(const TensorView& a, const TensorView& b, float alpha, const OptionalView& bias,
+              const TensorView& out);
+
+// ---- CUDA (portable shared-memory tiled kernel, any architecture, on the given stream) ---------
+#ifdef LMK_WITH_CUDA
+void gemm_cuda(const TensorView& a, const TensorView& b, float alpha, const OptionalView& bias,
+               const TensorView& out, void* stream);
+#endif
+
+}  // namespace lmk::fp8

@@ -1,0 +1,116 @@
+"""``lmk::fp8_gemm``: the scale-free FP8 GEMM of u-muP (specs/umup_dtm.md 2.2, 2.3, 4)::
+
+    acc[m, n] = sum_k  float(a[m, k]) * float(b[n, k])        fp32, summed in increasing k from +0
+    D[m, n]   = round_out(fp32(alpha) * acc[m, n] + bias[n])  each operation rounded in fp32, then once to out_dtype
+
+``a`` [M, K] and ``b`` [N, K] are ``torch.float8_e4m3fn`` or ``torch.float8_e5m2`` (E5M2 x E5M2 is
+rejected: FP8 hardware has no such GEMM). Every product of two FP8 values is exact in fp32, so the
+only roundings are those of the running fp32 sum (in the fixed order above), of ``alpha *`` and
+``+ bias``, and the final round-to-nearest-even to ``out_dtype``. Results are bitwise reproducible
+for any thread count, and the CPU and the portable CUDA kernel agree bit for bit. NaN and inf inputs
+propagate by IEEE rules (an inf times a zero gives NaN). Any M, N, K >= 0; K = 0 gives ``bias``
+(or zeros).
+
+No autograd: u-muP training composes three such GEMMs (forward, grad-input, grad-weight) with its
+own casts, so ``backward`` through this op raises ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lmkernels.ops._native import LIBRARY, _C, define_op, dl, stream_of
+
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+_OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def fp8_gemm(a: Tensor, b: Tensor, alpha: float = 1.0, bias: Tensor | None = None,
+             out_dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """``alpha * (a @ b.T) + bias`` with FP8 operands and fp32 accumulation; see the module docstring.
+
+    Args:
+        a: [M, K] float8_e4m3fn or float8_e5m2.
+        b: [N, K] float8_e4m3fn or float8_e5m2 (not both float8_e5m2), on a's device.
+        alpha: scale of the product, applied in fp32.
+        bias: optional [N] of ``out_dtype`` or float32, added in fp32.
+        out_dtype: float32, bfloat16 or float16.
+
+    Returns:
+        [M, N] of ``out_dtype`` (contiguous).
+    """
+    _require_tensor(a, "a")
+    _require_tensor(b, "b")
+    if bias is not None:
+        _require_tensor(bias, "bias")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha: expected a float, got {type(alpha).__name__}")
+    return torch.ops.lmk.fp8_gemm(a, b, float(alpha), bias, out_dtype)
+
+
+def _require_tensor(t, name: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+
+
+def _check(a: Tensor, b: Tensor, bias: Tensor | None, out_dtype) -> None:
+    for t, name in ((a, "a"), (b, "b")):
+        if t.dtype not in _FP8_DTYPES:
+            raise TypeError(f"{name}: expected dtype torch.float8_e4m3fn or torch.float8_e5m2, got {t.dtype}")
+        if t.dim() != 2:
+            raise ValueError(f"{name}: expected 2 dimensions, got shape {list(t.shape)}")
+    if a.dtype == torch.float8_e5m2 and b.dtype == torch.float8_e5m2:
+        raise ValueError("a, b: torch.float8_e5m2 x torch.float8_e5m2 is not supported (FP8 hardware has no "
+                         "E5M2 x E5M2 GEMM); make at least one operand torch.float8_e4m3fn")
+    if b.shape[1] != a.shape[1]:
+        raise ValueError(f"b: expected K = {a.shape[1]} columns (those of a {list(a.shape)}), got shape "
+                         f"{list(b.shape)}")
+    if b.device != a.device:
+        raise ValueError(f"b: expected the device of a ({a.device}), got {b.device}")
+    if out_dtype not in _OUT_DTYPES:
+        raise TypeError(f"out_dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {out_dtype}")
+    if bias is not None:
+        if bias.dtype not in (out_dtype, torch.float32):
+            raise TypeError(f"bias: expected dtype {out_dtype} (out_dtype) or torch.float32, got {bias.dtype}")
+        if bias.dim() != 1 or bias.shape[0] != b.shape[0]:
+            raise ValueError(f"bias: expected shape [{b.shape[0]}] (N, the rows of b), got {list(bias.shape)}")
+        if bias.device != a.device:
+            raise ValueError(f"bias: expected the device of a ({a.device}), got {bias.device}")
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``t`` detached, with unit stride within rows (copied only where it has not)."""
+    t = t.detach()
+    return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
+
+
+def _gemm(a: Tensor, b: Tensor, alpha: float, bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    _check(a, b, bias, out_dtype)
+    a, b = _rows(a), _rows(b)
+    if bias is not None:
+        bias = bias.detach().to(torch.float32).contiguous()  # exact for bf16 and fp16
+    out = torch.empty(a.shape[0], b.shape[0], dtype=out_dtype, device=a.device)
+    _C.fp8_gemm(dl(a), dl(b), alpha, dl(bias), dl(out), stream_of(a))
+    return out
+
+
+def _gemm_fake(a, b, alpha, bias, out_dtype):
+    _check(a, b, bias, out_dtype)
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
+
+
+define_op("fp8_gemm(Tensor a, Tensor b, float alpha, Tensor? bias, ScalarType out_dtype) -> Tensor", _gemm,
+          _gemm_fake)
+
+
+def _no_backward(ctx, grad):
+    raise RuntimeError("fp8_gemm has no autograd: compose the forward, grad-input and grad-weight FP8 GEMMs "
+                       "explicitly (u-muP training layer), or use a differentiable matmul")
+
+
+def _setup_context(ctx, inputs, output):
+    pass
+
+
+torch.library.register_autograd("lmk::fp8_gemm", _no_backward, setup_context=_setup_context, lib=LIBRARY)

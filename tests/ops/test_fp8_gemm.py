@@ -1,0 +1,233 @@
+"""lmk::fp8_gemm against the float64 reference: shapes (empty, tiny, ragged, long K), format pairs,
+out dtypes, alpha, bias; exact cases bitwise; determinism; NaN/inf; compile; opcheck; bad input."""
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import lmkernels
+from lmkernels import reference
+from lmkernels.ops import fp8_gemm
+
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+PAIRS = [(E4M3, E4M3), (E5M2, E4M3), (E4M3, E5M2)]
+OUT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# Unit roundoff of each output dtype, doubled for the reference's double -> fp32 -> 16-bit rounding.
+OUT_EPS = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+FP16_SUBNORMAL = 2.0**-24
+
+
+def random_fp8(rows, cols, dtype, device="cpu"):
+    return (torch.randn(rows, cols) * 2).to(dtype).to(device)
+
+
+def assert_within_fp32_accumulation_bound(out, a, b, alpha, bias):
+    """|out - exact| within K+2 fp32 roundings of sum |alpha a b| + |bias|, plus the output rounding."""
+    alpha32 = float(torch.tensor(alpha, dtype=torch.float32))
+    exact = (a.double() @ b.double().T) * alpha32
+    magnitude = (a.double().abs() @ b.double().abs().T) * abs(alpha32)
+    if bias is not None:
+        exact = exact + bias.double()
+        magnitude = magnitude + bias.double().abs()
+    fp32_error = (a.shape[1] + 2) * 2.0**-24 * magnitude
+    eps = OUT_EPS[out.dtype]
+    bound = fp32_error * (1 + eps) + eps * exact.abs() + FP16_SUBNORMAL
+    error = (out.double().cpu() - exact.cpu()).abs()
+    assert bool((error <= bound.cpu()).all()), f"max excess {(error - bound.cpu()).max().item()}"
+
+
+@st.composite
+def problems(draw):
+    m = draw(st.sampled_from([0, 1, 2, 5, 17, 40, 97]))
+    n = draw(st.sampled_from([0, 1, 3, 16, 31, 65]))
+    k = draw(st.sampled_from([0, 1, 7, 16, 33, 130, 300]))
+    a_dtype, b_dtype = draw(st.sampled_from(PAIRS))
+    out_dtype = draw(st.sampled_from(OUT_DTYPES))
+    alpha = draw(st.sampled_from([1.0, 0.5, -3.0, 0.1]))
+    bias_kind = draw(st.sampled_from([None, "fp32", "out"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return m, n, k, a_dtype, b_dtype, out_dtype, alpha, bias_kind, seed
+
+
+@given(problems())
+@settings(max_examples=80, deadline=None)
+def test_matches_reference_within_fp32_accumulation_error(problem):
+    m, n, k, a_dtype, b_dtype, out_dtype, alpha, bias_kind, seed = problem
+    torch.manual_seed(seed)
+    a, b = random_fp8(m, k, a_dtype), random_fp8(n, k, b_dtype)
+    bias = None if bias_kind is None else torch.randn(n).to(torch.float32 if bias_kind == "fp32" else out_dtype)
+    out = fp8_gemm(a, b, alpha, bias, out_dtype)
+    assert out.shape == (m, n) and out.dtype == out_dtype and out.is_contiguous()
+    assert_within_fp32_accumulation_bound(out, a, b, alpha, bias)
+
+
+@pytest.mark.parametrize("a_dtype, b_dtype", PAIRS)
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES)
+def test_every_device_within_bound_for_long_k(device, a_dtype, b_dtype, out_dtype):
+    a, b = random_fp8(37, 4100, a_dtype, device), random_fp8(45, 4100, b_dtype, device)
+    bias = torch.randn(45, device=device)
+    out = fp8_gemm(a, b, 0.25, bias, out_dtype)
+    assert out.device == a.device
+    assert_within_fp32_accumulation_bound(out, a, b, 0.25, bias)
+
+
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES)
+@pytest.mark.parametrize("a_dtype, b_dtype", PAIRS)
+def test_small_integers_are_exact(device, a_dtype, b_dtype, out_dtype):
+    # |products| <= 16 and K <= 8: every partial sum is a small integer, exact in fp32 and in the output.
+    a = torch.randint(-4, 5, (29, 8)).to(a_dtype).to(device)
+    b = torch.randint(-4, 5, (18, 8)).to(b_dtype).to(device)
+    bias = torch.randint(-8, 9, (18,)).to(out_dtype).to(device)
+    for alpha in (1.0, 0.5, -2.0):
+        expected = reference.fp8_gemm(a.cpu(), b.cpu(), alpha, bias.cpu(), out_dtype)
+        assert torch.equal(fp8_gemm(a, b, alpha, bias, out_dtype).cpu(), expected)
+
+
+@pytest.mark.parametrize("a_dtype, b_dtype", [(E4M3, E4M3), (E5M2, E4M3)])
+def test_every_fp8_value_decodes_as_torch_does(device, a_dtype, b_dtype):
+    # a holds all 256 bit patterns as a column; multiplying by b = [[1]] exposes the decoded values.
+    a = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(a_dtype).reshape(256, 1)
+    b = torch.ones(1, 1).to(b_dtype)
+    out = fp8_gemm(a.to(device), b.to(device), out_dtype=torch.float32).cpu()[:, 0]
+    expected = a.float()[:, 0]
+    assert torch.equal(out.isnan(), expected.isnan())
+    finite = ~expected.isnan()
+    assert torch.equal(out[finite], expected[finite])  # -0 gives +0: the sum starts at +0
+
+
+def test_summation_is_sequential_in_k():
+    # 2^23 + 0.5 + 0.5 - 2^23 in increasing k: each + 0.5 is a tie rounded to the even 2^23, so the sum
+    # is 0 (the exact sum is 1, and any other order that pairs the halves first gives 1).
+    a = torch.tensor([[256.0, 0.5, 0.5, -256.0]]).to(E4M3)
+    b = torch.tensor([[32768.0, 1.0, 1.0, 32768.0]]).to(E5M2)
+    assert fp8_gemm(a, b, out_dtype=torch.float32).item() == 0.0
+    assert reference.fp8_gemm(a, b, out_dtype=torch.float32).item() == 1.0
+
+
+def test_zero_k_gives_bias_or_zeros(device):
+    a, b = torch.empty(3, 0, dtype=E4M3, device=device), torch.empty(4, 0, dtype=E4M3, device=device)
+    bias = torch.randn(4, device=device)
+    assert torch.equal(fp8_gemm(a, b, 2.0, bias, torch.float32), bias.expand(3, 4))
+    assert torch.equal(fp8_gemm(a, b, 2.0, None, torch.float32), torch.zeros(3, 4, device=device))
+
+
+def test_cpu_and_cuda_agree_bitwise():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    a, b, bias = random_fp8(130, 700, E4M3), random_fp8(77, 700, E5M2), torch.randn(77)
+    for out_dtype in OUT_DTYPES:
+        cpu = fp8_gemm(a, b, 0.3, bias, out_dtype)
+        gpu = fp8_gemm(a.cuda(), b.cuda(), 0.3, bias.cuda(), out_dtype)
+        assert torch.equal(cpu, gpu.cpu())
+
+
+def test_same_result_for_any_thread_count():
+    a, b, bias = random_fp8(250, 700, E4M3), random_fp8(190, 700, E4M3), torch.randn(190)
+    first = fp8_gemm(a, b, 0.7, bias, torch.float32)
+    threads = lmkernels.num_threads()
+    try:
+        for n in (1, 2, 3):
+            lmkernels.set_num_threads(n)
+            assert torch.equal(first, fp8_gemm(a, b, 0.7, bias, torch.float32))
+    finally:
+        lmkernels.set_num_threads(threads)
+
+
+def test_non_finite_inputs_propagate(device):
+    a = torch.ones(3, 2)
+    a[2, 0] = 0.0
+    b = torch.ones(4, 2)
+    b[1, 0] = float("inf")
+    a8, b8 = a.to(E4M3), b.to(E5M2)
+    a8.view(torch.uint8)[0, 1] = 0x7F  # E4M3 NaN (E4M3FN has no infinity)
+    out = fp8_gemm(a8.to(device), b8.to(device), out_dtype=torch.float32).cpu()
+    expected = reference.fp8_gemm(a8, b8, out_dtype=torch.float32)
+    assert torch.equal(out.isnan(), expected.isnan()) and bool(out[0].isnan().all())
+    assert out[1, 1] == float("inf") and bool(out[2, 1].isnan())  # inf * 1, and inf * 0
+    finite = ~expected.isnan()
+    assert torch.equal(out[finite], expected[finite])
+
+
+def test_strided_operands(device):
+    wide = random_fp8(20, 50, E4M3, device)
+    a = wide[:, 5:45]  # row stride 50
+    b = random_fp8(40, 13, E5M2, device).t()  # column-strided: copied
+    out = fp8_gemm(a, b, out_dtype=torch.float32)
+    assert torch.equal(out, fp8_gemm(a.contiguous(), b.contiguous(), out_dtype=torch.float32))
+
+
+def test_compiles_fullgraph(device):
+    a, b = random_fp8(33, 70, E4M3, device), random_fp8(21, 70, E5M2, device)
+    bias = torch.randn(21, device=device, dtype=torch.bfloat16)
+    compiled = torch.compile(lambda a, b, bias: fp8_gemm(a, b, 1.5, bias), fullgraph=True)
+    assert torch.equal(compiled(a, b, bias), fp8_gemm(a, b, 1.5, bias))
+
+
+# test_schema compares inputs before and after the call with arithmetic that torch lacks for float8
+# ("mul_cpu_reduced_float" not implemented); the input bytes are checked unchanged here instead.
+OPCHECK_UTILS = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def test_opcheck():
+    a, b = random_fp8(9, 20, E4M3), random_fp8(7, 20, E5M2)
+    a_bytes, b_bytes = a.view(torch.uint8).clone(), b.view(torch.uint8).clone()
+    torch.library.opcheck(torch.ops.lmk.fp8_gemm.default, (a, b, 0.5, torch.randn(7), torch.float32),
+                          test_utils=OPCHECK_UTILS)
+    torch.library.opcheck(torch.ops.lmk.fp8_gemm.default, (a, b, 1.0, None, torch.bfloat16), test_utils=OPCHECK_UTILS)
+    assert torch.equal(a.view(torch.uint8), a_bytes) and torch.equal(b.view(torch.uint8), b_bytes)
+
+
+def test_backward_raises():
+    a, b = random_fp8(3, 4, E4M3), random_fp8(2, 4, E4M3)
+    bias = torch.randn(2, requires_grad=True)
+    out = fp8_gemm(a, b, 1.0, bias, torch.float32)
+    with pytest.raises(RuntimeError, match="fp8_gemm has no autograd"):
+        out.sum().backward()
+
+
+def _ops(m=3, n=2, k=4):
+    return random_fp8(m, k, E4M3), random_fp8(n, k, E4M3)
+
+
+@pytest.mark.parametrize("argument, call", [
+    ("a", lambda: fp8_gemm(torch.randn(3, 4), _ops()[1])),
+    ("b", lambda: fp8_gemm(_ops()[0], torch.randn(2, 4).to(torch.bfloat16))),
+    ("a", lambda: fp8_gemm([[1.0]], _ops()[1])),
+    ("alpha", lambda: fp8_gemm(*_ops(), alpha=torch.tensor(1.0))),
+    ("out_dtype", lambda: fp8_gemm(*_ops(), out_dtype=torch.float64)),
+    ("bias", lambda: fp8_gemm(*_ops(), bias=torch.randn(2).double(), out_dtype=torch.bfloat16)),
+    ("bias", lambda: fp8_gemm(*_ops(), bias=torch.randn(2).half(), out_dtype=torch.bfloat16)),
+])
+def test_wrong_dtype_or_type_raises_type_error(argument, call):
+    with pytest.raises(TypeError, match=argument):
+        call()
+
+
+@pytest.mark.parametrize("argument, call", [
+    ("a, b: torch.float8_e5m2 x torch.float8_e5m2", lambda: fp8_gemm(random_fp8(3, 4, E5M2), random_fp8(2, 4, E5M2))),
+    ("b: expected K = 4", lambda: fp8_gemm(random_fp8(3, 4, E4M3), random_fp8(2, 5, E4M3))),
+    ("a", lambda: fp8_gemm(random_fp8(3, 4, E4M3)[0], random_fp8(2, 4, E4M3))),
+    ("b", lambda: fp8_gemm(random_fp8(3, 4, E4M3), random_fp8(2, 4, E4M3)[None])),
+    ("bias", lambda: fp8_gemm(*_ops(), bias=torch.randn(3))),
+    ("bias", lambda: fp8_gemm(*_ops(), bias=torch.randn(2, 1))),
+    ("bias", lambda: fp8_gemm(*_ops(), bias=torch.randn(2, device="meta"))),
+    ("b", lambda: fp8_gemm(_ops()[0], _ops()[1].to("meta"))),
+])
+def test_wrong_shape_or_device_raises_value_error(argument, call):
+    with pytest.raises(ValueError, match=argument):
+        call()
+
+
+def test_native_checks_raise_python_errors():
+    from lmkernels import _C
+    a, b = _ops()
+    with pytest.raises(ValueError, match="float8_e5m2 x float8_e5m2"):
+        _C.fp8_gemm(a.to(E5M2), b.to(E5M2), 1.0, None, torch.empty(3, 2))
+    with pytest.raises(ValueError, match="b: expected K = 4"):
+        _C.fp8_gemm(a, random_fp8(2, 5, E4M3), 1.0, None, torch.empty(3, 2))
+    with pytest.raises(ValueError, match="out: expected size 2"):
+        _C.fp8_gemm(a, b, 1.0, None, torch.empty(3, 3))
+    with pytest.raises(TypeError, match="bias: expected dtype float32"):
+        _C.fp8_gemm(a, b, 1.0, torch.ones(2, dtype=torch.float16), torch.empty(3, 2))
+    with pytest.raises(TypeError, match="out: expected dtype"):
+        _C.fp8_gemm(a, b, 1.0, None, torch.empty(3, 2, dtype=torch.int32))
