@@ -7,10 +7,9 @@
 #include <cstdint>
 
 #include "common/numeric.h"
+#include "fp8/fp8_convert.h"  // Format
 
 namespace lmk::fp8 {
-
-enum class Format : uint8_t { E4M3FN, E5M2 };
 
 LMK_HD float decode_e4m3fn(uint8_t bits) {
   const uint32_t sign = uint32_t(bits & 0x80u) << 24;
