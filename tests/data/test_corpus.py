@@ -79,3 +79,10 @@ def test_unknown_split_is_rejected(function):
 def test_every_listed_module_exists():
     # Missing modules are skipped silently at run time, so catch typos in the list here.
     assert [m for m in data._MODULES if data._source(m) is None] == []
+
+
+def test_paragraphs_split_on_blank_lines_and_can_join_wrapped_lines():
+    text = "  First line\n    wrapped.\n\n\n\nSecond.\n\n   \n\n"
+    assert data.paragraphs(text) == ["First line\n    wrapped.", "Second."]
+    assert data.paragraphs(text, one_line=True) == ["First line wrapped.", "Second."]
+    assert data.paragraphs("") == []

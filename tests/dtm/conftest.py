@@ -22,7 +22,8 @@ def prompts():
 
 @pytest.fixture
 def llama():
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a test dependency (the ``test`` extra)
+
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SPLITS", "Document", "documents", "multilingual_text", "text"]
+__all__ = ["SPLITS", "Document", "documents", "multilingual_text", "paragraphs", "text"]
 
 SPLITS = ("train", "heldout", "all")
 
@@ -103,6 +103,13 @@ def documents(split: str = "train") -> list[Document]:
 def text(split: str = "train", separator: str = "\n\n") -> str:
     """Return the texts of ``documents(split)`` joined by ``separator``."""
     return separator.join(doc.text for doc in documents(split))
+
+
+def paragraphs(text: str, one_line: bool = False) -> list[str]:
+    """The paragraphs of ``text`` (separated by blank lines), stripped, empty ones dropped; with
+    ``one_line``, every run of whitespace inside a paragraph (wrapping, indentation) becomes one space."""
+    pieces = (" ".join(p.split()) if one_line else p.strip() for p in text.split("\n\n"))
+    return [p for p in pieces if p]
 
 
 def multilingual_text() -> str:

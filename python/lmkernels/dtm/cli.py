@@ -24,7 +24,7 @@ from lmkernels.dtm.continuations import reference_continuations
 from lmkernels.dtm.metrics import score
 from lmkernels.dtm.sparsify import METHODS, global_sparsity, int8_plan, sparsify
 from lmkernels.dtm.sweep import component_sweep
-from lmkernels.dtm.train import TrainSettings, byte_stream, heldout_loss, one_line_documents, train
+from lmkernels.dtm.train import TrainSettings, byte_stream, heldout_loss, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--prompts: expected >= 1, got {args.prompts}")
     if args.prompt_len < 1:
         raise ValueError(f"--prompt-len: expected >= 1, got {args.prompt_len}")
-    train_stream = byte_stream(one_line_documents(data.text("train")))
-    heldout_documents = one_line_documents(data.text("heldout"))
+    train_stream = byte_stream(data.paragraphs(data.text("train"), one_line=True))
+    heldout_documents = data.paragraphs(data.text("heldout"), one_line=True)
     heldout_stream = byte_stream(heldout_documents)
     settings = TrainSettings(dim=args.dim, num_layers=args.layers, num_heads=args.heads, seq_len=args.seq_len,
                              batch_size=args.batch_size, steps=args.steps, learning_rate=args.lr, seed=args.seed)

@@ -10,16 +10,16 @@ from lmkernels.dtm.compression import MagnitudePruning
 from lmkernels.dtm.continuations import reference_continuations
 from lmkernels.dtm.metrics import score
 from lmkernels.dtm.sweep import component_sweep
-from lmkernels.dtm.train import TrainSettings, byte_stream, one_line_documents, train
+from lmkernels.dtm.train import TrainSettings, byte_stream, train
 
 
 def run(section) -> None:
     section("Divergent Token Metrics: which weight matrices can be pruned?")
     settings = TrainSettings(dim=64, num_layers=2, num_heads=4, seq_len=64, batch_size=16, steps=150,
                              learning_rate=4e-3, warmup=15)
-    trained = train(byte_stream(one_line_documents(data.text("train"))), settings, progress=False)
+    trained = train(byte_stream(data.paragraphs(data.text("train"), one_line=True)), settings, progress=False)
     print(f"  a byte-level LM (dim 64, 2 layers) trained for {settings.steps} steps in {trained.seconds:.1f} s")
-    documents = [d for d in one_line_documents(data.text("heldout")) if len(d.encode()) >= 24][:8]
+    documents = [d for d in data.paragraphs(data.text("heldout"), one_line=True) if len(d.encode()) >= 24][:8]
     prompts = [torch.tensor(list(d.encode()[:24])) for d in documents]
     references = reference_continuations(trained.model, prompts, 32, use_disk_cache=False)
     print(f"  {len(prompts)} prompts, greedy references of N = 32 bytes; FDT(F, F) = "

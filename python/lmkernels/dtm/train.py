@@ -39,11 +39,6 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def one_line_documents(text: str) -> list[str]:
-    """Paragraphs (separated by blank lines) with their whitespace runs collapsed, empty ones dropped."""
-    return [" ".join(paragraph.split()) for paragraph in text.split("\n\n") if paragraph.strip()]
-
-
 def byte_stream(documents: list[str]) -> Tensor:
     """The documents as one int64 stream of UTF-8 bytes, a newline after each."""
     tokenizer = ByteTokenizer()

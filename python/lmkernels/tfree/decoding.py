@@ -56,11 +56,8 @@ class Decoder:
         self.edge_weight, self.variant = edge_weight, variant
         self.words: list[str] = []
         self.index: dict[str, int] = {}
-        m = tokenizer.m
         empty = torch.zeros(0, dtype=torch.int32)
-        self._parts: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = []
         self._tensors = (empty, torch.zeros(1, dtype=torch.int32), empty, torch.zeros(1, dtype=torch.int32), empty)
-        self.m = m
         self.add(words)
 
     def __len__(self) -> int:
@@ -71,7 +68,7 @@ class Decoder:
 
     def add(self, words: Iterable[str]) -> int:
         """Append the words not yet present; each must split to exactly one word. Returns how many were added."""
-        new = []
+        new: dict[str, None] = {}  # insertion-ordered set: a dictionary can hold a million words
         for word in words:
             if not isinstance(word, str):
                 raise TypeError(f"words: expected str entries, got {type(word).__name__}")
@@ -80,10 +77,10 @@ class Decoder:
             pieces = self.tokenizer.split(word)
             if pieces != [word]:
                 raise ValueError(f"words: {word!r} is not a single word (it splits into {pieces!r})")
-            new.append(word)
+            new[word] = None
         if not new:
             return 0
-        encoding = self.tokenizer.encode_words(new)
+        encoding = self.tokenizer.encode_words(list(new))
         ids = encoding.trigram_ids
         edge = (ids >= 0) & (((ids & 0xFF) == 0x20) | ((ids >> 16) == 0x20))
         ne_indices, ne_offsets = _index_sets(encoding, ~edge, self.tokenizer.vocab_size)
@@ -104,7 +101,7 @@ class Decoder:
     def scores(self, logits: Tensor, edge_weight: float | None = None, variant: str | None = None) -> Tensor:
         """[Q, W] float32 scores of every word for each row of ``logits`` [Q, v]."""
         tensors = [t.to(logits.device) for t in self._tensors]
-        return dictionary_scores(logits, *tensors, m=self.m,
+        return dictionary_scores(logits, *tensors, m=self.tokenizer.m,
                                  edge_weight=self.edge_weight if edge_weight is None else edge_weight,
                                  variant=variant or self.variant)
 

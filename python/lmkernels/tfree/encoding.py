@@ -71,7 +71,7 @@ class TrainingBatch:
 
     def attention_allowed(self) -> Tensor:
         """[B, S, S] bool, True where query i may attend to key j: causal and within a document."""
-        batch, length = self.shape
+        length = self.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool).tril()
         same = self.document_ids[:, :, None] == self.document_ids[:, None, :]
         return causal & same

@@ -38,11 +38,9 @@ def run(section) -> None:
                              batch_size=16, steps=300, learning_rate=4e-3, warmup=20, dictionary_size=8000)
     # Docstrings are indented and wrapped: with each paragraph on one line the few seconds of
     # training go to words rather than to runs of whitespace markers.
-    train_text, heldout_text = (_one_line_paragraphs(data.text(split)) for split in ("train", "heldout"))
+    train_text, heldout_text = ("\n\n".join(data.paragraphs(data.text(split), one_line=True))
+                                for split in ("train", "heldout"))
     torch.manual_seed(0)
     result = train(train_text, heldout_text, settings)
     report(result, train_text, None, ["Return the", "If the"])
 
-
-def _one_line_paragraphs(text: str) -> str:
-    return "\n\n".join(" ".join(paragraph.split()) for paragraph in text.split("\n\n"))

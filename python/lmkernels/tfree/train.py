@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from lmkernels import data
 from lmkernels.nn import DecoderConfig
 from lmkernels.tfree.decoding import Decoder, build_dictionary
 from lmkernels.tfree.encoding import Encoding, TrainingBatch, batch_from_stream
@@ -54,11 +55,6 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def documents_of(text: str) -> list[str]:
-    """Paragraphs (separated by blank lines), stripped, empty ones dropped."""
-    return [d.strip() for d in text.split("\n\n") if d.strip()]
-
-
 @dataclass
 class Stream:
     """Documents + ``<|endoftext|>`` encoded as one word stream, cut into windows of ``seq_len`` positions."""
@@ -92,10 +88,11 @@ def train(text: str, heldout: str = "", settings: TrainSettings | None = None, l
     s = settings or TrainSettings()
     torch.manual_seed(s.seed)
     tokenizer = Tokenizer(s.vocab_size, s.m, s.k_lowercase)
-    stream = Stream.of(tokenizer, documents_of(text), s.seq_len)
+    documents = data.paragraphs(text)
+    stream = Stream.of(tokenizer, documents, s.seq_len)
     if len(stream) == 0:
         raise ValueError("text: no training sequence (the text has fewer than two words)")
-    heldout_stream = Stream.of(tokenizer, documents_of(heldout), s.seq_len)
+    heldout_stream = Stream.of(tokenizer, data.paragraphs(heldout), s.seq_len)
     heldout_batches = [heldout_stream.batch(torch.arange(i, min(i + s.batch_size, len(heldout_stream), 64)))
                        for i in range(0, min(len(heldout_stream), 64), s.batch_size)]
     config = TFreeConfig(s.vocab_size, s.m, s.k_lowercase,
@@ -104,7 +101,7 @@ def train(text: str, heldout: str = "", settings: TrainSettings | None = None, l
     model = TFreeLM(config)
     optimiser = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _learning_rate_factor(step, s))
-    words = build_dictionary(tokenizer, documents_of(text), s.dictionary_size)
+    words = build_dictionary(tokenizer, documents, s.dictionary_size)
     result = TrainResult(model, tokenizer, Decoder(tokenizer, words))
     generator = torch.Generator().manual_seed(s.seed)
     start = time.perf_counter()
@@ -152,7 +149,7 @@ def bpe_vocabulary_size(text: str, vocab_size: int) -> int:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    bpe.train_from_iterator(documents_of(text), trainer=trainer)
+    bpe.train_from_iterator(data.paragraphs(text), trainer=trainer)
     return bpe.get_vocab_size()
 
 
