@@ -4,6 +4,9 @@ Shapes follow ``torch.nn.functional.scaled_dot_product_attention``: q [B, Hq, Sq
 k and v [B, Hkv, Sk, D] with Hq a multiple of Hkv (grouped-query attention: query head h reads
 key/value head h // (Hq / Hkv)). Sq <= Sk; query i sits at absolute position p_i = Sk - Sq + i,
 so Sq < Sk is a decoding step over a KV cache or a suffix pass over a shared prefix.
+Shared-prefix mode: prefix_k and prefix_v [1 or B, Hkv, P, D] are keys/values common to the
+batch (AtMan's clean pass); item b then attends over prefix ⊕ k[b] (Sk + P keys in all, key_bias
+and key_factor [B, P + Sk] cover both), without the prefix being copied per item.
 
     s_ij = scale * q_i . k_j                                   scale defaults to D^-1/2
     key j is visible to query i  iff  (not causal or j <= p_i) and (window is None or p_i - j < window)
@@ -34,7 +37,11 @@ def visible_keys(sq: int, sk: int, *, causal: bool, window: int | None, device=N
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True, scale: float | None = None,
               window: int | None = None, key_bias: torch.Tensor | None = None,
-              key_factor: torch.Tensor | None = None, factor_min: str = "causal") -> torch.Tensor:
+              key_factor: torch.Tensor | None = None, factor_min: str = "causal",
+              prefix_k: torch.Tensor | None = None, prefix_v: torch.Tensor | None = None) -> torch.Tensor:
+    if prefix_k is not None:
+        k = torch.cat([prefix_k.expand(k.shape[0], -1, -1, -1), k], dim=2)
+        v = torch.cat([prefix_v.expand(v.shape[0], -1, -1, -1), v], dim=2)
     batch, q_heads, sq, dim = q.shape
     kv_heads, sk = k.shape[1], k.shape[2]
     group = q_heads // kv_heads
