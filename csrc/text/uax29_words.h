@@ -1,0 +1,37 @@
+// UAX #29 word boundaries as the Rust crate unicode-segmentation 1.12.0 finds them going forward
+// (`split_word_bounds`), Unicode 16.0.0, without dictionary segmentation: every Han or Hiragana
+// character and every Thai letter run ends where the default rules say.
+//
+// The crate's forward state machine differs from the rules of UAX #29 in a few corners (for
+// instance a ZWJ followed by a pictograph continues any segment, and a space after an ignored
+// Extend starts a new one), and the HAT models were trained on its output, so this is a port of
+// that state machine rather than of the rules.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "text/hat_unicode.h"
+#include "text/utf8.h"
+
+namespace lmk::text {
+
+// The encoded length and the packed hat_unicode properties of the character at text[pos].
+struct CharInfo {
+  uint32_t length;
+  uint16_t properties;
+};
+
+// text[pos] starts a valid UTF-8 sequence.
+inline CharInfo char_info_at(std::string_view text, size_t pos) {
+  const auto lead = static_cast<unsigned char>(text[pos]);
+  if (lead < 0x80u) return {1, hat_unicode::properties(lead)};
+  const utf8::Decoded decoded = utf8::decode(text, pos);
+  return {decoded.length, hat_unicode::properties(decoded.code_point)};
+}
+
+// The end of the word-bound segment that starts at `start` (< text.size(), a character boundary)
+// of valid UTF-8 `text`.
+size_t uax29_segment_end(std::string_view text, size_t start);
+
+}  // namespace lmk::text
