@@ -1,0 +1,12 @@
+"""HAT (Neitemeier et al. 2025): hierarchical autoregressive transformers over bytes grouped into words.
+
+    words = split("Hello, world!")                       # ['Hello,', ' world!']
+    chunks = split_with_limit("verylongword", 10)         # [b'verylongwo', b'rd']
+    batch = split_batch(texts, max_bytes=100)             # flat uint8 bytes + int64 word offsets
+    HATRuleSplitter().encode("Hi!<|eot_id|>")             # [[72, 105, 33], [192]]
+"""
+
+from lmkernels.hat.splitter import (DEFAULT_SPECIAL_TOKENS, HATRuleSplitter, SplitBatch, split, split_batch,
+                                    split_with_limit)
+
+__all__ = ["DEFAULT_SPECIAL_TOKENS", "HATRuleSplitter", "SplitBatch", "split", "split_batch", "split_with_limit"]
