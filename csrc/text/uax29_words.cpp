@@ -22,6 +22,8 @@ enum class Expect { AcceptNone, RequireLetter, RequireHebrewLetter, AcceptQuoteL
 WordBreak word_break(uint16_t properties) { return static_cast<WordBreak>(properties & kWordBreakMask); }
 bool is_pictographic(uint16_t properties) { return properties & kExtendedPictographic; }
 bool is_ignored(WordBreak w) { return w == kExtend || w == kFormat || w == kZWJ; }
+bool is_ascii_letter(unsigned char b) { return static_cast<unsigned char>((b | 0x20u) - 'a') < 26u; }
+bool is_ascii_digit(unsigned char b) { return static_cast<unsigned char>(b - '0') < 10u; }
 
 }  // namespace
 
@@ -37,6 +39,17 @@ size_t uax29_segment_end(std::string_view text, size_t start) {
   bool decided = false;
 
   while (pos < text.size() && !decided) {
+    // Fast path: ASCII letters and digits inside a word continue it (WB5, WB8-WB10, WB13b).
+    if (state == State::Letter || state == State::HebrewLetter || state == State::Numeric ||
+        state == State::ExtendNumLet) {
+      const auto byte = static_cast<unsigned char>(text[pos]);
+      if (is_ascii_letter(byte) || is_ascii_digit(byte)) {
+        state = is_ascii_digit(byte) ? State::Numeric : State::Letter;
+        current = is_ascii_digit(byte) ? kNumeric : kALetter;
+        ++pos;
+        continue;
+      }
+    }
     const CharInfo c = char_info_at(text, pos);
     length = c.length;
     const bool after_zwj = current == kZWJ;

@@ -22,10 +22,20 @@ struct CharInfo {
   uint16_t properties;
 };
 
+// The properties of the ASCII characters, one load away (most text is mostly ASCII).
+struct AsciiProperties {
+  uint16_t of[128];
+};
+inline constexpr AsciiProperties kAsciiProperties = [] {
+  AsciiProperties table{};
+  for (uint32_t c = 0; c < 128; ++c) table.of[c] = hat_unicode::properties(c);
+  return table;
+}();
+
 // text[pos] starts a valid UTF-8 sequence.
 inline CharInfo char_info_at(std::string_view text, size_t pos) {
   const auto lead = static_cast<unsigned char>(text[pos]);
-  if (lead < 0x80u) return {1, hat_unicode::properties(lead)};
+  if (lead < 0x80u) return {1, kAsciiProperties.of[lead]};
   const utf8::Decoded decoded = utf8::decode(text, pos);
   return {decoded.length, hat_unicode::properties(decoded.code_point)};
 }
