@@ -369,3 +369,12 @@ def test_no_normalisation():
     assert split(composed) == ["café", " au", " lait"]
     assert split(decomposed) == ORACLE.split(decomposed)
     assert "".join(split(decomposed)) == decomposed
+
+
+def test_tour_stop(capsys):
+    from lmkernels.hat import tour
+
+    tour.run(lambda title: print(f"== {title}"))
+    out = capsys.readouterr().out
+    assert "== HAT: bytes grouped into words" in out and "MB/s" in out
+    assert "[[72, 105], [32, 116, 104, 101, 114, 101, 33], [192]]" in out
