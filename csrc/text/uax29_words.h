@@ -2,10 +2,10 @@
 // (`split_word_bounds`), Unicode 16.0.0, without dictionary segmentation: every Han or Hiragana
 // character and every Thai letter run ends where the default rules say.
 //
-// The crate's forward state machine differs from the rules of UAX #29 in a few corners (for
-// instance a ZWJ followed by a pictograph continues any segment, and a space after an ignored
-// Extend starts a new one), and the HAT models were trained on its output, so this is a port of
-// that state machine rather than of the rules.
+// The HAT models were trained on the crate's output, so this is a port of its forward state
+// machine rather than of the rules, whose corners it treats its own way (for instance a ZWJ and
+// a pictograph after a letter and an apostrophe end the pending MidLetter lookahead without
+// backing up: "a'" + ZWJ + pictograph is one segment, where the rules break before the "'").
 #pragma once
 #include <cstddef>
 #include <cstdint>
