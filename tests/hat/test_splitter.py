@@ -261,6 +261,27 @@ def test_batch_same_for_any_thread_count():
         assert torch.equal(other.text_word_offsets, results[0].text_word_offsets)
 
 
+def test_batch_from_several_python_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [d.text for d in data.documents("heldout")][:100]
+    expected = [split_with_limit(t, 32) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        batches = list(pool.map(lambda _: split_batch(texts, 32), range(8)))
+    for batch in batches:
+        assert batch_words(batch) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(mixed, st.sampled_from(["<|eot_id|>", "a<|eot_id|>b", "<|eot_id|><|eot_id|>"])),
+                max_size=6), st.integers(1, 9))
+def test_generated_batches_match_official_wrapper(texts, limit):
+    specials = {"<|eot_id|>": 192}
+    batch = split_batch(texts, limit, specials)
+    assert [[list(w) for w in batch.words(t)] for t in range(len(texts))] == \
+        [official_wrapper_encode(t, specials, limit) for t in texts]
+
+
 def test_batch_empty():
     batch = split_batch([])
     assert len(batch) == 0 and batch.num_words == 0 and batch.bytes.numel() == 0
