@@ -41,30 +41,78 @@ size_t byte_limit(std::optional<int64_t> max_bytes) {
   return static_cast<size_t>(*max_bytes);
 }
 
-std::vector<size_t> word_ends_of(std::string_view text, size_t max_bytes) {
-  std::vector<size_t> ends;
+// The word ends of `text`, in a buffer that each thread keeps between calls (up to kKeptEnds): a
+// fresh one page-faulted through its doubling growth on every large call.
+const std::vector<size_t>& word_ends_of(std::string_view text, size_t max_bytes) {
+  constexpr size_t kKeptEnds = size_t{1} << 21;
+  thread_local std::vector<size_t> ends;
+  if (ends.capacity() > kKeptEnds) std::vector<size_t>().swap(ends);
+  ends.clear();
   py::gil_scoped_release release;
   text::hat_split(text, max_bytes, ends);
   return ends;
 }
 
-// The words as slices of the str itself: copies of its characters, with no UTF-8 decoding.
+// Text repeats its words, so the list shares one object per distinct short word: a direct-mapped
+// cache keyed by the word's bytes saves most allocations (str and bytes are immutable, so sharing
+// is invisible to the caller).
+class WordCache {
+ public:
+  ~WordCache() {
+    for (const Slot& slot : slots_) Py_XDECREF(slot.object);
+  }
+
+  // A new reference to the object of `word` (whose bytes stay alive for the whole call); `make`
+  // returns a new one on a miss.
+  template <typename Make>
+  PyObject* get(std::string_view word, Make&& make) {
+    if (word.size() > kMaxCachedBytes) return checked(make());
+    uint64_t hash = 14695981039346656037ull;  // FNV-1a
+    for (const char c : word) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    Slot& slot = slots_[hash & (kSlots - 1)];
+    if (slot.object == nullptr || slot.word != word) {
+      PyObject* object = checked(make());
+      Py_XDECREF(slot.object);
+      slot = {word, object};
+    }
+    Py_INCREF(slot.object);
+    return slot.object;
+  }
+
+ private:
+  static PyObject* checked(PyObject* object) {
+    if (object == nullptr) throw py::error_already_set();
+    return object;
+  }
+
+  static constexpr size_t kSlots = 4096;
+  static constexpr size_t kMaxCachedBytes = 24;
+  struct Slot {
+    std::string_view word;
+    PyObject* object = nullptr;
+  };
+  std::vector<Slot> slots_ = std::vector<Slot>(kSlots);
+};
+
+// The words as str: slices of the str itself (a copy of its characters, no UTF-8 decoding).
 py::list hat_split(const py::str& text) {
   const std::string_view utf8 = utf8_of(text, "text");
-  const std::vector<size_t> ends = word_ends_of(utf8, text::kNoByteLimit);
+  const std::vector<size_t>& ends = word_ends_of(utf8, text::kNoByteLimit);
   py::list words(ends.size());
+  WordCache cache;
   const bool ascii = PyUnicode_IS_ASCII(text.ptr());
   size_t byte_begin = 0;
   Py_ssize_t char_begin = 0;
   for (size_t w = 0; w < ends.size(); ++w) {
     Py_ssize_t char_end = static_cast<Py_ssize_t>(ends[w]);
-    if (!ascii) {
+    if (!ascii) {  // code points are the bytes that do not continue a sequence
       char_end = char_begin;
       for (size_t b = byte_begin; b < ends[w]; ++b) char_end += !text::utf8::is_continuation(static_cast<unsigned char>(utf8[b]));
     }
-    PyObject* word = PyUnicode_Substring(text.ptr(), char_begin, char_end);
-    if (word == nullptr) throw py::error_already_set();
-    PyList_SET_ITEM(words.ptr(), Py_ssize_t(w), word);
+    const std::string_view word = utf8.substr(byte_begin, ends[w] - byte_begin);
+    PyList_SET_ITEM(words.ptr(), Py_ssize_t(w), cache.get(word, [&] {
+      return PyUnicode_Substring(text.ptr(), char_begin, char_end);
+    }));
     byte_begin = ends[w];
     char_begin = char_end;
   }
@@ -74,13 +122,15 @@ py::list hat_split(const py::str& text) {
 py::list hat_split_with_limit(const py::str& text, std::optional<int64_t> max_bytes) {
   const size_t limit = byte_limit(max_bytes);
   const std::string_view utf8 = utf8_of(text, "text");
-  const std::vector<size_t> ends = word_ends_of(utf8, limit);
+  const std::vector<size_t>& ends = word_ends_of(utf8, limit);
   py::list words(ends.size());
+  WordCache cache;
   size_t begin = 0;
   for (size_t w = 0; w < ends.size(); ++w) {
-    PyObject* word = PyBytes_FromStringAndSize(utf8.data() + begin, static_cast<Py_ssize_t>(ends[w] - begin));
-    if (word == nullptr) throw py::error_already_set();
-    PyList_SET_ITEM(words.ptr(), Py_ssize_t(w), word);
+    const std::string_view word = utf8.substr(begin, ends[w] - begin);
+    PyList_SET_ITEM(words.ptr(), Py_ssize_t(w), cache.get(word, [&] {
+      return PyBytes_FromStringAndSize(word.data(), static_cast<Py_ssize_t>(word.size()));
+    }));
     begin = ends[w];
   }
   return words;
