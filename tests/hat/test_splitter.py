@@ -367,6 +367,11 @@ def test_bad_input():
         split_batch(["a"]).words(1)
 
 
+def test_huge_limits_mean_no_cut():
+    assert split_with_limit("Hello, world!", 2**80) == [b"Hello,", b" world!"]
+    assert split_batch(["Hello, world!"], 2**80).words(0) == [b"Hello,", b" world!"]
+
+
 def test_native_rejects_invalid_arguments():
     from lmkernels import _C
 

@@ -182,7 +182,7 @@ def _check_max_bytes(value: object, name: str) -> int:
         raise TypeError(f"{name}: expected int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name}: expected at least 1, got {value}")
-    return value
+    return min(value, 2**63 - 1)  # any limit beyond the text's size means the same: no cut
 
 
 def _check_special_tokens(special_tokens: Mapping[str, int]) -> list[tuple[str, int]]:
