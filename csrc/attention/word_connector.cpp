@@ -27,13 +27,14 @@ void check_seqlens(const TensorView& cu_seqlens, const TensorView& ref, const ch
          shape_string(cu_seqlens));
 }
 
-void check_lse(const TensorView& lse, const TensorView& q) {
-  check_dtype(lse, "lse", {DType::Float32});
-  check_ndim(lse, "lse", 2);
-  check_size(lse, "lse", 0, q.size(0));
-  check_size(lse, "lse", 1, q.size(1));
-  check_same_device(lse, "lse", q, "q");
-  check_contiguous(lse, "lse");
+// A [W, Hq] float32 value per word and query head (lse, delta).
+void check_lse(const TensorView& t, const char* name, const TensorView& q) {
+  check_dtype(t, name, {DType::Float32});
+  check_ndim(t, name, 2);
+  check_size(t, name, 0, q.size(0));
+  check_size(t, name, 1, q.size(1));
+  check_same_device(t, name, q, "q");
+  check_contiguous(t, name);
 }
 
 void check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& cu_seqlens) {
@@ -59,14 +60,15 @@ void check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, co
 void check_word_attention(const WordAttentionForward& a) {
   check_qkv(a.q, a.k, a.v, a.cu_seqlens);
   check_output(a.out, "out", a.q, "q");
-  check_lse(a.lse, a.q);
+  check_lse(a.lse, "lse", a.q);
   check_writable(a.lse, "lse");
 }
 
 void check_word_attention_backward(const WordAttentionBackward& a) {
   check_qkv(a.q, a.k, a.v, a.cu_seqlens);
-  check_output(a.out, "out", a.q, "q");
-  check_lse(a.lse, a.q);
+  check_lse(a.lse, "lse", a.q);
+  check_lse(a.delta, "delta", a.q);
+  check_writable(a.delta, "delta");
   check_output(a.grad_out, "grad_out", a.q, "q");
   check_output(a.grad_q, "grad_q", a.q, "q");
   check_output(a.grad_k, "grad_k", a.k, "k");

@@ -4,7 +4,9 @@
 // Encoder connector, word attention: one query per word and head attends to that word's bytes only,
 //   s_j     = scale * q[w, h] . k[j, g]            g = h / (Hq / Hkv), j in word w
 //   out[w, h] = sum_j softmax(s)_j v[j, g],        lse[w, h] = logsumexp_j s_j
-// An empty word gives out = 0 and lse = -inf. Backward, with delta = dout[w, h] . out[w, h]:
+// An empty word gives out = 0 and lse = -inf. Backward, with delta = sum_j p_j dout[w, h] . v[j, g]
+// (= dout . out, but from the fp32 probabilities rather than the rounded stored output, so that
+// half-precision gradients of a saturated softmax keep their accuracy):
 //   ds_j = p_j (dout[w, h] . v[j, g] - delta),  dq[w, h] = scale sum_j ds_j k[j, g],
 //   dk[j, g] = scale sum_{h in g} ds_j q[w, h],   dv[j, g] = sum_{h in g} p_j dout[w, h]
 // (bytes outside every word get zero dk and dv). Each key row belongs to one word, so every
@@ -33,8 +35,9 @@ struct WordAttentionForward {
 };
 
 struct WordAttentionBackward {
-  TensorView q, k, v, cu_seqlens, out, lse, grad_out;
+  TensorView q, k, v, cu_seqlens, lse, grad_out;
   TensorView grad_q, grad_k, grad_v;
+  TensorView delta;  // [W, Hq] float32, written (the CUDA dk/dv pass reads it)
   float scale;
 };
 

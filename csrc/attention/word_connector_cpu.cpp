@@ -95,7 +95,7 @@ __attribute__((always_inline)) inline float probabilities(const float* q, const 
 
 struct Scratch {
   WordRows rows;
-  std::vector<float> q, o, grad_o, acc, p, grad_keys, grad_values;
+  std::vector<float> q, grad_o, acc, p, grad_p, grad_keys, grad_values;
 };
 
 template <typename T>
@@ -135,10 +135,11 @@ __attribute__((always_inline)) inline void backward_words(const WordAttentionBac
   const int64_t q_heads = a.q.size(1), kv_heads = a.k.size(1), dim = a.q.size(2), dp = padded(dim);
   const int64_t group = q_heads / kv_heads;
   const float* lse = a.lse.as<float>();
-  for (auto* buffer : {&s.q, &s.o, &s.grad_o, &s.acc}) buffer->resize(dp);
+  for (auto* buffer : {&s.q, &s.grad_o, &s.acc}) buffer->resize(dp);
   for (int64_t w = begin; w < end; ++w) {
     const int64_t first = bounds[w], length = bounds[w + 1] - first;
     s.p.resize(std::max<int64_t>(length, 1));
+    s.grad_p.resize(std::max<int64_t>(length, 1));
     for (int64_t g = 0; g < kv_heads; ++g) {
       s.rows.load(a.k.as<T>() + g * dim, a.v.as<T>() + g * dim, kv_heads * dim, first, length, dim, dp);
       s.grad_keys.assign(length * dp, 0.f);
@@ -146,19 +147,23 @@ __attribute__((always_inline)) inline void backward_words(const WordAttentionBac
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
         const int64_t row = w * q_heads + h;
         std::fill(s.acc.begin(), s.acc.end(), 0.f);
+        float delta = 0.f;
         if (length > 0) {
           to_fp32(a.q.as<T>() + row * dim, dim, s.q.data(), dp);
-          to_fp32(a.out.as<T>() + row * dim, dim, s.o.data(), dp);
           to_fp32(a.grad_out.as<T>() + row * dim, dim, s.grad_o.data(), dp);
-          const float delta = dot(s.grad_o.data(), s.o.data(), dp);
           probabilities(s.q.data(), s.rows, length, dp, a.scale, lse[row], s.p.data());
           for (int64_t j = 0; j < length; ++j) {
-            const float grad_score = s.p[j] * (dot(s.grad_o.data(), s.rows.values.data() + j * dp, dp) - delta);
+            s.grad_p[j] = dot(s.grad_o.data(), s.rows.values.data() + j * dp, dp);
+            delta += s.p[j] * s.grad_p[j];
+          }
+          for (int64_t j = 0; j < length; ++j) {
+            const float grad_score = s.p[j] * (s.grad_p[j] - delta);
             axpy(s.acc.data(), a.scale * grad_score, s.rows.keys.data() + j * dp, dp);
             axpy(s.grad_keys.data() + j * dp, a.scale * grad_score, s.q.data(), dp);
             axpy(s.grad_values.data() + j * dp, s.p[j], s.grad_o.data(), dp);
           }
         }
+        a.delta.as<float>()[row] = delta;
         from_fp32(s.acc.data(), dim, a.grad_q.as<T>() + row * dim);
       }
       for (int64_t j = 0; j < length; ++j) {

@@ -128,10 +128,11 @@ __global__ void forward_kernel(const T* __restrict__ q, const T* __restrict__ k,
   }
 }
 
+// dq and delta = sum_j p_j dout . v_j, in two passes over the word's keys.
 template <typename T, typename I>
 __global__ void grad_q_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                              const I* __restrict__ cu, const T* __restrict__ out, const float* __restrict__ lse,
-                              const T* __restrict__ grad_out, T* __restrict__ grad_q, Shape s, int32_t* flag) {
+                              const I* __restrict__ cu, const float* __restrict__ lse, const T* __restrict__ grad_out,
+                              T* __restrict__ grad_q, float* __restrict__ delta_out, Shape s, int32_t* flag) {
   const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
   for (int64_t item = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp; item < s.words * s.q_heads;
        item += warps) {
@@ -142,7 +143,11 @@ __global__ void grad_q_kernel(const T* __restrict__ q, const T* __restrict__ k, 
     query.load(q + item * s.dim, s.dim);
     grad_o.load(grad_out + item * s.dim, s.dim);
     acc.zero();
-    const float delta = grad_o.dot(out + item * s.dim, s.dim);
+    float delta = 0.f;
+    for (int64_t j = first; j < end; ++j) {
+      const int64_t key = (j * s.kv_heads + g) * s.dim;
+      delta += __expf(s.scale * query.dot(k + key, s.dim) - lse[item]) * grad_o.dot(v + key, s.dim);
+    }
     for (int64_t j = first; j < end; ++j) {
       const int64_t key = (j * s.kv_heads + g) * s.dim;
       const float p = __expf(s.scale * query.dot(k + key, s.dim) - lse[item]);
@@ -150,13 +155,15 @@ __global__ void grad_q_kernel(const T* __restrict__ q, const T* __restrict__ k, 
       acc.scale_add(1.f, s.scale * grad_score, k + key, s.dim);
     }
     acc.store(grad_q + item * s.dim, s.dim);
+    if (threadIdx.x % kWarp == 0) delta_out[item] = delta;
   }
 }
 
+// dk and dv, reading the delta that grad_q_kernel wrote (launched after it on the same stream).
 template <typename T, typename I>
 __global__ void grad_kv_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                               const I* __restrict__ cu, const T* __restrict__ out, const float* __restrict__ lse,
-                               const T* __restrict__ grad_out, T* __restrict__ grad_k, T* __restrict__ grad_v,
+                               const I* __restrict__ cu, const float* __restrict__ lse, const T* __restrict__ grad_out,
+                               const float* __restrict__ delta, T* __restrict__ grad_k, T* __restrict__ grad_v,
                                Shape s, int32_t* flag) {
   const int64_t group = s.q_heads / s.kv_heads;
   const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
@@ -175,9 +182,8 @@ __global__ void grad_kv_kernel(const T* __restrict__ q, const T* __restrict__ k,
         Lanes query, grad_o;
         query.load(q + row * s.dim, s.dim);
         grad_o.load(grad_out + row * s.dim, s.dim);
-        const float delta = grad_o.dot(out + row * s.dim, s.dim);
         const float p = __expf(s.scale * query.dot(k + key, s.dim) - lse[row]);
-        const float grad_score = p * (grad_o.dot(v + key, s.dim) - delta);
+        const float grad_score = p * (grad_o.dot(v + key, s.dim) - delta[row]);
         grad_key.add(s.scale * grad_score, query);
         grad_value.add(p, grad_o);
       }
@@ -299,10 +305,10 @@ void word_attention_backward_cuda(const WordAttentionBackward& a, const TensorVi
     }
     if (a.q.numel() == 0) return;
     grad_q_kernel<T, I><<<warp_grid(s.words * s.q_heads), kThreads, 0, st>>>(
-        a.q.as<T>(), a.k.as<T>(), a.v.as<T>(), cu, a.out.as<T>(), a.lse.as<float>(), a.grad_out.as<T>(),
-        a.grad_q.as<T>(), s, flag);
+        a.q.as<T>(), a.k.as<T>(), a.v.as<T>(), cu, a.lse.as<float>(), a.grad_out.as<T>(), a.grad_q.as<T>(),
+        a.delta.as<float>(), s, flag);
     grad_kv_kernel<T, I><<<warp_grid(s.words * s.kv_heads), kThreads, 0, st>>>(
-        a.q.as<T>(), a.k.as<T>(), a.v.as<T>(), cu, a.out.as<T>(), a.lse.as<float>(), a.grad_out.as<T>(),
+        a.q.as<T>(), a.k.as<T>(), a.v.as<T>(), cu, a.lse.as<float>(), a.grad_out.as<T>(), a.delta.as<float>(),
         a.grad_k.as<T>(), a.grad_v.as<T>(), s, flag);
   });
   LMK_CUDA_CHECK(cudaGetLastError());

@@ -43,15 +43,15 @@ void word_attention(py::handle q, py::handle k, py::handle v, py::handle cu_seql
       LMK_CUDA_FN(word_attention_cuda));
 }
 
-void word_attention_backward(py::handle q, py::handle k, py::handle v, py::handle cu_seqlens, py::handle out,
-                             py::handle lse, py::handle grad_out, double scale, py::handle grad_q, py::handle grad_k,
-                             py::handle grad_v, py::handle error_flag, uintptr_t stream) {
+void word_attention_backward(py::handle q, py::handle k, py::handle v, py::handle cu_seqlens, py::handle lse,
+                             py::handle grad_out, double scale, py::handle grad_q, py::handle grad_k,
+                             py::handle grad_v, py::handle delta, py::handle error_flag, uintptr_t stream) {
   TensorImports imports;
   const WordAttentionBackward args{imports.require(q, "q"), imports.require(k, "k"), imports.require(v, "v"),
-                                   imports.require(cu_seqlens, "cu_seqlens"), imports.require(out, "out"),
-                                   imports.require(lse, "lse"), imports.require(grad_out, "grad_out"),
-                                   imports.require(grad_q, "grad_q"), imports.require(grad_k, "grad_k"),
-                                   imports.require(grad_v, "grad_v"), float(scale)};
+                                   imports.require(cu_seqlens, "cu_seqlens"), imports.require(lse, "lse"),
+                                   imports.require(grad_out, "grad_out"), imports.require(grad_q, "grad_q"),
+                                   imports.require(grad_k, "grad_k"), imports.require(grad_v, "grad_v"),
+                                   imports.require(delta, "delta"), float(scale)};
   run(args, args.q, imports.optional(error_flag, "error_flag"), stream, check_word_attention_backward,
       word_attention_backward_cpu, LMK_CUDA_FN(word_attention_backward_cuda));
 }
@@ -85,9 +85,9 @@ void register_word_connector(py::module_& m) {
         "HAT encoder connector: one query per word and head attends to that word's byte keys; writes out and the "
         "log-sum-exp.");
   m.def("word_attention_backward", &word_attention_backward, py::arg("q"), py::arg("k"), py::arg("v"),
-        py::arg("cu_seqlens"), py::arg("out"), py::arg("lse"), py::arg("grad_out"), py::arg("scale"),
-        py::arg("grad_q"), py::arg("grad_k"), py::arg("grad_v"), py::arg("error_flag") = py::none(),
-        py::arg("stream") = 0, "Gradients of word_attention for q, k and v.");
+        py::arg("cu_seqlens"), py::arg("lse"), py::arg("grad_out"), py::arg("scale"), py::arg("grad_q"),
+        py::arg("grad_k"), py::arg("grad_v"), py::arg("delta"), py::arg("error_flag") = py::none(),
+        py::arg("stream") = 0, "Gradients of word_attention for q, k and v (delta: [W, Hq] float32 scratch).");
   m.def("guide_broadcast", &guide_broadcast, py::arg("x"), py::arg("guide"), py::arg("cu_seqlens"), py::arg("out"),
         py::arg("error_flag") = py::none(), py::arg("stream") = 0,
         "HAT decoder connector: out[t] = x[t] + guide[word of t].");

@@ -89,37 +89,38 @@ define_op("word_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, float
           _word_attention, _word_attention_fake)
 
 
-def _word_attention_backward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, out: Tensor, lse: Tensor,
-                             grad_out: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    q, k, v, cu_seqlens, out, lse = (t.detach().contiguous() for t in (q, k, v, cu_seqlens, out, lse))
+def _word_attention_backward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, lse: Tensor, grad_out: Tensor,
+                             scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    q, k, v, cu_seqlens, lse = (t.detach().contiguous() for t in (q, k, v, cu_seqlens, lse))
     grad_out = grad_out.detach().to(q.dtype).contiguous()
     grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    delta = torch.empty_like(lse)
     flag = error_flag(q)
-    _C.word_attention_backward(dl(q), dl(k), dl(v), dl(cu_seqlens), dl(out), dl(lse), dl(grad_out), scale,
-                               dl(grad_q), dl(grad_k), dl(grad_v), dl(flag), stream_of(q))
+    _C.word_attention_backward(dl(q), dl(k), dl(v), dl(cu_seqlens), dl(lse), dl(grad_out), scale, dl(grad_q),
+                               dl(grad_k), dl(grad_v), dl(delta), dl(flag), stream_of(q))
     _raise_on_flag(flag, k.shape[0])
     return grad_q, grad_k, grad_v
 
 
-def _word_attention_backward_fake(q, k, v, cu_seqlens, out, lse, grad_out, scale):
+def _word_attention_backward_fake(q, k, v, cu_seqlens, lse, grad_out, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-define_op("word_attention_backward(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, Tensor out, Tensor lse, "
-          "Tensor grad_out, float scale) -> (Tensor, Tensor, Tensor)",
+define_op("word_attention_backward(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, Tensor lse, Tensor grad_out, "
+          "float scale) -> (Tensor, Tensor, Tensor)",
           _word_attention_backward, _word_attention_backward_fake)
 
 
 def _word_attention_setup(ctx, inputs, output):
     q, k, v, cu_seqlens, scale = inputs
     ctx.scale = scale
-    ctx.save_for_backward(q, k, v, cu_seqlens, *output)
+    ctx.save_for_backward(q, k, v, cu_seqlens, output[1])
     ctx.mark_non_differentiable(output[1])
 
 
 def _word_attention_grad(ctx, grad_out, _grad_lse):
-    q, k, v, cu_seqlens, out, lse = ctx.saved_tensors
-    grads = torch.ops.lmk.word_attention_backward(q, k, v, cu_seqlens, out, lse, grad_out, ctx.scale)
+    q, k, v, cu_seqlens, lse = ctx.saved_tensors
+    grads = torch.ops.lmk.word_attention_backward(q, k, v, cu_seqlens, lse, grad_out, ctx.scale)
     return *grads, None, None
 
 
