@@ -3,8 +3,8 @@
 The build; the embedding-bag kernel (the T-FREE input embedding) agreeing with torch, timed
 against it, and learning something: a bag-of-words classifier that tells from a standard-library
 docstring which module wrote it; then T-FREE: exact splitting, trigram hashing, encoding speed and
-a small language model trained and sampled; Divergent Token Metrics: one component sweep of a
-small byte-level LM. Later methods add their own stops.
+a small language model trained and sampled; HAT: exact splitting and its speed; Divergent Token
+Metrics: one component sweep of a small byte-level LM. Later methods add their own stops.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import lmkernels
 from lmkernels import data
 from lmkernels.nn import EmbeddingBag
 from lmkernels.dtm import tour as dtm_tour
+from lmkernels.hat import tour as hat_tour
 from lmkernels.ops import embedding_bag
 from lmkernels.tfree import tour as tfree_tour
 
@@ -128,6 +129,7 @@ def run_tour(seed: int = 0) -> int:
     _kernel_against_torch(generator)
     _docstring_classifier(generator)
     tfree_tour.run(_section)
+    hat_tour.run(_section)
     dtm_tour.run(_section)
     print(f"\ntour finished in {time.perf_counter() - start:.1f} s")
     return 0

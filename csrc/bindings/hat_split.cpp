@@ -1,0 +1,141 @@
+// Bindings of the HAT splitter: str in; list[str], list[bytes], or flat arrays that the caller
+// allocated, out. The GIL is released while the native code splits; the Python objects are built
+// around it.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "bindings/families.h"
+#include "bindings/tensor_import.h"
+#include "common/checks.h"
+#include "common/errors.h"
+#include "text/hat_split.h"
+#include "text/utf8.h"
+
+namespace py = pybind11;
+
+namespace lmk::bindings {
+namespace {
+
+// The UTF-8 of a str (cached in the str object; no copy for ASCII).
+std::string_view utf8_of(py::handle text, const std::string& name) {
+  if (!PyUnicode_Check(text.ptr())) fail(ErrorKind::Type, name, ": expected str, got ", Py_TYPE(text.ptr())->tp_name);
+  Py_ssize_t size = 0;
+  const char* data = PyUnicode_AsUTF8AndSize(text.ptr(), &size);
+  if (data == nullptr) {
+    PyErr_Clear();
+    fail(ErrorKind::Value, name, ": not encodable as UTF-8 (it holds a lone surrogate)");
+  }
+  return {data, static_cast<size_t>(size)};
+}
+
+size_t byte_limit(std::optional<int64_t> max_bytes) {
+  if (!max_bytes) return text::kNoByteLimit;
+  if (*max_bytes <= 0) fail(ErrorKind::Value, "max_bytes: expected a positive int or None, got ", *max_bytes);
+  return static_cast<size_t>(*max_bytes);
+}
+
+std::vector<size_t> word_ends_of(std::string_view text, size_t max_bytes) {
+  std::vector<size_t> ends;
+  py::gil_scoped_release release;
+  text::hat_split(text, max_bytes, ends);
+  return ends;
+}
+
+// The words as slices of the str itself: copies of its characters, with no UTF-8 decoding.
+py::list hat_split(const py::str& text) {
+  const std::string_view utf8 = utf8_of(text, "text");
+  const std::vector<size_t> ends = word_ends_of(utf8, text::kNoByteLimit);
+  py::list words(ends.size());
+  const bool ascii = PyUnicode_IS_ASCII(text.ptr());
+  size_t byte_begin = 0;
+  Py_ssize_t char_begin = 0;
+  for (size_t w = 0; w < ends.size(); ++w) {
+    Py_ssize_t char_end = static_cast<Py_ssize_t>(ends[w]);
+    if (!ascii) {
+      char_end = char_begin;
+      for (size_t b = byte_begin; b < ends[w]; ++b) char_end += !text::utf8::is_continuation(static_cast<unsigned char>(utf8[b]));
+    }
+    PyObject* word = PyUnicode_Substring(text.ptr(), char_begin, char_end);
+    if (word == nullptr) throw py::error_already_set();
+    PyList_SET_ITEM(words.ptr(), Py_ssize_t(w), word);
+    byte_begin = ends[w];
+    char_begin = char_end;
+  }
+  return words;
+}
+
+py::list hat_split_with_limit(const py::str& text, std::optional<int64_t> max_bytes) {
+  const size_t limit = byte_limit(max_bytes);
+  const std::string_view utf8 = utf8_of(text, "text");
+  const std::vector<size_t> ends = word_ends_of(utf8, limit);
+  py::list words(ends.size());
+  size_t begin = 0;
+  for (size_t w = 0; w < ends.size(); ++w) {
+    PyObject* word = PyBytes_FromStringAndSize(utf8.data() + begin, static_cast<Py_ssize_t>(ends[w] - begin));
+    if (word == nullptr) throw py::error_already_set();
+    PyList_SET_ITEM(words.ptr(), Py_ssize_t(w), word);
+    begin = ends[w];
+  }
+  return words;
+}
+
+TensorView flat_output(TensorImports& imports, py::handle obj, const char* name, DType dtype) {
+  const TensorView view = imports.require(obj, name);
+  check_dtype(view, name, {dtype});
+  check_ndim(view, name, 1);
+  check_contiguous(view, name);
+  check_writable(view, name);
+  if (view.device != DeviceType::CPU) fail(ErrorKind::Value, name, ": expected a CPU tensor, got one on ", device_name(view.device));
+  return view;
+}
+
+py::tuple hat_split_batch(const py::sequence& texts, std::optional<int64_t> max_bytes,
+                          const std::vector<std::pair<py::str, int>>& special_tokens, py::handle bytes,
+                          py::handle word_offsets, py::handle text_word_offsets) {
+  const size_t limit = byte_limit(max_bytes);
+  // A tuple snapshot keeps the texts (and their cached UTF-8) alive while the GIL is released.
+  const py::tuple items = py::reinterpret_steal<py::tuple>(PySequence_Tuple(texts.ptr()));
+  if (!items) throw py::error_already_set();
+  std::vector<std::string_view> views(items.size());
+  for (size_t t = 0; t < views.size(); ++t) views[t] = utf8_of(items[t], concat("texts[", t, "]"));
+  std::vector<text::HatSpecialToken> specials;
+  for (size_t i = 0; i < special_tokens.size(); ++i) {
+    const auto& [token, byte] = special_tokens[i];
+    if (byte < 0 || byte > 255) fail(ErrorKind::Value, "special_tokens[", i, "]: the byte must be in [0, 255], got ", byte);
+    specials.push_back({utf8_of(token, concat("special_tokens[", i, "]")), static_cast<uint8_t>(byte)});
+  }
+  TensorImports imports;
+  const TensorView out_bytes = flat_output(imports, bytes, "bytes", DType::UInt8);
+  const TensorView out_words = flat_output(imports, word_offsets, "word_offsets", DType::Int64);
+  const TensorView out_texts = flat_output(imports, text_word_offsets, "text_word_offsets", DType::Int64);
+  check_size(out_texts, "text_word_offsets", 0, static_cast<int64_t>(views.size() + 1));
+  text::HatBatchCounts counts{};
+  {
+    py::gil_scoped_release release;
+    counts = text::hat_split_batch(views, limit, specials,
+                                   {out_bytes.as<uint8_t>(), static_cast<size_t>(out_bytes.numel()),
+                                    out_words.as<int64_t>(), static_cast<size_t>(out_words.numel()),
+                                    out_texts.as<int64_t>()});
+  }
+  return py::make_tuple(counts.bytes, counts.words);
+}
+
+}  // namespace
+
+void register_hat_split(py::module_& m) {
+  m.def("hat_split", &hat_split, py::arg("text"), "The HAT words of `text` (hat-splitter's split).");
+  m.def("hat_split_with_limit", &hat_split_with_limit, py::arg("text"), py::arg("max_bytes"),
+        "The HAT words of `text` as bytes, each at most `max_bytes` long (hat-splitter's split_with_limit).");
+  m.def("hat_split_batch", &hat_split_batch, py::arg("texts"), py::arg("max_bytes"), py::arg("special_tokens"),
+        py::arg("bytes"), py::arg("word_offsets"), py::arg("text_word_offsets"),
+        "Split texts in parallel into caller-allocated flat arrays; returns (bytes used, words).");
+}
+
+}  // namespace lmk::bindings
