@@ -15,7 +15,7 @@ from torch import Tensor
 from lmkernels.hat.config import CrossAttentionConfig, StackConfig
 from lmkernels.nn.rms_norm import RMSNorm
 from lmkernels.nn.rotary import RotaryEmbedding
-from lmkernels.ops import guide_broadcast, varlen_attention, word_attention
+from lmkernels.ops import attention, guide_broadcast, varlen_attention, word_attention
 
 
 def rotary_for(config: StackConfig, head_dim: int) -> RotaryEmbedding:
@@ -26,6 +26,27 @@ def rotary_for(config: StackConfig, head_dim: int) -> RotaryEmbedding:
 def rotate(x: Tensor, positions: Tensor, rotary: RotaryEmbedding) -> Tensor:
     """RoPE on packed heads: x [T, H, D] at positions [T]."""
     return rotary(x.transpose(0, 1), positions).transpose(0, 1)
+
+
+class LayerCache:
+    """One layer's rotated keys and values of the bytes (or words) seen so far, [Hkv, S, D] each."""
+
+    def __init__(self):
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[1]
+
+    def extend(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        self.keys = keys if self.keys is None else torch.cat([self.keys, keys], dim=1)
+        self.values = values if self.values is None else torch.cat([self.values, values], dim=1)
+        return self.keys, self.values
+
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` entries (generation re-decodes bytes that changed word)."""
+        if self.keys is not None:
+            self.keys, self.values = self.keys[:, :length], self.values[:, :length]
 
 
 class SelfAttention(torch.nn.Module):
@@ -50,6 +71,15 @@ class SelfAttention(torch.nn.Module):
         k = rotate(self.k_proj(x).unflatten(-1, (self.kv_heads, self.head_dim)), positions, self.rotary)
         v = self.v_proj(x).unflatten(-1, (self.kv_heads, self.head_dim))
         return self.o_proj(varlen_attention(q, k, v, cu_seqlens, window=self.window).flatten(-2))
+
+    def step(self, x: Tensor, positions: Tensor, cache: LayerCache) -> Tensor:
+        """The next n rows [n, d] of one sequence, attending to the cached rows and to each other."""
+        q = rotate(self.q_proj(x).unflatten(-1, (self.heads, self.head_dim)), positions, self.rotary)
+        k = rotate(self.k_proj(x).unflatten(-1, (self.kv_heads, self.head_dim)), positions, self.rotary)
+        keys, values = cache.extend(k.transpose(0, 1), self.v_proj(x).unflatten(-1, (self.kv_heads,
+                                                                                      self.head_dim)).transpose(0, 1))
+        out = attention(q.transpose(0, 1)[None], keys[None], values[None], causal=True, window=self.window)
+        return self.o_proj(out[0].transpose(0, 1).flatten(-2))
 
 
 class MLP(torch.nn.Module):
@@ -78,6 +108,10 @@ class LlamaLayer(torch.nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor, cu_seqlens: Tensor) -> Tensor:
         h = x + self.self_attn(self.input_layernorm(x), positions, cu_seqlens)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+    def step(self, x: Tensor, positions: Tensor, cache: LayerCache) -> Tensor:
+        h = x + self.self_attn.step(self.input_layernorm(x), positions, cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -146,7 +180,11 @@ class DecoderBlock(torch.nn.Module):
         self.query_norm = RMSNorm(cross.hidden_size_q, config.rms_norm_eps)
         self.kv_norm = RMSNorm(cross.hidden_size_kv, config.rms_norm_eps)
 
-    def forward(self, x: Tensor, predictive: Tensor, word_cu: Tensor, positions: Tensor, cu_seqlens: Tensor) -> Tensor:
+    def forward(self, x: Tensor, predictive: Tensor, word_cu: Tensor, positions: Tensor, cu_seqlens: Tensor,
+                cache: LayerCache | None = None) -> Tensor:
+        """Packed sequences; or, with ``cache``, the next rows of one sequence (``cu_seqlens`` unused)."""
         if self.cross_attention is not None:
             x = guide_broadcast(x, self.cross_attention.guide(self.kv_norm(predictive)), word_cu)
+        if cache is not None:
+            return self.llama_layer.step(x, positions, cache)
         return self.llama_layer(x, positions, cu_seqlens)
