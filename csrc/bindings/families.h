@@ -14,6 +14,7 @@ void register_divergence(pybind11::module_& m);
 void register_quant(pybind11::module_& m);
 void register_fp8(pybind11::module_& m);
 void register_fp8_gemm(pybind11::module_& m);
+void register_word_connector(pybind11::module_& m);
 void register_hat_split(pybind11::module_& m);
 
 }  // namespace lmk::bindings

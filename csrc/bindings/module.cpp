@@ -62,5 +62,6 @@ PYBIND11_MODULE(_C, m) {
   lmk::bindings::register_quant(m);
   lmk::bindings::register_fp8(m);
   lmk::bindings::register_fp8_gemm(m);
+  lmk::bindings::register_word_connector(m);
   lmk::bindings::register_hat_split(m);
 }

@@ -4,6 +4,7 @@
     lmk tour                 the main job: every method at work on embedded defaults
     lmk bench [--quick] ...  the microbenchmark suite against the strongest peers
     lmk tfree train ...      train a small T-FREE LM on a text file (reference script)
+    lmk hat train ...        train a small HAT, compare its noise robustness with BPE (reference script)
     lmk dtm ...              Divergent Token Metrics: sweep and sparsify a small LM (reference script)
 """
 
@@ -39,18 +40,22 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
-def _tfree_train(args: argparse.Namespace) -> int:
+def _train_and_heldout(path: str | None) -> tuple[str, str]:
+    """The text file's first 90% of paragraphs and the rest, or the embedded corpus's split."""
     from lmkernels import data
+
+    if not path:
+        return data.text("train"), data.text("heldout")
+    with open(path, encoding="utf-8") as f:
+        documents = f.read().split("\n\n")
+    cut = max(len(documents) * 9 // 10, 1)
+    return "\n\n".join(documents[:cut]), "\n\n".join(documents[cut:])
+
+
+def _tfree_train(args: argparse.Namespace) -> int:
     from lmkernels.tfree.train import TrainSettings, report, train
 
-    if args.text:
-        with open(args.text, encoding="utf-8") as f:
-            text = f.read()
-        documents = text.split("\n\n")
-        cut = max(len(documents) * 9 // 10, 1)
-        train_text, heldout = "\n\n".join(documents[:cut]), "\n\n".join(documents[cut:])
-    else:
-        train_text, heldout = data.text("train"), data.text("heldout")
+    train_text, heldout = _train_and_heldout(args.text)
     settings = TrainSettings(vocab_size=args.vocab_size, m=args.m, k_lowercase=args.k_lowercase, dim=args.dim,
                              num_layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size,
                              steps=args.steps, learning_rate=args.lr, seed=args.seed)
@@ -60,6 +65,12 @@ def _tfree_train(args: argparse.Namespace) -> int:
     if args.plot:
         _plot_losses(result, args.plot)
     return 0
+
+
+def _hat(args: argparse.Namespace) -> int:
+    from lmkernels.hat.cli import run
+
+    return run(args, *_train_and_heldout(args.text))
 
 
 def _dtm(args: argparse.Namespace) -> int:
@@ -124,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     tfree_train.add_argument("--prompt", action="append", help="prompt to sample from (repeatable)")
     tfree_train.add_argument("--plot", metavar="PNG", help="save the loss curve (needs matplotlib)")
     tfree_train.set_defaults(run=_tfree_train)
+
+    hat = commands.add_parser("hat", help="HAT reference scripts")
+    from lmkernels.hat.cli import add_arguments as add_hat_arguments
+
+    add_hat_arguments(hat)
+    hat.set_defaults(run=_hat)
 
     dtm = commands.add_parser("dtm", help="Divergent Token Metrics: component sweep and FDT-guided sparsification "
                                           "of a small byte-level LM (reference script)")

@@ -1,32 +1,58 @@
-"""Rotary position embedding (RoPE), interleaved convention.
+"""Rotary position embedding (RoPE), in both conventions, with optional Llama 3 frequency scaling.
 
-Dimensions ``(2i, 2i+1)`` of each head rotate together by the angle ``p * base^(-2i/d)`` at
-position ``p`` (the complex-pair form T-FREE uses; not the NeoX half-split):
+Frequencies ``f_i = base^(-2i/d)``, angle ``theta_i = p f_i`` at position ``p``. Interleaved (the
+complex-pair form T-FREE uses) rotates dimensions ``(2i, 2i+1)`` together; NeoX / Llama
+(``interleaved=False``, HAT's ``is_neox_style``) rotates ``(i, i + d/2)``:
 
-    y_2i   = x_2i cos(theta) - x_2i+1 sin(theta)
-    y_2i+1 = x_2i sin(theta) + x_2i+1 cos(theta)
+    y_a = x_a cos(theta_i) - x_b sin(theta_i)
+    y_b = x_a sin(theta_i) + x_b cos(theta_i)
+
+``scaling={"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+"original_max_position_embeddings"}`` divides the low frequencies (wavelengths above
+L / low_freq_factor, L the original context) by ``factor``, keeps the high ones (wavelengths below
+L / high_freq_factor) and blends linearly in between, as Llama 3.1 does.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 
+def llama3_scaled(frequencies: Tensor, scaling: dict) -> Tensor:
+    """Llama 3.1's rescaling of RoPE frequencies for long contexts (see the module docstring)."""
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    context = scaling["original_max_position_embeddings"]
+    wavelengths = 2 * math.pi / frequencies
+    smooth = ((context / wavelengths - low) / (high - low)).clamp(0, 1)
+    blended = (1 - smooth) * frequencies / factor + smooth * frequencies
+    return torch.where(wavelengths < context / high, frequencies,
+                       torch.where(wavelengths > context / low, frequencies / factor, blended))
+
+
 class RotaryEmbedding(torch.nn.Module):
     """Rotates query/key heads by their positions; ``forward(x [..., S, d], positions [..., S])``."""
 
-    def __init__(self, head_dim: int, base: float = 10000.0):
+    def __init__(self, head_dim: int, base: float = 10000.0, interleaved: bool = True, scaling: dict | None = None):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"head_dim: expected an even number, got {head_dim}")
-        inverse_frequencies = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        self.register_buffer("inverse_frequencies", inverse_frequencies.float(), persistent=False)
+        frequencies = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        if scaling is not None:
+            if scaling.get("rope_type", scaling.get("type")) != "llama3":
+                raise ValueError(f"scaling: only rope_type 'llama3' is supported, got {scaling!r}")
+            frequencies = llama3_scaled(frequencies, scaling)
+        self.interleaved = interleaved
+        self.register_buffer("inverse_frequencies", frequencies.float(), persistent=False)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         angles = positions.unsqueeze(-1).float() * self.inverse_frequencies  # [..., S, d/2]
         cos, sin = angles.cos(), angles.sin()
-        pairs = x.float().unflatten(-1, (-1, 2))
-        even, odd = pairs[..., 0], pairs[..., 1]
-        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-        return rotated.flatten(-2).to(x.dtype)
+        if self.interleaved:
+            pairs = x.float().unflatten(-1, (-1, 2))
+            a, b = pairs[..., 0], pairs[..., 1]
+            return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
+        a, b = x.float().chunk(2, dim=-1)
+        return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1).to(x.dtype)

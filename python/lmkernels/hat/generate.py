@@ -1,0 +1,154 @@
+"""``generate``: HAT text generation with online word boundaries and three KV caches.
+
+The released algorithm (the HF reference's ``_generate_cached``):
+
+1. Split the prompt into words (``HATRuleSplitter``: special tokens become one-byte words). Every
+   word but the last is complete: encoder, connector, backbone and decoder prefill them; the last
+   word's bytes go through encoder and decoder with P = the backbone output of the word before.
+2. Per byte: sample from the last logits; append the byte to the current word; decode that word
+   strictly as UTF-8 and re-split it. An incomplete multi-byte character keeps the byte in the
+   word; two or more words (or a word at ``max_word_size``) mean a boundary.
+3. On a boundary the completed word's encoder states go through the connector, the backbone takes
+   one step (its KV cache), and its output is the P of the new word. When the new word already
+   holds several bytes (it starts with a multi-byte character), their decoder rows were computed
+   with the old P: the decoder cache is cropped and they are decoded again with the new P, as in
+   training.
+4. Stop at the end-of-text byte (192 by default), after ``max_bytes`` bytes, or at a stop string.
+
+Every step attends through ``lmkernels.ops.attention`` over the caches (sliding windows included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lmkernels.hat.layers import LayerCache
+from lmkernels.hat.model import HATModel
+from lmkernels.hat.splitter import HATRuleSplitter
+
+
+class _Session:
+    """The three caches of one sequence and the steps that extend them."""
+
+    def __init__(self, model: HATModel):
+        self.model = model
+        self.encoder = [LayerCache() for _ in model.encoder.layers]
+        self.backbone = [LayerCache() for _ in model.backbone.layers]
+        self.decoder = [LayerCache() for _ in model.decoder.decoder_layers]
+        self.device = model.lm_head.weight.device
+
+    def encode(self, byte_values: Sequence[int], first_position: int) -> Tensor:
+        ids = torch.tensor(list(byte_values), dtype=torch.long, device=self.device)
+        positions = torch.arange(first_position, first_position + len(byte_values), device=self.device)
+        h = self.model.encoder.embedding_layer(ids)
+        for layer, cache in zip(self.model.encoder.layers, self.encoder):
+            h = layer.step(h, positions, cache)
+        return h
+
+    def words(self, states: Tensor, word_cu: Tensor, first_word: int, first_position: int) -> Tensor:
+        """Connector then backbone for complete words whose encoder states are ``states``."""
+        count = word_cu.shape[0] - 1
+        word_positions = torch.arange(first_word, first_word + count, device=self.device)
+        byte_positions = torch.arange(first_position, first_position + states.shape[0], device=self.device)
+        connector = self.model.encoder_connector
+        e = connector.cross_attention_encoder_connector.word_embeddings(
+            connector.latent_query[0, 0], states, word_cu, word_positions, byte_positions)
+        for layer, cache in zip(self.model.backbone.layers, self.backbone):
+            e = layer.step(e, word_positions, cache)
+        return e
+
+    def decode(self, states: Tensor, predictive: Tensor, word_cu: Tensor, first_position: int) -> Tensor:
+        positions = torch.arange(first_position, first_position + states.shape[0], device=self.device)
+        h = states
+        for block, cache in zip(self.model.decoder.decoder_layers, self.decoder):
+            h = block(h, predictive, word_cu, positions, None, cache=cache)
+        return self.model.lm_head(self.model.layer_norm(h))
+
+    def crop_decoder(self, length: int) -> None:
+        for cache in self.decoder:
+            cache.crop(length)
+
+
+def _boundaries(lengths: Sequence[int], device) -> Tensor:
+    return torch.tensor([0, *torch.tensor(list(lengths), dtype=torch.long).cumsum(0).tolist()], device=device)
+
+
+def _sample(logits: Tensor, temperature: float, generator: torch.Generator | None) -> int:
+    if temperature == 0:
+        return int(logits.argmax())
+    probabilities = torch.softmax(logits.float() / temperature, dim=-1)
+    return int(torch.multinomial(probabilities.cpu(), 1, generator=generator))
+
+
+@torch.no_grad()
+def generate(model: HATModel, prompt: str, max_bytes: int = 256, *, temperature: float = 0.0,
+             stop: Sequence[str] = (), seed: int | None = None, splitter: HATRuleSplitter | None = None) -> str:
+    """Continue ``prompt`` by up to ``max_bytes`` bytes; greedy when ``temperature`` is 0.
+
+    Returns the continuation as text (special bytes as their token strings, invalid UTF-8 replaced),
+    without the end-of-text byte and cut before the first stop string.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
+    if not isinstance(max_bytes, int) or max_bytes < 0:
+        raise ValueError(f"max_bytes: expected an int >= 0, got {max_bytes!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature: expected >= 0, got {temperature}")
+    config = model.config
+    splitter = splitter or HATRuleSplitter(config.special_token_dict, config.max_word_size)
+    words = splitter.encode(prompt)
+    if not words:
+        raise ValueError("prompt: expected at least one byte")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    session = _Session(model)
+    device = session.device
+
+    prompt_bytes = [b for word in words for b in word]
+    states = session.encode(prompt_bytes, 0)
+    word_cu = _boundaries([len(w) for w in words], device)
+    first = model.decoder_connector.first_word_embedding[0].to(states.dtype)  # [1, d_b]
+    complete = int(word_cu[-2])
+    backbone_out = session.words(states[:complete], word_cu[:-1], 0, 0) if len(words) > 1 else first[:0]
+    predictive = torch.cat([first, backbone_out])  # P_0 = first word embedding, P_i = b_{i-1}
+    logits = session.decode(states, predictive, word_cu, 0)[-1]
+
+    current, current_states = list(words[-1]), states[complete:]
+    current_predictive, word_index, seen = predictive[-1:], len(words) - 1, len(prompt_bytes)
+    generated: list[int] = []
+    while len(generated) < max_bytes:
+        byte = _sample(logits, temperature, generator)
+        if byte == config.eos_token_id:
+            break
+        generated.append(byte)
+        text = splitter.decode(generated, errors="replace")
+        if any(s in text for s in stop):
+            break
+        candidate = current + [byte]
+        try:
+            resplit = splitter.encode(splitter.decode(candidate, errors="strict"))
+        except UnicodeDecodeError:
+            resplit = None
+        full = len(current) >= config.max_word_size
+        if full or (resplit is not None and len(resplit) > 1):
+            done = len(current) if full else len(resplit[0])
+            word_cu = torch.tensor([0, done], device=device)
+            current_predictive = session.words(current_states[:done], word_cu, word_index, seen - len(current))
+            word_index += 1
+            refed = len(current) - done  # bytes of the new word decoded with the old P
+            session.crop_decoder(seen - refed)
+            new_states = torch.cat([current_states[done:], session.encode([byte], seen)])
+            logits = session.decode(new_states, current_predictive, torch.tensor([0, new_states.shape[0]],
+                                                                                 device=device), seen - refed)[-1]
+            current, current_states = candidate[done:], new_states
+        else:
+            new_state = session.encode([byte], seen)
+            logits = session.decode(new_state, current_predictive, torch.tensor([0, 1], device=device), seen)[-1]
+            current.append(byte)
+            current_states = torch.cat([current_states, new_state])
+        seen += 1
+    text = splitter.decode(generated, errors="replace")
+    cut = min((text.index(s) for s in stop if s in text), default=len(text))
+    return text[:cut]

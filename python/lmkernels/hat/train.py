@@ -1,0 +1,260 @@
+"""``lmk hat train``: train a small HAT on a text file (or the embedded corpus), then measure its
+robustness to character-level noise against a BPE model of the same size, as the paper claims.
+
+Documents (paragraphs separated by blank lines) end with ``<|eot_id|>`` (a one-byte word) and are
+split into words once; training windows are runs of whole words of at most ``seq_bytes`` bytes,
+packed into one :class:`HATBatch`. The BPE peer is ``lmkernels.nn.CausalLM`` over a byte-level BPE
+vocabulary trained on the same text with ``tokenizers``, with the HAT width and as many layers as
+HAT's three stacks together, trained for as many steps on windows of about the same bytes.
+
+Robustness: the held-out text with character noise (adjacent swaps, drops and case flips, each
+character hit with probability 0 / 5 / 10 %), scored as nats per byte of that text for both models
+(total negative log-likelihood / bytes, so byte and token models compare).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from lmkernels import data
+from lmkernels.hat.config import HATConfig
+from lmkernels.hat.generate import generate
+from lmkernels.hat.model import HATBatch, HATModel
+from lmkernels.hat.splitter import HATRuleSplitter
+from lmkernels.nn import CausalLM, DecoderConfig
+
+END_OF_TEXT = "<|eot_id|>"
+
+
+@dataclass
+class TrainSettings:
+    width: int = 128
+    layers: int = 1  # per stack (encoder, backbone, decoder)
+    window: int = 255
+    seq_bytes: int = 512
+    batch_size: int = 8
+    steps: int = 300
+    learning_rate: float = 3e-3
+    warmup: int = 30
+    seed: int = 0
+    bpe_vocab: int | None = 2048
+    noise_levels: tuple[float, ...] = (0.0, 0.05, 0.10)
+    eval_windows: int = 32
+
+
+@dataclass
+class TrainResult:
+    model: HATModel
+    losses: list[float] = field(default_factory=list)
+    bytes_per_word: float = 0.0
+    seconds: float = 0.0
+    hat_nats_per_byte: dict[float, float] = field(default_factory=dict)
+    bpe_nats_per_byte: dict[float, float] = field(default_factory=dict)
+    bpe_parameters: int = 0
+    bpe_vocab: int = 0
+
+
+def add_noise(text: str, level: float, seed: int = 0) -> str:
+    """Each character, with probability ``level``, is swapped with the next, dropped, or case-flipped."""
+    rng = random.Random(seed)
+    chars, out, i = list(text), [], 0
+    while i < len(chars):
+        if rng.random() >= level:
+            out.append(chars[i])
+        else:
+            kind = rng.randrange(3)
+            if kind == 0 and i + 1 < len(chars):
+                out += [chars[i + 1], chars[i]]
+                i += 1
+            elif kind == 2:
+                out.append(chars[i].swapcase())
+        i += 1
+    return "".join(out)
+
+
+def word_windows(words: list[bytes], seq_bytes: int) -> list[list[bytes]]:
+    """Consecutive runs of whole words of at most ``seq_bytes`` bytes (at least two words each)."""
+    windows, current, size = [], [], 0
+    for word in words:
+        if current and size + len(word) > seq_bytes:
+            if len(current) > 1:
+                windows.append(current)
+            current, size = [], 0
+        current.append(word)
+        size += len(word)
+    if len(current) > 1:
+        windows.append(current)
+    return windows
+
+
+def split_documents(text: str, splitter: HATRuleSplitter) -> list[bytes]:
+    return [bytes(word) for document in data.paragraphs(text) for word in splitter.encode(document + END_OF_TEXT)]
+
+
+def hat_nats_per_byte(model: HATModel, windows: list[list[bytes]]) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for window in windows:
+            batch = HATBatch.from_words([window])
+            logits = model(batch)
+            total += float(F.cross_entropy(logits[:-1].float(), batch.bytes[1:], reduction="sum"))
+            count += batch.bytes.shape[0] - 1
+    return total / max(count, 1)
+
+
+def _schedule(step: int, s: TrainSettings) -> float:
+    if step < s.warmup:
+        return (step + 1) / s.warmup
+    progress = (step - s.warmup) / max(s.steps - s.warmup, 1)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _optimiser(model: torch.nn.Module, s: TrainSettings):
+    optimiser = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
+    return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _schedule(step, s))
+
+
+def _progress(label: str, step: int, steps: int, losses: list[float], start: float, log) -> None:
+    if log is not print:
+        return
+    done = int(30 * step / steps)
+    recent = losses[-10:]
+    sys.stdout.write(f"\r  {label} [{'#' * done}{'.' * (30 - done)}] step {step}/{steps}  "
+                     f"loss {sum(recent) / len(recent):.3f}  {time.perf_counter() - start:.0f}s"
+                     + ("\n" if step == steps else ""))
+    sys.stdout.flush()
+
+
+def train_hat(text: str, s: TrainSettings, log=print) -> TrainResult:
+    torch.manual_seed(s.seed)
+    config = HATConfig.tiny(width=s.width, layers=s.layers, window=s.window)
+    splitter = HATRuleSplitter(config.special_token_dict, config.max_word_size)
+    words = split_documents(text, splitter)
+    windows = word_windows(words, s.seq_bytes)
+    if not windows:
+        raise ValueError("text: no training window (the text has fewer than two words)")
+    model = HATModel(config)
+    result = TrainResult(model, bytes_per_word=sum(len(w) for w in words) / len(words))
+    optimiser, schedule = _optimiser(model, s)
+    generator = torch.Generator().manual_seed(s.seed)
+    start = time.perf_counter()
+    for step in range(s.steps):
+        picks = torch.randint(len(windows), (s.batch_size,), generator=generator).tolist()
+        batch = HATBatch.from_words([windows[i] for i in picks])
+        logits = model(batch)
+        targets, keep = batch.bytes.roll(-1), torch.ones_like(batch.bytes, dtype=torch.bool)
+        keep[batch.sequence_bytes[1:] - 1] = False
+        loss = F.cross_entropy(logits[keep], targets[keep])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        result.losses.append(loss.item())
+        _progress("HAT", step + 1, s.steps, result.losses, start, log)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _bpe(text: str, vocab_size: int):
+    try:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    except ImportError as error:
+        raise ImportError("the BPE comparison needs the tokenizers package: pip install 'lmkernels[hf]'") from error
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=[END_OF_TEXT], show_progress=False)
+    bpe.train_from_iterator(data.paragraphs(text), trainer=trainer)
+    return bpe
+
+
+def _token_windows(bpe, text: str, length: int) -> list[tuple[torch.Tensor, int]]:
+    """Windows of ``length`` + 1 tokens and the bytes of text their last ``length`` tokens cover
+    (``<|eot_id|>`` counted as the one byte it is for HAT)."""
+    joined = END_OF_TEXT.join(data.paragraphs(text)) + END_OF_TEXT
+    encoding = bpe.encode(joined)
+    ids, offsets = encoding.ids, encoding.offsets
+    windows = []
+    for start in range(0, len(ids) - length - 1, length):
+        span = joined[offsets[start + 1][0]:offsets[start + length][1]]
+        windows.append((torch.tensor(ids[start:start + length + 1]),
+                        len(span.encode()) - (len(END_OF_TEXT) - 1) * span.count(END_OF_TEXT)))
+    return windows
+
+
+def train_bpe(text: str, heldout: str, s: TrainSettings, hat_parameters: int, bytes_per_window: int,
+              log=print) -> tuple[dict[float, float], int, int]:
+    """Train the same-size BPE model; its nats per byte on the held-out text at each noise level."""
+    torch.manual_seed(s.seed)
+    bpe = _bpe(text, s.bpe_vocab)
+    probe = bpe.encode(text[:20000])
+    bytes_per_token = len(text[:20000].encode()) / max(len(probe.ids), 1)
+    length = max(8, int(bytes_per_window / bytes_per_token))
+    config = DecoderConfig(dim=s.width, num_layers=3 * s.layers, num_heads=max(1, s.width // 32))
+    model = CausalLM(bpe.get_vocab_size(), config)
+    windows = [w for w, _ in _token_windows(bpe, text, length)]
+    if not windows:
+        raise ValueError("text: too short for a BPE training window")
+    optimiser, schedule = _optimiser(model, s)
+    generator = torch.Generator().manual_seed(s.seed)
+    losses: list[float] = []
+    start = time.perf_counter()
+    for step in range(s.steps):
+        picks = torch.randint(len(windows), (s.batch_size,), generator=generator).tolist()
+        tokens = torch.stack([windows[i] for i in picks])
+        logits = model(tokens[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+        _progress("BPE", step + 1, s.steps, losses, start, log)
+    scores = {}
+    with torch.no_grad():
+        for level in s.noise_levels:
+            total, count = 0.0, 0
+            for tokens, covered in _token_windows(bpe, add_noise(heldout, level, s.seed), length)[:s.eval_windows]:
+                logits = model(tokens[None, :-1])[0]
+                total += float(F.cross_entropy(logits, tokens[1:], reduction="sum"))
+                count += covered
+            scores[level] = total / max(count, 1)
+    parameters = sum(p.numel() for p in model.parameters())
+    return scores, parameters, bpe.get_vocab_size()
+
+
+def run(text: str, heldout: str, settings: TrainSettings | None = None, prompts: tuple[str, ...] = (),
+        log=print) -> TrainResult:
+    """Train HAT (and the BPE peer unless ``settings.bpe_vocab`` is None) and print the report."""
+    s = settings or TrainSettings()
+    result = train_hat(text, s, log)
+    model = result.model.eval()
+    hat_parameters = sum(p.numel() for p in model.parameters())
+    splitter = HATRuleSplitter(model.config.special_token_dict, model.config.max_word_size)
+    for level in s.noise_levels:
+        noisy = add_noise(heldout, level, s.seed)
+        windows = word_windows(split_documents(noisy, splitter), s.seq_bytes)[:s.eval_windows]
+        result.hat_nats_per_byte[level] = hat_nats_per_byte(model, windows)
+    log(f"HAT: {hat_parameters:,} parameters, {result.bytes_per_word:.2f} bytes per word "
+        f"(the backbone runs once per word), {s.steps} steps in {result.seconds:.0f} s, "
+        f"training loss {result.losses[0]:.3f} -> {sum(result.losses[-10:]) / len(result.losses[-10:]):.3f}")
+    if s.bpe_vocab is not None and heldout:
+        result.bpe_nats_per_byte, result.bpe_parameters, result.bpe_vocab = train_bpe(
+            text, heldout, s, hat_parameters, s.seq_bytes, log)
+        log(f"BPE: {result.bpe_parameters:,} parameters (vocabulary {result.bpe_vocab:,} trained on the same text)")
+    log("held-out loss, nats per byte (character noise: swaps, drops, case flips)")
+    log("  noise   HAT      BPE")
+    for level in s.noise_levels:
+        bpe = result.bpe_nats_per_byte.get(level)
+        log(f"  {level:4.0%}   {result.hat_nats_per_byte[level]:.3f}    {'-' if bpe is None else f'{bpe:.3f}'}")
+    for prompt in prompts:
+        log(f"sample: {prompt!r} -> {generate(model, prompt, 80)!r}")
+    return result

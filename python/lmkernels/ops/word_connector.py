@@ -1,0 +1,188 @@
+"""``lmk::word_attention`` and ``lmk::guide_broadcast``: HAT's encoder and decoder word connectors.
+
+Bytes are packed into one stream and cut into words by ``cu_seqlens`` [W + 1] (word w holds rows
+``cu_seqlens[w]:cu_seqlens[w + 1]``; int32 or int64, non-decreasing, within [0, T]).
+
+Encoder connector (word attention): one learned query per word and head attends to that word's
+bytes only, with grouped-query heads (query head h reads key/value head h // (Hq / Hkv))::
+
+    s_j = scale * q[w, h] . k[j, g]   for the bytes j of word w      scale defaults to D^-1/2
+    out[w, h] = sum_j softmax(s)_j v[j, g]
+
+A segmented softmax over at most ``max_word_size`` keys: no [W, max_word_size] padding, no mask.
+An empty word gives zeros. RoPE and the optional QK norm are applied to q and k before the call
+(the model does that, with the word index for q and byte positions for k).
+
+Decoder connector (guide broadcast): ``out[t] = x[t] + guide[w]`` for every byte t of word w, without
+materialising the broadcast guide; its gradient for ``guide`` is the per-word sum of the upstream rows.
+
+Both run in fp32 internally for float32, bfloat16 and float16 inputs, are differentiable, and are
+bitwise reproducible (no atomics: each key row belongs to one word).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, raise_on_flag, stream_of
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_tensors(named: dict[str, Tensor], values: dict[str, int]) -> None:
+    for name, t in named.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    first = next(iter(values))
+    for name, ndim in values.items():
+        if named[name].dtype not in _FLOATS:
+            raise TypeError(f"{name}: expected dtype float32, bfloat16 or float16, got {named[name].dtype}")
+        if named[name].dim() != ndim:
+            raise ValueError(f"{name}: expected {ndim} dimensions, got shape {list(named[name].shape)}")
+    for name, t in named.items():
+        if t.device != named[first].device:
+            raise ValueError(f"{name}: expected the device of {first} ({named[first].device}), got {t.device}")
+    if named["cu_seqlens"].dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens: expected dtype int32 or int64, got {named['cu_seqlens'].dtype}")
+
+
+def _raise_on_flag(flag: Tensor | None, rows: int) -> None:
+    raise_on_flag(flag, {_C.WORD_CONNECTOR_BAD_SEQLENS: ValueError(
+        f"cu_seqlens: expected non-decreasing word boundaries within [0, {rows}] (the rows of the byte stream)")})
+
+
+def word_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, scale: float | None = None) -> Tensor:
+    """Each word's query attends to its own bytes; see the module docstring for the math.
+
+    Args:
+        q: [W, Hq, D] one query per word and head (D <= 256).
+        k, v: [T, Hkv, D] byte keys and values, of q's dtype, with Hkv dividing Hq.
+        cu_seqlens: [W + 1] int32 or int64 word boundaries in the byte stream.
+        scale: logit scale, D^-1/2 by default.
+
+    Returns:
+        [W, Hq, D] of q's dtype.
+    """
+    _check_tensors({"q": q, "k": k, "v": v, "cu_seqlens": cu_seqlens}, {"q": 3, "k": 3, "v": 3})
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return torch.ops.lmk.word_attention(q, k, v, cu_seqlens, scale)[0]
+
+
+def _word_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    q, k, v, cu_seqlens = (t.detach().contiguous() for t in (q, k, v, cu_seqlens))
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+    flag = error_flag(q)
+    _C.word_attention(dl(q), dl(k), dl(v), dl(cu_seqlens), scale, dl(out), dl(lse), dl(flag), stream_of(q))
+    _raise_on_flag(flag, k.shape[0])
+    return out, lse
+
+
+def _word_attention_fake(q, k, v, cu_seqlens, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
+
+
+define_op("word_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, float scale) -> (Tensor, Tensor)",
+          _word_attention, _word_attention_fake)
+
+
+def _word_attention_backward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, lse: Tensor, grad_out: Tensor,
+                             scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    q, k, v, cu_seqlens, lse = (t.detach().contiguous() for t in (q, k, v, cu_seqlens, lse))
+    grad_out = grad_out.detach().to(q.dtype).contiguous()
+    grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    delta = torch.empty_like(lse)
+    flag = error_flag(q)
+    _C.word_attention_backward(dl(q), dl(k), dl(v), dl(cu_seqlens), dl(lse), dl(grad_out), scale, dl(grad_q),
+                               dl(grad_k), dl(grad_v), dl(delta), dl(flag), stream_of(q))
+    _raise_on_flag(flag, k.shape[0])
+    return grad_q, grad_k, grad_v
+
+
+def _word_attention_backward_fake(q, k, v, cu_seqlens, lse, grad_out, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+define_op("word_attention_backward(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, Tensor lse, Tensor grad_out, "
+          "float scale) -> (Tensor, Tensor, Tensor)",
+          _word_attention_backward, _word_attention_backward_fake)
+
+
+def _word_attention_setup(ctx, inputs, output):
+    q, k, v, cu_seqlens, scale = inputs
+    ctx.scale = scale
+    ctx.save_for_backward(q, k, v, cu_seqlens, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _word_attention_grad(ctx, grad_out, _grad_lse):
+    q, k, v, cu_seqlens, lse = ctx.saved_tensors
+    grads = torch.ops.lmk.word_attention_backward(q, k, v, cu_seqlens, lse, grad_out, ctx.scale)
+    return *grads, None, None
+
+
+torch.library.register_autograd("lmk::word_attention", _word_attention_grad, setup_context=_word_attention_setup,
+                                lib=LIBRARY)
+
+
+def guide_broadcast(x: Tensor, guide: Tensor, cu_seqlens: Tensor) -> Tensor:
+    """``x[t] + guide[w]`` for every byte t of word w; see the module docstring.
+
+    Args:
+        x: [T, C] byte activations.
+        guide: [W, C] one vector per word, of x's dtype.
+        cu_seqlens: [W + 1] int32 or int64 word boundaries in the byte stream.
+
+    Returns:
+        [T, C] of x's dtype.
+    """
+    _check_tensors({"x": x, "guide": guide, "cu_seqlens": cu_seqlens}, {"x": 2, "guide": 2})
+    return torch.ops.lmk.guide_broadcast(x, guide, cu_seqlens)
+
+
+def _guide_broadcast(x: Tensor, guide: Tensor, cu_seqlens: Tensor) -> Tensor:
+    x, guide, cu_seqlens = (t.detach().contiguous() for t in (x, guide, cu_seqlens))
+    out = torch.empty_like(x)
+    flag = error_flag(x)
+    _C.guide_broadcast(dl(x), dl(guide), dl(cu_seqlens), dl(out), dl(flag), stream_of(x))
+    _raise_on_flag(flag, x.shape[0])
+    return out
+
+
+define_op("guide_broadcast(Tensor x, Tensor guide, Tensor cu_seqlens) -> Tensor", _guide_broadcast,
+          lambda x, guide, cu_seqlens: torch.empty_like(x))
+
+
+def _guide_broadcast_backward(grad_out: Tensor, cu_seqlens: Tensor, words: int) -> Tensor:
+    grad_out, cu_seqlens = grad_out.detach().contiguous(), cu_seqlens.detach().contiguous()
+    grad_guide = grad_out.new_empty((words, grad_out.shape[1]))
+    flag = error_flag(grad_out)
+    _C.guide_broadcast_backward(dl(grad_out), dl(cu_seqlens), dl(grad_guide), dl(flag), stream_of(grad_out))
+    _raise_on_flag(flag, grad_out.shape[0])
+    return grad_guide
+
+
+define_op("guide_broadcast_backward(Tensor grad_out, Tensor cu_seqlens, SymInt words) -> Tensor",
+          _guide_broadcast_backward,
+          lambda grad_out, cu_seqlens, words: grad_out.new_empty((words, grad_out.shape[1])))
+
+
+def _guide_broadcast_setup(ctx, inputs, output):
+    x, guide, cu_seqlens = inputs
+    ctx.words, ctx.dtype = guide.shape[0], x.dtype
+    ctx.save_for_backward(cu_seqlens)
+
+
+def _guide_broadcast_grad(ctx, grad_out):
+    (cu_seqlens,) = ctx.saved_tensors
+    grad_out = grad_out.to(ctx.dtype)
+    grad_guide = (torch.ops.lmk.guide_broadcast_backward(grad_out, cu_seqlens, ctx.words)
+                  if ctx.needs_input_grad[1] else None)
+    return grad_out, grad_guide, None
+
+
+torch.library.register_autograd("lmk::guide_broadcast", _guide_broadcast_grad, setup_context=_guide_broadcast_setup,
+                                lib=LIBRARY)

@@ -1,0 +1,146 @@
+"""HATConfig (the released schema), HATModel (packing, causality, the one-key decoder
+cross-attention, checkpoint round trip, training) and bad input."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmkernels.hat import HATBatch, HATConfig, HATModel, hat_loss
+from lmkernels.hat.layers import CrossAttention
+
+RELEASED_STYLE = {
+    "model_type": "hierarchical_autoregressive_transformer", "transformers_version": "4.46.3",
+    "auto_map": {"AutoConfig": "config.HATArchitectureConfig"}, "architectures": ["HATDecoderForCausalLM"],
+    "torch_dtype": "bfloat16", "special_token_dict": {"<|eot_id|>": 192}, "max_word_size": 100,
+    "sliding_window": 768, "max_position_embeddings": 262144,
+    "encoder_config": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+                       "rms_norm_eps": 1e-5, "intermediate_size": 128, "max_position_embeddings": 262144,
+                       "rope_scaling": None, "rope_theta": 10000.0, "mlp_bias": False, "use_cache": True,
+                       "sliding_window": 7, "vocab_size": 256, "key_query_norm": False,
+                       "key_query_norm_per_head": False, "is_neox_style": True, "transformers_version": "4.46.3",
+                       "cross_attention_config": {"hidden_size_q": 96, "hidden_size_kv": 64, "hidden_size": 64,
+                                                  "num_attention_heads": 4, "attention_num_kv_heads": 2,
+                                                  "word_window_size": 1, "key_query_norm": True,
+                                                  "key_query_norm_per_head": True}},
+    "backbone_config": {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 3, "num_key_value_heads": 1,
+                        "rms_norm_eps": 1e-5, "intermediate_size": 160, "max_position_embeddings": 131072,
+                        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                        "rope_theta": 500000.0, "mlp_bias": False, "vocab_size": 0},
+    "decoder_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+                       "rms_norm_eps": 1e-5, "intermediate_size": 128, "max_position_embeddings": 262144,
+                       "rope_scaling": None, "rope_theta": 10000.0, "mlp_bias": False, "sliding_window": 7,
+                       "vocab_size": 256, "cross_attn_every_layer": True,
+                       "cross_attention_config": {"hidden_size_q": 64, "hidden_size_kv": 96, "hidden_size": 64,
+                                                  "num_attention_heads": 2, "attention_num_kv_heads": 2,
+                                                  "word_window_size": 1, "key_query_norm": False,
+                                                  "key_query_norm_per_head": False}},
+}
+
+TEXT_A = [b"Hello", b" world", b",", b" how", b" are", b" you", b"?"]
+TEXT_B = [b"Gr\xc3\xb6\xc3\x9fe", b" \xe6\x97\xa5\xe6\x9c\xac", b" ok"]
+
+
+def released_model():
+    torch.manual_seed(0)
+    return HATModel(HATConfig.from_dict(RELEASED_STYLE)).eval()
+
+
+def test_config_reads_the_released_schema_and_round_trips():
+    config = HATConfig.from_dict(RELEASED_STYLE)
+    assert config.encoder_config.cross_attention_config.key_query_norm_per_head
+    assert config.backbone_config.rope_scaling["rope_type"] == "llama3"
+    assert config.decoder_config.attention_window == 8  # the released window (w, w): itself and 7 before
+    assert HATConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["encoder_config"].update(num_attention_heads=3), "num_attention_heads"),
+    (lambda c: c["decoder_config"].pop("cross_attention_config"), "cross_attention_config"),
+    (lambda c: c["backbone_config"].update(hidden_act="gelu"), "hidden_act"),
+    (lambda c: c.update(max_word_size=0), "max_word_size"),
+])
+def test_bad_configs(change, message):
+    values = json.loads(json.dumps(RELEASED_STYLE))
+    change(values)
+    with pytest.raises(ValueError, match=message):
+        HATConfig.from_dict(values)
+
+
+def test_packed_sequences_equal_separate_runs():
+    model = released_model()
+    with torch.no_grad():
+        packed = model(HATBatch.from_words([TEXT_A, TEXT_B]))
+        alone_a = model(HATBatch.from_words([TEXT_A]))
+        alone_b = model(HATBatch.from_words([TEXT_B]))
+    torch.testing.assert_close(packed, torch.cat([alone_a, alone_b]), rtol=1e-5, atol=1e-5)
+
+
+def test_logits_of_a_word_ignore_later_words():
+    model = released_model()
+    with torch.no_grad():
+        full = model(HATBatch.from_words([TEXT_A]))
+        changed = model(HATBatch.from_words([TEXT_A[:4] + [b" zzzz", b"!!"]]))
+    prefix = sum(len(w) for w in TEXT_A[:4])
+    torch.testing.assert_close(full[:prefix], changed[:prefix], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(full[prefix:prefix + 4], changed[prefix:prefix + 4])
+
+
+def test_decoder_guide_equals_attention_over_the_single_key():
+    """Each byte attends to one key (its word's P): the softmax is 1, whatever the queries are."""
+    config = HATConfig.from_dict(RELEASED_STYLE).decoder_config
+    torch.manual_seed(1)
+    cross = CrossAttention(config.cross_attention_config, config)
+    word_states, byte_states = torch.randn(5, 96), torch.randn(5, 64)
+    q = cross.q_proj(byte_states).unflatten(-1, (2, 32))[:, :, None, :]          # [W, H, 1, D]
+    k = cross.k_proj(word_states).unflatten(-1, (2, 32))[:, :, None, :]
+    v = cross.v_proj(word_states).unflatten(-1, (2, 32))[:, :, None, :]
+    full = cross.o_proj(F.scaled_dot_product_attention(q, k, v).flatten(1))
+    torch.testing.assert_close(cross.guide(word_states), full)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from safetensors.torch import save_file
+
+    model = released_model()
+    (tmp_path / "config.json").write_text(json.dumps(RELEASED_STYLE))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "model.safetensors")
+    loaded = HATModel.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    batch = HATBatch.from_words([TEXT_A])
+    with torch.no_grad():
+        assert torch.equal(loaded(batch), model(batch))
+
+
+def test_a_few_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    model = HATModel(HATConfig.tiny(width=32))
+    batch = HATBatch.from_words([TEXT_A, TEXT_B])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = hat_loss(model(batch), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_bad_batches():
+    model = released_model()
+    with pytest.raises(ValueError, match="max_word_size"):
+        model(HATBatch.from_words([[b"x" * 101]]))
+    with pytest.raises(ValueError, match="sequences"):
+        HATBatch.from_words([])
+    with pytest.raises(ValueError, match="sequences"):
+        HATBatch.from_words([[b"a", b""]])
+    batch = HATBatch.from_words([TEXT_A, TEXT_B])
+    batch.sequence_bytes = batch.sequence_bytes + 1
+    with pytest.raises(ValueError, match="sequence_words"):
+        model(batch)
+    batch = HATBatch.from_words([TEXT_A])
+    batch.word_cu = batch.word_cu.flip(0)
+    with pytest.raises(ValueError, match="word_cu"):
+        model(batch)
