@@ -1,12 +1,18 @@
 """The HAT stop of ``lmk tour``: the HAT splitting rule on an example, the models' special-token
-wrapper, and batched splitting speed."""
+wrapper, batched splitting speed, and a few training steps of a small HAT model."""
 
 from __future__ import annotations
 
 import time
 
+import torch
+
 from lmkernels import data
+from lmkernels.hat.config import HATConfig
+from lmkernels.hat.generate import generate
+from lmkernels.hat.model import HATBatch, HATModel, hat_loss
 from lmkernels.hat.splitter import HATRuleSplitter, split, split_batch, split_with_limit
+from lmkernels.hat.train import word_windows
 
 
 def run(section) -> None:
@@ -26,3 +32,26 @@ def run(section) -> None:
     print(f"  split {megabytes:.2f} MB ({len(documents)} documents, {batch.num_words:,} words of at most 100 bytes, "
           f"{batch.bytes.numel() / batch.num_words:.1f} bytes per word) in {seconds * 1e3:.0f} ms: "
           f"{megabytes / seconds:.0f} MB/s")
+
+    _train_a_little(splitter, documents)
+
+
+def _train_a_little(splitter: HATRuleSplitter, documents: list[str], steps: int = 30) -> None:
+    torch.manual_seed(0)
+    model = HATModel(HATConfig.tiny(width=64, window=127))
+    words = [bytes(w) for d in documents[:300] for w in splitter.encode(d + "<|eot_id|>")]
+    windows = word_windows(words, 256)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = HATBatch.from_words([windows[i] for i in torch.randint(len(windows), (4,), generator=generator)])
+        loss = hat_loss(model(batch), batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if step in (0, steps - 1):
+            print(f"  HAT model ({sum(p.numel() for p in model.parameters()):,} parameters, encoder -> word "
+                  f"connector -> backbone over words -> decoder), step {step + 1}: next-byte loss {loss.item():.3f}")
+    print(f"  {steps} steps of 4 x 256 bytes in {time.perf_counter() - start:.1f} s; "
+          f"sample: {generate(model.eval(), 'The ', 24)!r}")
