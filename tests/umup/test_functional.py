@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
+import unit_scaling.functional as R  # the oracle: unit-scaling==0.3.5, a test dependency
+
 import lmkernels.umup.functional as U
 from lmkernels.umup.scale import apply_constraint, scale_bwd, scale_fwd
-
-R = pytest.importorskip("unit_scaling.functional")  # the oracle: unit-scaling==0.3.5, a test dependency
 
 BINARY = [None, "", "gmean", "hmean", "amean", "to_output_scale", "to_grad_input_scale"]
 TERNARY = [None, "gmean", "hmean", "amean", "to_output_scale", "to_left_grad_scale", "to_right_grad_scale"]

@@ -129,6 +129,32 @@ def residual_apply(fn: Callable[[Tensor], Tensor], input: Tensor, tau: float = 1
     return residual_add(fn(residual), skip, tau=tau)
 
 
+def transformer_residual_scaling_rule(residual_mult: float = 1.0,
+                                      residual_attn_ratio: float = 1.0) -> Callable[[int, int], float]:
+    """The u-muP residual rule (paper App. G): ``tau(k, branches)`` for branch ``k`` of ``branches = 2 L``.
+
+    Branches alternate attention (even ``k``) and MLP (odd ``k``) after the embedding::
+
+        alpha_mlp = residual_mult * sqrt(2 / (1 + residual_attn_ratio^2))     alpha_attn = residual_attn_ratio * alpha_mlp
+        tau_k = alpha_k / sqrt(L + n_attn(k) alpha_attn^2 + n_mlp(k) alpha_mlp^2)
+        n_attn(k) = floor((k + 1) / 2),  n_mlp(k) = floor(k / 2)      (branches of each kind before k)
+
+    The embedding carries variance ``L`` and every branch adds ``alpha_k^2``, so all attention
+    branches contribute equally, all MLP branches equally, branches against the embedding in the
+    ratio ``residual_mult`` and attention against MLP in ``residual_attn_ratio``; at 1 and 1 the
+    embedding, all attention and all MLP branches contribute a third each.
+    """
+    alpha_mlp = residual_mult * (2 / (1 + residual_attn_ratio**2)) ** 0.5
+    alpha_attn = residual_attn_ratio * alpha_mlp
+
+    def tau(index: int, branches: int) -> float:
+        n_attn, n_mlp = (index + 1) // 2, index // 2
+        alpha = alpha_attn if index % 2 == 0 else alpha_mlp
+        return alpha / (branches / 2 + n_attn * alpha_attn**2 + n_mlp * alpha_mlp**2) ** 0.5
+
+    return tau
+
+
 def _weight_shape(input: Tensor, weight: Tensor, name: str) -> tuple[int, int]:
     if not isinstance(input, Tensor):
         raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
@@ -144,4 +170,4 @@ def _weight_shape(input: Tensor, weight: Tensor, name: str) -> tuple[int, int]:
 
 __all__ = ["add", "cross_entropy", "dropout", "embedding", "gelu", "layer_norm", "linear", "linear_readout",
            "matmul", "residual_add", "residual_apply", "residual_split", "rms_norm", "scaled_dot_product_attention",
-           "silu", "silu_glu", "softmax"]
+           "silu", "silu_glu", "softmax", "transformer_residual_scaling_rule"]
