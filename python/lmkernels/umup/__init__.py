@@ -10,12 +10,14 @@ Layout: ``scale`` (the scaled identity and constraints), ``functional`` (+ ``act
 lmkernels FP8 kernels), ``optim`` (learning-rate and weight-decay rules).
 """
 
-from lmkernels.umup import functional
+from lmkernels.umup import functional, optim
 from lmkernels.umup.fp8 import fp8_linear
 from lmkernels.umup.modules import (FP8_SCHEMES, MHSA, MLP, DepthSequential, Embedding, Linear, LinearReadout, RMSNorm,
                                     TransformerDecoder, TransformerLayer, TransformerStack, set_fp8)
+from lmkernels.umup.optim import Adam, AdamW, scaled_parameters
 from lmkernels.umup.parameter import MUP_TYPES, UnitScaledParameter, is_tagged, parameter
 
-__all__ = ["FP8_SCHEMES", "MHSA", "MLP", "MUP_TYPES", "DepthSequential", "Embedding", "Linear", "LinearReadout",
-           "RMSNorm", "TransformerDecoder", "TransformerLayer", "TransformerStack", "UnitScaledParameter",
-           "fp8_linear", "functional", "is_tagged", "parameter", "set_fp8"]
+__all__ = ["Adam", "AdamW", "FP8_SCHEMES", "MHSA", "MLP", "MUP_TYPES", "DepthSequential", "Embedding", "Linear",
+           "LinearReadout", "RMSNorm", "TransformerDecoder", "TransformerLayer", "TransformerStack",
+           "UnitScaledParameter", "fp8_linear", "functional", "is_tagged", "optim", "parameter", "scaled_parameters",
+           "set_fp8"]
