@@ -135,7 +135,8 @@ def transformer_residual_scaling_rule(residual_mult: float = 1.0,
 
     Branches alternate attention (even ``k``) and MLP (odd ``k``) after the embedding::
 
-        alpha_mlp = residual_mult * sqrt(2 / (1 + residual_attn_ratio^2))     alpha_attn = residual_attn_ratio * alpha_mlp
+        alpha_mlp = residual_mult * sqrt(2 / (1 + residual_attn_ratio^2))
+        alpha_attn = residual_attn_ratio * alpha_mlp
         tau_k = alpha_k / sqrt(L + n_attn(k) alpha_attn^2 + n_mlp(k) alpha_mlp^2)
         n_attn(k) = floor((k + 1) / 2),  n_mlp(k) = floor(k / 2)      (branches of each kind before k)
 

@@ -178,7 +178,8 @@ class DepthSequential(torch.nn.Sequential):
 
 
 class TransformerStack(DepthSequential):
-    """``layers`` transformer layers; layer i gets ``mhsa_tau = rule(2i, 2 layers)``, ``mlp_tau = rule(2i + 1, 2 layers)``.
+    """``layers`` transformer layers; layer i gets ``mhsa_tau = rule(2i, 2 layers)`` and
+    ``mlp_tau = rule(2i + 1, 2 layers)``.
 
     ``residual_scaling`` defaults to ``transformer_residual_scaling_rule(residual_mult, residual_attn_ratio)``.
     Other keyword arguments go to ``TransformerLayer``.
