@@ -5,6 +5,7 @@
     lmk bench [--quick] ...  the microbenchmark suite against the strongest peers
     lmk tfree train ...      train a small T-FREE LM on a text file (reference script)
     lmk dtm ...              Divergent Token Metrics: sweep and sparsify a small LM (reference script)
+    lmk umup sweep ...       u-muP: learning-rate sweeps across widths, SP against u-muP, and FP8 (reference script)
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def _tfree_train(args: argparse.Namespace) -> int:
 
 def _dtm(args: argparse.Namespace) -> int:
     from lmkernels.dtm.cli import run
+
+    return run(args)
+
+
+def _umup(args: argparse.Namespace) -> int:
+    from lmkernels.umup.cli import run
 
     return run(args)
 
@@ -131,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
 
     add_dtm_arguments(dtm)
     dtm.set_defaults(run=_dtm)
+
+    umup = commands.add_parser("umup", help="u-muP reference scripts")
+    from lmkernels.umup.cli import add_arguments as add_umup_arguments
+
+    add_umup_arguments(umup)
+    umup.set_defaults(run=_umup)
 
     args = parser.parse_args(argv)
     return args.run(args)
