@@ -6,7 +6,8 @@ rounding, in fp32) around fp32 matmuls. Ours casts to real FP8 (round to nearest
 three FP8 GEMMs (``lmk::fp8_gemm``) with the u-muP scales as alpha. Both: fp32 ``x`` [tokens, d_in],
 an N(0, 1) weight [d_out, d_in], no bias, an N(0, 1) upstream gradient, gradients of ``x`` and
 the weight. Case names read ``fwd+bwd <tokens>x<d_in>-><d_out>``; throughput counts the three
-GEMMs, 6 tokens d_in d_out floating-point operations per call. Without unit-scaling installed
+GEMMs, 6 tokens d_in d_out floating-point operations per call. The two smaller cases are the shapes of
+``lmk umup sweep`` (1024 tokens per step, widths 128 and 256). Without unit-scaling installed
 (the ``test`` extra) the family has no cases.
 """
 
@@ -17,8 +18,8 @@ import torch
 from lmkernels.bench.harness import Case
 from lmkernels.umup import fp8_linear
 
-_FULL = [(512, 256, 256), (2048, 512, 512), (2048, 1024, 1024)]
-_QUICK = [(512, 256, 256), (1024, 512, 512)]
+_FULL = [(1024, 128, 128), (1024, 256, 256), (2048, 512, 512), (2048, 1024, 1024)]
+_QUICK = [(1024, 128, 128), (1024, 256, 256)]
 _TINY = [(16, 32, 48)]
 
 

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep_parser.add_argument("--text", metavar="FILE", help="UTF-8 text, paragraphs separated by blank lines; "
                                                              "the last tenth is held out (default: embedded text)")
     sweep_parser.add_argument("--widths", default=",".join(map(str, defaults.widths)), help="comma-separated")
-    sweep_parser.add_argument("--sp-lrs", default=_join(defaults.sp_log2_lrs), help="log2 learning rates of SP (write --sp-lrs=-9,-8 for negatives)")
+    sweep_parser.add_argument("--sp-lrs", default=_join(defaults.sp_log2_lrs),
+                              help="log2 learning rates of SP (write --sp-lrs=-9,-8 for negatives)")
     sweep_parser.add_argument("--umup-lrs", default=_join(defaults.umup_log2_lrs),
                               help="log2 learning rates of u-muP")
     sweep_parser.add_argument("--steps", type=int, default=defaults.steps)
@@ -59,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         train_text, heldout_text = "\n\n".join(documents[:cut]), "\n\n".join(documents[cut:] or documents[-1:])
     else:
         train_text, heldout_text = data.text("train"), data.text("heldout")
-    print(f"lmk umup sweep: {len(train_text) / 1e6:.2f} MB of training text, {len(heldout_text) / 1e6:.2f} MB held out; "
-          f"{settings.steps} steps of {settings.batch_size} x {settings.seq_len} bytes per run")
+    print(f"lmk umup sweep: {len(train_text) / 1e6:.2f} MB of training text, {len(heldout_text) / 1e6:.2f} MB "
+          f"held out; {settings.steps} steps of {settings.batch_size} x {settings.seq_len} bytes per run")
     result = sweep(train_text, heldout_text, settings)
     print(report(result))
     if args.json:
@@ -94,9 +95,9 @@ def report(result: SweepResult) -> str:
     if result.fp8_curves:
         high, fp8 = result.fp8_curves["high precision"], result.fp8_curves["fp8"]
         tail = max(len(high) // 10, 1)
-        lines.append(f"FP8 ({result.settings.fp8_scheme} scheme) at width {result.fp8_width}, lr 2^{result.fp8_log2_lr}: "
-                     f"final training loss (mean of the last {tail} steps) {_mean(fp8[-tail:]):.4f} against "
-                     f"{_mean(high[-tail:]):.4f} in fp32")
+        lines.append(f"FP8 ({result.settings.fp8_scheme} scheme) at width {result.fp8_width}, "
+                     f"lr 2^{result.fp8_log2_lr}: final training loss (mean of the last {tail} steps) "
+                     f"{_mean(fp8[-tail:]):.4f} against {_mean(high[-tail:]):.4f} in fp32")
     return "\n".join(lines)
 
 
