@@ -9,7 +9,8 @@ Both models are byte-level decoders (V = 256) trained with AdamW, betas (0.9, 0.
 random windows of one byte stream, with a linear warmup over the first tenth of the steps and a
 cosine decay to a tenth; the score is the loss on fixed held-out windows after training.
 
-    SP     ``lmkernels.nn.CausalLM`` (RMSNorm, RoPE, SwiGLU; small-normal init), AdamW(lr), weight decay 0.1
+    SP     ``lmkernels.umup.standard.StandardDecoder`` (the same architecture in plain PyTorch with its
+           default initialisation), ``torch.optim.AdamW(lr)``, weight decay 0.1
     u-muP  ``lmkernels.umup.TransformerDecoder`` (N(0, 1) weights, hyperparameters 1),
            ``lmkernels.umup.AdamW(lr)`` with independent weight decay 2^-13 per step
 """
@@ -22,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lmkernels.nn import CausalLM, DecoderConfig
 from lmkernels.umup.modules import TransformerDecoder
 from lmkernels.umup.optim import AdamW
+from lmkernels.umup.standard import StandardDecoder
 
 VOCAB = 256
 PARAMETRISATIONS = ("sp", "umup")
@@ -81,15 +82,8 @@ def build(parametrisation: str, width: int, settings: SweepSettings, fp8: str = 
     torch.manual_seed(settings.seed)
     heads = max(width // settings.head_dim, 1)
     if parametrisation == "sp":
-        return CausalLM(VOCAB, DecoderConfig(dim=width, num_layers=settings.layers, num_heads=heads))
+        return StandardDecoder(width, VOCAB, settings.layers, heads)
     return TransformerDecoder(width, VOCAB, settings.layers, heads, fp8=fp8)
-
-
-def _loss(model: torch.nn.Module, batch: Tensor) -> Tensor:
-    if isinstance(model, TransformerDecoder):
-        return model.loss(batch)
-    logits = model(batch[:, :-1])
-    return torch.nn.functional.cross_entropy(logits.flatten(end_dim=-2).float(), batch[:, 1:].flatten())
 
 
 def _optimiser(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -118,7 +112,7 @@ def train(model: torch.nn.Module, lr: float, train_stream: Tensor, heldout: Tens
     curve = []
     model.train()
     for _ in range(settings.steps):
-        loss = _loss(model, windows(train_stream, settings.batch_size, settings.seq_len, generator))
+        loss = model.loss(windows(train_stream, settings.batch_size, settings.seq_len, generator))
         if not torch.isfinite(loss):
             return math.inf, curve + [math.inf]
         optimiser.zero_grad(set_to_none=True)
@@ -128,7 +122,7 @@ def train(model: torch.nn.Module, lr: float, train_stream: Tensor, heldout: Tens
         curve.append(loss.item())
     model.eval()
     with torch.no_grad():
-        heldout_loss = torch.stack([_loss(model, batch) for batch in heldout.split(settings.batch_size)]).mean()
+        heldout_loss = torch.stack([model.loss(batch) for batch in heldout.split(settings.batch_size)]).mean()
     return (heldout_loss.item() if torch.isfinite(heldout_loss) else math.inf), curve
 
 
