@@ -90,6 +90,13 @@ def test_close_to_the_fp32_unit_scaled_linear():
         assert ((ours - ref).norm() / ref.norm()).item() < 0.1
 
 
+def test_a_transposed_weight_view_is_accepted():
+    x, w, _, g = _inputs((9, 16), 16, False)
+    for ours, ref in zip(_ours(x, w.t(), None, g, None), _reference(x, w.t(), None, g, None), strict=True):
+        if ref is not None:
+            torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_saturates_and_keeps_nan():
     w = torch.ones(2, 4)
     y = fp8_linear(torch.full((1, 4), 1e6), w, constraint=None)

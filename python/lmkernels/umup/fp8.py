@@ -33,7 +33,7 @@ class _FP8Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, output_scale: float, grad_input_scale: float,
                 grad_weight_scale: float) -> Tensor:
-        x8, weight8 = fp8_cast(x, _E4M3), fp8_cast(weight, _E4M3)
+        x8, weight8 = fp8_cast(x, _E4M3), fp8_cast(weight.contiguous(), _E4M3)
         ctx.save_for_backward(x8, weight8)
         ctx.scales = (grad_input_scale, grad_weight_scale)
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
