@@ -36,13 +36,13 @@ class SweepSettings:
     """What to sweep and how long to train each point."""
 
     widths: tuple[int, ...] = (64, 128, 256)
-    sp_log2_lrs: tuple[int, ...] = (-12, -11, -10, -9, -8, -7, -6)
-    umup_log2_lrs: tuple[int, ...] = (-4, -3, -2, -1, 0, 1, 2)
+    sp_log2_lrs: tuple[int, ...] = (-12, -10, -8, -6, -4)
+    umup_log2_lrs: tuple[int, ...] = (-4, -2, 0, 2, 4)
     layers: int = 2
     head_dim: int = 16
     seq_len: int = 64
     batch_size: int = 16
-    steps: int = 200
+    steps: int = 120
     heldout_batches: int = 4
     fp8_scheme: str = "partial"
     seed: int = 0
