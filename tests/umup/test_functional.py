@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import unit_scaling.functional as R  # the oracle: unit-scaling==0.3.5, a test dependency
 
@@ -71,6 +72,26 @@ def test_matmul(constraint):
 def test_add(constraint, shapes):
     inputs = [_randn(*shapes[0]), _randn(*shapes[1], seed=1)]
     _assert_same(lambda a, b: U.add(a, b, constraint), lambda a, b: R.add(a, b, constraint), inputs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.lists(st.integers(1, 4), max_size=2), fan_in=st.integers(1, 24), fan_out=st.integers(1, 24),
+       constraint=st.sampled_from(BINARY), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_linear_on_generated_shapes(batch, fan_in, fan_out, constraint, bias, seed):
+    inputs = [_randn(*batch, fan_in, seed=seed), _randn(fan_out, fan_in, seed=seed + 1),
+              _randn(fan_out, seed=seed + 2) if bias else None]
+    _assert_same(lambda x, w, b: U.linear(x, w, b, constraint), lambda x, w, b: R.linear(x, w, b, constraint),
+                 inputs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 9), k=st.integers(1, 9), n=st.integers(1, 9), lead=st.lists(st.integers(1, 3), max_size=2),
+       constraint=st.sampled_from(TERNARY), seed=st.integers(0, 2**16))
+def test_matmul_and_add_on_generated_shapes(m, k, n, lead, constraint, seed):
+    _assert_same(lambda a, b: U.matmul(a, b, constraint), lambda a, b: R.matmul(a, b, constraint),
+                 [_randn(*lead, m, k, seed=seed), _randn(*lead, k, n, seed=seed + 1)])
+    _assert_same(lambda a, b: U.add(a, b, constraint), lambda a, b: R.add(a, b, constraint),
+                 [_randn(*lead, m, n, seed=seed), _randn(n, seed=seed + 1)])
 
 
 def test_add_python_number_is_unscaled():
