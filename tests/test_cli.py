@@ -22,3 +22,7 @@ def test_tour_runs_and_learns(capsys):
     first, last = map(float, re.search(r"held-out loss: step \d+: ([\d.]+),.* step \d+: ([\d.]+)\n", out).groups())
     assert last < 0.8 * first  # the T-FREE model learns
     assert "FDT(F, F) = 32 (no divergence" in out
+    umup = re.findall(r"training loss ([\d.]+) -> ([\d.]+), held-out ([\d.]+) after", out)
+    assert len(umup) == 2  # u-muP in fp32, then with its hidden linears in FP8
+    (fp32_first, _, fp32_heldout), (_, _, fp8_heldout) = [tuple(map(float, run)) for run in umup]
+    assert fp32_heldout < 0.7 * fp32_first and abs(fp8_heldout - fp32_heldout) < 0.05 * fp32_heldout

@@ -6,6 +6,7 @@
     lmk tfree train ...      train a small T-FREE LM on a text file (reference script)
     lmk hat train ...        train a small HAT, compare its noise robustness with BPE (reference script)
     lmk dtm ...              Divergent Token Metrics: sweep and sparsify a small LM (reference script)
+    lmk umup sweep ...       u-muP: learning-rate sweeps across widths, SP against u-muP, and FP8 (reference script)
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def _dtm(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _umup(args: argparse.Namespace) -> int:
+    from lmkernels.umup.cli import run
+
+    return run(args)
+
+
 def _plot_losses(result, path: str) -> None:
     try:
         import matplotlib
@@ -148,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
 
     add_dtm_arguments(dtm)
     dtm.set_defaults(run=_dtm)
+
+    umup = commands.add_parser("umup", help="u-muP reference scripts")
+    from lmkernels.umup.cli import add_arguments as add_umup_arguments
+
+    add_umup_arguments(umup)
+    umup.set_defaults(run=_umup)
 
     args = parser.parse_args(argv)
     return args.run(args)

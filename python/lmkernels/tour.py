@@ -3,8 +3,9 @@
 The build; the embedding-bag kernel (the T-FREE input embedding) agreeing with torch, timed
 against it, and learning something: a bag-of-words classifier that tells from a standard-library
 docstring which module wrote it; then T-FREE: exact splitting, trigram hashing, encoding speed and
-a small language model trained and sampled; HAT: exact splitting and its speed; Divergent Token
-Metrics: one component sweep of a small byte-level LM. Later methods add their own stops.
+a small language model trained and sampled; HAT: exact splitting, its speed and a small HAT model
+trained and sampled; Divergent Token Metrics: one component sweep of a small byte-level LM; u-muP:
+unit scale at initialisation and FP8 training next to fp32. Later methods add their own stops.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lmkernels.dtm import tour as dtm_tour
 from lmkernels.hat import tour as hat_tour
 from lmkernels.ops import embedding_bag
 from lmkernels.tfree import tour as tfree_tour
+from lmkernels.umup import tour as umup_tour
 
 _WORD = re.compile(r"[a-z]+")
 
@@ -131,5 +133,6 @@ def run_tour(seed: int = 0) -> int:
     tfree_tour.run(_section)
     hat_tour.run(_section)
     dtm_tour.run(_section)
+    umup_tour.run(_section)
     print(f"\ntour finished in {time.perf_counter() - start:.1f} s")
     return 0

@@ -1,0 +1,157 @@
+"""Unit-scaled nonlinearities, attention, dropout and the loss (re-exported by ``lmkernels.umup.functional``).
+
+The scales of the nonlinearities are empirical models of the output and gradient standard
+deviation for a unit-normal input, as functions of the op's multiplier ``mult``, interpolated
+geometrically (``logint(a, lo, hi) = lo^(1-a) hi^a``) between the small-``mult`` and large-``mult``
+limits, with ``a`` a sigmoid of ``log(mult^2)``.
+"""
+
+from __future__ import annotations
+
+from math import log, pi
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmkernels.umup.scale import apply_constraint, logarithmic_interpolation, scale_bwd, scale_fwd
+
+_GAUSSIAN_LIMIT = (2 / (1 - 1 / pi)) ** 0.5  # 1 / std of relu(z), z ~ N(0, 1): the large-mult output limit
+
+
+def _scaled_elementwise(input: Tensor, fn, output_scale: float, grad_input_scale: float,
+                        constraint: str | None) -> Tensor:
+    output_scale, grad_input_scale = apply_constraint(constraint, output_scale, grad_input_scale)
+    return scale_fwd(fn(scale_bwd(input, grad_input_scale)), output_scale)
+
+
+def gelu(input: Tensor, mult: float = 1.0, constraint: str | None = "to_output_scale",
+         approximate: str = "none") -> Tensor:
+    """Unit-scaled GELU with multiplier ``m``::
+
+        y = gelu(m x) / m * logint(a, 2, sqrt(2 / (1 - 1/pi)))        a = 1 / (1 + 1 / (4 m^2))
+        s_x = logint(a, 2, sqrt(2))                                   (constrained with s_out)
+    """
+    _check_mult(mult)
+    alpha = 1 / (1 + 0.25 / mult**2)
+
+    def fn(x):
+        return F.gelu(x, approximate=approximate) if mult == 1 else F.gelu(x * mult, approximate=approximate) / mult
+
+    return _scaled_elementwise(input, fn, logarithmic_interpolation(alpha, 2.0, _GAUSSIAN_LIMIT),
+                               logarithmic_interpolation(alpha, 2.0, 2**0.5), constraint)
+
+
+def silu(input: Tensor, mult: float = 1.0, constraint: str | None = "to_output_scale", inplace: bool = False) -> Tensor:
+    """Unit-scaled SiLU (swish) with multiplier ``m``::
+
+        y = x sigmoid(m x) * logint(1 / (1 + 1 / (4 m^2)), 2, sqrt(2 / (1 - 1/pi)))
+        s_x = logint(1 / (1 + 1 / m^2), 2, sqrt(2))                   (constrained with s_out)
+
+    ``inplace`` is not supported (as in unit-scaling).
+    """
+    _check_mult(mult)
+    if inplace:
+        raise ValueError("inplace: the unit-scaled silu does not support inplace=True")
+    return _scaled_elementwise(input, lambda x: _unscaled_silu(x, mult),
+                               logarithmic_interpolation(1 / (1 + 0.25 / mult**2), 2.0, _GAUSSIAN_LIMIT),
+                               logarithmic_interpolation(1 / (1 + 1 / mult**2), 2.0, 2**0.5), constraint)
+
+
+def silu_glu(input: Tensor, gate: Tensor, mult: float = 1.0) -> Tensor:
+    """Unit-scaled SwiGLU core ``x * silu(g)`` with multiplier ``m`` (u-muP's ``act_mult``)::
+
+        y = x g sigmoid(m g) * S        s_x = s_g = S        S = logint(1 / (1 + 1 / m^2), 2, sqrt(2))
+
+    (``S = 2^(3/4)`` at ``m = 1``). One scale for both passes, so no constraint argument.
+    """
+    _check_mult(mult)
+    scale = logarithmic_interpolation(1 / (1 + 1 / mult**2), 2.0, 2**0.5)
+    output = scale_bwd(input, scale) * _unscaled_silu(scale_bwd(gate, scale), mult)
+    return scale_fwd(output, scale)
+
+
+def softmax(input: Tensor, dim: int, dtype: torch.dtype | None = None, constraint: str | None = "to_output_scale",
+            mult: float = 1.0) -> Tensor:
+    """Unit-scaled softmax over ``dim`` of size ``D`` with multiplier ``m``::
+
+        y = softmax(m x) * logint(a, D, sqrt(D))         s_x = logint(a, D/m, sqrt(D/m))         a = 1 / (1 + 4 / m^2)
+
+    (the flat limit ``D`` at small ``m``, the one-hot limit ``sqrt(D)`` at large ``m``; ``D^0.9`` at m = 1).
+    """
+    _check_mult(mult)
+    size = input.shape[dim]
+    alpha = 1 / (1 + 4 / mult**2)
+    return _scaled_elementwise(input, lambda x: F.softmax(x * mult, dim=dim, dtype=dtype),
+                               logarithmic_interpolation(alpha, size, size**0.5),
+                               logarithmic_interpolation(alpha, size / mult, (size / mult) ** 0.5), constraint)
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Unit-scaled dropout: ``F.dropout(x, p) * sqrt(1 - p)``, gradient also times ``sqrt(1 - p)``.
+
+    ``F.dropout`` multiplies kept values by ``1 / (1 - p)``, which preserves the mean but raises the
+    standard deviation by ``1 / sqrt(1 - p)``; the extra factor brings it back to unit scale.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p: expected a dropout probability in [0, 1], got {p}")
+    if inplace:
+        raise ValueError("inplace: the unit-scaled dropout does not support inplace=True")
+    scale = (1 - p) ** 0.5
+    return _scaled_elementwise(input, lambda x: F.dropout(x, p, training), scale, scale, None)
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
+                                 dropout_p: float = 0.0, is_causal: bool = False, mult: float = 1.0) -> Tensor:
+    """Unit-scaled attention with the muP ``1 / d_head`` logit scale and multiplier ``m`` (u-muP's ``attn_mult``)::
+
+        O = softmax(m q k^T / d_head + mask) v * S               s_q = s_k = s_v = S
+        S = sqrt(1 - p) / logint(1 / (1 + 4 d_head / m^2), sqrt(c / T), 1)
+
+    with ``T`` the sequence length of ``value`` and ``c = ln T`` if ``is_causal`` else 1: at small
+    ``m`` the attention is nearly uniform over ``T`` (or, causally, a harmonic average) keys and
+    the output standard deviation falls to ``sqrt(c / T)``. An arbitrary ``attn_mask`` does not
+    change the model (only ``is_causal`` does).
+    """
+    _check_mult(mult)
+    *_, seq_len, d_head = value.shape
+    uniform_limit = ((log(seq_len) if is_causal else 1) / seq_len) ** 0.5
+    scale = (1 - dropout_p) ** 0.5 / logarithmic_interpolation(1 / (1 + 4 * d_head / mult**2), uniform_limit, 1.0)
+    query, key, value = (scale_bwd(t, scale) for t in (query, key, value))
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                                            is_causal=is_causal, scale=mult / d_head)
+    return scale_fwd(output, scale)
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average: bool | None = None,
+                  ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
+                  label_smoothing: float = 0.0, mult: float = 1.0) -> Tensor:
+    """Unit-scaled cross entropy of logits ``input`` [B, V] (or [V]) with multiplier ``m`` (u-muP's ``loss_mult``)::
+
+        loss = sum_b CE(m z_b, y_b)  (/ B for reduction "mean")        s_z = V / sqrt(V - 1)
+
+    The multiplier ``m`` and the ``1 / B`` apply to the forward value only: the logits' gradient is
+    ``(softmax(m z) - onehot(y)) * V / sqrt(V - 1)`` per row, unit scale whatever the batch size
+    (rows of ``ignore_index`` still count in ``B``). Flatten [B, T, V] logits to [B T, V] first.
+    """
+    if input.dim() not in (1, 2):
+        raise ValueError(f"input: expected logits of shape [V] or [B, V] (flatten [B, T, V] first), "
+                         f"got {list(input.shape)}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+    batch_size, vocab_size = (1, input.shape[0]) if input.dim() == 1 else input.shape
+    if vocab_size < 2:
+        raise ValueError(f"input: expected a vocabulary of at least 2 classes, got {vocab_size}")
+    input = scale_fwd(scale_bwd(input, vocab_size / (vocab_size - 1) ** 0.5), mult)
+    loss = F.cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction="sum",
+                           label_smoothing=label_smoothing)
+    return scale_fwd(loss, 1 / batch_size) if reduction == "mean" else loss
+
+
+def _unscaled_silu(x: Tensor, mult: float) -> Tensor:
+    return F.silu(x) if mult == 1 else x * torch.sigmoid(x * mult)
+
+
+def _check_mult(mult: float) -> None:
+    if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0:
+        raise ValueError(f"mult: expected a positive number, got {mult!r}")

@@ -1,0 +1,232 @@
+"""Unit-scaled modules (u-muP): the layers of ``unit_scaling`` 0.3.5 with the u-muP hyperparameters and FP8.
+
+Every weight is initialised N(0, 1), biases 0, norm gains 1: the scale lives in the ops, not in
+the weights. Parameters carry u-muP tags (``lmkernels.umup.parameter``) for the optimiser rules.
+Parameter names equal unit-scaling's, so state dicts move between the two libraries.
+
+Hyperparameters (all 1 by default; u-muP's claim is that they transfer across widths):
+
+    attn_mult            attention logit multiplier: softmax(attn_mult q k^T / d_head)
+    act_mult             SwiGLU gate multiplier: x g sigmoid(act_mult g)
+    residual_mult        residual branches against the embedding (the tau rule)
+    residual_attn_ratio  attention branches against MLP branches (the tau rule)
+    loss_mult            logit multiplier inside the loss (forward only)
+
+FP8 (``fp8`` of ``Linear``; ``set_fp8`` for a whole model): a linear layer with ``fp8=True`` runs
+its three GEMMs in FP8 (``lmkernels.umup.fp8``). The scheme ``"partial"`` puts every hidden linear
+in FP8 except the "critical" ones, attention-out and FFN-down, whose inputs can grow suddenly
+during training; ``"all"`` puts those in FP8 too. The readout and the embedding always stay in
+high precision.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import lmkernels.umup.functional as U
+from lmkernels.umup.fp8 import fp8_linear
+from lmkernels.umup.parameter import is_tagged, parameter
+
+FP8_SCHEMES = ("off", "partial", "all")
+
+
+class Linear(torch.nn.Module):
+    """Unit-scaled linear layer ``y = U.linear(x, W, b)``, no bias by default; ``fp8`` runs it in FP8.
+
+    ``critical`` marks the attention-out and FFN-down projections, which ``set_fp8(model, "partial")``
+    leaves in high precision.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None,
+                 constraint: str | None = "to_output_scale", weight_mup_type: str = "weight", fp8: bool = False,
+                 critical: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.constraint, self.fp8, self.critical = constraint, fp8, critical
+        self.weight = parameter(torch.randn(out_features, in_features, device=device, dtype=dtype), weight_mup_type)
+        self.bias = parameter(torch.zeros(out_features, device=device, dtype=dtype), "bias") if bias else None
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.fp8:
+            return fp8_linear(input, self.weight, self.bias, self.constraint)
+        return U.linear(input, self.weight, self.bias, self.constraint)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
+                f"constraint={self.constraint!r}, fp8={self.fp8}")
+
+
+class LinearReadout(Linear):
+    """The network's output layer: ``U.linear_readout`` (the muP ``1 / fan_in`` scale), tagged ``"output"``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None,
+                 constraint: str | None = None, weight_mup_type: str = "output"):
+        super().__init__(in_features, out_features, bias, device, dtype, constraint, weight_mup_type)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return U.linear_readout(input, self.weight, self.bias, self.constraint)
+
+
+class Embedding(torch.nn.Module):
+    """Unit-scaled embedding: an N(0, 1) table [V, d] looked up with ``U.embedding``."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, device=None,
+                 dtype=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.weight = parameter(torch.randn(num_embeddings, embedding_dim, device=device, dtype=dtype), "weight")
+
+    def forward(self, input: Tensor) -> Tensor:
+        return U.embedding(input, self.weight, self.padding_idx)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class RMSNorm(torch.nn.Module):
+    """Unit-scaled RMS normalisation over the trailing ``normalized_shape``; no gain by default (u-muP)."""
+
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5, elementwise_affine: bool = False):
+        super().__init__()
+        self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.eps = eps
+        self.weight = parameter(torch.ones(self.normalized_shape), "norm") if elementwise_affine else None
+
+    def forward(self, input: Tensor) -> Tensor:
+        return U.rms_norm(input, self.normalized_shape, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"
+
+
+class MLP(torch.nn.Module):
+    """SwiGLU MLP ``linear_2(U.silu_glu(linear_1(x), linear_gate(x), act_mult))``, all three linears unconstrained.
+
+    Unconstrained is safe here: the forward and backward scales mirror each other along the branch.
+    ``linear_2`` (FFN-down) is a critical FP8 layer.
+    """
+
+    def __init__(self, hidden_size: int, expansion_factor: int = 4, act_mult: float = 1.0):
+        super().__init__()
+        intermediate_size = hidden_size * expansion_factor
+        self.act_mult = act_mult
+        self.linear_1 = Linear(hidden_size, intermediate_size, constraint=None)
+        self.linear_gate = Linear(hidden_size, intermediate_size, constraint=None)
+        self.linear_2 = Linear(intermediate_size, hidden_size, constraint=None, critical=True)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.linear_2(U.silu_glu(self.linear_1(input), self.linear_gate(input), self.act_mult))
+
+
+class MHSA(torch.nn.Module):
+    """Multi-head self-attention: fused ``linear_qkv``, ``U.scaled_dot_product_attention`` (``mult`` = attn_mult),
+    ``linear_o`` (attention-out, a critical FP8 layer). Input and output [batch, seq, hidden]."""
+
+    def __init__(self, hidden_size: int, heads: int, is_causal: bool, dropout_p: float = 0.0, mult: float = 1.0):
+        super().__init__()
+        if heads <= 0 or hidden_size % heads:
+            raise ValueError(f"heads: expected a positive divisor of hidden_size {hidden_size}, got {heads}")
+        self.heads, self.is_causal, self.dropout_p, self.mult = heads, is_causal, dropout_p, mult
+        self.linear_qkv = Linear(hidden_size, 3 * hidden_size)
+        self.linear_o = Linear(hidden_size, hidden_size, critical=True)
+
+    def forward(self, input: Tensor) -> Tensor:
+        batch, seq, hidden = input.shape
+        qkv = self.linear_qkv(input).view(batch, seq, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4)
+        attended = U.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=self.dropout_p,
+                                                  is_causal=self.is_causal, mult=self.mult)
+        return self.linear_o(attended.transpose(1, 2).reshape(batch, seq, hidden))
+
+
+class TransformerLayer(torch.nn.Module):
+    """Pre-norm block, the norm inside each residual branch::
+
+        r, s = residual_split(x, mhsa_tau);  x = residual_add(dropout(mhsa(norm(r))), s, mhsa_tau)
+        r, s = residual_split(x, mlp_tau);   x = residual_add(dropout(mlp(norm(r))), s, mlp_tau)
+    """
+
+    def __init__(self, hidden_size: int, heads: int, mhsa_tau: float, mlp_tau: float, is_causal: bool,
+                 dropout_p: float = 0.0, attn_mult: float = 1.0, act_mult: float = 1.0, expansion_factor: int = 4):
+        super().__init__()
+        self.dropout_p, self.mhsa_tau, self.mlp_tau = dropout_p, mhsa_tau, mlp_tau
+        self.mhsa_norm = RMSNorm(hidden_size)
+        self.mhsa = MHSA(hidden_size, heads, is_causal=is_causal, dropout_p=dropout_p, mult=attn_mult)
+        self.mlp_norm = RMSNorm(hidden_size)
+        self.mlp = MLP(hidden_size, expansion_factor, act_mult)
+
+    def forward(self, input: Tensor) -> Tensor:
+        residual, skip = U.residual_split(input, self.mhsa_tau)
+        residual = U.dropout(self.mhsa(self.mhsa_norm(residual)), self.dropout_p, self.training)
+        input = U.residual_add(residual, skip, self.mhsa_tau)
+        residual, skip = U.residual_split(input, self.mlp_tau)
+        residual = U.dropout(self.mlp(self.mlp_norm(residual)), self.dropout_p, self.training)
+        return U.residual_add(residual, skip, self.mlp_tau)
+
+
+class DepthSequential(torch.nn.Sequential):
+    """A ``Sequential`` whose parameters all get ``mup_scaling_depth = len(self)`` (their LR scales with depth^-1/2)."""
+
+    def __init__(self, *modules: torch.nn.Module):
+        super().__init__(*modules)
+        for name, param in self.named_parameters():
+            if not is_tagged(param):
+                raise ValueError(f"modules: parameter {name} has no u-muP tags (a plain torch module?)")
+            if param.mup_scaling_depth is not None:
+                raise ValueError(f"modules: parameter {name} is already in a depth-scaled container")
+            param.mup_scaling_depth = len(self)
+
+
+class TransformerStack(DepthSequential):
+    """``layers`` transformer layers; layer i gets ``mhsa_tau = rule(2i, 2 layers)`` and
+    ``mlp_tau = rule(2i + 1, 2 layers)``.
+
+    ``residual_scaling`` defaults to ``transformer_residual_scaling_rule(residual_mult, residual_attn_ratio)``.
+    Other keyword arguments go to ``TransformerLayer``.
+    """
+
+    def __init__(self, layers: int, residual_scaling=None, residual_mult: float = 1.0,
+                 residual_attn_ratio: float = 1.0, **layer_arguments):
+        rule = residual_scaling or U.transformer_residual_scaling_rule(residual_mult, residual_attn_ratio)
+        super().__init__(*(TransformerLayer(**layer_arguments, mhsa_tau=rule(2 * i, 2 * layers),
+                                            mlp_tau=rule(2 * i + 1, 2 * layers)) for i in range(layers)))
+
+
+class TransformerDecoder(torch.nn.Sequential):
+    """Decoder-only LM: ``Embedding`` -> ``TransformerStack`` (causal) -> ``RMSNorm`` -> ``LinearReadout``.
+
+    ``forward(ids)`` gives logits [batch, seq, vocab]; ``loss(ids)`` the unit-scaled next-token cross
+    entropy (``U.cross_entropy`` with ``mult = loss_mult``, logits in fp32). No positional encoding,
+    like unit-scaling's demonstration model: causal attention alone tells positions apart.
+    """
+
+    def __init__(self, hidden_size: int, vocab_size: int, layers: int, heads: int, dropout_p: float = 0.0,
+                 residual_scaling=None, *, attn_mult: float = 1.0, act_mult: float = 1.0, residual_mult: float = 1.0,
+                 residual_attn_ratio: float = 1.0, loss_mult: float = 1.0, expansion_factor: int = 4,
+                 fp8: str = "off"):
+        super().__init__()
+        self.loss_mult = loss_mult
+        self.embedding = Embedding(vocab_size, hidden_size)
+        self.layers = TransformerStack(layers, residual_scaling, residual_mult, residual_attn_ratio,
+                                       hidden_size=hidden_size, heads=heads, is_causal=True, dropout_p=dropout_p,
+                                       attn_mult=attn_mult, act_mult=act_mult, expansion_factor=expansion_factor)
+        self.final_norm = RMSNorm(hidden_size)
+        self.projection = LinearReadout(hidden_size, vocab_size)
+        set_fp8(self, fp8)
+
+    def loss(self, input_ids: Tensor) -> Tensor:
+        """Mean next-token cross entropy of ``input_ids`` [batch, seq] (unit-scaled gradients)."""
+        logits = self(input_ids).float()
+        return U.cross_entropy(logits[..., :-1, :].flatten(end_dim=-2), input_ids[..., 1:].flatten(),
+                               mult=self.loss_mult)
+
+
+def set_fp8(model: torch.nn.Module, scheme: str) -> torch.nn.Module:
+    """Switch the hidden ``Linear`` layers of ``model`` to FP8: ``"off"``, ``"partial"`` (all but the
+    critical attention-out and FFN-down layers) or ``"all"``. Returns ``model``."""
+    if scheme not in FP8_SCHEMES:
+        raise ValueError(f"scheme: expected one of {', '.join(FP8_SCHEMES)}; got {scheme!r}")
+    for module in model.modules():
+        if isinstance(module, Linear) and not isinstance(module, LinearReadout):
+            module.fp8 = scheme == "all" or (scheme == "partial" and not module.critical)
+    return model
