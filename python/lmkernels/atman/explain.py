@@ -31,13 +31,14 @@ from lmkernels.atman.units import Unit, build_units
 def explain(model, prompt, target, *, tokenizer=None, units="token", factor: float = 0.1,
             form: str = "log_additive", layers=None, factor_min: str = "causal",
             conceptual_threshold: float | None = None, postprocessing: str = "none", normalize: bool = False,
-            batch_size: int = 16, prefix_reuse: bool = True) -> Explanation:
+            batch_size: int = 16, batch_tokens: int = 8192, prefix_reuse: bool = True) -> Explanation:
     """Explain ``target`` (text or token ids) as a continuation of ``prompt`` under causal ``model``.
 
     ``model``: ``lmkernels.nn.CausalLM`` or a Hugging Face causal LM (with its fast ``tokenizer`` for
     text); ``units``: see ``lmkernels.atman.units``; ``factor``, ``form``, ``layers``, ``factor_min``,
     ``conceptual_threshold``: see ``lmkernels.atman.suppression``; ``postprocessing``, ``normalize``:
-    see ``lmkernels.atman.scoring``; ``batch_size`` perturbed passes run together.
+    see ``lmkernels.atman.scoring``. At most ``batch_size`` perturbed passes run together, and at most
+    ``batch_tokens`` recomputed positions in all (one pass at least), which bounds the memory of a batch.
     """
     adapter = adapter_for(model, tokenizer)
     if not adapter.causal:
@@ -63,9 +64,8 @@ def explain(model, prompt, target, *, tokenizer=None, units="token", factor: flo
         starts = _first_suppressed(factors, unit_list)
         order = sorted(range(len(unit_list)), key=starts.__getitem__)
         perturbed = torch.empty(len(unit_list), len(target_tokens), device=device)
-        for first in range(0, len(order), batch_size):
-            chunk = order[first:first + batch_size]
-            start = min(starts[i] for i in chunk) if prefix_reuse else 0
+        for chunk, start in _batches(order, starts if prefix_reuse else [0] * len(starts), length, batch_size,
+                                     batch_tokens):
             arguments = suppression.attention_arguments(factors[chunk].to(device))
             logits = adapter.perturbed(ids, start, arguments, rows, clean_state)
             perturbed[chunk] = token_losses(logits, targets)
@@ -118,6 +118,22 @@ def _settings(adapter, factor, form, layers, factor_min, conceptual_threshold, p
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     return suppression
+
+
+def _batches(order: list[int], starts: list[int], length: int, batch_size: int, batch_tokens: int):
+    """(units, start) per batch: units in ``order`` (by start), at most ``batch_size`` of them and
+    ``batch_tokens`` recomputed positions (length - start each, start the batch's first)."""
+    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
+        raise ValueError(f"batch_tokens: expected a positive int, got {batch_tokens!r}")
+    chunk: list[int] = []
+    for unit in order:
+        start = starts[chunk[0]] if chunk else starts[unit]
+        if chunk and (len(chunk) == batch_size or (len(chunk) + 1) * (length - start) > batch_tokens):
+            yield chunk, start
+            chunk = []
+        chunk.append(unit)
+    if chunk:
+        yield chunk, starts[chunk[0]]
 
 
 def _tokens(adapter, text, name: str, is_prompt: bool) -> Tokens:
