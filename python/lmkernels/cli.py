@@ -5,6 +5,7 @@
     lmk bench [--quick] ...  the microbenchmark suite against the strongest peers
     lmk tfree train ...      train a small T-FREE LM on a text file (reference script)
     lmk dtm ...              Divergent Token Metrics: sweep and sparsify a small LM (reference script)
+    lmk explain ...          AtMan: explain a model's output by attention suppression (embedded defaults)
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def _tfree_train(args: argparse.Namespace) -> int:
 
 def _dtm(args: argparse.Namespace) -> int:
     from lmkernels.dtm.cli import run
+
+    return run(args)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from lmkernels.atman.cli import run
 
     return run(args)
 
@@ -131,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
 
     add_dtm_arguments(dtm)
     dtm.set_defaults(run=_dtm)
+
+    explain = commands.add_parser("explain", help="AtMan: which input tokens a model's output rests on "
+                                                  "(default: a small in-context recall model, seconds on a CPU)")
+    from lmkernels.atman.cli import add_arguments as add_explain_arguments
+
+    add_explain_arguments(explain)
+    explain.set_defaults(run=_explain)
 
     args = parser.parse_args(argv)
     return args.run(args)

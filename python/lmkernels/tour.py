@@ -4,7 +4,8 @@ The build; the embedding-bag kernel (the T-FREE input embedding) agreeing with t
 against it, and learning something: a bag-of-words classifier that tells from a standard-library
 docstring which module wrote it; then T-FREE: exact splitting, trigram hashing, encoding speed and
 a small language model trained and sampled; Divergent Token Metrics: one component sweep of a
-small byte-level LM. Later methods add their own stops.
+small byte-level LM; AtMan: which prompt token a small recall model's answer rests on. Later methods
+add their own stops.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import lmkernels
 from lmkernels import data
 from lmkernels.nn import EmbeddingBag
+from lmkernels.atman import tour as atman_tour
 from lmkernels.dtm import tour as dtm_tour
 from lmkernels.ops import embedding_bag
 from lmkernels.tfree import tour as tfree_tour
@@ -129,5 +131,6 @@ def run_tour(seed: int = 0) -> int:
     _docstring_classifier(generator)
     tfree_tour.run(_section)
     dtm_tour.run(_section)
+    atman_tour.run(_section)
     print(f"\ntour finished in {time.perf_counter() - start:.1f} s")
     return 0

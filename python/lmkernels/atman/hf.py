@@ -81,6 +81,8 @@ class _HFModel(Adapter):
         return self.model.get_input_embeddings().weight.device
 
     def tokens(self, text, name: str, is_prompt: bool) -> Tokens:
+        if isinstance(text, Tokens):
+            return text
         if not isinstance(text, str):
             return from_ids(text, name)
         if self.tokenizer is None:

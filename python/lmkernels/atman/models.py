@@ -41,6 +41,8 @@ class LMKernelsCausalLM(Adapter):
         self.vocab_size = model.vocab_size
 
     def tokens(self, text, name: str, is_prompt: bool) -> Tokens:
+        if isinstance(text, Tokens):
+            return text
         if not isinstance(text, str):
             return from_ids(text, name)
         if self.tokenizer is None:
