@@ -22,3 +22,5 @@ def test_tour_runs_and_learns(capsys):
     first, last = map(float, re.search(r"held-out loss: step \d+: ([\d.]+),.* step \d+: ([\d.]+)\n", out).groups())
     assert last < 0.8 * first  # the T-FREE model learns
     assert "FDT(F, F) = 32 (no divergence" in out
+    ranked_first = int(re.search(r"the queried pair ranks first in (\d+) of 16 probes", out).group(1))
+    assert ranked_first >= 14  # AtMan finds the token the recall model's answer rests on
