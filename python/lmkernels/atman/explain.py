@@ -9,7 +9,7 @@ Prefix reuse (``prefix_reuse=True``): units are sorted by their first suppressed
 batched in that order; a batch recomputes positions min p_u .. S-1 only, reading the clean pass's
 keys/values before that. In a causal model nothing before p_u depends on the suppressed keys, so the
 result is the full recomputation's (``prefix_reuse=False`` runs that, for checking). Only the T
-target rows go through the LM head.
+target rows go through the LM head, a few passes at a time.
 
 ``explain_similarity`` (encoders) explains the cosine similarity between the mean-pooled embedding of
 a document and that of a query: R[u] = cos(clean) - cos(u suppressed); the query is not perturbed.
@@ -57,8 +57,8 @@ def explain(model, prompt, target, *, tokenizer=None, units="token", factor: flo
     rows = torch.arange(len(prompt_tokens) - 1, length, device=device)
     with torch.no_grad():
         factors = _factors(adapter, suppression, unit_list, ids)
-        clean_logits, clean_state = adapter.clean(ids, rows)
-        clean = token_losses(clean_logits, targets)
+        clean_hidden, clean_state = adapter.clean(ids, rows)
+        clean = token_losses(adapter.logits(clean_hidden), targets)
         if not torch.isfinite(clean).all():
             raise ValueError("model: the clean pass gave non-finite logits")
         starts = _first_suppressed(factors, unit_list)
@@ -67,8 +67,8 @@ def explain(model, prompt, target, *, tokenizer=None, units="token", factor: flo
         for chunk, start in _batches(order, starts if prefix_reuse else [0] * len(starts), length, batch_size,
                                      batch_tokens):
             arguments = suppression.attention_arguments(factors[chunk].to(device))
-            logits = adapter.perturbed(ids, start, arguments, rows, clean_state)
-            perturbed[chunk] = token_losses(logits, targets)
+            hidden = adapter.perturbed(ids, start, arguments, rows, clean_state)
+            perturbed[chunk] = _losses(adapter, hidden, targets, per_slice=max(1, length // (2 * len(targets))))
     return Explanation(prompt_tokens, [target_tokens.piece(i) for i in range(len(target_tokens))], unit_list,
                        (perturbed - clean).cpu(), clean.cpu(), "cross-entropy", postprocessing, normalize)
 
@@ -153,6 +153,12 @@ def _check_length(adapter, length: int, what: str) -> None:
 def _factors(adapter, suppression: Suppression, units: list[Unit], ids: Tensor) -> Tensor:
     embeddings = adapter.embeddings(ids) if suppression.conceptual_threshold is not None else None
     return suppression.factors(units, len(ids), embeddings)
+
+
+def _losses(adapter, hidden: Tensor, targets: Tensor, per_slice: int) -> Tensor:
+    """Target losses [B, T] from final hidden states [B, T, dim], ``per_slice`` passes through the LM head
+    at a time: their logits and log-softmax then hold at most S x V values, one clean forward's logits."""
+    return torch.cat([token_losses(adapter.logits(part), targets) for part in hidden.split(per_slice)])
 
 
 def _first_suppressed(factors: Tensor, units: list[Unit]) -> list[int]:

@@ -110,7 +110,7 @@ class HFCausalLM(_HFModel):
         record: list[tuple[Tensor, Tensor]] = []
         hidden = self._run(_Pass(True, KeySuppression(), record=record), input_ids=ids[None],
                            position_ids=torch.arange(len(ids), device=ids.device)[None])
-        return self.model.get_output_embeddings()(hidden[0, rows]), record
+        return hidden[0, rows], record
 
     def perturbed(self, ids: Tensor, start: int, suppression: KeySuppression, rows: Tensor,
                   clean: list[tuple[Tensor, Tensor]] | None) -> Tensor:
@@ -119,7 +119,10 @@ class HFCausalLM(_HFModel):
         positions = torch.arange(start, len(ids), device=ids.device)
         hidden = self._run(_Pass(True, suppression, prefix=prefix), input_ids=ids[start:].expand(batch, -1),
                            position_ids=positions.expand(batch, -1))
-        return self.model.get_output_embeddings()(hidden[:, rows - start])
+        return hidden[:, rows - start]
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.model.get_output_embeddings()(hidden)
 
 
 class HFEncoder(_HFModel):

@@ -4,7 +4,8 @@ A causal adapter runs the clean pass once, keeping every layer's keys/values, an
 passes that recompute only the positions from ``start`` on: queries there attend to the clean keys
 / values before ``start`` (shared by the batch, ``prefix_k`` / ``prefix_v``) and to their own. In a
 causal model suppressing keys >= ``start`` cannot change anything before ``start``, so this equals
-the full recomputation exactly. Logits are computed at the target rows only.
+the full recomputation exactly. Passes return final hidden states at the target rows only, which
+``logits`` turns into logits (a few passes at a time, so that a batch never holds [B, T, V] at once).
 
 An encoder adapter (bidirectional, see ``lmkernels.atman.hf``) returns mean-pooled embeddings of
 whole perturbed passes; nothing can be reused there.
@@ -60,18 +61,22 @@ class LMKernelsCausalLM(Adapter):
         return self.model.embedding(ids)
 
     def clean(self, ids: Tensor, rows: Tensor) -> tuple[Tensor, KVCache]:
-        """Logits [T, V] at ``rows`` of the unperturbed pass over ``ids`` [S], and its keys/values."""
+        """Final hidden states [T, dim] at ``rows`` of the unperturbed pass over ``ids`` [S], and its keys/values."""
         cache = self.model.new_cache()
         hidden = self._decode(ids[None], 0, KeySuppression(), None, cache)
-        return self.model.head(hidden[0, rows]), cache
+        return hidden[0, rows], cache
 
     def perturbed(self, ids: Tensor, start: int, suppression: KeySuppression, rows: Tensor,
                   clean: KVCache | None) -> Tensor:
-        """Logits [B, T, V] at ``rows`` with ``suppression`` ([B, S] per key), recomputing ``start``..S-1."""
+        """Final hidden states [B, T, dim] at ``rows`` with ``suppression`` ([B, S] per key), recomputing
+        ``start``..S-1."""
         batch = (suppression.key_bias if suppression.key_bias is not None else suppression.key_factor).shape[0]
         prefix = clean.prefix(start) if start > 0 else None
         hidden = self._decode(ids[start:].expand(batch, -1), start, suppression, prefix, None)
-        return self.model.head(hidden[:, rows - start])
+        return hidden[:, rows - start]
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.model.head(hidden)
 
     def _decode(self, tokens: Tensor, start: int, suppression: KeySuppression, prefix: KVCache | None,
                 cache: KVCache | None) -> Tensor:
