@@ -31,14 +31,16 @@ from lmkernels.atman.units import Unit, build_units
 def explain(model, prompt, target, *, tokenizer=None, units="token", factor: float = 0.1,
             form: str = "log_additive", layers=None, factor_min: str = "causal",
             conceptual_threshold: float | None = None, postprocessing: str = "none", normalize: bool = False,
-            batch_size: int = 16, batch_tokens: int = 8192, prefix_reuse: bool = True) -> Explanation:
+            batch_size: int = 16, batch_tokens: int | None = None, prefix_reuse: bool = True) -> Explanation:
     """Explain ``target`` (text or token ids) as a continuation of ``prompt`` under causal ``model``.
 
     ``model``: ``lmkernels.nn.CausalLM`` or a Hugging Face causal LM (with its fast ``tokenizer`` for
     text); ``units``: see ``lmkernels.atman.units``; ``factor``, ``form``, ``layers``, ``factor_min``,
     ``conceptual_threshold``: see ``lmkernels.atman.suppression``; ``postprocessing``, ``normalize``:
     see ``lmkernels.atman.scoring``. At most ``batch_size`` perturbed passes run together, and at most
-    ``batch_tokens`` recomputed positions in all (one pass at least), which bounds the memory of a batch.
+    ``batch_tokens`` recomputed positions in all (one pass at least; default 4 S), which bounds a batch's
+    activations to those of about four clean passes; with the LM head run on T rows instead of S, the
+    peak stays near that of one clean forward.
     """
     adapter = adapter_for(model, tokenizer)
     if not adapter.causal:
@@ -65,7 +67,7 @@ def explain(model, prompt, target, *, tokenizer=None, units="token", factor: flo
         order = sorted(range(len(unit_list)), key=starts.__getitem__)
         perturbed = torch.empty(len(unit_list), len(target_tokens), device=device)
         for chunk, start in _batches(order, starts if prefix_reuse else [0] * len(starts), length, batch_size,
-                                     batch_tokens):
+                                     4 * length if batch_tokens is None else batch_tokens):
             arguments = suppression.attention_arguments(factors[chunk].to(device))
             hidden = adapter.perturbed(ids, start, arguments, rows, clean_state)
             perturbed[chunk] = _losses(adapter, hidden, targets, per_slice=max(1, length // (2 * len(targets))))
