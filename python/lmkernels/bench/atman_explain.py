@@ -198,3 +198,32 @@ def peak_memory_ratio(quick: bool = False, device: str = "cpu", tiny: bool = Fal
     ours = peak_tensor_bytes(lambda: explain(model, prompt, target, factor=FACTOR)) / 2**20
     clean = peak_tensor_bytes(clean_forward) / 2**20
     return {"explain_mib": ours, "clean_forward_mib": clean, "ratio": ours / clean}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One timed run of each side (the peers on their samples, scaled) and the memory ratio: the
+    full case takes minutes where ``lmk bench``'s repeats would take an hour on a small CPU."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    for case in cases(args.quick, args.device):
+        case.ours_fn()  # builds the model and warms up
+        seconds = []
+        for fn in (case.ours_fn, case.peer_fn):
+            start = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - start)
+        ours, peer = seconds[0], seconds[1] * case.peer_scale
+        print(f"{case.case} | ours {ours:.2f} s | {case.peer} {peer:.2f} s | {peer / ours:.2f}x", flush=True)
+    record = peak_memory_ratio(args.quick, args.device)
+    print(f"peak memory: explain {record['explain_mib']:.1f} MiB, one clean forward at batch 1 "
+          f"{record['clean_forward_mib']:.1f} MiB: {record['ratio']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
