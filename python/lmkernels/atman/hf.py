@@ -21,7 +21,7 @@ Sequences are single and unpadded, so transformers' attention masks are not need
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -41,7 +41,7 @@ class _Pass:
     suppression: KeySuppression
     prefix: list[tuple[Tensor, Tensor]] | None = None
     record: list[tuple[Tensor, Tensor]] | None = None
-    layer: int = field(default=0)
+    layer: int = 0
 
 
 _PASS: contextvars.ContextVar[_Pass | None] = contextvars.ContextVar("lmk_atman_pass", default=None)
