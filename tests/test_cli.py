@@ -26,3 +26,5 @@ def test_tour_runs_and_learns(capsys):
     assert len(umup) == 2  # u-muP in fp32, then with its hidden linears in FP8
     (fp32_first, _, fp32_heldout), (_, _, fp8_heldout) = [tuple(map(float, run)) for run in umup]
     assert fp32_heldout < 0.7 * fp32_first and abs(fp8_heldout - fp32_heldout) < 0.05 * fp32_heldout
+    ranked_first = int(re.search(r"the queried pair ranks first in (\d+) of 16 probes", out).group(1))
+    assert ranked_first >= 14  # AtMan finds the token the recall model's answer rests on

@@ -7,6 +7,7 @@
     lmk hat train ...        train a small HAT, compare its noise robustness with BPE (reference script)
     lmk dtm ...              Divergent Token Metrics: sweep and sparsify a small LM (reference script)
     lmk umup sweep ...       u-muP: learning-rate sweeps across widths, SP against u-muP, and FP8 (reference script)
+    lmk explain ...          AtMan: explain a model's output by attention suppression (embedded defaults)
 """
 
 from __future__ import annotations
@@ -86,6 +87,12 @@ def _umup(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from lmkernels.atman.cli import run
+
+    return run(args)
+
+
 def _plot_losses(result, path: str) -> None:
     try:
         import matplotlib
@@ -161,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
 
     add_umup_arguments(umup)
     umup.set_defaults(run=_umup)
+    explain = commands.add_parser("explain", help="AtMan: which input tokens a model's output rests on "
+                                                  "(default: a small in-context recall model, seconds on a CPU)")
+    from lmkernels.atman.cli import add_arguments as add_explain_arguments
+
+    add_explain_arguments(explain)
+    explain.set_defaults(run=_explain)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -5,7 +5,8 @@ against it, and learning something: a bag-of-words classifier that tells from a 
 docstring which module wrote it; then T-FREE: exact splitting, trigram hashing, encoding speed and
 a small language model trained and sampled; HAT: exact splitting, its speed and a small HAT model
 trained and sampled; Divergent Token Metrics: one component sweep of a small byte-level LM; u-muP:
-unit scale at initialisation and FP8 training next to fp32. Later methods add their own stops.
+unit scale at initialisation and FP8 training next to fp32; AtMan: which prompt token a small recall
+model's answer rests on. Later methods add their own stops.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import lmkernels
 from lmkernels import data
 from lmkernels.nn import EmbeddingBag
+from lmkernels.atman import tour as atman_tour
 from lmkernels.dtm import tour as dtm_tour
 from lmkernels.hat import tour as hat_tour
 from lmkernels.ops import embedding_bag
@@ -134,5 +136,6 @@ def run_tour(seed: int = 0) -> int:
     hat_tour.run(_section)
     dtm_tour.run(_section)
     umup_tour.run(_section)
+    atman_tour.run(_section)
     print(f"\ntour finished in {time.perf_counter() - start:.1f} s")
     return 0

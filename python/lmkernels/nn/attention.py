@@ -5,9 +5,16 @@
 
 ``allowed`` [batch, queries, keys] (True = may attend) overrides the default causal mask, for
 example to reset attention at document boundaries in packed training sequences.
+
+``suppression`` (a ``KeySuppression``: AtMan's per-key bias or factor) and ``prefix`` (a ``KVCache``
+of batch 1 holding keys/values shared by every batch item, which then computes only its own suffix
+positions) route the pass through ``lmkernels.ops.attention`` instead of SDPA; without them the
+module behaves as plain causal SDPA attention.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +22,26 @@ from torch import Tensor
 
 from lmkernels.nn.kv_cache import KVCache
 from lmkernels.nn.rotary import RotaryEmbedding
+from lmkernels.ops import attention
+
+
+@dataclass(frozen=True)
+class KeySuppression:
+    """Per-(batch item, key) attention suppression, as ``lmkernels.ops.attention`` applies it.
+
+    ``key_bias`` [B, keys] is added to the scaled logits (log-additive AtMan: log c); ``key_factor``
+    [B, keys] scales them about the row minimum over ``factor_min`` keys (the paper's form). ``keys``
+    counts every key a query may see: the shared prefix, the cache and the new positions. ``layers``
+    names the layer indices it acts in (None: all); elsewhere attention is unsuppressed.
+    """
+
+    key_bias: Tensor | None = None
+    key_factor: Tensor | None = None
+    factor_min: str = "causal"
+    layers: frozenset[int] | None = None
+
+    def acts_in(self, layer: int) -> bool:
+        return self.layers is None or layer in self.layers
 
 
 class SelfAttention(torch.nn.Module):
@@ -33,13 +60,17 @@ class SelfAttention(torch.nn.Module):
         self.rotary = RotaryEmbedding(self.head_dim, rope_base)
 
     def forward(self, x: Tensor, positions: Tensor, allowed: Tensor | None = None,
-                cache: KVCache | None = None, layer: int = 0) -> Tensor:
+                cache: KVCache | None = None, layer: int = 0, suppression: KeySuppression | None = None,
+                prefix: KVCache | None = None) -> Tensor:
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = self.rotary(q, positions.unsqueeze(1))
         k = self.rotary(k, positions.unsqueeze(1))
+        if suppression is not None or prefix is not None:
+            out = self._suppressed(q, k, v, allowed, cache, layer, suppression, prefix)
+            return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
         past = 0
         if cache is not None:
             past = cache.seen(layer)
@@ -54,3 +85,19 @@ class SelfAttention(torch.nn.Module):
             allowed = allowed.unsqueeze(1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+    def _suppressed(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, cache: KVCache | None, layer: int,
+                    suppression: KeySuppression | None, prefix: KVCache | None) -> Tensor:
+        """Causal attention through ``lmkernels.ops.attention`` with the suppression of this layer."""
+        if allowed is not None:
+            raise ValueError("allowed: a custom mask cannot be combined with suppression or prefix")
+        if prefix is not None and cache is not None:
+            raise ValueError("prefix: cannot be combined with a cache")
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        active = suppression if suppression is not None and suppression.acts_in(layer) else KeySuppression()
+        prefix_k = prefix_v = None
+        if prefix is not None:
+            prefix_k, prefix_v = prefix.keys[layer], prefix.values[layer]
+        return attention(q, k, v, causal=True, key_bias=active.key_bias, key_factor=active.key_factor,
+                         factor_min=active.factor_min, prefix_k=prefix_k, prefix_v=prefix_v)

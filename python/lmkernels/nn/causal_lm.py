@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from lmkernels.nn.attention import KeySuppression
 from lmkernels.nn.decoder import Decoder, DecoderConfig
 from lmkernels.nn.kv_cache import KVCache
 
@@ -43,12 +44,14 @@ class CausalLM(torch.nn.Module):
         return self.decoder.new_cache()
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: KVCache | None = None,
-                allowed: Tensor | None = None) -> Tensor:
+                allowed: Tensor | None = None, suppression: KeySuppression | None = None,
+                prefix: KVCache | None = None) -> Tensor:
         """Logits [B, S, V] of ``tokens`` [B, S].
 
-        ``positions`` [B, S] default to the positions that follow the cache (0, 1, ... without one);
-        ``allowed`` [B, S, cached + S] (True = may attend) replaces the causal mask, for example to
-        keep left padding out of attention.
+        ``positions`` [B, S] default to the positions that follow the cache or the shared prefix (0, 1,
+        ... without one); ``allowed`` [B, S, cached + S] (True = may attend) replaces the causal mask,
+        for example to keep left padding out of attention; ``suppression`` and ``prefix``: AtMan's
+        per-key suppression and a shared clean prefix (see ``SelfAttention``).
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens: expected [B, S], got shape {list(tokens.shape)}")
@@ -57,11 +60,11 @@ class CausalLM(torch.nn.Module):
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
             raise IndexError(f"tokens: expected values in [0, {self.vocab_size})")
         if positions is None:
-            start = 0 if cache is None else cache.length
+            start = cache.length if cache is not None else prefix.length if prefix is not None else 0
             positions = torch.arange(start, start + tokens.shape[1], device=tokens.device).expand_as(tokens)
         elif positions.shape != tokens.shape:
             raise ValueError(f"positions: expected shape {list(tokens.shape)}, got {list(positions.shape)}")
-        return self.head(self.decoder(self.embedding(tokens), positions, allowed, cache))
+        return self.head(self.decoder(self.embedding(tokens), positions, allowed, cache, suppression, prefix))
 
 
 class ByteTokenizer:

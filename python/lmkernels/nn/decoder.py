@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lmkernels.nn.attention import SelfAttention
+from lmkernels.nn.attention import KeySuppression, SelfAttention
 from lmkernels.nn.kv_cache import KVCache
 from lmkernels.nn.rms_norm import RMSNorm
 from lmkernels.nn.swiglu import SwiGLU
@@ -41,13 +41,14 @@ class DecoderLayer(torch.nn.Module):
         self.mlp = SwiGLU(config.dim, config.hidden_dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, positions: Tensor, allowed: Tensor | None, cache: KVCache | None,
-                layer: int) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), positions, allowed, cache, layer)
+                layer: int, suppression: KeySuppression | None = None, prefix: KVCache | None = None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), positions, allowed, cache, layer, suppression, prefix)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class Decoder(torch.nn.Module):
-    """``forward(x [B, S, dim], positions [B, S], allowed=None, cache=None) -> [B, S, dim]``."""
+    """``forward(x [B, S, dim], positions [B, S], allowed=None, cache=None, suppression=None, prefix=None)
+    -> [B, S, dim]`` (``suppression`` and ``prefix``: see ``SelfAttention``)."""
 
     def __init__(self, config: DecoderConfig, device=None, dtype=None):
         super().__init__()
@@ -59,7 +60,8 @@ class Decoder(torch.nn.Module):
         return KVCache(len(self.layers))
 
     def forward(self, x: Tensor, positions: Tensor, allowed: Tensor | None = None,
-                cache: KVCache | None = None) -> Tensor:
+                cache: KVCache | None = None, suppression: KeySuppression | None = None,
+                prefix: KVCache | None = None) -> Tensor:
         for index, layer in enumerate(self.layers):
-            x = layer(x, positions, allowed, cache, index)
+            x = layer(x, positions, allowed, cache, index, suppression, prefix)
         return self.norm(x)

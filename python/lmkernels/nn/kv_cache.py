@@ -33,3 +33,12 @@ class KVCache:
             values = torch.cat((self.values[layer], values), dim=2)
         self.keys[layer], self.values[layer] = keys, values
         return keys, values
+
+    def prefix(self, length: int) -> KVCache:
+        """A cache of the first ``length`` positions of this one (views, nothing copied)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"length: expected 0..{self.length}, got {length}")
+        prefix = KVCache(len(self.keys))
+        prefix.keys = [keys[:, :, :length] for keys in self.keys]
+        prefix.values = [values[:, :, :length] for values in self.values]
+        return prefix

@@ -1,0 +1,151 @@
+"""Hugging Face ``transformers`` models as AtMan subjects (the ``hf`` extra).
+
+The explainer registers one attention function, ``"lmk_atman"``, in transformers' attention
+interface (``AttentionInterface.register``) and switches the model to it for the duration of a pass
+(``set_attn_implementation``), then back. The function sends every layer's attention through
+``lmkernels.ops.attention`` with the suppression of the pass, which it reads from a context
+variable set around the model call (so nothing is threaded through the model's signature):
+
+- causal LMs (Llama, GPT-2, ... families: a ``*ForCausalLM`` / ``*LMHeadModel``): the clean pass
+  records each layer's keys/values; perturbed passes feed only the suffix tokens with their
+  ``position_ids`` and read the clean prefix as ``prefix_k`` / ``prefix_v``; logits come from the
+  output embedding applied to the target rows of ``model.base_model``'s last hidden state (so
+  models that post-process logits, e.g. with soft-capping, are not supported);
+- encoders (BERT family, ``is_decoder`` false, no LM head): bidirectional attention, the output is
+  the mean over positions of the last hidden state (sentence-transformers' mean pooling).
+
+Sequences are single and unpadded, so transformers' attention masks are not needed and are ignored
+(the model is asked for none); layers are numbered in the order they run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import AttentionInterface, PreTrainedModel
+
+from lmkernels.atman.models import Adapter
+from lmkernels.atman.tokens import Tokens, from_ids, hf_tokens
+from lmkernels.nn import KeySuppression
+from lmkernels.ops import attention
+
+IMPLEMENTATION = "lmk_atman"
+
+
+@dataclass
+class _Pass:
+    causal: bool
+    suppression: KeySuppression
+    prefix: list[tuple[Tensor, Tensor]] | None = None
+    record: list[tuple[Tensor, Tensor]] | None = None
+    layer: int = 0
+
+
+_PASS: contextvars.ContextVar[_Pass | None] = contextvars.ContextVar("lmk_atman_pass", default=None)
+
+
+def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+               **kwargs):
+    run = _PASS.get()
+    if run is None:
+        raise RuntimeError(f"attn_implementation {IMPLEMENTATION!r} only runs inside lmkernels.atman explainers")
+    layer, run.layer = run.layer, run.layer + 1
+    if run.record is not None:
+        run.record.append((key, value))
+    prefix_k, prefix_v = run.prefix[layer] if run.prefix is not None else (None, None)
+    active = run.suppression if run.suppression.acts_in(layer) else KeySuppression()
+    out = attention(query, key, value, causal=run.causal, scale=scaling, key_bias=active.key_bias,
+                    key_factor=active.key_factor, factor_min=active.factor_min, prefix_k=prefix_k, prefix_v=prefix_v)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(IMPLEMENTATION, _attention)
+
+
+class _HFModel(Adapter):
+    def __init__(self, model: PreTrainedModel, tokenizer):
+        if tokenizer is not None and not getattr(tokenizer, "is_fast", False):
+            raise TypeError("tokenizer: expected a Hugging Face fast tokenizer (character offsets are needed)")
+        self.model = model
+        self.tokenizer = tokenizer
+        config = model.config
+        self.num_layers = config.num_hidden_layers
+        self.vocab_size = model.get_input_embeddings().num_embeddings
+        self.max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def tokens(self, text, name: str, is_prompt: bool) -> Tokens:
+        if isinstance(text, Tokens):
+            return text
+        if not isinstance(text, str):
+            return from_ids(text, name)
+        if self.tokenizer is None:
+            raise TypeError(f"{name}: text needs the model's tokenizer (pass tokenizer=, or token ids)")
+        return hf_tokens(self.tokenizer, text, add_special_tokens=is_prompt)
+
+    def embeddings(self, ids: Tensor) -> Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def _run(self, run: _Pass, **inputs) -> Tensor:
+        previous = self.model.config._attn_implementation
+        token = _PASS.set(run)
+        self.model.set_attn_implementation(IMPLEMENTATION)
+        try:
+            return self.model.base_model(**inputs, use_cache=False).last_hidden_state
+        finally:
+            self.model.set_attn_implementation(previous)
+            _PASS.reset(token)
+
+
+class HFCausalLM(_HFModel):
+    causal = True
+
+    def clean(self, ids: Tensor, rows: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        record: list[tuple[Tensor, Tensor]] = []
+        hidden = self._run(_Pass(True, KeySuppression(), record=record), input_ids=ids[None],
+                           position_ids=torch.arange(len(ids), device=ids.device)[None])
+        return hidden[0, rows], record
+
+    def perturbed(self, ids: Tensor, start: int, suppression: KeySuppression, rows: Tensor,
+                  clean: list[tuple[Tensor, Tensor]] | None) -> Tensor:
+        batch = (suppression.key_bias if suppression.key_bias is not None else suppression.key_factor).shape[0]
+        prefix = [(k[:, :, :start], v[:, :, :start]) for k, v in clean] if start > 0 else None
+        positions = torch.arange(start, len(ids), device=ids.device)
+        hidden = self._run(_Pass(True, suppression, prefix=prefix), input_ids=ids[start:].expand(batch, -1),
+                           position_ids=positions.expand(batch, -1))
+        return hidden[:, rows - start]
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.model.get_output_embeddings()(hidden)
+
+
+class HFEncoder(_HFModel):
+    causal = False
+
+    def pooled(self, ids: Tensor, suppression: KeySuppression) -> Tensor:
+        """Mean-pooled last hidden states [B, dim] of ``ids`` [S] under ``suppression`` ([B, S] per key)."""
+        tensor = suppression.key_bias if suppression.key_bias is not None else suppression.key_factor
+        batch = 1 if tensor is None else tensor.shape[0]
+        hidden = self._run(_Pass(False, suppression), input_ids=ids.expand(batch, -1))
+        return hidden.float().mean(dim=1)
+
+
+def hf_adapter(model: PreTrainedModel, tokenizer) -> _HFModel:
+    """``HFCausalLM`` for a model with an LM head that is a decoder, ``HFEncoder`` for a bidirectional encoder."""
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        raise TypeError(f"model: encoder-decoder models ({type(model).__name__}) are not supported")
+    head = model.get_output_embeddings()
+    if head is not None and type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        return HFCausalLM(model, tokenizer)
+    causal_attention = any(getattr(module, "is_causal", False) is True for module in model.modules())
+    if head is None and not causal_attention and not getattr(config, "is_decoder", False):
+        return HFEncoder(model, tokenizer)
+    raise TypeError(f"model: {type(model).__name__} is neither a causal LM (*ForCausalLM, *LMHeadModel) nor a "
+                    "bare encoder (e.g. BertModel)")

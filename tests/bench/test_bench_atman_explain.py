@@ -1,0 +1,39 @@
+"""The AtMan explanation benchmark at smoke-test size: every side runs and the peers agree with ours."""
+
+import torch
+
+from lmkernels.atman import explain
+from lmkernels.bench import atman_explain
+
+
+def test_tiny_cases_run_and_agree():
+    cases = atman_explain.cases(quick=False, device="cpu", tiny=True)
+    assert [case.kernel for case in cases] == ["atman_explain"] * 3
+    official, captum, memory = cases
+    assert official.peer_scale == 13 / 4 and "official" in official.peer and "captum" in captum.peer
+    ours = official.ours_fn()
+    sampled = official.peer_fn()  # units 0, 4, 8 of 12
+    assert ours.relevance.shape == (12, 3) and sampled.shape == (3, 3)
+    model, prompt, target = atman_explain.setup(atman_explain._TINY, "cpu")
+    paper_form = explain(model, prompt, target, form="multiplicative", factor_min="all")
+    torch.testing.assert_close(paper_form.relevance[::4], sampled, atol=3e-5, rtol=0)
+    assert captum.peer_fn().shape == (3, 3)  # per target token, per sampled unit
+    assert memory.peer_fn().shape == (1, 14, 64)
+
+
+def test_peak_memory_ratio_is_measured():
+    record = atman_explain.peak_memory_ratio(tiny=True)
+    assert record["explain_mib"] > 0 and record["clean_forward_mib"] > 0
+    assert record["ratio"] == record["explain_mib"] / record["clean_forward_mib"]
+
+
+def test_tensor_memory_counts_live_tensors_only():
+    from lmkernels.bench.tensor_memory import peak_tensor_bytes
+
+    def steps():
+        first = torch.ones(1000)  # 4000 bytes
+        second = first * 2  # 8000 live
+        del first
+        return (second + 1).view(-1)  # 8000 live again: the peak stays 8000
+
+    assert peak_tensor_bytes(steps) == 8000
