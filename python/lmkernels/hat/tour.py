@@ -36,7 +36,7 @@ def run(section) -> None:
     _train_a_little(splitter, documents)
 
 
-def _train_a_little(splitter: HATRuleSplitter, documents: list[str], steps: int = 30) -> None:
+def _train_a_little(splitter: HATRuleSplitter, documents: list[str], steps: int = 200) -> None:
     torch.manual_seed(0)
     model = HATModel(HATConfig.tiny(width=64, window=127))
     words = [bytes(w) for d in documents[:300] for w in splitter.encode(d + "<|eot_id|>")]
