@@ -14,5 +14,6 @@ void register_divergence(pybind11::module_& m);
 void register_quant(pybind11::module_& m);
 void register_fp8(pybind11::module_& m);
 void register_fp8_gemm(pybind11::module_& m);
+void register_attention(pybind11::module_& m);
 
 }  // namespace lmk::bindings

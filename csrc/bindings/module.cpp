@@ -62,4 +62,5 @@ PYBIND11_MODULE(_C, m) {
   lmk::bindings::register_quant(m);
   lmk::bindings::register_fp8(m);
   lmk::bindings::register_fp8_gemm(m);
+  lmk::bindings::register_attention(m);
 }
