@@ -174,6 +174,7 @@ void check_gradients(const AttentionProblem& p, const AttentionInputs& in, const
       check_contiguous(*t, name);
       check_shape(*t, name, {p.total_rows, p.q_heads});
     }
+    check_writable(g.delta, "delta");
     check_float_output(g.grad_q, "grad_q", q);
     check_shape(g.grad_q, "grad_q", {p.total_rows, p.q_heads, p.dim});
     for (auto [t, name] : {std::pair{&g.grad_k, "grad_k"}, {&g.grad_v, "grad_v"}}) {
@@ -188,6 +189,7 @@ void check_gradients(const AttentionProblem& p, const AttentionInputs& in, const
       check_contiguous(*t, name);
       check_shape(*t, name, {p.items, p.q_heads, p.queries});
     }
+    check_writable(g.delta, "delta");
     check_float_output(g.grad_q, "grad_q", q);
     check_shape(g.grad_q, "grad_q", {p.items, p.q_heads, p.queries, p.dim});
     for (auto [t, name] : {std::pair{&g.grad_k, "grad_k"}, {&g.grad_v, "grad_v"}}) {

@@ -19,8 +19,8 @@
 // sequence n holds rows cu_seqlens[n] .. cu_seqlens[n + 1], each a causal item of its own
 // (Sq = Sk = its length, no prefix, bias or factor).
 //
-// Backward (gradients of sum(out * grad_out)), with delta_i = sum_d grad_out_id out_id given and
-// P, dP recomputed tile by tile from lse:
+// Backward (gradients of sum(out * grad_out)), P and dP recomputed tile by tile from lse, and
+// delta_i = sum_d grad_out_id out_id found as sum_j P_ij dP_ij in fp32 (not from the rounded out):
 //   dS_ij = P_ij (dP_ij - delta_i),  dP_ij = grad_out_i . v_j
 //   dq_i = scale sum_j dS_ij k_j,  dk_j = scale sum_i dS_ij q_i,  dv_j = sum_i P_ij grad_out_i
 //   dbias_bj = sum_{h, i} dS_ij   (written per key/value head; the op sums the heads)
@@ -65,7 +65,7 @@ struct AttentionForwardOutputs {
 struct AttentionGradients {
   TensorView grad_out;  // like q, q's dtype (inputs)
   TensorView lse;       // the forward's
-  TensorView delta;     // like lse: rowsum(grad_out * out)
+  TensorView delta;     // like lse, float32: a workspace the kernel fills (rowsum(grad_out * out))
   TensorView grad_q;    // like q, float32
   TensorView grad_k;    // [B, Hkv, P + Sk, D] (the prefix rows first), varlen [T, Hkv, D], float32
   TensorView grad_v;    // like grad_k

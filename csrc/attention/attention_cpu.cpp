@@ -304,27 +304,28 @@ __attribute__((always_inline)) inline void forward_task(const AttentionProblem& 
 }
 
 
-// Packs the grad_out rows, lse and delta of queries [i0, i0 + count) of one head.
+// Packs the grad_out rows, lse and (when asked) delta of queries [i0, i0 + count) of one head.
 template <typename T>
 __attribute__((always_inline)) inline void pack_gradient_rows(const AttentionProblem& p, const GradientOperands& g,
                                                               const Item& it, int64_t head, int64_t i0, int64_t count,
-                                                              Scratch& s) {
+                                                              bool read_delta, Scratch& s) {
   const int64_t dp = s.dim_padded;
   for (int64_t r = 0; r < kTileQ; ++r) {
     float* dst = s.grad_out.data() + r * dp;
     if (r < count) {
       pack_row(dst, row_of<const T>(g.grad_out, it, head, i0 + r), p.dim, 1.f);
       s.lse[size_t(r)] = *row_of<const float>(g.lse, it, head, i0 + r);
-      s.delta[size_t(r)] = *row_of<const float>(g.delta, it, head, i0 + r);
+      if (read_delta) s.delta[size_t(r)] = *row_of<const float>(g.delta, it, head, i0 + r);
     } else {
       std::fill(dst, dst + p.dim, 0.f);
     }
   }
 }
 
-// Scores, probabilities and their gradients of one [query tile x key tile] block, recomputed:
-// P in s.scores, dS = P (dP - delta) in s.grad_scores. Needs the queries, grad_out rows, keys_t
-// and values_t packed.
+// Scores and probabilities of one [query tile x key tile] block, recomputed: P in s.scores, and in
+// s.grad_scores dS = P (dP - delta) or, for pass 1 (which finds delta), P dP with its row sums added
+// to s.delta. Needs the queries, grad_out rows, keys_t and values_t packed.
+template <bool kFindDelta>
 __attribute__((always_inline)) inline void score_gradients(const AttentionProblem& p, Scratch& s, int64_t j0,
                                                            int64_t count) {
   const int64_t dp = s.dim_padded, rows = round_up(count, 4);
@@ -334,12 +335,20 @@ __attribute__((always_inline)) inline void score_gradients(const AttentionProble
     float* row = s.scores.data() + r * kTileK;
     float* grad = s.grad_scores.data() + r * kTileK;
     suppress_and_mask(row, s, p, j0, s.visible[size_t(r)], 0.f);
-    const float lse = s.lse[size_t(r)], delta = s.delta[size_t(r)];
+    const float lse = s.lse[size_t(r)], delta = kFindDelta ? 0.f : s.delta[size_t(r)];
     const bool empty = lse == -kInf;  // the row saw no key: it has no gradient
+    f32x8 products = {};
     for (int64_t j = 0; j < kTileK; j += 8) {
       const f32x8 prob = empty ? vec::splat(0.f) : vec::exp(vec::load8(row + j) - lse);
       vec::store8(row + j, prob);
-      vec::store8(grad + j, prob * (vec::load8(grad + j) - delta));
+      const f32x8 product = prob * (vec::load8(grad + j) - delta);
+      vec::store8(grad + j, product);
+      products += product;
+    }
+    if constexpr (kFindDelta) {
+      float lanes[8];
+      std::memcpy(lanes, &products, sizeof lanes);
+      for (float x : lanes) s.delta[size_t(r)] += x;
     }
   }
   for (int64_t r = count; r < rows; ++r) {  // padding rows take part in the transposed products
@@ -348,7 +357,8 @@ __attribute__((always_inline)) inline void score_gradients(const AttentionProble
   }
 }
 
-// Pass 1: dq of one query tile.
+// Pass 1: dq of one query tile, and delta_i = sum_j P_ij dP_ij (= grad_out_i . out_i, but in fp32
+// rather than from the rounded output): dq_i = scale (sum_j P_ij dP_ij k_j - delta_i sum_j P_ij k_j).
 template <typename T>
 __attribute__((always_inline)) inline void grad_query_task(const AttentionProblem& p, const GradientOperands& g,
                                                            const Item& it, int64_t head, int64_t tile, Scratch& s) {
@@ -356,20 +366,26 @@ __attribute__((always_inline)) inline void grad_query_task(const AttentionProble
   if (count <= 0) return;
   const int64_t dp = s.dim_padded, kv_head = head / (p.q_heads / p.kv_heads), rows = round_up(count, 4);
   pack_queries<T>(p, it, head, i0, count, s);
-  pack_gradient_rows<T>(p, g, it, head, i0, count, s);
+  pack_gradient_rows<T>(p, g, it, head, i0, count, false, s);
   const int64_t first_key = s.visible[0].lo, last_key = s.visible[size_t(count - 1)].hi;
   std::fill(s.acc_a.begin(), s.acc_a.end(), 0.f);
+  std::fill(s.acc_b.begin(), s.acc_b.end(), 0.f);
+  std::fill(s.delta.begin(), s.delta.end(), 0.f);
   for (int64_t j0 = first_key / kTileK * kTileK; j0 < last_key; j0 += kTileK) {
     const int64_t n = std::min(kTileK, it.keys - j0);
     pack_keys<T>(p, it, kv_head, j0, n, s, true, false, true);
-    score_gradients(p, s, j0, count);
+    score_gradients<true>(p, s, j0, count);
     gemm<true>(s.acc_a.data(), dp, s.grad_scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
+    gemm<true>(s.acc_b.data(), dp, s.scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
   }
   const float scale = float(p.options.scale);
   for (int64_t r = 0; r < count; ++r) {
     float* dst = row_of<float>(g.grad_q, it, head, i0 + r);
-    const float* acc = s.acc_a.data() + r * dp;
-    for (int64_t d = 0; d < p.dim; ++d) dst[d] = scale * acc[d];
+    const float* a = s.acc_a.data() + r * dp;
+    const float* b = s.acc_b.data() + r * dp;
+    const float delta = s.delta[size_t(r)];
+    for (int64_t d = 0; d < p.dim; ++d) dst[d] = scale * (a[d] - delta * b[d]);
+    *row_of<float>(g.delta, it, head, i0 + r) = delta;
   }
 }
 
@@ -389,8 +405,8 @@ __attribute__((always_inline)) inline void grad_key_task(const AttentionProblem&
     for (int64_t i0 = seeing.lo / kTileQ * kTileQ; i0 < seeing.hi; i0 += kTileQ) {
       const int64_t count = std::min(kTileQ, it.queries - i0), rows = round_up(count, 4);
       pack_queries<T>(p, it, head, i0, count, s);
-      pack_gradient_rows<T>(p, g, it, head, i0, count, s);
-      score_gradients(p, s, j0, count);
+      pack_gradient_rows<T>(p, g, it, head, i0, count, true, s);
+      score_gradients<false>(p, s, j0, count);
       // dv_j += sum_i P_ij grad_out_i and dk_j += sum_i dS_ij (scale q_i): A read transposed.
       gemm<true>(s.acc_a.data(), dp, s.scores.data(), 1, kTileK, s.grad_out.data(), dp, kTileK, dp, rows);
       gemm<true>(s.acc_b.data(), dp, s.grad_scores.data(), 1, kTileK, s.q.data(), dp, kTileK, dp, rows);

@@ -223,12 +223,12 @@ define_op("attention(Tensor q, Tensor k, Tensor v, Tensor? prefix_k, Tensor? pre
 
 def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None,
                         prefix_v: Tensor | None, key_bias: Tensor | None, cu_seqlens: Tensor | None, max_seqlen: int,
-                        causal: bool, scale: float, window: int, out: Tensor,
+                        causal: bool, scale: float, window: int,
                         lse: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     q, k, v, grad_out = (_unit_last(t.detach()) for t in (q, k, v, grad_out))
     varlen = cu_seqlens is not None
     prefix = 0 if prefix_k is None else prefix_k.shape[2]
-    delta = (grad_out.float() * out.float()).sum(-1).contiguous()
+    delta = torch.empty(lse.shape, dtype=torch.float32, device=q.device)  # filled by the kernel, in fp32
     keys_shape = k.shape if varlen else (k.shape[0], k.shape[1], prefix + k.shape[2], k.shape[3])
     new = dict(dtype=torch.float32, device=q.device)
     grad_q, grad_k, grad_v = torch.empty(q.shape, **new), torch.empty(keys_shape, **new), torch.empty(keys_shape, **new)
@@ -252,7 +252,7 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefi
 
 
 def _attention_backward_fake(grad_out, q, k, v, prefix_k, prefix_v, key_bias, cu_seqlens, max_seqlen, causal, scale,
-                             window, out, lse):
+                             window, lse):
     empty = q.new_empty((0,))
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             empty if prefix_k is None else prefix_k.new_empty(prefix_k.shape),
@@ -261,8 +261,8 @@ def _attention_backward_fake(grad_out, q, k, v, prefix_k, prefix_v, key_bias, cu
 
 
 define_op("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? prefix_k, Tensor? prefix_v, "
-          "Tensor? key_bias, Tensor? cu_seqlens, int max_seqlen, bool causal, float scale, int window, Tensor out, "
-          "Tensor lse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _attention_backward,
+          "Tensor? key_bias, Tensor? cu_seqlens, int max_seqlen, bool causal, float scale, int window, Tensor lse) "
+          " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _attention_backward,
           _attention_backward_fake)
 
 
@@ -271,7 +271,7 @@ def _setup_context(ctx, inputs, output):
     ctx.options = (max_seqlen, causal, scale, window)
     ctx.multiplicative = key_factor is not None
     ctx.has_prefix, ctx.has_bias = prefix_k is not None, key_bias is not None
-    ctx.save_for_backward(q, k, v, prefix_k, prefix_v, key_bias, cu_seqlens, output[0], output[1])
+    ctx.save_for_backward(q, k, v, prefix_k, prefix_v, key_bias, cu_seqlens, output[1])
     ctx.set_materialize_grads(False)
 
 
@@ -281,9 +281,9 @@ def _backward(ctx, grad_out, _grad_lse, _grad_row_min):
     if ctx.multiplicative:
         raise RuntimeError("attention: the multiplicative form (key_factor) has no gradient; use the log-additive "
                            "form (key_bias = log(factor)) to differentiate")
-    q, k, v, prefix_k, prefix_v, key_bias, cu_seqlens, out, lse = ctx.saved_tensors
+    q, k, v, prefix_k, prefix_v, key_bias, cu_seqlens, lse = ctx.saved_tensors
     grads = torch.ops.lmk.attention_backward(grad_out, q, k, v, prefix_k, prefix_v, key_bias, cu_seqlens,
-                                             *ctx.options, out, lse)
+                                             *ctx.options, lse)
     grad_q, grad_k, grad_v, grad_prefix_k, grad_prefix_v, grad_bias = grads
     return (grad_q, grad_k, grad_v, grad_prefix_k if ctx.has_prefix else None,
             grad_prefix_v if ctx.has_prefix else None, grad_bias if ctx.has_bias else None,
