@@ -9,12 +9,12 @@ import sys
 
 import torch
 
-from lmkernels.bench import (dictionary_score, dtm_sweep, embedding_bag, fp8_cast, fp8_gemm, harness, int8_absmax,
-                             multilabel_bce, tfree_encode, tfree_patterns, tfree_words, token_divergence)
+from lmkernels.bench import (attention, dictionary_score, dtm_sweep, embedding_bag, fp8_cast, fp8_gemm, harness,
+                             int8_absmax, multilabel_bce, tfree_encode, tfree_patterns, tfree_words, token_divergence)
 
 # One module per kernel family, each with ``cases(quick, device, tiny=False) -> list[Case]``.
 FAMILIES = [embedding_bag, multilabel_bce, dictionary_score, tfree_words, tfree_patterns, tfree_encode,
-            token_divergence, int8_absmax, fp8_cast, fp8_gemm, dtm_sweep]
+            token_divergence, int8_absmax, fp8_cast, fp8_gemm, dtm_sweep, attention]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
