@@ -51,7 +51,7 @@ def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
     result = [_atman_case(atman_length, dtype, device)]
     for backward in (False, True):
         result.append(_window_case(hat_length, window, dtype, device, backward, "sdpa"))
-        if not tiny and _flex_runs(device):
+        if not tiny and _flex_runs(device, backward):
             result.append(_window_case(hat_length, window, dtype, device, backward, "flex"))
     return result
 
@@ -115,13 +115,16 @@ def _compiled_flex():
 
 
 @functools.cache
-def _flex_runs(device: str) -> bool:
-    """Whether a compiled ``flex_attention`` runs here (a small trial call)."""
+def _flex_runs(device: str, backward: bool) -> bool:
+    """Whether a compiled ``flex_attention`` runs here, with its backward where asked (a small trial call;
+    torch 2.13 has no flex backward on the CPU)."""
     try:
         from torch.nn.attention.flex_attention import create_block_mask
-        q = torch.randn(1, 1, 256, 16, device=device)
+        q = torch.randn(1, 1, 256, 16, device=device, requires_grad=backward)
         mask = create_block_mask(lambda b, h, i, j: j <= i, 1, 1, 256, 256, device=device)
-        _compiled_flex()(q, q, q, block_mask=mask)
+        out = _compiled_flex()(q, q, q, block_mask=mask)
+        if backward:
+            out.sum().backward()
         return True
     except Exception:  # noqa: BLE001 - any failure to compile or run means "no flex peer here"
         return False
