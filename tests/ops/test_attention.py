@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import lmkernels
 from lmkernels import reference
@@ -59,10 +59,20 @@ def problems(draw, with_factor=True):
     return q, randn(batch, kv_heads, own_keys, dim), randn(batch, kv_heads, own_keys, dim), options
 
 
-@settings(max_examples=60, deadline=None)
-@given(problems())
-def test_forward_matches_reference(problem):
+# The device fixture is the same for every example of a test, which is what the health check guards.
+FIXTURE_OK = [HealthCheck.function_scoped_fixture]
+
+
+def on(device, problem):
     q, k, v, options = problem
+    return (q.to(device), k.to(device), v.to(device),
+            {name: value.to(device) if isinstance(value, torch.Tensor) else value for name, value in options.items()})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(problem=problems())
+def test_forward_matches_reference(device, problem):
+    q, k, v, options = on(device, problem)
     out = attention(q, k, v, **options)
     assert out.shape == q.shape and out.dtype == q.dtype
     torch.testing.assert_close(out, reference.attention(q, k, v, **options), **FORWARD_TOLERANCE[q.dtype])
@@ -72,7 +82,7 @@ def rows_without_keys(q, k, options) -> bool:
     if "key_bias" not in options:
         return False
     keys = k.shape[2] + (options["prefix_k"].shape[2] if "prefix_k" in options else 0)
-    visible = visible_keys(q.shape[2], keys, causal=options["causal"], window=options["window"])
+    visible = visible_keys(q.shape[2], keys, causal=options["causal"], window=options["window"], device=q.device)
     finite = options["key_bias"].isfinite()[:, None, :]
     return bool((~(visible[None] & finite).any(-1)).any())
 
@@ -91,14 +101,14 @@ def gradients(fn, q, k, v, options, grad_out):
     return dict(zip(inputs, grads))
 
 
-@settings(max_examples=40, deadline=None)
-@given(problems(with_factor=False))
-def test_gradients_match_reference_autograd(problem):
-    q, k, v, options = problem
+@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(problem=problems(with_factor=False))
+def test_gradients_match_reference_autograd(device, problem):
+    q, k, v, options = on(device, problem)
     # A row whose visible keys all have bias -inf has NaN gradients in the dense reference (0 / 0 in
     # its normalisation backward); ours are 0 there (test_every_visible_key_at_minus_infinity_...).
     assume(not rows_without_keys(q, k, options))
-    grad_out = torch.randn(q.shape).to(q.dtype)
+    grad_out = torch.randn(q.shape).to(q.device, q.dtype)
     ours = gradients(attention, q, k, v, options, grad_out)
     expected = gradients(reference.attention, q, k, v, options, grad_out)
     for name in expected:
@@ -106,30 +116,29 @@ def test_gradients_match_reference_autograd(problem):
         torch.testing.assert_close(ours[name], expected[name], **GRAD_TOLERANCE[q.dtype])
 
 
-def llama_like(batch=2, heads=4, kv_heads=2, length=150, dim=64, dtype=torch.float32):
-    return (torch.randn(batch, heads, length, dim).to(dtype), torch.randn(batch, kv_heads, length, dim).to(dtype),
-            torch.randn(batch, kv_heads, length, dim).to(dtype))
+def llama_like(batch=2, heads=4, kv_heads=2, length=150, dim=64, dtype=torch.float32, device="cpu"):
+    return tuple(torch.randn(batch, h, length, dim).to(device, dtype) for h in (heads, kv_heads, kv_heads))
 
 
 # ---- the AtMan invariants ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_neutral_suppression_gives_the_clean_output_exactly(causal, dtype):
-    q, k, v = llama_like(dtype=dtype)
+def test_neutral_suppression_gives_the_clean_output_exactly(device, causal, dtype):
+    q, k, v = llama_like(dtype=dtype, device=device)
     clean = attention(q, k, v, causal=causal)
-    assert torch.equal(attention(q, k, v, causal=causal, key_bias=torch.zeros(2, 150)), clean)
+    assert torch.equal(attention(q, k, v, causal=causal, key_bias=torch.zeros(2, 150, device=device)), clean)
     for factor_min in ("causal", "all"):
-        assert torch.equal(attention(q, k, v, causal=causal, key_factor=torch.ones(2, 150), factor_min=factor_min),
-                           clean)
+        factor = torch.ones(2, 150, device=device)
+        assert torch.equal(attention(q, k, v, causal=causal, key_factor=factor, factor_min=factor_min), clean)
 
 
 @pytest.mark.parametrize("form", ["bias", "factor", "factor_all"])
-def test_suppressing_a_key_leaves_earlier_positions_unchanged(form):
-    q, k, v = llama_like()
+def test_suppressing_a_key_leaves_earlier_positions_unchanged(device, form):
+    q, k, v = llama_like(device=device)
     clean = attention(q, k, v)
     for suppressed in (0, 63, 64, 100, 149):
-        vector = torch.ones(2, 150)
+        vector = torch.ones(2, 150, device=device)
         vector[:, suppressed] = 0.1
         if form == "bias":
             out = attention(q, k, v, key_bias=vector.log())
@@ -210,10 +219,10 @@ def test_key_vectors_broadcast_over_the_batch():
     ([0, 5, 0, 1, 130], 17, torch.float32), ([64, 65, 1, 150], 1, torch.float32), ([64, 65, 1, 150], 70, torch.float32),
     ([64, 65, 1, 150], None, torch.bfloat16), ([3, 100], 9, torch.float16),
 ])
-def test_varlen_matches_reference_and_its_gradients(lengths, window, dtype):
-    cu_seqlens = torch.tensor([0] + lengths).cumsum(0)
+def test_varlen_matches_reference_and_its_gradients(device, lengths, window, dtype):
+    cu_seqlens = torch.tensor([0] + lengths, device=device).cumsum(0)
     total = int(cu_seqlens[-1])
-    q, k, v = (torch.randn(total, h, 80).to(dtype).requires_grad_() for h in (4, 2, 2))
+    q, k, v = (torch.randn(total, h, 80).to(device, dtype).requires_grad_() for h in (4, 2, 2))
     out = varlen_attention(q, k, v, cu_seqlens.to(torch.int32), window=window)
     expected = reference.varlen_attention(q, k, v, cu_seqlens, window=window)
     torch.testing.assert_close(out, expected, **FORWARD_TOLERANCE[dtype])
@@ -226,12 +235,12 @@ def test_varlen_matches_reference_and_its_gradients(lengths, window, dtype):
 
 # ---- NaN policy, determinism, compile, opcheck ------------------------------------------------
 
-def test_nan_reaches_exactly_the_rows_that_see_it():
-    q, k, v = llama_like(batch=1, length=100)
+def test_nan_reaches_exactly_the_rows_that_see_it(device):
+    q, k, v = llama_like(batch=1, length=100, device=device)
     q[0, 1, 10, 3] = math.nan
     k[0, 0, 50, 0] = math.nan  # key/value head 0 serves query heads 0 and 1
     out = attention(q, k, v)
-    nan_rows = out.isnan().any(-1)[0]
+    nan_rows = out.isnan().any(-1)[0].cpu()
     expected = torch.zeros(4, 100, dtype=torch.bool)
     expected[1, 10] = True
     expected[:2, 50:] = True
