@@ -29,6 +29,14 @@ void check_shape(const TensorView& t, const char* name, std::initializer_list<in
   }
 }
 
+void check_argmin(const TensorView& t, const AttentionProblem& p, const TensorView& q) {
+  check_dtype(t, "row_argmin", {DType::Int64});
+  check_same_device(t, "row_argmin", q, "q");
+  check_contiguous(t, "row_argmin");
+  if (p.cu_seqlens) check_shape(t, "row_argmin", {p.total_rows, p.q_heads});
+  else check_shape(t, "row_argmin", {p.items, p.q_heads, p.queries});
+}
+
 void check_key_vector(const OptionalView& t, const char* name, const TensorView& q, int64_t batch, int64_t keys) {
   if (!t) return;
   check_dtype(*t, name, {DType::Float32});
@@ -153,15 +161,18 @@ void check_forward_outputs(const AttentionProblem& p, const AttentionInputs& in,
     else check_shape(t, name, {p.items, p.q_heads, p.queries});
   };
   check_rows(out.lse, "lse");
-  if (out.row_min.has_value() != in.key_factor.has_value())
-    fail(ErrorKind::Value, "row_min: expected an output exactly when key_factor is given");
-  if (out.row_min) check_rows(*out.row_min, "row_min");
+  if (out.row_min.has_value() != in.key_factor.has_value() || out.row_argmin.has_value() != in.key_factor.has_value())
+    fail(ErrorKind::Value, "row_min: expected row_min and row_argmin exactly when key_factor is given");
+  if (out.row_min) {
+    check_rows(*out.row_min, "row_min");
+    check_argmin(*out.row_argmin, p, q);
+    check_writable(*out.row_argmin, "row_argmin");
+  }
 }
 
 void check_gradients(const AttentionProblem& p, const AttentionInputs& in, const AttentionGradients& g) {
   const TensorView& q = in.q;
   const bool varlen = p.cu_seqlens != nullptr;
-  if (p.key_factor) fail(ErrorKind::Value, "key_factor: the multiplicative form has no gradient");
   check_same_dtype(g.grad_out, "grad_out", q, "q");
   check_same_device(g.grad_out, "grad_out", q, "q");
   check_unit_last_stride(g.grad_out, "grad_out");
@@ -202,6 +213,23 @@ void check_gradients(const AttentionProblem& p, const AttentionInputs& in, const
   if (g.grad_bias) {
     check_float_output(*g.grad_bias, "grad_bias", q);
     check_shape(*g.grad_bias, "grad_bias", {p.items, p.kv_heads, keys});
+  }
+  const bool factor = in.key_factor.has_value();
+  if (g.row_min.has_value() != factor || g.row_argmin.has_value() != factor || g.grad_min.has_value() != factor ||
+      g.grad_factor.has_value() != factor)
+    fail(ErrorKind::Value, "grad_factor: expected row_min, row_argmin, grad_min and grad_factor exactly when key_factor "
+         "is given");
+  if (factor) {
+    for (auto [t, name] : {std::pair{&*g.row_min, "row_min"}, {&*g.grad_min, "grad_min"}}) {
+      check_dtype(*t, name, {DType::Float32});
+      check_same_device(*t, name, q, "q");
+      check_contiguous(*t, name);
+      check_shape(*t, name, {p.items, p.q_heads, p.queries});
+    }
+    check_writable(*g.grad_min, "grad_min");
+    check_argmin(*g.row_argmin, p, q);
+    check_float_output(*g.grad_factor, "grad_factor", q);
+    check_shape(*g.grad_factor, "grad_factor", {p.items, p.kv_heads, keys});
   }
 }
 

@@ -24,7 +24,10 @@
 //   dS_ij = P_ij (dP_ij - delta_i),  dP_ij = grad_out_i . v_j
 //   dq_i = scale sum_j dS_ij k_j,  dk_j = scale sum_i dS_ij q_i,  dv_j = sum_i P_ij grad_out_i
 //   dbias_bj = sum_{h, i} dS_ij   (written per key/value head; the op sums the heads)
-// The multiplicative factor has no backward (the op raises).
+// Multiplicative factor, s'_ij = c_j s_ij + (1 - c_j) m_i with m_i = s_{i a_i} (a_i the first
+// minimal counted key, saved by the forward): with G = dS the gradient of s',
+//   ds_ij = G_ij c_j + [j == a_i] dm_i,  dm_i = sum_j G_ij (1 - c_j),  dfactor_bj = sum_{h, i} G_ij (s_ij - m_i)
+// and dq, dk follow from ds as above. Pass 1 writes dm (grad_min), pass 2 adds it to k_{a_i}.
 //
 // Layouts: q, k, v, prefix_k, prefix_v, out and grad_out have unit stride in D and any
 // non-negative strides elsewhere (prefix batch stride 0 included: read in place). lse, row_min,
@@ -59,7 +62,8 @@ struct AttentionInputs {
 struct AttentionForwardOutputs {
   TensorView out;        // like q, q's dtype
   TensorView lse;        // [B, Hq, Sq], varlen [T, Hq] float32
-  OptionalView row_min;  // like lse, present exactly when key_factor is
+  OptionalView row_min;     // like lse, present exactly when key_factor is
+  OptionalView row_argmin;  // like lse, int64: the first counted key with the minimum; with row_min
 };
 
 struct AttentionGradients {
@@ -70,6 +74,9 @@ struct AttentionGradients {
   TensorView grad_k;    // [B, Hkv, P + Sk, D] (the prefix rows first), varlen [T, Hkv, D], float32
   TensorView grad_v;    // like grad_k
   OptionalView grad_bias;  // [B, Hkv, P + Sk] float32, present exactly when key_bias is
+  // Present exactly when key_factor is: the forward's row_min and row_argmin, a float32 workspace
+  // like lse for dm, and the factor gradient like grad_bias.
+  OptionalView row_min, row_argmin, grad_min, grad_factor;
 };
 
 // One [batch, head, row, d] operand as a pointer and element strides (varlen: `batch` unused, an

@@ -144,16 +144,18 @@ __attribute__((always_inline)) inline void pack_row(float* dst, const T* src, in
 struct Scratch {
   int64_t dim_padded;
   std::vector<float> q, grad_out, keys_t, keys, values_t, values, scores, grad_scores, acc_a, acc_b;
-  std::vector<float> bias, factor, row_min, row_max, row_sum, lse, delta, bias_acc;
+  std::vector<float> raw_scores, bias, factor, row_min, row_max, row_sum, lse, delta, grad_min, bias_acc, factor_acc;
+  std::vector<int64_t> argmin;
   std::vector<Visible> visible;
 
   explicit Scratch(int64_t dim) : dim_padded(round_up(dim, 16)) {
     const size_t tile = size_t(kTileQ * dim_padded), key_tile = size_t(kTileK * dim_padded);
     for (auto* v : {&q, &grad_out, &acc_a}) v->assign(tile, 0.f);
     for (auto* v : {&keys_t, &keys, &values_t, &values, &acc_b}) v->assign(key_tile, 0.f);
-    for (auto* v : {&scores, &grad_scores}) v->assign(size_t(kTileQ * kTileK), 0.f);
-    for (auto* v : {&bias, &factor, &bias_acc}) v->assign(size_t(kTileK), 0.f);
-    for (auto* v : {&row_min, &row_max, &row_sum, &lse, &delta}) v->assign(size_t(kTileQ), 0.f);
+    for (auto* v : {&scores, &grad_scores, &raw_scores}) v->assign(size_t(kTileQ * kTileK), 0.f);
+    for (auto* v : {&bias, &factor, &bias_acc, &factor_acc}) v->assign(size_t(kTileK), 0.f);
+    for (auto* v : {&row_min, &row_max, &row_sum, &lse, &delta, &grad_min}) v->assign(size_t(kTileQ), 0.f);
+    argmin.assign(size_t(kTileQ), 0);
     visible.assign(size_t(kTileQ), Visible{0, 0});
   }
 };
@@ -225,11 +227,11 @@ __attribute__((always_inline)) inline float suppress_and_mask(float* row, const 
 
 // The outputs as operands (varlen or dense alike).
 struct ForwardOperands {
-  Operand out, lse, row_min;
+  Operand out, lse, row_min, row_argmin;
 };
 
 struct GradientOperands {
-  Operand grad_out, lse, delta, grad_q, grad_k, grad_v, grad_bias;
+  Operand grad_out, lse, delta, grad_q, grad_k, grad_v, grad_bias, row_min, row_argmin, grad_min, grad_factor;
 };
 
 template <typename T>
@@ -241,9 +243,10 @@ __attribute__((always_inline)) inline void forward_task(const AttentionProblem& 
   pack_queries<T>(p, it, head, i0, count, s);
   const int64_t first_key = s.visible[0].lo, last_key = s.visible[size_t(count - 1)].hi;
 
-  if (p.key_factor) {  // the minimum of each row's counted raw scores
+  if (p.key_factor) {  // the minimum of each row's counted raw scores, and its first key
     const bool all = p.options.factor_min_all;
     std::fill(s.row_min.begin(), s.row_min.end(), kInf);
+    std::fill(s.argmin.begin(), s.argmin.end(), int64_t(0));
     const int64_t lo = all ? 0 : first_key, hi = all ? it.keys : last_key;
     for (int64_t j0 = lo / kTileK * kTileK; j0 < hi; j0 += kTileK) {
       const int64_t n = std::min(kTileK, it.keys - j0);
@@ -253,8 +256,11 @@ __attribute__((always_inline)) inline void forward_task(const AttentionProblem& 
         const Visible counted = all ? Visible{0, it.keys} : s.visible[size_t(r)];
         const float* row = s.scores.data() + r * kTileK;
         float m = s.row_min[size_t(r)];
-        for (int64_t j = std::max(counted.lo, j0); j < std::min(counted.hi, j0 + n); ++j) m = row[j - j0] < m ? row[j - j0] : m;
+        int64_t argmin = s.argmin[size_t(r)];
+        for (int64_t j = std::max(counted.lo, j0); j < std::min(counted.hi, j0 + n); ++j)
+          if (row[j - j0] < m) m = row[j - j0], argmin = j;
         s.row_min[size_t(r)] = m;
+        s.argmin[size_t(r)] = argmin;
       }
     }
   }
@@ -299,12 +305,16 @@ __attribute__((always_inline)) inline void forward_task(const AttentionProblem& 
     T* dst = row_of<T>(out.out, it, head, i0 + r);
     for (int64_t d = 0; d < p.dim; ++d) dst[d] = from_float<T>(o[d] * inverse);
     *row_of<float>(out.lse, it, head, i0 + r) = sum == 0.f ? -kInf : (m == -kInf ? 0.f : m) + std::log(sum);
-    if (p.key_factor) *row_of<float>(out.row_min, it, head, i0 + r) = s.row_min[size_t(r)];
+    if (p.key_factor) {
+      *row_of<float>(out.row_min, it, head, i0 + r) = s.row_min[size_t(r)];
+      *row_of<int64_t>(out.row_argmin, it, head, i0 + r) = s.argmin[size_t(r)];
+    }
   }
 }
 
 
-// Packs the grad_out rows, lse and (when asked) delta of queries [i0, i0 + count) of one head.
+// Packs the grad_out rows, lse, the row minimum and its key (multiplicative form) and, when
+// asked, delta and dm of queries [i0, i0 + count) of one head.
 template <typename T>
 __attribute__((always_inline)) inline void pack_gradient_rows(const AttentionProblem& p, const GradientOperands& g,
                                                               const Item& it, int64_t head, int64_t i0, int64_t count,
@@ -312,44 +322,37 @@ __attribute__((always_inline)) inline void pack_gradient_rows(const AttentionPro
   const int64_t dp = s.dim_padded;
   for (int64_t r = 0; r < kTileQ; ++r) {
     float* dst = s.grad_out.data() + r * dp;
-    if (r < count) {
-      pack_row(dst, row_of<const T>(g.grad_out, it, head, i0 + r), p.dim, 1.f);
-      s.lse[size_t(r)] = *row_of<const float>(g.lse, it, head, i0 + r);
-      if (read_delta) s.delta[size_t(r)] = *row_of<const float>(g.delta, it, head, i0 + r);
-    } else {
+    if (r >= count) {
       std::fill(dst, dst + p.dim, 0.f);
+      continue;
+    }
+    pack_row(dst, row_of<const T>(g.grad_out, it, head, i0 + r), p.dim, 1.f);
+    s.lse[size_t(r)] = *row_of<const float>(g.lse, it, head, i0 + r);
+    if (read_delta) s.delta[size_t(r)] = *row_of<const float>(g.delta, it, head, i0 + r);
+    if (p.key_factor) {
+      s.row_min[size_t(r)] = *row_of<const float>(g.row_min, it, head, i0 + r);
+      s.argmin[size_t(r)] = *row_of<const int64_t>(g.row_argmin, it, head, i0 + r);
+      if (read_delta) s.grad_min[size_t(r)] = *row_of<const float>(g.grad_min, it, head, i0 + r);
     }
   }
 }
 
-// Scores and probabilities of one [query tile x key tile] block, recomputed: P in s.scores, and in
-// s.grad_scores dS = P (dP - delta) or, for pass 1 (which finds delta), P dP with its row sums added
-// to s.delta. Needs the queries, grad_out rows, keys_t and values_t packed.
-template <bool kFindDelta>
-__attribute__((always_inline)) inline void score_gradients(const AttentionProblem& p, Scratch& s, int64_t j0,
+// Recomputes one [query tile x key tile] block: the probabilities P in s.scores (the raw scores
+// in s.raw_scores with a factor) and dP = grad_out V^T in s.grad_scores. Needs the queries,
+// grad_out rows, keys_t and values_t packed.
+__attribute__((always_inline)) inline void recompute_block(const AttentionProblem& p, Scratch& s, int64_t j0,
                                                            int64_t count) {
   const int64_t dp = s.dim_padded, rows = round_up(count, 4);
   gemm<false>(s.scores.data(), kTileK, s.q.data(), dp, 1, s.keys_t.data(), kTileK, rows, kTileK, dp);
   gemm<false>(s.grad_scores.data(), kTileK, s.grad_out.data(), dp, 1, s.values_t.data(), kTileK, rows, kTileK, dp);
+  if (p.key_factor) std::copy(s.scores.begin(), s.scores.begin() + count * kTileK, s.raw_scores.begin());
   for (int64_t r = 0; r < count; ++r) {
     float* row = s.scores.data() + r * kTileK;
-    float* grad = s.grad_scores.data() + r * kTileK;
-    suppress_and_mask(row, s, p, j0, s.visible[size_t(r)], 0.f);
-    const float lse = s.lse[size_t(r)], delta = kFindDelta ? 0.f : s.delta[size_t(r)];
+    suppress_and_mask(row, s, p, j0, s.visible[size_t(r)], s.row_min[size_t(r)]);
+    const float lse = s.lse[size_t(r)];
     const bool empty = lse == -kInf;  // the row saw no key: it has no gradient
-    f32x8 products = {};
-    for (int64_t j = 0; j < kTileK; j += 8) {
-      const f32x8 prob = empty ? vec::splat(0.f) : vec::exp(vec::load8(row + j) - lse);
-      vec::store8(row + j, prob);
-      const f32x8 product = prob * (vec::load8(grad + j) - delta);
-      vec::store8(grad + j, product);
-      products += product;
-    }
-    if constexpr (kFindDelta) {
-      float lanes[8];
-      std::memcpy(lanes, &products, sizeof lanes);
-      for (float x : lanes) s.delta[size_t(r)] += x;
-    }
+    for (int64_t j = 0; j < kTileK; j += 8)
+      vec::store8(row + j, empty ? vec::splat(0.f) : vec::exp(vec::load8(row + j) - lse));
   }
   for (int64_t r = count; r < rows; ++r) {  // padding rows take part in the transposed products
     std::fill(s.scores.begin() + r * kTileK, s.scores.begin() + (r + 1) * kTileK, 0.f);
@@ -357,8 +360,20 @@ __attribute__((always_inline)) inline void score_gradients(const AttentionProble
   }
 }
 
-// Pass 1: dq of one query tile, and delta_i = sum_j P_ij dP_ij (= grad_out_i . out_i, but in fp32
-// rather than from the rounded output): dq_i = scale (sum_j P_ij dP_ij k_j - delta_i sum_j P_ij k_j).
+__attribute__((always_inline)) inline float lane_sum(f32x8 v) {
+  float lanes[8];
+  std::memcpy(lanes, &v, sizeof lanes);
+  float total = 0.f;
+  for (float x : lanes) total += x;
+  return total;
+}
+
+// Pass 1: dq of one query tile, delta_i = sum_j P_ij dP_ij (= grad_out_i . out_i, but in fp32
+// rather than from the rounded output) and, with a factor, dm_i. With G = P (dP - delta):
+//   dq_i / scale = sum_j G_ij c_j k_j + dm_i k_{a_i}
+//               = sum_j (P dP c)_ij k_j - delta_i sum_j (P c)_ij k_j + dm_i k_{a_i}
+//   dm_i = sum_j (P dP (1 - c))_ij - delta_i sum_j (P (1 - c))_ij
+// so one sweep over the key tiles accumulates both sums and two scalars per row.
 template <typename T>
 __attribute__((always_inline)) inline void grad_query_task(const AttentionProblem& p, const GradientOperands& g,
                                                            const Item& it, int64_t head, int64_t tile, Scratch& s) {
@@ -370,11 +385,31 @@ __attribute__((always_inline)) inline void grad_query_task(const AttentionProble
   const int64_t first_key = s.visible[0].lo, last_key = s.visible[size_t(count - 1)].hi;
   std::fill(s.acc_a.begin(), s.acc_a.end(), 0.f);
   std::fill(s.acc_b.begin(), s.acc_b.end(), 0.f);
-  std::fill(s.delta.begin(), s.delta.end(), 0.f);
+  float delta[kTileQ] = {}, weighted_product[kTileQ] = {}, weighted_prob[kTileQ] = {};
   for (int64_t j0 = first_key / kTileK * kTileK; j0 < last_key; j0 += kTileK) {
     const int64_t n = std::min(kTileK, it.keys - j0);
     pack_keys<T>(p, it, kv_head, j0, n, s, true, false, true);
-    score_gradients<true>(p, s, j0, count);
+    recompute_block(p, s, j0, count);
+    for (int64_t r = 0; r < count; ++r) {
+      float* prob_row = s.scores.data() + r * kTileK;
+      float* grad_row = s.grad_scores.data() + r * kTileK;
+      f32x8 products = {}, product_rest = {}, prob_rest = {};
+      for (int64_t j = 0; j < kTileK; j += 8) {
+        const f32x8 prob = vec::load8(prob_row + j), product = prob * vec::load8(grad_row + j);
+        products += product;
+        if (p.key_factor) {
+          const f32x8 c = vec::load8(s.factor.data() + j), rest = 1.f - c;
+          product_rest += product * rest;
+          prob_rest += prob * rest;
+          vec::store8(prob_row + j, prob * c);
+          vec::store8(grad_row + j, product * c);
+        } else {
+          vec::store8(grad_row + j, product);
+        }
+      }
+      delta[r] += lane_sum(products);
+      if (p.key_factor) weighted_product[r] += lane_sum(product_rest), weighted_prob[r] += lane_sum(prob_rest);
+    }
     gemm<true>(s.acc_a.data(), dp, s.grad_scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
     gemm<true>(s.acc_b.data(), dp, s.scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
   }
@@ -383,13 +418,20 @@ __attribute__((always_inline)) inline void grad_query_task(const AttentionProble
     float* dst = row_of<float>(g.grad_q, it, head, i0 + r);
     const float* a = s.acc_a.data() + r * dp;
     const float* b = s.acc_b.data() + r * dp;
-    const float delta = s.delta[size_t(r)];
-    for (int64_t d = 0; d < p.dim; ++d) dst[d] = scale * (a[d] - delta * b[d]);
-    *row_of<float>(g.delta, it, head, i0 + r) = delta;
+    for (int64_t d = 0; d < p.dim; ++d) dst[d] = scale * (a[d] - delta[r] * b[d]);
+    *row_of<float>(g.delta, it, head, i0 + r) = delta[r];
+    if (p.key_factor) {
+      const float grad_min = weighted_product[r] - delta[r] * weighted_prob[r];
+      const T* key = key_row<T>(p, p.prefix_k, p.k, it, kv_head, s.argmin[size_t(r)]);
+      for (int64_t d = 0; d < p.dim; ++d) dst[d] += scale * grad_min * to_float(key[d]);
+      *row_of<float>(g.grad_min, it, head, i0 + r) = grad_min;
+    }
   }
 }
 
-// Pass 2: dk, dv and the bias gradient of one key tile of one key/value head.
+// Pass 2: dk, dv and the bias and factor gradients of one key tile of one key/value head:
+//   dv_j = sum_i P_ij grad_out_i,  dk_j = sum_i G_ij c_j (scale q_i) + sum_{i : a_i = j} dm_i (scale q_i)
+//   dbias_j = sum_i G_ij,  dfactor_j = sum_i G_ij (s_ij - m_i)
 template <typename T>
 __attribute__((always_inline)) inline void grad_key_task(const AttentionProblem& p, const GradientOperands& g,
                                                          const Item& it, int64_t kv_head, int64_t tile, Scratch& s) {
@@ -400,23 +442,50 @@ __attribute__((always_inline)) inline void grad_key_task(const AttentionProblem&
   std::fill(s.acc_a.begin(), s.acc_a.begin() + kTileK * dp, 0.f);  // dv
   std::fill(s.acc_b.begin(), s.acc_b.end(), 0.f);                  // dk
   std::fill(s.bias_acc.begin(), s.bias_acc.end(), 0.f);
+  std::fill(s.factor_acc.begin(), s.factor_acc.end(), 0.f);
   const Visible seeing = rows_seeing(p.options, it, j0, j0 + n);
   for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
     for (int64_t i0 = seeing.lo / kTileQ * kTileQ; i0 < seeing.hi; i0 += kTileQ) {
       const int64_t count = std::min(kTileQ, it.queries - i0), rows = round_up(count, 4);
       pack_queries<T>(p, it, head, i0, count, s);
       pack_gradient_rows<T>(p, g, it, head, i0, count, true, s);
-      score_gradients<false>(p, s, j0, count);
+      recompute_block(p, s, j0, count);
+      for (int64_t r = 0; r < count; ++r) {
+        const float* prob_row = s.scores.data() + r * kTileK;
+        float* grad_row = s.grad_scores.data() + r * kTileK;
+        const float delta = s.delta[size_t(r)], row_min = s.row_min[size_t(r)];
+        for (int64_t j = 0; j < kTileK; j += 8) {
+          const f32x8 grad = vec::load8(prob_row + j) * (vec::load8(grad_row + j) - delta);
+          float* bias_acc = s.bias_acc.data() + j;
+          vec::store8(bias_acc, vec::load8(bias_acc) + grad);
+          if (p.key_factor) {
+            float* factor_acc = s.factor_acc.data() + j;
+            const f32x8 raw = vec::load8(s.raw_scores.data() + r * kTileK + j);
+            // Masked keys have G = 0, but their raw score may be anything: select, not multiply.
+            const f32x8 term = (i32x8)(grad == 0.f) ? vec::splat(0.f) : grad * (raw - row_min);
+            vec::store8(factor_acc, vec::load8(factor_acc) + term);
+            vec::store8(grad_row + j, grad * vec::load8(s.factor.data() + j));
+          } else {
+            vec::store8(grad_row + j, grad);
+          }
+        }
+      }
       // dv_j += sum_i P_ij grad_out_i and dk_j += sum_i dS_ij (scale q_i): A read transposed.
       gemm<true>(s.acc_a.data(), dp, s.scores.data(), 1, kTileK, s.grad_out.data(), dp, kTileK, dp, rows);
       gemm<true>(s.acc_b.data(), dp, s.grad_scores.data(), 1, kTileK, s.q.data(), dp, kTileK, dp, rows);
-      if (p.key_bias)
-        for (int64_t r = 0; r < count; ++r)
-          for (int64_t j = 0; j < kTileK; j += 8) {
-            float* acc = s.bias_acc.data() + j;
-            vec::store8(acc, vec::load8(acc) + vec::load8(s.grad_scores.data() + r * kTileK + j));
-          }
     }
+  }
+  if (p.key_factor) {  // the rows whose minimum sits on a key of this tile (any row, for factor_min="all")
+    const float scale = float(p.options.scale);
+    for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head)
+      for (int64_t i = 0; i < it.queries; ++i) {
+        const int64_t a = *row_of<const int64_t>(g.row_argmin, it, head, i);
+        if (a < j0 || a >= j0 + n) continue;
+        const float weight = scale * *row_of<const float>(g.grad_min, it, head, i);
+        const T* q = row_of<const T>(p.q, it, head, i);
+        float* dk = s.acc_b.data() + (a - j0) * dp;
+        for (int64_t d = 0; d < p.dim; ++d) dk[d] += weight * to_float(q[d]);
+      }
   }
   for (int64_t jj = 0; jj < n; ++jj) {
     float* dk = row_of<float>(g.grad_k, it, kv_head, j0 + jj);
@@ -424,6 +493,7 @@ __attribute__((always_inline)) inline void grad_key_task(const AttentionProblem&
     std::copy(s.acc_b.begin() + jj * dp, s.acc_b.begin() + jj * dp + p.dim, dk);
     std::copy(s.acc_a.begin() + jj * dp, s.acc_a.begin() + jj * dp + p.dim, dv);
     if (p.key_bias) *row_of<float>(g.grad_bias, it, kv_head, j0 + jj) = s.bias_acc[size_t(jj)];
+    if (p.key_factor) *row_of<float>(g.grad_factor, it, kv_head, j0 + jj) = s.factor_acc[size_t(jj)];
   }
 }
 
@@ -476,7 +546,8 @@ void attention_forward_cpu(const AttentionProblem& p, const AttentionForwardOutp
   check_cu_seqlens_values(p);
   const bool varlen = p.cu_seqlens != nullptr;
   const ForwardOperands ops{operand_of(out.out, varlen), operand_of(out.lse, varlen),
-                            out.row_min ? operand_of(*out.row_min, varlen) : Operand{}};
+                            out.row_min ? operand_of(*out.row_min, varlen) : Operand{},
+                            out.row_argmin ? operand_of(*out.row_argmin, varlen) : Operand{}};
   const int64_t tiles = (longest_item(p) + kTileQ - 1) / kTileQ;
   dispatch_float(p.dtype, "q", [&](auto tag) {
     for_each_tile(p, p.q_heads, tiles, [&](const Item& it, int64_t head, int64_t tile, Scratch& s) {
@@ -491,7 +562,11 @@ void attention_backward_cpu(const AttentionProblem& p, const AttentionGradients&
   const GradientOperands ops{operand_of(g.grad_out, varlen), operand_of(g.lse, varlen), operand_of(g.delta, varlen),
                              operand_of(g.grad_q, varlen),   operand_of(g.grad_k, varlen),
                              operand_of(g.grad_v, varlen),
-                             g.grad_bias ? operand_of(*g.grad_bias, false) : Operand{}};
+                             g.grad_bias ? operand_of(*g.grad_bias, false) : Operand{},
+                             g.row_min ? operand_of(*g.row_min, false) : Operand{},
+                             g.row_argmin ? operand_of(*g.row_argmin, false) : Operand{},
+                             g.grad_min ? operand_of(*g.grad_min, false) : Operand{},
+                             g.grad_factor ? operand_of(*g.grad_factor, false) : Operand{}};
   const int64_t longest = longest_item(p);
   const int64_t longest_keys = varlen ? longest : p.prefix + p.keys;
   dispatch_float(p.dtype, "q", [&](auto tag) {

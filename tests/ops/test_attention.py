@@ -88,8 +88,9 @@ def rows_without_keys(q, k, options) -> bool:
 
 
 def leaves(q, k, v, options):
-    """Fresh copies that require a gradient: q, k, v, prefix_k, prefix_v, key_bias (where present)."""
-    named = dict(q=q, k=k, v=v, **{n: options[n] for n in ("prefix_k", "prefix_v", "key_bias") if n in options})
+    """Fresh copies that require a gradient: q, k, v, prefix_k, prefix_v, key_bias, key_factor (where present)."""
+    named = dict(q=q, k=k, v=v, **{n: options[n] for n in ("prefix_k", "prefix_v", "key_bias", "key_factor")
+                                    if n in options})
     return {name: t.detach().clone().requires_grad_() for name, t in named.items()}
 
 
@@ -102,7 +103,7 @@ def gradients(fn, q, k, v, options, grad_out):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
-@given(problem=problems(with_factor=False))
+@given(problem=problems())
 def test_gradients_match_reference_autograd(device, problem):
     q, k, v, options = on(device, problem)
     # A row whose visible keys all have bias -inf has NaN gradients in the dense reference (0 / 0 in
@@ -197,11 +198,16 @@ def test_prefix_is_read_in_place_and_equals_the_concatenation():
     torch.testing.assert_close(shared, attention(q, full_k, full_v, key_bias=bias), rtol=1e-6, atol=1e-6)
 
 
-def test_multiplicative_backward_raises():
-    q, k, v = (t.requires_grad_() for t in llama_like(length=20))
-    out = attention(q, k, v, key_factor=torch.rand(2, 20))
-    with pytest.raises(RuntimeError, match="key_factor.*no gradient"):
-        out.sum().backward()
+@pytest.mark.parametrize("factor_min", ["causal", "all"])
+def test_multiplicative_gradients_reach_the_row_minimum_key(factor_min):
+    # Window 5 over 150 keys: with "all" most rows' minimum is a key they cannot see.
+    q, k, v = llama_like(batch=1, length=150)
+    options = dict(window=5, key_factor=torch.rand(1, 150) * 2, factor_min=factor_min)
+    grad_out = torch.randn(q.shape)
+    ours = gradients(attention, q, k, v, options, grad_out)
+    expected = gradients(reference.attention, q, k, v, options, grad_out)
+    for name in expected:
+        torch.testing.assert_close(ours[name], expected[name], rtol=1e-4, atol=1e-4)
 
 
 def test_key_vectors_broadcast_over_the_batch():
@@ -370,13 +376,16 @@ def test_bad_cu_seqlens_tensor_raises(cu_seqlens, error, message):
 def test_native_entry_checks_name_the_argument():
     q, k, v = valid()
     out, lse = torch.empty_like(q), torch.empty(2, 4, 10)
+
+    def forward(k=k, window=0, lse=lse, row_min=None, row_argmin=None):
+        lmkernels._C.attention_forward(q, k, v, None, None, None, None, None, 0, True, 0.25, window, False, out, lse,
+                                       row_min, row_argmin)
+
     with pytest.raises(ValueError, match="lse: expected shape \\[2, 4, 10\\]"):
-        lmkernels._C.attention_forward(q, k, v, None, None, None, None, None, 0, True, 0.25, 0, False, out,
-                                       torch.empty(2, 4, 9), None)
-    with pytest.raises(ValueError, match="row_min: expected an output exactly when key_factor"):
-        lmkernels._C.attention_forward(q, k, v, None, None, None, None, None, 0, True, 0.25, 0, False, out, lse, lse)
+        forward(lse=torch.empty(2, 4, 9))
+    with pytest.raises(ValueError, match="row_min: expected row_min and row_argmin exactly when key_factor"):
+        forward(row_min=lse, row_argmin=torch.empty(2, 4, 10, dtype=torch.int64))
     with pytest.raises(ValueError, match="window: expected a positive"):
-        lmkernels._C.attention_forward(q, k, v, None, None, None, None, None, 0, True, 0.25, -1, False, out, lse, None)
+        forward(window=-1)
     with pytest.raises(ValueError, match="k: expected unit stride in the last dimension"):
-        lmkernels._C.attention_forward(q, k.transpose(2, 3).contiguous().transpose(2, 3), v, None, None, None, None,
-                                       None, 0, True, 0.25, 0, False, out, lse, None)
+        forward(k=k.transpose(2, 3).contiguous().transpose(2, 3))

@@ -24,9 +24,10 @@ with an online softmax in fp32, skipping key tiles that no query of a tile can s
 window costs O(S x window)), and saves the row log-sum-exp for the backward, which recomputes the
 probabilities tile by tile. Inputs are float32, bfloat16 or float16; the output has q's dtype.
 
-Gradients flow to q, k, v, prefix_k, prefix_v and key_bias; they are deterministic (each gradient
-element is written by one task, no atomics). The multiplicative form (``key_factor``) is
-forward-only: backpropagating through it raises a RuntimeError (use ``key_bias`` to train).
+Gradients flow to q, k, v, prefix_k, prefix_v, key_bias and key_factor; they are deterministic
+(each gradient element is written by one task, no atomics). Through the multiplicative form the
+chain rule runs through m_i + c_j (s_ij - m_i) and the row minimum, whose sub-gradient goes to the
+first key holding it (torch's ``amin`` splits it among tied keys; ties have measure zero).
 
 NaN policy: a NaN in q, k, v, key_bias or key_factor of a key that a row can see makes that row
 NaN (as in the reference). Keys a row cannot see are skipped a tile at a time, so unlike the dense
@@ -85,7 +86,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: fl
         raise ValueError(f"q: expected at most as many queries as keys ({keys}), got {sq}")
     key_bias = _key_vector(key_bias, "key_bias", batch, keys, q.device)
     key_factor = _key_vector(key_factor, "key_factor", batch, keys, q.device)
-    out, _, _ = torch.ops.lmk.attention(q, k, v, _unit_last(prefix_k), _unit_last(prefix_v), key_bias, key_factor,
+    out, *_ = torch.ops.lmk.attention(q, k, v, _unit_last(prefix_k), _unit_last(prefix_v), key_bias, key_factor,
                                         None, 0, bool(causal), _scale(scale, dim), _window(window),
                                         factor_min == "all")
     return out
@@ -118,7 +119,7 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, sca
         raise ValueError(f"cu_seqlens: expected the device of q ({q.device}), got {cu_seqlens.device}")
     if max_seqlen is None:
         max_seqlen = int(cu_seqlens.diff().max().item()) if q.is_cuda and cu_seqlens.shape[0] > 1 else 0
-    out, _, _ = torch.ops.lmk.attention(q, k, v, None, None, None, None, cu_seqlens.contiguous(), int(max_seqlen),
+    out, *_ = torch.ops.lmk.attention(q, k, v, None, None, None, None, cu_seqlens.contiguous(), int(max_seqlen),
                                         True, _scale(scale, q.shape[-1]), _window(window), False)
     return out
 
@@ -194,50 +195,58 @@ def _check_flag(flag: Tensor | None) -> None:
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None, prefix_v: Tensor | None,
                key_bias: Tensor | None, key_factor: Tensor | None, cu_seqlens: Tensor | None, max_seqlen: int,
-               causal: bool, scale: float, window: int, factor_min_all: bool) -> tuple[Tensor, Tensor, Tensor]:
+               causal: bool, scale: float, window: int,
+               factor_min_all: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     q, k, v = (_unit_last(t.detach()) for t in (q, k, v))
     varlen = cu_seqlens is not None
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(_rows_shape(q, varlen), dtype=torch.float32, device=q.device)
-    row_min = torch.empty(lse.shape if key_factor is not None else (0,), dtype=torch.float32, device=q.device)
+    factor_rows = lse.shape if key_factor is not None else (0,)
+    row_min = torch.empty(factor_rows, dtype=torch.float32, device=q.device)
+    row_argmin = torch.empty(factor_rows, dtype=torch.int64, device=q.device)
     flag = error_flag(q)
     detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, key_factor, cu_seqlens)]
     _C.attention_forward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, window,
-                         factor_min_all, dl(out), dl(lse), dl(row_min if key_factor is not None else None), dl(flag),
-                         stream_of(q))
+                         factor_min_all, dl(out), dl(lse), *(dl(t if key_factor is not None else None)
+                                                             for t in (row_min, row_argmin)), dl(flag), stream_of(q))
     _check_flag(flag)
-    return out, lse, row_min
+    return out, lse, row_min, row_argmin
 
 
 def _attention_fake(q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, max_seqlen, causal, scale, window,
                     factor_min_all):
     rows = _rows_shape(q, cu_seqlens is not None)
+    factor_rows = rows if key_factor is not None else (0,)
     return (q.new_empty(q.shape), q.new_empty(rows, dtype=torch.float32),
-            q.new_empty(rows if key_factor is not None else (0,), dtype=torch.float32))
+            q.new_empty(factor_rows, dtype=torch.float32), q.new_empty(factor_rows, dtype=torch.int64))
 
 
 define_op("attention(Tensor q, Tensor k, Tensor v, Tensor? prefix_k, Tensor? prefix_v, Tensor? key_bias, "
           "Tensor? key_factor, Tensor? cu_seqlens, int max_seqlen, bool causal, float scale, int window, "
-          "bool factor_min_all) -> (Tensor, Tensor, Tensor)", _attention, _attention_fake)
+          "bool factor_min_all) -> (Tensor, Tensor, Tensor, Tensor)", _attention, _attention_fake)
 
 
 def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None,
-                        prefix_v: Tensor | None, key_bias: Tensor | None, cu_seqlens: Tensor | None, max_seqlen: int,
-                        causal: bool, scale: float, window: int,
-                        lse: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                        prefix_v: Tensor | None, key_bias: Tensor | None, key_factor: Tensor | None,
+                        cu_seqlens: Tensor | None, max_seqlen: int, causal: bool, scale: float, window: int,
+                        factor_min_all: bool, lse: Tensor, row_min: Tensor, row_argmin: Tensor) -> tuple[Tensor, ...]:
     q, k, v, grad_out = (_unit_last(t.detach()) for t in (q, k, v, grad_out))
     varlen = cu_seqlens is not None
     prefix = 0 if prefix_k is None else prefix_k.shape[2]
-    delta = torch.empty(lse.shape, dtype=torch.float32, device=q.device)  # filled by the kernel, in fp32
     keys_shape = k.shape if varlen else (k.shape[0], k.shape[1], prefix + k.shape[2], k.shape[3])
     new = dict(dtype=torch.float32, device=q.device)
     grad_q, grad_k, grad_v = torch.empty(q.shape, **new), torch.empty(keys_shape, **new), torch.empty(keys_shape, **new)
+    delta = torch.empty(lse.shape, **new)  # filled by the kernel, in fp32
+    factor = key_factor is not None
     grad_bias = torch.empty(keys_shape[:3], **new) if key_bias is not None else None
+    grad_factor = torch.empty(keys_shape[:3], **new) if factor else None
+    grad_min = torch.empty(lse.shape, **new) if factor else None
     flag = error_flag(q)
-    detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, cu_seqlens)]
+    detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, key_factor, cu_seqlens)]
     _C.attention_backward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, window,
-                          dl(grad_out), dl(lse.contiguous()), dl(delta), dl(grad_q), dl(grad_k), dl(grad_v),
-                          dl(grad_bias), dl(flag), stream_of(q))
+                          factor_min_all, dl(grad_out), dl(lse.contiguous()), dl(row_min if factor else None),
+                          dl(row_argmin if factor else None), dl(delta), dl(grad_min), dl(grad_q), dl(grad_k),
+                          dl(grad_v), dl(grad_bias), dl(grad_factor), dl(flag), stream_of(q))
     _check_flag(flag)
     empty = q.new_empty((0,))
     grad_prefix_k = grad_prefix_v = empty
@@ -247,47 +256,47 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefi
                                         for g, t in ((grad_k, prefix_k), (grad_v, prefix_v)))
         grad_prefix_k, grad_prefix_v = grad_prefix_k.to(q.dtype), grad_prefix_v.to(q.dtype)
         grad_k, grad_v = grad_k[:, :, prefix:], grad_v[:, :, prefix:]
+    no_key_vector = q.new_empty((0,), dtype=torch.float32)
     return (grad_q.to(q.dtype), grad_k.to(q.dtype), grad_v.to(q.dtype), grad_prefix_k, grad_prefix_v,
-            grad_bias.sum(1) if grad_bias is not None else q.new_empty((0,), dtype=torch.float32))
+            grad_bias.sum(1) if grad_bias is not None else no_key_vector,
+            grad_factor.sum(1) if grad_factor is not None else no_key_vector)
 
 
-def _attention_backward_fake(grad_out, q, k, v, prefix_k, prefix_v, key_bias, cu_seqlens, max_seqlen, causal, scale,
-                             window, lse):
+def _attention_backward_fake(grad_out, q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, max_seqlen,
+                             causal, scale, window, factor_min_all, lse, row_min, row_argmin):
     empty = q.new_empty((0,))
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             empty if prefix_k is None else prefix_k.new_empty(prefix_k.shape),
             empty if prefix_v is None else prefix_v.new_empty(prefix_v.shape),
-            q.new_empty(key_bias.shape if key_bias is not None else (0,), dtype=torch.float32))
+            q.new_empty(key_bias.shape if key_bias is not None else (0,), dtype=torch.float32),
+            q.new_empty(key_factor.shape if key_factor is not None else (0,), dtype=torch.float32))
 
 
 define_op("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? prefix_k, Tensor? prefix_v, "
-          "Tensor? key_bias, Tensor? cu_seqlens, int max_seqlen, bool causal, float scale, int window, Tensor lse) "
-          " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _attention_backward,
+          "Tensor? key_bias, Tensor? key_factor, Tensor? cu_seqlens, int max_seqlen, bool causal, float scale, "
+          "int window, bool factor_min_all, Tensor lse, Tensor row_min, Tensor row_argmin) "
+          "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _attention_backward,
           _attention_backward_fake)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, max_seqlen, causal, scale, window, _ = inputs
-    ctx.options = (max_seqlen, causal, scale, window)
-    ctx.multiplicative = key_factor is not None
-    ctx.has_prefix, ctx.has_bias = prefix_k is not None, key_bias is not None
-    ctx.save_for_backward(q, k, v, prefix_k, prefix_v, key_bias, cu_seqlens, output[1])
+    q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, max_seqlen, causal, scale, window, min_all = inputs
+    ctx.options = (max_seqlen, causal, scale, window, min_all)
+    ctx.has_prefix, ctx.has_bias, ctx.has_factor = prefix_k is not None, key_bias is not None, key_factor is not None
+    ctx.save_for_backward(q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, *output[1:])
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grad_out, _grad_lse, _grad_row_min):
+def _backward(ctx, grad_out, _grad_lse, _grad_row_min, _grad_row_argmin):
     if grad_out is None:
         return (None,) * 13
-    if ctx.multiplicative:
-        raise RuntimeError("attention: the multiplicative form (key_factor) has no gradient; use the log-additive "
-                           "form (key_bias = log(factor)) to differentiate")
-    q, k, v, prefix_k, prefix_v, key_bias, cu_seqlens, lse = ctx.saved_tensors
-    grads = torch.ops.lmk.attention_backward(grad_out, q, k, v, prefix_k, prefix_v, key_bias, cu_seqlens,
-                                             *ctx.options, lse)
-    grad_q, grad_k, grad_v, grad_prefix_k, grad_prefix_v, grad_bias = grads
+    q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, lse, row_min, row_argmin = ctx.saved_tensors
+    grads = torch.ops.lmk.attention_backward(grad_out, q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens,
+                                             *ctx.options, lse, row_min, row_argmin)
+    grad_q, grad_k, grad_v, grad_prefix_k, grad_prefix_v, grad_bias, grad_factor = grads
     return (grad_q, grad_k, grad_v, grad_prefix_k if ctx.has_prefix else None,
             grad_prefix_v if ctx.has_prefix else None, grad_bias if ctx.has_bias else None,
-            None, None, None, None, None, None, None)
+            grad_factor if ctx.has_factor else None, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("lmk::attention", _backward, setup_context=_setup_context, lib=LIBRARY)
