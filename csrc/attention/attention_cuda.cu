@@ -4,10 +4,12 @@
 // query row belongs to 8 threads, each of which holds 4 of the 32 scores of a key tile and a
 // strided eighth of the row's output (or dq) accumulator in registers. Key and value tiles are
 // staged in shared memory. Row maxima and sums are combined over the 8 threads by xor shuffles,
-// a fixed pattern, so results are reproducible. The dq pass also finds delta_i = sum_j P_ij dP_ij.
+// a fixed pattern, so results are reproducible. The dq pass also finds delta_i = sum_j P_ij dP_ij
+// and, with a multiplicative factor, the gradient dm_i of the row minimum.
 // dk/dv pass: a block per (tile of 16 keys, key/value head, item) walks every query head of the
 // group and the query tiles that can see its keys; each thread owns a fixed set of the tile's dk
-// and dv elements, so no value has two writers and no atomics are needed. Varlen items read their
+// and dv elements, so no value has two writers and no atomics are needed (it also adds dm_i q_i to
+// the key holding row i's minimum). Varlen items read their
 // bounds from cu_seqlens on the device; a malformed table sets kBadSeqlens and the item is skipped.
 #include <cuda_runtime.h>
 
@@ -95,15 +97,6 @@ __device__ float group_max(float x) {
   return x;
 }
 
-__device__ float group_min(float x) {
-#pragma unroll
-  for (int offset = kLanes / 2; offset > 0; offset /= 2) {
-    const float y = __shfl_xor_sync(0xffffffffu, x, offset);
-    x = y < x ? y : x;
-  }
-  return x;
-}
-
 __device__ float group_sum(float x) {
 #pragma unroll
   for (int offset = kLanes / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
@@ -119,18 +112,28 @@ __device__ void stage_rows(float* dst, int64_t dim, int rows, int64_t count, flo
   }
 }
 
-// The suppressed score of query row (scaled q in q_row) against staged key row k_row.
-__device__ float suppressed_score(const AttentionProblem& p, const float* q_row, const float* k_row, float bias,
-                                  float factor, float row_min) {
-  float s = dot(q_row, k_row, p.dim);
+// The suppressed score from the raw one, scale q . k.
+__device__ float suppress(const AttentionProblem& p, float raw, float bias, float factor, float row_min) {
+  float s = raw;
   if (p.key_factor && factor != 1.f) s = row_min + factor * (s - row_min);
   if (p.key_bias) s += bias;
   return s;
 }
 
+// The smaller of two (minimum, key) pairs over the row's threads; ties go to the lower key.
+__device__ void group_argmin(float& value, int64_t& key) {
+#pragma unroll
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) {
+    const float other = __shfl_xor_sync(0xffffffffu, value, offset);
+    const int64_t other_key = __shfl_xor_sync(0xffffffffu, key, offset);
+    if (other < value || (other == value && other_key < key)) value = other, key = other_key;
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionProblem p, Operand out, Operand lse_out,
-                                                           Operand row_min_out, int32_t* flag) {
+                                                           Operand row_min_out, Operand row_argmin_out,
+                                                           int32_t* flag) {
   extern __shared__ float smem[];
   const int64_t dim = p.dim;
   float* q_s = smem;
@@ -153,6 +156,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionProblem p, O
                 [&](int64_t r) { return row_at<const T>(p.q, it, head, i0 + r); });
 
   float row_min = INFINITY;
+  int64_t row_argmin = 0;
   if (p.key_factor) {
     const bool all = p.options.factor_min_all;
     const Interval counted = all ? Interval{0, it.keys} : vis;
@@ -166,11 +170,11 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionProblem p, O
         const int64_t jj = lane + t * kLanes, j = j0 + jj;
         if (active && j >= counted.lo && j < counted.hi) {
           const float s = dot(q_s + row * dim, k_s + jj * dim, dim);
-          row_min = s < row_min ? s : row_min;
+          if (s < row_min) row_min = s, row_argmin = j;
         }
       }
     }
-    row_min = group_min(row_min);
+    group_argmin(row_min, row_argmin);
   }
 
   float m = -INFINITY, l = 0.f, o[kDimsPerLane];
@@ -192,7 +196,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionProblem p, O
       const int64_t jj = lane + t * kLanes, j = j0 + jj;
       s[t] = -INFINITY;
       if (active && j >= vis.lo && j < vis.hi)
-        s[t] = suppressed_score(p, q_s + row * dim, k_s + jj * dim, bias_s[jj], factor_s[jj], row_min);
+        s[t] = suppress(p, dot(q_s + row * dim, k_s + jj * dim, dim), bias_s[jj], factor_s[jj], row_min);
       tile_max = s[t] > tile_max ? s[t] : tile_max;
     }
     tile_max = group_max(tile_max);
@@ -228,15 +232,20 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionProblem p, O
   }
   if (lane == 0) {
     *row_at<float>(lse_out, it, head, i) = l == 0.f ? -INFINITY : (m == -INFINITY ? 0.f : m) + logf(l);
-    if (p.key_factor) *row_at<float>(row_min_out, it, head, i) = row_min;
+    if (p.key_factor) {
+      *row_at<float>(row_min_out, it, head, i) = row_min;
+      *row_at<int64_t>(row_argmin_out, it, head, i) = row_argmin;
+    }
   }
 }
 
 struct GradientOperands {
-  Operand grad_out, lse, delta, grad_q, grad_k, grad_v, grad_bias;
+  Operand grad_out, lse, delta, grad_q, grad_k, grad_v, grad_bias, row_min, row_argmin, grad_min, grad_factor;
 };
 
-// dq and delta of one query tile: dq_i = scale (sum_j P dP k_j - delta_i sum_j P k_j).
+// dq, delta and (with a factor) dm of one query tile; with G = P (dP - delta):
+//   dq_i / scale = sum_j (P dP c)_ij k_j - delta_i sum_j (P c)_ij k_j + dm_i k_{a_i}
+//   dm_i = sum_j (P dP (1 - c))_ij - delta_i sum_j (P (1 - c))_ij
 template <typename T>
 __global__ void __launch_bounds__(kThreads) grad_query_kernel(AttentionProblem p, GradientOperands g, int32_t* flag) {
   extern __shared__ float smem[];
@@ -248,6 +257,7 @@ __global__ void __launch_bounds__(kThreads) grad_query_kernel(AttentionProblem p
   float* p_s = v_s + kKeys * dim;
   float* pdp_s = p_s + kRows * kKeys;
   float* bias_s = pdp_s + kRows * kKeys;
+  float* factor_s = bias_s + kKeys;
 
   const DeviceItem it = item_at(p, blockIdx.z, flag);
   const int64_t head = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
@@ -259,11 +269,12 @@ __global__ void __launch_bounds__(kThreads) grad_query_kernel(AttentionProblem p
   const Interval vis = active ? visible_keys(p.options, it, i) : Interval{0, 0};
   const int64_t first_key = visible_keys(p.options, it, i0).lo, last_key = visible_keys(p.options, it, i0 + count - 1).hi;
   stage_rows(q_s, dim, kRows, count, float(p.options.scale),
-                [&](int64_t r) { return row_at<const T>(p.q, it, head, i0 + r); });
+             [&](int64_t r) { return row_at<const T>(p.q, it, head, i0 + r); });
   stage_rows(do_s, dim, kRows, count, 1.f, [&](int64_t r) { return row_at<const T>(g.grad_out, it, head, i0 + r); });
   const float lse = active ? *row_at<const float>(g.lse, it, head, i) : -INFINITY;
+  const float row_min = active && p.key_factor ? *row_at<const float>(g.row_min, it, head, i) : 0.f;
 
-  float delta = 0.f, a[kDimsPerLane], b[kDimsPerLane];
+  float delta = 0.f, product_rest = 0.f, prob_rest = 0.f, a[kDimsPerLane], b[kDimsPerLane];
 #pragma unroll
   for (int u = 0; u < kDimsPerLane; ++u) a[u] = b[u] = 0.f;
   for (int64_t j0 = first_key / kKeys * kKeys; j0 < last_key; j0 += kKeys) {
@@ -271,19 +282,26 @@ __global__ void __launch_bounds__(kThreads) grad_query_kernel(AttentionProblem p
     __syncthreads();
     stage_rows(k_s, dim, kKeys, n, 1.f, [&](int64_t r) { return key_at<T>(p, p.prefix_k, p.k, it, kv_head, j0 + r); });
     stage_rows(v_s, dim, kKeys, n, 1.f, [&](int64_t r) { return key_at<T>(p, p.prefix_v, p.v, it, kv_head, j0 + r); });
-    if (tid < kKeys)
-      bias_s[tid] = p.key_bias && tid < n ? p.key_bias[it.index * p.bias_stride + j0 + tid] : 0.f;
+    if (tid < kKeys) {
+      const bool real = tid < n;
+      bias_s[tid] = p.key_bias && real ? p.key_bias[it.index * p.bias_stride + j0 + tid] : 0.f;
+      factor_s[tid] = p.key_factor && real ? p.key_factor[it.index * p.factor_stride + j0 + tid] : 1.f;
+    }
     __syncthreads();
     for (int t = 0; t < kKeysPerLane; ++t) {
       const int64_t jj = lane + t * kLanes, j = j0 + jj;
       float prob = 0.f, product = 0.f;
       if (active && j >= vis.lo && j < vis.hi && lse != -INFINITY) {
-        prob = expf(suppressed_score(p, q_s + row * dim, k_s + jj * dim, bias_s[jj], 1.f, 0.f) - lse);
+        const float raw = dot(q_s + row * dim, k_s + jj * dim, dim);
+        prob = expf(suppress(p, raw, bias_s[jj], factor_s[jj], row_min) - lse);
         product = prob * dot(do_s + row * dim, v_s + jj * dim, dim);
       }
-      p_s[row * kKeys + jj] = prob;
-      pdp_s[row * kKeys + jj] = product;
       delta += product;
+      const float c = factor_s[jj];
+      product_rest += product * (1.f - c);
+      prob_rest += prob * (1.f - c);
+      p_s[row * kKeys + jj] = prob * c;
+      pdp_s[row * kKeys + jj] = product * c;
     }
     __syncthreads();
 #pragma unroll
@@ -297,18 +315,28 @@ __global__ void __launch_bounds__(kThreads) grad_query_kernel(AttentionProblem p
     }
   }
   delta = group_sum(delta);
+  product_rest = group_sum(product_rest);
+  prob_rest = group_sum(prob_rest);
   if (!active) return;
-  const float scale = float(p.options.scale);
+  const float scale = float(p.options.scale), grad_min = product_rest - delta * prob_rest;
+  const T* min_key = p.key_factor ? key_at<T>(p, p.prefix_k, p.k, it, kv_head,
+                                              *row_at<const int64_t>(g.row_argmin, it, head, i))
+                                  : nullptr;
   float* dst = row_at<float>(g.grad_q, it, head, i);
 #pragma unroll
   for (int u = 0; u < kDimsPerLane; ++u) {
     const int64_t d = lane + u * kLanes;
-    if (d < dim) dst[d] = scale * (a[u] - delta * b[u]);
+    if (d < dim) dst[d] = scale * (a[u] - delta * b[u] + (min_key ? grad_min * to_float(min_key[d]) : 0.f));
   }
-  if (lane == 0) *row_at<float>(g.delta, it, head, i) = delta;
+  if (lane == 0) {
+    *row_at<float>(g.delta, it, head, i) = delta;
+    if (p.key_factor) *row_at<float>(g.grad_min, it, head, i) = grad_min;
+  }
 }
 
-// dk, dv and the bias gradient of one tile of kGradKeys keys of one key/value head.
+// dk, dv and the bias and factor gradients of one tile of kGradKeys keys of one key/value head:
+//   dv_j = sum_i P_ij grad_out_i,  dk_j = sum_i G_ij c_j (scale q_i) + sum_{i : a_i = j} dm_i (scale q_i)
+//   dbias_j = sum_i G_ij,  dfactor_j = sum_i G_ij (s_ij - m_i)
 template <typename T>
 __global__ void __launch_bounds__(kThreads) grad_key_kernel(AttentionProblem p, GradientOperands g, int32_t* flag) {
   extern __shared__ float smem[];
@@ -319,9 +347,12 @@ __global__ void __launch_bounds__(kThreads) grad_key_kernel(AttentionProblem p, 
   float* do_s = q_s + kRows * dim;
   float* p_s = do_s + kRows * dim;
   float* ds_s = p_s + kRows * kGradKeys;
-  float* bias_s = ds_s + kRows * kGradKeys;
-  float* lse_s = bias_s + kGradKeys;
+  float* dc_s = ds_s + kRows * kGradKeys;
+  float* bias_s = dc_s + kRows * kGradKeys;
+  float* factor_s = bias_s + kGradKeys;
+  float* lse_s = factor_s + kGradKeys;
   float* delta_s = lse_s + kRows;
+  float* min_s = delta_s + kRows;
 
   const int tid = threadIdx.x;
   const DeviceItem it = item_at(p, blockIdx.z, flag);
@@ -330,8 +361,11 @@ __global__ void __launch_bounds__(kThreads) grad_key_kernel(AttentionProblem p, 
   const int64_t n = it.keys - j0 < kGradKeys ? it.keys - j0 : kGradKeys, group = p.q_heads / p.kv_heads;
   stage_rows(k_s, dim, kGradKeys, n, 1.f, [&](int64_t r) { return key_at<T>(p, p.prefix_k, p.k, it, kv_head, j0 + r); });
   stage_rows(v_s, dim, kGradKeys, n, 1.f, [&](int64_t r) { return key_at<T>(p, p.prefix_v, p.v, it, kv_head, j0 + r); });
-  if (tid < kGradKeys)
-    bias_s[tid] = p.key_bias && tid < n ? p.key_bias[it.index * p.bias_stride + j0 + tid] : 0.f;
+  if (tid < kGradKeys) {
+    const bool real = tid < n;
+    bias_s[tid] = p.key_bias && real ? p.key_bias[it.index * p.bias_stride + j0 + tid] : 0.f;
+    factor_s[tid] = p.key_factor && real ? p.key_factor[it.index * p.factor_stride + j0 + tid] : 1.f;
+  }
 
   // The query rows that see some key of the tile.
   const int64_t offset = it.keys - it.queries;
@@ -339,36 +373,39 @@ __global__ void __launch_bounds__(kThreads) grad_key_kernel(AttentionProblem p, 
   if (p.options.causal && j0 - offset > lo) lo = j0 - offset;
   if (p.options.window > 0 && j0 + n - 1 + p.options.window - offset < hi) hi = j0 + n - 1 + p.options.window - offset;
 
-  float acc_k[kGradSlots], acc_v[kGradSlots], bias_acc = 0.f;
+  const float scale = float(p.options.scale);
+  float acc_k[kGradSlots], acc_v[kGradSlots], bias_acc = 0.f, factor_acc = 0.f;
 #pragma unroll
   for (int s = 0; s < kGradSlots; ++s) acc_k[s] = acc_v[s] = 0.f;
   for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
     for (int64_t i0 = lo / kRows * kRows; i0 < hi; i0 += kRows) {
       const int64_t count = it.queries - i0 < kRows ? it.queries - i0 : kRows;
       __syncthreads();
-      stage_rows(q_s, dim, kRows, count, float(p.options.scale),
-                    [&](int64_t r) { return row_at<const T>(p.q, it, head, i0 + r); });
-      stage_rows(do_s, dim, kRows, count, 1.f,
-                    [&](int64_t r) { return row_at<const T>(g.grad_out, it, head, i0 + r); });
+      stage_rows(q_s, dim, kRows, count, scale, [&](int64_t r) { return row_at<const T>(p.q, it, head, i0 + r); });
+      stage_rows(do_s, dim, kRows, count, 1.f, [&](int64_t r) { return row_at<const T>(g.grad_out, it, head, i0 + r); });
       if (tid < kRows) {
         const bool real = tid < count;
         lse_s[tid] = real ? *row_at<const float>(g.lse, it, head, i0 + tid) : -INFINITY;
         delta_s[tid] = real ? *row_at<const float>(g.delta, it, head, i0 + tid) : 0.f;
+        min_s[tid] = real && p.key_factor ? *row_at<const float>(g.row_min, it, head, i0 + tid) : 0.f;
       }
       __syncthreads();
       for (int e = tid; e < kRows * kGradKeys; e += kThreads) {
         const int r = e / kGradKeys, jj = e % kGradKeys;
         const int64_t j = j0 + jj;
-        float prob = 0.f, grad = 0.f;
+        float prob = 0.f, grad = 0.f, grad_factor = 0.f;
         if (r < count && jj < n && lse_s[r] != -INFINITY) {
           const Interval vis = visible_keys(p.options, it, i0 + r);
           if (j >= vis.lo && j < vis.hi) {
-            prob = expf(suppressed_score(p, q_s + r * dim, k_s + jj * dim, bias_s[jj], 1.f, 0.f) - lse_s[r]);
+            const float raw = dot(q_s + r * dim, k_s + jj * dim, dim);
+            prob = expf(suppress(p, raw, bias_s[jj], factor_s[jj], min_s[r]) - lse_s[r]);
             grad = prob * (dot(do_s + r * dim, v_s + jj * dim, dim) - delta_s[r]);
+            grad_factor = grad * (raw - min_s[r]);
           }
         }
         p_s[e] = prob;
         ds_s[e] = grad;
+        dc_s[e] = grad_factor;
       }
       __syncthreads();
 #pragma unroll
@@ -377,12 +414,29 @@ __global__ void __launch_bounds__(kThreads) grad_key_kernel(AttentionProblem p, 
         if (jj < kGradKeys)
           for (int r = 0; r < kRows; ++r) {
             acc_v[s] = fmaf(p_s[r * kGradKeys + jj], do_s[r * dim + d], acc_v[s]);
-            acc_k[s] = fmaf(ds_s[r * kGradKeys + jj], q_s[r * dim + d], acc_k[s]);
+            acc_k[s] = fmaf(ds_s[r * kGradKeys + jj] * factor_s[jj], q_s[r * dim + d], acc_k[s]);
           }
       }
       if (tid < kGradKeys)
-        for (int r = 0; r < kRows; ++r) bias_acc += ds_s[r * kGradKeys + tid];
+        for (int r = 0; r < kRows; ++r) {
+          bias_acc += ds_s[r * kGradKeys + tid];
+          factor_acc += dc_s[r * kGradKeys + tid];
+        }
     }
+  }
+  if (p.key_factor) {  // the rows whose minimum sits on a key of this tile (any row, for factor_min="all")
+    for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head)
+      for (int64_t i = 0; i < it.queries; ++i) {
+        const int64_t a = *row_at<const int64_t>(g.row_argmin, it, head, i);
+        if (a < j0 || a >= j0 + n) continue;
+        const float weight = scale * *row_at<const float>(g.grad_min, it, head, i);
+        const T* q = row_at<const T>(p.q, it, head, i);
+#pragma unroll
+        for (int s = 0; s < kGradSlots; ++s) {
+          const int64_t e = tid + int64_t(s) * kThreads, jj = e / dim, d = e % dim;
+          if (j0 + jj == a) acc_k[s] = fmaf(weight, to_float(q[d]), acc_k[s]);
+        }
+      }
   }
 #pragma unroll
   for (int s = 0; s < kGradSlots; ++s) {
@@ -392,7 +446,10 @@ __global__ void __launch_bounds__(kThreads) grad_key_kernel(AttentionProblem p, 
       row_at<float>(g.grad_v, it, kv_head, j0 + jj)[d] = acc_v[s];
     }
   }
-  if (p.key_bias && tid < n) *row_at<float>(g.grad_bias, it, kv_head, j0 + tid) = bias_acc;
+  if (tid < n) {
+    if (p.key_bias) *row_at<float>(g.grad_bias, it, kv_head, j0 + tid) = bias_acc;
+    if (p.key_factor) *row_at<float>(g.grad_factor, it, kv_head, j0 + tid) = factor_acc;
+  }
 }
 
 template <typename Kernel, typename... Args>
@@ -418,12 +475,13 @@ void attention_forward_cuda(const AttentionProblem& p, const AttentionForwardOut
   check_grid(p);
   const bool varlen = p.cu_seqlens != nullptr;
   const Operand row_min = out.row_min ? operand_of(*out.row_min, varlen) : Operand{};
+  const Operand row_argmin = out.row_argmin ? operand_of(*out.row_argmin, varlen) : Operand{};
   const size_t shared = sizeof(float) * size_t((kRows + 2 * kKeys) * p.dim + kRows * kKeys + 2 * kKeys);
   const dim3 grid(unsigned(ceil_div(p.queries, kRows)), unsigned(p.q_heads), unsigned(p.items));
   dispatch_float(p.dtype, "q", [&](auto tag) {
     using T = typename decltype(tag)::type;
     launch(forward_kernel<T>, grid, shared, static_cast<cudaStream_t>(stream), p, operand_of(out.out, varlen),
-           operand_of(out.lse, varlen), row_min, error_flag.as<int32_t>());
+           operand_of(out.lse, varlen), row_min, row_argmin, error_flag.as<int32_t>());
   });
 }
 
@@ -435,12 +493,16 @@ void attention_backward_cuda(const AttentionProblem& p, const AttentionGradients
   const GradientOperands ops{operand_of(g.grad_out, varlen), operand_of(g.lse, varlen), operand_of(g.delta, varlen),
                              operand_of(g.grad_q, varlen),   operand_of(g.grad_k, varlen),
                              operand_of(g.grad_v, varlen),
-                             g.grad_bias ? operand_of(*g.grad_bias, false) : Operand{}};
+                             g.grad_bias ? operand_of(*g.grad_bias, false) : Operand{},
+                             g.row_min ? operand_of(*g.row_min, false) : Operand{},
+                             g.row_argmin ? operand_of(*g.row_argmin, false) : Operand{},
+                             g.grad_min ? operand_of(*g.grad_min, false) : Operand{},
+                             g.grad_factor ? operand_of(*g.grad_factor, false) : Operand{}};
   const auto s = static_cast<cudaStream_t>(stream);
   const int64_t keys = varlen ? p.queries : p.prefix + p.keys;
-  const size_t query_shared = sizeof(float) * size_t(2 * (kRows + kKeys) * p.dim + 2 * kRows * kKeys + kKeys);
+  const size_t query_shared = sizeof(float) * size_t(2 * (kRows + kKeys) * p.dim + 2 * kRows * kKeys + 2 * kKeys);
   const size_t key_shared =
-      sizeof(float) * size_t(2 * (kGradKeys + kRows) * p.dim + 2 * kRows * kGradKeys + kGradKeys + 2 * kRows);
+      sizeof(float) * size_t(2 * (kGradKeys + kRows) * p.dim + 3 * kRows * kGradKeys + 2 * kGradKeys + 3 * kRows);
   dispatch_float(p.dtype, "q", [&](auto tag) {
     using T = typename decltype(tag)::type;
     launch(grad_query_kernel<T>, dim3(unsigned(ceil_div(p.queries, kRows)), unsigned(p.q_heads), unsigned(p.items)),
