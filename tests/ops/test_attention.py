@@ -218,6 +218,18 @@ def test_key_vectors_broadcast_over_the_batch():
         torch.testing.assert_close(attention(q, k, v, key_bias=form), expected, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("batch, queries, keys", [(0, 3, 5), (2, 0, 5), (1, 1, 1)])
+def test_empty_and_tiny_shapes_with_a_broadcast_upstream_gradient(batch, queries, keys):
+    q = torch.randn(batch, 2, queries, 16, requires_grad=True)
+    k, v = (torch.randn(batch, 1, keys, 16, requires_grad=True) for _ in range(2))
+    out = attention(q, k, v)
+    out.sum().backward()  # an expanded, stride-0 grad_out
+    expected = reference.attention(q, k, v)
+    torch.testing.assert_close(out, expected)
+    for ours, theirs in zip((q.grad, k.grad, v.grad), torch.autograd.grad(expected.sum(), (q, k, v))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 # ---- varlen -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lengths, window, dtype", [

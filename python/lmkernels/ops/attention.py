@@ -179,7 +179,10 @@ def _window(window: int | None) -> int:
 
 
 def _unit_last(t: Tensor | None) -> Tensor | None:
-    return t if t is None or t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+    if t is None or t.shape[-1] <= 1 or t.stride(-1) == 1:
+        return t
+    # An empty tensor counts as contiguous whatever its strides, so contiguous() would keep them.
+    return t.new_empty(t.shape) if t.numel() == 0 else t.contiguous()
 
 
 def _rows_shape(q: Tensor, varlen: bool) -> tuple[int, ...]:
