@@ -9,9 +9,10 @@
 // multiplicative factor a first pass over the counted keys finds each row's minimum score.
 //
 // Backward: two passes that each own what they write, so no two tasks add to the same value.
-// Pass 1 (dq): a task per (item, query head, query tile) walks its key tiles. Pass 2 (dk, dv,
-// dbias): a task per (item, key/value head, key tile) walks every query head of its group and the
-// query tiles that can see the tile. Both recompute P from the saved log-sum-exp.
+// Pass 1 (dq, delta, dm): a task per (item, query head, query tile) walks its key tiles. Pass 2
+// (dk, dv, dbias, dfactor): a task per (item, key/value head, key tile) walks every query head of
+// its group and the query tiles that can see the tile. Both recompute P from the saved
+// log-sum-exp (and the multiplicative form's saved row minimum).
 //
 // Every product is one register-blocked kernel, C (+)= A B with A read at any two strides (so
 // that P^T and dS^T need no transposed copy): four rows of C by sixteen columns in eight vector
