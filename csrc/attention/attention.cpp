@@ -139,7 +139,8 @@ AttentionProblem check_attention(const AttentionInputs& in, const AttentionOptio
   }
   // Key indices travel as int32 lanes in the CPU masks.
   if (p.prefix + p.keys > kMaxKeys || p.total_rows > kMaxKeys)
-    fail(ErrorKind::Value, "k: at most ", kMaxKeys, " keys are supported, got ", std::max(p.prefix + p.keys, p.total_rows));
+    fail(ErrorKind::Value, "k: at most ", kMaxKeys, " keys are supported, got ",
+         std::max(p.prefix + p.keys, p.total_rows));
   p.q = operand_of(q, varlen);
   p.k = operand_of(in.k, varlen);
   p.v = operand_of(in.v, varlen);
@@ -217,8 +218,8 @@ void check_gradients(const AttentionProblem& p, const AttentionInputs& in, const
   const bool factor = in.key_factor.has_value();
   if (g.row_min.has_value() != factor || g.row_argmin.has_value() != factor || g.grad_min.has_value() != factor ||
       g.grad_factor.has_value() != factor)
-    fail(ErrorKind::Value, "grad_factor: expected row_min, row_argmin, grad_min and grad_factor exactly when key_factor "
-         "is given");
+    fail(ErrorKind::Value,
+         "grad_factor: expected row_min, row_argmin, grad_min and grad_factor exactly when key_factor is given");
   if (factor) {
     for (auto [t, name] : {std::pair{&*g.row_min, "row_min"}, {&*g.grad_min, "grad_min"}}) {
       check_dtype(*t, name, {DType::Float32});

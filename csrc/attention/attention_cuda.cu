@@ -151,9 +151,10 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionProblem p, O
   const int64_t count = it.queries - i0 < kRows ? it.queries - i0 : kRows, i = i0 + row;
   const bool active = row < count;
   const Interval vis = active ? visible_keys(p.options, it, i) : Interval{0, 0};
-  const int64_t first_key = visible_keys(p.options, it, i0).lo, last_key = visible_keys(p.options, it, i0 + count - 1).hi;
+  const int64_t first_key = visible_keys(p.options, it, i0).lo;
+  const int64_t last_key = visible_keys(p.options, it, i0 + count - 1).hi;
   stage_rows(q_s, dim, kRows, count, float(p.options.scale),
-                [&](int64_t r) { return row_at<const T>(p.q, it, head, i0 + r); });
+             [&](int64_t r) { return row_at<const T>(p.q, it, head, i0 + r); });
 
   float row_min = INFINITY;
   int64_t row_argmin = 0;
@@ -164,7 +165,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionProblem p, O
     for (int64_t j0 = lo / kKeys * kKeys; j0 < hi; j0 += kKeys) {
       const int64_t n = it.keys - j0 < kKeys ? it.keys - j0 : kKeys;
       __syncthreads();
-      stage_rows(k_s, dim, kKeys, n, 1.f, [&](int64_t r) { return key_at<T>(p, p.prefix_k, p.k, it, kv_head, j0 + r); });
+      stage_rows(k_s, dim, kKeys, n, 1.f,
+                 [&](int64_t r) { return key_at<T>(p, p.prefix_k, p.k, it, kv_head, j0 + r); });
       __syncthreads();
       for (int t = 0; t < kKeysPerLane; ++t) {
         const int64_t jj = lane + t * kLanes, j = j0 + jj;
@@ -267,7 +269,8 @@ __global__ void __launch_bounds__(kThreads) grad_query_kernel(AttentionProblem p
   const int64_t count = it.queries - i0 < kRows ? it.queries - i0 : kRows, i = i0 + row;
   const bool active = row < count;
   const Interval vis = active ? visible_keys(p.options, it, i) : Interval{0, 0};
-  const int64_t first_key = visible_keys(p.options, it, i0).lo, last_key = visible_keys(p.options, it, i0 + count - 1).hi;
+  const int64_t first_key = visible_keys(p.options, it, i0).lo;
+  const int64_t last_key = visible_keys(p.options, it, i0 + count - 1).hi;
   stage_rows(q_s, dim, kRows, count, float(p.options.scale),
              [&](int64_t r) { return row_at<const T>(p.q, it, head, i0 + r); });
   stage_rows(do_s, dim, kRows, count, 1.f, [&](int64_t r) { return row_at<const T>(g.grad_out, it, head, i0 + r); });
@@ -359,8 +362,10 @@ __global__ void __launch_bounds__(kThreads) grad_key_kernel(AttentionProblem p, 
   const int64_t kv_head = blockIdx.y, j0 = int64_t(blockIdx.x) * kGradKeys;
   if (!it.valid || j0 >= it.keys) return;
   const int64_t n = it.keys - j0 < kGradKeys ? it.keys - j0 : kGradKeys, group = p.q_heads / p.kv_heads;
-  stage_rows(k_s, dim, kGradKeys, n, 1.f, [&](int64_t r) { return key_at<T>(p, p.prefix_k, p.k, it, kv_head, j0 + r); });
-  stage_rows(v_s, dim, kGradKeys, n, 1.f, [&](int64_t r) { return key_at<T>(p, p.prefix_v, p.v, it, kv_head, j0 + r); });
+  stage_rows(k_s, dim, kGradKeys, n, 1.f,
+             [&](int64_t r) { return key_at<T>(p, p.prefix_k, p.k, it, kv_head, j0 + r); });
+  stage_rows(v_s, dim, kGradKeys, n, 1.f,
+             [&](int64_t r) { return key_at<T>(p, p.prefix_v, p.v, it, kv_head, j0 + r); });
   if (tid < kGradKeys) {
     const bool real = tid < n;
     bias_s[tid] = p.key_bias && real ? p.key_bias[it.index * p.bias_stride + j0 + tid] : 0.f;
@@ -382,7 +387,8 @@ __global__ void __launch_bounds__(kThreads) grad_key_kernel(AttentionProblem p, 
       const int64_t count = it.queries - i0 < kRows ? it.queries - i0 : kRows;
       __syncthreads();
       stage_rows(q_s, dim, kRows, count, scale, [&](int64_t r) { return row_at<const T>(p.q, it, head, i0 + r); });
-      stage_rows(do_s, dim, kRows, count, 1.f, [&](int64_t r) { return row_at<const T>(g.grad_out, it, head, i0 + r); });
+      stage_rows(do_s, dim, kRows, count, 1.f,
+                 [&](int64_t r) { return row_at<const T>(g.grad_out, it, head, i0 + r); });
       if (tid < kRows) {
         const bool real = tid < count;
         lse_s[tid] = real ? *row_at<const float>(g.lse, it, head, i0 + tid) : -INFINITY;

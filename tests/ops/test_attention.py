@@ -197,7 +197,8 @@ def test_prefix_is_read_in_place_and_equals_the_concatenation():
     prefix_k, prefix_v = torch.randn(1, 2, 100, 64), torch.randn(1, 2, 100, 64)
     bias = torch.randn(2, 140)
     shared = attention(q, k, v, prefix_k=prefix_k.expand(2, -1, -1, -1), prefix_v=prefix_v, key_bias=bias)
-    full_k, full_v = torch.cat([prefix_k.expand(2, -1, -1, -1), k], 2), torch.cat([prefix_v.expand(2, -1, -1, -1), v], 2)
+    full_k = torch.cat([prefix_k.expand(2, -1, -1, -1), k], 2)
+    full_v = torch.cat([prefix_v.expand(2, -1, -1, -1), v], 2)
     torch.testing.assert_close(shared, attention(q, full_k, full_v, key_bias=bias), rtol=1e-6, atol=1e-6)
 
 

@@ -116,8 +116,12 @@ def _compiled_flex():
 
 @functools.cache
 def _flex_runs(device: str, backward: bool) -> bool:
-    """Whether a compiled ``flex_attention`` runs here, with its backward where asked (a small trial call;
-    torch 2.13 has no flex backward on the CPU)."""
+    """Whether a compiled ``flex_attention`` runs here (a small trial call). Its backward has no CPU
+    kernel in torch 2.13 (NotImplementedError); that is not tried, because a frame that fails to
+    compile is skipped by dynamo from then on, which would leave the forward peer running eagerly
+    (the dense math fallback, a hundred times slower)."""
+    if backward and torch.device(device).type == "cpu":
+        return False
     try:
         from torch.nn.attention.flex_attention import create_block_mask
         q = torch.randn(1, 1, 256, 16, device=device, requires_grad=backward)
@@ -163,7 +167,8 @@ def _window_case(length: int, window: int, dtype: torch.dtype, device: str, back
     ours.inputs = peer.inputs = inputs
     pass_name = "fwd+bwd" if backward else "fwd"
     visible = sum(min(i + 1, window) for i in range(length))
-    return Case(kernel="attention", case=f"window S={length} w={window} {_HEADS}x{_DIM} {_dtype_name(dtype)} {pass_name}",
+    name = f"window S={length} w={window} {_HEADS}x{_DIM} {_dtype_name(dtype)} {pass_name}"
+    return Case(kernel="attention", case=name,
                 peer="flex_attention (compiled block mask)" if peer_kind == "flex" else "SDPA + dense bool mask",
                 ours_fn=ours, peer_fn=peer, bytes_moved=None, device=device,
                 flops=(2 if not backward else 7) * 2 * _HEADS * _DIM * visible)
