@@ -299,13 +299,16 @@ def test_compiles_fullgraph_with_backward():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("with_options", [False, True])
-def test_opcheck(with_options):
+@pytest.mark.parametrize("options", ["none", "prefix_bias_window", "factor"])
+def test_opcheck(options):
     q, k, v = (t.requires_grad_() for t in llama_like(length=20, dim=16))
-    prefix = torch.randn(1, 2, 5, 16, requires_grad=True) if with_options else None
-    bias = torch.randn(2, 25 if with_options else 20, requires_grad=with_options) if with_options else None
+    prefix = torch.randn(1, 2, 5, 16, requires_grad=True) if options == "prefix_bias_window" else None
+    keys = 25 if prefix is not None else 20
+    bias = torch.randn(2, keys, requires_grad=True) if options == "prefix_bias_window" else None
+    factor = torch.rand(2, keys, requires_grad=True) if options == "factor" else None
+    window = 7 if options == "prefix_bias_window" else 0
     torch.library.opcheck(torch.ops.lmk.attention.default,
-                          (q, k, v, prefix, prefix, bias, None, None, 0, True, 0.25, 7 if with_options else 0, False))
+                          (q, k, v, prefix, prefix, bias, factor, None, 0, True, 0.25, window, options == "factor"))
 
 
 # ---- bad input --------------------------------------------------------------------------------
