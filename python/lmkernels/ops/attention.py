@@ -87,8 +87,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: fl
     key_bias = _key_vector(key_bias, "key_bias", batch, keys, q.device)
     key_factor = _key_vector(key_factor, "key_factor", batch, keys, q.device)
     out, *_ = torch.ops.lmk.attention(q, k, v, _unit_last(prefix_k), _unit_last(prefix_v), key_bias, key_factor,
-                                        None, 0, bool(causal), _scale(scale, dim), _window(window),
-                                        factor_min == "all")
+                                      None, 0, bool(causal), _scale(scale, dim), _window(window), factor_min == "all")
     return out
 
 
@@ -105,6 +104,10 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, sca
 
     Returns:
         [T, Hq, D] in q's dtype.
+
+    Raises:
+        TypeError, ValueError: as for :func:`attention`; ValueError for a cu_seqlens that does not
+        start at 0, decreases or does not end at T; IndexError for an entry outside [0, T].
     """
     for name, t in (("q", q), ("k", k), ("v", v), ("cu_seqlens", cu_seqlens)):
         if not isinstance(t, Tensor):
@@ -117,10 +120,10 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, sca
                          f"{list(cu_seqlens.shape)}")
     if cu_seqlens.device != q.device:
         raise ValueError(f"cu_seqlens: expected the device of q ({q.device}), got {cu_seqlens.device}")
-    if max_seqlen is None:
-        max_seqlen = int(cu_seqlens.diff().max().item()) if q.is_cuda and cu_seqlens.shape[0] > 1 else 0
+    if max_seqlen is None:  # a decreasing table is reported by the kernel, not here
+        max_seqlen = max(0, int(cu_seqlens.diff().max().item())) if q.is_cuda and cu_seqlens.shape[0] > 1 else 0
     out, *_ = torch.ops.lmk.attention(q, k, v, None, None, None, None, cu_seqlens.contiguous(), int(max_seqlen),
-                                        True, _scale(scale, q.shape[-1]), _window(window), False)
+                                      True, _scale(scale, q.shape[-1]), _window(window), False)
     return out
 
 
