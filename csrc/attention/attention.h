@@ -120,6 +120,9 @@ void attention_forward_cpu(const AttentionProblem& p, const AttentionForwardOutp
 void attention_backward_cpu(const AttentionProblem& p, const AttentionGradients& g);
 
 constexpr int32_t kBadSeqlens = 1;
+// A row_argmin entry passed to the backward outside [0, P + Sk): IndexError on the CPU; on CUDA
+// the flag bit, and the entry's row minimum gets no gradient.
+constexpr int32_t kBadArgmin = 2;
 
 #ifdef LMK_WITH_CUDA
 void attention_forward_cuda(const AttentionProblem& p, const AttentionForwardOutputs& out,

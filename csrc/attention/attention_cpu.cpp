@@ -559,6 +559,13 @@ void attention_forward_cpu(const AttentionProblem& p, const AttentionForwardOutp
 
 void attention_backward_cpu(const AttentionProblem& p, const AttentionGradients& g) {
   check_cu_seqlens_values(p);
+  if (g.row_argmin) {  // the keys the backward will read at these indices
+    const int64_t* argmin = g.row_argmin->as<const int64_t>();
+    for (int64_t e = 0; e < g.row_argmin->numel(); ++e)
+      if (argmin[e] < 0 || argmin[e] >= p.prefix + p.keys)
+        fail(ErrorKind::Index, "row_argmin: expected keys in [0, ", p.prefix + p.keys, "), got ", argmin[e], " at ",
+             e);
+  }
   const bool varlen = p.cu_seqlens != nullptr;
   const GradientOperands ops{operand_of(g.grad_out, varlen), operand_of(g.lse, varlen), operand_of(g.delta, varlen),
                              operand_of(g.grad_q, varlen),   operand_of(g.grad_k, varlen),

@@ -322,9 +322,10 @@ __global__ void __launch_bounds__(kThreads) grad_query_kernel(AttentionProblem p
   prob_rest = group_sum(prob_rest);
   if (!active) return;
   const float scale = float(p.options.scale), grad_min = product_rest - delta * prob_rest;
-  const T* min_key = p.key_factor ? key_at<T>(p, p.prefix_k, p.k, it, kv_head,
-                                              *row_at<const int64_t>(g.row_argmin, it, head, i))
-                                  : nullptr;
+  const int64_t argmin = p.key_factor ? *row_at<const int64_t>(g.row_argmin, it, head, i) : 0;
+  const bool argmin_ok = argmin >= 0 && argmin < it.keys;
+  if (!argmin_ok && lane == 0) atomicOr(flag, kBadArgmin);
+  const T* min_key = p.key_factor && argmin_ok ? key_at<T>(p, p.prefix_k, p.k, it, kv_head, argmin) : nullptr;
   float* dst = row_at<float>(g.grad_q, it, head, i);
 #pragma unroll
   for (int u = 0; u < kDimsPerLane; ++u) {

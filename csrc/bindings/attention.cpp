@@ -92,6 +92,7 @@ void attention_backward(py::handle q, py::handle k, py::handle v, py::handle pre
 
 void register_attention(py::module_& m) {
   m.attr("ATTENTION_BAD_SEQLENS") = attention::kBadSeqlens;
+  m.attr("ATTENTION_BAD_ARGMIN") = attention::kBadArgmin;
   m.def("attention_forward", &attention_forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("prefix_k"),
         py::arg("prefix_v"), py::arg("key_bias"), py::arg("key_factor"), py::arg("cu_seqlens"), py::arg("max_seqlen"),
         py::arg("causal"), py::arg("scale"), py::arg("window"), py::arg("factor_min_all"), py::arg("out"),

@@ -408,3 +408,14 @@ def test_native_entry_checks_name_the_argument():
         forward(window=-1)
     with pytest.raises(ValueError, match="k: expected unit stride in the last dimension"):
         forward(k=k.transpose(2, 3).contiguous().transpose(2, 3))
+
+
+def test_backward_rejects_a_row_minimum_key_out_of_range():
+    q, k, v = llama_like(length=20, dim=16)
+    factor = torch.rand(2, 20)
+    out, lse, row_min, row_argmin = torch.ops.lmk.attention(q, k, v, None, None, None, factor, None, 0, True, 0.25, 0,
+                                                            False)
+    row_argmin[1, 2, 3] = 20
+    with pytest.raises(IndexError, match="row_argmin: expected keys in \\[0, 20\\)"):
+        torch.ops.lmk.attention_backward(torch.ones_like(out), q, k, v, None, None, None, factor, None, 0, True, 0.25,
+                                         0, False, lse, row_min, row_argmin)

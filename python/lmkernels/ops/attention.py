@@ -196,6 +196,7 @@ def _check_flag(flag: Tensor | None) -> None:
     raise_on_flag(flag, {
         _C.ATTENTION_BAD_SEQLENS: ValueError("cu_seqlens: expected 0 first, non-decreasing entries, the number of "
                                              "rows of q last, and no sequence longer than max_seqlen"),
+        _C.ATTENTION_BAD_ARGMIN: IndexError("row_argmin: expected the keys the forward found, in [0, keys)"),
     })
 
 
