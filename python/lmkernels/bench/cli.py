@@ -9,13 +9,14 @@ import sys
 
 import torch
 
-from lmkernels.bench import (atman_explain, dictionary_score, dtm_sweep, embedding_bag, fp8_cast, fp8_gemm, harness,
-                             hat_split, int8_absmax, multilabel_bce, tfree_encode, tfree_patterns, tfree_words,
+from lmkernels.bench import (atman_explain, attention, dictionary_score, dtm_sweep, embedding_bag, fp8_cast, fp8_gemm,
+                             harness, hat_split, int8_absmax, multilabel_bce, tfree_encode, tfree_patterns, tfree_words,
                              token_divergence, umup_linear, word_connector)
 
 # One module per kernel family, each with ``cases(quick, device, tiny=False) -> list[Case]``.
 FAMILIES = [embedding_bag, multilabel_bce, dictionary_score, tfree_words, tfree_patterns, tfree_encode, hat_split,
-            word_connector, atman_explain, token_divergence, int8_absmax, fp8_cast, fp8_gemm, umup_linear, dtm_sweep]
+            word_connector, attention, atman_explain, token_divergence, int8_absmax, fp8_cast, fp8_gemm, umup_linear,
+            dtm_sweep]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

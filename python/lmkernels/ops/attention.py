@@ -1,5 +1,311 @@
-"""Stand-in until the native attention kernel lands: forwards to the dense reference."""
+"""``lmk::attention``: tiled attention with AtMan suppression, masks, GQA, a shared prefix and varlen packing.
 
-from lmkernels.reference.attention import attention, varlen_attention
+Shapes follow ``torch.nn.functional.scaled_dot_product_attention``: q [B, Hq, Sq, D], k and v
+[B, Hkv, Sk, D], Hq a multiple of Hkv (query head h reads key/value head h // (Hq / Hkv)).
+Sq <= Sk: query i sits at absolute position p_i = Sk - Sq + i (a KV-cache step or a suffix pass).
+With ``prefix_k`` / ``prefix_v`` [1 or B, Hkv, P, D] every item attends over prefix ⊕ its own
+keys (P + Sk keys; ``key_bias`` and ``key_factor`` [B, P + Sk] cover both); the prefix is read in
+place, never copied per item, and a batch-1 (or expanded, stride-0) prefix serves the whole batch::
+
+    s_ij = scale * q_i . k_j                                         scale defaults to D^-1/2
+    key j is visible to query i  iff  (not causal or j <= p_i) and (window is None or p_i - j < window)
+    multiplicative suppression:  s_ij <- m_i + key_factor[b, j] (s_ij - m_i)      (the paper's form)
+        m_i = min of s_ij over the visible keys (factor_min="causal") or over all keys ("all")
+    log-additive suppression:    s_ij <- s_ij + key_bias[b, j]                   (AtMan's default: log c_j)
+    out_i = sum_j softmax_j(s_ij over visible keys) v_j
+
+A factor of exactly 1 leaves the score untouched, so an all-ones factor (or an all-zeros bias)
+gives the clean output bit for bit. A row whose visible keys all have bias -inf gives zeros.
+``varlen_attention`` runs causal attention over packed sequences (q [T, Hq, D], k and v
+[T, Hkv, D], sequence n = rows ``cu_seqlens[n]:cu_seqlens[n+1]``), each on its own.
+
+The kernel (``csrc/attention``) never materialises the [Sq, Sk] matrix: it walks 64 x 64 tiles
+with an online softmax in fp32, skipping key tiles that no query of a tile can see (a sliding
+window costs O(S x window)), and saves the row log-sum-exp for the backward, which recomputes the
+probabilities tile by tile. Inputs are float32, bfloat16 or float16; the output has q's dtype.
+
+Gradients flow to q, k, v, prefix_k, prefix_v, key_bias and key_factor; they are deterministic
+(each gradient element is written by one task, no atomics). Through the multiplicative form the
+chain rule runs through m_i + c_j (s_ij - m_i) and the row minimum, whose sub-gradient goes to the
+first key holding it (torch's ``amin`` splits it among tied keys; ties have measure zero).
+
+NaN policy: a NaN in q, k, v, key_bias or key_factor of a key that a row can see makes that row
+NaN (as in the reference). Keys a row cannot see are skipped a tile at a time, so unlike the dense
+reference (where ``0 * NaN`` reaches every row) a NaN in an invisible key's value reaches a row
+only when the key shares a 64-key tile with keys the row sees.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, raise_on_flag, stream_of
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+_FACTOR_MIN = ("causal", "all")
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: float | None = None,
+              window: int | None = None, key_bias: Tensor | None = None, key_factor: Tensor | None = None,
+              factor_min: str = "causal", prefix_k: Tensor | None = None, prefix_v: Tensor | None = None) -> Tensor:
+    """Attention with every option of the kernel; see the module docstring for the math.
+
+    Args:
+        q: [B, Hq, Sq, D] float32, bfloat16 or float16.
+        k, v: [B, Hkv, Sk, D] of q's dtype, Hq % Hkv == 0, Sq <= P + Sk.
+        causal: mask keys after each query's position.
+        scale: the score scale (default D^-1/2).
+        window: keep only keys with p_i - j < window (a positive int), or None.
+        key_bias: [B or 1, P + Sk] (or [P + Sk]) additive bias on the scaled scores; differentiable.
+        key_factor: [B or 1, P + Sk] (or [P + Sk]) multiplicative factor around the row minimum.
+        factor_min: "causal" (the minimum over the visible keys) or "all" (over every key).
+        prefix_k, prefix_v: [1 or B, Hkv, P, D] shared keys and values before each item's own.
+
+    Returns:
+        [B, Hq, Sq, D] in q's dtype.
+
+    Raises:
+        TypeError: a non-tensor or a wrong dtype. ValueError: wrong shapes, devices or options.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("key_bias", key_bias), ("key_factor", key_factor), ("prefix_k", prefix_k),
+                    ("prefix_v", prefix_v)):
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(t).__name__}")
+    _check_values(q, k, v, 4)
+    if (prefix_k is None) != (prefix_v is None):
+        raise ValueError("prefix_k: expected prefix_k and prefix_v together")
+    if factor_min not in _FACTOR_MIN:
+        raise ValueError(f"factor_min: expected 'causal' or 'all', got {factor_min!r}")
+    batch, _, sq, dim = q.shape
+    keys = k.shape[2] + (0 if prefix_k is None else prefix_k.shape[-2])
+    if sq > keys:
+        raise ValueError(f"q: expected at most as many queries as keys ({keys}), got {sq}")
+    key_bias = _key_vector(key_bias, "key_bias", batch, keys, q.device)
+    key_factor = _key_vector(key_factor, "key_factor", batch, keys, q.device)
+    out, *_ = torch.ops.lmk.attention(q, k, v, _unit_last(prefix_k), _unit_last(prefix_v), key_bias, key_factor,
+                                      None, 0, bool(causal), _scale(scale, dim), _window(window), factor_min == "all")
+    return out
+
+
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, scale: float | None = None,
+                     window: int | None = None, max_seqlen: int | None = None) -> Tensor:
+    """Causal attention over packed sequences; see the module docstring.
+
+    Args:
+        q: [T, Hq, D]; k, v: [T, Hkv, D] of q's dtype.
+        cu_seqlens: [n + 1] int32 or int64: 0, non-decreasing, ending at T.
+        scale, window: as for :func:`attention`.
+        max_seqlen: the longest sequence (CUDA sizes its grid with it; computed when None, which
+            synchronises with the GPU once). Ignored on the CPU.
+
+    Returns:
+        [T, Hq, D] in q's dtype.
+
+    Raises:
+        TypeError, ValueError: as for :func:`attention`; ValueError for a cu_seqlens that does not
+        start at 0, decreases or does not end at T; IndexError for an entry outside [0, T].
+    """
+    for name, t in (("q", q), ("k", k), ("v", v), ("cu_seqlens", cu_seqlens)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    _check_values(q, k, v, 3)
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens: expected dtype int32 or int64, got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 1:
+        raise ValueError(f"cu_seqlens: expected a 1-dimensional tensor of at least one entry, got shape "
+                         f"{list(cu_seqlens.shape)}")
+    if cu_seqlens.device != q.device:
+        raise ValueError(f"cu_seqlens: expected the device of q ({q.device}), got {cu_seqlens.device}")
+    if max_seqlen is None:  # a decreasing table is reported by the kernel, not here
+        max_seqlen = max(0, int(cu_seqlens.diff().max().item())) if q.is_cuda and cu_seqlens.shape[0] > 1 else 0
+    out, *_ = torch.ops.lmk.attention(q, k, v, None, None, None, None, cu_seqlens.contiguous(), int(max_seqlen),
+                                      True, _scale(scale, q.shape[-1]), _window(window), False)
+    return out
+
+
+def _check_values(q: Tensor, k: Tensor, v: Tensor, ndim: int) -> None:
+    layout = "[B, H, S, D]" if ndim == 4 else "[T, H, D]"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype not in _FLOATS:
+            raise TypeError(f"{name}: expected dtype float32, bfloat16 or float16, got {t.dtype}")
+        if t.dim() != ndim:
+            raise ValueError(f"{name}: expected {ndim} dimensions {layout}, got shape {list(t.shape)}")
+        if t.device != q.device:
+            raise ValueError(f"{name}: expected the device of q ({q.device}), got {t.device}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"k, v: expected the dtype of q ({q.dtype}), got {k.dtype} and {v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"v: expected the shape of k ({list(k.shape)}), got {list(v.shape)}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k: expected the head dimension of q ({q.shape[-1]}), got shape {list(k.shape)}")
+    if k.shape[1] < 1 or q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"k: expected a number of heads that divides the query heads ({q.shape[1]}), got "
+                         f"{k.shape[1]}")
+
+
+def _key_vector(t: Tensor | None, name: str, batch: int, keys: int, device) -> Tensor | None:
+    """``t`` as float32 [B, keys], broadcast without a copy from [keys] or [1, keys]."""
+    if t is None:
+        return None
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point dtype, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name}: expected the device of q ({device}), got {t.device}")
+    if t.dim() not in (1, 2) or t.shape[-1] != keys or (t.dim() == 2 and t.shape[0] not in (1, batch)):
+        raise ValueError(f"{name}: expected shape [{batch}, {keys}] (batch, prefix + own keys), or [1, {keys}] or "
+                         f"[{keys}], got {list(t.shape)}")
+    return _unit_last(t.to(torch.float32).expand(batch, keys))
+
+
+def _scale(scale: float | None, dim: int) -> float:
+    if scale is None:
+        return dim ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
+    if scale != scale or scale in (float("inf"), float("-inf")):
+        raise ValueError(f"scale: expected a finite number, got {scale}")
+    return float(scale)
+
+
+def _window(window: int | None) -> int:
+    if window is None:
+        return 0
+    if isinstance(window, bool) or not isinstance(window, int):
+        raise TypeError(f"window: expected an int or None, got {type(window).__name__}")
+    if window < 1:
+        raise ValueError(f"window: expected a positive number of keys (or None), got {window}")
+    return window
+
+
+def _unit_last(t: Tensor | None) -> Tensor | None:
+    if t is None or t.shape[-1] <= 1 or t.stride(-1) == 1:
+        return t
+    # An empty tensor counts as contiguous whatever its strides, so contiguous() would keep them.
+    return t.new_empty(t.shape) if t.numel() == 0 else t.contiguous()
+
+
+def _rows_shape(q: Tensor, varlen: bool) -> tuple[int, ...]:
+    return tuple(q.shape[:2]) if varlen else tuple(q.shape[:3])
+
+
+def _check_flag(flag: Tensor | None) -> None:
+    raise_on_flag(flag, {
+        _C.ATTENTION_BAD_SEQLENS: ValueError("cu_seqlens: expected 0 first, non-decreasing entries, the number of "
+                                             "rows of q last, and no sequence longer than max_seqlen"),
+        _C.ATTENTION_BAD_ARGMIN: IndexError("row_argmin: expected the keys the forward found, in [0, keys)"),
+    })
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None, prefix_v: Tensor | None,
+               key_bias: Tensor | None, key_factor: Tensor | None, cu_seqlens: Tensor | None, max_seqlen: int,
+               causal: bool, scale: float, window: int,
+               factor_min_all: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    q, k, v = (_unit_last(t.detach()) for t in (q, k, v))
+    varlen = cu_seqlens is not None
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(_rows_shape(q, varlen), dtype=torch.float32, device=q.device)
+    factor_rows = lse.shape if key_factor is not None else (0,)
+    row_min = torch.empty(factor_rows, dtype=torch.float32, device=q.device)
+    row_argmin = torch.empty(factor_rows, dtype=torch.int64, device=q.device)
+    flag = error_flag(q)
+    detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, key_factor, cu_seqlens)]
+    _C.attention_forward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, window,
+                         factor_min_all, dl(out), dl(lse), *(dl(t if key_factor is not None else None)
+                                                             for t in (row_min, row_argmin)), dl(flag), stream_of(q))
+    _check_flag(flag)
+    return out, lse, row_min, row_argmin
+
+
+def _attention_fake(q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, max_seqlen, causal, scale, window,
+                    factor_min_all):
+    rows = _rows_shape(q, cu_seqlens is not None)
+    factor_rows = rows if key_factor is not None else (0,)
+    return (q.new_empty(q.shape), q.new_empty(rows, dtype=torch.float32),
+            q.new_empty(factor_rows, dtype=torch.float32), q.new_empty(factor_rows, dtype=torch.int64))
+
+
+define_op("attention(Tensor q, Tensor k, Tensor v, Tensor? prefix_k, Tensor? prefix_v, Tensor? key_bias, "
+          "Tensor? key_factor, Tensor? cu_seqlens, int max_seqlen, bool causal, float scale, int window, "
+          "bool factor_min_all) -> (Tensor, Tensor, Tensor, Tensor)", _attention, _attention_fake)
+
+
+def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None,
+                        prefix_v: Tensor | None, key_bias: Tensor | None, key_factor: Tensor | None,
+                        cu_seqlens: Tensor | None, max_seqlen: int, causal: bool, scale: float, window: int,
+                        factor_min_all: bool, lse: Tensor, row_min: Tensor, row_argmin: Tensor) -> tuple[Tensor, ...]:
+    q, k, v, grad_out = (_unit_last(t.detach()) for t in (q, k, v, grad_out))
+    varlen = cu_seqlens is not None
+    prefix = 0 if prefix_k is None else prefix_k.shape[2]
+    keys_shape = k.shape if varlen else (k.shape[0], k.shape[1], prefix + k.shape[2], k.shape[3])
+    new = dict(dtype=torch.float32, device=q.device)
+    grad_q, grad_k, grad_v = torch.empty(q.shape, **new), torch.empty(keys_shape, **new), torch.empty(keys_shape, **new)
+    delta = torch.empty(lse.shape, **new)  # filled by the kernel, in fp32
+    factor = key_factor is not None
+    grad_bias = torch.empty(keys_shape[:3], **new) if key_bias is not None else None
+    grad_factor = torch.empty(keys_shape[:3], **new) if factor else None
+    grad_min = torch.empty(lse.shape, **new) if factor else None
+    flag = error_flag(q)
+    detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, key_factor, cu_seqlens)]
+    _C.attention_backward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, window,
+                          factor_min_all, dl(grad_out), dl(lse.contiguous()), dl(row_min if factor else None),
+                          dl(row_argmin if factor else None), dl(delta), dl(grad_min), dl(grad_q), dl(grad_k),
+                          dl(grad_v), dl(grad_bias), dl(grad_factor), dl(flag), stream_of(q))
+    _check_flag(flag)
+    empty = q.new_empty((0,))
+    grad_prefix_k = grad_prefix_v = empty
+    if prefix:
+        # A batch-1 prefix served every item: its gradient sums theirs.
+        grad_prefix_k, grad_prefix_v = (g[:, :, :prefix].sum(0, keepdim=True) if t.shape[0] == 1 else g[:, :, :prefix]
+                                        for g, t in ((grad_k, prefix_k), (grad_v, prefix_v)))
+        grad_prefix_k, grad_prefix_v = grad_prefix_k.to(q.dtype), grad_prefix_v.to(q.dtype)
+        grad_k, grad_v = grad_k[:, :, prefix:], grad_v[:, :, prefix:]
+    no_key_vector = q.new_empty((0,), dtype=torch.float32)
+    return (grad_q.to(q.dtype), grad_k.to(q.dtype), grad_v.to(q.dtype), grad_prefix_k, grad_prefix_v,
+            grad_bias.sum(1) if grad_bias is not None else no_key_vector,
+            grad_factor.sum(1) if grad_factor is not None else no_key_vector)
+
+
+def _attention_backward_fake(grad_out, q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, max_seqlen,
+                             causal, scale, window, factor_min_all, lse, row_min, row_argmin):
+    empty = q.new_empty((0,))
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            empty if prefix_k is None else prefix_k.new_empty(prefix_k.shape),
+            empty if prefix_v is None else prefix_v.new_empty(prefix_v.shape),
+            q.new_empty(key_bias.shape if key_bias is not None else (0,), dtype=torch.float32),
+            q.new_empty(key_factor.shape if key_factor is not None else (0,), dtype=torch.float32))
+
+
+define_op("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? prefix_k, Tensor? prefix_v, "
+          "Tensor? key_bias, Tensor? key_factor, Tensor? cu_seqlens, int max_seqlen, bool causal, float scale, "
+          "int window, bool factor_min_all, Tensor lse, Tensor row_min, Tensor row_argmin) "
+          "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _attention_backward,
+          _attention_backward_fake)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, max_seqlen, causal, scale, window, min_all = inputs
+    ctx.options = (max_seqlen, causal, scale, window, min_all)
+    ctx.has_prefix, ctx.has_bias, ctx.has_factor = prefix_k is not None, key_bias is not None, key_factor is not None
+    ctx.save_for_backward(q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, *output[1:])
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_out, _grad_lse, _grad_row_min, _grad_row_argmin):
+    if grad_out is None:
+        return (None,) * 13
+    q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, lse, row_min, row_argmin = ctx.saved_tensors
+    grads = torch.ops.lmk.attention_backward(grad_out, q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens,
+                                             *ctx.options, lse, row_min, row_argmin)
+    grad_q, grad_k, grad_v, grad_prefix_k, grad_prefix_v, grad_bias, grad_factor = grads
+    return (grad_q, grad_k, grad_v, grad_prefix_k if ctx.has_prefix else None,
+            grad_prefix_v if ctx.has_prefix else None, grad_bias if ctx.has_bias else None,
+            grad_factor if ctx.has_factor else None, None, None, None, None, None, None)
+
+
+torch.library.register_autograd("lmk::attention", _backward, setup_context=_setup_context, lib=LIBRARY)
 
 __all__ = ["attention", "varlen_attention"]

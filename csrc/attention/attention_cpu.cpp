@@ -1,0 +1,592 @@
+// Attention on the CPU (see attention.h for the math).
+//
+// Forward: a task per (item, query head, tile of 64 queries). The query tile is packed once as
+// fp32 (pre-multiplied by the scale, the head dimension zero-padded to a multiple of 16); then,
+// for each 64-key tile that some row of the tile can see, the keys are packed transposed and the
+// values row-major, S = Q K^T is formed in a [64 x 64] buffer, each row is suppressed, masked and
+// folded into the running maximum and sum (online softmax), and O += P V. Only the key tiles
+// between the first row's first visible key and the last row's last one are visited. With a
+// multiplicative factor a first pass over the counted keys finds each row's minimum score.
+//
+// Backward: two passes that each own what they write, so no two tasks add to the same value.
+// Pass 1 (dq, delta, dm): a task per (item, query head, query tile) walks its key tiles. Pass 2
+// (dk, dv, dbias, dfactor): a task per (item, key/value head, key tile) walks every query head of
+// its group and the query tiles that can see the tile. Both recompute P from the saved
+// log-sum-exp (and the multiplicative form's saved row minimum).
+//
+// Every product is one register-blocked kernel, C (+)= A B with A read at any two strides (so
+// that P^T and dS^T need no transposed copy): four rows of C by sixteen columns in eight vector
+// accumulators. Scratch is allocated once per parallel chunk, never per tile. Results do not
+// depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "attention/attention.h"
+#include "common/dispatch.h"
+#include "common/parallel.h"
+#include "common/simd.h"
+#include "common/vec.h"
+#include "common/vec_math.h"
+
+namespace lmk::attention {
+namespace {
+
+using vec::f32x8;
+using vec::i32x8;
+
+constexpr int64_t kTileQ = 64;
+constexpr int64_t kTileK = 64;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// One batch item (or packed sequence): where its rows start and how many queries and keys it has.
+struct Item {
+  int64_t index = 0;      // b, or the sequence number
+  int64_t first_row = 0;  // varlen: cu_seqlens[n]
+  int64_t queries = 0, keys = 0;  // Sq and N = P + Sk
+
+  // Absolute position of query i among the keys.
+  int64_t position(int64_t i) const { return keys - queries + i; }
+};
+
+int64_t seq_start(const AttentionProblem& p, int64_t n) {
+  return p.cu_dtype == DType::Int32 ? int64_t(static_cast<const int32_t*>(p.cu_seqlens)[n])
+                                    : static_cast<const int64_t*>(p.cu_seqlens)[n];
+}
+
+Item item_of(const AttentionProblem& p, int64_t n) {
+  if (!p.cu_seqlens) return Item{n, 0, p.queries, p.prefix + p.keys};
+  const int64_t start = seq_start(p, n), length = seq_start(p, n + 1) - start;
+  return Item{n, start, length, length};
+}
+
+int64_t longest_item(const AttentionProblem& p) {
+  if (!p.cu_seqlens) return p.queries;
+  int64_t longest = 0;
+  for (int64_t n = 0; n < p.items; ++n) longest = std::max(longest, seq_start(p, n + 1) - seq_start(p, n));
+  return longest;
+}
+
+template <typename T>
+T* row_of(const Operand& o, const Item& it, int64_t head, int64_t row) {
+  return static_cast<T*>(o.data) + it.index * o.batch + head * o.head + (it.first_row + row) * o.row;
+}
+
+// Key j of the concatenated prefix ⊕ own keys.
+template <typename T>
+const T* key_row(const AttentionProblem& p, const Operand& prefix, const Operand& own, const Item& it, int64_t head,
+                 int64_t j) {
+  if (j < p.prefix) return static_cast<const T*>(prefix.data) + it.index * prefix.batch + head * prefix.head +
+                           j * prefix.row;
+  return row_of<const T>(own, it, head, j - p.prefix);
+}
+
+// The interval [lo, hi) of keys that query i sees.
+struct Visible {
+  int64_t lo, hi;
+};
+
+Visible visible_keys(const AttentionOptions& o, const Item& it, int64_t i) {
+  const int64_t pos = it.position(i);
+  return Visible{o.window > 0 ? std::max<int64_t>(0, pos - o.window + 1) : 0, o.causal ? pos + 1 : it.keys};
+}
+
+// The query rows [lo, hi) that see some key in [j0, j1).
+Visible rows_seeing(const AttentionOptions& o, const Item& it, int64_t j0, int64_t j1) {
+  const int64_t offset = it.keys - it.queries;
+  int64_t lo = 0, hi = it.queries;
+  if (o.causal) lo = std::max(lo, j0 - offset);
+  if (o.window > 0) hi = std::min(hi, j1 - 1 + o.window - offset);
+  return Visible{lo, std::max(lo, hi)};
+}
+
+// C[m x n] (+)= A(m x k) B[k x n], A(r, c) = a[r * a_row + c * a_col]; m a multiple of 4, n of 16.
+template <bool kAccumulate>
+__attribute__((always_inline)) inline void gemm(float* c, int64_t ldc, const float* a, int64_t a_row, int64_t a_col,
+                                                const float* b, int64_t ldb, int64_t m, int64_t n, int64_t k) {
+  for (int64_t i = 0; i < m; i += 4) {
+    for (int64_t j = 0; j < n; j += 16) {
+      f32x8 c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
+      float* out = c + i * ldc + j;
+      if constexpr (kAccumulate) {
+        c00 = vec::load8(out), c01 = vec::load8(out + 8);
+        c10 = vec::load8(out + ldc), c11 = vec::load8(out + ldc + 8);
+        c20 = vec::load8(out + 2 * ldc), c21 = vec::load8(out + 2 * ldc + 8);
+        c30 = vec::load8(out + 3 * ldc), c31 = vec::load8(out + 3 * ldc + 8);
+      }
+      const float* a0 = a + i * a_row;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const f32x8 b0 = vec::load8(b + kk * ldb + j), b1 = vec::load8(b + kk * ldb + j + 8);
+        const float* ak = a0 + kk * a_col;
+        const float x0 = ak[0], x1 = ak[a_row], x2 = ak[2 * a_row], x3 = ak[3 * a_row];
+        c00 += x0 * b0, c01 += x0 * b1;
+        c10 += x1 * b0, c11 += x1 * b1;
+        c20 += x2 * b0, c21 += x2 * b1;
+        c30 += x3 * b0, c31 += x3 * b1;
+      }
+      vec::store8(out, c00), vec::store8(out + 8, c01);
+      vec::store8(out + ldc, c10), vec::store8(out + ldc + 8, c11);
+      vec::store8(out + 2 * ldc, c20), vec::store8(out + 2 * ldc + 8, c21);
+      vec::store8(out + 3 * ldc, c30), vec::store8(out + 3 * ldc + 8, c31);
+    }
+  }
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void pack_row(float* dst, const T* src, int64_t dim, float scale) {
+  for (int64_t d = 0; d < dim; ++d) dst[d] = scale * to_float(src[d]);
+}
+
+// Per-chunk scratch, sized once for the problem; the padding columns stay zero.
+struct Scratch {
+  int64_t dim_padded;
+  std::vector<float> q, grad_out, keys_t, keys, values_t, values, scores, grad_scores, acc_a, acc_b;
+  std::vector<float> raw_scores, bias, factor, row_min, row_max, row_sum, lse, delta, grad_min, bias_acc, factor_acc;
+  std::vector<int64_t> argmin;
+  std::vector<Visible> visible;
+
+  explicit Scratch(int64_t dim) : dim_padded(round_up(dim, 16)) {
+    const size_t tile = size_t(kTileQ * dim_padded), key_tile = size_t(kTileK * dim_padded);
+    for (auto* v : {&q, &grad_out, &acc_a}) v->assign(tile, 0.f);
+    for (auto* v : {&keys_t, &keys, &values_t, &values, &acc_b}) v->assign(key_tile, 0.f);
+    for (auto* v : {&scores, &grad_scores, &raw_scores}) v->assign(size_t(kTileQ * kTileK), 0.f);
+    for (auto* v : {&bias, &factor, &bias_acc, &factor_acc}) v->assign(size_t(kTileK), 0.f);
+    for (auto* v : {&row_min, &row_max, &row_sum, &lse, &delta, &grad_min}) v->assign(size_t(kTileQ), 0.f);
+    argmin.assign(size_t(kTileQ), 0);
+    visible.assign(size_t(kTileQ), Visible{0, 0});
+  }
+};
+
+// Packs keys [j0, j0 + count) of one head: transposed into keys_t (and row-major into keys when
+// asked), values row-major and/or transposed, the bias and factor of those keys.
+template <typename T>
+__attribute__((always_inline)) inline void pack_keys(const AttentionProblem& p, const Item& it, int64_t kv_head,
+                                                     int64_t j0, int64_t count, Scratch& s, bool keys_row_major,
+                                                     bool values_row_major, bool values_transposed) {
+  const int64_t dp = s.dim_padded;
+  for (int64_t jj = 0; jj < count; ++jj) {
+    const T* k = key_row<T>(p, p.prefix_k, p.k, it, kv_head, j0 + jj);
+    const T* v = key_row<T>(p, p.prefix_v, p.v, it, kv_head, j0 + jj);
+    for (int64_t d = 0; d < p.dim; ++d) s.keys_t[size_t(d * kTileK + jj)] = to_float(k[d]);
+    if (keys_row_major) pack_row(s.keys.data() + jj * dp, k, p.dim, 1.f);
+    if (values_row_major) pack_row(s.values.data() + jj * dp, v, p.dim, 1.f);
+    if (values_transposed)
+      for (int64_t d = 0; d < p.dim; ++d) s.values_t[size_t(d * kTileK + jj)] = to_float(v[d]);
+  }
+  const int64_t b = it.index;
+  for (int64_t jj = 0; jj < kTileK; ++jj) {
+    if (p.key_bias) s.bias[size_t(jj)] = jj < count ? p.key_bias[b * p.bias_stride + j0 + jj] : 0.f;
+    if (p.key_factor) s.factor[size_t(jj)] = jj < count ? p.key_factor[b * p.factor_stride + j0 + jj] : 1.f;
+  }
+}
+
+// Packs queries [i0, i0 + count) of one head (scaled), and their visible intervals.
+template <typename T>
+__attribute__((always_inline)) inline void pack_queries(const AttentionProblem& p, const Item& it, int64_t head,
+                                                        int64_t i0, int64_t count, Scratch& s) {
+  const int64_t dp = s.dim_padded;
+  const float scale = float(p.options.scale);
+  for (int64_t r = 0; r < kTileQ; ++r) {
+    float* dst = s.q.data() + r * dp;
+    if (r < count) pack_row(dst, row_of<const T>(p.q, it, head, i0 + r), p.dim, scale);
+    else std::fill(dst, dst + p.dim, 0.f);
+    if (r < count) s.visible[size_t(r)] = visible_keys(p.options, it, i0 + r);
+  }
+}
+
+// One row of scores for keys [j0, j0 + kTileK): the factor around the row minimum, the bias, and
+// -inf outside [lo, hi). Returns the row's maximum (NaN never wins: it reaches the sum instead).
+__attribute__((always_inline)) inline float suppress_and_mask(float* row, const Scratch& s, const AttentionProblem& p,
+                                                              int64_t j0, Visible vis, float row_min) {
+  const bool masked = vis.lo > j0 || vis.hi < j0 + kTileK;
+  const i32x8 lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+  f32x8 best = vec::splat(-kInf);
+  for (int64_t j = 0; j < kTileK; j += 8) {
+    f32x8 x = vec::load8(row + j);
+    if (p.key_factor) {
+      const f32x8 c = vec::load8(s.factor.data() + j);
+      x = (i32x8)(c == 1.f) ? x : row_min + c * (x - row_min);
+    }
+    if (p.key_bias) x += vec::load8(s.bias.data() + j);
+    if (masked) {
+      const i32x8 key = lanes + int32_t(j0 + j);
+      x = (key >= int32_t(vis.lo) && key < int32_t(vis.hi)) ? x : vec::splat(-kInf);
+    }
+    vec::store8(row + j, x);
+    best = (i32x8)(x > best) ? x : best;
+  }
+  float lanes_out[8];
+  std::memcpy(lanes_out, &best, sizeof lanes_out);
+  float m = -kInf;
+  for (float x : lanes_out) m = x > m ? x : m;
+  return m;
+}
+
+// The outputs as operands (varlen or dense alike).
+struct ForwardOperands {
+  Operand out, lse, row_min, row_argmin;
+};
+
+struct GradientOperands {
+  Operand grad_out, lse, delta, grad_q, grad_k, grad_v, grad_bias, row_min, row_argmin, grad_min, grad_factor;
+};
+
+template <typename T>
+__attribute__((always_inline)) inline void forward_task(const AttentionProblem& p, const ForwardOperands& out,
+                                                        const Item& it, int64_t head, int64_t tile, Scratch& s) {
+  const int64_t i0 = tile * kTileQ, count = std::min(kTileQ, it.queries - i0);
+  if (count <= 0) return;
+  const int64_t dp = s.dim_padded, kv_head = head / (p.q_heads / p.kv_heads), rows = round_up(count, 4);
+  pack_queries<T>(p, it, head, i0, count, s);
+  const int64_t first_key = s.visible[0].lo, last_key = s.visible[size_t(count - 1)].hi;
+
+  if (p.key_factor) {  // the minimum of each row's counted raw scores, and its first key
+    const bool all = p.options.factor_min_all;
+    std::fill(s.row_min.begin(), s.row_min.end(), kInf);
+    std::fill(s.argmin.begin(), s.argmin.end(), int64_t(0));
+    const int64_t lo = all ? 0 : first_key, hi = all ? it.keys : last_key;
+    for (int64_t j0 = lo / kTileK * kTileK; j0 < hi; j0 += kTileK) {
+      const int64_t n = std::min(kTileK, it.keys - j0);
+      pack_keys<T>(p, it, kv_head, j0, n, s, false, false, false);
+      gemm<false>(s.scores.data(), kTileK, s.q.data(), dp, 1, s.keys_t.data(), kTileK, rows, kTileK, dp);
+      for (int64_t r = 0; r < count; ++r) {
+        const Visible counted = all ? Visible{0, it.keys} : s.visible[size_t(r)];
+        const float* row = s.scores.data() + r * kTileK;
+        float m = s.row_min[size_t(r)];
+        int64_t argmin = s.argmin[size_t(r)];
+        for (int64_t j = std::max(counted.lo, j0); j < std::min(counted.hi, j0 + n); ++j)
+          if (row[j - j0] < m) m = row[j - j0], argmin = j;
+        s.row_min[size_t(r)] = m;
+        s.argmin[size_t(r)] = argmin;
+      }
+    }
+  }
+
+  std::fill(s.row_max.begin(), s.row_max.end(), -kInf);
+  std::fill(s.row_sum.begin(), s.row_sum.end(), 0.f);
+  std::fill(s.acc_a.begin(), s.acc_a.end(), 0.f);
+  for (int64_t j0 = first_key / kTileK * kTileK; j0 < last_key; j0 += kTileK) {
+    const int64_t n = std::min(kTileK, it.keys - j0);
+    pack_keys<T>(p, it, kv_head, j0, n, s, false, true, false);
+    gemm<false>(s.scores.data(), kTileK, s.q.data(), dp, 1, s.keys_t.data(), kTileK, rows, kTileK, dp);
+    for (int64_t r = 0; r < count; ++r) {
+      float* row = s.scores.data() + r * kTileK;
+      const float tile_max = suppress_and_mask(row, s, p, j0, s.visible[size_t(r)], s.row_min[size_t(r)]);
+      const float old_max = s.row_max[size_t(r)], new_max = tile_max > old_max ? tile_max : old_max;
+      const float base = new_max == -kInf ? 0.f : new_max;
+      const float rescale = std::exp(old_max - base);
+      f32x8 sum = {};
+      for (int64_t j = 0; j < kTileK; j += 8) {
+        const f32x8 e = vec::exp(vec::load8(row + j) - base);
+        vec::store8(row + j, e);
+        sum += e;
+      }
+      float lanes[8];
+      std::memcpy(lanes, &sum, sizeof lanes);
+      float total = 0.f;
+      for (float x : lanes) total += x;
+      s.row_sum[size_t(r)] = s.row_sum[size_t(r)] * rescale + total;
+      s.row_max[size_t(r)] = new_max;
+      if (rescale != 1.f) {
+        float* o = s.acc_a.data() + r * dp;
+        for (int64_t d = 0; d < dp; ++d) o[d] *= rescale;
+      }
+    }
+    gemm<true>(s.acc_a.data(), dp, s.scores.data(), kTileK, 1, s.values.data(), dp, rows, dp, n);
+  }
+
+  for (int64_t r = 0; r < count; ++r) {
+    const float sum = s.row_sum[size_t(r)], m = s.row_max[size_t(r)];
+    const float inverse = sum == 0.f ? 0.f : 1.f / sum;  // a row that sees no key (all bias -inf) gives 0
+    const float* o = s.acc_a.data() + r * dp;
+    T* dst = row_of<T>(out.out, it, head, i0 + r);
+    for (int64_t d = 0; d < p.dim; ++d) dst[d] = from_float<T>(o[d] * inverse);
+    *row_of<float>(out.lse, it, head, i0 + r) = sum == 0.f ? -kInf : (m == -kInf ? 0.f : m) + std::log(sum);
+    if (p.key_factor) {
+      *row_of<float>(out.row_min, it, head, i0 + r) = s.row_min[size_t(r)];
+      *row_of<int64_t>(out.row_argmin, it, head, i0 + r) = s.argmin[size_t(r)];
+    }
+  }
+}
+
+
+// Packs the grad_out rows, lse, the row minimum and its key (multiplicative form) and, when
+// asked, delta and dm of queries [i0, i0 + count) of one head.
+template <typename T>
+__attribute__((always_inline)) inline void pack_gradient_rows(const AttentionProblem& p, const GradientOperands& g,
+                                                              const Item& it, int64_t head, int64_t i0, int64_t count,
+                                                              bool read_delta, Scratch& s) {
+  const int64_t dp = s.dim_padded;
+  for (int64_t r = 0; r < kTileQ; ++r) {
+    float* dst = s.grad_out.data() + r * dp;
+    if (r >= count) {
+      std::fill(dst, dst + p.dim, 0.f);
+      continue;
+    }
+    pack_row(dst, row_of<const T>(g.grad_out, it, head, i0 + r), p.dim, 1.f);
+    s.lse[size_t(r)] = *row_of<const float>(g.lse, it, head, i0 + r);
+    if (read_delta) s.delta[size_t(r)] = *row_of<const float>(g.delta, it, head, i0 + r);
+    if (p.key_factor) {
+      s.row_min[size_t(r)] = *row_of<const float>(g.row_min, it, head, i0 + r);
+      s.argmin[size_t(r)] = *row_of<const int64_t>(g.row_argmin, it, head, i0 + r);
+      if (read_delta) s.grad_min[size_t(r)] = *row_of<const float>(g.grad_min, it, head, i0 + r);
+    }
+  }
+}
+
+// Recomputes one [query tile x key tile] block: the probabilities P in s.scores (the raw scores
+// in s.raw_scores with a factor) and dP = grad_out V^T in s.grad_scores. Needs the queries,
+// grad_out rows, keys_t and values_t packed.
+__attribute__((always_inline)) inline void recompute_block(const AttentionProblem& p, Scratch& s, int64_t j0,
+                                                           int64_t count) {
+  const int64_t dp = s.dim_padded, rows = round_up(count, 4);
+  gemm<false>(s.scores.data(), kTileK, s.q.data(), dp, 1, s.keys_t.data(), kTileK, rows, kTileK, dp);
+  gemm<false>(s.grad_scores.data(), kTileK, s.grad_out.data(), dp, 1, s.values_t.data(), kTileK, rows, kTileK, dp);
+  if (p.key_factor) std::copy(s.scores.begin(), s.scores.begin() + count * kTileK, s.raw_scores.begin());
+  for (int64_t r = 0; r < count; ++r) {
+    float* row = s.scores.data() + r * kTileK;
+    suppress_and_mask(row, s, p, j0, s.visible[size_t(r)], s.row_min[size_t(r)]);
+    const float lse = s.lse[size_t(r)];
+    const bool empty = lse == -kInf;  // the row saw no key: it has no gradient
+    for (int64_t j = 0; j < kTileK; j += 8)
+      vec::store8(row + j, empty ? vec::splat(0.f) : vec::exp(vec::load8(row + j) - lse));
+  }
+  for (int64_t r = count; r < rows; ++r) {  // padding rows take part in the transposed products
+    std::fill(s.scores.begin() + r * kTileK, s.scores.begin() + (r + 1) * kTileK, 0.f);
+    std::fill(s.grad_scores.begin() + r * kTileK, s.grad_scores.begin() + (r + 1) * kTileK, 0.f);
+  }
+}
+
+__attribute__((always_inline)) inline float lane_sum(f32x8 v) {
+  float lanes[8];
+  std::memcpy(lanes, &v, sizeof lanes);
+  float total = 0.f;
+  for (float x : lanes) total += x;
+  return total;
+}
+
+// Pass 1: dq of one query tile, delta_i = sum_j P_ij dP_ij (= grad_out_i . out_i, but in fp32
+// rather than from the rounded output) and, with a factor, dm_i. With G = P (dP - delta):
+//   dq_i / scale = sum_j G_ij c_j k_j + dm_i k_{a_i}
+//               = sum_j (P dP c)_ij k_j - delta_i sum_j (P c)_ij k_j + dm_i k_{a_i}
+//   dm_i = sum_j (P dP (1 - c))_ij - delta_i sum_j (P (1 - c))_ij
+// so one sweep over the key tiles accumulates both sums and two scalars per row.
+template <typename T>
+__attribute__((always_inline)) inline void grad_query_task(const AttentionProblem& p, const GradientOperands& g,
+                                                           const Item& it, int64_t head, int64_t tile, Scratch& s) {
+  const int64_t i0 = tile * kTileQ, count = std::min(kTileQ, it.queries - i0);
+  if (count <= 0) return;
+  const int64_t dp = s.dim_padded, kv_head = head / (p.q_heads / p.kv_heads), rows = round_up(count, 4);
+  pack_queries<T>(p, it, head, i0, count, s);
+  pack_gradient_rows<T>(p, g, it, head, i0, count, false, s);
+  const int64_t first_key = s.visible[0].lo, last_key = s.visible[size_t(count - 1)].hi;
+  std::fill(s.acc_a.begin(), s.acc_a.end(), 0.f);
+  std::fill(s.acc_b.begin(), s.acc_b.end(), 0.f);
+  float delta[kTileQ] = {}, weighted_product[kTileQ] = {}, weighted_prob[kTileQ] = {};
+  for (int64_t j0 = first_key / kTileK * kTileK; j0 < last_key; j0 += kTileK) {
+    const int64_t n = std::min(kTileK, it.keys - j0);
+    pack_keys<T>(p, it, kv_head, j0, n, s, true, false, true);
+    recompute_block(p, s, j0, count);
+    for (int64_t r = 0; r < count; ++r) {
+      float* prob_row = s.scores.data() + r * kTileK;
+      float* grad_row = s.grad_scores.data() + r * kTileK;
+      f32x8 products = {}, product_rest = {}, prob_rest = {};
+      for (int64_t j = 0; j < kTileK; j += 8) {
+        const f32x8 prob = vec::load8(prob_row + j), product = prob * vec::load8(grad_row + j);
+        products += product;
+        if (p.key_factor) {
+          const f32x8 c = vec::load8(s.factor.data() + j), rest = 1.f - c;
+          product_rest += product * rest;
+          prob_rest += prob * rest;
+          vec::store8(prob_row + j, prob * c);
+          vec::store8(grad_row + j, product * c);
+        } else {
+          vec::store8(grad_row + j, product);
+        }
+      }
+      delta[r] += lane_sum(products);
+      if (p.key_factor) weighted_product[r] += lane_sum(product_rest), weighted_prob[r] += lane_sum(prob_rest);
+    }
+    gemm<true>(s.acc_a.data(), dp, s.grad_scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
+    gemm<true>(s.acc_b.data(), dp, s.scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
+  }
+  const float scale = float(p.options.scale);
+  for (int64_t r = 0; r < count; ++r) {
+    float* dst = row_of<float>(g.grad_q, it, head, i0 + r);
+    const float* a = s.acc_a.data() + r * dp;
+    const float* b = s.acc_b.data() + r * dp;
+    for (int64_t d = 0; d < p.dim; ++d) dst[d] = scale * (a[d] - delta[r] * b[d]);
+    *row_of<float>(g.delta, it, head, i0 + r) = delta[r];
+    if (p.key_factor) {
+      const float grad_min = weighted_product[r] - delta[r] * weighted_prob[r];
+      const T* key = key_row<T>(p, p.prefix_k, p.k, it, kv_head, s.argmin[size_t(r)]);
+      for (int64_t d = 0; d < p.dim; ++d) dst[d] += scale * grad_min * to_float(key[d]);
+      *row_of<float>(g.grad_min, it, head, i0 + r) = grad_min;
+    }
+  }
+}
+
+// Pass 2: dk, dv and the bias and factor gradients of one key tile of one key/value head:
+//   dv_j = sum_i P_ij grad_out_i,  dk_j = sum_i G_ij c_j (scale q_i) + sum_{i : a_i = j} dm_i (scale q_i)
+//   dbias_j = sum_i G_ij,  dfactor_j = sum_i G_ij (s_ij - m_i)
+template <typename T>
+__attribute__((always_inline)) inline void grad_key_task(const AttentionProblem& p, const GradientOperands& g,
+                                                         const Item& it, int64_t kv_head, int64_t tile, Scratch& s) {
+  const int64_t j0 = tile * kTileK, n = std::min(kTileK, it.keys - j0);
+  if (n <= 0) return;
+  const int64_t dp = s.dim_padded, group = p.q_heads / p.kv_heads;
+  pack_keys<T>(p, it, kv_head, j0, n, s, false, false, true);
+  std::fill(s.acc_a.begin(), s.acc_a.begin() + kTileK * dp, 0.f);  // dv
+  std::fill(s.acc_b.begin(), s.acc_b.end(), 0.f);                  // dk
+  std::fill(s.bias_acc.begin(), s.bias_acc.end(), 0.f);
+  std::fill(s.factor_acc.begin(), s.factor_acc.end(), 0.f);
+  const Visible seeing = rows_seeing(p.options, it, j0, j0 + n);
+  for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
+    for (int64_t i0 = seeing.lo / kTileQ * kTileQ; i0 < seeing.hi; i0 += kTileQ) {
+      const int64_t count = std::min(kTileQ, it.queries - i0), rows = round_up(count, 4);
+      pack_queries<T>(p, it, head, i0, count, s);
+      pack_gradient_rows<T>(p, g, it, head, i0, count, true, s);
+      recompute_block(p, s, j0, count);
+      for (int64_t r = 0; r < count; ++r) {
+        const float* prob_row = s.scores.data() + r * kTileK;
+        float* grad_row = s.grad_scores.data() + r * kTileK;
+        const float delta = s.delta[size_t(r)], row_min = s.row_min[size_t(r)];
+        for (int64_t j = 0; j < kTileK; j += 8) {
+          const f32x8 grad = vec::load8(prob_row + j) * (vec::load8(grad_row + j) - delta);
+          float* bias_acc = s.bias_acc.data() + j;
+          vec::store8(bias_acc, vec::load8(bias_acc) + grad);
+          if (p.key_factor) {
+            float* factor_acc = s.factor_acc.data() + j;
+            const f32x8 raw = vec::load8(s.raw_scores.data() + r * kTileK + j);
+            // Masked keys have G = 0, but their raw score may be anything: select, not multiply.
+            const f32x8 term = (i32x8)(grad == 0.f) ? vec::splat(0.f) : grad * (raw - row_min);
+            vec::store8(factor_acc, vec::load8(factor_acc) + term);
+            vec::store8(grad_row + j, grad * vec::load8(s.factor.data() + j));
+          } else {
+            vec::store8(grad_row + j, grad);
+          }
+        }
+      }
+      // dv_j += sum_i P_ij grad_out_i and dk_j += sum_i dS_ij (scale q_i): A read transposed.
+      gemm<true>(s.acc_a.data(), dp, s.scores.data(), 1, kTileK, s.grad_out.data(), dp, kTileK, dp, rows);
+      gemm<true>(s.acc_b.data(), dp, s.grad_scores.data(), 1, kTileK, s.q.data(), dp, kTileK, dp, rows);
+    }
+  }
+  if (p.key_factor) {  // the rows whose minimum sits on a key of this tile (any row, for factor_min="all")
+    const float scale = float(p.options.scale);
+    for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head)
+      for (int64_t i = 0; i < it.queries; ++i) {
+        const int64_t a = *row_of<const int64_t>(g.row_argmin, it, head, i);
+        if (a < j0 || a >= j0 + n) continue;
+        const float weight = scale * *row_of<const float>(g.grad_min, it, head, i);
+        const T* q = row_of<const T>(p.q, it, head, i);
+        float* dk = s.acc_b.data() + (a - j0) * dp;
+        for (int64_t d = 0; d < p.dim; ++d) dk[d] += weight * to_float(q[d]);
+      }
+  }
+  for (int64_t jj = 0; jj < n; ++jj) {
+    float* dk = row_of<float>(g.grad_k, it, kv_head, j0 + jj);
+    float* dv = row_of<float>(g.grad_v, it, kv_head, j0 + jj);
+    std::copy(s.acc_b.begin() + jj * dp, s.acc_b.begin() + jj * dp + p.dim, dk);
+    std::copy(s.acc_a.begin() + jj * dp, s.acc_a.begin() + jj * dp + p.dim, dv);
+    if (p.key_bias) *row_of<float>(g.grad_bias, it, kv_head, j0 + jj) = s.bias_acc[size_t(jj)];
+    if (p.key_factor) *row_of<float>(g.grad_factor, it, kv_head, j0 + jj) = s.factor_acc[size_t(jj)];
+  }
+}
+
+#define LMK_DEFINE_TASKS(T, SUFFIX)                                                                                   \
+  LMK_SIMD_CLONES void forward_##SUFFIX(const AttentionProblem& p, const ForwardOperands& out, const Item& it,        \
+                                        int64_t head, int64_t tile, Scratch& s) {                                     \
+    forward_task<T>(p, out, it, head, tile, s);                                                                       \
+  }                                                                                                                   \
+  LMK_SIMD_CLONES void grad_query_##SUFFIX(const AttentionProblem& p, const GradientOperands& g, const Item& it,      \
+                                           int64_t head, int64_t tile, Scratch& s) {                                  \
+    grad_query_task<T>(p, g, it, head, tile, s);                                                                      \
+  }                                                                                                                   \
+  LMK_SIMD_CLONES void grad_key_##SUFFIX(const AttentionProblem& p, const GradientOperands& g, const Item& it,        \
+                                         int64_t head, int64_t tile, Scratch& s) {                                    \
+    grad_key_task<T>(p, g, it, head, tile, s);                                                                        \
+  }                                                                                                                   \
+  void forward_simd(TypeTag<T>, const AttentionProblem& p, const ForwardOperands& out, const Item& it, int64_t head, \
+                    int64_t tile, Scratch& s) {                                                                       \
+    forward_##SUFFIX(p, out, it, head, tile, s);                                                                      \
+  }                                                                                                                   \
+  void grad_query_simd(TypeTag<T>, const AttentionProblem& p, const GradientOperands& g, const Item& it,             \
+                       int64_t head, int64_t tile, Scratch& s) {                                                      \
+    grad_query_##SUFFIX(p, g, it, head, tile, s);                                                                     \
+  }                                                                                                                   \
+  void grad_key_simd(TypeTag<T>, const AttentionProblem& p, const GradientOperands& g, const Item& it, int64_t head, \
+                     int64_t tile, Scratch& s) {                                                                      \
+    grad_key_##SUFFIX(p, g, it, head, tile, s);                                                                       \
+  }
+LMK_DEFINE_TASKS(float, f32)
+LMK_DEFINE_TASKS(bfloat16, bf16)
+LMK_DEFINE_TASKS(float16, f16)
+#undef LMK_DEFINE_TASKS
+
+// Runs task(item, head, tile, scratch) over every item x heads x tiles, in parallel.
+template <typename Task>
+void for_each_tile(const AttentionProblem& p, int64_t heads, int64_t tiles, const Task& task) {
+  if (tiles == 0 || heads == 0 || p.items == 0) return;
+  parallel_for(0, p.items * heads * tiles, 1, [&](int64_t lo, int64_t hi) {
+    Scratch scratch(p.dim);
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t tile = t % tiles, head = t / tiles % heads, n = t / tiles / heads;
+      task(item_of(p, n), head, tile, scratch);
+    }
+  });
+}
+
+}  // namespace
+
+void attention_forward_cpu(const AttentionProblem& p, const AttentionForwardOutputs& out) {
+  check_cu_seqlens_values(p);
+  const bool varlen = p.cu_seqlens != nullptr;
+  const ForwardOperands ops{operand_of(out.out, varlen), operand_of(out.lse, varlen),
+                            out.row_min ? operand_of(*out.row_min, varlen) : Operand{},
+                            out.row_argmin ? operand_of(*out.row_argmin, varlen) : Operand{}};
+  const int64_t tiles = (longest_item(p) + kTileQ - 1) / kTileQ;
+  dispatch_float(p.dtype, "q", [&](auto tag) {
+    for_each_tile(p, p.q_heads, tiles, [&](const Item& it, int64_t head, int64_t tile, Scratch& s) {
+      forward_simd(tag, p, ops, it, head, tile, s);
+    });
+  });
+}
+
+void attention_backward_cpu(const AttentionProblem& p, const AttentionGradients& g) {
+  check_cu_seqlens_values(p);
+  if (g.row_argmin) {  // the keys the backward will read at these indices
+    const int64_t* argmin = g.row_argmin->as<const int64_t>();
+    for (int64_t e = 0; e < g.row_argmin->numel(); ++e)
+      if (argmin[e] < 0 || argmin[e] >= p.prefix + p.keys)
+        fail(ErrorKind::Index, "row_argmin: expected keys in [0, ", p.prefix + p.keys, "), got ", argmin[e], " at ",
+             e);
+  }
+  const bool varlen = p.cu_seqlens != nullptr;
+  const GradientOperands ops{operand_of(g.grad_out, varlen), operand_of(g.lse, varlen), operand_of(g.delta, varlen),
+                             operand_of(g.grad_q, varlen),   operand_of(g.grad_k, varlen),
+                             operand_of(g.grad_v, varlen),
+                             g.grad_bias ? operand_of(*g.grad_bias, false) : Operand{},
+                             g.row_min ? operand_of(*g.row_min, false) : Operand{},
+                             g.row_argmin ? operand_of(*g.row_argmin, false) : Operand{},
+                             g.grad_min ? operand_of(*g.grad_min, false) : Operand{},
+                             g.grad_factor ? operand_of(*g.grad_factor, false) : Operand{}};
+  const int64_t longest = longest_item(p);
+  const int64_t longest_keys = varlen ? longest : p.prefix + p.keys;
+  dispatch_float(p.dtype, "q", [&](auto tag) {
+    for_each_tile(p, p.q_heads, (longest + kTileQ - 1) / kTileQ,
+                  [&](const Item& it, int64_t head, int64_t tile, Scratch& s) {
+                    grad_query_simd(tag, p, ops, it, head, tile, s);
+                  });
+    for_each_tile(p, p.kv_heads, (longest_keys + kTileK - 1) / kTileK,
+                  [&](const Item& it, int64_t head, int64_t tile, Scratch& s) {
+                    grad_key_simd(tag, p, ops, it, head, tile, s);
+                  });
+  });
+}
+
+}  // namespace lmk::attention

@@ -1,0 +1,421 @@
+"""lmk::attention against the dense reference: every option and dtype, gradients, the AtMan
+invariants, varlen packing, determinism, compile, opcheck, NaN policy and bad input."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+
+import lmkernels
+from lmkernels import reference
+from lmkernels.ops import attention, varlen_attention
+from lmkernels.reference.attention import visible_keys
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+FORWARD_TOLERANCE = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
+                     torch.float16: dict(rtol=2e-3, atol=2e-3)}
+GRAD_TOLERANCE = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=5e-2, atol=5e-2),
+                  torch.float16: dict(rtol=1e-2, atol=1e-2)}
+
+
+@st.composite
+def problems(draw, with_factor=True):
+    """Inputs and options: GQA groups, Sq <= keys (KV cache / suffix), D in {16, 64, 80, 128} or odd, masks,
+    suppression, a shared prefix of batch 1 or B."""
+    batch = draw(st.integers(1, 2))
+    kv_heads = draw(st.integers(1, 2))
+    group = draw(st.sampled_from([1, 2, 3]))
+    dim = draw(st.sampled_from([16, 64, 80, 128, 5]))
+    own_keys = draw(st.integers(1, 150))
+    prefix = draw(st.sampled_from([0, 0, 1, 37, 64, 70]))
+    queries = draw(st.integers(1, prefix + own_keys))
+    if draw(st.booleans()):
+        queries = min(queries, 3)  # decoding steps over a cache
+    dtype = draw(st.sampled_from(DTYPES))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(dtype)
+
+    keys = prefix + own_keys
+    options = dict(causal=draw(st.booleans()), window=draw(st.one_of(st.none(), st.integers(1, 90))))
+    if draw(st.booleans()):
+        options["scale"] = draw(st.floats(0.01, 1.0))
+    if draw(st.booleans()):
+        bias = torch.randn(batch, keys, generator=gen)
+        bias[torch.rand(batch, keys, generator=gen) < 0.1] = -math.inf
+        options["key_bias"] = bias
+    if with_factor and draw(st.booleans()):
+        factor = torch.rand(batch, keys, generator=gen) * 1.5
+        factor[torch.rand(batch, keys, generator=gen) < 0.5] = 1.0
+        options["key_factor"] = factor
+        options["factor_min"] = draw(st.sampled_from(["causal", "all"]))
+    if prefix:
+        prefix_batch = draw(st.sampled_from([1, batch]))
+        options["prefix_k"] = randn(prefix_batch, kv_heads, prefix, dim)
+        options["prefix_v"] = randn(prefix_batch, kv_heads, prefix, dim)
+    q = randn(batch, kv_heads * group, queries, dim)
+    return q, randn(batch, kv_heads, own_keys, dim), randn(batch, kv_heads, own_keys, dim), options
+
+
+# The device fixture is the same for every example of a test, which is what the health check guards.
+FIXTURE_OK = [HealthCheck.function_scoped_fixture]
+
+
+def on(device, problem):
+    q, k, v, options = problem
+    return (q.to(device), k.to(device), v.to(device),
+            {name: value.to(device) if isinstance(value, torch.Tensor) else value for name, value in options.items()})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(problem=problems())
+def test_forward_matches_reference(device, problem):
+    q, k, v, options = on(device, problem)
+    out = attention(q, k, v, **options)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    torch.testing.assert_close(out, reference.attention(q, k, v, **options), **FORWARD_TOLERANCE[q.dtype])
+
+
+def rows_without_keys(q, k, options) -> bool:
+    if "key_bias" not in options:
+        return False
+    keys = k.shape[2] + (options["prefix_k"].shape[2] if "prefix_k" in options else 0)
+    visible = visible_keys(q.shape[2], keys, causal=options["causal"], window=options["window"], device=q.device)
+    finite = options["key_bias"].isfinite()[:, None, :]
+    return bool((~(visible[None] & finite).any(-1)).any())
+
+
+def leaves(q, k, v, options):
+    """Fresh copies that require a gradient: q, k, v, prefix_k, prefix_v, key_bias, key_factor (where present)."""
+    named = dict(q=q, k=k, v=v, **{n: options[n] for n in ("prefix_k", "prefix_v", "key_bias", "key_factor")
+                                    if n in options})
+    return {name: t.detach().clone().requires_grad_() for name, t in named.items()}
+
+
+def gradients(fn, q, k, v, options, grad_out):
+    inputs = leaves(q, k, v, options)
+    rest = {name: value for name, value in options.items() if name not in inputs}
+    out = fn(inputs["q"], inputs["k"], inputs["v"], **rest, **{n: t for n, t in inputs.items() if n not in "qkv"})
+    grads = torch.autograd.grad(out, list(inputs.values()), grad_out)
+    return dict(zip(inputs, grads))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(problem=problems())
+def test_gradients_match_reference_autograd(device, problem):
+    q, k, v, options = on(device, problem)
+    # A row whose visible keys all have bias -inf has NaN gradients in the dense reference (0 / 0 in
+    # its normalisation backward); ours are 0 there (test_every_visible_key_at_minus_infinity_...).
+    assume(not rows_without_keys(q, k, options))
+    grad_out = torch.randn(q.shape).to(q.device, q.dtype)
+    ours = gradients(attention, q, k, v, options, grad_out)
+    expected = gradients(reference.attention, q, k, v, options, grad_out)
+    for name in expected:
+        assert ours[name].shape == expected[name].shape and ours[name].dtype == expected[name].dtype, name
+        tolerance = GRAD_TOLERANCE[q.dtype]
+        if name in ("key_bias", "key_factor"):  # sums over every head and query: the rounding grows with them
+            tolerance = {bound: 10 * value for bound, value in tolerance.items()}
+        torch.testing.assert_close(ours[name], expected[name], **tolerance)
+
+
+def llama_like(batch=2, heads=4, kv_heads=2, length=150, dim=64, dtype=torch.float32, device="cpu"):
+    return tuple(torch.randn(batch, h, length, dim).to(device, dtype) for h in (heads, kv_heads, kv_heads))
+
+
+# ---- the AtMan invariants ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_neutral_suppression_gives_the_clean_output_exactly(device, causal, dtype):
+    q, k, v = llama_like(dtype=dtype, device=device)
+    clean = attention(q, k, v, causal=causal)
+    assert torch.equal(attention(q, k, v, causal=causal, key_bias=torch.zeros(2, 150, device=device)), clean)
+    for factor_min in ("causal", "all"):
+        factor = torch.ones(2, 150, device=device)
+        assert torch.equal(attention(q, k, v, causal=causal, key_factor=factor, factor_min=factor_min), clean)
+
+
+@pytest.mark.parametrize("form", ["bias", "factor", "factor_all"])
+def test_suppressing_a_key_leaves_earlier_positions_unchanged(device, form):
+    q, k, v = llama_like(device=device)
+    clean = attention(q, k, v)
+    for suppressed in (0, 63, 64, 100, 149):
+        vector = torch.ones(2, 150, device=device)
+        vector[:, suppressed] = 0.1
+        if form == "bias":
+            out = attention(q, k, v, key_bias=vector.log())
+        else:
+            out = attention(q, k, v, key_factor=vector, factor_min="all" if form == "factor_all" else "causal")
+        assert torch.equal(out[:, :, :suppressed], clean[:, :, :suppressed])
+        assert not torch.equal(out[:, :, suppressed:], clean[:, :, suppressed:])
+
+
+def test_bias_minus_infinity_is_a_hard_mask():
+    q, k, v = llama_like()
+    q = q[:, :, :100]  # bidirectional: fewer queries than the keys left
+    removed = torch.tensor([3, 40, 64, 65, 149])
+    keep = torch.ones(150, dtype=torch.bool)
+    keep[removed] = False
+    masked = attention(q, k, v, causal=False,
+                       key_bias=torch.where(keep, 0.0, -math.inf).expand(2, 150))
+    removed_keys = attention(q, k[:, :, keep], v[:, :, keep], causal=False)
+    torch.testing.assert_close(masked, removed_keys, rtol=1e-5, atol=1e-5)
+    tiny_factor = attention(q, k, v, causal=False, key_bias=torch.where(keep, 1.0, 1e-30).log().expand(2, 150))
+    torch.testing.assert_close(tiny_factor, removed_keys, rtol=1e-5, atol=1e-5)
+
+
+def test_every_visible_key_at_minus_infinity_gives_zeros_and_no_gradient():
+    q, k, v = (t.requires_grad_() for t in llama_like(length=70))
+    bias = torch.zeros(2, 70)
+    bias[0] = -math.inf
+    out = attention(q, k, v, key_bias=bias)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all() and torch.equal(q.grad[0], torch.zeros_like(q.grad[0]))
+
+
+@pytest.mark.parametrize("factor_min", ["causal", "all"])
+def test_multiplicative_factor_zero_maps_to_the_row_minimum(factor_min):
+    q, k, v = llama_like(batch=1, heads=2, kv_heads=2, length=90)
+    suppressed = [5, 70]
+    factor = torch.ones(1, 90)
+    factor[0, suppressed] = 0.0
+    scores = q @ k.transpose(-1, -2) / 8.0
+    visible = torch.ones(90, 90, dtype=torch.bool).tril()
+    counted = visible if factor_min == "causal" else torch.ones_like(visible)
+    row_min = scores.masked_fill(~counted, math.inf).amin(-1, keepdim=True)
+    scores[..., suppressed] = row_min.expand(-1, -1, -1, len(suppressed))
+    expected = scores.masked_fill(~visible, -math.inf).softmax(-1) @ v
+    torch.testing.assert_close(attention(q, k, v, key_factor=factor, factor_min=factor_min), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_is_read_in_place_and_equals_the_concatenation():
+    q, k, v = llama_like(length=40)
+    prefix_k, prefix_v = torch.randn(1, 2, 100, 64), torch.randn(1, 2, 100, 64)
+    bias = torch.randn(2, 140)
+    shared = attention(q, k, v, prefix_k=prefix_k.expand(2, -1, -1, -1), prefix_v=prefix_v, key_bias=bias)
+    full_k = torch.cat([prefix_k.expand(2, -1, -1, -1), k], 2)
+    full_v = torch.cat([prefix_v.expand(2, -1, -1, -1), v], 2)
+    torch.testing.assert_close(shared, attention(q, full_k, full_v, key_bias=bias), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("factor_min", ["causal", "all"])
+def test_multiplicative_gradients_reach_the_row_minimum_key(factor_min):
+    # Window 5 over 150 keys: with "all" most rows' minimum is a key they cannot see.
+    q, k, v = llama_like(batch=1, length=150)
+    options = dict(window=5, key_factor=torch.rand(1, 150) * 2, factor_min=factor_min)
+    grad_out = torch.randn(q.shape)
+    ours = gradients(attention, q, k, v, options, grad_out)
+    expected = gradients(reference.attention, q, k, v, options, grad_out)
+    for name in expected:
+        torch.testing.assert_close(ours[name], expected[name], rtol=1e-4, atol=1e-4)
+
+
+def test_key_vectors_broadcast_over_the_batch():
+    q, k, v = llama_like(length=30)
+    bias = torch.randn(30, dtype=torch.float64)
+    expected = reference.attention(q, k, v, key_bias=bias.expand(2, 30))
+    for form in (bias, bias[None]):
+        torch.testing.assert_close(attention(q, k, v, key_bias=form), expected, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("batch, queries, keys", [(0, 3, 5), (2, 0, 5), (1, 1, 1)])
+def test_empty_and_tiny_shapes_with_a_broadcast_upstream_gradient(batch, queries, keys):
+    q = torch.randn(batch, 2, queries, 16, requires_grad=True)
+    k, v = (torch.randn(batch, 1, keys, 16, requires_grad=True) for _ in range(2))
+    out = attention(q, k, v)
+    out.sum().backward()  # an expanded, stride-0 grad_out
+    expected = reference.attention(q, k, v)
+    torch.testing.assert_close(out, expected)
+    for ours, theirs in zip((q.grad, k.grad, v.grad), torch.autograd.grad(expected.sum(), (q, k, v))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+# ---- varlen -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lengths, window, dtype", [
+    ([1], None, torch.float32), ([1, 1, 1], 1, torch.float32), ([0, 5, 0, 1, 130], None, torch.float32),
+    ([0, 5, 0, 1, 130], 17, torch.float32), ([64, 65, 1, 150], 1, torch.float32), ([64, 65, 1, 150], 70, torch.float32),
+    ([64, 65, 1, 150], None, torch.bfloat16), ([3, 100], 9, torch.float16),
+])
+def test_varlen_matches_reference_and_its_gradients(device, lengths, window, dtype):
+    cu_seqlens = torch.tensor([0] + lengths, device=device).cumsum(0)
+    total = int(cu_seqlens[-1])
+    q, k, v = (torch.randn(total, h, 80).to(device, dtype).requires_grad_() for h in (4, 2, 2))
+    out = varlen_attention(q, k, v, cu_seqlens.to(torch.int32), window=window)
+    expected = reference.varlen_attention(q, k, v, cu_seqlens, window=window)
+    torch.testing.assert_close(out, expected, **FORWARD_TOLERANCE[dtype])
+    grad_out = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (q, k, v), grad_out)
+    theirs = torch.autograd.grad(expected, (q, k, v), grad_out)
+    for name, a, b in zip("qkv", ours, theirs):
+        torch.testing.assert_close(a, b, **GRAD_TOLERANCE[dtype], msg=name)
+
+
+# ---- NaN policy, determinism, compile, opcheck ------------------------------------------------
+
+def test_nan_reaches_exactly_the_rows_that_see_it(device):
+    q, k, v = llama_like(batch=1, length=100, device=device)
+    q[0, 1, 10, 3] = math.nan
+    k[0, 0, 50, 0] = math.nan  # key/value head 0 serves query heads 0 and 1
+    out = attention(q, k, v)
+    nan_rows = out.isnan().any(-1)[0].cpu()
+    expected = torch.zeros(4, 100, dtype=torch.bool)
+    expected[1, 10] = True
+    expected[:2, 50:] = True
+    assert torch.equal(nan_rows, expected)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    q, k, v = (t.requires_grad_() for t in llama_like(length=300))
+    bias = torch.randn(2, 300, requires_grad=True)
+    runs = []
+    threads = lmkernels.num_threads()
+    try:
+        for n in (1, 2):
+            lmkernels.set_num_threads(n)
+            out = attention(q, k, v, window=100, key_bias=bias)
+            runs.append([out, *torch.autograd.grad(out.square().sum(), (q, k, v, bias))])
+    finally:
+        lmkernels.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_compiles_fullgraph_with_backward():
+    q, k, v = (t.requires_grad_() for t in llama_like(length=70))
+    bias = torch.randn(2, 70, requires_grad=True)
+
+    def loss(q, k, v, bias):
+        return attention(q, k, v, window=20, key_bias=bias).square().sum()
+
+    # aot_eager traces the whole graph through the fake kernels and the autograd formula (what this
+    # test is about) without inductor's code generation, which takes most of a minute here.
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    for a, b in zip(torch.autograd.grad(compiled(q, k, v, bias), (q, k, v, bias)),
+                    torch.autograd.grad(loss(q, k, v, bias), (q, k, v, bias))):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("options", ["none", "prefix_bias_window", "factor"])
+def test_opcheck(options):
+    q, k, v = (t.requires_grad_() for t in llama_like(length=20, dim=16))
+    prefix = torch.randn(1, 2, 5, 16, requires_grad=True) if options == "prefix_bias_window" else None
+    keys = 25 if prefix is not None else 20
+    bias = torch.randn(2, keys, requires_grad=True) if options == "prefix_bias_window" else None
+    factor = torch.rand(2, keys, requires_grad=True) if options == "factor" else None
+    window = 7 if options == "prefix_bias_window" else 0
+    torch.library.opcheck(torch.ops.lmk.attention.default,
+                          (q, k, v, prefix, prefix, bias, factor, None, 0, True, 0.25, window, options == "factor"))
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+def valid():
+    return llama_like(length=10, dim=16)
+
+
+def shapes(q, k, v, dtype=torch.float32):
+    return lambda: [torch.randn(*shape).to(dtype) for shape in (q, k, v)]
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: [[[1.0]], *valid()[1:]], TypeError, "q: expected a torch.Tensor"),
+    (shapes((2, 4, 10, 16), (2, 2, 10, 16), (2, 2, 10, 16), torch.float64), TypeError,
+     "q: expected dtype float32, bfloat16 or float16"),
+    (lambda: [valid()[0], valid()[1].half(), valid()[2].half()], TypeError, "k, v: expected the dtype of q"),
+    (shapes((2, 4, 16), (2, 2, 10, 16), (2, 2, 10, 16)), ValueError, "q: expected 4 dimensions"),
+    (shapes((2, 4, 10, 16), (2, 2, 10, 16), (2, 2, 11, 16)), ValueError, "v: expected the shape of k"),
+    (shapes((2, 4, 11, 16), (2, 2, 10, 16), (2, 2, 10, 16)), ValueError,
+     "q: expected at most as many queries as keys \\(10\\)"),
+    (shapes((2, 4, 10, 8), (2, 2, 10, 16), (2, 2, 10, 16)), ValueError, "k: expected the head dimension of q \\(8\\)"),
+    (shapes((2, 3, 10, 16), (2, 2, 10, 16), (2, 2, 10, 16)), ValueError,
+     "k: expected a number of heads that divides the query heads \\(3\\)"),
+    (shapes((3, 4, 10, 16), (2, 2, 10, 16), (2, 2, 10, 16)), ValueError, "k: expected shape \\[3, 2, 10, 16\\]"),
+    (shapes((2, 4, 10, 300), (2, 2, 10, 300), (2, 2, 10, 300)), ValueError, "q: expected a head dimension in"),
+])
+def test_bad_tensors_raise(make, error, message):
+    with pytest.raises(error, match=message):
+        attention(*make())
+
+
+@pytest.mark.parametrize("options, error, message", [
+    (dict(window=0), ValueError, "window: expected a positive"),
+    (dict(window=-3), ValueError, "window: expected a positive"),
+    (dict(window=2.5), TypeError, "window: expected an int"),
+    (dict(scale=math.nan), ValueError, "scale: expected a finite"),
+    (dict(scale="big"), TypeError, "scale: expected a float"),
+    (dict(factor_min="row"), ValueError, "factor_min: expected 'causal' or 'all'"),
+    (dict(key_bias=torch.randn(2, 9)), ValueError, "key_bias: expected shape \\[2, 10\\]"),
+    (dict(key_bias=torch.randn(3, 10)), ValueError, "key_bias: expected shape \\[2, 10\\]"),
+    (dict(key_bias=torch.ones(2, 10, dtype=torch.int64)), TypeError, "key_bias: expected a floating-point"),
+    (dict(key_factor=torch.randn(2, 10, 1)), ValueError, "key_factor: expected shape"),
+    (dict(key_factor=[1.0]), TypeError, "key_factor: expected a torch.Tensor or None"),
+    (dict(prefix_k=torch.randn(1, 2, 4, 16)), ValueError, "prefix_k: expected prefix_k and prefix_v together"),
+    (dict(prefix_k=torch.randn(3, 2, 4, 16), prefix_v=torch.randn(3, 2, 4, 16), key_bias=torch.randn(2, 14)),
+     ValueError, "prefix_k: expected shape \\[1 or 2, 2, P, 16\\]"),
+    (dict(prefix_k=torch.randn(1, 2, 4, 16), prefix_v=torch.randn(1, 2, 5, 16)), ValueError,
+     "prefix_v: expected shape \\[1 or 2, 2, P, 16\\] \\(P the same"),
+    (dict(prefix_k=torch.randn(1, 2, 4, 16).half(), prefix_v=torch.randn(1, 2, 4, 16).half()), TypeError,
+     "prefix_k: expected the dtype of q"),
+])
+def test_bad_options_raise(options, error, message):
+    with pytest.raises(error, match=message):
+        attention(*valid(), **options)
+
+
+@pytest.mark.parametrize("cu_seqlens, error, message", [
+    ([0, 5, 3, 10], ValueError, "cu_seqlens: expected non-decreasing"),
+    ([1, 5, 10], ValueError, "cu_seqlens: expected the first entry to be 0"),
+    ([0, 5, 9], ValueError, "cu_seqlens: expected the last entry to be the number of rows of q \\(10\\)"),
+    ([0, 12, 10], IndexError, "cu_seqlens: expected entries in \\[0, 10\\]"),
+    ([0, -1, 10], IndexError, "cu_seqlens: expected entries in \\[0, 10\\]"),
+])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_bad_cu_seqlens_raise(cu_seqlens, error, message, dtype):
+    q, k, v = torch.randn(10, 4, 16), torch.randn(10, 2, 16), torch.randn(10, 2, 16)
+    with pytest.raises(error, match=message):
+        varlen_attention(q, k, v, torch.tensor(cu_seqlens, dtype=dtype))
+
+
+@pytest.mark.parametrize("cu_seqlens, error, message", [
+    (torch.tensor([0.0, 10.0]), TypeError, "cu_seqlens: expected dtype int32 or int64"),
+    (torch.tensor([[0, 10]]), ValueError, "cu_seqlens: expected a 1-dimensional"),
+    (torch.tensor([], dtype=torch.int64), ValueError, "cu_seqlens: expected a 1-dimensional tensor of at least"),
+    ([0, 10], TypeError, "cu_seqlens: expected a torch.Tensor"),
+])
+def test_bad_cu_seqlens_tensor_raises(cu_seqlens, error, message):
+    q, k, v = torch.randn(10, 4, 16), torch.randn(10, 2, 16), torch.randn(10, 2, 16)
+    with pytest.raises(error, match=message):
+        varlen_attention(q, k, v, cu_seqlens)
+
+
+def test_native_entry_checks_name_the_argument():
+    q, k, v = valid()
+    out, lse = torch.empty_like(q), torch.empty(2, 4, 10)
+
+    def forward(k=k, window=0, lse=lse, row_min=None, row_argmin=None):
+        lmkernels._C.attention_forward(q, k, v, None, None, None, None, None, 0, True, 0.25, window, False, out, lse,
+                                       row_min, row_argmin)
+
+    with pytest.raises(ValueError, match="lse: expected shape \\[2, 4, 10\\]"):
+        forward(lse=torch.empty(2, 4, 9))
+    with pytest.raises(ValueError, match="row_min: expected row_min and row_argmin exactly when key_factor"):
+        forward(row_min=lse, row_argmin=torch.empty(2, 4, 10, dtype=torch.int64))
+    with pytest.raises(ValueError, match="window: expected a positive"):
+        forward(window=-1)
+    with pytest.raises(ValueError, match="k: expected unit stride in the last dimension"):
+        forward(k=k.transpose(2, 3).contiguous().transpose(2, 3))
+
+
+def test_backward_rejects_a_row_minimum_key_out_of_range():
+    q, k, v = llama_like(length=20, dim=16)
+    factor = torch.rand(2, 20)
+    out, lse, row_min, row_argmin = torch.ops.lmk.attention(q, k, v, None, None, None, factor, None, 0, True, 0.25, 0,
+                                                            False)
+    row_argmin[1, 2, 3] = 20
+    with pytest.raises(IndexError, match="row_argmin: expected keys in \\[0, 20\\)"):
+        torch.ops.lmk.attention_backward(torch.ones_like(out), q, k, v, None, None, None, factor, None, 0, True, 0.25,
+                                         0, False, lse, row_min, row_argmin)
