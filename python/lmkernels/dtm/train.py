@@ -7,8 +7,6 @@ next-byte cross-entropy. AdamW with a linear warmup and a cosine decay to a tent
 
 from __future__ import annotations
 
-import math
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -17,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmkernels.nn import ByteTokenizer, CausalLM, DecoderConfig
+from lmkernels.training import show_progress, warmup_cosine
 
 
 @dataclass
@@ -54,7 +53,7 @@ def train(stream: Tensor, settings: TrainSettings | None = None, progress: bool 
     model = CausalLM(ByteTokenizer.vocab_size, DecoderConfig(dim=s.dim, num_layers=s.num_layers,
                                                              num_heads=s.num_heads))
     optimiser = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _learning_rate_factor(step, s))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, s.warmup, s.steps))
     generator = torch.Generator().manual_seed(s.seed)
     offsets = torch.arange(s.seq_len + 1)
     result = TrainResult(model)
@@ -70,7 +69,7 @@ def train(stream: Tensor, settings: TrainSettings | None = None, progress: bool 
         schedule.step()
         result.losses.append(loss.item())
         if progress:
-            _progress(step + 1, s.steps, result, start)
+            show_progress("", step + 1, s.steps, result.losses, start)
     result.seconds = time.perf_counter() - start
     model.eval()
     return result
@@ -85,20 +84,3 @@ def heldout_loss(model: CausalLM, stream: Tensor, seq_len: int = 128, max_window
     inputs = stream[:windows * seq_len].view(windows, seq_len)
     targets = stream[1:windows * seq_len + 1].view(windows, seq_len)
     return float(F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten()))
-
-
-def _learning_rate_factor(step: int, s: TrainSettings) -> float:
-    if step < s.warmup:
-        return (step + 1) / s.warmup
-    progress = (step - s.warmup) / max(s.steps - s.warmup, 1)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _progress(step: int, steps: int, result: TrainResult, start: float) -> None:
-    width = 30
-    done = width * step // steps
-    recent = result.losses[-10:]
-    sys.stdout.write(f"\r  [{'#' * done}{'.' * (width - done)}] step {step}/{steps}  loss "
-                     f"{sum(recent) / len(recent):.3f}  {time.perf_counter() - start:.0f}s"
-                     + ("\n" if step == steps else ""))
-    sys.stdout.flush()

@@ -14,9 +14,7 @@ character hit with probability 0 / 5 / 10 %), scored as nats per byte of that te
 
 from __future__ import annotations
 
-import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -29,6 +27,7 @@ from lmkernels.hat.generate import generate
 from lmkernels.hat.model import HATBatch, HATModel
 from lmkernels.hat.splitter import HATRuleSplitter
 from lmkernels.nn import CausalLM, DecoderConfig
+from lmkernels.training import show_progress, warmup_cosine
 
 END_OF_TEXT = "<|eot_id|>"
 
@@ -109,27 +108,9 @@ def hat_nats_per_byte(model: HATModel, windows: list[list[bytes]]) -> float:
     return total / max(count, 1)
 
 
-def _schedule(step: int, s: TrainSettings) -> float:
-    if step < s.warmup:
-        return (step + 1) / s.warmup
-    progress = (step - s.warmup) / max(s.steps - s.warmup, 1)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def _optimiser(model: torch.nn.Module, s: TrainSettings):
     optimiser = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
-    return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _schedule(step, s))
-
-
-def _progress(label: str, step: int, steps: int, losses: list[float], start: float, log) -> None:
-    if log is not print:
-        return
-    done = int(30 * step / steps)
-    recent = losses[-10:]
-    sys.stdout.write(f"\r  {label} [{'#' * done}{'.' * (30 - done)}] step {step}/{steps}  "
-                     f"loss {sum(recent) / len(recent):.3f}  {time.perf_counter() - start:.0f}s"
-                     + ("\n" if step == steps else ""))
-    sys.stdout.flush()
+    return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, s.warmup, s.steps))
 
 
 def train_hat(text: str, s: TrainSettings, log=print) -> TrainResult:
@@ -157,7 +138,8 @@ def train_hat(text: str, s: TrainSettings, log=print) -> TrainResult:
         optimiser.step()
         schedule.step()
         result.losses.append(loss.item())
-        _progress("HAT", step + 1, s.steps, result.losses, start, log)
+        if log is print:
+            show_progress("HAT ", step + 1, s.steps, result.losses, start)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -217,7 +199,8 @@ def train_bpe(text: str, heldout: str, s: TrainSettings, hat_parameters: int, by
         optimiser.step()
         schedule.step()
         losses.append(loss.item())
-        _progress("BPE", step + 1, s.steps, losses, start, log)
+        if log is print:
+            show_progress("BPE ", step + 1, s.steps, losses, start)
     scores = {}
     with torch.no_grad():
         for level in s.noise_levels:

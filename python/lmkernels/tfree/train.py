@@ -9,8 +9,6 @@ and greedy samples decoded against a dictionary of the text's most frequent word
 
 from __future__ import annotations
 
-import math
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +22,7 @@ from lmkernels.tfree.encoding import Encoding, TrainingBatch, batch_from_stream
 from lmkernels.tfree.generate import generate
 from lmkernels.tfree.model import TFreeConfig, TFreeLM
 from lmkernels.tfree.tokenizer import Tokenizer
+from lmkernels.training import show_progress, warmup_cosine
 
 
 @dataclass
@@ -100,7 +99,7 @@ def train(text: str, heldout: str = "", settings: TrainSettings | None = None, l
                          pos_weight=s.pos_weight, loss_scale=s.loss_scale)
     model = TFreeLM(config)
     optimiser = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _learning_rate_factor(step, s))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, s.warmup, s.steps))
     words = build_dictionary(tokenizer, documents, s.dictionary_size)
     result = TrainResult(model, tokenizer, Decoder(tokenizer, words))
     generator = torch.Generator().manual_seed(s.seed)
@@ -114,28 +113,10 @@ def train(text: str, heldout: str = "", settings: TrainSettings | None = None, l
         result.losses.append(loss.item())
         if heldout_batches and ((step + 1) % max(s.steps // 10, 1) == 0 or step + 1 == s.steps):
             result.heldout_losses.append((step + 1, _evaluate(model, heldout_batches)))
-        _progress(step + 1, s.steps, result, start, log)
+        if log is print:
+            show_progress("", step + 1, s.steps, result.losses, start)
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _learning_rate_factor(step: int, s: TrainSettings) -> float:
-    if step < s.warmup:
-        return (step + 1) / s.warmup
-    progress = (step - s.warmup) / max(s.steps - s.warmup, 1)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _progress(step: int, steps: int, result: TrainResult, start: float, log) -> None:
-    if log is not print:
-        return
-    width = 30
-    done = int(width * step / steps)
-    recent = result.losses[-10:]
-    line = (f"\r  [{'#' * done}{'.' * (width - done)}] step {step}/{steps}  loss {sum(recent) / len(recent):.3f}"
-            f"  {time.perf_counter() - start:.0f}s")
-    sys.stdout.write(line + ("\n" if step == steps else ""))
-    sys.stdout.flush()
 
 
 def bpe_vocabulary_size(text: str, vocab_size: int) -> int:
