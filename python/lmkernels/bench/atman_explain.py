@@ -33,7 +33,7 @@ from lmkernels.bench.tensor_memory import peak_tensor_bytes
 from lmkernels.nn import CausalLM, DecoderConfig
 
 _FULL = {"prompt": 512, "target": 16, "dim": 128, "layers": 2, "heads": 4, "vocab": 32000, "peer_every": 32}
-_QUICK = {"prompt": 128, "target": 8, "dim": 128, "layers": 2, "heads": 4, "vocab": 32000, "peer_every": 16}
+_QUICK = {"prompt": 96, "target": 8, "dim": 128, "layers": 2, "heads": 4, "vocab": 32000, "peer_every": 32}
 _TINY = {"prompt": 12, "target": 3, "dim": 16, "layers": 1, "heads": 2, "vocab": 64, "peer_every": 4}
 FACTOR = 0.1
 
