@@ -52,6 +52,14 @@ Operand operand_of(const TensorView& t, bool varlen) {
   return Operand{t.data, t.stride(0), t.stride(1), t.stride(2)};
 }
 
+GradientOperands gradient_operands(const AttentionGradients& g, bool varlen) {
+  const auto optional = [](const OptionalView& t) { return t ? operand_of(*t, false) : Operand{}; };
+  return GradientOperands{operand_of(g.grad_out, varlen), operand_of(g.lse, varlen), operand_of(g.delta, varlen),
+                          operand_of(g.grad_q, varlen),   operand_of(g.grad_k, varlen), operand_of(g.grad_v, varlen),
+                          optional(g.grad_bias),          optional(g.row_min),          optional(g.row_argmin),
+                          optional(g.grad_min),           optional(g.grad_factor)};
+}
+
 AttentionProblem check_attention(const AttentionInputs& in, const AttentionOptions& options, int64_t max_seqlen) {
   const TensorView& q = in.q;
   const bool varlen = in.cu_seqlens.has_value();

@@ -112,6 +112,12 @@ void check_gradients(const AttentionProblem& p, const AttentionInputs& in, const
 // varlen [T, H, D] or [T, H] one.
 Operand operand_of(const TensorView& t, bool varlen);
 
+// The backward's tensors as operands (absent ones empty), as both devices' kernels read them.
+struct GradientOperands {
+  Operand grad_out, lse, delta, grad_q, grad_k, grad_v, grad_bias, row_min, row_argmin, grad_min, grad_factor;
+};
+GradientOperands gradient_operands(const AttentionGradients& g, bool varlen);
+
 // cu_seqlens must start at 0, not decrease and end at T: ValueError, and IndexError for an entry
 // outside [0, T]. The CPU kernels call it; on CUDA the kernels report kBadSeqlens.
 void check_cu_seqlens_values(const AttentionProblem& p);

@@ -231,9 +231,6 @@ struct ForwardOperands {
   Operand out, lse, row_min, row_argmin;
 };
 
-struct GradientOperands {
-  Operand grad_out, lse, delta, grad_q, grad_k, grad_v, grad_bias, row_min, row_argmin, grad_min, grad_factor;
-};
 
 template <typename T>
 __attribute__((always_inline)) inline void forward_task(const AttentionProblem& p, const ForwardOperands& out,
@@ -567,14 +564,7 @@ void attention_backward_cpu(const AttentionProblem& p, const AttentionGradients&
              e);
   }
   const bool varlen = p.cu_seqlens != nullptr;
-  const GradientOperands ops{operand_of(g.grad_out, varlen), operand_of(g.lse, varlen), operand_of(g.delta, varlen),
-                             operand_of(g.grad_q, varlen),   operand_of(g.grad_k, varlen),
-                             operand_of(g.grad_v, varlen),
-                             g.grad_bias ? operand_of(*g.grad_bias, false) : Operand{},
-                             g.row_min ? operand_of(*g.row_min, false) : Operand{},
-                             g.row_argmin ? operand_of(*g.row_argmin, false) : Operand{},
-                             g.grad_min ? operand_of(*g.grad_min, false) : Operand{},
-                             g.grad_factor ? operand_of(*g.grad_factor, false) : Operand{}};
+  const GradientOperands ops = gradient_operands(g, varlen);
   const int64_t longest = longest_item(p);
   const int64_t longest_keys = varlen ? longest : p.prefix + p.keys;
   dispatch_float(p.dtype, "q", [&](auto tag) {

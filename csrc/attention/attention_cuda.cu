@@ -241,9 +241,6 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionProblem p, O
   }
 }
 
-struct GradientOperands {
-  Operand grad_out, lse, delta, grad_q, grad_k, grad_v, grad_bias, row_min, row_argmin, grad_min, grad_factor;
-};
 
 // dq, delta and (with a factor) dm of one query tile; with G = P (dP - delta):
 //   dq_i / scale = sum_j (P dP c)_ij k_j - delta_i sum_j (P c)_ij k_j + dm_i k_{a_i}
@@ -497,14 +494,7 @@ void attention_backward_cuda(const AttentionProblem& p, const AttentionGradients
   CudaDeviceGuard guard(g.grad_q.device_index);
   check_grid(p);
   const bool varlen = p.cu_seqlens != nullptr;
-  const GradientOperands ops{operand_of(g.grad_out, varlen), operand_of(g.lse, varlen), operand_of(g.delta, varlen),
-                             operand_of(g.grad_q, varlen),   operand_of(g.grad_k, varlen),
-                             operand_of(g.grad_v, varlen),
-                             g.grad_bias ? operand_of(*g.grad_bias, false) : Operand{},
-                             g.row_min ? operand_of(*g.row_min, false) : Operand{},
-                             g.row_argmin ? operand_of(*g.row_argmin, false) : Operand{},
-                             g.grad_min ? operand_of(*g.grad_min, false) : Operand{},
-                             g.grad_factor ? operand_of(*g.grad_factor, false) : Operand{}};
+  const GradientOperands ops = gradient_operands(g, varlen);
   const auto s = static_cast<cudaStream_t>(stream);
   const int64_t keys = varlen ? p.queries : p.prefix + p.keys;
   const size_t query_shared = sizeof(float) * size_t(2 * (kRows + kKeys) * p.dim + 2 * kRows * kKeys + 2 * kKeys);

@@ -244,11 +244,8 @@ __global__ void broadcast_backward_kernel(const T* __restrict__ grad_out, const 
                                           T* __restrict__ grad_guide, int64_t words, int64_t rows, int64_t width,
                                           int32_t* flag) {
   for (int64_t w = blockIdx.x; w < words; w += gridDim.x) {
-    const int64_t first = cu[w], end = cu[w + 1];
-    if (first < 0 || end < first || end > rows) {
-      if (threadIdx.x == 0) atomicOr(flag, kBadSeqlens);
-      continue;
-    }
+    int64_t first, end;
+    if (!word_rows(cu, w, rows, first, end, flag)) continue;
     for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
       float sum = 0.f;
       for (int64_t t = first; t < end; ++t) sum += to_float(grad_out[t * width + c]);

@@ -1,10 +1,12 @@
-"""What the reference training scripts share: the learning-rate schedule and the progress line."""
+"""What the reference training scripts share: the optimiser with its schedule, and the progress line."""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
+
+import torch
 
 
 def warmup_cosine(step: int, warmup: int, steps: int, floor: float = 0.1) -> float:
@@ -13,6 +15,12 @@ def warmup_cosine(step: int, warmup: int, steps: int, floor: float = 0.1) -> flo
         return (step + 1) / warmup
     progress = (step - warmup) / max(steps - warmup, 1)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def adamw_warmup_cosine(model: torch.nn.Module, learning_rate: float, warmup: int, steps: int):
+    """AdamW (betas 0.9 / 0.95, weight decay 0.1) and its :func:`warmup_cosine` schedule, stepped per step."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
+    return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, warmup, steps))
 
 
 def show_progress(label: str, step: int, steps: int, losses: list[float], start: float) -> None:

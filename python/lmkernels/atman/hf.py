@@ -28,7 +28,7 @@ from torch import Tensor
 from transformers import AttentionInterface, PreTrainedModel
 
 from lmkernels.atman.models import Adapter
-from lmkernels.atman.tokens import Tokens, from_ids, hf_tokens
+from lmkernels.atman.tokens import Tokens, hf_tokens
 from lmkernels.nn import KeySuppression
 from lmkernels.ops import attention
 
@@ -80,11 +80,7 @@ class _HFModel(Adapter):
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
-    def tokens(self, text, name: str, is_prompt: bool) -> Tokens:
-        if isinstance(text, Tokens):
-            return text
-        if not isinstance(text, str):
-            return from_ids(text, name)
+    def text_tokens(self, text: str, name: str, is_prompt: bool) -> Tokens:
         if self.tokenizer is None:
             raise TypeError(f"{name}: text needs the model's tokenizer (pass tokenizer=, or token ids)")
         return hf_tokens(self.tokenizer, text, add_special_tokens=is_prompt)

@@ -25,6 +25,17 @@ class Adapter:
 
     causal: bool
 
+    def tokens(self, text, name: str, is_prompt: bool) -> Tokens:
+        """``text`` as Tokens: Tokens pass through, token ids are checked, a str is tokenised."""
+        if isinstance(text, Tokens):
+            return text
+        if not isinstance(text, str):
+            return from_ids(text, name)
+        return self.text_tokens(text, name, is_prompt)
+
+    def text_tokens(self, text: str, name: str, is_prompt: bool) -> Tokens:
+        raise NotImplementedError
+
 
 class LMKernelsCausalLM(Adapter):
     """``lmkernels.nn.CausalLM``; text goes through ``tokenizer.encode`` (default: bytes, for V = 256).
@@ -41,11 +52,7 @@ class LMKernelsCausalLM(Adapter):
         self.num_layers = len(model.decoder.layers)
         self.vocab_size = model.vocab_size
 
-    def tokens(self, text, name: str, is_prompt: bool) -> Tokens:
-        if isinstance(text, Tokens):
-            return text
-        if not isinstance(text, str):
-            return from_ids(text, name)
+    def text_tokens(self, text: str, name: str, is_prompt: bool) -> Tokens:
         if self.tokenizer is None:
             if self.vocab_size != ByteTokenizer.vocab_size:
                 raise TypeError(f"{name}: text needs a tokenizer for a vocabulary of {self.vocab_size} "

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmkernels.nn import ByteTokenizer, CausalLM, DecoderConfig
-from lmkernels.training import show_progress, warmup_cosine
+from lmkernels.training import adamw_warmup_cosine, show_progress
 
 
 @dataclass
@@ -52,8 +52,7 @@ def train(stream: Tensor, settings: TrainSettings | None = None, progress: bool 
     torch.manual_seed(s.seed)
     model = CausalLM(ByteTokenizer.vocab_size, DecoderConfig(dim=s.dim, num_layers=s.num_layers,
                                                              num_heads=s.num_heads))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, s.warmup, s.steps))
+    optimiser, schedule = adamw_warmup_cosine(model, s.learning_rate, s.warmup, s.steps)
     generator = torch.Generator().manual_seed(s.seed)
     offsets = torch.arange(s.seq_len + 1)
     result = TrainResult(model)

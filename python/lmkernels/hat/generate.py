@@ -123,8 +123,7 @@ def generate(model: HATModel, prompt: str, max_bytes: int = 256, *, temperature:
         if byte == config.eos_token_id:
             break
         generated.append(byte)
-        text = splitter.decode(generated, errors="replace")
-        if any(s in text for s in stop):
+        if stop and any(s in splitter.decode(generated, errors="replace") for s in stop):
             break
         candidate = current + [byte]
         try:

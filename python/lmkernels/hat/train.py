@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from lmkernels import data
 from lmkernels.hat.config import HATConfig
 from lmkernels.hat.generate import generate
-from lmkernels.hat.model import HATBatch, HATModel
+from lmkernels.hat.model import HATBatch, HATModel, hat_loss
 from lmkernels.hat.splitter import HATRuleSplitter
 from lmkernels.nn import CausalLM, DecoderConfig
-from lmkernels.training import show_progress, warmup_cosine
+from lmkernels.training import adamw_warmup_cosine, show_progress
 
 END_OF_TEXT = "<|eot_id|>"
 
@@ -108,11 +108,6 @@ def hat_nats_per_byte(model: HATModel, windows: list[list[bytes]]) -> float:
     return total / max(count, 1)
 
 
-def _optimiser(model: torch.nn.Module, s: TrainSettings):
-    optimiser = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
-    return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, s.warmup, s.steps))
-
-
 def train_hat(text: str, s: TrainSettings, log=print) -> TrainResult:
     torch.manual_seed(s.seed)
     config = HATConfig.tiny(width=s.width, layers=s.layers, window=s.window)
@@ -123,16 +118,13 @@ def train_hat(text: str, s: TrainSettings, log=print) -> TrainResult:
         raise ValueError("text: no training window (the text has fewer than two words)")
     model = HATModel(config)
     result = TrainResult(model, bytes_per_word=sum(len(w) for w in words) / len(words))
-    optimiser, schedule = _optimiser(model, s)
+    optimiser, schedule = adamw_warmup_cosine(model, s.learning_rate, s.warmup, s.steps)
     generator = torch.Generator().manual_seed(s.seed)
     start = time.perf_counter()
     for step in range(s.steps):
         picks = torch.randint(len(windows), (s.batch_size,), generator=generator).tolist()
         batch = HATBatch.from_words([windows[i] for i in picks])
-        logits = model(batch)
-        targets, keep = batch.bytes.roll(-1), torch.ones_like(batch.bytes, dtype=torch.bool)
-        keep[batch.sequence_bytes[1:] - 1] = False
-        loss = F.cross_entropy(logits[keep], targets[keep])
+        loss = hat_loss(model(batch), batch)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -185,7 +177,7 @@ def train_bpe(text: str, heldout: str, s: TrainSettings, hat_parameters: int, by
     windows = [w for w, _ in _token_windows(bpe, text, length)]
     if not windows:
         raise ValueError("text: too short for a BPE training window")
-    optimiser, schedule = _optimiser(model, s)
+    optimiser, schedule = adamw_warmup_cosine(model, s.learning_rate, s.warmup, s.steps)
     generator = torch.Generator().manual_seed(s.seed)
     losses: list[float] = []
     start = time.perf_counter()

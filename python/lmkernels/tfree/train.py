@@ -22,7 +22,7 @@ from lmkernels.tfree.encoding import Encoding, TrainingBatch, batch_from_stream
 from lmkernels.tfree.generate import generate
 from lmkernels.tfree.model import TFreeConfig, TFreeLM
 from lmkernels.tfree.tokenizer import Tokenizer
-from lmkernels.training import show_progress, warmup_cosine
+from lmkernels.training import adamw_warmup_cosine, show_progress
 
 
 @dataclass
@@ -98,8 +98,7 @@ def train(text: str, heldout: str = "", settings: TrainSettings | None = None, l
                          DecoderConfig(dim=s.dim, num_layers=s.num_layers, num_heads=s.num_heads),
                          pos_weight=s.pos_weight, loss_scale=s.loss_scale)
     model = TFreeLM(config)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, s.warmup, s.steps))
+    optimiser, schedule = adamw_warmup_cosine(model, s.learning_rate, s.warmup, s.steps)
     words = build_dictionary(tokenizer, documents, s.dictionary_size)
     result = TrainResult(model, tokenizer, Decoder(tokenizer, words))
     generator = torch.Generator().manual_seed(s.seed)
