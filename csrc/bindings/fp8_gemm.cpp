@@ -10,7 +10,8 @@ namespace py = pybind11;
 namespace lmk::bindings {
 namespace {
 
-void fp8_gemm(py::handle a, py::handle b, double alpha, py::handle bias, py::handle out, uintptr_t stream) {
+void fp8_gemm(py::handle a, py::handle b, double alpha, py::handle bias, py::handle out, bool exact_order,
+              uintptr_t stream) {
   TensorImports in;
   const TensorView av = in.require(a, "a");
   const TensorView bv = in.require(b, "b");
@@ -18,10 +19,11 @@ void fp8_gemm(py::handle a, py::handle b, double alpha, py::handle bias, py::han
   const TensorView o = in.require(out, "out");
   fp8::check_gemm(av, bv, biasv, o);
   py::gil_scoped_release release;
-  if (av.device == DeviceType::CPU) return fp8::gemm_cpu(av, bv, float(alpha), biasv, o);
+  if (av.device == DeviceType::CPU) return fp8::gemm_cpu(av, bv, float(alpha), biasv, o);  // always exact order
 #ifdef LMK_WITH_CUDA
-  fp8::gemm_cuda(av, bv, float(alpha), biasv, o, reinterpret_cast<void*>(stream));
+  fp8::gemm_cuda(av, bv, float(alpha), biasv, o, exact_order, reinterpret_cast<void*>(stream));
 #else
+  (void)exact_order;
   (void)stream;
 #endif
 }
@@ -30,8 +32,9 @@ void fp8_gemm(py::handle a, py::handle b, double alpha, py::handle bias, py::han
 
 void register_fp8_gemm(py::module_& m) {
   m.def("fp8_gemm", &fp8_gemm, py::arg("a"), py::arg("b"), py::arg("alpha"), py::arg("bias"), py::arg("out"),
-        py::arg("stream") = 0,
-        "out = round(fp32(alpha) * (a @ b^T) + bias): FP8 a [M, K], b [N, K], fp32 sums in increasing k.");
+        py::arg("exact_order") = false, py::arg("stream") = 0,
+        "out = round(fp32(alpha) * (a @ b^T) + bias): FP8 a [M, K], b [N, K], fp32 sums; in increasing k on the "
+        "CPU and, with exact_order, on CUDA (else the device's fastest kernel).");
 }
 
 }  // namespace lmk::bindings

@@ -37,6 +37,11 @@ py::dict build_info() {
   info["cuda"] = false;
 #endif
   info["cuda_architectures"] = LMK_CUDA_ARCHS;
+#ifdef LMK_WITH_SM90_GEMM
+  info["hopper_kernels"] = true;
+#else
+  info["hopper_kernels"] = false;
+#endif
   info["sanitize"] = LMK_SANITIZE;
   info["compiler"] = __VERSION__;
   return info;
@@ -47,7 +52,7 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "lmkernels native kernels (C++17/CUDA). Use the torch ops in lmkernels.ops.";
   py::register_exception_translator(translate_errors);
-  m.def("build_info", &build_info, "Version, build type, CUDA support and architectures, sanitizers, compiler.");
+  m.def("build_info", &build_info, "Version, build type, CUDA support and architectures, Hopper (CUTLASS) kernels, sanitizers, compiler.");
   m.def("simd_level", &lmk::simd_level, "The SIMD level the CPU kernels run at on this machine.");
   m.def("num_threads", &lmk::num_threads, "Threads used by the CPU kernels.");
   m.def("set_num_threads", &lmk::set_num_threads, py::arg("n"), "Set the threads used by the CPU kernels.");

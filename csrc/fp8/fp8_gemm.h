@@ -30,9 +30,20 @@ void check_gemm(const TensorView& a, const TensorView& b, const OptionalView& bi
 void gemm_cpu(const TensorView& a, const TensorView& b, float alpha, const OptionalView& bias,
               const TensorView& out);
 
-// ---- CUDA (portable shared-memory tiled kernel, any architecture, on the given stream) ---------
+// ---- CUDA (on the given stream) -----------------------------------------------------------------
+// exact_order: the portable shared-memory tiled kernel (any architecture), summing in the order
+// above, bitwise equal to the CPU. Otherwise the fastest kernel for the device: on compute
+// capability 9.0 with aligned operands the CUTLASS tensor-core kernel (fp8_gemm_sm90.cu), whose
+// sums run in another order and precision; the portable kernel everywhere else.
 #ifdef LMK_WITH_CUDA
 void gemm_cuda(const TensorView& a, const TensorView& b, float alpha, const OptionalView& bias,
+               const TensorView& out, bool exact_order, void* stream);
+#endif
+#ifdef LMK_WITH_SM90_GEMM
+// Runs the sm_90a kernel and returns true, or returns false (nothing launched) when the device is
+// not compute capability 9.0 or the operands miss its TMA alignment (K and N multiples of 16,
+// 16-byte aligned pointers and row strides).
+bool gemm_sm90(const TensorView& a, const TensorView& b, float alpha, const OptionalView& bias,
                const TensorView& out, void* stream);
 #endif
 

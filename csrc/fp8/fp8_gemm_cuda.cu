@@ -1,4 +1,5 @@
-// FP8 GEMM on CUDA: a portable shared-memory tiled kernel for any architecture (see fp8_gemm.h).
+// FP8 GEMM on CUDA: a portable shared-memory tiled kernel for any architecture (see fp8_gemm.h),
+// and the dispatch to the Hopper tensor-core kernel (fp8_gemm_sm90.cu) where it applies.
 //
 // A block of 32 x 8 threads computes a kTile x kTile output tile; thread (x, y) owns column x and
 // rows y, y + 8, y + 16, y + 24 of it. The block walks K in steps of kTile: it decodes a kTile x
@@ -88,9 +89,14 @@ Format format_of(DType dtype) { return dtype == DType::Float8E4M3FN ? Format::E4
 }  // namespace
 
 void gemm_cuda(const TensorView& a, const TensorView& b, float alpha, const OptionalView& bias,
-               const TensorView& out, void* stream) {
+               const TensorView& out, bool exact_order, void* stream) {
   const int64_t m = a.size(0), n = b.size(0), k = a.size(1);
   if (m == 0 || n == 0) return;
+#ifdef LMK_WITH_SM90_GEMM
+  if (!exact_order && gemm_sm90(a, b, alpha, bias, out, stream)) return;
+#else
+  (void)exact_order;
+#endif
   CudaDeviceGuard guard(a.device_index);
   const auto s = static_cast<cudaStream_t>(stream);
   const dim3 grid(unsigned(std::min(ceil_div(m, kTile), kMaxGridX)), unsigned(std::min(ceil_div(n, kTile), kMaxGridY)));

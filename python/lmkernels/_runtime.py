@@ -27,13 +27,14 @@ def num_threads() -> int:
 
 
 def info() -> dict:
-    """Version, build type, CUDA support and architectures, the SIMD level chosen at run time, threads."""
+    """Version, build type, CUDA support and architectures, Hopper kernels, the SIMD level chosen at run time, threads."""
     build = _C.build_info()
     return {
         "version": build["version"],
         "build_type": build["build_type"],
         "cuda_built": build["cuda"],
         "cuda_architectures": build["cuda_architectures"] or None,
+        "hopper_kernels": build["hopper_kernels"],  # CUTLASS sm_90a kernels (fp8_gemm) built in
         "cuda_available": bool(build["cuda"]) and torch.cuda.is_available(),
         "sanitize": build["sanitize"] or None,
         "compiler": build["compiler"],

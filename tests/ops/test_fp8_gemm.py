@@ -111,14 +111,69 @@ def test_zero_k_gives_bias_or_zeros(device):
     assert torch.equal(fp8_gemm(a, b, 2.0, None, torch.float32), torch.zeros(3, 4, device=device))
 
 
-def test_cpu_and_cuda_agree_bitwise():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a GPU")
-    a, b, bias = random_fp8(130, 700, E4M3), random_fp8(77, 700, E5M2), torch.randn(77)
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CUDA kernel at run time)")
+needs_hopper = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+         and lmkernels.info()["hopper_kernels"]),
+    reason="needs a compute capability 9.0 GPU and a build with the CUTLASS sm_90a kernels")
+
+
+@needs_gpu
+@pytest.mark.parametrize("shape", [(130, 77, 700), (256, 128, 1024)])  # portable-only, and Hopper-eligible
+def test_cpu_and_cuda_agree_bitwise_in_exact_order(shape):
+    m, n, k = shape
+    a, b, bias = random_fp8(m, k, E4M3), random_fp8(n, k, E5M2), torch.randn(n)
     for out_dtype in OUT_DTYPES:
         cpu = fp8_gemm(a, b, 0.3, bias, out_dtype)
-        gpu = fp8_gemm(a.cuda(), b.cuda(), 0.3, bias.cuda(), out_dtype)
+        gpu = fp8_gemm(a.cuda(), b.cuda(), 0.3, bias.cuda(), out_dtype, exact_order=True)
         assert torch.equal(cpu, gpu.cpu())
+
+
+def assert_within_tensor_core_bound(out, a, b, alpha, bias):
+    """The Hopper kernel's sums: |out - exact| <= 2^-9 sum |alpha a b| + the output rounding (a
+    transposed or misplaced operand misses this by a wide margin at K = 4096), and a relative
+    Frobenius error below 1e-3 (a quarter of bf16's unit roundoff)."""
+    exact = (a.double() @ b.double().T) * alpha + (0 if bias is None else bias.double())
+    magnitude = (a.double().abs() @ b.double().abs().T) * abs(alpha)
+    error = (out.double() - exact).abs()
+    assert bool((error <= 2.0**-9 * magnitude + OUT_EPS[out.dtype] * exact.abs() + FP16_SUBNORMAL).all())
+    if out.dtype == torch.float32:
+        assert (torch.linalg.norm(out.double() - exact) / torch.linalg.norm(exact)).item() < 1e-3
+
+
+@needs_hopper
+@pytest.mark.parametrize("a_dtype, b_dtype", PAIRS)
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES)
+@pytest.mark.parametrize("m", [1, 200, 512])
+def test_hopper_kernel_within_tensor_core_bound(a_dtype, b_dtype, out_dtype, m):
+    a, b = random_fp8(m, 4096, a_dtype, "cuda"), random_fp8(384, 4096, b_dtype, "cuda")
+    for alpha, bias in ((1.0, None), (0.125, torch.randn(384, device="cuda"))):
+        out = fp8_gemm(a, b, alpha, bias, out_dtype)
+        assert out.shape == (m, 384) and out.dtype == out_dtype
+        assert_within_tensor_core_bound(out, a, b, alpha, bias)
+        assert torch.equal(out, fp8_gemm(a, b, alpha, bias, out_dtype))  # deterministic
+
+
+@needs_hopper
+@pytest.mark.parametrize("a_dtype, b_dtype", PAIRS)
+def test_hopper_kernel_exact_on_small_integers(a_dtype, b_dtype):
+    # |products| <= 16, K = 64: every partial sum is an integer below 2^11, exact in any order and at
+    # any tensor-core precision; a wrong layout or tile placement cannot hide here.
+    a = torch.randint(-4, 5, (300, 64)).to(a_dtype).cuda()
+    b = torch.randint(-4, 5, (208, 64)).to(b_dtype).cuda()
+    bias = torch.randint(-8, 9, (208,)).float().cuda()
+    expected = reference.fp8_gemm(a.cpu(), b.cpu(), 2.0, bias.cpu(), torch.float32)
+    assert torch.equal(fp8_gemm(a, b, 2.0, bias, torch.float32).cpu(), expected)
+
+
+@needs_hopper
+def test_hopper_kernel_takes_padded_rows_and_falls_back_when_unaligned():
+    wide = random_fp8(96, 1024 + 32, E4M3, "cuda")
+    a, b = wide[:, :1024], random_fp8(160, 1024, E4M3, "cuda")  # row stride 1056: a 16-byte multiple
+    assert_within_tensor_core_bound(fp8_gemm(a, b, out_dtype=torch.float32), a, b, 1.0, None)
+    # N = 100 and K = 1000 are not multiples of 16: the portable kernel, bitwise the CPU's.
+    a, b = random_fp8(64, 1000, E4M3, "cuda"), random_fp8(100, 1000, E5M2, "cuda")
+    assert torch.equal(fp8_gemm(a, b, 0.5).cpu(), fp8_gemm(a.cpu(), b.cpu(), 0.5))
 
 
 def test_same_result_for_any_thread_count():

@@ -11,6 +11,15 @@ for any thread count, and the CPU and the portable CUDA kernel agree bit for bit
 propagate by IEEE rules (an inf times a zero gives NaN). Any M, N, K >= 0; K = 0 gives ``bias``
 (or zeros).
 
+CUDA kernels: with ``exact_order=True`` always the portable kernel (the order above). By default
+the fastest for the device: on Hopper (compute capability 9.0), when K and N are multiples of 16
+and the operands are 16-byte aligned, a CUTLASS tensor-core kernel. It sums each 32-deep MMA in the
+tensor core's own order and reduced precision and adds those partial sums into fp32 after every
+128 of K (CUTLASS's promoting, non-"FastAccum" schedule), and computes ``alpha * acc + bias`` in
+one fp32 step: results are deterministic but differ from the sequential sum by more than fp32
+rounding (the GPU tests bound the difference by 2^-9 of sum |alpha a b|). On the CPU the order is always the
+sequential one.
+
 No autograd: u-muP training composes three such GEMMs (forward, grad-input, grad-weight) with its
 own casts, so ``backward`` through this op raises ``RuntimeError``.
 """
@@ -27,7 +36,7 @@ _OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def fp8_gemm(a: Tensor, b: Tensor, alpha: float = 1.0, bias: Tensor | None = None,
-             out_dtype: torch.dtype = torch.bfloat16) -> Tensor:
+             out_dtype: torch.dtype = torch.bfloat16, *, exact_order: bool = False) -> Tensor:
     """``alpha * (a @ b.T) + bias`` with FP8 operands and fp32 accumulation; see the module docstring.
 
     Args:
@@ -36,6 +45,8 @@ def fp8_gemm(a: Tensor, b: Tensor, alpha: float = 1.0, bias: Tensor | None = Non
         alpha: scale of the product, applied in fp32.
         bias: optional [N] of ``out_dtype`` or float32, added in fp32.
         out_dtype: float32, bfloat16 or float16.
+        exact_order: on CUDA, sum in increasing k in fp32 (bitwise equal to the CPU) rather than with
+            the device's fastest kernel; see the module docstring.
 
     Returns:
         [M, N] of ``out_dtype`` (contiguous).
@@ -46,7 +57,9 @@ def fp8_gemm(a: Tensor, b: Tensor, alpha: float = 1.0, bias: Tensor | None = Non
         _require_tensor(bias, "bias")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise TypeError(f"alpha: expected a float, got {type(alpha).__name__}")
-    return torch.ops.lmk.fp8_gemm(a, b, float(alpha), bias, out_dtype)
+    if not isinstance(exact_order, bool):
+        raise TypeError(f"exact_order: expected a bool, got {type(exact_order).__name__}")
+    return torch.ops.lmk.fp8_gemm(a, b, float(alpha), bias, out_dtype, exact_order)
 
 
 def _require_tensor(t, name: str) -> None:
@@ -85,23 +98,24 @@ def _rows(t: Tensor) -> Tensor:
     return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
 
 
-def _gemm(a: Tensor, b: Tensor, alpha: float, bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+def _gemm(a: Tensor, b: Tensor, alpha: float, bias: Tensor | None, out_dtype: torch.dtype,
+          exact_order: bool = False) -> Tensor:
     _check(a, b, bias, out_dtype)
     a, b = _rows(a), _rows(b)
     if bias is not None:
         bias = bias.detach().to(torch.float32).contiguous()  # exact for bf16 and fp16
     out = torch.empty(a.shape[0], b.shape[0], dtype=out_dtype, device=a.device)
-    _C.fp8_gemm(dl(a), dl(b), alpha, dl(bias), dl(out), stream_of(a))
+    _C.fp8_gemm(dl(a), dl(b), alpha, dl(bias), dl(out), exact_order, stream_of(a))
     return out
 
 
-def _gemm_fake(a, b, alpha, bias, out_dtype):
+def _gemm_fake(a, b, alpha, bias, out_dtype, exact_order=False):
     _check(a, b, bias, out_dtype)
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
-define_op("fp8_gemm(Tensor a, Tensor b, float alpha, Tensor? bias, ScalarType out_dtype) -> Tensor", _gemm,
-          _gemm_fake)
+define_op("fp8_gemm(Tensor a, Tensor b, float alpha, Tensor? bias, ScalarType out_dtype, bool exact_order=False) "
+          "-> Tensor", _gemm, _gemm_fake)
 
 
 def _no_backward(ctx, grad):
