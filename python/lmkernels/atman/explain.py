@@ -89,6 +89,8 @@ def explain(model, prompt, target, *, tokenizer=None, units="token", factor: flo
             hidden = adapter.perturbed(ids, start, arguments, rows[skipped:], clean_state)
             perturbed[chunk, skipped:] = _losses(adapter, hidden, targets[skipped:],
                                                  per_slice=max(1, length // (2 * (len(targets) - skipped))))
+        # Rows before p_u are causally the clean pass's; taking them from it makes R exactly 0 there, whatever
+        # the batch's start and however a recomputation of other shapes rounds.
         before_unit = rows[None, :] < torch.tensor(starts, device=device)[:, None]
         perturbed = torch.where(before_unit, clean, perturbed)
     return Explanation(prompt_tokens, [target_tokens.piece(i) for i in range(len(target_tokens))], unit_list,

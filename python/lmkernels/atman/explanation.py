@@ -42,9 +42,10 @@ class Explanation:
     def unit_scores(self) -> Tensor:
         return scores(self.relevance, self.postprocessing, self.normalize)[1]
 
-    def top(self, k: int = 5) -> list[tuple[Unit, float]]:
-        """The ``k`` units of highest score, best first."""
-        values = self.unit_scores
+    def top(self, k: int = 5, token: int | None = None) -> list[tuple[Unit, float]]:
+        """The ``k`` units of highest score, best first: unit scores, or the token scores of target token
+        ``token`` alone."""
+        values = self.unit_scores if token is None else self.token_scores[:, token]
         order = values.argsort(descending=True, stable=True)[:k]
         return [(self.units[i], float(values[i])) for i in order]
 
