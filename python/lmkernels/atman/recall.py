@@ -56,7 +56,7 @@ def probe(generator: random.Random, pairs: int = 6, asked_in_target: bool = Fals
     """A random recall prompt of ``pairs`` key/value pairs and its answer.
 
     ``asked_in_target``: the asked pair is the last one and the target starts there, so that the answer
-    rests on target tokens: " a=3 f=9 x=0 m=7 c=2" -> " q=4 | q4" (the same token sequence as a probe
+    rests on target tokens: "a=3 f=9 x=0 m=7 c=2" -> " q=4 | q4" (the same token sequence as a probe
     asking its last pair; ``key_position`` then indexes prompt ⊕ target).
     """
     keys = generator.sample(range(len(KEYS)), pairs)
