@@ -77,6 +77,16 @@ def test_factor_one_changes_nothing(byte_model):
         assert explanation.relevance.abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("include_target", [False, True])
+def test_threshold_above_one_is_single_token_atman(byte_model, include_target):
+    """Spec invariant 7: kappa > 1 (no cosine reaches it) or conceptual suppression off is single-token AtMan."""
+    single = explain(byte_model, PROMPT, TARGET, include_target=include_target).relevance
+    above_one = explain(byte_model, PROMPT, TARGET, include_target=include_target, conceptual_threshold=1.01)
+    assert torch.equal(above_one.relevance, single)
+    conceptual = explain(byte_model, PROMPT, TARGET, include_target=include_target, conceptual_threshold=0.2)
+    assert (conceptual.relevance - single).abs().max() > 1e-3  # a reachable kappa does change the passes
+
+
 def test_layer_subset_is_between_none_and_all(byte_model):
     every = explain(byte_model, PROMPT, TARGET).relevance
     first = explain(byte_model, PROMPT, TARGET, layers=[0]).relevance

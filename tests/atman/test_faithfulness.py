@@ -31,3 +31,18 @@ def test_top_unit_is_the_queried_pair(recall_model):
     assert _hit_rate(recall_model, probes, factor=0.0) >= 0.9  # log-additive knockout
     # Log-additive c = 0.1 is weaker on a saturated head: a key holding nearly all of a row's attention
     # keeps most of it after renormalisation (a' = c a / (1 - (1 - c) a)), so it is not asserted here.
+
+
+def test_answer_rests_on_the_asked_pair_in_the_target(recall_model):
+    """The asked pair, the separator and the query in the target (" q=4 | q" -> "4"): with target units the
+    answer's top unit is the target's pair, which prompt-only AtMan cannot name."""
+    generator = random.Random(54321)
+    probes = [probe(generator, asked_in_target=True) for _ in range(50)]
+    assert accuracy(recall_model, probes) >= 0.9
+    for settings in ({"form": "multiplicative"}, {"factor": 0.0}):
+        hits = 0
+        for item in probes:
+            explanation = explain(recall_model, item.prompt, item.target, include_target=True, **settings)
+            (top, _), = explanation.top(1, token=-1)
+            hits += top.in_target and bool({item.key_position, item.value_position} & set(top.positions))
+        assert hits / len(probes) >= 0.9, settings

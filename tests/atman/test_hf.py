@@ -63,6 +63,34 @@ def test_causal_lm_prefix_reuse_equals_full_recomputation(build):
         assert reused.relevance.abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("build", [_llama, _gpt2])
+@pytest.mark.parametrize("form", ["log_additive", "multiplicative"])
+def test_causal_lm_target_units(build, form):
+    """Spec invariant 6 (a target unit at position P + k scores exactly 0 for target tokens 0..k), prefix
+    reuse equal to full recomputation, and c = 0 at a target position equal to the model's masked pass."""
+    model = build()
+    generator = torch.Generator().manual_seed(4)
+    prompt, target = torch.randint(97, (9,), generator=generator), torch.randint(97, (6,), generator=generator)
+    reused = explain(model, prompt, target, include_target=True, form=form, batch_size=3)
+    full = explain(model, prompt, target, include_target=True, form=form, prefix_reuse=False, batch_size=32)
+    assert [unit.in_target for unit in reused.units] == [False] * 9 + [True] * 5
+    torch.testing.assert_close(reused.relevance, full.relevance, atol=2e-5, rtol=0)
+    for explanation in (reused, full):
+        for k in range(5):
+            assert torch.equal(explanation.relevance[9 + k, :k + 1], torch.zeros(k + 1))
+            assert explanation.relevance[9 + k, k + 1:].abs().max() > 1e-4
+    if form == "log_additive":
+        knockout = explain(model, prompt, target, include_target=True, factor=0.0)
+        ids = torch.cat([prompt, target[:-1]])[None]
+        rows = slice(8, ids.shape[1])
+        clean = F.cross_entropy(model(ids).logits[0, rows], target, reduction="none")
+        for position in (9, 11, 13):
+            mask = torch.ones_like(ids)
+            mask[0, position] = 0
+            expected = F.cross_entropy(model(ids, attention_mask=mask).logits[0, rows], target, reduction="none")
+            torch.testing.assert_close(knockout.relevance[position], expected - clean, atol=5e-5, rtol=1e-4)
+
+
 def test_encoder_similarity_knockout_equals_the_models_masked_pass():
     model = _bert()
     generator = torch.Generator().manual_seed(3)
@@ -120,3 +148,10 @@ def test_text_through_a_fast_tokenizer():
     assert explanation.targets == ["on", "the", "mat"]
     assert len(explanation.prompt) == len(tokenizer("The cat sat. It slept.")["input_ids"])  # [CLS] ... [SEP]
     assert explanation.units[0].positions[0] == 1  # after [CLS]
+    with_target = explain(model, "The cat sat. It slept.", " on the mat", tokenizer=tokenizer, units="sentence",
+                          include_target=True)
+    prompt_length = len(with_target.prompt)
+    assert [(unit.label, unit.in_target) for unit in with_target.units] == [
+        ("The cat sat.", False), ("It slept.", False), ("on the", True)]  # "mat" is the last token: no input
+    assert with_target.units[-1].positions == (prompt_length, prompt_length + 1)  # after [SEP]
+    assert '">on the</span> mat</p>' in with_target.to_html()

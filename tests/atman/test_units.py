@@ -66,3 +66,37 @@ def test_custom_spans_and_their_errors():
         build_units(tokens, "word")
     with pytest.raises(ValueError, match="no word unit"):
         build_units(byte_tokens("   "), "word")
+
+
+def test_target_units_follow_the_prompts_and_keep_their_own_offsets():
+    prompt, target = byte_tokens("Hello wor"), byte_tokens("ld. Bye now!")
+    inputs = target.first(len(target) - 1)  # the last target token is never an input
+    units = build_units(prompt, "word", inputs)
+    # a word running on from the prompt into the target becomes two units, one on each side
+    assert [(unit.label, unit.in_target) for unit in units] == [
+        ("Hello ", False), ("wor", False), ("ld. ", True), ("Bye ", True), ("now", True)]
+    assert units[2].positions == (9, 10, 11, 12) and units[-1].positions == (17, 18, 19)
+    assert _labels(build_units(prompt, "sentence", inputs)) == ["Hello wor", "ld. ", "Bye now"]
+    tokens = build_units(prompt, "token", inputs)
+    assert [unit.positions for unit in tokens] == [(i,) for i in range(20)] and sum(u.in_target for u in tokens) == 11
+    assert build_units(prompt, "word", byte_tokens("!").first(0)) == build_units(prompt, "word")
+
+
+def test_target_units_auto_and_custom_spans():
+    words = " ".join(f"w{i}" for i in range(20))
+    # 20 + 10 words: "auto" counts prompt and target units together
+    assert len(build_units(byte_tokens(words), "auto", byte_tokens(" " + words[:29] + ".").first(30))) == 30
+    ids = build_units(Tokens(tuple(range(50))), "auto", Tokens(tuple(range(11))))  # chunks of 3, none across
+    assert [unit.positions for unit in ids][-6:] == [(45, 46, 47), (48, 49), (50, 51, 52), (53, 54, 55),
+                                                      (56, 57, 58), (59, 60)]
+    assert [unit.in_target for unit in ids][-6:] == [False, False, True, True, True, True]
+    prompt, target = Tokens(tuple(range(4))), Tokens((7, 8, 9))
+    custom = build_units(prompt, [(1, 3), (4, 6), (6, 7)], target)
+    assert [(u.positions, u.label, u.in_target) for u in custom] == [
+        ((1, 2), "<1> <2>", False), ((4, 5), "<7> <8>", True), ((6,), "<9>", True)]
+    with pytest.raises(ValueError, match="crosses the prompt/target boundary at token 4"):
+        build_units(prompt, [(3, 5)], target)
+    with pytest.raises(IndexError, match="outside prompt ⊕ target"):
+        build_units(prompt, [(6, 8)], target)
+    with pytest.raises(ValueError, match="needs the target as text"):
+        build_units(byte_tokens("ab"), "word", target)

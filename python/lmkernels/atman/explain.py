@@ -5,11 +5,20 @@
     x = prompt ⊕ target[:-1]  (S = P + T - 1 tokens),  logits at positions P-1 .. S-1 predict the target
     R[u, t] = CE_t(u suppressed) - CE_t(clean)
 
+``include_target=True`` explains the target's own input tokens too (positions P .. S-1, as the
+research code does): an earlier target token can support a later one. Target token t is predicted at
+row P-1+t, which cannot see keys at positions >= P+t, so R[u, t] = 0 exactly for a unit whose first
+suppressed position p_u >= P+t (spec invariant 6).
+
+Causality: rows before p_u are the clean pass's, so every unit takes the clean losses there (R = 0
+exactly, not a recomputation that rounds differently) and only rows >= p_u are its own.
+
 Prefix reuse (``prefix_reuse=True``): units are sorted by their first suppressed position p_u and
 batched in that order; a batch recomputes positions min p_u .. S-1 only, reading the clean pass's
-keys/values before that. In a causal model nothing before p_u depends on the suppressed keys, so the
-result is the full recomputation's (``prefix_reuse=False`` runs that, for checking). Only the T
-target rows go through the LM head, a few passes at a time.
+keys/values before that, and runs the LM head on the target rows it recomputed. In a causal model
+nothing before p_u depends on the suppressed keys, so the result is the full recomputation's
+(``prefix_reuse=False`` runs that, for checking). Target rows go through the LM head a few passes at
+a time.
 
 ``explain_similarity`` (encoders) explains the cosine similarity between the mean-pooled embedding of
 a document and that of a query: R[u] = cos(clean) - cos(u suppressed); the query is not perturbed.
@@ -31,7 +40,8 @@ from lmkernels.atman.units import Unit, build_units
 def explain(model, prompt, target, *, tokenizer=None, units="token", factor: float = 0.1,
             form: str = "log_additive", layers=None, factor_min: str = "causal",
             conceptual_threshold: float | None = None, postprocessing: str = "none", normalize: bool = False,
-            batch_size: int = 16, batch_tokens: int | None = None, prefix_reuse: bool = True) -> Explanation:
+            batch_size: int = 16, batch_tokens: int | None = None, prefix_reuse: bool = True,
+            include_target: bool = False) -> Explanation:
     """Explain ``target`` (text or token ids) as a continuation of ``prompt`` under causal ``model``.
 
     ``model``: ``lmkernels.nn.CausalLM`` or a Hugging Face causal LM (with its fast ``tokenizer`` for
@@ -40,7 +50,9 @@ def explain(model, prompt, target, *, tokenizer=None, units="token", factor: flo
     see ``lmkernels.atman.scoring``. At most ``batch_size`` perturbed passes run together, and at most
     ``batch_tokens`` recomputed positions in all (one pass at least; default 4 S), which bounds a batch's
     activations to those of about four clean passes; with the LM head run on T rows instead of S, the
-    peak stays near that of one clean forward.
+    peak stays near that of one clean forward. ``include_target``: units also cover the target's input
+    tokens target[:-1] (``Unit.in_target``; custom spans then index prompt ⊕ target[:-1] and must not
+    cross from one into the other); R[u, t] is 0 where target token t comes before unit u.
     """
     adapter = adapter_for(model, tokenizer)
     if not adapter.causal:
@@ -48,15 +60,19 @@ def explain(model, prompt, target, *, tokenizer=None, units="token", factor: flo
                         "explain_similarity")
     suppression = _settings(adapter, factor, form, layers, factor_min, conceptual_threshold, postprocessing,
                             batch_size)
+    if not isinstance(include_target, bool):
+        raise TypeError(f"include_target: expected a bool, got {type(include_target).__name__}")
     prompt_tokens = _tokens(adapter, prompt, "prompt", True)
     target_tokens = _tokens(adapter, target, "target", False)
     length = len(prompt_tokens) + len(target_tokens) - 1
     _check_length(adapter, length, "prompt + target[:-1]")
-    unit_list = build_units(prompt_tokens, units)
+    unit_list = build_units(prompt_tokens, units, target_tokens.first(len(target_tokens) - 1) if include_target
+                            else None)
     device = adapter.device
     ids = torch.cat([prompt_tokens.tensor(device), target_tokens.tensor(device)[:-1]])
     targets = target_tokens.tensor(device)
-    rows = torch.arange(len(prompt_tokens) - 1, length, device=device)
+    first_row = len(prompt_tokens) - 1
+    rows = torch.arange(first_row, length, device=device)
     with torch.no_grad():
         factors = _factors(adapter, suppression, unit_list, ids)
         clean_hidden, clean_state = adapter.clean(ids, rows)
@@ -65,14 +81,21 @@ def explain(model, prompt, target, *, tokenizer=None, units="token", factor: flo
             raise ValueError("model: the clean pass gave non-finite logits")
         starts = _first_suppressed(factors, unit_list)
         order = sorted(range(len(unit_list)), key=starts.__getitem__)
-        perturbed = torch.empty(len(unit_list), len(target_tokens), device=device)
+        perturbed = clean.expand(len(unit_list), -1).clone()
         for chunk, start in _batches(order, starts if prefix_reuse else [0] * len(starts), length, batch_size,
                                      4 * length if batch_tokens is None else batch_tokens):
             arguments = suppression.attention_arguments(factors[chunk].to(device))
-            hidden = adapter.perturbed(ids, start, arguments, rows, clean_state)
-            perturbed[chunk] = _losses(adapter, hidden, targets, per_slice=max(1, length // (2 * len(targets))))
+            skipped = max(0, start - first_row)  # target tokens predicted before the batch's start: clean
+            hidden = adapter.perturbed(ids, start, arguments, rows[skipped:], clean_state)
+            perturbed[chunk, skipped:] = _losses(adapter, hidden, targets[skipped:],
+                                                 per_slice=max(1, length // (2 * (len(targets) - skipped))))
+        # Rows before p_u are causally the clean pass's; taking them from it makes R exactly 0 there, whatever
+        # the batch's start and however a recomputation of other shapes rounds.
+        before_unit = rows[None, :] < torch.tensor(starts, device=device)[:, None]
+        perturbed = torch.where(before_unit, clean, perturbed)
     return Explanation(prompt_tokens, [target_tokens.piece(i) for i in range(len(target_tokens))], unit_list,
-                       (perturbed - clean).cpu(), clean.cpu(), "cross-entropy", postprocessing, normalize)
+                       (perturbed - clean).cpu(), clean.cpu(), "cross-entropy", postprocessing, normalize,
+                       target_tokens)
 
 
 def explain_similarity(model, document, query, *, tokenizer=None, units="token", factor: float = 0.1,

@@ -52,16 +52,23 @@ class Probe:
         return self.key_position + 1
 
 
-def probe(generator: random.Random, pairs: int = 6) -> Probe:
-    """A random recall prompt of ``pairs`` key/value pairs and its answer."""
+def probe(generator: random.Random, pairs: int = 6, asked_in_target: bool = False) -> Probe:
+    """A random recall prompt of ``pairs`` key/value pairs and its answer.
+
+    ``asked_in_target``: the asked pair is the last one and the target starts there, so that the answer
+    rests on target tokens: "a=3 f=9 x=0 m=7 c=2" -> " q=4 | q4" (the same token sequence as a probe
+    asking its last pair; ``key_position`` then indexes prompt ⊕ target).
+    """
     keys = generator.sample(range(len(KEYS)), pairs)
     digits = [generator.randrange(10) for _ in keys]
-    asked = generator.randrange(pairs)
+    asked = pairs - 1 if asked_in_target else generator.randrange(pairs)
     pieces = []
     for index, (k, digit) in enumerate(zip(keys, digits)):
         pieces += [(_key(k), " " * (index > 0) + KEYS[k]), (_value(k, digit), f"={digit}")]
     pieces += [(SEPARATOR, " |"), (_key(keys[asked]), " " + KEYS[keys[asked]])]
-    return Probe(_tokens(pieces), _tokens([(ANSWERS + digits[asked], str(digits[asked]))]), 2 * asked)
+    answer = [(ANSWERS + digits[asked], str(digits[asked]))]
+    split = 2 * asked if asked_in_target else len(pieces)
+    return Probe(_tokens(pieces[:split]), _tokens(pieces[split:] + answer), 2 * asked)
 
 
 def _tokens(pieces: list[tuple[int, str]]) -> Tokens:
@@ -125,7 +132,8 @@ def _training_sequence(generator: random.Random, pairs: int) -> list[int]:
 
 @torch.no_grad()
 def accuracy(model: CausalLM, probes: list[Probe]) -> float:
-    """Share of ``probes`` whose answer is the model's greedy next token."""
-    prompts = torch.stack([p.prompt.tensor() for p in probes])
-    answers = torch.tensor([p.target.ids[0] for p in probes])
-    return float((model(prompts)[:, -1].argmax(-1) == answers).float().mean())
+    """Share of ``probes`` whose answer (the target's last token) is the model's greedy next token after
+    the prompt and the rest of the target."""
+    inputs = torch.stack([torch.cat([p.prompt.tensor(), p.target.tensor()[:-1]]) for p in probes])
+    answers = torch.tensor([p.target.ids[-1] for p in probes])
+    return float((model(inputs)[:, -1].argmax(-1) == answers).float().mean())

@@ -34,6 +34,11 @@ class Tokens:
         start, end = self.spans[index]
         return self.text[start:end]
 
+    def first(self, count: int) -> Tokens:
+        """The first ``count`` tokens, with the whole text (their spans still index it)."""
+        return Tokens(self.ids[:count], self.text, None if self.spans is None else self.spans[:count],
+                      None if self.special is None else self.special[:count])
+
     def tensor(self, device=None) -> torch.Tensor:
         return torch.tensor(self.ids, dtype=torch.int64, device=device)
 
