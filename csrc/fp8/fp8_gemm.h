@@ -13,8 +13,9 @@
 //
 // A and B have unit stride inside a row and any non-negative row stride; bias is contiguous fp32
 // [N]; out is a contiguous [M, N] float32, bfloat16 or float16. alpha is applied in fp32.
-// The CPU path decodes both operands once into fp32 scratch memory (4 (M + N) K bytes, rows and
-// columns padded to its micro-kernel), the same footprint as torch's a.float() and b.float().
+// The CPU path decodes both operands once into scratch panels, rows and columns padded to its
+// micro-kernel: bf16 pairs (2 (M + N) K bytes, as torch's a.bfloat16() and b.bfloat16()) on CPUs
+// with AVX512_BF16, fp32 (4 (M + N) K bytes) elsewhere; the two kernels give bitwise equal results.
 #pragma once
 #include <cstdint>
 

@@ -95,6 +95,36 @@ def test_every_fp8_value_decodes_as_torch_does(device, a_dtype, b_dtype):
     assert torch.equal(out[finite], expected[finite])  # -0 gives +0: the sum starts at +0
 
 
+@pytest.mark.parametrize("a_dtype", [E4M3, E5M2])
+def test_every_fp8_value_decodes_exactly_in_long_rows(a_dtype):
+    # Rows of K = 45 (a 32-byte block and a tail: the CPU decodes blocks with vector arithmetic and
+    # tails through a table): bit pattern r sits at column r % 45 of row r, zeros elsewhere, and
+    # b is all ones, so out[r] is pattern r's value (NaN and inf included, as nothing multiplies 0).
+    patterns = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    a = torch.zeros(256, 45, dtype=torch.uint8)
+    a[torch.arange(256), torch.arange(256) % 45] = patterns
+    a = a.view(a_dtype)
+    b = torch.ones(1, 45).to(E4M3)
+    out = fp8_gemm(a, b, out_dtype=torch.float32)[:, 0]
+    expected = patterns.view(a_dtype).float()
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out[~expected.isnan()], expected[~expected.isnan()] + 0.0)  # -0 sums to +0
+
+
+@given(problems())
+@settings(max_examples=30, deadline=None)
+def test_cpu_micro_kernels_agree_bitwise(problem):
+    # The AVX512_BF16 pair kernel (where the CPU has it) and the fp32 kernel sum in the same order.
+    m, n, k, a_dtype, b_dtype, out_dtype, alpha, bias_kind, seed = problem
+    torch.manual_seed(seed)
+    a, b = random_fp8(m, k, a_dtype), random_fp8(n, k, b_dtype)
+    bias = None if bias_kind is None else torch.randn(n)
+    default = fp8_gemm(a, b, alpha, bias, out_dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMK_FP8_GEMM_CPU", "fp32")
+        assert torch.equal(fp8_gemm(a, b, alpha, bias, out_dtype), default)
+
+
 def test_summation_is_sequential_in_k():
     # 2^23 + 0.5 + 0.5 - 2^23 in increasing k: each + 0.5 is a tie rounded to the even 2^23, so the sum
     # is 0 (the exact sum is 1, and any other order that pairs the halves first gives 1).

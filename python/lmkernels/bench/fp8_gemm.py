@@ -2,10 +2,11 @@
 
 Square problems M = N = K (CPU 1024 and 2048, quick 512; CUDA 4096 and 8192, quick 4096), ``a``
 float8_e4m3fn and ``b`` float8_e5m2 from seeded normal values, alpha = 0.5, an fp32 bias, bfloat16
-output. CPU peer: decode with ``.float()``, ``torch.addmm`` (MKL / OpenBLAS sgemm, fp32 accumulation
-in its own order), cast to bfloat16. CUDA peers, each its own case: ``torch._scaled_mm`` with scales
-alpha and 1 (cuBLASLt FP8 tensor cores; ``b`` column-major, as given), and ``torch.addmm`` on the
-operands decoded to bfloat16 beforehand (cuBLAS bf16 tensor cores, the path FP8 must beat). Case
+output. CPU peers, each its own case: ``torch.addmm`` on operands decoded to fp32 (MKL / OpenBLAS sgemm, fp32 accumulation
+in its own order), cast to bfloat16; and ``torch.addmm`` on operands decoded to bfloat16 (oneDNN).
+The peers' operands are decoded before timing; ours decodes inside the call. CUDA peers, each its
+own case: ``torch._scaled_mm`` with scales alpha and 1 (cuBLASLt FP8 tensor cores; ``b``
+column-major, as given), and bf16 ``torch.addmm`` (cuBLAS bf16 tensor cores). Case
 names read ``<M>x<N>x<K> e4m3*e5m2 -> bf16``; throughput is 2 M N K floating-point operations per
 call (H100 SXM dense peaks: 1979 TFLOP/s FP8, 989 bf16).
 """
@@ -48,23 +49,27 @@ def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
     return result
 
 
-def _cpu_peers(a, b, bias):
-    def sgemm():
-        return torch.addmm(bias, a.float(), b.float().T, alpha=_ALPHA).to(torch.bfloat16)
+def _bf16_addmm(a, b, bias):
+    """The bf16 path FP8 must beat: operands decoded to bf16 before timing (exact: every FP8 value
+    is a bf16 value), bias in the output dtype."""
+    a_bf16, b_bf16, bias_bf16 = a.to(torch.bfloat16), b.to(torch.bfloat16), bias.to(torch.bfloat16)
+    return "bf16 torch.addmm on decoded operands", lambda: torch.addmm(bias_bf16, a_bf16, b_bf16.T, alpha=_ALPHA)
 
-    return [("float() + torch.addmm (fp32 sgemm)", sgemm)]
+
+def _cpu_peers(a, b, bias):
+    a_fp32, b_fp32 = a.float(), b.float()
+
+    def sgemm():
+        return torch.addmm(bias, a_fp32, b_fp32.T, alpha=_ALPHA).to(torch.bfloat16)
+
+    return [("fp32 torch.addmm on decoded operands (sgemm)", sgemm), _bf16_addmm(a, b, bias)]
 
 
 def _cuda_peers(a, b, bias):
     scale_a, scale_b = torch.full((), _ALPHA, device=a.device), torch.ones((), device=a.device)
-    bias_bf16 = bias.to(torch.bfloat16)  # both peers take the bias in the output dtype
-    a_bf16, b_bf16 = a.to(torch.bfloat16), b.to(torch.bfloat16)  # exact: every FP8 value is a bf16 value
+    bias_bf16 = bias.to(torch.bfloat16)  # _scaled_mm takes the bias in the output dtype
 
     def scaled_mm():
         return torch._scaled_mm(a, b.T, scale_a=scale_a, scale_b=scale_b, bias=bias_bf16, out_dtype=torch.bfloat16)
 
-    def bf16_addmm():
-        return torch.addmm(bias_bf16, a_bf16, b_bf16.T, alpha=_ALPHA)
-
-    return [("torch._scaled_mm (scale_a = alpha)", scaled_mm),
-            ("bf16 torch.addmm on decoded operands", bf16_addmm)]
+    return [("torch._scaled_mm (scale_a = alpha)", scaled_mm), _bf16_addmm(a, b, bias)]
