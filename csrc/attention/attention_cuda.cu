@@ -469,6 +469,10 @@ void check_grid(const AttentionProblem& p) {
   if (p.q_heads > kMaxGridY || p.items > kMaxGridY)
     fail(ErrorKind::Value, "q: at most ", kMaxGridY, " heads and ", kMaxGridY, " batch items on CUDA, got ", p.q_heads,
          " and ", p.items);
+  // A table of one entry launches no block, so no kernel could flag that it leaves q's rows uncovered.
+  if (p.cu_seqlens && p.items == 0 && p.total_rows != 0)
+    fail(ErrorKind::Value, "cu_seqlens: expected the last entry to be the number of rows of q (", p.total_rows,
+         "), got a table of one entry");
 }
 
 }  // namespace

@@ -380,6 +380,23 @@ def test_bad_cu_seqlens_raise(cu_seqlens, error, message, dtype):
         varlen_attention(q, k, v, torch.tensor(cu_seqlens, dtype=dtype))
 
 
+@pytest.mark.parametrize("cu_seqlens", [[0, 5, 3, 10], [1, 5, 10], [0, 5, 9], [0, 12, 10], [0, -1, 10], [0]])
+def test_bad_cu_seqlens_raise_on_every_device(device, cu_seqlens):
+    # On CUDA the values are checked by the kernels through the error flag; a table of one entry
+    # launches no block at all and so must be caught on the host.
+    q, k, v = (torch.randn(10, heads, 16, device=device) for heads in (4, 2, 2))
+    with pytest.raises((ValueError, IndexError), match="cu_seqlens: expected"):
+        varlen_attention(q, k, v, torch.tensor(cu_seqlens, device=device))
+
+
+def test_one_entry_table_raises_before_the_backward(device):
+    q, k, v = (torch.randn(10, heads, 16, device=device) for heads in (4, 2, 2))
+    lse = torch.zeros(10, 4, device=device)
+    with pytest.raises(ValueError, match="cu_seqlens: expected the last entry to be the number of rows of q \\(10\\)"):
+        torch.ops.lmk.attention_backward(torch.ones_like(q), q, k, v, None, None, None, None,
+                                         torch.tensor([0], device=device), 0, True, 0.25, 0, False, lse, None, None)
+
+
 @pytest.mark.parametrize("cu_seqlens, error, message", [
     (torch.tensor([0.0, 10.0]), TypeError, "cu_seqlens: expected dtype int32 or int64"),
     (torch.tensor([[0, 10]]), ValueError, "cu_seqlens: expected a 1-dimensional"),
