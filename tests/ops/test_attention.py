@@ -397,6 +397,19 @@ def test_one_entry_table_raises_before_the_backward(device):
                                          torch.tensor([0], device=device), 0, True, 0.25, 0, False, lse, None, None)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="max_seqlen sizes the CUDA grid; the CPU ignores it")
+@pytest.mark.parametrize("max_seqlen", [0, 4])
+def test_cuda_max_seqlen_below_the_longest_sequence_raises(max_seqlen):
+    # 4: the blocks of the longer sequences flag it; 0: no block would run, so the host must.
+    q, k, v = (torch.randn(10, heads, 16, device="cuda") for heads in (4, 2, 2))
+    cu_seqlens = torch.tensor([0, 5, 10], device="cuda")
+    with pytest.raises(ValueError, match="max_seqlen"):
+        varlen_attention(q, k, v, cu_seqlens, max_seqlen=max_seqlen)
+    with pytest.raises(ValueError, match="max_seqlen"):
+        torch.ops.lmk.attention_backward(torch.ones_like(q), q, k, v, None, None, None, None, cu_seqlens, max_seqlen,
+                                         True, 0.25, 0, False, torch.zeros(10, 4, device="cuda"), None, None)
+
+
 @pytest.mark.parametrize("cu_seqlens, error, message", [
     (torch.tensor([0.0, 10.0]), TypeError, "cu_seqlens: expected dtype int32 or int64"),
     (torch.tensor([[0, 10]]), ValueError, "cu_seqlens: expected a 1-dimensional"),
