@@ -449,3 +449,16 @@ def test_backward_rejects_a_row_minimum_key_out_of_range():
     with pytest.raises(IndexError, match="row_argmin: expected keys in \\[0, 20\\)"):
         torch.ops.lmk.attention_backward(torch.ones_like(out), q, k, v, None, None, None, factor, None, 0, True, 0.25,
                                          0, False, lse, row_min, row_argmin)
+
+
+@pytest.mark.parametrize("bad_key", [20, -1])
+def test_backward_rejects_a_row_minimum_key_out_of_range_on_every_device(device, bad_key):
+    # CUDA reports it through the error flag (its own message), the CPU before any read.
+    q, k, v = llama_like(length=20, dim=16, device=device)
+    factor = torch.rand(2, 20, device=device)
+    out, lse, row_min, row_argmin = torch.ops.lmk.attention(q, k, v, None, None, None, factor, None, 0, True, 0.25, 0,
+                                                            False)
+    row_argmin[1, 2, 3] = bad_key
+    with pytest.raises(IndexError, match="row_argmin: expected"):
+        torch.ops.lmk.attention_backward(torch.ones_like(out), q, k, v, None, None, None, factor, None, 0, True, 0.25,
+                                         0, False, lse, row_min, row_argmin)
