@@ -469,6 +469,14 @@ void check_grid(const AttentionProblem& p) {
   if (p.q_heads > kMaxGridY || p.items > kMaxGridY)
     fail(ErrorKind::Value, "q: at most ", kMaxGridY, " heads and ", kMaxGridY, " batch items on CUDA, got ", p.q_heads,
          " and ", p.items);
+  // Varlen rows that would launch no block, where no kernel could flag that they go unwritten: a table
+  // of one entry, or a max_seqlen of 0 (some sequence of a valid table is longer).
+  if (p.cu_seqlens && p.items == 0 && p.total_rows != 0)
+    fail(ErrorKind::Value, "cu_seqlens: expected the last entry to be the number of rows of q (", p.total_rows,
+         "), got a table of one entry");
+  if (p.cu_seqlens && p.queries == 0 && p.total_rows != 0)
+    fail(ErrorKind::Value, "max_seqlen: expected the length of the longest sequence (at least 1 for ", p.total_rows,
+         " rows of q), got 0");
 }
 
 }  // namespace

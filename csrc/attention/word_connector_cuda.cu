@@ -269,13 +269,17 @@ Shape shape_of(const TensorView& q, const TensorView& k, float scale) {
 }  // namespace
 
 void word_attention_cuda(const WordAttentionForward& a, const TensorView& error_flag, void* stream) {
-  if (a.q.numel() == 0) return;
   CudaDeviceGuard guard(a.q.device_index);
   const auto st = static_cast<cudaStream_t>(stream);
   const Shape s = shape_of(a.q, a.k, a.scale);
   dispatch_float_index(a.q.dtype, "q", a.cu_seqlens.dtype, "cu_seqlens", [&](auto value_tag, auto index_tag) {
     using T = typename decltype(value_tag)::type;
     using I = typename decltype(index_tag)::type;
+    if (a.q.numel() == 0) {  // no warp runs to check its word, so check the table alone
+      check_seqlens_kernel<I><<<element_grid(s.words), kThreads, 0, st>>>(a.cu_seqlens.as<I>(), s.words, s.rows,
+                                                                          error_flag.as<int32_t>());
+      return;
+    }
     forward_kernel<T, I><<<warp_grid(s.words * s.q_heads), kThreads, 0, st>>>(
         a.q.as<T>(), a.k.as<T>(), a.v.as<T>(), a.cu_seqlens.as<I>(), a.out.as<T>(), a.lse.as<float>(), s,
         error_flag.as<int32_t>());
@@ -293,8 +297,8 @@ void word_attention_backward_cuda(const WordAttentionBackward& a, const TensorVi
     using I = typename decltype(index_tag)::type;
     const I* cu = a.cu_seqlens.as<I>();
     int32_t* flag = error_flag.as<int32_t>();
+    check_seqlens_kernel<I><<<element_grid(s.words), kThreads, 0, st>>>(cu, s.words, s.rows, flag);
     if (s.rows > 0 && width > 0) {
-      check_seqlens_kernel<I><<<element_grid(s.words), kThreads, 0, st>>>(cu, s.words, s.rows, flag);
       zero_outside_kernel<T, I><<<element_grid(s.rows * width), kThreads, 0, st>>>(a.grad_k.as<T>(), cu, s.words,
                                                                                  s.rows, width);
       zero_outside_kernel<T, I><<<element_grid(s.rows * width), kThreads, 0, st>>>(a.grad_v.as<T>(), cu, s.words,
@@ -313,7 +317,6 @@ void word_attention_backward_cuda(const WordAttentionBackward& a, const TensorVi
 
 void guide_broadcast_cuda(const GuideBroadcast& a, const TensorView& error_flag, void* stream) {
   const int64_t words = a.guide.size(0), rows = a.x.size(0), width = a.x.size(1);
-  if (rows == 0 || width == 0) return;
   CudaDeviceGuard guard(a.x.device_index);
   const auto st = static_cast<cudaStream_t>(stream);
   dispatch_float_index(a.x.dtype, "x", a.cu_seqlens.dtype, "cu_seqlens", [&](auto value_tag, auto index_tag) {
@@ -321,6 +324,7 @@ void guide_broadcast_cuda(const GuideBroadcast& a, const TensorView& error_flag,
     using I = typename decltype(index_tag)::type;
     const I* cu = a.cu_seqlens.as<I>();
     check_seqlens_kernel<I><<<element_grid(words), kThreads, 0, st>>>(cu, words, rows, error_flag.as<int32_t>());
+    if (rows == 0 || width == 0) return;
     broadcast_kernel<T, I><<<unsigned(std::min<int64_t>(rows, kMaxGrid)), kThreads, 0, st>>>(
         a.x.as<T>(), a.guide.as<T>(), cu, a.out.as<T>(), words, rows, width);
   });
@@ -329,13 +333,17 @@ void guide_broadcast_cuda(const GuideBroadcast& a, const TensorView& error_flag,
 
 void guide_broadcast_backward_cuda(const GuideBroadcastBackward& a, const TensorView& error_flag, void* stream) {
   const int64_t words = a.grad_guide.size(0), rows = a.grad_out.size(0), width = a.grad_out.size(1);
-  if (words == 0 || width == 0) return;
   CudaDeviceGuard guard(a.grad_out.device_index);
   const auto st = static_cast<cudaStream_t>(stream);
   dispatch_float_index(a.grad_out.dtype, "grad_out", a.cu_seqlens.dtype, "cu_seqlens",
                        [&](auto value_tag, auto index_tag) {
     using T = typename decltype(value_tag)::type;
     using I = typename decltype(index_tag)::type;
+    if (words == 0 || width == 0) {  // no block runs to check its word, so check the table alone
+      check_seqlens_kernel<I><<<element_grid(words), kThreads, 0, st>>>(a.cu_seqlens.as<I>(), words, rows,
+                                                                        error_flag.as<int32_t>());
+      return;
+    }
     broadcast_backward_kernel<T, I><<<unsigned(std::min<int64_t>(words, kMaxGrid)), kThreads, 0, st>>>(
         a.grad_out.as<T>(), a.cu_seqlens.as<I>(), a.grad_guide.as<T>(), words, rows, width,
         error_flag.as<int32_t>());

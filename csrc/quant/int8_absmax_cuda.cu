@@ -4,7 +4,7 @@
 // the reduction order, with inf and NaN above every finite value, so the same max detects
 // non-finite rows), then quantises the row. Every output element is written by one thread, and
 // no floating-point value is reduced across threads, so results are bitwise reproducible and
-// equal to the CPU kernels': the same IEEE division, rintf (round half to even) and products.
+// equal to the CPU kernels': the same IEEE division, rounding (half to even) and products.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -32,9 +32,14 @@ struct alignas(sizeof(T) * V) Pack {
   T v[V];
 };
 
-// round_half_even(clamp(x / divisor, -127, 127)), the same value the CPU kernels compute.
+// round_half_even(clamp(x / divisor, -127, 127)), the same value the CPU kernels compute, +0 included:
+// rintf would keep the sign of a negative value that rounds to zero, and W' = -0 * scale would then be
+// -0 where the header (and the int8 round trip) give +0. Adding and subtracting 1.5 * 2^23 rounds
+// |v| <= 127 to an integer exactly (round half to even) and turns a zero result into +0.
 __device__ __forceinline__ float quantize_value(float x, float divisor) {
-  return rintf(fminf(fmaxf(__fdiv_rn(x, divisor), -127.f), 127.f));
+  constexpr float kRoundingMagic = 0x1.8p23f;
+  const float v = fminf(fmaxf(__fdiv_rn(x, divisor), -127.f), 127.f);
+  return __fsub_rn(__fadd_rn(v, kRoundingMagic), kRoundingMagic);
 }
 
 // The max over the block's threads of `bits`; every thread gets the result.

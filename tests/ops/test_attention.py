@@ -380,6 +380,36 @@ def test_bad_cu_seqlens_raise(cu_seqlens, error, message, dtype):
         varlen_attention(q, k, v, torch.tensor(cu_seqlens, dtype=dtype))
 
 
+@pytest.mark.parametrize("cu_seqlens", [[0, 5, 3, 10], [1, 5, 10], [0, 5, 9], [0, 12, 10], [0, -1, 10], [0]])
+def test_bad_cu_seqlens_raise_on_every_device(device, cu_seqlens):
+    # On CUDA the values are checked by the kernels through the error flag; a table of one entry
+    # launches no block at all and so must be caught on the host.
+    q, k, v = (torch.randn(10, heads, 16, device=device) for heads in (4, 2, 2))
+    with pytest.raises((ValueError, IndexError), match="cu_seqlens: expected"):
+        varlen_attention(q, k, v, torch.tensor(cu_seqlens, device=device))
+
+
+def test_one_entry_table_raises_before_the_backward(device):
+    q, k, v = (torch.randn(10, heads, 16, device=device) for heads in (4, 2, 2))
+    lse = torch.zeros(10, 4, device=device)
+    with pytest.raises(ValueError, match="cu_seqlens: expected the last entry to be the number of rows of q \\(10\\)"):
+        torch.ops.lmk.attention_backward(torch.ones_like(q), q, k, v, None, None, None, None,
+                                         torch.tensor([0], device=device), 0, True, 0.25, 0, False, lse, None, None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="max_seqlen sizes the CUDA grid; the CPU ignores it")
+@pytest.mark.parametrize("max_seqlen", [0, 4])
+def test_cuda_max_seqlen_below_the_longest_sequence_raises(max_seqlen):
+    # 4: the blocks of the longer sequences flag it; 0: no block would run, so the host must.
+    q, k, v = (torch.randn(10, heads, 16, device="cuda") for heads in (4, 2, 2))
+    cu_seqlens = torch.tensor([0, 5, 10], device="cuda")
+    with pytest.raises(ValueError, match="max_seqlen"):
+        varlen_attention(q, k, v, cu_seqlens, max_seqlen=max_seqlen)
+    with pytest.raises(ValueError, match="max_seqlen"):
+        torch.ops.lmk.attention_backward(torch.ones_like(q), q, k, v, None, None, None, None, cu_seqlens, max_seqlen,
+                                         True, 0.25, 0, False, torch.zeros(10, 4, device="cuda"), None, None)
+
+
 @pytest.mark.parametrize("cu_seqlens, error, message", [
     (torch.tensor([0.0, 10.0]), TypeError, "cu_seqlens: expected dtype int32 or int64"),
     (torch.tensor([[0, 10]]), ValueError, "cu_seqlens: expected a 1-dimensional"),
@@ -417,5 +447,18 @@ def test_backward_rejects_a_row_minimum_key_out_of_range():
                                                             False)
     row_argmin[1, 2, 3] = 20
     with pytest.raises(IndexError, match="row_argmin: expected keys in \\[0, 20\\)"):
+        torch.ops.lmk.attention_backward(torch.ones_like(out), q, k, v, None, None, None, factor, None, 0, True, 0.25,
+                                         0, False, lse, row_min, row_argmin)
+
+
+@pytest.mark.parametrize("bad_key", [20, -1])
+def test_backward_rejects_a_row_minimum_key_out_of_range_on_every_device(device, bad_key):
+    # CUDA reports it through the error flag (its own message), the CPU before any read.
+    q, k, v = llama_like(length=20, dim=16, device=device)
+    factor = torch.rand(2, 20, device=device)
+    out, lse, row_min, row_argmin = torch.ops.lmk.attention(q, k, v, None, None, None, factor, None, 0, True, 0.25, 0,
+                                                            False)
+    row_argmin[1, 2, 3] = bad_key
+    with pytest.raises(IndexError, match="row_argmin: expected"):
         torch.ops.lmk.attention_backward(torch.ones_like(out), q, k, v, None, None, None, factor, None, 0, True, 0.25,
                                          0, False, lse, row_min, row_argmin)

@@ -270,6 +270,28 @@ def test_trigram_counts_below_one_raise_value_error(count):
         call(args)
 
 
+# On CUDA the values are checked by the kernels and reported through the error flag, with messages
+# of their own: the exception type and the argument named are what both devices share.
+@pytest.mark.parametrize("position, value, error, name", [
+    (1, (1, 10), IndexError, "ne_indices"),
+    (3, (0, -1), IndexError, "edge_indices"),
+    (2, [1, 3, 3, 7], ValueError, "ne_offsets"),
+    (2, [0, 3, 2, 7], ValueError, "ne_offsets"),
+    (2, [0, 3, 3, 6], ValueError, "ne_offsets"),
+    (4, [0, 2, 4, 5], ValueError, "edge_offsets"),
+    (5, (2, 0), ValueError, "trigram_counts"),
+])
+def test_bad_dictionary_values_raise_on_every_device(device, position, value, error, name):
+    args = valid()
+    if isinstance(value, tuple):
+        args[position][value[0]] = value[1]
+    else:
+        args[position] = torch.tensor(value, dtype=torch.int32)
+    args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(error, match=name):
+        call(args)
+
+
 @pytest.mark.parametrize("position, name, make", [
     (0, "logits", lambda t: t.double()),
     (0, "logits", lambda t: t.to(torch.int32)),

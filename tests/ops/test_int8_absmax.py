@@ -84,6 +84,15 @@ def test_zero_rows_have_zero_scale_and_zero_values(device):
     assert_bitwise_equal(fake[1:3], torch.zeros(2, 40, device=device))  # +0, as through int8
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_values_rounding_to_zero_fake_quantise_to_plus_zero(device, dtype):
+    # As through the int8 round trip; CUDA's first version kept the sign of -0.3 / scale through rintf.
+    weight = torch.tensor([[100.0, -0.3, -0.0, 0.2, -0.39]], device=device).to(dtype)
+    fake = int8_fake_quantize(weight)
+    assert not fake[0, 1:].signbit().any() and not fake[0, 1:].any()
+    assert_bitwise_equal(fake, reference.int8_fake_quantize(weight))
+
+
 def test_underflowing_scale_quantises_to_zeros(device):
     tiny = torch.tensor([[6e-44, -3e-44, 0.0]], device=device)  # absmax / 127 rounds to 0 in fp32
     q, scale = int8_quantize(tiny)

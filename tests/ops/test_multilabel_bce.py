@@ -341,6 +341,26 @@ def test_malformed_offsets_raise_value_error(offsets, message):
         multilabel_bce_with_logits(logits, indices, torch.tensor(offsets, dtype=torch.int64))
 
 
+# On CUDA the values are checked by the kernel and reported through the error flag, with messages
+# of their own: the exception type and the argument named are what both devices share.
+@pytest.mark.parametrize("bad_index, offsets, error, name", [
+    (10, [0, 2, 5], IndexError, "pos_indices"),
+    (-1, [0, 2, 5], IndexError, "pos_indices"),
+    (None, [-1, 2, 5], ValueError, "pos_offsets"),
+    (None, [0, 4, 2], ValueError, "pos_offsets"),
+    (None, [0, 2, 9], ValueError, "pos_offsets"),
+])
+def test_bad_target_values_raise_on_every_device(device, bad_index, offsets, error, name):
+    logits, indices, _ = valid()
+    if bad_index is not None:
+        indices[3] = bad_index
+    logits, indices, offsets = logits.to(device), indices.to(device), torch.tensor(offsets, device=device)
+    with pytest.raises(error, match=name):
+        multilabel_bce_with_logits(logits, indices, offsets)
+    with pytest.raises(error, match=name):
+        multilabel_bce_with_logits(logits.requires_grad_(), indices.int(), offsets.int())
+
+
 @pytest.mark.parametrize("argument, make", [
     ("logits", lambda x, i, o: (x.double(), i, o, None)),
     ("logits", lambda x, i, o: (x.to(torch.int32), i, o, None)),

@@ -179,3 +179,25 @@ def test_bad_input(device):
         guide_broadcast(torch.randn(5, 3, device=device), torch.randn(3, 3, device=device), cu)
     with pytest.raises(ValueError, match="x"):
         guide_broadcast(torch.randn(5, device=device), torch.randn(2, 3, device=device), cu)
+
+
+def test_bad_cu_seqlens_raise_when_no_word_is_computed(device):
+    # Empty outputs: on CUDA no word's warp or block runs, so only the table check can report bad values.
+    k, v, empty_q = (torch.randn(5, 2, 8, device=device), torch.randn(5, 2, 8, device=device),
+                     torch.randn(0, 4, 8, device=device))
+    no_rows = torch.randn(0, 2, 8, device=device)
+
+    def table(*values):
+        return torch.tensor(values, device=device)
+
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        word_attention(empty_q, k, v, table(7))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        torch.ops.lmk.word_attention_backward(empty_q, no_rows, no_rows, table(3), torch.zeros(0, 4, device=device),
+                                              torch.zeros_like(empty_q), 1.0)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        guide_broadcast(torch.randn(0, 3, device=device), torch.randn(1, 3, device=device), table(0, 2))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        guide_broadcast(torch.randn(5, 0, device=device), torch.randn(2, 0, device=device), table(0, 3, 2))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        torch.ops.lmk.guide_broadcast_backward(torch.randn(5, 3, device=device), table(7), 0)
