@@ -49,13 +49,20 @@ def problems(draw):
     return m, n, k, a_dtype, b_dtype, out_dtype, alpha, bias_kind, seed
 
 
-@given(problems())
-@settings(max_examples=80, deadline=None)
-def test_matches_reference_within_fp32_accumulation_error(problem):
+def arguments(problem):
+    """(a, b, alpha, bias, out_dtype) of a drawn problem."""
     m, n, k, a_dtype, b_dtype, out_dtype, alpha, bias_kind, seed = problem
     torch.manual_seed(seed)
     a, b = random_fp8(m, k, a_dtype), random_fp8(n, k, b_dtype)
     bias = None if bias_kind is None else torch.randn(n).to(torch.float32 if bias_kind == "fp32" else out_dtype)
+    return a, b, alpha, bias, out_dtype
+
+
+@given(problems())
+@settings(max_examples=80, deadline=None)
+def test_matches_reference_within_fp32_accumulation_error(problem):
+    a, b, alpha, bias, out_dtype = arguments(problem)
+    m, n = a.shape[0], b.shape[0]
     out = fp8_gemm(a, b, alpha, bias, out_dtype)
     assert out.shape == (m, n) and out.dtype == out_dtype and out.is_contiguous()
     assert_within_fp32_accumulation_bound(out, a, b, alpha, bias)
@@ -115,14 +122,10 @@ def test_every_fp8_value_decodes_exactly_in_long_rows(a_dtype):
 @settings(max_examples=30, deadline=None)
 def test_cpu_micro_kernels_agree_bitwise(problem):
     # The AVX512_BF16 pair kernel (where the CPU has it) and the fp32 kernel sum in the same order.
-    m, n, k, a_dtype, b_dtype, out_dtype, alpha, bias_kind, seed = problem
-    torch.manual_seed(seed)
-    a, b = random_fp8(m, k, a_dtype), random_fp8(n, k, b_dtype)
-    bias = None if bias_kind is None else torch.randn(n)
-    default = fp8_gemm(a, b, alpha, bias, out_dtype)
+    default = fp8_gemm(*arguments(problem))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LMK_FP8_GEMM_CPU", "fp32")
-        assert torch.equal(fp8_gemm(a, b, alpha, bias, out_dtype), default)
+        assert torch.equal(fp8_gemm(*arguments(problem)), default)
 
 
 def test_summation_is_sequential_in_k():
