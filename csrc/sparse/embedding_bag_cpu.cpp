@@ -12,6 +12,7 @@
 #include "common/memory.h"
 #include "common/parallel.h"
 #include "common/simd.h"
+#include "common/stream_store.h"
 #include "common/vec.h"
 #include "sparse/csr_checks.h"
 #include "sparse/embedding_bag.h"
@@ -28,7 +29,8 @@ template <typename I>
 // out[d0 : d0 + 16 * kUnits] of weighted_row_sum, in 2 * kUnits vector accumulators: independent add
 // chains that hide the add latency, with each row's columns read once. With kPrefetch, the next
 // 256 bytes of the row two ahead are prefetched, so that later passes find their lines in cache.
-template <int kUnits, bool kPrefetch, typename T>
+// With kStream, out is written with streaming stores (same values, see common/stream_store.h).
+template <int kUnits, bool kPrefetch, bool kStream, typename T>
 __attribute__((always_inline)) inline void weighted_tile_sum(T* __restrict out, const T* const* rows, const float* w,
                                                              int64_t count, int64_t d0, float divisor) {
   constexpr int64_t kAhead = 2, kBytes = 256;
@@ -45,18 +47,23 @@ __attribute__((always_inline)) inline void weighted_tile_sum(T* __restrict out, 
       acc[2 * u + 1] += w ? wi * b : b;
     }
   }
-  for (int u = 0; u < kUnits; ++u) vec::store16(out + d0 + 16 * u, acc[2 * u] / divisor, acc[2 * u + 1] / divisor);
+  for (int u = 0; u < kUnits; ++u) {
+    if constexpr (kStream)
+      vec::stream16(out + d0 + 16 * u, acc[2 * u] / divisor, acc[2 * u + 1] / divisor);
+    else
+      vec::store16(out + d0 + 16 * u, acc[2 * u] / divisor, acc[2 * u + 1] / divisor);
+  }
 }
 
 // out[0:dim] = (sum_i w[i] * rows[i][0:dim]) / divisor, summing over i in order in fp32 (w null: all 1).
 // Always inlined into the SIMD-cloned wrappers below, so it is compiled once per x86-64 level.
-template <int kUnits, bool kPrefetch, typename T>
+template <int kUnits, bool kPrefetch, bool kStream, typename T>
 __attribute__((always_inline)) inline void weighted_row_sum(T* __restrict out, const T* const* rows, const float* w,
                                                             int64_t count, int64_t dim, float divisor) {
   int64_t d0 = 0;
   for (; d0 + 16 * kUnits <= dim; d0 += 16 * kUnits)
-    weighted_tile_sum<kUnits, kPrefetch>(out, rows, w, count, d0, divisor);
-  for (; d0 + 16 <= dim; d0 += 16) weighted_tile_sum<1, false>(out, rows, w, count, d0, divisor);
+    weighted_tile_sum<kUnits, kPrefetch, kStream>(out, rows, w, count, d0, divisor);
+  for (; d0 + 16 <= dim; d0 += 16) weighted_tile_sum<1, false, kStream>(out, rows, w, count, d0, divisor);
   for (int64_t d = d0; d < dim; ++d) {
     float acc = 0.f;
     for (int64_t i = 0; i < count; ++i) acc += (w ? w[i] : 1.f) * to_float(rows[i][d]);
@@ -68,18 +75,22 @@ __attribute__((always_inline)) inline void weighted_row_sum(T* __restrict out, c
 // columns, prefetched. fp32 rows streamed from memory (`from_memory`: the source is larger than a
 // last-level cache): 16 columns, prefetched, which matched torch where 64 columns ran at 0.8x;
 // fp32 rows in cache: 64 columns without prefetching, which ran 1.5x faster than that.
-template <typename T>
+template <bool kStream, typename T>
 __attribute__((always_inline)) inline void weighted_row_sum(T* __restrict out, const T* const* rows, const float* w,
                                                             int64_t count, int64_t dim, float divisor,
                                                             bool from_memory) {
   if constexpr (sizeof(T) == 2) {
-    weighted_row_sum<2, true>(out, rows, w, count, dim, divisor);
+    weighted_row_sum<2, true, kStream>(out, rows, w, count, dim, divisor);
   } else if (from_memory) {
-    weighted_row_sum<1, true>(out, rows, w, count, dim, divisor);
+    weighted_row_sum<1, true, kStream>(out, rows, w, count, dim, divisor);
   } else {
-    weighted_row_sum<4, false>(out, rows, w, count, dim, divisor);
+    weighted_row_sum<4, false, kStream>(out, rows, w, count, dim, divisor);
   }
 }
+
+// Where the output goes. Outputs larger than a last-level cache are written with streaming
+// stores (when aligned for them); smaller ones stay in cache for whatever reads them next.
+enum class OutputPath : int { Cached = 0, Streamed = 1 };
 
 template <typename T>
 __attribute__((always_inline)) inline float dot(const T* __restrict a, const T* __restrict b, int64_t dim) {
@@ -96,13 +107,17 @@ __attribute__((always_inline)) inline float dot(const T* __restrict a, const T* 
 // The SIMD-cloned entry points, one per value type, and overloads that pick them.
 #define LMK_DEFINE_KERNELS(T, SUFFIX)                                                                       \
   LMK_SIMD_CLONES void weighted_row_sum_##SUFFIX(T* out, const T* const* rows, const float* w, int64_t count, \
-                                                 int64_t dim, float divisor, bool from_memory) {             \
-    weighted_row_sum(out, rows, w, count, dim, divisor, from_memory);                                        \
+                                                 int64_t dim, float divisor, bool from_memory,               \
+                                                 OutputPath path) {                                          \
+    if (path == OutputPath::Streamed)                                                                        \
+      weighted_row_sum<true>(out, rows, w, count, dim, divisor, from_memory);                                \
+    else                                                                                                     \
+      weighted_row_sum<false>(out, rows, w, count, dim, divisor, from_memory);                               \
   }                                                                                                          \
   LMK_SIMD_CLONES float dot_##SUFFIX(const T* a, const T* b, int64_t dim) { return dot(a, b, dim); }         \
   inline void weighted_row_sum_simd(T* out, const T* const* rows, const float* w, int64_t count, int64_t dim, \
-                                    float divisor, bool from_memory) {                                        \
-    weighted_row_sum_##SUFFIX(out, rows, w, count, dim, divisor, from_memory);                               \
+                                    float divisor, bool from_memory, OutputPath path) {                       \
+    weighted_row_sum_##SUFFIX(out, rows, w, count, dim, divisor, from_memory, path);                         \
   }                                                                                                          \
   inline float dot_simd(const T* a, const T* b, int64_t dim) { return dot_##SUFFIX(a, b, dim); }
 LMK_DEFINE_KERNELS(float, f32)
@@ -128,9 +143,9 @@ struct Gather {
     weights.push_back(w);
     unit_weights = unit_weights && w == 1.f;
   }
-  void sum_into(T* out, int64_t dim, float divisor, bool from_memory) const {
+  void sum_into(T* out, int64_t dim, float divisor, bool from_memory, OutputPath path) const {
     weighted_row_sum_simd(out, rows.data(), unit_weights ? nullptr : weights.data(), int64_t(rows.size()), dim,
-                          divisor, from_memory);
+                          divisor, from_memory, path);
   }
 };
 
@@ -138,17 +153,22 @@ struct Gather {
 // last-level cache (32 MiB).
 bool larger_than_cache(int64_t bytes) { return bytes > (int64_t(32) << 20); }
 
+// Readies a contiguous [rows, dim] output for its kernel and picks how to write it. Huge pages
+// always (a fresh output otherwise costs a page fault per 4 KiB); for outputs larger than a cache,
+// all pages faulted in up front and streaming stores.
+template <typename T>
+OutputPath prepare_output(const TensorView& out, int64_t rows, int64_t dim) {
+  const int64_t bytes = rows * dim * int64_t(sizeof(T));
+  advise_huge_pages(out.data, size_t(bytes));
+  if (!larger_than_cache(bytes) || !vec::streamable(out.data, dim * int64_t(sizeof(T)))) return OutputPath::Cached;
+  prefault_for_overwrite(out.data, size_t(bytes));
+  return OutputPath::Streamed;
+}
+
 // Bag sizes are a few to a few hundred rows: aim for chunks of about 64 KiB of row reads.
 int64_t bag_grain(int64_t dim, int64_t num_bags, int64_t num_indices) {
   const int64_t mean_bag = std::max<int64_t>(1, num_indices / std::max<int64_t>(1, num_bags));
   return std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, mean_bag * dim));
-}
-
-template <typename I>
-int64_t bag_of(const I* offsets, int64_t num_bags, int64_t position) {
-  // The last bag whose start is <= position; empty bags share a start with the next bag, so
-  // searching for the upper bound skips them.
-  return int64_t(std::upper_bound(offsets, offsets + num_bags + 1, I(position)) - offsets) - 1;
 }
 
 // Checks the offsets, then calls visit(b) for every bag in parallel. visit returns the position of an
@@ -162,6 +182,7 @@ void for_each_bag(const Bags& bags, int64_t rows, int64_t dim, Visit visit) {
   parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b)
       if (const int64_t position = visit(b); position >= 0) return bad.record(position);
+    vec::stream_fence();
   });
   if (bad.any()) fail_index(bags.indices.as<I>(), bad.position.load(), rows);
 }
@@ -176,7 +197,7 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
     const I* indices = bags.indices.as<I>();
     const I* offsets = bags.offsets.as<I>();
     const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
-    advise_huge_pages(out.data, size_t(num_bags * dim) * sizeof(T));
+    const OutputPath path = prepare_output<T>(out, num_bags, dim);
     const bool from_memory = larger_than_cache(rows * table.stride(0) * int64_t(sizeof(T)));
     thread_local Gather<T> gather;  // scratch per thread (static storage: not captured, each thread its own)
     for_each_bag<I>(bags, rows, dim, [&](int64_t b) -> int64_t {
@@ -187,7 +208,7 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
       }
       const int64_t count = offsets[b + 1] - offsets[b];
       const float divisor = bags.mode == BagMode::Mean && count > 0 ? float(count) : 1.f;
-      gather.sum_into(out.as<T>() + b * dim, dim, divisor, from_memory);
+      gather.sum_into(out.as<T>() + b * dim, dim, divisor, from_memory, path);
       return -1;
     });
   });
@@ -244,25 +265,41 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
       if (starts[s] < 0 || starts[s] > starts[s + 1] || starts[s + 1] > n)
         fail(ErrorKind::Value, "segment_starts: expected non-decreasing starts within [0, ", n, "], got [",
              starts[s], ", ", starts[s + 1], "] for segment ", s);
-    advise_huge_pages(grad_segments.data, size_t(num_segments * dim) * sizeof(T));
+    const OutputPath path = prepare_output<T>(grad_segments, num_segments, dim);
     const bool from_memory = larger_than_cache(num_bags * grad_out.stride(0) * int64_t(sizeof(T)));
     FirstError bad;
-    const int64_t grain = std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, dim));
-    parallel_for(0, num_segments, grain, [&](int64_t lo, int64_t hi) {
-      Gather<T> gather;
-      for (int64_t s = lo; s < hi; ++s) {
-        gather.clear();
-        for (int64_t j = starts[s]; j < starts[s + 1]; ++j) {
-          const int64_t p = positions[j];
-          if (uint64_t(p) >= uint64_t(n)) return bad.record(j);
-          const int64_t b = bag_of(offsets, num_bags, p);
-          float scale = weights ? to_float(weights[p]) : 1.f;
-          if (bags.mode == BagMode::Mean) scale /= float(offsets[b + 1] - offsets[b]);
-          gather.add(grad_out.as<T>() + b * grad_out.stride(0), scale);
+    // Each gathered row's bag is read from a table of the bag of every position, built first: the
+    // binary search of the offsets it replaces (unpredictable branches) had cost 10-25% of the
+    // kernel. int32 entries where the bag count allows (half the cache footprint of int64).
+    const auto gather_segments = [&](auto bag_id_tag) {
+      using BagId = typename decltype(bag_id_tag)::type;
+      std::vector<BagId> bag_of_position(static_cast<size_t>(n));
+      parallel_for(0, num_bags, bag_grain(dim, num_bags, n), [&](int64_t lo, int64_t hi) {
+        for (int64_t b = lo; b < hi; ++b)
+          std::fill(bag_of_position.data() + offsets[b], bag_of_position.data() + offsets[b + 1], BagId(b));
+      });
+      const int64_t grain = std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, dim));
+      parallel_for(0, num_segments, grain, [&](int64_t lo, int64_t hi) {
+        Gather<T> gather;
+        for (int64_t s = lo; s < hi; ++s) {
+          gather.clear();
+          for (int64_t j = starts[s]; j < starts[s + 1]; ++j) {
+            const int64_t p = positions[j];
+            if (uint64_t(p) >= uint64_t(n)) return bad.record(j);
+            const int64_t b = bag_of_position[size_t(p)];
+            float scale = weights ? to_float(weights[p]) : 1.f;
+            if (bags.mode == BagMode::Mean) scale /= float(offsets[b + 1] - offsets[b]);
+            gather.add(grad_out.as<T>() + b * grad_out.stride(0), scale);
+          }
+          gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, from_memory, path);
         }
-        gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, from_memory);
-      }
-    });
+        vec::stream_fence();
+      });
+    };
+    if (num_bags <= std::numeric_limits<int32_t>::max())
+      gather_segments(TypeTag<int32_t>{});
+    else
+      gather_segments(TypeTag<int64_t>{});
     if (bad.any())
       fail(ErrorKind::Index, "sorted_positions: sorted_positions[", bad.position.load(), "] = ",
            positions[bad.position.load()], " is out of range for ", n, " indices");
