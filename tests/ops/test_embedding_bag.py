@@ -260,15 +260,17 @@ def valid():
 
 
 @pytest.mark.parametrize("bad_index", [10, 1000, -1])
-def test_index_out_of_range_raises_index_error(bad_index):
+def test_index_out_of_range_raises_index_error(device, bad_index):
+    # On CUDA the kernels flag the index and the host raises after the launch.
     table, indices, offsets = valid()
     indices[3] = bad_index
+    table, indices, offsets, grad = (t.to(device) for t in (table, indices, offsets, torch.ones(2, 4)))
     with pytest.raises(IndexError, match="indices"):
         embedding_bag(table, indices, offsets)
     with pytest.raises(IndexError, match="indices"):
-        torch.ops.lmk.embedding_bag_backward_table(torch.ones(2, 4), indices, offsets, None, "sum", 10)
+        torch.ops.lmk.embedding_bag_backward_table(grad, indices, offsets, None, "sum", 10)
     with pytest.raises(IndexError, match="indices"):
-        torch.ops.lmk.embedding_bag_backward_weights(torch.ones(2, 4), table, indices, offsets, "sum")
+        torch.ops.lmk.embedding_bag_backward_weights(grad, table, indices, offsets, "sum")
 
 
 @pytest.mark.parametrize("offsets, message", [
@@ -278,10 +280,10 @@ def test_index_out_of_range_raises_index_error(bad_index):
     ([0, 2, 9], "last offset"),
     ([], "offsets"),
 ])
-def test_malformed_offsets_raise_value_error(offsets, message):
+def test_malformed_offsets_raise_value_error(device, offsets, message):
     table, indices, _ = valid()
     with pytest.raises(ValueError, match=message):
-        embedding_bag(table, indices, torch.tensor(offsets, dtype=torch.int64))
+        embedding_bag(table.to(device), indices.to(device), torch.tensor(offsets, dtype=torch.int64, device=device))
 
 
 @pytest.mark.parametrize("argument, make", [

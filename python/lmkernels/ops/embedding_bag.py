@@ -71,7 +71,8 @@ def _prepare(table: Tensor, indices: Tensor, offsets: Tensor, weights: Tensor | 
 def _check_flag(flag: Tensor | None, rows: int) -> None:
     raise_on_flag(flag, {
         _C.BAG_BAD_INDEX: IndexError(f"indices: an index is out of range for a table of {rows} rows"),
-        _C.BAG_BAD_OFFSETS: ValueError("offsets: expected offsets[0] == 0, non-decreasing, and last == len(indices)"),
+        _C.BAG_BAD_OFFSETS: ValueError("offsets: expected offsets[0] == 0, non-decreasing offsets, and the last offset "
+                                        "== len(indices)"),
     })
 
 
