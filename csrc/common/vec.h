@@ -10,10 +10,6 @@
 
 #include "common/numeric.h"
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"  // vectors are only passed between inlined helpers
-#endif
-
 namespace lmk::vec {
 
 typedef float f32x8 __attribute__((vector_size(32)));
