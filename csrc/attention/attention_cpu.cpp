@@ -26,6 +26,7 @@
 
 #include "attention/attention.h"
 #include "common/dispatch.h"
+#include "common/index_math.h"
 #include "common/parallel.h"
 #include "common/simd.h"
 #include "common/vec.h"
@@ -40,8 +41,6 @@ using vec::i32x8;
 constexpr int64_t kTileQ = 64;
 constexpr int64_t kTileK = 64;
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // One batch item (or packed sequence): where its rows start and how many queries and keys it has.
 struct Item {
@@ -198,6 +197,23 @@ __attribute__((always_inline)) inline void pack_queries(const AttentionProblem& 
   }
 }
 
+// Query tile `tile` of one head of an item: its first row, row count (0 past the item's end), the
+// key/value head, the rows padded for the micro-kernels, and the keys any of its rows sees,
+// [first_key, last_key). The queries are packed (pack_queries) when there are any.
+struct QueryTile {
+  int64_t i0, count, kv_head, rows, first_key, last_key;
+};
+
+template <typename T>
+__attribute__((always_inline)) inline QueryTile pack_query_tile(const AttentionProblem& p, const Item& it,
+                                                                int64_t head, int64_t tile, Scratch& s) {
+  const int64_t i0 = tile * kTileQ, count = std::min(kTileQ, it.queries - i0);
+  if (count <= 0) return QueryTile{i0, 0, 0, 0, 0, 0};
+  pack_queries<T>(p, it, head, i0, count, s);
+  return QueryTile{i0, count, head / (p.q_heads / p.kv_heads), round_up(count, 4), s.visible[0].lo,
+                   s.visible[size_t(count - 1)].hi};
+}
+
 // One row of scores for keys [j0, j0 + kTileK): the factor around the row minimum, the bias, and
 // -inf outside [lo, hi). Returns the row's maximum (NaN never wins: it reaches the sum instead).
 __attribute__((always_inline)) inline float suppress_and_mask(float* row, const Scratch& s, const AttentionProblem& p,
@@ -235,11 +251,9 @@ struct ForwardOperands {
 template <typename T>
 __attribute__((always_inline)) inline void forward_task(const AttentionProblem& p, const ForwardOperands& out,
                                                         const Item& it, int64_t head, int64_t tile, Scratch& s) {
-  const int64_t i0 = tile * kTileQ, count = std::min(kTileQ, it.queries - i0);
-  if (count <= 0) return;
-  const int64_t dp = s.dim_padded, kv_head = head / (p.q_heads / p.kv_heads), rows = round_up(count, 4);
-  pack_queries<T>(p, it, head, i0, count, s);
-  const int64_t first_key = s.visible[0].lo, last_key = s.visible[size_t(count - 1)].hi;
+  const auto [i0, count, kv_head, rows, first_key, last_key] = pack_query_tile<T>(p, it, head, tile, s);
+  if (count == 0) return;
+  const int64_t dp = s.dim_padded;
 
   if (p.key_factor) {  // the minimum of each row's counted raw scores, and its first key
     const bool all = p.options.factor_min_all;
@@ -375,12 +389,10 @@ __attribute__((always_inline)) inline float lane_sum(f32x8 v) {
 template <typename T>
 __attribute__((always_inline)) inline void grad_query_task(const AttentionProblem& p, const GradientOperands& g,
                                                            const Item& it, int64_t head, int64_t tile, Scratch& s) {
-  const int64_t i0 = tile * kTileQ, count = std::min(kTileQ, it.queries - i0);
-  if (count <= 0) return;
-  const int64_t dp = s.dim_padded, kv_head = head / (p.q_heads / p.kv_heads), rows = round_up(count, 4);
-  pack_queries<T>(p, it, head, i0, count, s);
+  const auto [i0, count, kv_head, rows, first_key, last_key] = pack_query_tile<T>(p, it, head, tile, s);
+  if (count == 0) return;
+  const int64_t dp = s.dim_padded;
   pack_gradient_rows<T>(p, g, it, head, i0, count, false, s);
-  const int64_t first_key = s.visible[0].lo, last_key = s.visible[size_t(count - 1)].hi;
   std::fill(s.acc_a.begin(), s.acc_a.end(), 0.f);
   std::fill(s.acc_b.begin(), s.acc_b.end(), 0.f);
   float delta[kTileQ] = {}, weighted_product[kTileQ] = {}, weighted_prob[kTileQ] = {};
@@ -568,11 +580,11 @@ void attention_backward_cpu(const AttentionProblem& p, const AttentionGradients&
   const int64_t longest = longest_item(p);
   const int64_t longest_keys = varlen ? longest : p.prefix + p.keys;
   dispatch_float(p.dtype, "q", [&](auto tag) {
-    for_each_tile(p, p.q_heads, (longest + kTileQ - 1) / kTileQ,
+    for_each_tile(p, p.q_heads, ceil_div(longest, kTileQ),
                   [&](const Item& it, int64_t head, int64_t tile, Scratch& s) {
                     grad_query_simd(tag, p, ops, it, head, tile, s);
                   });
-    for_each_tile(p, p.kv_heads, (longest_keys + kTileK - 1) / kTileK,
+    for_each_tile(p, p.kv_heads, ceil_div(longest_keys, kTileK),
                   [&](const Item& it, int64_t head, int64_t tile, Scratch& s) {
                     grad_key_simd(tag, p, ops, it, head, tile, s);
                   });

@@ -81,6 +81,23 @@ __device__ Interval visible_keys(const AttentionOptions& o, const DeviceItem& it
   return Interval{lo, o.causal ? pos + 1 : it.keys};
 }
 
+// The query tile starting at row i0 of an item, as seen by the thread of tile row `row`: its row
+// count, the thread's query i (active when i is a real row) and the keys i sees, and the keys
+// any row of the tile sees, [first_key, last_key).
+struct QueryTile {
+  int64_t count, i;
+  bool active;
+  Interval vis;
+  int64_t first_key, last_key;
+};
+
+__device__ QueryTile query_tile(const AttentionOptions& o, const DeviceItem& it, int64_t i0, int row) {
+  const int64_t count = it.queries - i0 < kRows ? it.queries - i0 : kRows, i = i0 + row;
+  const bool active = row < count;
+  return QueryTile{count, i, active, active ? visible_keys(o, it, i) : Interval{0, 0},
+                   visible_keys(o, it, i0).lo, visible_keys(o, it, i0 + count - 1).hi};
+}
+
 __device__ float dot(const float* a, const float* b, int64_t dim) {
   float s = 0.f;
   for (int64_t d = 0; d < dim; ++d) s = fmaf(a[d], b[d], s);
@@ -148,11 +165,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionProblem p, O
   if (!it.valid || i0 >= it.queries) return;
   const int64_t kv_head = head / (p.q_heads / p.kv_heads);
   const int tid = threadIdx.x, row = tid / kLanes, lane = tid % kLanes;
-  const int64_t count = it.queries - i0 < kRows ? it.queries - i0 : kRows, i = i0 + row;
-  const bool active = row < count;
-  const Interval vis = active ? visible_keys(p.options, it, i) : Interval{0, 0};
-  const int64_t first_key = visible_keys(p.options, it, i0).lo;
-  const int64_t last_key = visible_keys(p.options, it, i0 + count - 1).hi;
+  const auto [count, i, active, vis, first_key, last_key] = query_tile(p.options, it, i0, row);
   stage_rows(q_s, dim, kRows, count, float(p.options.scale),
              [&](int64_t r) { return row_at<const T>(p.q, it, head, i0 + r); });
 
@@ -263,11 +276,7 @@ __global__ void __launch_bounds__(kThreads) grad_query_kernel(AttentionProblem p
   if (!it.valid || i0 >= it.queries) return;
   const int64_t kv_head = head / (p.q_heads / p.kv_heads);
   const int tid = threadIdx.x, row = tid / kLanes, lane = tid % kLanes;
-  const int64_t count = it.queries - i0 < kRows ? it.queries - i0 : kRows, i = i0 + row;
-  const bool active = row < count;
-  const Interval vis = active ? visible_keys(p.options, it, i) : Interval{0, 0};
-  const int64_t first_key = visible_keys(p.options, it, i0).lo;
-  const int64_t last_key = visible_keys(p.options, it, i0 + count - 1).hi;
+  const auto [count, i, active, vis, first_key, last_key] = query_tile(p.options, it, i0, row);
   stage_rows(q_s, dim, kRows, count, float(p.options.scale),
              [&](int64_t r) { return row_at<const T>(p.q, it, head, i0 + r); });
   stage_rows(do_s, dim, kRows, count, 1.f, [&](int64_t r) { return row_at<const T>(g.grad_out, it, head, i0 + r); });

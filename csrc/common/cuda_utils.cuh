@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "common/errors.h"
+#include "common/index_math.h"  // ceil_div, for grid sizes
 
 // Turns a failed CUDA call (or, after a launch, cudaGetLastError()) into lmk::Error(Runtime).
 #define LMK_CUDA_CHECK(expr)                                                                            \
@@ -16,8 +17,6 @@
   } while (0)
 
 namespace lmk {
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Launch on the tensors' device even when the caller's current device is another one; the
 // caller's current device is restored on exit.

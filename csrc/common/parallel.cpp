@@ -13,6 +13,7 @@
 #endif
 
 #include "common/errors.h"
+#include "common/index_math.h"
 
 namespace lmk {
 namespace {
@@ -154,9 +155,9 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function
   grain = std::max<int64_t>(grain, 1);
   const int threads = num_threads();
   // A few chunks per thread balances uneven work (bags of different lengths) without much overhead.
-  const int64_t num_chunks = std::min<int64_t>((range + grain - 1) / grain, int64_t(threads) * 4);
+  const int64_t num_chunks = std::min<int64_t>(ceil_div(range, grain), int64_t(threads) * 4);
   if (threads == 1 || num_chunks <= 1) return fn(begin, end);
-  const int64_t chunk_size = (range + num_chunks - 1) / num_chunks;
+  const int64_t chunk_size = ceil_div(range, num_chunks);
   const std::function<void(int64_t)> chunk = [&](int64_t c) {
     const int64_t lo = begin + c * chunk_size;
     const int64_t hi = std::min(end, lo + chunk_size);

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/dispatch.h"
+#include "common/index_math.h"
 #include "common/memory.h"
 #include "common/parallel.h"
 #include "common/simd.h"
@@ -50,7 +51,7 @@ using Table = std::array<T, 256>;
 // Each FP8 bit pattern's value, converted by `convert` from its exact fp32 value.
 template <typename T, typename Convert>
 const Table<T>& table_of(DType dtype, Convert convert) {
-  static const auto make = [&](Format format) {
+  const auto make = [&](Format format) {
     Table<T> t{};
     for (int bits = 0; bits < 256; ++bits) t[bits] = convert(decode(uint8_t(bits), format));
     return t;
@@ -58,8 +59,6 @@ const Table<T>& table_of(DType dtype, Convert convert) {
   static const Table<T> e4m3 = make(Format::E4M3FN), e5m2 = make(Format::E5M2);
   return dtype == DType::Float8E4M3FN ? e4m3 : e5m2;
 }
-
-int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
 // ---- micro-kernel policies --------------------------------------------------------------------
 // Each stores an operand as panels [rows / kRows or columns / kPanel][steps][width] of Word, one
@@ -195,7 +194,7 @@ bool cpu_has_bf16_pairs() {
 template <typename Kernel>
 std::unique_ptr<typename Kernel::Word[]> decode_panels(const TensorView& t, int64_t width, int64_t steps) {
   using Word = typename Kernel::Word;
-  const int64_t rows = t.size(0), k = t.size(1), panels = (rows + width - 1) / width;
+  const int64_t rows = t.size(0), k = t.size(1), panels = ceil_div(rows, width);
   std::unique_ptr<Word[]> result(new Word[panels * steps * width]);  // every word is written below
   advise_huge_pages(result.get(), panels * steps * width * sizeof(Word));
   const auto* bytes = t.as<const uint8_t>();
@@ -215,11 +214,11 @@ std::unique_ptr<typename Kernel::Word[]> decode_panels(const TensorView& t, int6
 template <typename Kernel, typename T>
 void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const float* bias, T* result) {
   const int64_t m = a.size(0), n = b.size(0), k = a.size(1);
-  const int64_t steps = (k + Kernel::kDepth - 1) / Kernel::kDepth;
+  const int64_t steps = ceil_div(k, Kernel::kDepth);
   const auto a_panels = decode_panels<Kernel>(a, Kernel::kRows, steps);
   const auto b_panels = decode_panels<Kernel>(b, Kernel::kPanel, steps);
   const int64_t padded_m = round_up(m, Kernel::kRows), padded_n = round_up(n, Kernel::kPanel);
-  const int64_t tiles_m = (m + Kernel::kTileM - 1) / Kernel::kTileM, tiles_n = (n + kTileN - 1) / kTileN;
+  const int64_t tiles_m = ceil_div(m, Kernel::kTileM), tiles_n = ceil_div(n, kTileN);
   parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(Kernel::kTileM * kTileN);
     for (int64_t t = begin; t < end; ++t) {

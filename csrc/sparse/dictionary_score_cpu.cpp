@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/dispatch.h"
+#include "common/index_math.h"
 #include "common/memory.h"
 #include "common/parallel.h"
 #include "common/simd.h"
@@ -353,7 +354,7 @@ int64_t activation_grain(int64_t rows) { return std::max<int64_t>(1, (int64_t(1)
 
 int64_t gather_grain(const Words& words, int64_t num_words, int64_t width) {
   const double indices_per_word = double(words.ne_count + words.edge_count) / double(std::max<int64_t>(1, num_words));
-  const double vectors_per_block = std::max(1.0, indices_per_word) * kWordBlock * double((width + kLanes - 1) / kLanes);
+  const double vectors_per_block = std::max(1.0, indices_per_word) * kWordBlock * double(ceil_div(width, kLanes));
   return std::max<int64_t>(1, int64_t(double(1 << 14) / vectors_per_block));
 }
 
@@ -372,8 +373,8 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
   check_counts(words.counts, num_words);
   if (num_queries == 0 || num_words == 0) return;
 
-  const int64_t column_blocks = (vocab + kColumnBlock - 1) / kColumnBlock;
-  const int64_t word_blocks = (num_words + kWordBlock - 1) / kWordBlock;
+  const int64_t column_blocks = ceil_div(vocab, kColumnBlock);
+  const int64_t word_blocks = ceil_div(num_words, kWordBlock);
   const int64_t pass_floats = vocab * std::min(num_queries + kLanes - 1, kMaxChunk) / kLanes * kLanes;
   // The workers reach the calling thread's scratch through these pointers.
   float* act = activation_scratch(size_t(pass_floats * kPassesPerRound));

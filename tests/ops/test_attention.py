@@ -397,7 +397,9 @@ def test_one_entry_table_raises_before_the_backward(device):
                                          torch.tensor([0], device=device), 0, True, 0.25, 0, False, lse, None, None)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="max_seqlen sizes the CUDA grid; the CPU ignores it")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a GPU: max_seqlen only sizes the CUDA launch grid (the CPU kernel ignores it), so "
+                           "a too-small max_seqlen is an error only on CUDA")
 @pytest.mark.parametrize("max_seqlen", [0, 4])
 def test_cuda_max_seqlen_below_the_longest_sequence_raises(max_seqlen):
     # 4: the blocks of the longer sequences flag it; 0: no block would run, so the host must.
