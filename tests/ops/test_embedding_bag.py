@@ -222,6 +222,30 @@ def test_large_table_gradient_equals_small_output_bitwise(dtype, dim, mode, weig
     assert not dense[untouched].any()
 
 
+# The table gradient gathers upstream-gradient rows from packed column blocks when the upstream
+# gradient is larger than 1 MiB and gathered at least once per row on average (the budget in
+# packed_block_columns), from whole rows otherwise. Columns are independent, so the same gradient
+# computed a column slice at a time (each slice small: whole rows) must agree bit for bit; 144
+# columns leave a partial last block (32-column blocks for fp32: 4 x 32 + 16; 64 for 16-bit: 2 x 64 + 16).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode, weighted", [("sum", False), ("mean", True), ("sum", True)])
+def test_packed_table_gradient_equals_whole_row_gradient_bitwise(dtype, mode, weighted):
+    rows, num_bags, dim = 300, 4096, 144
+    torch.manual_seed(11)
+    indices, offsets = make_bags(torch.randint(0, 4, (num_bags,)).tolist(), rows)
+    weights = torch.rand(indices.numel()).to(dtype) if weighted else None
+    grad_out = torch.randn(num_bags, dim).to(dtype)
+    assert grad_out.numel() * grad_out.element_size() > 2**20 and indices.numel() >= num_bags
+    whole = torch.ops.lmk.embedding_bag_backward_table(grad_out, indices, offsets, weights, mode, rows)
+    slices = [torch.ops.lmk.embedding_bag_backward_table(grad_out[:, c:c + 16].contiguous(), indices, offsets,
+                                                         weights, mode, rows) for c in range(0, dim, 16)]
+    assert torch.equal(whole, torch.cat(slices, dim=1))
+    expected = torch.autograd.grad(reference.embedding_bag(table := torch.zeros(rows, dim, dtype=dtype,
+                                                                                requires_grad=True),
+                                                           indices, offsets, weights, mode), table, grad_out)[0]
+    torch.testing.assert_close(whole, expected, **TOLERANCE[dtype])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_large_forward_output_equals_small_outputs_bitwise(dtype):
     table = torch.randn(500, 1024).to(dtype)
