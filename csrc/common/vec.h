@@ -85,6 +85,12 @@ __attribute__((always_inline)) inline u32x8 round_to_bf16_high(f32x8 x) {
   return (i32x8)((u & 0x7FFFFFFFu) > 0x7F800000u) ? quiet_nan : rounded;
 }
 
+// Eight consecutive bf16, rounded as from_float<bfloat16>.
+__attribute__((always_inline)) inline void store8(bfloat16* out, f32x8 v) {
+  const u16x8 halves = __builtin_convertvector(round_to_bf16_high(v) >> 16, u16x8);
+  std::memcpy(out, &halves, sizeof halves);
+}
+
 template <typename T>
 __attribute__((always_inline)) inline void store16(T* out, f32x8 a, f32x8 b) {
   store8(out, a);

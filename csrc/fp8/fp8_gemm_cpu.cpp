@@ -1,11 +1,12 @@
 // FP8 GEMM on the CPU (see fp8_gemm.h for the math and the summation order).
 //
-// First both operands are decoded once, in parallel, through 256-entry tables into scratch panels
-// laid out k-major for the micro-kernel (A in panels of its rows, B in panels of its columns, zero
-// rows and columns past M and N), so that each byte is decoded once rather than once per output
-// tile. Then the output is cut into kTileM x kTileN tiles, computed in parallel; a tile walks K in
-// blocks (the block's slices of A and B stay in L2), and the micro-kernel adds the block's products
-// to the tile's fp32 accumulators in increasing k. The accumulators persist across K blocks in
+// First both operands are decoded once, in parallel, into scratch panels laid out k-major for the
+// micro-kernel (A in panels of its rows, B in panels of its columns, zero rows and columns past M
+// and N), so that each byte is decoded once rather than once per output tile. The panels live in
+// reused scratch blocks (common/scratch.h): fresh ones cost a page fault per page on every call.
+// Then the output is cut into kTileM x kTileN tiles, computed in parallel; a tile walks K in blocks
+// (the block's slices of A and B stay in L2), and the micro-kernel adds the block's products to
+// the tile's fp32 accumulators in increasing k. The accumulators persist across K blocks in
 // fp32, so every element is summed in increasing k exactly as in the math, whatever the tiling,
 // the micro-kernel or the thread count.
 //
@@ -23,13 +24,12 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #include "common/dispatch.h"
 #include "common/index_math.h"
-#include "common/memory.h"
 #include "common/parallel.h"
+#include "common/scratch.h"
 #include "common/simd.h"
 #include "common/vec.h"
 #include "fp8/fp8_gemm.h"
@@ -76,10 +76,12 @@ struct Fp32 {
   static const Table<float>& table(DType dtype) {
     return table_of<float>(dtype, [](float x) { return x; });
   }
-  // dst[s * stride] = the word of step s of `row`, for every step (= k).
-  static void decode_row(DType dtype, const uint8_t* row, int64_t k, Word* dst, int64_t stride) {
+  // Panel [steps = k][width] of `rows` rows (stride `row_stride` bytes) of K = k; zeros past `rows`.
+  static void decode_panel(DType dtype, const uint8_t* first_row, int64_t row_stride, int64_t rows, int64_t k,
+                           Word* dst, int64_t width) {
     const Table<float>& values = table(dtype);
-    for (int64_t s = 0; s < k; ++s) dst[s * stride] = values[row[s]];
+    for (int64_t s = 0; s < k; ++s)
+      for (int64_t w = 0; w < width; ++w) dst[s * width + w] = w < rows ? values[first_row[w * row_stride + s]] : 0.f;
   }
 
   LMK_SIMD_CLONES static void multiply(const Word* a, const Word* b, int64_t steps, float* acc) {
@@ -120,38 +122,83 @@ struct Bf16Pairs {
       return uint16_t(bits >> 16);  // exact: an FP8 value has at most 4 significant bits
     });
   }
-  // dst[s * stride] = the word of step s of `row`, for every step (= ceil(k / 2)): 32 bytes at a
-  // time decoded arithmetically (an FP8 byte is an fp16 bit pattern shifted, for E4M3 scaled by
-  // 2^8), the tail through the table.
-  __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void decode_row(DType dtype, const uint8_t* row,
-                                                                                 int64_t k, Word* dst,
-                                                                                 int64_t stride) {
+  // The words of 32 consecutive k of an FP8 row, decoded arithmetically: an FP8 byte is an fp16
+  // bit pattern shifted (for E4M3 then scaled by 2^8, which is exact; S.1111.111 is NaN); 32 bf16
+  // in k order (exact), then each word's halves swapped: x[k] high, x[k + 1] low.
+  __attribute__((target("avx512f,avx512bw,avx512bf16"))) static __m512i decode_32(bool e4m3, const uint8_t* bytes) {
+    const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
+    const __m512i magnitude = _mm512_and_si512(wide, _mm512_set1_epi16(0x7F));
+    const __m512i half_bits =
+        e4m3 ? _mm512_or_si512(_mm512_slli_epi16(magnitude, 7),
+                               _mm512_slli_epi16(_mm512_and_si512(wide, _mm512_set1_epi16(0x80)), 8))
+             : _mm512_slli_epi16(wide, 8);
+    __m512 low = _mm512_cvtph_ps(_mm512_castsi512_si256(half_bits));
+    __m512 high = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(half_bits, 1));
+    if (e4m3) {
+      const __mmask32 nan = _mm512_cmpeq_epi16_mask(magnitude, _mm512_set1_epi16(0x7F));
+      const __m512 quiet_nan = _mm512_set1_ps(__builtin_nanf(""));
+      low = _mm512_mask_blend_ps(__mmask16(nan), _mm512_mul_ps(low, _mm512_set1_ps(256.f)), quiet_nan);
+      high = _mm512_mask_blend_ps(__mmask16(nan >> 16), _mm512_mul_ps(high, _mm512_set1_ps(256.f)), quiet_nan);
+    }
+    return _mm512_rol_epi32((__m512i)_mm512_cvtne2ps_pbh(high, low), 16);
+  }
+
+  // r[i][j] -> r[j][i] for a 16 x 16 matrix of 32-bit words, one row per register.
+  __attribute__((target("avx512f"))) static void transpose_16x16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+      r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+      r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+      r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+      r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 4; ++i) {  // 128-bit lanes: even ones of a pair of registers, then odd ones
+      t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+      t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xDD);
+      t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+      t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 4; ++i) {
+      r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+      r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xDD);
+      r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+      r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xDD);
+    }
+  }
+
+  // Panel [steps = ceil(k / 2)][width] of `rows` rows (stride `row_stride` bytes); zeros past `rows`.
+  // 32 k of 16 rows at a time: decoded, transposed in registers, stored as 16 steps of 16 words,
+  // so the panel is written in whole vectors (strided single-word stores cost 1.7 ms per 2048 x
+  // 2048 operand, half of it for this). The last k % 32 through the table.
+  __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void decode_panel(DType dtype,
+                                                                                   const uint8_t* first_row,
+                                                                                   int64_t row_stride, int64_t rows,
+                                                                                   int64_t k, Word* dst,
+                                                                                   int64_t width) {
     const bool e4m3 = dtype == DType::Float8E4M3FN;
-    alignas(64) Word words[16];
-    int64_t j = 0;
-    for (; j + 32 <= k; j += 32) {
-      const __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + j)));
-      const __m512i magnitude = _mm512_and_si512(bytes, _mm512_set1_epi16(0x7F));
-      const __m512i half_bits =
-          e4m3 ? _mm512_or_si512(_mm512_slli_epi16(magnitude, 7),
-                                 _mm512_slli_epi16(_mm512_and_si512(bytes, _mm512_set1_epi16(0x80)), 8))
-               : _mm512_slli_epi16(bytes, 8);
-      __m512 low = _mm512_cvtph_ps(_mm512_castsi512_si256(half_bits));
-      __m512 high = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(half_bits, 1));
-      if (e4m3) {  // x 2^8 is exact; S.1111.111 is NaN
-        const __mmask32 nan = _mm512_cmpeq_epi16_mask(magnitude, _mm512_set1_epi16(0x7F));
-        const __m512 quiet_nan = _mm512_set1_ps(__builtin_nanf(""));
-        low = _mm512_mask_blend_ps(__mmask16(nan), _mm512_mul_ps(low, _mm512_set1_ps(256.f)), quiet_nan);
-        high = _mm512_mask_blend_ps(__mmask16(nan >> 16), _mm512_mul_ps(high, _mm512_set1_ps(256.f)), quiet_nan);
+    const int64_t vector_k = k / 32 * 32;
+    for (int64_t h = 0; h < width; h += 16) {
+      const int64_t lanes = std::min<int64_t>(16, width - h), live = std::clamp<int64_t>(rows - h, 0, lanes);
+      const __mmask16 mask = __mmask16((1u << lanes) - 1);
+      for (int64_t j = 0; j < vector_k; j += 32) {
+        __m512i r[16];
+        for (int64_t i = 0; i < 16; ++i)
+          r[i] = i < live ? decode_32(e4m3, first_row + (h + i) * row_stride + j) : _mm512_setzero_si512();
+        transpose_16x16(r);
+        for (int q = 0; q < 16; ++q) _mm512_mask_storeu_epi32(dst + (j / 2 + q) * width + h, mask, r[q]);
       }
-      // 32 bf16 in k order (exact), then each word's halves swapped: x[k] high, x[k + 1] low.
-      const __m512i pairs = _mm512_rol_epi32((__m512i)_mm512_cvtne2ps_pbh(high, low), 16);
-      _mm512_store_si512(words, pairs);
-      for (int q = 0; q < 16; ++q) dst[(j / 2 + q) * stride] = words[q];
     }
     const Table<uint16_t>& bf16 = table(dtype);
-    for (; j < k; j += 2)  // K is padded to even with +0, and adding a +0 product changes no sum
-      dst[j / 2 * stride] = Word(bf16[row[j]]) << 16 | (j + 1 < k ? Word(bf16[row[j + 1]]) : 0u);
+    for (int64_t j = vector_k; j < k; j += 2)  // K is padded to even with +0, and adding a +0 product changes no sum
+      for (int64_t w = 0; w < width; ++w) {
+        const uint8_t* row = first_row + w * row_stride;
+        dst[j / 2 * width + w] =
+            w < rows ? Word(bf16[row[j]]) << 16 | (j + 1 < k ? Word(bf16[row[j + 1]]) : 0u) : Word(0);
+      }
   }
 
   __attribute__((target("avx512f,avx512bf16"))) static void multiply(const Word* a, const Word* b, int64_t steps,
@@ -187,26 +234,57 @@ bool cpu_has_bf16_pairs() {
 }
 #endif
 
+// ---- the epilogue: D = round_out(fl(fl(alpha * acc) + bias)), sixteen columns at a time -----------
+// (This file is compiled without FMA contraction, so the two roundings stay two.)
+
+template <typename T>
+__attribute__((always_inline)) inline void store_output_row(T* dst, const float* acc, int64_t columns, float alpha,
+                                                            const float* bias) {
+  int64_t j = 0;
+  for (; j + 16 <= columns; j += 16) {
+    vec::f32x8 lo = alpha * vec::load8(acc + j), hi = alpha * vec::load8(acc + j + 8);
+    if (bias) {
+      lo += vec::load8(bias + j);
+      hi += vec::load8(bias + j + 8);
+    }
+    vec::store8(dst + j, lo);
+    vec::store8(dst + j + 8, hi);
+  }
+  for (; j < columns; ++j) {
+    float value = alpha * acc[j];
+    if (bias) value = value + bias[j];
+    dst[j] = from_float<T>(value);
+  }
+}
+
+#define LMK_DEFINE_STORE_OUTPUT_ROW(T, SUFFIX)                                                                   \
+  LMK_SIMD_CLONES void store_output_row_##SUFFIX(T* dst, const float* acc, int64_t columns, float alpha,         \
+                                                 const float* bias) {                                            \
+    store_output_row(dst, acc, columns, alpha, bias);                                                            \
+  }                                                                                                              \
+  inline void store_output_row(T* dst, const float* acc, int64_t columns, float alpha, const float* bias) {      \
+    store_output_row_##SUFFIX(dst, acc, columns, alpha, bias);                                                   \
+  }
+LMK_DEFINE_STORE_OUTPUT_ROW(float, f32)
+LMK_DEFINE_STORE_OUTPUT_ROW(bfloat16, bf16)
+LMK_DEFINE_STORE_OUTPUT_ROW(float16, f16)
+#undef LMK_DEFINE_STORE_OUTPUT_ROW
+
 // ---- the driver, for either policy --------------------------------------------------------------
 
 // Operand `t` [rows, K] as panels [padded_rows / width][steps][width] (zeros past `rows`), one
 // panel per task so that each writes whole cache lines of its own.
 template <typename Kernel>
-std::unique_ptr<typename Kernel::Word[]> decode_panels(const TensorView& t, int64_t width, int64_t steps) {
+Scratch decode_panels(const TensorView& t, int64_t width, int64_t steps) {
   using Word = typename Kernel::Word;
-  const int64_t rows = t.size(0), k = t.size(1), panels = ceil_div(rows, width);
-  std::unique_ptr<Word[]> result(new Word[panels * steps * width]);  // every word is written below
-  advise_huge_pages(result.get(), panels * steps * width * sizeof(Word));
+  const int64_t rows = t.size(0), panels = ceil_div(rows, width);
+  Scratch result = acquire_scratch(size_t(panels * steps * width) * sizeof(Word));  // every word is written below
+  auto* words = reinterpret_cast<Word*>(result.get());
   const auto* bytes = t.as<const uint8_t>();
   parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      Word* dst = result.get() + p * steps * width;
-      const int64_t valid = std::min(width, rows - p * width);
-      for (int64_t w = 0; w < valid; ++w)
-        Kernel::decode_row(t.dtype, bytes + (p * width + w) * t.stride(0), k, dst + w, width);
-      for (int64_t w = valid; w < width; ++w)
-        for (int64_t s = 0; s < steps; ++s) dst[s * width + w] = Word(0);
-    }
+    for (int64_t p = begin; p < end; ++p)
+      Kernel::decode_panel(t.dtype, bytes + p * width * t.stride(0), t.stride(0), std::min(width, rows - p * width),
+                           t.size(1), words + p * steps * width, width);
   });
   return result;
 }
@@ -215,8 +293,11 @@ template <typename Kernel, typename T>
 void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const float* bias, T* result) {
   const int64_t m = a.size(0), n = b.size(0), k = a.size(1);
   const int64_t steps = ceil_div(k, Kernel::kDepth);
-  const auto a_panels = decode_panels<Kernel>(a, Kernel::kRows, steps);
-  const auto b_panels = decode_panels<Kernel>(b, Kernel::kPanel, steps);
+  using Word = typename Kernel::Word;
+  const Scratch a_scratch = decode_panels<Kernel>(a, Kernel::kRows, steps);
+  const Scratch b_scratch = decode_panels<Kernel>(b, Kernel::kPanel, steps);
+  const auto* a_panels = reinterpret_cast<const Word*>(a_scratch.get());
+  const auto* b_panels = reinterpret_cast<const Word*>(b_scratch.get());
   const int64_t padded_m = round_up(m, Kernel::kRows), padded_n = round_up(n, Kernel::kPanel);
   const int64_t tiles_m = ceil_div(m, Kernel::kTileM), tiles_n = ceil_div(n, kTileN);
   parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t begin, int64_t end) {
@@ -230,18 +311,13 @@ void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const flo
         const int64_t block = std::min(Kernel::kBlockSteps, steps - s0);
         for (int64_t j = 0; j < cols; j += Kernel::kPanel)  // one B panel stays in L1 across the rows
           for (int64_t i = 0; i < rows; i += Kernel::kRows)
-            Kernel::multiply(a_panels.get() + ((row0 + i) * steps + s0 * Kernel::kRows),
-                             b_panels.get() + ((col0 + j) * steps + s0 * Kernel::kPanel), block,
+            Kernel::multiply(a_panels + ((row0 + i) * steps + s0 * Kernel::kRows),
+                             b_panels + ((col0 + j) * steps + s0 * Kernel::kPanel), block,
                              acc.data() + i * kTileN + j);
       }
-      for (int64_t i = 0; i < std::min(Kernel::kTileM, m - row0); ++i) {
-        T* dst = result + (row0 + i) * n + col0;
-        for (int64_t j = 0; j < std::min(kTileN, n - col0); ++j) {
-          float value = alpha * acc[i * kTileN + j];
-          if (bias) value = value + bias[col0 + j];
-          dst[j] = from_float<T>(value);
-        }
-      }
+      for (int64_t i = 0; i < std::min(Kernel::kTileM, m - row0); ++i)
+        store_output_row(result + (row0 + i) * n + col0, acc.data() + i * kTileN, std::min(kTileN, n - col0), alpha,
+                         bias ? bias + col0 : nullptr);
     }
   });
 }

@@ -221,6 +221,19 @@ def test_same_result_for_any_thread_count():
         lmkernels.set_num_threads(threads)
 
 
+def test_concurrent_calls_from_python_threads_share_the_scratch_cache():
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Decoded operands live in reused scratch blocks; calls of different sizes from several Python
+    # threads at once must each get their own block.
+    problems = [(random_fp8(m, k, E4M3), random_fp8(n, k, E5M2)) for m, n, k in
+                [(300, 200, 640), (40, 90, 2000), (513, 64, 96), (7, 300, 1024)] * 3]
+    expected = [fp8_gemm(a, b, out_dtype=torch.float32) for a, b in problems]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda ab: fp8_gemm(*ab, out_dtype=torch.float32), problems))
+    assert all(torch.equal(r, e) for r, e in zip(results, expected))
+
+
 def test_non_finite_inputs_propagate(device):
     a = torch.ones(3, 2)
     a[2, 0] = 0.0
