@@ -8,16 +8,20 @@ from lmkernels.bench import atman_explain
 
 def test_tiny_cases_run_and_agree():
     cases = atman_explain.cases(quick=False, device="cpu", tiny=True)
-    assert [case.kernel for case in cases] == ["atman_explain"] * 2  # the memory case runs on CUDA only
-    official, captum = cases
-    assert official.peer_scale == 13 / 4 and "official" in official.peer and "captum" in captum.peer
+    assert [case.kernel for case in cases] == ["atman_explain"] * 3  # the memory case runs on CUDA only
+    official, captum_tokens, captum_sequence = cases
+    assert official.peer_scale == 13 / 4 and "official" in official.peer
+    assert "captum" in captum_tokens.peer and "token mode" in captum_tokens.peer
+    assert "captum" in captum_sequence.peer and "sequence mode" in captum_sequence.peer
     ours = official.ours_fn()
     sampled = official.peer_fn()  # units 0, 4, 8 of 12
     assert ours.relevance.shape == (12, 3) and sampled.shape == (3, 3)
     model, prompt, target = atman_explain.setup(atman_explain._TINY, "cpu")
     paper_form = explain(model, prompt, target, form="multiplicative", factor_min="all")
     torch.testing.assert_close(paper_form.relevance[::4], sampled, atol=3e-5, rtol=0)
-    assert captum.peer_fn().shape == (3, 3)  # per target token, per sampled unit
+    by_token = captum_tokens.peer_fn()
+    assert by_token.shape == (3, 3)  # per target token, per sampled unit
+    torch.testing.assert_close(captum_sequence.peer_fn(), by_token, atol=1e-5, rtol=1e-5)  # one forward, same scores
     (memory,) = [c for c in atman_explain.cases(quick=False, device="cuda", tiny=True) if "memory" in c.case]
     assert memory.peer == "single clean forward, batch 1"
 

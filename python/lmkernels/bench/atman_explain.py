@@ -11,8 +11,9 @@ vocabulary), a random prompt of P tokens and a target of T tokens; every prompt 
 - **Captum** ``LLMAttribution(FeatureAblation)`` (optional peer: ``pip install captum``): each unit
   is ablated to token 0, one episode per unit at ``perturbations_per_eval=1``; in its default
   ``forward_in_tokens`` mode an episode scores the target one token at a time (T forwards, without a
-  KV cache here: the model is not a transformers ``GenerationMixin``). Sampled and scaled like the
-  official algorithm.
+  KV cache here: the model is not a transformers ``GenerationMixin``). Its sequence mode
+  (``forward_in_tokens=False``) scores the whole target in one teacher-forced forward per episode,
+  its fastest form. Both sampled and scaled like the official algorithm.
 - **memory**: ours against a single clean forward at batch 1 (``model(tokens)``); the harness
   records both peaks on CUDA, and ``peak_memory_ratio`` measures them on any device
   (``lmkernels.bench.tensor_memory``).
@@ -53,9 +54,9 @@ def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
         model, prompt, target = subject()
         return official_relevance(model, prompt, target, range(0, len(prompt), every))
 
-    def captum():
+    def captum(sequence_mode: bool):
         model, prompt, target = subject()
-        return captum_relevance(model, prompt, target, range(0, len(prompt), every))
+        return captum_relevance(model, prompt, target, range(0, len(prompt), every), sequence_mode)
 
     def clean_forward():
         model, prompt, target = subject()
@@ -71,8 +72,9 @@ def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
         result.append(Case("atman_explain", name + " memory", "single clean forward, batch 1", ours, clean_forward,
                            None, device))
     if _has_captum():
-        result.insert(1, Case("atman_explain", name, f"captum FeatureAblation (token mode; {sampled + 1} of "
-                              f"{units + 1} episodes, x{scale:.3g})", ours, captum, None, device, peer_scale=scale))
+        result[1:1] = [Case("atman_explain", name, f"captum FeatureAblation ({mode} mode; {sampled + 1} of "
+                            f"{units + 1} episodes, x{scale:.3g})", ours, functools.partial(captum, mode == "sequence"),
+                            None, device, peer_scale=scale) for mode in ("token", "sequence")]
     return result
 
 
@@ -171,8 +173,10 @@ class _HFStyle(torch.nn.Module):
 
 
 @torch.no_grad()
-def captum_relevance(model: CausalLM, prompt: torch.Tensor, target: torch.Tensor, units) -> torch.Tensor:
-    """Captum's per-target-token attributions [T, len(units)] (log-prob drop when a unit is ablated)."""
+def captum_relevance(model: CausalLM, prompt: torch.Tensor, target: torch.Tensor, units,
+                     sequence_mode: bool = False) -> torch.Tensor:
+    """Captum's per-target-token attributions [T, len(units)] (log-prob drop when a unit is ablated);
+    ``sequence_mode``: the whole target scored in one forward per episode."""
     from captum.attr import FeatureAblation, LLMAttribution, TextTemplateInput
 
     units = list(units)
@@ -182,7 +186,8 @@ def captum_relevance(model: CausalLM, prompt: torch.Tensor, target: torch.Tensor
     attribution = LLMAttribution(FeatureAblation(_HFStyle(model)), _IdTokenizer())
     values = [pieces[i] for i in units]
     inp = TextTemplateInput(template, values=values, baselines=["0"] * len(values))
-    return attribution.attribute(inp, target=target.cpu(), use_cached_outputs=False).token_attr
+    return attribution.attribute(inp, target=target.cpu(), use_cached_outputs=False,
+                                 forward_in_tokens=not sequence_mode).token_attr
 
 
 def peak_memory_ratio(quick: bool = False, device: str = "cpu", tiny: bool = False) -> dict:
