@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/dispatch.h"
@@ -175,28 +176,25 @@ __attribute__((always_inline)) inline void packed_block_sums(T* out, int64_t out
     weighted_row_sum_##SUFFIX(out, rows, w, count, dim, divisor, from_memory, path);                         \
   }                                                                                                          \
   inline float dot_simd(const T* a, const T* b, int64_t dim) { return dot_##SUFFIX(a, b, dim); }              \
-  LMK_DEFINE_PACKED_KERNELS(T, SUFFIX, int32_t, i32)                                                         \
-  LMK_DEFINE_PACKED_KERNELS(T, SUFFIX, int64_t, i64)
-#define LMK_DEFINE_PACKED_KERNELS(T, SUFFIX, Id, ID_SUFFIX)                                                   \
-  LMK_SIMD_CLONES void packed_block_sums_##SUFFIX##_##ID_SUFFIX(                                             \
-      T* out, int64_t out_stride, const T* block, int64_t block_columns, int64_t columns, int64_t num_segments,  \
-      const int64_t* starts, const Id* ids, const float* scales, OutputPath path) {                          \
+  LMK_SIMD_CLONES void packed_block_sums_##SUFFIX(T* out, int64_t out_stride, const T* block,                 \
+                                                  int64_t block_columns, int64_t columns, int64_t num_segments, \
+                                                  const int64_t* starts, const int32_t* ids, const float* scales, \
+                                                  OutputPath path) {                                         \
     if (path == OutputPath::Streamed)                                                                        \
       packed_block_sums<true>(out, out_stride, block, block_columns, columns, num_segments, starts, ids, scales); \
     else                                                                                                     \
       packed_block_sums<false>(out, out_stride, block, block_columns, columns, num_segments, starts, ids, scales); \
   }                                                                                                          \
   inline void packed_block_sums_simd(T* out, int64_t out_stride, const T* block, int64_t block_columns,       \
-                                     int64_t columns, int64_t num_segments, const int64_t* starts, const Id* ids, \
-                                     const float* scales, OutputPath path) {                                 \
-    packed_block_sums_##SUFFIX##_##ID_SUFFIX(out, out_stride, block, block_columns, columns, num_segments, starts, \
-                                             ids, scales, path);                                             \
+                                     int64_t columns, int64_t num_segments, const int64_t* starts,            \
+                                     const int32_t* ids, const float* scales, OutputPath path) {              \
+    packed_block_sums_##SUFFIX(out, out_stride, block, block_columns, columns, num_segments, starts, ids, scales, \
+                               path);                                                                        \
   }
 LMK_DEFINE_KERNELS(float, f32)
 LMK_DEFINE_KERNELS(bfloat16, bf16)
 LMK_DEFINE_KERNELS(float16, f16)
 #undef LMK_DEFINE_KERNELS
-#undef LMK_DEFINE_PACKED_KERNELS
 
 // The rows one output gathers, with their weights: scratch reused across the outputs of a chunk.
 // All-one weights (plain sums) skip the multiplication, which changes no bit of the result.
@@ -355,6 +353,11 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
     const OutputPath path = prepare_output<T>(grad_segments, num_segments, dim);
     const bool from_memory = larger_than_cache(num_bags * grad_out.stride(0) * int64_t(sizeof(T)));
     FirstError bad;
+    const auto scale_of = [&](int64_t position, int64_t bag) {  // the factor of a gathered row
+      float scale = weights ? to_float(weights[position]) : 1.f;
+      if (bags.mode == BagMode::Mean) scale /= float(offsets[bag + 1] - offsets[bag]);
+      return scale;
+    };
     // Each gathered row's bag is read from a table of the bag of every position, built first: the
     // binary search of the offsets it replaces (unpredictable branches) had cost 10-25% of the
     // kernel. int32 entries where the bag count allows (half the cache footprint of int64).
@@ -365,41 +368,41 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
         for (int64_t b = lo; b < hi; ++b)
           std::fill(bag_of_position.data() + offsets[b], bag_of_position.data() + offsets[b + 1], BagId(b));
       });
-      if (const int64_t block_columns = packed_block_columns(num_bags, dim, int64_t(sizeof(T)), n)) {
-        // Each gathered position's bag and scale, in segment order, then one pass per column block.
-        std::vector<BagId> sorted_bags(static_cast<size_t>(n));
-        std::vector<float> sorted_scales(weights || bags.mode == BagMode::Mean ? size_t(n) : 0);
-        parallel_for(0, n, 1 << 14, [&](int64_t lo, int64_t hi) {
-          for (int64_t j = lo; j < hi; ++j) {
-            const int64_t p = positions[j];
-            if (uint64_t(p) >= uint64_t(n)) return bad.record(j);
-            const BagId b = bag_of_position[size_t(p)];
-            sorted_bags[size_t(j)] = b;
-            if (sorted_scales.empty()) continue;
-            float scale = weights ? to_float(weights[p]) : 1.f;
-            if (bags.mode == BagMode::Mean) scale /= float(offsets[b + 1] - offsets[b]);
-            sorted_scales[size_t(j)] = scale;
-          }
-        });
-        if (bad.any()) return;
-        const int64_t num_blocks = ceil_div(dim, block_columns);
-        parallel_for(0, num_blocks, 1, [&](int64_t lo, int64_t hi) {
-          std::vector<T> block(static_cast<size_t>(num_bags * block_columns));
-          for (int64_t k = lo; k < hi; ++k) {
-            const int64_t c0 = k * block_columns, columns = std::min(block_columns, dim - c0);
-            for (int64_t b = 0; b < num_bags; ++b) {
-              const T* source = grad_out.as<T>() + b * grad_out.stride(0) + c0;
-              T* packed = block.data() + b * block_columns;
-              std::copy(source, source + columns, packed);
-              std::fill(packed + columns, packed + block_columns, T{});
+      // A packed block holds at most 512 KiB / 16 columns of bags, so int32 bag ids.
+      if constexpr (std::is_same_v<BagId, int32_t>) {
+        if (const int64_t block_columns = packed_block_columns(num_bags, dim, int64_t(sizeof(T)), n)) {
+          // Each gathered position's bag and scale, in segment order, then one pass per column block.
+          std::vector<BagId> sorted_bags(static_cast<size_t>(n));
+          std::vector<float> sorted_scales(weights || bags.mode == BagMode::Mean ? size_t(n) : 0);
+          parallel_for(0, n, 1 << 14, [&](int64_t lo, int64_t hi) {
+            for (int64_t j = lo; j < hi; ++j) {
+              const int64_t p = positions[j];
+              if (uint64_t(p) >= uint64_t(n)) return bad.record(j);
+              const BagId b = bag_of_position[size_t(p)];
+              sorted_bags[size_t(j)] = b;
+              if (!sorted_scales.empty()) sorted_scales[size_t(j)] = scale_of(p, b);
             }
-            packed_block_sums_simd(grad_segments.as<T>() + c0, dim, block.data(), block_columns, columns,
-                                   num_segments, starts, sorted_bags.data(),
-                                   sorted_scales.empty() ? nullptr : sorted_scales.data(), path);
-          }
-          vec::stream_fence();
-        });
-        return;
+          });
+          if (bad.any()) return;
+          const int64_t num_blocks = ceil_div(dim, block_columns);
+          parallel_for(0, num_blocks, 1, [&](int64_t lo, int64_t hi) {
+            std::vector<T> block(static_cast<size_t>(num_bags * block_columns));
+            for (int64_t k = lo; k < hi; ++k) {
+              const int64_t c0 = k * block_columns, columns = std::min(block_columns, dim - c0);
+              for (int64_t b = 0; b < num_bags; ++b) {
+                const T* source = grad_out.as<T>() + b * grad_out.stride(0) + c0;
+                T* packed = block.data() + b * block_columns;
+                std::copy(source, source + columns, packed);
+                std::fill(packed + columns, packed + block_columns, T{});
+              }
+              packed_block_sums_simd(grad_segments.as<T>() + c0, dim, block.data(), block_columns, columns,
+                                     num_segments, starts, sorted_bags.data(),
+                                     sorted_scales.empty() ? nullptr : sorted_scales.data(), path);
+            }
+            vec::stream_fence();
+          });
+          return;
+        }
       }
       const int64_t grain = std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, dim));
       parallel_for(0, num_segments, grain, [&](int64_t lo, int64_t hi) {
@@ -410,9 +413,7 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
             const int64_t p = positions[j];
             if (uint64_t(p) >= uint64_t(n)) return bad.record(j);
             const int64_t b = bag_of_position[size_t(p)];
-            float scale = weights ? to_float(weights[p]) : 1.f;
-            if (bags.mode == BagMode::Mean) scale /= float(offsets[b + 1] - offsets[b]);
-            gather.add(grad_out.as<T>() + b * grad_out.stride(0), scale);
+            gather.add(grad_out.as<T>() + b * grad_out.stride(0), scale_of(p, b));
           }
           gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, from_memory, path);
         }
