@@ -238,15 +238,16 @@ OutputPath prepare_output(const TensorView& out, int64_t rows, int64_t dim) {
 
 // Columns per block when a gather source of [source_rows, dim] values is better read from packed
 // column blocks (see packed_block_sums), else 0. Gathering whole rows from a source larger than a
-// core's L2 cache runs at L3 or memory speed; a packed block of 512 KiB stays in L2 while every
-// gather of the pass reads it, which pays for the packing once the gathers outnumber the source
-// rows. 512 KiB and 32 fp32 columns for 4096 source rows were the fastest on Zen 4 (16 and 64
-// columns ran 1.3x-1.6x slower); at most 64 columns, the accumulators of packed_block_sums.
+// core's L2 cache (taken as 1 MiB) runs at L3 or memory speed; a packed block of 512 KiB stays in
+// L2 while every gather of the pass reads it, which pays for the packing once the gathers
+// outnumber the source rows. At 4096 source rows on Zen 4, 32 fp32 columns (512 KiB) ran 1.3x-1.6x
+// faster than 16 or 64 in a standalone replica at 2 threads, and level with 64 in the op at 1
+// thread. At most 64 columns: the accumulators of packed_block_sums.
 int64_t packed_block_columns(int64_t source_rows, int64_t dim, int64_t element_bytes, int64_t gathers) {
   constexpr int64_t kBlockBytes = int64_t(512) << 10, kMaxColumns = 64;
-  const int64_t row_bytes = source_rows * element_bytes;  // one column of the source
-  if (dim < 2 * 16 || gathers < source_rows || row_bytes * dim <= 2 * kBlockBytes) return 0;
-  const int64_t columns = std::min(kMaxColumns, kBlockBytes / row_bytes / 16 * 16);
+  const int64_t column_bytes = source_rows * element_bytes;
+  if (dim < 2 * 16 || gathers < source_rows || column_bytes * dim <= 2 * kBlockBytes) return 0;
+  const int64_t columns = std::min(kMaxColumns, kBlockBytes / column_bytes / 16 * 16);
   return columns >= 16 ? columns : 0;
 }
 
