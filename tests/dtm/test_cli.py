@@ -11,12 +11,13 @@ def test_dtm_command(tmp_path, capsys):
     path = tmp_path / "dtm.json"
     argv = ["dtm", "--steps", "2", "--dim", "16", "--layers", "1", "--heads", "2", "--seq-len", "16",
             "--batch-size", "2", "--prompts", "3", "--prompt-len", "6", "--tokens", "5", "--iterations", "1",
-            "--target", "0.3", "--cache-dir", str(tmp_path), "--json", str(path)]
+            "--target", "0.3", "--probe-reference", "current", "--cache-dir", str(tmp_path), "--json", str(path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "FDT(F, F) = 5 on every prompt" in out
     assert "component sweep: magnitude pruning to 50%" in out and "layers.0.down" in out
     assert "int8 absmax per component" in out
+    assert "probes against the current model" in out
     for method in ("dense", "fdt", "perplexity", "uniform"):
         assert f"  {method} " in out
     saved = json.loads(path.read_text())

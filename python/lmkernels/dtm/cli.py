@@ -22,7 +22,7 @@ from lmkernels import data
 from lmkernels.dtm.compression import MagnitudePruning
 from lmkernels.dtm.continuations import reference_continuations
 from lmkernels.dtm.metrics import score
-from lmkernels.dtm.sparsify import METHODS, global_sparsity, int8_plan, sparsify
+from lmkernels.dtm.sparsify import METHODS, PROBE_REFERENCES, global_sparsity, int8_plan, sparsify
 from lmkernels.dtm.sweep import component_sweep
 from lmkernels.dtm.train import TrainSettings, byte_stream, heldout_loss, train
 
@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=float, default=0.5, help="global sparsity of the components")
     parser.add_argument("--iterations", type=int, default=4, help="sparsification steps")
     parser.add_argument("--quantile", type=float, default=0.75, help="FDT quantile the allocation uses (FDT75)")
+    parser.add_argument("--probe-reference", choices=PROBE_REFERENCES, default="initial",
+                        help="score each step's probes against the initial model's continuations or the current "
+                             "(pruned) model's")
     parser.add_argument("--sweep-sparsity", type=float, default=0.5, help="pruning level of the component sweep")
     parser.add_argument("--int8-budget", type=float, default=0.8, help="fraction of component parameters in int8")
     parser.add_argument("--cache-dir", metavar="DIR", help="reference continuation cache (default ~/.cache/lmkernels)")
@@ -86,12 +89,13 @@ def run(args: argparse.Namespace) -> int:
     rows, plans = [_row("dense", 0.0, score(model, references), dense_loss)], {}
     for method in METHODS:
         candidate = copy.deepcopy(model)
-        plan = sparsify(candidate, args.target, references, method, args.iterations, args.quantile)
+        plan = sparsify(candidate, args.target, references, method, args.iterations, args.quantile,
+                        probe_reference=args.probe_reference)
         plans[method] = plan
         rows.append(_row(method, global_sparsity(candidate), plan.result,
                          heldout_loss(candidate, heldout_stream, args.seq_len)))
     print(f"\nsparsified to {args.target:.0%} of the component parameters in {args.iterations} steps "
-          f"(N = {args.tokens}, {len(prompts)} prompts):")
+          f"(N = {args.tokens}, {len(prompts)} prompts, probes against the {args.probe_reference} model):")
     print(_table(rows))
     attention = ("q", "k", "v", "o")
     for method, plan in plans.items():
