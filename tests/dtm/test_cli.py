@@ -10,8 +10,9 @@ from lmkernels.cli import main
 def test_dtm_command(tmp_path, capsys):
     path = tmp_path / "dtm.json"
     argv = ["dtm", "--steps", "2", "--dim", "16", "--layers", "1", "--heads", "2", "--seq-len", "16",
-            "--batch-size", "2", "--prompts", "3", "--eval-prompts", "2", "--prompt-len", "6", "--tokens", "5", "--iterations", "1",
-            "--target", "0.3", "--probe-reference", "current", "--cache-dir", str(tmp_path), "--json", str(path)]
+            "--batch-size", "2", "--prompts", "3", "--eval-prompts", "2", "--prompt-len", "6", "--tokens", "5",
+            "--iterations", "1", "--target", "0.3", "--probe-reference", "current", "--cache-dir", str(tmp_path),
+            "--json", str(path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "FDT(F, F) = 5 on every prompt" in out

@@ -105,7 +105,8 @@ def allocate(curves: dict[str, tuple[Sequence[float], Sequence[float]]], paramet
 @dataclass
 class SparsityPlan:
     """What ``sparsify`` did: the final sparsity per component, the global (parameter-weighted)
-    sparsity, one record per step, and the final model's scores on the references."""
+    sparsity, one record per step (its added target, threshold, global sparsity and the FDT score
+    of the model after it against the initial references), and the final model's scores on the references."""
 
     method: str
     target: float
