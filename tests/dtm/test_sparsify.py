@@ -1,9 +1,13 @@
 """The FDT-guided allocation on synthetic curves, and sparsify / int8_plan on a tiny model."""
 
+import importlib
+
 import pytest
 import torch
 
 from lmkernels import dtm
+
+sparsify_module = importlib.import_module("lmkernels.dtm.sparsify")  # the name dtm.sparsify is the function
 
 
 def test_largest_sparsity_above_interpolates_linearly():
@@ -67,6 +71,32 @@ def test_sparsify_reaches_the_global_target(model, prompts, tmp_path, method):
         assert all(s == pytest.approx(0.4, abs=1e-3) for s in plan.sparsity.values())
 
 
+@pytest.mark.parametrize("probe_reference", dtm.PROBE_REFERENCES)
+def test_sparsify_scores_probes_against_the_chosen_reference(model, prompts, tmp_path, monkeypatch,
+                                                             probe_reference):
+    references = dtm.reference_continuations(model, prompts, 8, 5, cache_dir=tmp_path)
+    seen = []
+    real_curves = sparsify_module._curves
+
+    def spy(m, probes, *args):
+        seen.append((probes, dtm.score(m, probes).fdt.tolist(), dtm.score(m, references).fdt.tolist()))
+        return real_curves(m, probes, *args)
+
+    monkeypatch.setattr(sparsify_module, "_curves", spy)
+    plan = dtm.sparsify(model, 0.9, references, iterations=3, probe_reference=probe_reference, progress=False)
+    assert len(seen) == 3 and plan.global_sparsity == pytest.approx(0.9, abs=1e-3)
+    # After a step at 30 % sparsity the model no longer reproduces the initial references everywhere.
+    assert any(fdt < 8 for _, _, initial_fdt in seen[1:] for fdt in initial_fdt)
+    for probes, probe_fdt, _ in seen:
+        if probe_reference == "initial":
+            assert probes is references
+        else:
+            assert probe_fdt == [8] * len(prompts) and probes.prompts == references.prompts
+    # Each step records the FDT75 of the model after it against the initial references.
+    for step, (_, _, initial_fdt) in zip(plan.steps, seen[1:]):
+        assert step["fdt_score"] == pytest.approx(100 * torch.quantile(torch.tensor(initial_fdt).double(), 0.75) / 8)
+
+
 def test_sparsify_bad_input(model, prompts, tmp_path):
     references = dtm.reference_continuations(model, prompts, 4, 5, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="method"):
@@ -75,6 +105,8 @@ def test_sparsify_bad_input(model, prompts, tmp_path):
         dtm.sparsify(model, 1.2, references)
     with pytest.raises(ValueError, match="iterations"):
         dtm.sparsify(model, 0.5, references, iterations=0)
+    with pytest.raises(ValueError, match="probe_reference"):
+        dtm.sparsify(model, 0.5, references, probe_reference="dense")
     with pytest.raises(ValueError, match="do not exist"):
         dtm.sparsify(model, 0.5, references, components=["layers.9.q"])
 

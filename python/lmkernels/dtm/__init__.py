@@ -15,12 +15,12 @@ from lmkernels.dtm.components import KINDS, components, compressed, parameter_co
 from lmkernels.dtm.compression import Int8Absmax, MagnitudePruning, int8_absmax, magnitude_prune, sparsity_of
 from lmkernels.dtm.continuations import References, default_cache_dir, generate, reference_continuations
 from lmkernels.dtm.metrics import DivergenceResult, first_divergent_token, score, share_of_divergent_tokens
-from lmkernels.dtm.sparsify import (METHODS, Int8Plan, SparsityPlan, allocate, global_sparsity, int8_plan,
-                                    largest_sparsity_above, sparsify)
+from lmkernels.dtm.sparsify import (METHODS, PROBE_REFERENCES, Int8Plan, SparsityPlan, allocate, global_sparsity,
+                                    int8_plan, largest_sparsity_above, sparsify)
 from lmkernels.dtm.sweep import SweepTable, component_sweep
 
-__all__ = ["KINDS", "METHODS", "DivergenceResult", "Int8Absmax", "Int8Plan", "MagnitudePruning", "References",
-           "SparsityPlan", "SweepTable", "allocate", "component_sweep", "components", "compressed",
+__all__ = ["KINDS", "METHODS", "PROBE_REFERENCES", "DivergenceResult", "Int8Absmax", "Int8Plan", "MagnitudePruning",
+           "References", "SparsityPlan", "SweepTable", "allocate", "component_sweep", "components", "compressed",
            "default_cache_dir", "first_divergent_token", "generate", "global_sparsity", "int8_absmax", "int8_plan",
            "largest_sparsity_above", "magnitude_prune", "parameter_counts", "reference_continuations", "score",
            "select", "share_of_divergent_tokens", "sparsify", "sparsity_of"]

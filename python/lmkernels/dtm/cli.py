@@ -6,7 +6,9 @@
 3. Sweep: every component alone pruned to ``--sweep-sparsity`` and, separately, int8 absmax.
 4. Sparsify copies of the model to the same global sparsity ``--target`` with the FDT-guided,
    the perplexity-guided and the uniform allocation, and compare FDT, SDT, perplexity on the
-   references and the loss on held-out text (the paper's claim: FDT-guided keeps both better).
+   references, FDT and SDT on ``--eval-prompts`` further held-out prompts that the allocation never
+   saw (the last documents, disjoint from the first ``--prompts``), and the loss on held-out text
+   (the paper's claim: FDT-guided keeps them better).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lmkernels import data
 from lmkernels.dtm.compression import MagnitudePruning
 from lmkernels.dtm.continuations import reference_continuations
 from lmkernels.dtm.metrics import score
-from lmkernels.dtm.sparsify import METHODS, global_sparsity, int8_plan, sparsify
+from lmkernels.dtm.sparsify import METHODS, PROBE_REFERENCES, global_sparsity, int8_plan, sparsify
 from lmkernels.dtm.sweep import component_sweep
 from lmkernels.dtm.train import TrainSettings, byte_stream, heldout_loss, train
 
@@ -38,10 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--prompts", type=int, default=32, help="number of held-out prompts")
     parser.add_argument("--prompt-len", type=int, default=32, help="prompt length in bytes")
+    parser.add_argument("--eval-prompts", type=int, default=64,
+                        help="held-out prompts only the final comparison scores, disjoint from --prompts (0: none)")
     parser.add_argument("--tokens", type=int, default=100, help="N, the reference continuation length")
     parser.add_argument("--target", type=float, default=0.5, help="global sparsity of the components")
     parser.add_argument("--iterations", type=int, default=4, help="sparsification steps")
     parser.add_argument("--quantile", type=float, default=0.75, help="FDT quantile the allocation uses (FDT75)")
+    parser.add_argument("--probe-reference", choices=PROBE_REFERENCES, default="initial",
+                        help="score each step's probes against the initial model's continuations or the current "
+                             "(pruned) model's")
     parser.add_argument("--sweep-sparsity", type=float, default=0.5, help="pruning level of the component sweep")
     parser.add_argument("--int8-budget", type=float, default=0.8, help="fraction of component parameters in int8")
     parser.add_argument("--cache-dir", metavar="DIR", help="reference continuation cache (default ~/.cache/lmkernels)")
@@ -55,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--prompts: expected >= 1, got {args.prompts}")
     if args.prompt_len < 1:
         raise ValueError(f"--prompt-len: expected >= 1, got {args.prompt_len}")
+    if args.eval_prompts < 0:
+        raise ValueError(f"--eval-prompts: expected >= 0, got {args.eval_prompts}")
     train_stream = byte_stream(data.paragraphs(data.text("train"), one_line=True))
     heldout_documents = data.paragraphs(data.text("heldout"), one_line=True)
     heldout_stream = byte_stream(heldout_documents)
@@ -67,9 +76,16 @@ def run(args: argparse.Namespace) -> int:
     dense_loss = heldout_loss(model, heldout_stream, args.seq_len)
     print(f"trained in {trained.seconds:.1f} s; held-out loss {dense_loss:.3f} nats/byte")
 
-    long_enough = [d for d in heldout_documents if len(d.encode()) >= args.prompt_len]
-    prompts = [torch.tensor(list(d.encode()[:args.prompt_len])) for d in long_enough[:args.prompts]]
+    long_enough = [torch.tensor(list(d.encode()[:args.prompt_len])) for d in heldout_documents
+                   if len(d.encode()) >= args.prompt_len]
+    prompts = long_enough[:args.prompts]
+    eval_prompts = long_enough[max(args.prompts, len(long_enough) - args.eval_prompts):]
+    if len(eval_prompts) < args.eval_prompts:
+        raise ValueError(f"--eval-prompts: only {len(eval_prompts)} held-out documents of >= {args.prompt_len} bytes "
+                         f"are left after the {len(prompts)} allocation prompts, {args.eval_prompts} asked for")
     references = reference_continuations(model, prompts, args.tokens, cache_dir=args.cache_dir)
+    evaluation = reference_continuations(model, eval_prompts, args.tokens, cache_dir=args.cache_dir) \
+        if eval_prompts else None
     print(f"{len(prompts)} prompts of {args.prompt_len} bytes, reference continuations of N = {args.tokens} bytes; "
           f"FDT(F, F) = {score(model, references).fdt_mean:.0f} on every prompt")
     example = bytes(references.continuations[0].tolist()).decode("utf-8", errors="replace")
@@ -83,16 +99,19 @@ def run(args: argparse.Namespace) -> int:
           f"FDT mean {int8.result.fdt_mean:.1f}, FDT75 {int8.result.fdt_quantile(0.75):.1f}, "
           f"SDT {int8.result.sdt_mean:.3f}")
 
-    rows, plans = [_row("dense", 0.0, score(model, references), dense_loss)], {}
+    rows, plans = [_row("dense", 0.0, score(model, references), score(model, evaluation) if evaluation else None,
+                        dense_loss)], {}
     for method in METHODS:
         candidate = copy.deepcopy(model)
-        plan = sparsify(candidate, args.target, references, method, args.iterations, args.quantile)
+        plan = sparsify(candidate, args.target, references, method, args.iterations, args.quantile,
+                        probe_reference=args.probe_reference)
         plans[method] = plan
         rows.append(_row(method, global_sparsity(candidate), plan.result,
+                         score(candidate, evaluation) if evaluation else None,
                          heldout_loss(candidate, heldout_stream, args.seq_len)))
     print(f"\nsparsified to {args.target:.0%} of the component parameters in {args.iterations} steps "
-          f"(N = {args.tokens}, {len(prompts)} prompts):")
-    print(_table(rows))
+          f"(N = {args.tokens}, {len(prompts)} prompts, probes against the {args.probe_reference} model):")
+    print(_table(rows, len(eval_prompts)))
     attention = ("q", "k", "v", "o")
     for method, plan in plans.items():
         deep = [c for c, s in plan.sparsity.items() if s >= 0.9]
@@ -102,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
     best = max(rows[1:], key=lambda r: (r["fdt75"], r["fdt_mean"]))
     print(f"best FDT75 at equal sparsity: {best['method']}; lowest held-out loss: "
           f"{min(rows[1:], key=lambda r: r['heldout_loss'])['method']}")
+    if evaluation:
+        best = max(rows[1:], key=lambda r: (r["eval"]["fdt_mean"], -r["eval"]["sdt"]))
+        print(f"best FDT mean on the {len(eval_prompts)} evaluation prompts: {best['method']}")
 
     if args.json:
         with open(args.json, "w") as f:
@@ -113,17 +135,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _row(method: str, sparsity: float, result, loss: float) -> dict:
-    return {"method": method, "sparsity": sparsity, **result.summary(), "heldout_loss": loss}
+def _row(method: str, sparsity: float, result, evaluation, loss: float) -> dict:
+    row = {"method": method, "sparsity": sparsity, **result.summary(), "heldout_loss": loss}
+    if evaluation is not None:
+        row["eval"] = evaluation.summary()
+    return row
 
 
-def _table(rows: list[dict]) -> str:
-    lines = [f"  {'method':<12}{'sparsity':>9}{'FDT mean':>10}{'FDT25':>8}{'FDT50':>8}{'FDT75':>8}{'SDT':>8}"
-             f"{'ppl':>9}{'held-out loss':>15}"]
+def _table(rows: list[dict], eval_prompts: int) -> str:
+    evaluated = eval_prompts > 0
+    lines = [f"  {'':<21}{'on the allocation prompts':^50}" + (f"{f'on {eval_prompts} evaluation prompts':^34}"
+                                                               if evaluated else ""),
+             f"  {'method':<12}{'sparsity':>9}{'FDT mean':>10}{'FDT25':>8}{'FDT50':>8}{'FDT75':>8}{'SDT':>8}"
+             f"{'ppl':>8}" + (f"{'FDT mean':>10}{'FDT75':>8}{'SDT':>8}{'ppl':>8}" if evaluated else "")
+             + f"{'held-out loss':>15}"]
     for r in rows:
+        e = r.get("eval")
         lines.append(f"  {r['method']:<12}{r['sparsity']:>9.1%}{r['fdt_mean']:>10.1f}{r['fdt25']:>8.1f}"
-                     f"{r['fdt50']:>8.1f}{r['fdt75']:>8.1f}{r['sdt']:>8.3f}{r['perplexity']:>9.3f}"
-                     f"{r['heldout_loss']:>15.3f}")
+                     f"{r['fdt50']:>8.1f}{r['fdt75']:>8.1f}{r['sdt']:>8.3f}{r['perplexity']:>8.3f}"
+                     + (f"{e['fdt_mean']:>10.1f}{e['fdt75']:>8.1f}{e['sdt']:>8.3f}{e['perplexity']:>8.3f}" if e else "")
+                     + f"{r['heldout_loss']:>15.3f}")
     return "\n".join(lines)
 
 

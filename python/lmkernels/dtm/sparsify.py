@@ -20,9 +20,17 @@ algorithm of Deiseroth et al. 2023, v3; our reading of it, see ``docs`` of the s
 Scores (higher is better, 100 = unchanged): ``method="fdt"`` uses ``100 * quantile_q(FDT) / N``
 (``q = quantile``, default 0.75: "FDT75"); ``method="perplexity"`` uses ``100 * ppl(m) / ppl(m')``
 (clamped to [0, 100]) for perplexity on the reference continuations; ``method="uniform"``
-measures nothing and adds ``t`` to every component. FDT and perplexity are always measured
-against the reference continuations of the model as it was when ``sparsify`` was called. There
-is no recovery training between steps.
+measures nothing and adds ``t`` to every component. There is no recovery training between steps.
+
+What the probes are scored against (``probe_reference``): ``"initial"`` (default) takes the
+reference continuations of the model as it was when ``sparsify`` was called, at every step;
+``"current"`` takes the greedy continuations of ``m`` as it stands at the start of each step
+(generated afresh, same prompts, N and batches). Only ``"current"`` makes the curve's anchor
+``0 -> 100`` true after the first step (``FDT(m, m) = N``): against the initial references ``m``
+itself already diverges early once it is pruned, so every probe of ``m`` measures mostly ``m``'s
+own divergence, the curves of all components drop to about the same value and stop telling them
+apart. The perplexity score is a ratio to ``ppl(m)`` and so is relative to ``m`` either way. The
+final ``result`` is always scored against the initial references.
 
 ``int8_plan(model, budget, prompts)`` scores int8 absmax quantisation of every component alone
 and converts components in order of least divergence (highest FDT score, then highest mean FDT,
@@ -44,6 +52,7 @@ from lmkernels.dtm.metrics import DivergenceResult, score
 from lmkernels.dtm.sweep import ProgressBar, SweepTable, component_sweep
 
 METHODS = ("fdt", "perplexity", "uniform")
+PROBE_REFERENCES = ("initial", "current")
 
 
 def largest_sparsity_above(xs: Sequence[float], ys: Sequence[float], threshold: float) -> float:
@@ -96,7 +105,8 @@ def allocate(curves: dict[str, tuple[Sequence[float], Sequence[float]]], paramet
 @dataclass
 class SparsityPlan:
     """What ``sparsify`` did: the final sparsity per component, the global (parameter-weighted)
-    sparsity, one record per step, and the final model's scores on the references."""
+    sparsity, one record per step (its added target, threshold, global sparsity and the FDT score
+    of the model after it against the initial references), and the final model's scores on the references."""
 
     method: str
     target: float
@@ -116,7 +126,7 @@ def global_sparsity(model: torch.nn.Module, components: Iterable[str] | None = N
 def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt", iterations: int = 4,
              quantile: float = 0.75, threshold_step: float = 1.0, interpolate: bool = True,
              components: Iterable[str] | None = None, num_tokens: int = 100, batch_size: int = 16,
-             progress: bool = True, **reference_options) -> SparsityPlan:
+             probe_reference: str = "initial", progress: bool = True, **reference_options) -> SparsityPlan:
     """Prune ``model`` in place to the global ``target`` sparsity over its components (see the module docstring).
 
     ``prompts`` are token id sequences or the model's ``References``; ``components`` restricts the
@@ -130,6 +140,8 @@ def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt"
         raise ValueError(f"iterations: expected an int >= 1, got {iterations!r}")
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"quantile: expected a number in [0, 1], got {quantile!r}")
+    if probe_reference not in PROBE_REFERENCES:
+        raise ValueError(f"probe_reference: expected one of {PROBE_REFERENCES}, got {probe_reference!r}")
     weights = select(model, components)
     names = list(weights)
     parameters = {c: weights[c].numel() for c in names}
@@ -148,13 +160,16 @@ def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt"
             added = {c: min(added_target, 1.0 - sparsity[c]) for c in names}
             threshold = None
         else:
-            curves = _curves(model, references, weights, sparsity, added_target, method, quantile,
+            probes = references if probe_reference == "initial" else reference_continuations(
+                model, references.prompts, references.num_tokens, references.batch_size, use_disk_cache=False)
+            curves = _curves(model, probes, weights, sparsity, added_target, method, quantile,
                              f"sparsify step {step + 1}/{iterations}" if progress else None)
             added, threshold = allocate(curves, parameters, added_target, threshold_step, interpolate)
         for c in names:
             weights[c].copy_(magnitude_prune(weights[c], min(sparsity[c] + added[c], 1.0)))
         plan.steps.append({"step": step + 1, "added_target": added_target, "threshold": threshold,
-                           "global_sparsity": global_sparsity(model, names)})
+                           "global_sparsity": global_sparsity(model, names),
+                           "fdt_score": score(model, references).fdt_score(quantile)})
     plan.sparsity = {c: sparsity_of(weights[c]) for c in names}
     plan.global_sparsity = global_sparsity(model, names)
     plan.result = score(model, references)
