@@ -56,6 +56,11 @@ def test_shared_prefix_pass_equals_the_full_pass():
     full = model(tokens.expand(3, -1), suppression=suppression)
     suffix = model(tokens[:, 6:].expand(3, -1), suppression=suppression, prefix=cache.prefix(6))
     torch.testing.assert_close(suffix, full[:, 6:], atol=1e-5, rtol=1e-5)
+    # The last positions only, as AtMan's passes ask for the target rows: the suppressed kernel path.
+    tokens_after = tokens[:, 6:].expand(3, -1)
+    hidden = model.decoder(model.embedding(tokens_after), torch.arange(6, 10).expand(3, -1),
+                           suppression=suppression, prefix=cache.prefix(6), queries=2)
+    torch.testing.assert_close(model.head(hidden), full[:, -2:], atol=1e-5, rtol=1e-5)
 
 
 def test_bad_combinations():

@@ -86,3 +86,28 @@ def test_decoder_cache_and_gradients():
     step = decoder(x[:, 4:5].detach(), positions[:, 4:5], cache=cache)
     torch.testing.assert_close(torch.cat([prefix, step], 1), out[:, :5].detach(), atol=1e-5, rtol=1e-5)
     assert cache.length == 5
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_last_queries_only_equal_the_full_pass_and_fill_the_whole_cache(kv_heads):
+    torch.manual_seed(0)
+    decoder = Decoder(DecoderConfig(dim=32, num_layers=2, num_heads=4, num_kv_heads=kv_heads))
+    x = torch.randn(2, 9, 32)
+    positions = torch.arange(9).expand(2, 9)
+    full_cache, tail_cache = decoder.new_cache(), decoder.new_cache()
+    full = decoder(x, positions, cache=full_cache)
+    tail = decoder(x, positions, cache=tail_cache, queries=3)
+    assert tail.shape == (2, 3, 32)
+    torch.testing.assert_close(tail, full[:, -3:], atol=1e-6, rtol=1e-6)
+    for layer in range(2):  # every position's keys and values, in the last layer too
+        torch.testing.assert_close(tail_cache.keys[layer], full_cache.keys[layer], atol=0, rtol=0)
+    allowed = torch.ones(9, 9, dtype=torch.bool).tril()[None].expand(2, -1, -1)
+    torch.testing.assert_close(decoder(x, positions, allowed, queries=4), full[:, -4:], atol=1e-6, rtol=1e-6)
+
+
+def test_queries_out_of_range_raise_value_error():
+    attention = SelfAttention(16, 2)
+    x, positions = torch.randn(1, 5, 16), torch.arange(5)[None]
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match="queries"):
+            attention(x, positions, queries=bad)

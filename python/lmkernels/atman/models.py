@@ -79,16 +79,21 @@ class LMKernelsCausalLM(Adapter):
         ``start``..S-1."""
         batch = (suppression.key_bias if suppression.key_bias is not None else suppression.key_factor).shape[0]
         prefix = clean.prefix(start) if start > 0 else None
-        hidden = self._decode(ids[start:].expand(batch, -1), start, suppression, prefix, None)
-        return hidden[:, rows - start]
+        # The rows are the sequence's last positions (the target's predictions): the last layer computes only them.
+        queries = len(ids) - int(rows[0])
+        if not torch.equal(rows, torch.arange(len(ids) - queries, len(ids), device=rows.device)):
+            queries = None
+        hidden = self._decode(ids[start:].expand(batch, -1), start, suppression, prefix, None, queries)
+        return hidden if queries is not None else hidden[:, rows - start]
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.model.head(hidden)
 
     def _decode(self, tokens: Tensor, start: int, suppression: KeySuppression, prefix: KVCache | None,
-                cache: KVCache | None) -> Tensor:
+                cache: KVCache | None, queries: int | None = None) -> Tensor:
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device).expand_as(tokens)
-        return self.model.decoder(self.model.embedding(tokens), positions, None, cache, suppression, prefix)
+        return self.model.decoder(self.model.embedding(tokens), positions, None, cache, suppression, prefix,
+                                  queries)
 
 
 def adapter_for(model, tokenizer=None):

@@ -6,6 +6,9 @@
 ``allowed`` [batch, queries, keys] (True = may attend) overrides the default causal mask, for
 example to reset attention at document boundaries in packed training sequences.
 
+``queries`` (an int) computes the outputs of the last ``queries`` positions only; keys and values
+still come from every position (a caller that needs only the final rows, such as AtMan's last layer).
+
 ``suppression`` (a ``KeySuppression``: AtMan's per-key bias or factor) and ``prefix`` (a ``KVCache``
 of batch 1 holding keys/values shared by every batch item, which then computes only its own suffix
 positions) route the pass through ``lmkernels.ops.attention`` instead of SDPA; without them the
@@ -61,16 +64,19 @@ class SelfAttention(torch.nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor, allowed: Tensor | None = None,
                 cache: KVCache | None = None, layer: int = 0, suppression: KeySuppression | None = None,
-                prefix: KVCache | None = None) -> Tensor:
+                prefix: KVCache | None = None, queries: int | None = None) -> Tensor:
         batch, length, _ = x.shape
-        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        count = length if queries is None else queries
+        if not 1 <= count <= length:
+            raise ValueError(f"queries: expected 1..{length} (the positions of x), got {queries}")
+        q = self.q_proj(x[:, length - count:]).view(batch, count, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q = self.rotary(q, positions.unsqueeze(1))
+        q = self.rotary(q, positions[:, length - count:].unsqueeze(1))
         k = self.rotary(k, positions.unsqueeze(1))
         if suppression is not None or prefix is not None:
             out = self._suppressed(q, k, v, allowed, cache, layer, suppression, prefix)
-            return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+            return self.o_proj(out.transpose(1, 2).reshape(batch, count, -1))
         past = 0
         if cache is not None:
             past = cache.seen(layer)
@@ -79,12 +85,12 @@ class SelfAttention(torch.nn.Module):
             repeat = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         if allowed is None:
-            # Query i (absolute position past + i) sees keys 0..past + i.
-            allowed = torch.ones(length, past + length, dtype=torch.bool, device=x.device).tril(past)
+            # Query i (absolute position past + length - count + i) sees keys up to that position.
+            allowed = torch.ones(count, past + length, dtype=torch.bool, device=x.device).tril(past + length - count)
         else:
-            allowed = allowed.unsqueeze(1)
+            allowed = allowed[:, allowed.shape[1] - count:].unsqueeze(1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        return self.o_proj(out.transpose(1, 2).reshape(batch, count, -1))
 
     def _suppressed(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, cache: KVCache | None, layer: int,
                     suppression: KeySuppression | None, prefix: KVCache | None) -> Tensor:

@@ -41,14 +41,20 @@ class DecoderLayer(torch.nn.Module):
         self.mlp = SwiGLU(config.dim, config.hidden_dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, positions: Tensor, allowed: Tensor | None, cache: KVCache | None,
-                layer: int, suppression: KeySuppression | None = None, prefix: KVCache | None = None) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), positions, allowed, cache, layer, suppression, prefix)
+                layer: int, suppression: KeySuppression | None = None, prefix: KVCache | None = None,
+                queries: int | None = None) -> Tensor:
+        attended = self.attention(self.attention_norm(x), positions, allowed, cache, layer, suppression, prefix,
+                                  queries)
+        x = x[:, x.shape[1] - attended.shape[1]:] + attended
         return x + self.mlp(self.mlp_norm(x))
 
 
 class Decoder(torch.nn.Module):
-    """``forward(x [B, S, dim], positions [B, S], allowed=None, cache=None, suppression=None, prefix=None)
-    -> [B, S, dim]`` (``suppression`` and ``prefix``: see ``SelfAttention``)."""
+    """``forward(x [B, S, dim], positions [B, S], allowed=None, cache=None, suppression=None, prefix=None,
+    queries=None) -> [B, S, dim]`` (``suppression`` and ``prefix``: see ``SelfAttention``). With
+    ``queries``, the output is [B, queries, dim], the last positions only: the last layer computes only
+    those (every position's keys and values still enter its cache), which saves most of a layer when
+    a caller needs a few final rows of a long pass."""
 
     def __init__(self, config: DecoderConfig, device=None, dtype=None):
         super().__init__()
@@ -61,7 +67,8 @@ class Decoder(torch.nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor, allowed: Tensor | None = None,
                 cache: KVCache | None = None, suppression: KeySuppression | None = None,
-                prefix: KVCache | None = None) -> Tensor:
+                prefix: KVCache | None = None, queries: int | None = None) -> Tensor:
+        last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            x = layer(x, positions, allowed, cache, index, suppression, prefix)
+            x = layer(x, positions, allowed, cache, index, suppression, prefix, queries if index == last else None)
         return self.norm(x)
