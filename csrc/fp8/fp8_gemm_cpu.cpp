@@ -34,6 +34,7 @@
 #include "common/vec.h"
 #include "fp8/fp8_gemm.h"
 #include "fp8/fp8_gemm_decode.h"
+#include "fp8/fp8_gemm_epilogue.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -233,42 +234,6 @@ bool cpu_has_bf16_pairs() {
   return has;
 }
 #endif
-
-// ---- the epilogue: D = round_out(fl(fl(alpha * acc) + bias)), sixteen columns at a time -----------
-// (This file is compiled without FMA contraction, so the two roundings stay two.)
-
-template <typename T>
-__attribute__((always_inline)) inline void store_output_row(T* dst, const float* acc, int64_t columns, float alpha,
-                                                            const float* bias) {
-  int64_t j = 0;
-  for (; j + 16 <= columns; j += 16) {
-    vec::f32x8 lo = alpha * vec::load8(acc + j), hi = alpha * vec::load8(acc + j + 8);
-    if (bias) {
-      lo += vec::load8(bias + j);
-      hi += vec::load8(bias + j + 8);
-    }
-    vec::store8(dst + j, lo);
-    vec::store8(dst + j + 8, hi);
-  }
-  for (; j < columns; ++j) {
-    float value = alpha * acc[j];
-    if (bias) value = value + bias[j];
-    dst[j] = from_float<T>(value);
-  }
-}
-
-#define LMK_DEFINE_STORE_OUTPUT_ROW(T, SUFFIX)                                                                   \
-  LMK_SIMD_CLONES void store_output_row_##SUFFIX(T* dst, const float* acc, int64_t columns, float alpha,         \
-                                                 const float* bias) {                                            \
-    store_output_row(dst, acc, columns, alpha, bias);                                                            \
-  }                                                                                                              \
-  inline void store_output_row(T* dst, const float* acc, int64_t columns, float alpha, const float* bias) {      \
-    store_output_row_##SUFFIX(dst, acc, columns, alpha, bias);                                                   \
-  }
-LMK_DEFINE_STORE_OUTPUT_ROW(float, f32)
-LMK_DEFINE_STORE_OUTPUT_ROW(bfloat16, bf16)
-LMK_DEFINE_STORE_OUTPUT_ROW(float16, f16)
-#undef LMK_DEFINE_STORE_OUTPUT_ROW
 
 // ---- the driver, for either policy --------------------------------------------------------------
 
