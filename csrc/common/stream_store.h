@@ -59,4 +59,13 @@ __attribute__((always_inline)) inline void stream16(bfloat16* out, f32x8 even, f
   stream32_bytes(out, &pairs);
 }
 
+// store16 (kStream false) or stream16 (true), for kernels templated on the output path.
+template <bool kStream, typename T>
+__attribute__((always_inline)) inline void store_or_stream16(T* out, f32x8 a, f32x8 b) {
+  if constexpr (kStream)
+    stream16(out, a, b);
+  else
+    store16(out, a, b);
+}
+
 }  // namespace lmk::vec

@@ -196,9 +196,12 @@ struct Bf16Pairs {
     const Table<uint16_t>& bf16 = table(dtype);
     for (int64_t j = vector_k; j < k; j += 2)  // K is padded to even with +0, and adding a +0 product changes no sum
       for (int64_t w = 0; w < width; ++w) {
-        const uint8_t* row = first_row + w * row_stride;
-        dst[j / 2 * width + w] =
-            w < rows ? Word(bf16[row[j]]) << 16 | (j + 1 < k ? Word(bf16[row[j + 1]]) : 0u) : Word(0);
+        Word word = 0;
+        if (w < rows) {
+          const uint8_t* row = first_row + w * row_stride;
+          word = Word(bf16[row[j]]) << 16 | (j + 1 < k ? Word(bf16[row[j + 1]]) : 0u);
+        }
+        dst[j / 2 * width + w] = word;
       }
   }
 

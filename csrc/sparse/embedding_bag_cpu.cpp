@@ -31,6 +31,18 @@ template <typename I>
        " is out of range for a table of ", rows, " rows");
 }
 
+// acc[2u], acc[2u + 1] += w * row[16u : 16u + 16] for u < kUnits (weighted false: plain adds). The
+// one accumulation step of both gather paths, so that they round alike.
+template <int kUnits, typename T>
+__attribute__((always_inline)) inline void accumulate_row(vec::f32x8* acc, const T* row, bool weighted, float w) {
+  vec::f32x8 a, b;
+  for (int u = 0; u < kUnits; ++u) {
+    vec::load16(row + 16 * u, a, b);
+    acc[2 * u] += weighted ? w * a : a;
+    acc[2 * u + 1] += weighted ? w * b : b;
+  }
+}
+
 // out[d0 : d0 + 16 * kUnits] of weighted_row_sum, in 2 * kUnits vector accumulators: independent add
 // chains that hide the add latency, with each row's columns read once. With kPrefetch, the next
 // 256 bytes of the row two ahead are prefetched, so that later passes find their lines in cache.
@@ -40,24 +52,14 @@ __attribute__((always_inline)) inline void weighted_tile_sum(T* __restrict out, 
                                                              int64_t count, int64_t d0, float divisor) {
   constexpr int64_t kAhead = 2, kBytes = 256;
   vec::f32x8 acc[2 * kUnits] = {};
-  vec::f32x8 a, b;
   for (int64_t i = 0; i < count; ++i) {
     if (kPrefetch && i + kAhead < count)
       for (int64_t byte = 0; byte < kBytes; byte += 64)
         __builtin_prefetch(reinterpret_cast<const char*>(rows[i + kAhead] + d0) + byte);
-    const float wi = w ? w[i] : 1.f;
-    for (int u = 0; u < kUnits; ++u) {
-      vec::load16(rows[i] + d0 + 16 * u, a, b);
-      acc[2 * u] += w ? wi * a : a;
-      acc[2 * u + 1] += w ? wi * b : b;
-    }
+    accumulate_row<kUnits>(acc, rows[i] + d0, w != nullptr, w ? w[i] : 1.f);
   }
-  for (int u = 0; u < kUnits; ++u) {
-    if constexpr (kStream)
-      vec::stream16(out + d0 + 16 * u, acc[2 * u] / divisor, acc[2 * u + 1] / divisor);
-    else
-      vec::store16(out + d0 + 16 * u, acc[2 * u] / divisor, acc[2 * u + 1] / divisor);
-  }
+  for (int u = 0; u < kUnits; ++u)
+    vec::store_or_stream16<kStream>(out + d0 + 16 * u, acc[2 * u] / divisor, acc[2 * u + 1] / divisor);
 }
 
 // out[0:dim] = (sum_i w[i] * rows[i][0:dim]) / divisor, summing over i in order in fp32 (w null: all 1).
@@ -113,31 +115,20 @@ __attribute__((always_inline)) inline float dot(const T* __restrict a, const T* 
 // padded past `columns`): out[s][0:columns] = sum over j in [starts[s], starts[s + 1]) of
 // scales[j] * block[ids[j]] (scales null: all 1), in increasing j in fp32, the arithmetic of
 // weighted_tile_sum, so the values are those of the unpacked path bit for bit.
-template <int kUnits, bool kStream, typename T, typename Id>
+template <int kUnits, bool kStream, typename T>
 __attribute__((always_inline)) inline void packed_block_sums(T* out, int64_t out_stride, const T* block,
                                                              int64_t columns, int64_t num_segments,
-                                                             const int64_t* starts, const Id* ids,
+                                                             const int64_t* starts, const int32_t* ids,
                                                              const float* scales) {
   constexpr int64_t kColumns = 16 * kUnits;
   for (int64_t s = 0; s < num_segments; ++s) {
     vec::f32x8 acc[2 * kUnits] = {};
-    vec::f32x8 a, b;
-    for (int64_t j = starts[s]; j < starts[s + 1]; ++j) {
-      const T* row = block + int64_t(ids[j]) * kColumns;
-      const float wj = scales ? scales[j] : 1.f;
-      for (int u = 0; u < kUnits; ++u) {
-        vec::load16(row + 16 * u, a, b);
-        acc[2 * u] += scales ? wj * a : a;
-        acc[2 * u + 1] += scales ? wj * b : b;
-      }
-    }
+    for (int64_t j = starts[s]; j < starts[s + 1]; ++j)
+      accumulate_row<kUnits>(acc, block + int64_t(ids[j]) * kColumns, scales != nullptr, scales ? scales[j] : 1.f);
     T* o = out + s * out_stride;
     for (int u = 0; u < kUnits; ++u) {
       if (16 * (u + 1) <= columns) {
-        if constexpr (kStream)
-          vec::stream16(o + 16 * u, acc[2 * u], acc[2 * u + 1]);
-        else
-          vec::store16(o + 16 * u, acc[2 * u], acc[2 * u + 1]);
+        vec::store_or_stream16<kStream>(o + 16 * u, acc[2 * u], acc[2 * u + 1]);
       } else if (16 * u < columns) {
         T tail[16];
         vec::store16(tail, acc[2 * u], acc[2 * u + 1]);
@@ -147,11 +138,11 @@ __attribute__((always_inline)) inline void packed_block_sums(T* out, int64_t out
   }
 }
 
-template <bool kStream, typename T, typename Id>
+template <bool kStream, typename T>
 __attribute__((always_inline)) inline void packed_block_sums(T* out, int64_t out_stride, const T* block,
                                                              int64_t block_columns, int64_t columns,
                                                              int64_t num_segments, const int64_t* starts,
-                                                             const Id* ids, const float* scales) {
+                                                             const int32_t* ids, const float* scales) {
   switch (block_columns / 16) {
     case 1: return packed_block_sums<1, kStream>(out, out_stride, block, columns, num_segments, starts, ids, scales);
     case 2: return packed_block_sums<2, kStream>(out, out_stride, block, columns, num_segments, starts, ids, scales);

@@ -80,9 +80,8 @@ class LMKernelsCausalLM(Adapter):
         batch = (suppression.key_bias if suppression.key_bias is not None else suppression.key_factor).shape[0]
         prefix = clean.prefix(start) if start > 0 else None
         # The rows are the sequence's last positions (the target's predictions): the last layer computes only them.
-        queries = len(ids) - int(rows[0])
-        if not torch.equal(rows, torch.arange(len(ids) - queries, len(ids), device=rows.device)):
-            queries = None
+        trailing = torch.equal(rows, torch.arange(len(ids) - len(rows), len(ids), device=rows.device))
+        queries = len(rows) if trailing else None
         hidden = self._decode(ids[start:].expand(batch, -1), start, suppression, prefix, None, queries)
         return hidden if queries is not None else hidden[:, rows - start]
 
