@@ -200,6 +200,11 @@ struct Gather {
     weights.clear();
     unit_weights = true;
   }
+  void resize(int64_t count) {  // `count` rows of weight 1, to be filled in place
+    rows.resize(size_t(count));
+    weights.resize(size_t(count));
+    unit_weights = true;
+  }
   void add(const T* row, float w) {
     rows.push_back(row);
     weights.push_back(w);
@@ -276,15 +281,28 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
     const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
     const OutputPath path = prepare_output<T>(out, num_bags, dim);
     const bool from_memory = larger_than_cache(rows * table.stride(0) * int64_t(sizeof(T)));
-    thread_local Gather<T> gather;  // scratch per thread (static storage: not captured, each thread its own)
+    const T* base = table.as<T>();
+    const int64_t stride = table.stride(0);
+    thread_local Gather<T> scratch_gather;  // per thread (static storage: not captured, each thread its own)
     for_each_bag<I>(bags, rows, dim, [&](int64_t b) -> int64_t {
-      gather.clear();
-      for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
-        if (uint64_t(indices[i]) >= uint64_t(rows)) return i;
-        gather.add(table.as<T>() + int64_t(indices[i]) * table.stride(0), weights ? to_float(weights[i]) : 1.f);
+      // Filled through raw pointers after one resize: per index, push_back's capacity checks and
+      // the thread-local lookups cost about as much as summing an in-cache row of 256 fp32.
+      Gather<T>& gather = scratch_gather;
+      const int64_t begin = offsets[b], size = offsets[b + 1] - begin;
+      gather.resize(size);
+      const T** row = gather.rows.data();
+      for (int64_t k = 0; k < size; ++k) {
+        const int64_t index = int64_t(indices[begin + k]);
+        if (uint64_t(index) >= uint64_t(rows)) return begin + k;
+        row[k] = base + index * stride;
       }
-      const int64_t count = offsets[b + 1] - offsets[b];
-      const float divisor = bags.mode == BagMode::Mean && count > 0 ? float(count) : 1.f;
+      if (weights) {
+        float* w = gather.weights.data();
+        bool unit = true;
+        for (int64_t k = 0; k < size; ++k) unit &= (w[k] = to_float(weights[begin + k])) == 1.f;
+        gather.unit_weights = unit;
+      }
+      const float divisor = bags.mode == BagMode::Mean && size > 0 ? float(size) : 1.f;
       gather.sum_into(out.as<T>() + b * dim, dim, divisor, from_memory, path);
       return -1;
     });
