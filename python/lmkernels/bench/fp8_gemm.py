@@ -3,8 +3,9 @@
 Square problems M = N = K (CPU 1024 and 2048, quick 512; CUDA 4096 and 8192, quick 4096), ``a``
 float8_e4m3fn and ``b`` float8_e5m2 from seeded normal values, alpha = 0.5, an fp32 bias, bfloat16
 output. CPU peers, each its own case: ``torch.addmm`` on operands decoded to fp32 (MKL / OpenBLAS sgemm, fp32 accumulation
-in its own order), cast to bfloat16; and ``torch.addmm`` on operands decoded to bfloat16 (oneDNN).
-The peers' operands are decoded before timing; ours decodes inside the call. CUDA peers, each its
+in its own order), cast to bfloat16; ``torch.addmm`` on operands decoded to bfloat16 (oneDNN); and
+the whole bf16 path from FP8 operands, decoding to bfloat16 then ``torch.addmm``. The first two
+peers' operands are decoded before timing (the stricter comparison); ours decodes inside the call. CUDA peers, each its
 own case: ``torch._scaled_mm`` with scales alpha and 1 (cuBLASLt FP8 tensor cores; ``b``
 column-major, as given), and bf16 ``torch.addmm`` (cuBLAS bf16 tensor cores). Case
 names read ``<M>x<N>x<K> e4m3*e5m2 -> bf16``; throughput is 2 M N K floating-point operations per
@@ -62,7 +63,12 @@ def _cpu_peers(a, b, bias):
     def sgemm():
         return torch.addmm(bias, a_fp32, b_fp32.T, alpha=_ALPHA).to(torch.bfloat16)
 
-    return [("fp32 torch.addmm on decoded operands (sgemm)", sgemm), _bf16_addmm(a, b, bias)]
+    def decode_then_bf16_addmm():
+        return torch.addmm(bias_bf16, a.to(torch.bfloat16), b.to(torch.bfloat16).T, alpha=_ALPHA)
+
+    bias_bf16 = bias.to(torch.bfloat16)
+    return [("fp32 torch.addmm on decoded operands (sgemm)", sgemm), _bf16_addmm(a, b, bias),
+            ("bf16 torch.addmm, decoding the FP8 operands in the call", decode_then_bf16_addmm)]
 
 
 def _cuda_peers(a, b, bias):
