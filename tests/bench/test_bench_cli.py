@@ -9,7 +9,7 @@ from lmkernels.bench import harness
 from lmkernels.cli import main
 
 _KEYS = {"kernel", "case", "device", "peer", "ours_ms", "peer_ms", "speedup", "ours_peak_mb", "peer_peak_mb",
-         "gbps", "stream_gbps"}
+         "gbps", "stream_gbps", "threads"}
 
 
 def test_bench_writes_records(tmp_path, capsys):
@@ -35,6 +35,35 @@ def test_filter_terms_are_comma_separated_and_repeatable(tmp_path):
     cases = [r["case"] for r in json.loads(path.read_text())]
     assert cases and all("fwd+bwd" in case or "fp32" in case for case in cases)
     assert any(case.startswith("fwd ") for case in cases)  # "fp32" matched a forward case too
+
+
+def test_threads_sets_both_libraries_for_the_run_only(tmp_path):
+    import lmkernels
+
+    path = tmp_path / "bench.json"
+    before = torch.get_num_threads(), lmkernels.num_threads()
+    seen = []
+    real_measure = harness.measure
+
+    def measure(case, timing, stream_gbps=None):
+        seen.append((torch.get_num_threads(), lmkernels.num_threads()))
+        return real_measure(case, timing, stream_gbps)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(harness, "measure", measure)
+        argv = ["bench", "--tiny", "--device", "cpu", "--filter", "embedding_bag", "--threads", "1", "--json", str(path)]
+        assert main(argv) == 0
+    assert seen and set(seen) == {(1, 1)}
+    assert {r["threads"] for r in json.loads(path.read_text())} == {1}
+    assert (torch.get_num_threads(), lmkernels.num_threads()) == before
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_threads_must_be_a_positive_whole_number(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--tiny", "--device", "cpu", "--threads", value])
+    assert exit_info.value.code == 2
+    assert "--threads" in capsys.readouterr().err
 
 
 def test_no_match_fails(capsys):

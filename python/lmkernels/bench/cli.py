@@ -28,10 +28,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="write the list of records to PATH")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="where to run (default: all available)")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="CPU threads for both sides, torch's and lmkernels' (default: torch's current count)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def run_bench(args: argparse.Namespace) -> int:
     """Measure the selected cases, print the table, write ``--json``; returns the exit status."""
+    if args.threads is None:
+        return _measure_selected(args)
+    import lmkernels
+
+    previous = torch.get_num_threads(), lmkernels.num_threads()
+    torch.set_num_threads(args.threads)
+    lmkernels.set_num_threads(args.threads)
+    try:
+        return _measure_selected(args)
+    finally:
+        torch.set_num_threads(previous[0])
+        lmkernels.set_num_threads(previous[1])
+
+
+def _measure_selected(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("lmk bench: --device cuda but CUDA is not available", file=sys.stderr)
         return 2

@@ -115,8 +115,8 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
 
     Returns the record: kernel, case, device, peer, ours_ms, peer_ms (times ``peer_scale``), speedup
     (peer_ms / ours_ms),
-    ours_peak_mb, peer_peak_mb (CUDA only, else None), gbps (ours, from ``bytes_moved``) and
-    stream_gbps (as given); cases with ``text_bytes`` add ours_mbps and peer_mbps (text MB/s), cases
+    ours_peak_mb, peer_peak_mb (CUDA only, else None), gbps (ours, from ``bytes_moved``),
+    stream_gbps (as given) and threads (torch's CPU thread count, which lmkernels follows); cases with ``text_bytes`` add ours_mbps and peer_mbps (text MB/s), cases
     with ``flops`` add ours_gflops and peer_gflops.
     """
     time_once = _timer(case.device)
@@ -147,6 +147,7 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
         "peer_peak_mb": _peak_mb(case.peer_fn, case.device),
         "gbps": None if case.bytes_moved is None else case.bytes_moved / ours_ms / 1e6,
         "stream_gbps": stream_gbps,
+        "threads": torch.get_num_threads(),
     }
     if case.text_bytes is not None:
         record["ours_mbps"] = case.text_bytes / ours_ms / 1e3
