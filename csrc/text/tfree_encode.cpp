@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common/errors.h"
+#include "common/memory.h"
 #include "common/parallel.h"
 #include "text/tfree_words.h"
 
@@ -44,13 +45,14 @@ struct HashedRows {
 constexpr size_t kBlockBytes = 16 * 1024;
 constexpr size_t kBlockTexts = 256;
 
-// The words, rows and ids of one block of texts, produced independently by one task.
+// The words and trigram ids of one block of texts, found independently by one task (the first
+// pass); the second writes the block's pattern rows straight into the result.
 struct BlockEncoding {
   std::vector<int64_t> words_per_text;
   std::vector<int64_t> rows_per_word;
-  std::vector<int32_t> rows;
   std::vector<int32_t> trigram_ids;
   std::vector<uint8_t> is_endoftext;
+  std::vector<std::pair<size_t, std::string_view>> hashed;  // (row in the block, word) of the words hashed whole
 };
 
 template <typename T>
@@ -58,10 +60,8 @@ Buffer<T> uninitialised(size_t size) {
   return Buffer<T>{std::unique_ptr<T[]>(new T[size == 0 ? 1 : size]), size};
 }
 
-// Pattern rows are looked up in one batch per run of trigram rows, so that the table's random
-// reads overlap (its rows are spread over hundreds of megabytes) instead of waiting in turn.
-void encode_text(PatternTable& table, const HashedRows& hashed_rows, std::string_view text,
-                 const EncodeOptions& options, BlockEncoding& out) {
+// Splits `text` into words and appends their trigram ids (-1 for a word hashed whole) to `out`.
+void split_text(std::string_view text, const EncodeOptions& options, BlockEncoding& out) {
   // Views into `text` (or the splitter's static marker strings): no copy of any word.
   thread_local std::vector<std::string_view> words;
   words.clear();
@@ -71,14 +71,12 @@ void encode_text(PatternTable& table, const HashedRows& hashed_rows, std::string
     if (text.empty()) fail(ErrorKind::Value, "expected a non-empty word");
     words.push_back(text);
   }
-  std::vector<std::pair<size_t, std::string_view>> hashed;  // (row, word) of the words hashed whole
   thread_local std::vector<uint32_t> ids;
-  const size_t first = out.trigram_ids.size();
   out.words_per_text.push_back(static_cast<int64_t>(words.size()));
   for (std::string_view word : words) {
     out.is_endoftext.push_back(word == kEndOfText);
     if (options.entire_words || is_hashed_word(word)) {
-      hashed.emplace_back(out.trigram_ids.size(), word);
+      out.hashed.emplace_back(out.trigram_ids.size(), word);
       out.trigram_ids.push_back(-1);
       out.rows_per_word.push_back(1);
       continue;
@@ -87,20 +85,24 @@ void encode_text(PatternTable& table, const HashedRows& hashed_rows, std::string
     out.trigram_ids.insert(out.trigram_ids.end(), ids.begin(), ids.end());
     out.rows_per_word.push_back(static_cast<int64_t>(ids.size()));
   }
+}
+
+// Writes the pattern rows of a block (m indices each) to rows[]. Trigram rows are looked up in one
+// batch per run between words hashed whole, so that the table's random reads overlap (its rows are
+// spread over hundreds of megabytes) instead of waiting in turn.
+void write_rows(PatternTable& table, const HashedRows& hashed_rows, const BlockEncoding& block, int32_t* rows) {
   const int m = table.config().m;
-  out.rows.resize(out.trigram_ids.size() * m);
-  auto lookup = [&](size_t begin, size_t end) {
-    if (end > begin)
-      table.rows(reinterpret_cast<const uint32_t*>(out.trigram_ids.data()) + begin, int64_t(end - begin),
-                 out.rows.data() + begin * m);
+  const auto* ids = reinterpret_cast<const uint32_t*>(block.trigram_ids.data());
+  size_t run = 0;
+  const auto lookup = [&](size_t end) {
+    if (end > run) table.rows(ids + run, int64_t(end - run), rows + run * m);
   };
-  size_t run = first;
-  for (const auto& [row, word] : hashed) {
-    lookup(run, row);
-    hashed_rows.write(table, word, out.rows.data() + row * m);
+  for (const auto& [row, word] : block.hashed) {
+    lookup(row);
+    hashed_rows.write(table, word, rows + row * m);
     run = row + 1;
   }
-  lookup(run, out.trigram_ids.size());
+  lookup(block.trigram_ids.size());
 }
 
 }  // namespace
@@ -118,12 +120,11 @@ Encoding tfree_encode(PatternTable& table, const std::vector<std::string_view>& 
   const int64_t num_blocks = static_cast<int64_t>(block_starts.size()) - 1;
 
   std::vector<BlockEncoding> blocks(num_blocks);
-  const HashedRows hashed_rows(table);
   parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b)
       for (size_t i = block_starts[b]; i < block_starts[b + 1]; ++i) {
         try {
-          encode_text(table, hashed_rows, texts[i], options, blocks[b]);
+          split_text(texts[i], options, blocks[b]);
         } catch (const Error& e) {
           throw Error(e.kind(), concat("texts[", i, "]: ", e.what()));
         }
@@ -143,7 +144,13 @@ Encoding tfree_encode(PatternTable& table, const std::vector<std::string_view>& 
   result.rows = uninitialised<int32_t>(first_row.back() * m);
   result.trigram_ids = uninitialised<int32_t>(first_row.back());
   result.is_endoftext = uninitialised<uint8_t>(first_word.back());
+  // The rows are most of the result (40 bytes a trigram at m = 10: tens of megabytes for a megabyte
+  // of text): fresh pages faulted 4 KiB at a time inside the lookups had cost a fifth of the call.
+  const size_t row_bytes = result.rows.size * sizeof(int32_t);
+  advise_huge_pages(result.rows.data.get(), row_bytes);
+  prefault_for_overwrite(result.rows.data.get(), row_bytes);
   result.word_offsets.data[0] = result.row_offsets.data[0] = 0;
+  const HashedRows hashed_rows(table);
   parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const BlockEncoding& block = blocks[b];
@@ -152,7 +159,7 @@ Encoding tfree_encode(PatternTable& table, const std::vector<std::string_view>& 
       for (int64_t count : block.words_per_text) *word_offsets++ = words += count;
       int64_t* row_offsets = result.row_offsets.data.get() + first_word[b] + 1;
       for (int64_t count : block.rows_per_word) *row_offsets++ = rows += count;
-      std::copy(block.rows.begin(), block.rows.end(), result.rows.data.get() + first_row[b] * m);
+      write_rows(table, hashed_rows, block, result.rows.data.get() + first_row[b] * m);
       std::copy(block.trigram_ids.begin(), block.trigram_ids.end(), result.trigram_ids.data.get() + first_row[b]);
       std::copy(block.is_endoftext.begin(), block.is_endoftext.end(), result.is_endoftext.data.get() + first_word[b]);
     }
