@@ -3,9 +3,11 @@
 1. Train a byte-level ``CausalLM`` on the embedded corpus (``lmkernels.data``, train split).
 2. Prompts: the first ``--prompt-len`` bytes of ``--prompts`` held-out documents; reference
    continuations of ``--tokens`` bytes (greedy, KV cache, disk cache).
-3. Sweep: every component alone pruned to ``--sweep-sparsity`` and, separately, int8 absmax.
-4. Sparsify copies of the model to the same global sparsity ``--target`` with the FDT-guided,
-   the perplexity-guided and the uniform allocation, and compare FDT, SDT, perplexity on the
+3. Sweep: every component alone pruned to ``--sweep-sparsity`` (by ``--criterion``) and,
+   separately, int8 absmax.
+4. Sparsify copies of the model to the same global sparsity ``--target`` (pruning by
+   ``--criterion``, with ``--recover-steps`` of masked training on the train split after every
+   step) with the FDT-guided, the perplexity-guided and the uniform allocation, and compare FDT, SDT, perplexity on the
    references, FDT and SDT on ``--eval-prompts`` further held-out prompts that the allocation never
    saw (the last documents, disjoint from the first ``--prompts``), and the loss on held-out text
    (the paper's claim: FDT-guided keeps them better).
@@ -21,9 +23,10 @@ import sys
 import torch
 
 from lmkernels import data
-from lmkernels.dtm.compression import MagnitudePruning
+from lmkernels.dtm.compression import CRITERIA, MagnitudePruning, WandaPruning, input_norms
 from lmkernels.dtm.continuations import reference_continuations
 from lmkernels.dtm.metrics import score
+from lmkernels.dtm.recovery import RecoveryTraining
 from lmkernels.dtm.sparsify import METHODS, PROBE_REFERENCES, global_sparsity, int8_plan, sparsify
 from lmkernels.dtm.sweep import component_sweep
 from lmkernels.dtm.train import TrainSettings, byte_stream, heldout_loss, train
@@ -49,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe-reference", choices=PROBE_REFERENCES, default="initial",
                         help="score each step's probes against the initial model's continuations or the current "
                              "(pruned) model's")
+    parser.add_argument("--criterion", choices=CRITERIA, default="magnitude",
+                        help="pruning criterion within a component: |w| or Wanda's |w| * input norm, row by row")
+    parser.add_argument("--recover-steps", type=int, default=0,
+                        help="masked training steps on the train split after every sparsification step (0: none)")
+    parser.add_argument("--recover-lr", type=float, default=1e-3, help="peak learning rate of the recovery training")
     parser.add_argument("--sweep-sparsity", type=float, default=0.5, help="pruning level of the component sweep")
     parser.add_argument("--int8-budget", type=float, default=0.8, help="fraction of component parameters in int8")
     parser.add_argument("--cache-dir", metavar="DIR", help="reference continuation cache (default ~/.cache/lmkernels)")
@@ -64,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--prompt-len: expected >= 1, got {args.prompt_len}")
     if args.eval_prompts < 0:
         raise ValueError(f"--eval-prompts: expected >= 0, got {args.eval_prompts}")
+    if args.recover_steps < 0:
+        raise ValueError(f"--recover-steps: expected >= 0, got {args.recover_steps}")
     train_stream = byte_stream(data.paragraphs(data.text("train"), one_line=True))
     heldout_documents = data.paragraphs(data.text("heldout"), one_line=True)
     heldout_stream = byte_stream(heldout_documents)
@@ -91,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     example = bytes(references.continuations[0].tolist()).decode("utf-8", errors="replace")
     print(f"  e.g. {bytes(prompts[0].tolist()).decode('utf-8', errors='replace')!r} -> {example!r}")
 
-    pruning = component_sweep(model, references, MagnitudePruning(args.sweep_sparsity))
+    pruning = component_sweep(model, references, MagnitudePruning(args.sweep_sparsity) if args.criterion == "magnitude"
+                              else WandaPruning(args.sweep_sparsity, input_norms(model, references)))
     print(f"\ncomponent sweep: {pruning.compression} (one component at a time)\n{pruning.format()}")
     int8 = int8_plan(copy.deepcopy(model), args.int8_budget, references, args.quantile)
     print(f"\nint8 absmax per component: least divergent first: {', '.join(int8.order[:6])}, ...; "
@@ -103,14 +114,19 @@ def run(args: argparse.Namespace) -> int:
                         dense_loss)], {}
     for method in METHODS:
         candidate = copy.deepcopy(model)
+        # A fresh recovery per method: every method trains on the same windows.
+        recover = RecoveryTraining(train_stream, args.recover_steps, args.seq_len, args.batch_size, args.recover_lr,
+                                   seed=args.seed) if args.recover_steps else None
         plan = sparsify(candidate, args.target, references, method, args.iterations, args.quantile,
-                        probe_reference=args.probe_reference)
+                        probe_reference=args.probe_reference, criterion=args.criterion, recover=recover)
         plans[method] = plan
         rows.append(_row(method, global_sparsity(candidate), plan.result,
                          score(candidate, evaluation) if evaluation else None,
                          heldout_loss(candidate, heldout_stream, args.seq_len)))
+    recovery = f"{args.recover_steps} recovery steps after each" if args.recover_steps else "no recovery training"
     print(f"\nsparsified to {args.target:.0%} of the component parameters in {args.iterations} steps "
-          f"(N = {args.tokens}, {len(prompts)} prompts, probes against the {args.probe_reference} model):")
+          f"(N = {args.tokens}, {len(prompts)} prompts, probes against the {args.probe_reference} model, "
+          f"{args.criterion} pruning, {recovery}):")
     print(_table(rows, len(eval_prompts)))
     attention = ("q", "k", "v", "o")
     for method, plan in plans.items():
@@ -127,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"sweep": pruning.rows, "int8": {"order": int8.order, "converted": int8.converted},
+            json.dump({"criterion": args.criterion, "recover_steps": args.recover_steps, "sweep": pruning.rows, "int8": {"order": int8.order, "converted": int8.converted},
                        "comparison": rows, "sparsity": {m: p.sparsity for m, p in plans.items()}}, f, indent=2)
         print(f"wrote {args.json}")
     if args.plot:

@@ -9,7 +9,10 @@
   of the first ``ModuleList`` whose blocks have that shape (Llama, Mistral, Qwen2, ...).
 
 ``compressed(model, names, compression)`` replaces the named weights by their compressed values
-for the duration of a ``with`` block and then restores the originals bit for bit.
+for the duration of a ``with`` block and then restores the originals bit for bit. A compression is
+a function weight -> weight, or, where it depends on the component (Wanda-style pruning needs the
+component's input norms), an object with ``for_component(name)`` returning that function
+(``bind``).
 """
 
 from __future__ import annotations
@@ -30,11 +33,15 @@ _HUGGINGFACE_PATHS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "se
                       "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
 
 
+def component_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The linear module of every component, by canonical name, layer by layer in ``KINDS`` order."""
+    layers, paths = _layers(model)
+    return {f"layers.{i}.{kind}": layer.get_submodule(paths[kind]) for i, layer in enumerate(layers) for kind in KINDS}
+
+
 def components(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The weight of every component, by canonical name, layer by layer in ``KINDS`` order."""
-    layers, paths = _layers(model)
-    return {f"layers.{i}.{kind}": layer.get_submodule(paths[kind]).weight
-            for i, layer in enumerate(layers) for kind in KINDS}
+    return {name: module.weight for name, module in component_modules(model).items()}
 
 
 def select(model: torch.nn.Module, names: Iterable[str] | str | None = None) -> dict[str, torch.nn.Parameter]:
@@ -50,20 +57,26 @@ def select(model: torch.nn.Module, names: Iterable[str] | str | None = None) -> 
     return {name: available[name] for name in names}
 
 
+def bind(compression, name: str) -> Callable[[Tensor], Tensor]:
+    """The weight -> weight function ``compression`` applies to the component ``name``."""
+    for_component = getattr(compression, "for_component", None)
+    return for_component(name) if for_component is not None else compression
+
+
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     return {name: weight.numel() for name, weight in components(model).items()}
 
 
 @contextmanager
 def compressed(model: torch.nn.Module, names: Iterable[str] | str,
-               compression: Callable[[Tensor], Tensor]) -> Iterator[None]:
+               compression) -> Iterator[None]:
     """Within the block, the components ``names`` hold ``compression(weight)``; afterwards, their original bits."""
     weights = select(model, names)
     saved = {name: weight.detach().clone() for name, weight in weights.items()}
     try:
         with torch.no_grad():
             for name, weight in weights.items():
-                new = compression(weight.detach())
+                new = bind(compression, name)(weight.detach())
                 if new.shape != weight.shape:
                     raise ValueError(f"compression: returned shape {list(new.shape)} for {name} of shape "
                                      f"{list(weight.shape)}")

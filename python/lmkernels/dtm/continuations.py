@@ -126,12 +126,17 @@ def generate(model: torch.nn.Module, prompts, num_tokens: int = 100, batch_size:
 
 
 @torch.no_grad()
+def teacher_forced_sequence(tokens: Tensor, real: Tensor, continuations: Tensor) -> tuple[Tensor, Tensor]:
+    """The left-padded prompts followed by their ``continuations`` [B, N], and which entries are real."""
+    return (torch.cat((tokens, continuations), dim=1),
+            torch.cat((real, torch.ones_like(continuations, dtype=torch.bool)), dim=1))
+
+
 def teacher_forced_logits(model: torch.nn.Module, tokens: Tensor, real: Tensor, continuations: Tensor) -> Tensor:
     """Logits [B, N, V] that predict each of ``continuations`` [B, N] after the left-padded prompts."""
     device = models.device_of(model)
-    full = torch.cat((tokens, continuations), dim=1).to(device)
-    full_real = torch.cat((real, torch.ones_like(continuations, dtype=torch.bool)), dim=1).to(device)
-    logits = models.logits_of(model, full, full_real)
+    full, full_real = teacher_forced_sequence(tokens, real, continuations)
+    logits = models.logits_of(model, full.to(device), full_real.to(device))
     length = tokens.shape[1]
     return logits[:, length - 1:length - 1 + continuations.shape[1]]
 

@@ -1,7 +1,7 @@
 """Divergence-guided compression plans: per-component sparsity (``sparsify``) and int8 (``int8_plan``).
 
 ``sparsify(model, target, prompts, method="fdt")`` prunes the model's components (magnitude
-pruning) until their parameter-weighted sparsity is ``target``, in ``iterations`` steps, each
+pruning, or Wanda-style with ``criterion="wanda"``) until their parameter-weighted sparsity is ``target``, in ``iterations`` steps, each
 adding ``t`` = (what remains) / (steps left). One step, for the model ``m`` as it stands (the
 algorithm of Deiseroth et al. 2023, v3; our reading of it, see ``docs`` of the spec):
 
@@ -15,12 +15,20 @@ algorithm of Deiseroth et al. 2023, v3; our reading of it, see ``docs`` of the s
 3. With ``interpolate=True`` (default) the allocation is blended linearly between that ``f`` and the
    one before, so that the step adds exactly ``t`` (all methods then compare at equal sparsity);
    with ``interpolate=False`` it is taken at ``f`` as in the paper (it may overshoot ``t``).
-4. Every component is magnitude-pruned to ``s_c +`` its allocation.
+4. Every component is pruned to ``s_c +`` its allocation.
+5. With ``recover``: ``recover(model, masks)`` trains the pruned model (see
+   ``lmkernels.dtm.recovery``), after which the pruned weights are zeroed again.
+
+The pruning criterion (``criterion``) is used for the probes of step 1 and the pruning of step 4
+alike: ``"magnitude"`` (``magnitude_prune``) or ``"wanda"`` (``wanda_prune``, with the input norms of
+every component gathered at the start of each step from the model as it stands, over the
+teacher-forced pass of the step's probes: the prompts and the continuations they are scored against).
 
 Scores (higher is better, 100 = unchanged): ``method="fdt"`` uses ``100 * quantile_q(FDT) / N``
 (``q = quantile``, default 0.75: "FDT75"); ``method="perplexity"`` uses ``100 * ppl(m) / ppl(m')``
 (clamped to [0, 100]) for perplexity on the reference continuations; ``method="uniform"``
-measures nothing and adds ``t`` to every component. There is no recovery training between steps.
+measures nothing and adds ``t`` to every component. There is no recovery training between steps
+unless ``recover`` is given.
 
 What the probes are scored against (``probe_reference``): ``"initial"`` (default) takes the
 reference continuations of the model as it was when ``sparsify`` was called, at every step;
@@ -45,10 +53,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmkernels.dtm.components import compressed, select
-from lmkernels.dtm.compression import Int8Absmax, MagnitudePruning, int8_absmax, magnitude_prune, sparsity_of
+from lmkernels.dtm.components import bind, compressed, select
+from lmkernels.dtm.compression import (CRITERIA, Int8Absmax, MagnitudePruning, WandaPruning, input_norms, int8_absmax,
+                                       sparsity_of)
 from lmkernels.dtm.continuations import References, reference_continuations
 from lmkernels.dtm.metrics import DivergenceResult, score
+from lmkernels.dtm.recovery import apply_masks, keep_masks
 from lmkernels.dtm.sweep import ProgressBar, SweepTable, component_sweep
 
 METHODS = ("fdt", "perplexity", "uniform")
@@ -106,7 +116,8 @@ def allocate(curves: dict[str, tuple[Sequence[float], Sequence[float]]], paramet
 class SparsityPlan:
     """What ``sparsify`` did: the final sparsity per component, the global (parameter-weighted)
     sparsity, one record per step (its added target, threshold, global sparsity and the FDT score
-    of the model after it against the initial references), and the final model's scores on the references."""
+    of the model after it, recovery included, against the initial references), and the final
+    model's scores on the references."""
 
     method: str
     target: float
@@ -114,6 +125,7 @@ class SparsityPlan:
     global_sparsity: float
     steps: list[dict] = field(default_factory=list)
     result: DivergenceResult | None = None
+    criterion: str = "magnitude"
 
 
 def global_sparsity(model: torch.nn.Module, components: Iterable[str] | None = None) -> float:
@@ -126,14 +138,21 @@ def global_sparsity(model: torch.nn.Module, components: Iterable[str] | None = N
 def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt", iterations: int = 4,
              quantile: float = 0.75, threshold_step: float = 1.0, interpolate: bool = True,
              components: Iterable[str] | None = None, num_tokens: int = 100, batch_size: int = 16,
-             probe_reference: str = "initial", progress: bool = True, **reference_options) -> SparsityPlan:
+             probe_reference: str = "initial", criterion: str = "magnitude", recover=None, progress: bool = True,
+             **reference_options) -> SparsityPlan:
     """Prune ``model`` in place to the global ``target`` sparsity over its components (see the module docstring).
 
     ``prompts`` are token id sequences or the model's ``References``; ``components`` restricts the
-    plan to some canonical names (default: all).
+    plan to some canonical names (default: all). ``criterion``: ``"magnitude"`` or ``"wanda"``.
+    ``recover``: None or a callable ``recover(model, masks)`` run after every step's pruning, e.g.
+    ``RecoveryTraining(token_stream, steps=200)`` (``lmkernels.dtm.recovery``).
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion: expected one of {CRITERIA}, got {criterion!r}")
+    if recover is not None and not callable(recover):
+        raise TypeError(f"recover: expected None or a callable recover(model, masks), got {type(recover).__name__}")
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 <= target <= 1.0:
         raise ValueError(f"target: expected a sparsity in [0, 1], got {target!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
@@ -147,7 +166,7 @@ def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt"
     parameters = {c: weights[c].numel() for c in names}
     references = prompts if isinstance(prompts, References) else reference_continuations(
         model, prompts, num_tokens, batch_size, **reference_options)
-    plan = SparsityPlan(method, float(target), {}, global_sparsity(model, names))
+    plan = SparsityPlan(method, float(target), {}, global_sparsity(model, names), criterion=criterion)
     if target < plan.global_sparsity:
         raise ValueError(f"target: {target} is below the components' current sparsity {plan.global_sparsity:.4f}")
     for step in range(iterations):
@@ -156,17 +175,25 @@ def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt"
         added_target = (target - current) / (iterations - step)
         if added_target <= 0:
             break
+        probes = references if probe_reference == "initial" or method == "uniform" else reference_continuations(
+            model, references.prompts, references.num_tokens, references.batch_size, use_disk_cache=False)
+        norms = input_norms(model, probes, names) if criterion == "wanda" else None
         if method == "uniform":
             added = {c: min(added_target, 1.0 - sparsity[c]) for c in names}
             threshold = None
         else:
-            probes = references if probe_reference == "initial" else reference_continuations(
-                model, references.prompts, references.num_tokens, references.batch_size, use_disk_cache=False)
-            curves = _curves(model, probes, weights, sparsity, added_target, method, quantile,
+            curves = _curves(model, probes, weights, sparsity, added_target, method, quantile, norms,
                              f"sparsify step {step + 1}/{iterations}" if progress else None)
             added, threshold = allocate(curves, parameters, added_target, threshold_step, interpolate)
         for c in names:
-            weights[c].copy_(magnitude_prune(weights[c], min(sparsity[c] + added[c], 1.0)))
+            weights[c].copy_(bind(_pruning(min(sparsity[c] + added[c], 1.0), norms), c)(weights[c]))
+        if recover is not None:
+            masks = keep_masks(model, names)
+            was_training = model.training
+            with torch.enable_grad():  # sparsify itself runs without autograd; the training loop needs it
+                recover(model, masks)
+            model.train(was_training)
+            apply_masks(model, masks)
         plan.steps.append({"step": step + 1, "added_target": added_target, "threshold": threshold,
                            "global_sparsity": global_sparsity(model, names),
                            "fdt_score": score(model, references).fdt_score(quantile)})
@@ -176,7 +203,12 @@ def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt"
     return plan
 
 
-def _curves(model, references, weights, sparsity, added_target, method, quantile, title):
+def _pruning(sparsity: float, norms: dict | None) -> MagnitudePruning | WandaPruning:
+    """Magnitude pruning without norms, Wanda-style pruning with them."""
+    return MagnitudePruning(sparsity) if norms is None else WandaPruning(sparsity, norms)
+
+
+def _curves(model, references, weights, sparsity, added_target, method, quantile, norms, title):
     baseline = score(model, references).perplexity if method == "perplexity" else None
     bar = ProgressBar(len(weights), title) if title else None
     curves = {}
@@ -187,7 +219,7 @@ def _curves(model, references, weights, sparsity, added_target, method, quantile
             added = min(added, capacity)
             if added <= xs[-1]:
                 continue
-            with compressed(model, c, MagnitudePruning(sparsity[c] + added)):
+            with compressed(model, c, _pruning(sparsity[c] + added, norms)):
                 result = score(model, references)
             xs.append(added)
             ys.append(result.fdt_score(quantile) if method == "fdt"

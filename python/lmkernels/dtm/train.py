@@ -3,17 +3,21 @@
 Documents (paragraphs of ``lmkernels.data``, each joined to one line) are concatenated as UTF-8
 bytes separated by newlines and cut into random windows of ``seq_len + 1`` bytes; the loss is the
 next-byte cross-entropy. AdamW with a linear warmup and a cosine decay to a tenth.
+``train_steps`` is that loop for a model that exists already (the recovery training of
+``lmkernels.dtm.recovery`` runs it on a pruned model).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lmkernels.dtm.models import device_of
 from lmkernels.nn import ByteTokenizer, CausalLM, DecoderConfig
 from lmkernels.training import adamw_warmup_cosine, show_progress
 
@@ -47,31 +51,51 @@ def byte_stream(documents: list[str]) -> Tensor:
 def train(stream: Tensor, settings: TrainSettings | None = None, progress: bool = True) -> TrainResult:
     """Train a ``CausalLM`` (V = 256) on random windows of the byte ``stream``."""
     s = settings or TrainSettings()
-    if stream.numel() <= s.seq_len + 1:
-        raise ValueError(f"stream: expected more than seq_len + 1 = {s.seq_len + 1} bytes, got {stream.numel()}")
+    check_stream(stream, s.seq_len)
     torch.manual_seed(s.seed)
     model = CausalLM(ByteTokenizer.vocab_size, DecoderConfig(dim=s.dim, num_layers=s.num_layers,
                                                              num_heads=s.num_heads))
-    optimiser, schedule = adamw_warmup_cosine(model, s.learning_rate, s.warmup, s.steps)
-    generator = torch.Generator().manual_seed(s.seed)
-    offsets = torch.arange(s.seq_len + 1)
     result = TrainResult(model)
     start = time.perf_counter()
-    for step in range(s.steps):
-        starts = torch.randint(stream.numel() - s.seq_len - 1, (s.batch_size, 1), generator=generator)
-        windows = stream[starts + offsets]
+    result.losses = train_steps(model, stream, s.steps, s.seq_len, s.batch_size, s.learning_rate, s.warmup,
+                                torch.Generator().manual_seed(s.seed), progress=progress)
+    result.seconds = time.perf_counter() - start
+    model.eval()
+    return result
+
+
+def check_stream(stream: Tensor, seq_len: int) -> None:
+    if not isinstance(stream, Tensor) or stream.dim() != 1 or stream.dtype.is_floating_point:
+        raise TypeError(f"stream: expected a 1-D integer tensor of token ids, got "
+                        f"{stream.dtype if isinstance(stream, Tensor) else type(stream).__name__}")
+    if stream.numel() <= seq_len + 1:
+        raise ValueError(f"stream: expected more than seq_len + 1 = {seq_len + 1} tokens, got {stream.numel()}")
+
+
+def train_steps(model: CausalLM, stream: Tensor, steps: int, seq_len: int, batch_size: int, learning_rate: float,
+                warmup: int, generator: torch.Generator, after_step: Callable[[], None] | None = None,
+                progress: bool = False, label: str = "") -> list[float]:
+    """``steps`` AdamW steps (warmup, cosine decay) of next-token cross-entropy on random windows of
+    ``stream`` drawn with ``generator``; ``after_step()`` runs after every optimiser step. The losses."""
+    optimiser, schedule = adamw_warmup_cosine(model, learning_rate, warmup, steps)
+    offsets = torch.arange(seq_len + 1)
+    losses = []
+    start = time.perf_counter()
+    for step in range(steps):
+        starts = torch.randint(stream.numel() - seq_len - 1, (batch_size, 1), generator=generator)
+        windows = stream[starts + offsets].to(device_of(model))
         logits = model(windows[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         schedule.step()
-        result.losses.append(loss.item())
+        if after_step is not None:
+            after_step()
+        losses.append(loss.item())
         if progress:
-            show_progress("", step + 1, s.steps, result.losses, start)
-    result.seconds = time.perf_counter() - start
-    model.eval()
-    return result
+            show_progress(label, step + 1, steps, losses, start)
+    return losses
 
 
 @torch.no_grad()

@@ -1,0 +1,81 @@
+"""Recovery training between sparsification steps, with the pruned weights held at exactly zero.
+
+``sparsify(..., recover=r)`` calls ``r(model, masks)`` after every step's pruning (the last step
+included, so the model it returns has recovered too). ``masks`` maps each component's canonical
+name to a bool tensor of the weight's shape, True where the weight is kept. ``r`` may be any
+training loop: one that calls ``apply_masks(model, masks)`` after each optimiser step keeps the
+pruned weights at zero all along; afterwards ``sparsify`` applies the masks once more, so the
+sparsity the step reached holds whatever ``r`` did.
+
+``RecoveryTraining(stream, steps)`` is such a loop for ``lmkernels.nn.CausalLM`` models: every call
+trains ``steps`` AdamW steps (warmup, cosine decay; ``lmkernels.dtm.train.train_steps``) of
+next-token cross-entropy on random windows of the token ``stream``, applying the masks after
+every optimiser step. Re-zeroing after the step rather than masking the gradients is what keeps
+the zeros exact: AdamW's weight decay and moment estimates move a weight whose gradient is zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from lmkernels.dtm.components import select
+from lmkernels.dtm.train import check_stream, train_steps
+from lmkernels.nn import CausalLM
+
+
+def keep_masks(model: torch.nn.Module, components: Iterable[str] | str | None = None) -> dict[str, Tensor]:
+    """Per component (all for None), a bool tensor that is True where its weight is not zero."""
+    return {name: weight.detach() != 0 for name, weight in select(model, components).items()}
+
+
+@torch.no_grad()
+def apply_masks(model: torch.nn.Module, masks: Mapping[str, Tensor]) -> None:
+    """Zero every component weight where its mask is False (in place)."""
+    weights = select(model, list(masks))
+    for name, keep in masks.items():
+        if not isinstance(keep, Tensor) or keep.dtype != torch.bool or keep.shape != weights[name].shape:
+            raise ValueError(f"masks: expected a bool tensor of shape {list(weights[name].shape)} for {name}, got "
+                             f"{keep.dtype if isinstance(keep, Tensor) else type(keep).__name__}"
+                             f"{f' of shape {list(keep.shape)}' if isinstance(keep, Tensor) else ''}")
+        weights[name].masked_fill_(~keep.to(weights[name].device), 0)
+
+
+class RecoveryTraining:
+    """A ``recover`` for ``sparsify``: ``steps`` masked training steps on ``stream`` per call.
+
+    Draws its windows from one generator seeded with ``seed``, so a sequence of calls is
+    reproducible. ``losses`` holds the training losses of every call, one list per call.
+    """
+
+    def __init__(self, stream: Tensor, steps: int, seq_len: int = 64, batch_size: int = 16,
+                 learning_rate: float = 1e-3, warmup: int = 10, seed: int = 0, progress: bool = False):
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
+        check_stream(stream, seq_len)
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate: expected > 0, got {learning_rate!r}")
+        self.stream, self.steps, self.seq_len, self.batch_size = stream, steps, seq_len, batch_size
+        self.learning_rate, self.warmup, self.progress = learning_rate, warmup, progress
+        self.generator = torch.Generator().manual_seed(seed)
+        self.losses: list[list[float]] = []
+
+    def __call__(self, model: torch.nn.Module, masks: Mapping[str, Tensor]) -> None:
+        if not isinstance(model, CausalLM):
+            raise TypeError(f"model: RecoveryTraining trains lmkernels.nn.CausalLM models, got {type(model).__name__}; "
+                            f"pass your own training loop as recover= for other models")
+        if int(self.stream.max()) >= model.vocab_size or int(self.stream.min()) < 0:
+            raise ValueError(f"stream: token ids must lie in [0, {model.vocab_size}) (the model's vocabulary)")
+        was_training = model.training
+        model.train()
+        try:
+            with torch.enable_grad():
+                self.losses.append(train_steps(
+                    model, self.stream, self.steps, self.seq_len, self.batch_size, self.learning_rate, self.warmup,
+                    self.generator, after_step=partial(apply_masks, model, masks), progress=self.progress,
+                    label=f"recovery {len(self.losses) + 1} "))
+        finally:
+            model.train(was_training)
