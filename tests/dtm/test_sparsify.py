@@ -71,6 +71,41 @@ def test_sparsify_reaches_the_global_target(model, prompts, tmp_path, method):
         assert all(s == pytest.approx(0.4, abs=1e-3) for s in plan.sparsity.values())
 
 
+def test_sparsify_with_wanda_prunes_by_the_input_norms_of_the_model_as_it_stands(model, prompts, tmp_path):
+    references = dtm.reference_continuations(model, prompts, 8, 5, cache_dir=tmp_path)
+    before = {c: w.detach().clone() for c, w in dtm.components(model).items()}
+    norms = dtm.input_norms(model, references)
+    plan = dtm.sparsify(model, 0.4, references, method="uniform", iterations=1, criterion="wanda", progress=False)
+    assert plan.criterion == "wanda"
+    for c, w in dtm.components(model).items():
+        assert torch.equal(w, dtm.wanda_prune(before[c], norms[c], 0.4))
+
+
+@pytest.mark.parametrize("probe_reference", dtm.PROBE_REFERENCES)
+def test_sparsify_with_wanda_takes_fresh_norms_over_each_steps_probes(model, prompts, tmp_path, monkeypatch,
+                                                                      probe_reference):
+    references = dtm.reference_continuations(model, prompts, 8, 5, cache_dir=tmp_path)
+    calls = []
+    real_norms = sparsify_module.input_norms
+
+    def spy(m, probes, names):
+        calls.append((probes, dtm.global_sparsity(m)))
+        return real_norms(m, probes, names)
+
+    monkeypatch.setattr(sparsify_module, "input_norms", spy)
+    plan = dtm.sparsify(model, 0.6, references, iterations=3, criterion="wanda", probe_reference=probe_reference,
+                        progress=False)
+    assert [sparsity for _, sparsity in calls] == pytest.approx([0.0, 0.2, 0.4], abs=1e-3)
+    assert all((probes is references) == (probe_reference == "initial") for probes, _ in calls)
+    assert plan.global_sparsity == pytest.approx(0.6, abs=1e-3)
+
+
+def test_sparsify_with_wanda_on_a_huggingface_llama(llama, prompts, tmp_path):
+    references = dtm.reference_continuations(llama, prompts, 6, 5, cache_dir=tmp_path)
+    plan = dtm.sparsify(llama, 0.5, references, method="fdt", iterations=2, criterion="wanda", progress=False)
+    assert plan.global_sparsity == pytest.approx(0.5, abs=1e-3) == dtm.global_sparsity(llama)
+
+
 @pytest.mark.parametrize("probe_reference", dtm.PROBE_REFERENCES)
 def test_sparsify_scores_probes_against_the_chosen_reference(model, prompts, tmp_path, monkeypatch,
                                                              probe_reference):

@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     rows, plans = [_row("dense", 0.0, score(model, references), score(model, evaluation) if evaluation else None,
                         dense_loss)], {}
+    recoveries = {}
     for method in METHODS:
         candidate = copy.deepcopy(model)
         # A fresh recovery per method: every method trains on the same windows.
@@ -120,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         plan = sparsify(candidate, args.target, references, method, args.iterations, args.quantile,
                         probe_reference=args.probe_reference, criterion=args.criterion, recover=recover)
         plans[method] = plan
+        if recover:
+            recoveries[method] = recover.losses
         rows.append(_row(method, global_sparsity(candidate), plan.result,
                          score(candidate, evaluation) if evaluation else None,
                          heldout_loss(candidate, heldout_stream, args.seq_len)))
@@ -134,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
         shares = [s for c, s in plan.sparsity.items() if c.split(".")[-1] in attention]
         print(f"  {method:<10} attention components at >= 90 %: {sum(s >= 0.9 for s in shares)}/{len(shares)}; "
               f"all components at >= 90 %: {', '.join(deep) or 'none'}")
+    for method, losses in recoveries.items():
+        print(f"  {method:<10} recovery loss, mean of its first -> last 10 steps, after each sparsification step: "
+              + ", ".join(f"{_mean(call[:10]):.3f} -> {_mean(call[-10:]):.3f}" for call in losses))
     best = max(rows[1:], key=lambda r: (r["fdt75"], r["fdt_mean"]))
     print(f"best FDT75 at equal sparsity: {best['method']}; lowest held-out loss: "
           f"{min(rows[1:], key=lambda r: r['heldout_loss'])['method']}")
@@ -149,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         _plot(plans, args.plot)
     return 0
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def _row(method: str, sparsity: float, result, evaluation, loss: float) -> dict:
