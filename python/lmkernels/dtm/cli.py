@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {method:<10} attention components at >= 90 %: {sum(s >= 0.9 for s in shares)}/{len(shares)}; "
               f"all components at >= 90 %: {', '.join(deep) or 'none'}")
     for method, losses in recoveries.items():
-        print(f"  {method:<10} recovery loss, mean of its first -> last 10 steps, after each sparsification step: "
+        print(f"  {method:<10} recovery loss, mean of its first and last 10 steps, after each sparsification step: "
               + ", ".join(f"{_mean(call[:10]):.3f} -> {_mean(call[-10:]):.3f}" for call in losses))
     best = max(rows[1:], key=lambda r: (r["fdt75"], r["fdt_mean"]))
     print(f"best FDT75 at equal sparsity: {best['method']}; lowest held-out loss: "
