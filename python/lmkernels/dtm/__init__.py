@@ -12,7 +12,8 @@ Models: ``lmkernels.nn.CausalLM`` or Hugging Face Llama-style causal LMs. Compon
 ``layers.{i}.{q,k,v,o,gate,up,down}``. ``lmk dtm`` runs the reference experiment.
 """
 
-from lmkernels.dtm.components import KINDS, bind, component_modules, components, compressed, parameter_counts, select
+from lmkernels.dtm.components import (KINDS, bind, component_modules, components, compressed, parameter_counts,
+                                      select)
 from lmkernels.dtm.compression import (CRITERIA, Int8Absmax, MagnitudePruning, WandaPruning, input_norms, int8_absmax,
                                        magnitude_prune, sparsity_of, wanda_prune)
 from lmkernels.dtm.continuations import References, default_cache_dir, generate, reference_continuations
@@ -23,8 +24,8 @@ from lmkernels.dtm.sparsify import (METHODS, PROBE_REFERENCES, Int8Plan, Sparsit
 from lmkernels.dtm.sweep import SweepTable, component_sweep
 
 __all__ = ["CRITERIA", "KINDS", "METHODS", "PROBE_REFERENCES", "DivergenceResult", "Int8Absmax", "Int8Plan",
-           "MagnitudePruning", "RecoveryTraining", "References", "SparsityPlan", "SweepTable", "WandaPruning", "allocate",
-           "apply_masks", "bind", "component_modules", "component_sweep", "components", "compressed",
+           "MagnitudePruning", "RecoveryTraining", "References", "SparsityPlan", "SweepTable", "WandaPruning",
+           "allocate", "apply_masks", "bind", "component_modules", "component_sweep", "components", "compressed",
            "default_cache_dir", "first_divergent_token", "generate", "global_sparsity", "input_norms", "int8_absmax",
            "int8_plan", "keep_masks", "largest_sparsity_above", "magnitude_prune", "parameter_counts",
            "reference_continuations", "score", "select", "share_of_divergent_tokens", "sparsify", "sparsity_of",

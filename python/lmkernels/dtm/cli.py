@@ -7,10 +7,10 @@
    separately, int8 absmax.
 4. Sparsify copies of the model to the same global sparsity ``--target`` (pruning by
    ``--criterion``, with ``--recover-steps`` of masked training on the train split after every
-   step) with the FDT-guided, the perplexity-guided and the uniform allocation, and compare FDT, SDT, perplexity on the
-   references, FDT and SDT on ``--eval-prompts`` further held-out prompts that the allocation never
-   saw (the last documents, disjoint from the first ``--prompts``), and the loss on held-out text
-   (the paper's claim: FDT-guided keeps them better).
+   step) with the FDT-guided, the perplexity-guided and the uniform allocation, and compare
+   FDT, SDT, perplexity on the references, FDT and SDT on ``--eval-prompts`` further held-out
+   prompts that the allocation never saw (the last documents, disjoint from the first
+   ``--prompts``), and the loss on held-out text (the paper's claim: FDT-guided keeps them better).
 """
 
 from __future__ import annotations
@@ -149,8 +149,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"criterion": args.criterion, "recover_steps": args.recover_steps, "sweep": pruning.rows, "int8": {"order": int8.order, "converted": int8.converted},
-                       "comparison": rows, "sparsity": {m: p.sparsity for m, p in plans.items()}}, f, indent=2)
+            json.dump({"criterion": args.criterion, "recover_steps": args.recover_steps, "sweep": pruning.rows,
+                       "int8": {"order": int8.order, "converted": int8.converted}, "comparison": rows,
+                       "sparsity": {m: p.sparsity for m, p in plans.items()}}, f, indent=2)
         print(f"wrote {args.json}")
     if args.plot:
         _plot(plans, args.plot)

@@ -1,9 +1,10 @@
 """Divergence-guided compression plans: per-component sparsity (``sparsify``) and int8 (``int8_plan``).
 
 ``sparsify(model, target, prompts, method="fdt")`` prunes the model's components (magnitude
-pruning, or Wanda-style with ``criterion="wanda"``) until their parameter-weighted sparsity is ``target``, in ``iterations`` steps, each
-adding ``t`` = (what remains) / (steps left). One step, for the model ``m`` as it stands (the
-algorithm of Deiseroth et al. 2023, v3; our reading of it, see ``docs`` of the spec):
+pruning, or Wanda-style with ``criterion="wanda"``) until their parameter-weighted sparsity is
+``target``, in ``iterations`` steps, each adding ``t`` = (what remains) / (steps left). One step,
+for the model ``m`` as it stands (the algorithm of Deiseroth et al. 2023, v3; our reading of it,
+see ``docs`` of the spec):
 
 1. Curves: for every component ``c`` with current sparsity ``s_c``, score ``m`` with only ``c``
    pruned further by ``t/2`` and by ``3t/2`` (capped at ``1 - s_c``). The curve of ``c`` maps the added
