@@ -68,8 +68,8 @@ def wanda_prune(weight: Tensor, input_norms: Tensor, sparsity: float) -> Tensor:
     zeroed, ``round(sparsity * numel)`` in all (see the module docstring)."""
     sparsity = _check_sparsity(sparsity)
     if not isinstance(weight, Tensor) or weight.dim() != 2:
-        raise ValueError(f"weight: expected a 2-D tensor [out_features, in_features], got "
-                         f"{type(weight).__name__ if not isinstance(weight, Tensor) else list(weight.shape)}")
+        got = list(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"weight: expected a 2-D tensor [out_features, in_features], got {got}")
     norms = _check_input_norms(input_norms, weight.shape[1]).to(weight.device)
     rows, columns = weight.shape
     count = round(sparsity * weight.numel())
@@ -108,21 +108,21 @@ def input_norms(model: torch.nn.Module, references: References,
     modules = {name: modules[name] for name in select(model, components)}
     device = models.device_of(model)
     squares = {name: torch.zeros(module.weight.shape[1], device=device) for name, module in modules.items()}
-    batch = {}
+    current_batch = {}  # the hooks read the real-token mask of the batch being run
 
     def accumulate(name):
         def hook(module, inputs, output):
             x = inputs[0]
             # Left padding is no calibration data; the module may see only the last positions.
-            squares[name] += x[batch["real"][:, -x.shape[1]:]].float().square().sum(0)
+            squares[name] += x[current_batch["real"][:, -x.shape[1]:]].float().square().sum(0)
         return hook
 
     handles = [module.register_forward_hook(accumulate(name)) for name, module in modules.items()]
     try:
         for _, tokens, real, continuations in references.batches():
             full, full_real = teacher_forced_sequence(tokens, real, continuations)
-            batch["real"] = full_real.to(device)
-            models.logits_of(model, full.to(device), batch["real"])
+            current_batch["real"] = full_real.to(device)
+            models.logits_of(model, full.to(device), current_batch["real"])
     finally:
         for handle in handles:
             handle.remove()

@@ -23,7 +23,8 @@ see ``docs`` of the spec):
 The pruning criterion (``criterion``) is used for the probes of step 1 and the pruning of step 4
 alike: ``"magnitude"`` (``magnitude_prune``) or ``"wanda"`` (``wanda_prune``, with the input norms of
 every component gathered at the start of each step from the model as it stands, over the
-teacher-forced pass of the step's probes: the prompts and the continuations they are scored against).
+teacher-forced pass of the step's probes: the prompts and the continuations they are scored against;
+for ``"uniform"``, which probes nothing, the references).
 
 Scores (higher is better, 100 = unchanged): ``method="fdt"`` uses ``100 * quantile_q(FDT) / N``
 (``q = quantile``, default 0.75: "FDT75"); ``method="perplexity"`` uses ``100 * ppl(m) / ppl(m')``
