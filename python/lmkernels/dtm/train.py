@@ -65,6 +65,7 @@ def train(stream: Tensor, settings: TrainSettings | None = None, progress: bool 
 
 
 def check_stream(stream: Tensor, seq_len: int) -> None:
+    """Raise unless ``stream`` is a 1-D integer tensor longer than one window of ``seq_len + 1`` tokens."""
     if not isinstance(stream, Tensor) or stream.dim() != 1 or stream.dtype.is_floating_point:
         raise TypeError(f"stream: expected a 1-D integer tensor of token ids, got "
                         f"{stream.dtype if isinstance(stream, Tensor) else type(stream).__name__}")
