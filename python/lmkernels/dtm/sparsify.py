@@ -192,9 +192,11 @@ def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt"
         if recover is not None:
             masks = keep_masks(model, names)
             was_training = model.training
-            with torch.enable_grad():  # sparsify itself runs without autograd; the training loop needs it
-                recover(model, masks)
-            model.train(was_training)
+            try:
+                with torch.enable_grad():  # sparsify itself runs without autograd; the training loop needs it
+                    recover(model, masks)
+            finally:
+                model.train(was_training)
             apply_masks(model, masks)
         plan.steps.append({"step": step + 1, "added_target": added_target, "threshold": threshold,
                            "global_sparsity": global_sparsity(model, names),
