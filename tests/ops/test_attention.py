@@ -236,6 +236,29 @@ def test_multiplicative_gradients_reach_the_row_minimum_key(factor_min):
         torch.testing.assert_close(ours[name], expected[name], rtol=1e-4, atol=1e-4)
 
 
+def test_a_tied_row_minimum_sends_its_gradient_to_the_lower_key():
+    # Keys 1 and 3 are the same vector and score lowest for every query: the minimum ties exactly.
+    # Torch's amin splits the minimum's gradient between them; ours sends all of it to key 1. Both
+    # are subgradients: their sum over the tied keys, and every other gradient, agree.
+    torch.manual_seed(5)
+    q, k, v = llama_like(batch=1, heads=1, kv_heads=1, length=6, dim=16)
+    q = q.abs()
+    k[0, 0, 1] = k[0, 0, 3] = -q[0, 0].sum(0).sign() * 2
+    options = dict(causal=False, key_factor=torch.tensor([[0.3, 1.0, 0.5, 1.0, 1.2, 0.7]]), factor_min="all")
+    grad_out = torch.randn(q.shape)
+    ours = gradients(attention, q, k, v, options, grad_out)
+    expected = gradients(reference.attention, q, k, v, options, grad_out)
+    scores = q[0, 0] @ k[0, 0].T
+    assert bool((scores.argmin(-1) == 1).all()) and torch.equal(scores[:, 1], scores[:, 3])
+    moved = ours["k"][0, 0, 1] - expected["k"][0, 0, 1]
+    assert moved.abs().max() > 1e-3  # the minimum carries gradient, so the choice is visible
+    torch.testing.assert_close(ours["k"][0, 0, 3] - expected["k"][0, 0, 3], -moved, rtol=1e-4, atol=1e-5)
+    others = [0, 2, 4, 5]
+    torch.testing.assert_close(ours["k"][0, 0, others], expected["k"][0, 0, others], rtol=1e-4, atol=1e-5)
+    for name in ("q", "v", "key_factor"):
+        torch.testing.assert_close(ours[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
 def test_key_vectors_broadcast_over_the_batch():
     q, k, v = llama_like(length=30)
     bias = torch.randn(30, dtype=torch.float64)
