@@ -200,10 +200,23 @@ struct Gather {
     weights.clear();
     unit_weights = true;
   }
-  void resize(int64_t count) {  // `count` rows of weight 1, to be filled in place
+  // The table rows indices[0:count] with weights w[0:count] (null: all 1), filled in place after one
+  // resize: per index, push_back's capacity checks cost about as much as summing an in-cache row of
+  // 256 fp32. Returns the position of the first index outside [0, table_rows), or -1.
+  template <typename I>
+  int64_t assign(const T* table, int64_t stride, int64_t table_rows, const I* indices, const T* w, int64_t count) {
     rows.resize(size_t(count));
-    weights.resize(size_t(count));
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t index = int64_t(indices[k]);
+      if (uint64_t(index) >= uint64_t(table_rows)) return k;
+      rows[size_t(k)] = table + index * stride;
+    }
     unit_weights = true;
+    if (w) {
+      weights.resize(size_t(count));
+      for (int64_t k = 0; k < count; ++k) unit_weights &= (weights[size_t(k)] = to_float(w[k])) == 1.f;
+    }
+    return -1;
   }
   void add(const T* row, float w) {
     rows.push_back(row);
@@ -281,27 +294,14 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
     const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
     const OutputPath path = prepare_output<T>(out, num_bags, dim);
     const bool from_memory = larger_than_cache(rows * table.stride(0) * int64_t(sizeof(T)));
-    const T* base = table.as<T>();
-    const int64_t stride = table.stride(0);
     thread_local Gather<T> scratch_gather;  // per thread (static storage: not captured, each thread its own)
     for_each_bag<I>(bags, rows, dim, [&](int64_t b) -> int64_t {
-      // Filled through raw pointers after one resize: per index, push_back's capacity checks and
-      // the thread-local lookups cost about as much as summing an in-cache row of 256 fp32.
-      Gather<T>& gather = scratch_gather;
+      Gather<T>& gather = scratch_gather;  // one thread-local lookup per bag
       const int64_t begin = offsets[b], size = offsets[b + 1] - begin;
-      gather.resize(size);
-      const T** row = gather.rows.data();
-      for (int64_t k = 0; k < size; ++k) {
-        const int64_t index = int64_t(indices[begin + k]);
-        if (uint64_t(index) >= uint64_t(rows)) return begin + k;
-        row[k] = base + index * stride;
-      }
-      if (weights) {
-        float* w = gather.weights.data();
-        bool unit = true;
-        for (int64_t k = 0; k < size; ++k) unit &= (w[k] = to_float(weights[begin + k])) == 1.f;
-        gather.unit_weights = unit;
-      }
+      if (const int64_t bad = gather.assign(table.as<T>(), table.stride(0), rows, indices + begin,
+                                            weights ? weights + begin : nullptr, size);
+          bad >= 0)
+        return begin + bad;
       const float divisor = bags.mode == BagMode::Mean && size > 0 ? float(size) : 1.f;
       gather.sum_into(out.as<T>() + b * dim, dim, divisor, from_memory, path);
       return -1;
