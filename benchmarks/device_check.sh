@@ -33,6 +33,8 @@ if [[ $arch == 90a ]] && ! grep -q "LMK_WITH_SM90_GEMM=1" build-device/build.nin
   echo "no CUTLASS headers: carry the nvidia-cutlass wheel in .whl/" | tee -a "$OUT/build.log"; exit 1
 fi
 mark "built"
+# How the module links libstdc++ (the GPU machine's toolchain once linked it statically).
+{ readelf -d build-device/_C*.so | grep NEEDED; grep -m2 -o "LINK_FLAGS = .*\|LINK_LIBRARIES = .*" build-device/build.ninja; } >>"$OUT/env.txt"
 cp build-device/_C*.so python/lmkernels/
 cp build-device/_C*.so "$OUT/"
 export PYTHONPATH=$PWD/python

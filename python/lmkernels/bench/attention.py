@@ -76,7 +76,7 @@ def atman_bias(length: int) -> torch.Tensor:
 
 def dense_atman_mask(length: int, bias: torch.Tensor, dtype: torch.dtype, device: str) -> torch.Tensor:
     """The research code's [1, 1, S, S] additive mask: -inf above the diagonal, the bias on every row."""
-    causal = torch.full((length, length), -math.inf).triu(1)
+    causal = torch.full((length, length), -math.inf, device=bias.device).triu(1)
     return (causal + bias[:, None, :]).to(device, dtype)[None]
 
 

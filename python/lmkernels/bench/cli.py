@@ -90,9 +90,14 @@ def _measure_selected(args: argparse.Namespace) -> int:
     widths[3] = widths[5] = 9
     print(_row(header, widths))
     print(_row(["-" * w for w in widths], widths))
-    records = []
+    records, failures = [], []
     for case in cases:
-        record = harness.measure(case, timing, streams[case.device])
+        try:
+            record = harness.measure(case, timing, streams[case.device])
+        except Exception as error:  # one broken case must not hide the others' numbers
+            failures.append(f"{case.kernel} | {case.case} | {case.device}: {type(error).__name__}: {error}")
+            print(f"{case.kernel}  {case.case}  {case.device}  FAILED: {type(error).__name__}: {error}", flush=True)
+            continue
         records.append(record)
         gbps = "" if record["gbps"] is None else f"{record['gbps']:.1f} ({record['gbps'] / record['stream_gbps']:.0%})"
         if "ours_mbps" in record:
@@ -101,11 +106,15 @@ def _measure_selected(args: argparse.Namespace) -> int:
             gbps = f"{record['ours_gflops']:.1f} GFLOP/s (peer {record['peer_gflops']:.1f})"
         print(_row([record["kernel"], record["case"], record["device"], f"{record['ours_ms']:.3f}", record["peer"],
                     f"{record['peer_ms']:.3f}", f"{record['speedup']:.2f}x", gbps], widths), flush=True)
+        if args.json:  # after every case, so that a run stopped part-way keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(records, f, indent=2)
 
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=2)
         print(f"\nwrote {len(records)} records to {args.json}")
+    if failures:
+        print(f"\nlmk bench: {len(failures)} case(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
     return 0
 
 

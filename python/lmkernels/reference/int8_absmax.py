@@ -19,7 +19,9 @@ def int8_quantize(weight: Tensor) -> tuple[Tensor, Tensor]:
     _check_finite(weight)
     w = weight.float()
     absmax = w.abs().amax(dim=1) if w.shape[1] > 0 else w.new_zeros(w.shape[0])
-    scale = absmax / 127
+    # A tensor divisor: torch's CUDA division by a Python number multiplies by its rounded reciprocal,
+    # which is not the correctly rounded quotient the kernels compute.
+    scale = absmax / torch.full_like(absmax, 127.0)
     divisor = torch.where(scale == 0, torch.ones_like(scale), scale)
     q = torch.round(w / divisor[:, None]).clamp(-127, 127).to(torch.int8)
     return q, scale
