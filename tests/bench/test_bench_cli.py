@@ -71,6 +71,24 @@ def test_no_match_fails(capsys):
     assert "no case matches" in capsys.readouterr().err
 
 
+def test_a_failing_case_is_reported_and_the_others_still_run(tmp_path, capsys, monkeypatch):
+    measure = harness.measure
+
+    def fail_forward_cases(case, *args):
+        if case.case.startswith("fwd "):
+            raise RuntimeError("broken on purpose")
+        return measure(case, *args)
+
+    monkeypatch.setattr(harness, "measure", fail_forward_cases)
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--tiny", "--device", "cpu", "--filter", "embedding_bag", "--json", str(path)]) == 1
+    records = json.loads(path.read_text())
+    assert records and all(r["case"].startswith("fwd+bwd") for r in records)
+    captured = capsys.readouterr()
+    assert "FAILED: RuntimeError: broken on purpose" in captured.out
+    assert "case(s) failed" in captured.err and "embedding_bag | fwd " in captured.err
+
+
 def test_measure_interleaves_blocks_of_ours_and_peer():
     calls = []
     case = harness.Case("k", "c", "p", lambda: calls.append("ours"), lambda: calls.append("peer"), 1000, "cpu")
