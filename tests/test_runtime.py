@@ -70,3 +70,42 @@ np.testing.assert_allclose(results[0], table[indices].reshape(100, 40, 33).sum(1
 print("ok")
 """
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "ok"
+
+
+@pytest.fixture
+def memory_cache_limit():
+    """Restores the memory cache's limit after the test."""
+    limit = lmkernels.memory_cache_limit()
+    yield
+    lmkernels.set_memory_cache_limit(limit)
+
+
+def test_large_cpu_outputs_reuse_freed_memory(memory_cache_limit):
+    from lmkernels import _C
+    from lmkernels.ops._native import kernel_output
+
+    lmkernels.set_memory_cache_limit(256 << 20)
+    like = torch.empty(0, dtype=torch.bfloat16)
+    out = kernel_output((4096, 8192), like)  # 64 MiB
+    assert out.shape == (4096, 8192) and out.dtype == torch.bfloat16 and out.is_contiguous()
+    address, held = out.data_ptr(), _C.scratch_cached_bytes()
+    del out
+    assert _C.scratch_cached_bytes() == held + (64 << 20)
+    again = kernel_output((8192, 4096), like)
+    assert again.data_ptr() == address and _C.scratch_cached_bytes() == held
+    small = kernel_output((16, 16), like)  # small outputs are plain torch.empty
+    del again, small
+    lmkernels.set_memory_cache_limit(0)  # frees every cached block, keeps none
+    assert _C.scratch_cached_bytes() == 0
+    del_me = kernel_output((4096, 8192), like)
+    del del_me
+    assert _C.scratch_cached_bytes() == 0
+
+
+def test_set_memory_cache_limit_rejects_bad_values(memory_cache_limit):
+    with pytest.raises(ValueError, match="bytes: expected a non-negative limit, got -1"):
+        lmkernels.set_memory_cache_limit(-1)
+    with pytest.raises(TypeError, match="nbytes: expected an int"):
+        lmkernels.set_memory_cache_limit(1.5)
+    with pytest.raises(ValueError, match="nbytes: expected a non-negative size"):
+        lmkernels._C.cached_bytes(-8)

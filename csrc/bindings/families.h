@@ -17,5 +17,6 @@ void register_fp8_gemm(pybind11::module_& m);
 void register_word_connector(pybind11::module_& m);
 void register_hat_split(pybind11::module_& m);
 void register_attention(pybind11::module_& m);
+void register_memory_cache(pybind11::module_& m);
 
 }  // namespace lmk::bindings

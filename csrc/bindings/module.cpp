@@ -70,4 +70,5 @@ PYBIND11_MODULE(_C, m) {
   lmk::bindings::register_word_connector(m);
   lmk::bindings::register_hat_split(m);
   lmk::bindings::register_attention(m);
+  lmk::bindings::register_memory_cache(m);
 }

@@ -20,6 +20,16 @@ struct ScratchCache {
   std::mutex mutex;
   std::vector<Block> free;  // most recently released last
   size_t cached_bytes = 0;
+  size_t limit = size_t(512) << 20;
+
+  // Frees the oldest blocks until `incoming` more bytes fit under the limit. Needs the mutex.
+  void make_room(size_t incoming) {
+    while (!free.empty() && cached_bytes + incoming > limit) {
+      cached_bytes -= free.front().capacity;
+      std::free(free.front().data);
+      free.erase(free.begin());
+    }
+  }
 };
 
 ScratchCache& cache() {
@@ -34,12 +44,8 @@ constexpr size_t kAlignment = 64;
 void ScratchRelease::operator()(std::byte* data) const {
   ScratchCache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
-  if (capacity > kScratchCacheBytes) return std::free(data);
-  while (c.cached_bytes + capacity > kScratchCacheBytes) {  // the oldest blocks make room
-    c.cached_bytes -= c.free.front().capacity;
-    std::free(c.free.front().data);
-    c.free.erase(c.free.begin());
-  }
+  if (capacity > c.limit) return std::free(data);
+  c.make_room(capacity);
   c.free.push_back({data, capacity});
   c.cached_bytes += capacity;
 }
@@ -65,6 +71,25 @@ Scratch acquire_scratch(size_t bytes) {
   if (!data) throw std::bad_alloc();
   advise_huge_pages(data, capacity);
   return Scratch(data, ScratchRelease{capacity});
+}
+
+size_t scratch_cache_limit() {
+  ScratchCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  return c.limit;
+}
+
+void set_scratch_cache_limit(size_t bytes) {
+  ScratchCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  c.limit = bytes;
+  c.make_room(0);
+}
+
+size_t scratch_cached_bytes() {
+  ScratchCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  return c.cached_bytes;
 }
 
 }  // namespace lmk

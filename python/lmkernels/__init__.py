@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 import torch
 
 from lmkernels import _C
-from lmkernels._runtime import info, num_threads, set_num_threads
+from lmkernels._runtime import info, memory_cache_limit, num_threads, set_memory_cache_limit, set_num_threads
 from lmkernels import ops, nn, reference  # noqa: E402  (ops registers the torch custom ops)
 
 try:
@@ -20,4 +20,4 @@ except PackageNotFoundError:  # running from a source tree
 
 set_num_threads(torch.get_num_threads())
 
-__all__ = ["info", "num_threads", "set_num_threads", "ops", "nn", "reference", "__version__"]
+__all__ = ["info", "num_threads", "set_num_threads", "memory_cache_limit", "set_memory_cache_limit", "ops", "nn", "reference", "__version__"]

@@ -1,4 +1,4 @@
-"""Build information and the thread count of the CPU kernels."""
+"""Build information, the thread count of the CPU kernels, and the limit of their memory cache."""
 
 from __future__ import annotations
 
@@ -24,6 +24,25 @@ def set_num_threads(n: int) -> None:
 def num_threads() -> int:
     """The number of threads the CPU kernels use."""
     return _C.num_threads()
+
+
+def set_memory_cache_limit(nbytes: int) -> None:
+    """Set how many bytes of freed large CPU buffers lmkernels keeps for reuse (default 512 MiB).
+
+    Large CPU outputs (a dense embedding gradient) and temporaries (the FP8 GEMM's decoded operands)
+    come from this cache. A fresh buffer of that size is faulted in and zeroed page by page on
+    first write, which cost a 128 MiB embedding gradient more than its kernel; a reused one is not.
+    The memory of a freed output stays with the process, up to this limit, until it is reused or
+    the limit is lowered (0 frees every cached buffer and keeps none).
+    """
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        raise TypeError(f"nbytes: expected an int, got {type(nbytes).__name__}")
+    _C.set_scratch_cache_limit(nbytes)
+
+
+def memory_cache_limit() -> int:
+    """The most bytes of freed buffers the memory cache keeps (see ``set_memory_cache_limit``)."""
+    return _C.scratch_cache_limit()
 
 
 def info() -> dict:

@@ -3,6 +3,8 @@ CUDA error flag through which kernels report bad values without a device-side as
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lmkernels import _C
@@ -30,6 +32,20 @@ def dl(t: torch.Tensor | None):
     stream synchronisation is done: kernels run on the current stream, which the op passes.
     """
     return None if t is None else torch.utils.dlpack.to_dlpack(t)
+
+
+# Below this, glibc's malloc already reuses freed memory; above it, each buffer is a fresh mapping.
+_CACHED_OUTPUT_MIN_BYTES = 32 << 20
+
+
+def kernel_output(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised contiguous tensor of ``like``'s dtype and device, for a kernel to overwrite
+    entirely. Large CPU ones come from the memory cache (``lmkernels.set_memory_cache_limit``), so
+    that their pages are not faulted in and zeroed afresh on every call."""
+    nbytes = math.prod(shape) * like.dtype.itemsize
+    if like.is_cuda or nbytes < _CACHED_OUTPUT_MIN_BYTES:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return torch.from_numpy(_C.cached_bytes(nbytes)).view(like.dtype).view(shape)
 
 
 def stream_of(t: torch.Tensor) -> int:

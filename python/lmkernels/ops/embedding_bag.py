@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, kernel_output, raise_on_flag, stream_of
 
 _MODES = {"sum": 0, "mean": 1}
 
@@ -84,7 +84,7 @@ def _embedding_bag(
         raise ValueError(f"table: expected 2 dimensions, got shape {list(table.shape)}")
     if offsets.dim() != 1 or offsets.numel() < 1:
         raise ValueError(f"offsets: expected a 1-D tensor of num_bags + 1 entries, got shape {list(offsets.shape)}")
-    out = torch.empty((offsets.numel() - 1, table.shape[1]), dtype=table.dtype, device=table.device)
+    out = kernel_output((offsets.numel() - 1, table.shape[1]), table)
     flag = error_flag(table)
     _C.embedding_bag_forward(dl(table), dl(indices), dl(offsets), dl(weights), _MODES[mode], dl(out), dl(flag),
                              stream_of(table))
@@ -121,7 +121,7 @@ def _backward_table(
     grad_out, indices, offsets, weights = _prepare(grad_out, indices, offsets, per_sample_weights)
     flag = error_flag(grad_out)
     positions, row_starts = _positions_by_row(indices, rows, flag)
-    grad_table = torch.empty((rows, grad_out.shape[1]), dtype=grad_out.dtype, device=grad_out.device)
+    grad_table = kernel_output((rows, grad_out.shape[1]), grad_out)
     _C.embedding_bag_backward_table(dl(grad_out), dl(indices), dl(offsets), dl(weights), _MODES[mode],
                                     dl(positions), dl(row_starts), dl(grad_table), dl(flag), stream_of(grad_out))
     _check_flag(flag, rows)
