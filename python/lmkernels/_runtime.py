@@ -33,7 +33,8 @@ def set_memory_cache_limit(nbytes: int) -> None:
     come from this cache. A fresh buffer of that size is faulted in and zeroed page by page on
     first write, which cost a 128 MiB embedding gradient more than its kernel; a reused one is not.
     The memory of a freed output stays with the process, up to this limit, until it is reused or
-    the limit is lowered (0 frees every cached buffer and keeps none).
+    the limit is lowered (0 frees every cached buffer and keeps none). Such outputs are ordinary
+    tensors, except that their storage cannot be resized in place (``resize_`` to a larger size).
     """
     if isinstance(nbytes, bool) or not isinstance(nbytes, int):
         raise TypeError(f"nbytes: expected an int, got {type(nbytes).__name__}")

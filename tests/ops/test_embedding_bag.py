@@ -387,20 +387,12 @@ def test_native_sort_positions_checks_its_arguments():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_outputs_in_reused_memory_are_overwritten_entirely(dtype):
-    # Outputs of 32 MiB and more come from the memory cache, uninitialised: fill the cached blocks
-    # with NaN first, then the forward output and the dense gradient must still equal torch's.
-    from lmkernels import _C
-
-    rows, dim, bags = 2048, 16384 // dtype.itemsize, 2048  # output and gradient: 32 MiB each
+def test_outputs_in_reused_memory_are_overwritten_entirely(dtype, poison_memory_cache):
+    rows, dim, bags = 2048, 16384 // dtype.itemsize, 2048  # output and gradient: 32 MiB each, from the cache
     table = torch.randn(rows, dim).to(dtype).requires_grad_()
     indices = torch.randint(0, rows // 2, (bags * 3,))  # half the table's rows get no gradient
     offsets = torch.arange(0, bags * 3 + 1, 3)
-    garbage = [_C.cached_bytes(32 << 20) for _ in range(2)]
-    addresses = {block.ctypes.data for block in garbage}
-    for block in garbage:
-        block.fill(0xFF)  # NaN in every float format
-    del garbage, block
+    poisoned = poison_memory_cache(32 << 20, 32 << 20)
     out = embedding_bag(table, indices, offsets)
     grad = torch.randn_like(out)
     (ours,) = torch.autograd.grad(out, table, grad)
@@ -409,4 +401,4 @@ def test_outputs_in_reused_memory_are_overwritten_entirely(dtype):
     torch.testing.assert_close(out, expected_out, **TOLERANCE[dtype])
     torch.testing.assert_close(ours, expected, **TOLERANCE[dtype])
     assert not ours[rows // 2:].any()
-    assert {out.data_ptr(), ours.data_ptr()} == addresses  # both came from the NaN-filled blocks
+    assert {out.data_ptr(), ours.data_ptr()} == poisoned

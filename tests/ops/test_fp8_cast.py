@@ -255,3 +255,13 @@ def test_native_checks_outputs_and_devices():
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="out: expected the device of x"):
             _C.fp8_cast(x, torch.empty(4, 6, dtype=torch.float8_e4m3fn, device="cuda"), 0, 0, False)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_outputs_in_reused_memory_are_overwritten_entirely(transpose, poison_memory_cache):
+    # A 32 MiB fp8 output comes from the memory cache, uninitialised.
+    x = torch.randn(4096, 8192, dtype=torch.bfloat16) * 100
+    poisoned = poison_memory_cache(32 << 20)
+    out = fp8_cast(x, torch.float8_e4m3fn, transpose=transpose)
+    assert out.data_ptr() in poisoned
+    assert_bitwise_equal(out, torch_cast(x.t() if transpose else x, torch.float8_e4m3fn))

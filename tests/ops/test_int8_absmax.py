@@ -346,3 +346,15 @@ def test_native_checks_outputs():
         _C.int8_absmax_fake_quantize(weight, torch.empty(4, 6, dtype=torch.bfloat16), scale)
     with pytest.raises(ValueError, match="out: expected unit stride"):
         _C.int8_absmax_dequantize(torch.ones(4, 6, dtype=torch.int8), scale, torch.empty(6, 4).t())
+
+
+def test_outputs_in_reused_memory_are_overwritten_entirely(poison_memory_cache):
+    # q (32 MiB of int8) and the dequantised and fake-quantised bf16 weights (64 MiB) come from the
+    # memory cache, uninitialised; rows of zeros quantise to zeros, which must still be written.
+    weight = torch.randn(4096, 8192).to(torch.bfloat16)
+    weight[::7] = 0
+    poison_memory_cache(32 << 20, 64 << 20, 64 << 20)
+    check_all_ops(weight)
+    poisoned = poison_memory_cache(32 << 20)
+    q, _ = int8_quantize(weight)
+    assert q.data_ptr() in poisoned  # q did come from the poisoned block

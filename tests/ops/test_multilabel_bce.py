@@ -417,3 +417,16 @@ def test_native_entry_point_checks_its_outputs():
         _C.multilabel_bce_backward(torch.ones(2, 10), torch.ones(2, dtype=torch.float64), torch.empty(2, 10))
     with pytest.raises(TypeError, match="grad_logits"):
         _C.multilabel_bce_backward(torch.ones(2, 10), torch.ones(2), torch.empty(2, 10).half())
+
+
+def test_gradients_in_reused_memory_are_overwritten_entirely(poison_memory_cache):
+    # [256, 32768] fp32 gradients (32 MiB) come from the memory cache, uninitialised; a third of the
+    # positions have weight 0 and so a gradient of zeros that must still be written.
+    problem = (32768, [10] * 256, torch.float32, torch.int64, False, True, 3.0, "none", 1.0, 6)
+    poison_memory_cache(32 << 20, 32 << 20)
+    check(problem)
+    poisoned = poison_memory_cache(32 << 20, 32 << 20)
+    logits, indices, offsets, weights, pos_weight, reduction = build(problem)
+    loss = multilabel_bce_with_logits(logits.requires_grad_(), indices, offsets, weights, pos_weight, reduction)
+    (grad,) = torch.autograd.grad(loss, logits, torch.rand_like(loss) + 0.5)
+    assert grad.data_ptr() in poisoned  # the gradient did come from the poisoned blocks

@@ -38,14 +38,15 @@ def dl(t: torch.Tensor | None):
 _CACHED_OUTPUT_MIN_BYTES = 32 << 20
 
 
-def kernel_output(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised contiguous tensor of ``like``'s dtype and device, for a kernel to overwrite
-    entirely. Large CPU ones come from the memory cache (``lmkernels.set_memory_cache_limit``), so
-    that their pages are not faulted in and zeroed afresh on every call."""
-    nbytes = math.prod(shape) * like.dtype.itemsize
-    if like.is_cuda or nbytes < _CACHED_OUTPUT_MIN_BYTES:
-        return torch.empty(shape, dtype=like.dtype, device=like.device)
-    return torch.from_numpy(_C.cached_bytes(nbytes)).view(like.dtype).view(shape)
+def kernel_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised contiguous tensor for a kernel to overwrite entirely. Large CPU ones come
+    from the memory cache (``lmkernels.set_memory_cache_limit``), so that their pages are not
+    faulted in and zeroed afresh on every call."""
+    shape = tuple(shape)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if torch.device(device).type != "cpu" or nbytes < _CACHED_OUTPUT_MIN_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.from_numpy(_C.cached_bytes(nbytes)).view(dtype).view(shape)
 
 
 def stream_of(t: torch.Tensor) -> int:

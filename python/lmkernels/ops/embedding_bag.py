@@ -84,7 +84,7 @@ def _embedding_bag(
         raise ValueError(f"table: expected 2 dimensions, got shape {list(table.shape)}")
     if offsets.dim() != 1 or offsets.numel() < 1:
         raise ValueError(f"offsets: expected a 1-D tensor of num_bags + 1 entries, got shape {list(offsets.shape)}")
-    out = kernel_output((offsets.numel() - 1, table.shape[1]), table)
+    out = kernel_output((offsets.numel() - 1, table.shape[1]), table.dtype, table.device)
     flag = error_flag(table)
     _C.embedding_bag_forward(dl(table), dl(indices), dl(offsets), dl(weights), _MODES[mode], dl(out), dl(flag),
                              stream_of(table))
@@ -121,7 +121,7 @@ def _backward_table(
     grad_out, indices, offsets, weights = _prepare(grad_out, indices, offsets, per_sample_weights)
     flag = error_flag(grad_out)
     positions, row_starts = _positions_by_row(indices, rows, flag)
-    grad_table = kernel_output((rows, grad_out.shape[1]), grad_out)
+    grad_table = kernel_output((rows, grad_out.shape[1]), grad_out.dtype, grad_out.device)
     _C.embedding_bag_backward_table(dl(grad_out), dl(indices), dl(offsets), dl(weights), _MODES[mode],
                                     dl(positions), dl(row_starts), dl(grad_table), dl(flag), stream_of(grad_out))
     _check_flag(flag, rows)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, stream_of
+from lmkernels.ops._native import LIBRARY, _C, define_op, dl, kernel_output, stream_of
 
 _FORMATS = (torch.float8_e4m3fn, torch.float8_e5m2)
 _INPUTS = (torch.float32, torch.bfloat16, torch.float16)
@@ -83,7 +83,7 @@ def _output_shape(x: Tensor, transpose: bool) -> list[int]:
 def _fp8_cast(x: Tensor, dtype: torch.dtype, rounding: str, seed: int | None, transpose: bool) -> Tensor:
     if rounding == "stochastic" and seed is None:
         seed = int(torch.randint(-(1 << 63), (1 << 63) - 1, (), dtype=torch.int64).item())
-    out = torch.empty(_output_shape(x, transpose), dtype=dtype, device=x.device)
+    out = kernel_output(_output_shape(x, transpose), dtype, x.device)
     _C.fp8_cast(dl(x.detach()), dl(out), _ROUNDINGS[rounding], (seed or 0) % _SEED_MODULUS, transpose, stream_of(x))
     return out
 

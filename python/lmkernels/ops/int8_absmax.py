@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, kernel_output, raise_on_flag, stream_of
 
 _VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -115,7 +115,7 @@ def _check_flag(flag: Tensor | None) -> None:
 def _quantize(weight: Tensor) -> tuple[Tensor, Tensor]:
     _require_matrix(weight, "weight")
     weight = _rows(weight)
-    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    q = kernel_output(weight.shape, torch.int8, weight.device)
     scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
     flag = error_flag(weight)
     _C.int8_absmax_quantize(dl(weight), dl(q), dl(scale), dl(flag), stream_of(weight))
@@ -141,7 +141,7 @@ def _dequantize(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     _require_matrix(q, "q")
     _check_dtype_argument(dtype)
     q = _rows(q)
-    out = torch.empty(q.shape, dtype=dtype, device=q.device)
+    out = kernel_output(q.shape, dtype, q.device)
     _C.int8_absmax_dequantize(dl(q), dl(scale.detach()), dl(out), stream_of(q))
     return out
 
@@ -158,7 +158,7 @@ define_op("int8_dequantize(Tensor q, Tensor scale, ScalarType dtype) -> Tensor",
 def _fake_quantize(weight: Tensor) -> tuple[Tensor, Tensor]:
     _require_matrix(weight, "weight")
     weight = _rows(weight)
-    out = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+    out = kernel_output(weight.shape, weight.dtype, weight.device)
     scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
     flag = error_flag(weight)
     _C.int8_absmax_fake_quantize(dl(weight), dl(out), dl(scale), dl(flag), stream_of(weight))

@@ -42,7 +42,7 @@ import math
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, kernel_output, raise_on_flag, stream_of
 
 _REDUCTIONS = ("mean", "sum", "none")
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -131,7 +131,7 @@ def _multilabel_bce(
     pos_offsets = pos_offsets.detach().to(pos_indices.dtype).contiguous()
     weights = None if weights is None else weights.detach().contiguous()
     loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-    grad = torch.empty(logits.shape if compute_grad else (0,), dtype=logits.dtype, device=logits.device)
+    grad = kernel_output(logits.shape if compute_grad else (0,), logits.dtype, logits.device)
     flag = error_flag(logits)
     _C.multilabel_bce(dl(logits), dl(pos_indices), dl(pos_offsets), dl(weights), pos_weight, dl(loss),
                       dl(grad) if compute_grad else None, dl(flag), stream_of(logits))
@@ -156,7 +156,7 @@ define_op("multilabel_bce(Tensor logits, Tensor pos_indices, Tensor pos_offsets,
 
 def _multilabel_bce_backward(grad: Tensor, grad_loss: Tensor) -> Tensor:
     grad_loss = grad_loss.detach().to(torch.float32).contiguous()
-    grad_logits = torch.empty_like(grad, memory_format=torch.contiguous_format)
+    grad_logits = kernel_output(grad.shape, grad.dtype, grad.device)
     _C.multilabel_bce_backward(dl(grad.detach().contiguous()), dl(grad_loss), dl(grad_logits), stream_of(grad))
     return grad_logits
 
