@@ -13,6 +13,7 @@ def test_info_reports_build_and_runtime():
     assert info["threads"] == lmkernels.num_threads() >= 1
     assert isinstance(info["cuda_built"], bool)
     assert info["threads_from"] == "openmp (the process's runtime)"  # torch's, shared
+    assert info["memory_cache_limit"] == lmkernels.memory_cache_limit() >= 0
 
 
 def test_default_thread_count_follows_torch():
@@ -84,21 +85,22 @@ def test_large_cpu_outputs_reuse_freed_memory(memory_cache_limit):
     from lmkernels import _C
     from lmkernels.ops._native import kernel_output
 
+    lmkernels.set_memory_cache_limit(0)  # empty
     lmkernels.set_memory_cache_limit(256 << 20)
-    like = torch.empty(0, dtype=torch.bfloat16)
-    out = kernel_output((4096, 8192), like)  # 64 MiB
+    out = kernel_output((4096, 8192), torch.bfloat16, "cpu")  # 64 MiB
     assert out.shape == (4096, 8192) and out.dtype == torch.bfloat16 and out.is_contiguous()
-    address, held = out.data_ptr(), _C.scratch_cached_bytes()
+    address = out.data_ptr()
     del out
-    assert _C.scratch_cached_bytes() == held + (64 << 20)
-    again = kernel_output((8192, 4096), like)
-    assert again.data_ptr() == address and _C.scratch_cached_bytes() == held
-    small = kernel_output((16, 16), like)  # small outputs are plain torch.empty
+    assert _C.scratch_cached_bytes() == 64 << 20
+    again = kernel_output((8192, 4096), torch.bfloat16, "cpu")
+    assert again.data_ptr() == address and _C.scratch_cached_bytes() == 0
+    small = kernel_output((16, 16), torch.bfloat16, "cpu")  # small outputs are plain torch.empty
     del again, small
+    assert _C.scratch_cached_bytes() == 64 << 20
     lmkernels.set_memory_cache_limit(0)  # frees every cached block, keeps none
     assert _C.scratch_cached_bytes() == 0
-    del_me = kernel_output((4096, 8192), like)
-    del del_me
+    dropped = kernel_output((4096, 8192), torch.bfloat16, "cpu")
+    del dropped
     assert _C.scratch_cached_bytes() == 0
 
 

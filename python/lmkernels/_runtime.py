@@ -47,7 +47,8 @@ def memory_cache_limit() -> int:
 
 
 def info() -> dict:
-    """Version, build type, CUDA support and architectures, Hopper kernels, the SIMD level chosen at run time, threads."""
+    """Version, build type, CUDA support and architectures, Hopper kernels, the SIMD level chosen at run time, threads,
+    the memory cache's limit."""
     build = _C.build_info()
     return {
         "version": build["version"],
@@ -61,6 +62,7 @@ def info() -> dict:
         "simd": _C.simd_level(),
         "threads": num_threads(),
         "threads_from": _C.parallel_backend(),
+        "memory_cache_limit": memory_cache_limit(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
     }
