@@ -105,7 +105,7 @@ def test_large_cpu_outputs_reuse_freed_memory(memory_cache_limit):
 
 
 def test_set_memory_cache_limit_rejects_bad_values(memory_cache_limit):
-    with pytest.raises(ValueError, match="bytes: expected a non-negative limit, got -1"):
+    with pytest.raises(ValueError, match="nbytes: expected a non-negative limit, got -1"):
         lmkernels.set_memory_cache_limit(-1)
     with pytest.raises(TypeError, match="nbytes: expected an int"):
         lmkernels.set_memory_cache_limit(1.5)

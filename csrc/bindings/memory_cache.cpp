@@ -24,9 +24,9 @@ py::array_t<uint8_t> cached_bytes(int64_t nbytes) {
                               release);
 }
 
-void set_limit(int64_t bytes) {
-  if (bytes < 0) fail(ErrorKind::Value, "bytes: expected a non-negative limit, got ", bytes);
-  set_scratch_cache_limit(size_t(bytes));
+void set_limit(int64_t nbytes) {
+  if (nbytes < 0) fail(ErrorKind::Value, "nbytes: expected a non-negative limit, got ", nbytes);
+  set_scratch_cache_limit(size_t(nbytes));
 }
 
 }  // namespace
@@ -35,7 +35,7 @@ void register_memory_cache(py::module_& m) {
   m.def("cached_bytes", &cached_bytes, py::arg("nbytes"),
         "An uninitialised uint8 numpy array of nbytes from the scratch cache; returned to it when freed.");
   m.def("scratch_cache_limit", &scratch_cache_limit, "The most bytes the scratch cache keeps from freed blocks.");
-  m.def("set_scratch_cache_limit", &set_limit, py::arg("bytes"),
+  m.def("set_scratch_cache_limit", &set_limit, py::arg("nbytes"),
         "Set the scratch cache's limit in bytes (0 keeps nothing); the oldest cached blocks beyond it are freed.");
   m.def("scratch_cached_bytes", &scratch_cached_bytes, "Bytes the scratch cache holds now.");
 }

@@ -20,4 +20,5 @@ except PackageNotFoundError:  # running from a source tree
 
 set_num_threads(torch.get_num_threads())
 
-__all__ = ["info", "num_threads", "set_num_threads", "memory_cache_limit", "set_memory_cache_limit", "ops", "nn", "reference", "__version__"]
+__all__ = ["info", "num_threads", "set_num_threads", "memory_cache_limit", "set_memory_cache_limit", "ops", "nn",
+           "reference", "__version__"]
