@@ -133,6 +133,12 @@ constexpr int32_t kBadArgmin = 2;
 #ifdef LMK_WITH_CUDA
 void attention_forward_cuda(const AttentionProblem& p, const AttentionForwardOutputs& out,
                             const TensorView& error_flag, void* stream);
+// The tensor-core kernels (bf16 and fp16, head dimension a multiple of 8 up to 128, 16-byte aligned
+// operands; the backward without a factor): false, having done nothing, for any other problem.
+bool attention_forward_mma_cuda(const AttentionProblem& p, const AttentionForwardOutputs& out,
+                                const TensorView& error_flag, void* stream);
+bool attention_backward_mma_cuda(const AttentionProblem& p, const AttentionGradients& g,
+                                 const TensorView& error_flag, void* stream);
 void attention_backward_cuda(const AttentionProblem& p, const AttentionGradients& g, const TensorView& error_flag,
                              void* stream);
 #endif

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "attention/attention.h"
+#include "attention/attention_device.cuh"
 #include "common/cuda_utils.cuh"
 #include "common/dispatch.h"
 #include "common/numeric.h"
@@ -32,54 +33,6 @@ constexpr int kDimsPerLane = kMaxDim / kLanes;   // accumulator slots per thread
 constexpr int kGradKeys = 16;                    // keys per block, dk/dv pass
 constexpr int kGradSlots = kGradKeys * kMaxDim / kThreads;
 constexpr int64_t kMaxGridY = 65535;
-
-struct DeviceItem {
-  int64_t index, first_row, queries, keys;
-  bool valid;
-};
-
-__device__ int64_t seq_entry(const AttentionProblem& p, int64_t n) {
-  return p.cu_dtype == DType::Int32 ? int64_t(static_cast<const int32_t*>(p.cu_seqlens)[n])
-                                    : static_cast<const int64_t*>(p.cu_seqlens)[n];
-}
-
-// The item of this block; for varlen, a malformed entry (or a sequence longer than max_seqlen,
-// which sized the grid) flags kBadSeqlens and invalidates the item.
-__device__ DeviceItem item_at(const AttentionProblem& p, int64_t n, int32_t* flag) {
-  if (!p.cu_seqlens) return DeviceItem{n, 0, p.queries, p.prefix + p.keys, true};
-  const int64_t start = seq_entry(p, n), end = seq_entry(p, n + 1);
-  bool ok = start >= 0 && start <= end && end <= p.total_rows && end - start <= p.queries;
-  if (n == 0) ok = ok && start == 0;
-  if (n + 1 == p.items) ok = ok && end == p.total_rows;
-  if (!ok) {
-    if (threadIdx.x == 0) atomicOr(flag, kBadSeqlens);
-    return DeviceItem{n, 0, 0, 0, false};
-  }
-  return DeviceItem{n, start, end - start, end - start, true};
-}
-
-template <typename T>
-__device__ T* row_at(const Operand& o, const DeviceItem& it, int64_t head, int64_t row) {
-  return static_cast<T*>(o.data) + it.index * o.batch + head * o.head + (it.first_row + row) * o.row;
-}
-
-template <typename T>
-__device__ const T* key_at(const AttentionProblem& p, const Operand& prefix, const Operand& own, const DeviceItem& it,
-                           int64_t head, int64_t j) {
-  if (j < p.prefix) return static_cast<const T*>(prefix.data) + it.index * prefix.batch + head * prefix.head +
-                           j * prefix.row;
-  return row_at<const T>(own, it, head, j - p.prefix);
-}
-
-struct Interval {
-  int64_t lo, hi;
-};
-
-__device__ Interval visible_keys(const AttentionOptions& o, const DeviceItem& it, int64_t i) {
-  const int64_t pos = it.keys - it.queries + i;
-  const int64_t lo = o.window > 0 ? (pos - o.window + 1 > 0 ? pos - o.window + 1 : 0) : 0;
-  return Interval{lo, o.causal ? pos + 1 : it.keys};
-}
 
 // The query tile starting at row i0 of an item, as seen by the thread of tile row `row`: its row
 // count, the thread's query i (active when i is a real row) and the keys i sees, and the keys
@@ -494,6 +447,7 @@ void attention_forward_cuda(const AttentionProblem& p, const AttentionForwardOut
                             void* stream) {
   CudaDeviceGuard guard(out.out.device_index);
   check_grid(p);
+  if (attention_forward_mma_cuda(p, out, error_flag, stream)) return;
   const bool varlen = p.cu_seqlens != nullptr;
   const Operand row_min = out.row_min ? operand_of(*out.row_min, varlen) : Operand{};
   const Operand row_argmin = out.row_argmin ? operand_of(*out.row_argmin, varlen) : Operand{};
@@ -510,6 +464,7 @@ void attention_backward_cuda(const AttentionProblem& p, const AttentionGradients
                              void* stream) {
   CudaDeviceGuard guard(g.grad_q.device_index);
   check_grid(p);
+  if (attention_backward_mma_cuda(p, g, error_flag, stream)) return;
   const bool varlen = p.cu_seqlens != nullptr;
   const GradientOperands ops = gradient_operands(g, varlen);
   const auto s = static_cast<cudaStream_t>(stream);

@@ -279,6 +279,50 @@ def test_empty_and_tiny_shapes_with_a_broadcast_upstream_gradient(batch, queries
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+# ---- the CUDA kernels' two paths ---------------------------------------------------------------
+
+def unaligned_copy(t):
+    """The same values in rows of D + 1 elements: no longer 16-byte chunks, so the plain kernel runs."""
+    padded = torch.empty(*t.shape[:-1], t.shape[-1] + 1, dtype=t.dtype, device=t.device)[..., :-1]
+    return padded.copy_(t)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CUDA kernels at run time)")
+@pytest.mark.parametrize("dim", [64, 80, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("options", [dict(), dict(causal=False), dict(window=100, bias=True),
+                                     dict(prefix=70, bias=True), dict(factor="causal")])
+def test_tensor_core_kernels_agree_with_the_plain_ones(dim, dtype, options):
+    """bf16 / fp16 with aligned rows take the tensor-core kernels; the same values in unaligned rows
+    take the plain fp32 kernels. Several 64-row tiles of queries and keys, GQA, every option."""
+    gen = torch.Generator().manual_seed(dim)
+    q, k, v = (torch.randn(2, h, 333, dim, generator=gen).to("cuda", dtype) for h in (4, 2, 2))
+    kwargs = dict(causal=options.get("causal", True), window=options.get("window"))
+    keys = 333 + options.get("prefix", 0)
+    if options.get("bias"):
+        bias = torch.randn(2, keys, generator=gen)
+        bias[:, ::7] = -math.inf
+        kwargs["key_bias"] = bias.cuda()
+    if "factor" in options:
+        kwargs.update(key_factor=(torch.rand(2, keys, generator=gen) * 1.5).cuda(), factor_min=options["factor"])
+    if "prefix" in options:
+        kwargs.update(prefix_k=torch.randn(1, 2, options["prefix"], dim, generator=gen).to("cuda", dtype),
+                      prefix_v=torch.randn(1, 2, options["prefix"], dim, generator=gen).to("cuda", dtype))
+    grad_out = torch.randn(q.shape, generator=gen).to("cuda", dtype)
+    fast = gradients(attention, q, k, v, kwargs, grad_out)
+    plain_kwargs = {name: unaligned_copy(value) if name.startswith("prefix") else value
+                    for name, value in kwargs.items()}
+    plain = gradients(attention, unaligned_copy(q), unaligned_copy(k), unaligned_copy(v), plain_kwargs, grad_out)
+    out_fast = attention(q, k, v, **kwargs)
+    out_plain = attention(unaligned_copy(q), unaligned_copy(k), unaligned_copy(v), **plain_kwargs)
+    torch.testing.assert_close(out_fast, out_plain, **FORWARD_TOLERANCE[dtype])
+    for name in plain:
+        tolerance = GRAD_TOLERANCE[dtype]
+        if name in ("key_bias", "key_factor"):
+            tolerance = {bound: 10 * value for bound, value in tolerance.items()}
+        torch.testing.assert_close(fast[name], plain[name], **tolerance, msg=name)
+
+
 # ---- varlen -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lengths, window, dtype", [

@@ -1,0 +1,65 @@
+// Device helpers shared by the attention kernels (attention_cuda.cu, attention_mma_cuda.cu): the
+// batch item or packed sequence of a block, its rows, and the keys a query row sees.
+#pragma once
+#include <cstdint>
+
+#include "attention/attention.h"
+
+namespace lmk::attention {
+
+struct DeviceItem {
+  int64_t index, first_row, queries, keys;
+  bool valid;
+};
+
+__device__ inline int64_t seq_entry(const AttentionProblem& p, int64_t n) {
+  return p.cu_dtype == DType::Int32 ? int64_t(static_cast<const int32_t*>(p.cu_seqlens)[n])
+                                    : static_cast<const int64_t*>(p.cu_seqlens)[n];
+}
+
+// The item of this block; for varlen, a malformed entry (or a sequence longer than max_seqlen,
+// which sized the grid) flags kBadSeqlens and invalidates the item.
+__device__ inline DeviceItem item_at(const AttentionProblem& p, int64_t n, int32_t* flag) {
+  if (!p.cu_seqlens) return DeviceItem{n, 0, p.queries, p.prefix + p.keys, true};
+  const int64_t start = seq_entry(p, n), end = seq_entry(p, n + 1);
+  bool ok = start >= 0 && start <= end && end <= p.total_rows && end - start <= p.queries;
+  if (n == 0) ok = ok && start == 0;
+  if (n + 1 == p.items) ok = ok && end == p.total_rows;
+  if (!ok) {
+    if (threadIdx.x == 0) atomicOr(flag, kBadSeqlens);
+    return DeviceItem{n, 0, 0, 0, false};
+  }
+  return DeviceItem{n, start, end - start, end - start, true};
+}
+
+template <typename T>
+__device__ inline T* row_at(const Operand& o, const DeviceItem& it, int64_t head, int64_t row) {
+  return static_cast<T*>(o.data) + it.index * o.batch + head * o.head + (it.first_row + row) * o.row;
+}
+
+template <typename T>
+__device__ inline const T* key_at(const AttentionProblem& p, const Operand& prefix, const Operand& own,
+                                  const DeviceItem& it, int64_t head, int64_t j) {
+  if (j < p.prefix) return static_cast<const T*>(prefix.data) + it.index * prefix.batch + head * prefix.head +
+                           j * prefix.row;
+  return row_at<const T>(own, it, head, j - p.prefix);
+}
+
+// The rows j0 + r of the keys (or values) of a head, prefix first, for a tile loader.
+template <typename T>
+__device__ inline auto key_rows(const AttentionProblem& p, const Operand& prefix, const Operand& own,
+                                const DeviceItem& it, int64_t head, int64_t j0) {
+  return [&p, prefix, own, it, head, j0](int r) { return key_at<T>(p, prefix, own, it, head, j0 + r); };
+}
+
+struct Interval {
+  int64_t lo, hi;
+};
+
+__device__ inline Interval visible_keys(const AttentionOptions& o, const DeviceItem& it, int64_t i) {
+  const int64_t pos = it.keys - it.queries + i;
+  const int64_t lo = o.window > 0 ? (pos - o.window + 1 > 0 ? pos - o.window + 1 : 0) : 0;
+  return Interval{lo, o.causal ? pos + 1 : it.keys};
+}
+
+}  // namespace lmk::attention

@@ -1,0 +1,266 @@
+// Tensor-core building blocks of the bf16 / fp16 attention kernels (attention_mma_cuda.cu,
+// attention_mma_backward_cuda.cu), for sm_80 and later: 64-row tiles of a head in shared memory
+// filled by cp.async, and a warp's 16 x 64 products by mma.sync m16n8k16 with fp32 accumulation.
+//
+// Fragment layout (PTX ISA, mma.m16n8k16): with g = lane / 4 and t = lane % 4, a warp's 16 x 64
+// fp32 product is s[n][e], n the 8-column block: s[n][0..1] at row g, columns 8n + 2t + {0, 1}, and
+// s[n][2..3] at row g + 8, the same columns. The pair s[2c], s[2c + 1] is exactly the a operand of
+// columns 16c.. of the next product, so probabilities go from one mma to the next in registers.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "attention/attention.h"
+#include "common/cuda_utils.cuh"
+#include "common/dispatch.h"
+#include "common/numeric.h"
+
+namespace lmk::attention::mma {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kTileRows = 16 * kWarps;      // rows of every shared tile; a warp owns 16 of a block's
+constexpr int kColumnTiles = kTileRows / 8;  // 8-column blocks of a warp's 16 x 64 product
+constexpr int kPad = 8;  // extra elements per shared row: the 8 rows an ldmatrix reads hit distinct banks
+constexpr float kLog2e = 1.4426950408889634f;
+
+using Product = float[kColumnTiles][4];
+
+// The shared layout of a 64-row tile, head dimension up to kDim (64 or 128).
+template <int kDim>
+struct Tile {
+  static constexpr int kStride = kDim + kPad;  // elements per row
+  static constexpr int kChunks = kDim / 8;     // 16-byte chunks per row
+  static constexpr int kElements = kTileRows * kStride;
+};
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void copy_async_16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(dst)), "l"(src));
+}
+
+__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int kPending>
+__device__ __forceinline__ void wait_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// Whether cp.async and 16-byte stores can move the operand's rows: 16-byte aligned, strides in whole chunks.
+inline bool chunk_aligned(const Operand& o) {
+  return reinterpret_cast<uintptr_t>(o.data) % 16 == 0 && o.batch % 8 == 0 && o.head % 8 == 0 && o.row % 8 == 0;
+}
+
+// Whether fp32 results can go out as float2 stores.
+inline bool pair_aligned(const Operand& o) {
+  return reinterpret_cast<uintptr_t>(o.data) % 8 == 0 && o.batch % 2 == 0 && o.head % 2 == 0 && o.row % 2 == 0;
+}
+
+// Whether the tensor-core kernels take the problem: bf16 or fp16, head dimension a multiple of 8 up
+// to 128, and the inputs chunk-aligned.
+inline bool tensor_core_problem(const AttentionProblem& p) {
+  return (p.dtype == DType::BFloat16 || p.dtype == DType::Float16) && p.dim % 8 == 0 && p.dim <= 128 &&
+         chunk_aligned(p.q) && chunk_aligned(p.k) && chunk_aligned(p.v) &&
+         (p.prefix == 0 || (chunk_aligned(p.prefix_k) && chunk_aligned(p.prefix_v)));
+}
+
+// f(TypeTag<T>{}, std::integral_constant<int, kDim>{}) for a tensor-core problem: kDim = 64 or 128.
+template <typename F>
+void dispatch_tile(const AttentionProblem& p, F&& f) {
+  auto with_type = [&](auto tag) {
+    if (p.dim <= 64) f(tag, std::integral_constant<int, 64>{});
+    else f(tag, std::integral_constant<int, 128>{});
+  };
+  if (p.dtype == DType::BFloat16) with_type(TypeTag<bfloat16>{});
+  else with_type(TypeTag<float16>{});
+}
+
+template <typename Kernel, typename... Args>
+void launch_tiles(Kernel kernel, dim3 grid, size_t shared_bytes, void* stream, Args... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  LMK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
+  kernel<<<grid, kThreads, shared_bytes, static_cast<cudaStream_t>(stream)>>>(args...);
+  LMK_CUDA_CHECK(cudaGetLastError());
+}
+
+// Four 8x8 b16 matrices; lane l gives the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void load_matrices(uint32_t (&r)[4], const uint16_t* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(row)));
+}
+
+__device__ __forceinline__ void load_matrices_transposed(uint32_t (&r)[4], const uint16_t* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(row)));
+}
+
+// c += a b for a 16x16 row-major a, a 16x8 column-major b.
+template <typename T>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two floats rounded to nearest even into one register of T, `low` in the low half.
+template <typename T>
+__device__ __forceinline__ uint32_t pack(float low, float high) {
+  uint32_t r;
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(high), "f"(low));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(high), "f"(low));
+  }
+  return r;
+}
+
+// e^x in one MUFU instruction (2 ulp): e^-inf = 0, NaN stays NaN.
+__device__ __forceinline__ float exp_approx(float x) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x * kLog2e));
+  return r;
+}
+
+// Reductions over the 4 lanes of a fragment row (a fixed butterfly: reproducible).
+__device__ __forceinline__ float row_max(float x) {
+#pragma unroll
+  for (int offset = 1; offset < 4; offset *= 2) {
+    const float y = __shfl_xor_sync(0xffffffffu, x, offset);
+    x = y > x ? y : x;
+  }
+  return x;
+}
+
+__device__ __forceinline__ float row_sum(float x) {
+#pragma unroll
+  for (int offset = 1; offset < 4; offset *= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+// The smaller (minimum, key) pair of the row; ties go to the lower key.
+__device__ __forceinline__ void row_argmin(float& value, int64_t& key) {
+#pragma unroll
+  for (int offset = 1; offset < 4; offset *= 2) {
+    const float other = __shfl_xor_sync(0xffffffffu, value, offset);
+    const int64_t other_key = __shfl_xor_sync(0xffffffffu, key, offset);
+    if (other < value || (other == value && other_key < key)) value = other, key = other_key;
+  }
+}
+
+// Starts copying rows [0, count) of a tile (row(r) points at row r's first element); rows past
+// count and columns past the head dimension are zero, so they add nothing (and no NaN) to any product.
+template <int kDim, typename RowFn>
+__device__ void load_tile(uint16_t* tile, int64_t count, int dim_chunks, RowFn row) {
+  using L = Tile<kDim>;
+  for (int c = threadIdx.x; c < kTileRows * L::kChunks; c += kThreads) {
+    const int r = c / L::kChunks, chunk = c % L::kChunks;
+    uint16_t* dst = tile + r * L::kStride + chunk * 8;
+    if (r < count && chunk < dim_chunks) {
+      copy_async_16(dst, row(r) + chunk * 8);
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// The a fragments of 16 rows of a tile, all kDim columns (for operands a warp keeps in registers).
+template <int kDim>
+__device__ __forceinline__ void load_rows(uint32_t (&a)[kDim / 16][4], const uint16_t* rows, int lane) {
+  const int matrix = lane / 8, r = lane % 8;
+#pragma unroll
+  for (int kc = 0; kc < kDim / 16; ++kc)
+    load_matrices(a[kc], rows + ((matrix % 2) * 8 + r) * Tile<kDim>::kStride + kc * 16 + (matrix / 2) * 8);
+}
+
+// s = a b^T: a warp's 16 rows (a fragments) against the 64 rows of tile b, over kDim columns.
+template <typename T, int kDim>
+__device__ __forceinline__ void multiply_rows(Product& s, const uint32_t (&a)[kDim / 16][4], const uint16_t* b,
+                                              int lane) {
+#pragma unroll
+  for (int n = 0; n < kColumnTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+  const int matrix = lane / 8, r = lane % 8;
+#pragma unroll
+  for (int kc = 0; kc < kDim / 16; ++kc) {
+#pragma unroll
+    for (int n = 0; n < kColumnTiles; n += 2) {
+      // b's rows 8n.. at columns 16kc.. and 16kc + 8.., then rows 8n + 8.. at the same columns.
+      uint32_t f[4];
+      load_matrices(f, b + (n * 8 + (matrix / 2) * 8 + r) * Tile<kDim>::kStride + kc * 16 + (matrix % 2) * 8);
+      mma<T>(s[n], a[kc], f[0], f[1]);
+      mma<T>(s[n + 1], a[kc], f[2], f[3]);
+    }
+  }
+}
+
+// As multiply_rows, with the warp's 16 rows of a read from a shared tile, one 16-column slice at a time.
+template <typename T, int kDim>
+__device__ __forceinline__ void multiply_shared(Product& s, const uint16_t* a_rows, const uint16_t* b, int lane) {
+#pragma unroll
+  for (int n = 0; n < kColumnTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+  const int matrix = lane / 8, r = lane % 8;
+#pragma unroll
+  for (int kc = 0; kc < kDim / 16; ++kc) {
+    uint32_t a[4];
+    load_matrices(a, a_rows + ((matrix % 2) * 8 + r) * Tile<kDim>::kStride + kc * 16 + (matrix / 2) * 8);
+#pragma unroll
+    for (int n = 0; n < kColumnTiles; n += 2) {
+      uint32_t f[4];
+      load_matrices(f, b + (n * 8 + (matrix / 2) * 8 + r) * Tile<kDim>::kStride + kc * 16 + (matrix % 2) * 8);
+      mma<T>(s[n], a, f[0], f[1]);
+      mma<T>(s[n + 1], a, f[2], f[3]);
+    }
+  }
+}
+
+// acc += w b: a warp's 16 x 64 weights w (fp32 fragments, rounded to T here) times the 64 x kDim tile b.
+template <typename T, int kDim>
+__device__ __forceinline__ void accumulate(float (&acc)[kDim / 8][4], const Product& w, const uint16_t* b, int lane) {
+  const int matrix = lane / 8, r = lane % 8;
+#pragma unroll
+  for (int kc = 0; kc < kTileRows / 16; ++kc) {
+    const uint32_t a[4] = {pack<T>(w[2 * kc][0], w[2 * kc][1]), pack<T>(w[2 * kc][2], w[2 * kc][3]),
+                           pack<T>(w[2 * kc + 1][0], w[2 * kc + 1][1]), pack<T>(w[2 * kc + 1][2], w[2 * kc + 1][3])};
+#pragma unroll
+    for (int d = 0; d < kDim / 8; d += 2) {
+      // Transposed: b's rows 16kc.. and 16kc + 8.. at columns 8d.., then the same rows at columns 8d + 8...
+      uint32_t f[4];
+      load_matrices_transposed(f, b + (kc * 16 + (matrix % 2) * 8 + r) * Tile<kDim>::kStride + d * 8 + (matrix / 2) * 8);
+      mma<T>(acc[d], a, f[0], f[1]);
+      mma<T>(acc[d + 1], a, f[2], f[3]);
+    }
+  }
+}
+
+// body(step, stage) for each step, with step + 1's tiles loading into the other stage meanwhile;
+// load(step, stage) issues one step's copies (and plain stores) and commits them.
+template <typename Load, typename Body>
+__device__ __forceinline__ void pipelined(int64_t steps, Load load, Body body) {
+  if (steps > 0) load(0, 0);
+  for (int64_t step = 0; step < steps; ++step) {
+    const int stage = int(step % 2);
+    if (step + 1 < steps) {
+      load(step + 1, stage ^ 1);  // the stage the previous step read, free after its closing barrier
+      wait_copies<1>();
+    } else {
+      wait_copies<0>();
+    }
+    __syncthreads();
+    body(step, stage);
+    __syncthreads();
+  }
+}
+
+}  // namespace lmk::attention::mma
