@@ -78,6 +78,19 @@ def test_fixed_problems_on_every_device(device, problem):
     check(problem, device)
 
 
+# Every lane layout of the CUDA kernel: 1 to 32 lanes per activations row, float4 rows where Q % 4 == 0,
+# lanes without queries (5, 12, 100), several query groups with a partial last one (33, 132, 260); 42
+# words (a partial last task of 8), empty sets and empty words.
+@pytest.mark.parametrize("queries", [1, 2, 3, 4, 5, 8, 12, 16, 31, 32, 33, 64, 100, 128, 132, 260])
+def test_every_query_count(device, queries):
+    problem = (queries, 300, [0, 7, 25, 64, 3, 0] * 7, [2, 0, 9, 20, 1, 0] * 7, [3, 1, 4, 9, 2, 1] * 7, 5, 0.7,
+               "mean" if queries % 5 == 0 else "contrast", torch.float32, queries % 3 == 0, queries)
+    check(problem, device)
+    logits, dictionary, m, e, variant = build(problem, device)
+    first = dictionary_scores(logits, *dictionary, m, e, variant)
+    assert torch.equal(first, dictionary_scores(logits, *dictionary, m, e, variant))
+
+
 @pytest.mark.parametrize("variant", ["contrast", "mean"])
 def test_handwritten_example(device, variant):
     logits = torch.tensor([[0.0, 2.0, -1.0, 1.0, 0.5]], device=device)
@@ -289,6 +302,18 @@ def test_bad_dictionary_values_raise_on_every_device(device, position, value, er
         args[position] = torch.tensor(value, dtype=torch.int32)
     args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
     with pytest.raises(error, match=name):
+        call(args)
+
+
+# Each lane layout of the CUDA kernel checks the indices it visits: one query (a lane per index), float4 rows.
+@pytest.mark.parametrize("queries", [1, 64])
+@pytest.mark.parametrize("position, value, name", [(1, (6, -3), "ne_indices"), (3, (3, 10), "edge_indices")])
+def test_bad_index_raises_for_any_query_count(device, queries, position, value, name):
+    args = valid()
+    args[0] = torch.randn(queries, 10)
+    args[position][value[0]] = value[1]
+    args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(IndexError, match=name):
         call(args)
 
 
