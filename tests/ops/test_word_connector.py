@@ -2,6 +2,8 @@
 edge cases (1 byte, max_word_size bytes, empty, multi-byte UTF-8 first characters), GQA, dtypes,
 determinism, compile, opcheck, bad input."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -51,6 +53,24 @@ def test_head_dimensions(device, dim):
     check_word_attention([2, 5, 1], 4, 4, dim, torch.float32, device)
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("offset", [0, 1])
+@pytest.mark.parametrize("dim", [12, 128])
+def test_vector_and_scalar_loads(device, dtype, dim, offset):
+    """Head dimensions that 16-byte accesses divide or not, on tensors that start on a 16-byte
+    boundary or one element past it (where the CUDA forward falls back to scalar accesses)."""
+    lengths = [3, 1, 0, MAX_WORD_SIZE, 2]
+    cu = seqlens(lengths, device)
+    torch.manual_seed(dim + offset)
+
+    def values(*shape):
+        return torch.randn(math.prod(shape) + offset, dtype=dtype, device=device)[offset:].view(shape)
+
+    q, k, v = values(len(lengths), 4, dim), values(int(cu[-1]), 2, dim), values(int(cu[-1]), 2, dim)
+    torch.testing.assert_close(word_attention(q, k, v, cu), reference.word_attention(q, k, v, cu),
+                               **TOLERANCE[dtype])
+
+
 def test_empty_words_give_zeros_and_no_gradient(device):
     cu = seqlens([0, 3, 0, 2], device)
     q, k, v = leaves((4, 2, 16), (5, 1, 16), (5, 1, 16), dtype=torch.float32, device=device)
@@ -96,9 +116,10 @@ def test_softmax_is_over_the_word_only():
     assert torch.equal(before[0], after[0])
 
 
-def test_word_attention_is_deterministic():
-    cu = seqlens([5, 9, 1, 30] * 20)
-    q, k, v = torch.randn(80, 8, 64), torch.randn(int(cu[-1]), 2, 64), torch.randn(int(cu[-1]), 2, 64)
+def test_word_attention_is_deterministic(device):
+    cu = seqlens([5, 9, 1, 30] * 20, device)
+    q, k, v = (torch.randn(80, 8, 64, device=device), torch.randn(int(cu[-1]), 2, 64, device=device),
+               torch.randn(int(cu[-1]), 2, 64, device=device))
     q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
     runs = []
     for _ in range(2):
