@@ -8,7 +8,8 @@
 # (tests/ops: every kernel against its reference on the GPU; the CPU suite runs in CI), one process
 # per test file so that a sticky CUDA error stays in its file; reruns the first failure of each
 # failing file under compute-sanitizer; then the GPU benchmarks. Everything goes to $OUT (default
-# ./device-out) in at most 8 files. Set LMK_BENCH_ARGS to change the benchmark's arguments.
+# ./device-out) in at most 8 files. Set LMK_BENCH_ARGS to change the benchmark's arguments and
+# LMK_BENCH_TIMEOUT its time limit in seconds (default 120).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device-out}
@@ -66,7 +67,7 @@ fi
 
 mark "bench ${LMK_BENCH_ARGS:---quick}"
 # shellcheck disable=SC2086
-timeout 120 python3 -m lmkernels.cli bench --device cuda ${LMK_BENCH_ARGS:---quick} --json "$OUT/bench_cuda.json" \
+timeout "${LMK_BENCH_TIMEOUT:-120}" python3 -m lmkernels.cli bench --device cuda ${LMK_BENCH_ARGS:---quick} --json "$OUT/bench_cuda.json" \
   >"$OUT/bench_cuda.txt" 2>&1
 tail -n 40 "$OUT/bench_cuda.txt"
 mark "done"
