@@ -1,6 +1,7 @@
 """lmk.fp8_cast against torch's float8 conversion (nearest) and the reference hash (stochastic):
 every bf16 and fp16 value, dense and random fp32 values, saturation, non-finite values, subnormals,
-ties, stochastic determinism and statistics, transpose, autograd, compile, opcheck, bad input."""
+ties, rows and outputs at any alignment, stochastic determinism and statistics, transpose (whole and
+partial tiles), autograd, compile, opcheck, bad input."""
 
 import math
 
@@ -108,6 +109,37 @@ def test_strided_rows_are_read_in_place(device):
         assert_bitwise_equal(stochastic, fp8_cast(x.contiguous(), fmt, "stochastic", seed=4))
 
 
+@pytest.mark.parametrize("dtype", INPUTS)
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_rows_and_outputs_at_any_alignment(device, dtype, rounding):
+    # x and out starting anywhere relative to 16-byte boundaries, with lengths that leave elements
+    # before and after the vectorised part; out is filled first so that unwritten elements show.
+    base = (torch.randn(4096) * 100).to(device=device, dtype=dtype)
+    fmt = torch.float8_e4m3fn
+    for x_offset in range(9):
+        for n in (1, 7, 33, 203):
+            x = base[x_offset:x_offset + n]
+            expected = bits(reference.fp8_cast(x.cpu(), fmt, rounding, 5))
+            for out_offset in (0, 1, 4, 8):
+                for fill in (0x00, 0xFF):
+                    buffer = torch.full((out_offset + n,), fill, dtype=torch.uint8, device=device)
+                    out = buffer[out_offset:].view(fmt)
+                    _C.fp8_cast(x, out, 0 if rounding == "nearest" else 1, 5, False)
+                    assert torch.equal(bits(out), expected), (x_offset, n, out_offset, fill)
+
+
+@pytest.mark.parametrize("dtype", INPUTS)
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_strided_rows_at_every_alignment(device, dtype, rounding):
+    # An odd row stride puts consecutive rows at different 16-byte phases in x; more rows than a
+    # CUDA grid has in y (65535).
+    wide = (torch.randn(70_000, 21) * 100).to(device=device, dtype=dtype)
+    for start, width in [(0, 20), (1, 17), (3, 8), (4, 16)]:
+        x = wide[:, start:start + width]
+        expected = reference.fp8_cast(x.cpu(), torch.float8_e5m2, rounding, 6)
+        assert_bitwise_equal(fp8_cast(x, torch.float8_e5m2, rounding, seed=6), expected)
+
+
 # ---- stochastic rounding ----------------------------------------------------------------------
 
 def spread_values(device, dtype=torch.float32, shape=(67, 129)):
@@ -181,6 +213,25 @@ def test_transpose_equals_cast_then_transpose(device, shape, rounding):
     strided = torch.randn(shape[0], shape[1] + 3, device=device)[:, 1:-2]
     assert_bitwise_equal(fp8_cast(strided, FORMATS[0], transpose=True), torch_cast(strided.cpu(), FORMATS[0]).t())
     assert_bitwise_equal(fp8_cast(x[:0], FORMATS[0], transpose=True), x[:0].t().to(FORMATS[0]))
+
+
+@pytest.mark.parametrize("dtype", INPUTS)
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_transpose_whole_and_partial_tiles(device, dtype, rounding):
+    # Sizes and strides that are multiples of 4 (whole 4-element groups) or not, whole and partial
+    # 64 x 64 tiles, rows at a stride and contiguous.
+    base = (torch.randn(200, 264) * 100).to(device=device, dtype=dtype)
+    for rows, cols, start in [(128, 192, 0), (68, 132, 0), (200, 260, 4), (130, 70, 1), (67, 129, 0)]:
+        for x in (base[:rows, start:start + cols], base[:rows, start:start + cols].contiguous()):
+            expected = reference.fp8_cast(x.cpu(), torch.float8_e4m3fn, rounding, 2, transpose=True)
+            assert_bitwise_equal(fp8_cast(x, torch.float8_e4m3fn, rounding, seed=2, transpose=True), expected)
+
+
+def test_transpose_more_row_tiles_than_a_grid(device):
+    # 65535 row tiles is the most a CUDA grid has in y; the rest are looped over.
+    x = (torch.randn(65_537 * 64 + 4, 4) * 100).to(device=device, dtype=torch.bfloat16)
+    expected = fp8_cast(x, torch.float8_e4m3fn).t()
+    assert_bitwise_equal(fp8_cast(x, torch.float8_e4m3fn, transpose=True), expected)
 
 
 # ---- autograd, compile, opcheck ---------------------------------------------------------------
