@@ -36,13 +36,26 @@ void embedding_bag_forward(py::handle table, py::handle indices, py::handle offs
 #endif
 }
 
-void embedding_bag_sort_positions(py::handle indices, int64_t rows, py::handle sorted_positions, py::handle row_starts) {
+void embedding_bag_sort_positions(py::handle indices, int64_t rows, py::handle sorted_positions, py::handle row_starts,
+                                  py::handle workspace, py::handle error_flag, uintptr_t stream) {
   TensorImports in;
   const TensorView i = in.require(indices, "indices");
   const TensorView p = in.require(sorted_positions, "sorted_positions");
   const TensorView s = in.require(row_starts, "row_starts");
+  const OptionalView w = in.optional(workspace, "workspace");
+  const OptionalView flag = in.optional(error_flag, "error_flag");
+  if (i.device == DeviceType::CPU) {
+    py::gil_scoped_release release;
+    return sparse::sort_positions_by_row_cpu(i, rows, p, s);
+  }
+  sparse::check_sort_positions(i, rows, p, s, w);
+  require_error_flag(flag, i);
   py::gil_scoped_release release;
-  sparse::sort_positions_by_row_cpu(i, rows, p, s);
+#ifdef LMK_WITH_CUDA
+  sparse::sort_positions_by_row_cuda(i, rows, p, s, *w, *flag, reinterpret_cast<void*>(stream));
+#else
+  (void)stream;
+#endif
 }
 
 void embedding_bag_backward_table(py::handle grad_out, py::handle indices, py::handle offsets, py::handle weights,
@@ -95,8 +108,12 @@ void register_sparse(py::module_& m) {
         py::arg("stream") = 0,
         "out[b] = sum (mode 0) or mean (mode 1) over i in [offsets[b], offsets[b+1]) of w_i * table[indices[i]].");
   m.def("embedding_bag_sort_positions", &embedding_bag_sort_positions, py::arg("indices"), py::arg("rows"),
-        py::arg("sorted_positions"), py::arg("row_starts"),
-        "CPU stable counting sort of positions by index, with the CSR start of each row.");
+        py::arg("sorted_positions"), py::arg("row_starts"), py::arg("workspace") = py::none(),
+        py::arg("error_flag") = py::none(), py::arg("stream") = 0,
+        "Positions sorted stably by index, with the CSR start of each row (on the GPU: a radix sort in "
+        "`workspace`, int64 [embedding_bag_sort_workspace_size(len(indices))]).");
+  m.def("embedding_bag_sort_workspace_size", &sparse::sort_positions_workspace_size, py::arg("num_indices"),
+        "Entries of the int64 workspace of embedding_bag_sort_positions on the GPU.");
   m.def("embedding_bag_backward_table", &embedding_bag_backward_table, py::arg("grad_out"), py::arg("indices"),
         py::arg("offsets"), py::arg("per_sample_weights"), py::arg("mode"), py::arg("sorted_positions"),
         py::arg("segment_starts"), py::arg("grad_table"), py::arg("error_flag") = py::none(), py::arg("stream") = 0,

@@ -70,6 +70,32 @@ void check_backward_table(const TensorView& grad_out, const Bags& bags, const Te
   check_same_device(grad_segments, "grad_table", grad_out, "grad_out");
 }
 
+int64_t sort_positions_workspace_size(int64_t num_indices) {
+  return num_indices + kSortRadix * ((num_indices + kSortTile - 1) / kSortTile);
+}
+
+void check_sort_positions(const TensorView& indices, int64_t rows, const TensorView& sorted_positions,
+                          const TensorView& row_starts, const OptionalView& workspace) {
+  constexpr int64_t kMax31 = (int64_t(1) << 31) - 1;
+  check_dtype(indices, "indices", {DType::Int32, DType::Int64});
+  check_vector(indices, "indices");
+  if (indices.size(0) > kMax31)
+    fail(ErrorKind::Value, "indices: at most 2^31 - 1 indices on the GPU, got ", indices.size(0));
+  if (rows < 0 || rows > kMax31)
+    fail(ErrorKind::Value, "rows: expected a row count in [0, 2^31 - 1] on the GPU, got ", rows);
+  const auto check_int64_vector = [&](const TensorView& t, const char* name, int64_t size) {
+    check_dtype(t, name, {DType::Int64});
+    check_vector(t, name);
+    check_size(t, name, 0, size);
+    check_writable(t, name);
+    check_same_device(t, name, indices, "indices");
+  };
+  check_int64_vector(sorted_positions, "sorted_positions", indices.size(0));
+  check_int64_vector(row_starts, "row_starts", rows + 1);
+  if (!workspace) fail(ErrorKind::Value, "workspace: required for GPU tensors (int64 [sort_positions_workspace_size])");
+  check_int64_vector(*workspace, "workspace", sort_positions_workspace_size(indices.size(0)));
+}
+
 void check_backward_weights(const TensorView& grad_out, const TensorView& table, const Bags& bags,
                             const TensorView& grad_weights) {
   check_value_rows(table, "table");

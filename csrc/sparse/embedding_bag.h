@@ -10,6 +10,7 @@
 //
 // The table gradient is computed per output row over the positions of that row in a stable order
 // (positions sorted by index), never with floating-point atomics, so it is bitwise reproducible.
+// The sort is a counting sort on the CPU and a radix sort on the GPU; both give the same order.
 // The rows of the gradient are "segments" of that sorted order: one segment per table row gives
 // the dense gradient, one per distinct index gives the sparse (rows, values) gradient.
 #pragma once
@@ -65,7 +66,21 @@ void backward_weights_cpu(const TensorView& grad_out, const TensorView& table, c
 constexpr int32_t kBadIndex = 1;     // an index outside [0, rows), or a sorted position outside [0, N)
 constexpr int32_t kBadOffsets = 2;   // offsets or segment starts not monotone within bounds
 
+// The GPU sort of positions by row is a stable LSD radix sort: tiles of kSortTile positions,
+// digits of at most 8 bits. Its workspace is int64 [sort_positions_workspace_size(N)]: the keys
+// of one pass and a count per (digit, tile). Positions and rows must fit in 31 bits.
+constexpr int64_t kSortTile = 2048;
+constexpr int64_t kSortRadix = 256;
+int64_t sort_positions_workspace_size(int64_t num_indices);
+void check_sort_positions(const TensorView& indices, int64_t rows, const TensorView& sorted_positions,
+                          const TensorView& row_starts, const OptionalView& workspace);
+
 #ifdef LMK_WITH_CUDA
+// sort_positions_by_row_cpu on the GPU; an index outside [0, rows) sets kBadIndex (its position
+// then sorts after all others, outside every row).
+void sort_positions_by_row_cuda(const TensorView& indices, int64_t rows, const TensorView& sorted_positions,
+                                const TensorView& row_starts, const TensorView& workspace,
+                                const TensorView& error_flag, void* stream);
 void forward_cuda(const TensorView& table, const Bags& bags, const TensorView& out, const TensorView& error_flag,
                   void* stream);
 void backward_table_cuda(const TensorView& grad_out, const Bags& bags, const TensorView& sorted_positions,

@@ -4,12 +4,17 @@
 // results are bitwise reproducible without floating-point atomics. Values of indices, offsets and
 // sorted positions are validated where they are read: a bad one sets a bit of error_flag and is
 // skipped, so bad input never reads or writes out of bounds.
+//
+// The table backward takes the positions sorted by row from a stable radix sort (below), then
+// sums each row's upstream-gradient rows in that order.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <type_traits>
+#include <utility>
 
 #include "common/cuda_utils.cuh"
 #include "common/dispatch.h"
@@ -32,6 +37,19 @@ struct alignas(sizeof(T) * V) Pack {
 template <typename T, int V>
 __device__ __forceinline__ Pack<T, V> load(const T* p) {
   return *reinterpret_cast<const Pack<T, V>*>(p);
+}
+
+// A store marked evict-first: for an output far larger than the L2 that is not read again here,
+// so that its lines do not push out the inputs that the kernel gathers again and again.
+template <typename T, int V>
+__device__ __forceinline__ void store_streaming(T* p, const Pack<T, V>& y) {
+  if constexpr (sizeof(y) == 16) {
+    int4 bits;
+    memcpy(&bits, &y, 16);
+    __stcs(reinterpret_cast<int4*>(p), bits);
+  } else {
+    *reinterpret_cast<Pack<T, V>*>(p) = y;
+  }
 }
 
 __device__ __forceinline__ void flag_error(int32_t* flag, int32_t bit) { atomicOr(flag, bit); }
@@ -100,21 +118,173 @@ void check_range(const I* a, int64_t n, int64_t hi, int32_t* flag, cudaStream_t 
   LMK_CUDA_CHECK(cudaGetLastError());
 }
 
+// ---- Sorting positions by row ------------------------------------------------------------------
+// A stable LSD radix sort of (row, position) pairs packed as row << 32 | position, a digit of at
+// most 8 bits of the row per pass. Each pass counts the digits of every tile of kSortTile
+// elements, scans the counts in (digit, tile) order into each tile's first destination per digit,
+// and scatters every tile in element order, so equal digits keep their order and the result is
+// the positions of row 0 in increasing order, then those of row 1, and so on. Integer counting
+// only: the order is the same on every run.
+constexpr int kSortThreads = 256;
+constexpr int kSortItems = int(kSortTile) / kSortThreads;
+constexpr int kScanThreads = 1024;
+constexpr int kScanItems = 8;
+static_assert(kSortRadix <= kSortThreads, "one thread per digit");
+static_assert(kScanThreads == 32 * 32, "the scan's second level is one warp");
+
+__device__ __forceinline__ int digit_of(uint64_t packed, int shift, int radix) {
+  return int((packed >> (32 + shift)) & uint64_t(radix - 1));
+}
+
+// packed[i] = row << 32 | i, with row_counts[row] += 1. A bad index flags, takes row `rows` (after
+// every real row) and is counted in no row.
+template <typename I>
+__global__ void sort_pack_kernel(const I* __restrict__ indices, int64_t n, int64_t rows, uint64_t* __restrict__ packed,
+                                 int64_t* __restrict__ row_counts, int32_t* __restrict__ flag) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = indices[i];
+    const bool ok = 0 <= r && r < rows;
+    if (ok) atomicAdd(reinterpret_cast<unsigned long long*>(row_counts + r), 1ull);
+    else flag_error(flag, kBadIndex);
+    packed[i] = uint64_t(ok ? r : rows) << 32 | uint64_t(i);
+  }
+}
+
+// counts[d * num_tiles + t] = number of elements of tile t (block t) whose digit is d.
+__global__ void sort_count_kernel(const uint64_t* __restrict__ src, int64_t n, int shift, int radix,
+                                  int64_t* __restrict__ counts, int64_t num_tiles) {
+  __shared__ int tile_counts[kSortRadix];
+  for (int d = threadIdx.x; d < radix; d += kSortThreads) tile_counts[d] = 0;
+  __syncthreads();
+  const int64_t tile = blockIdx.x;
+  for (int k = 0; k < kSortItems; ++k) {
+    const int64_t e = tile * kSortTile + k * kSortThreads + threadIdx.x;
+    if (e < n) atomicAdd(&tile_counts[digit_of(src[e], shift, radix)], 1);
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < radix; d += kSortThreads) counts[d * num_tiles + tile] = tile_counts[d];
+}
+
+// Exclusive prefix sum of a[0, n) in place, by one block: chunks of kScanThreads * kScanItems in
+// turn, each thread summing kScanItems consecutive entries, then a scan across the block.
+__global__ void __launch_bounds__(kScanThreads) exclusive_scan_kernel(int64_t* __restrict__ a, int64_t n) {
+  constexpr int kWarps = kScanThreads / 32;
+  __shared__ int64_t warp_sums[kWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int64_t carry = 0;  // sum of all earlier chunks
+  for (int64_t chunk = 0; chunk < n; chunk += int64_t(kScanThreads) * kScanItems) {
+    const int64_t first = chunk + int64_t(threadIdx.x) * kScanItems;
+    int64_t x[kScanItems];
+    int64_t own = 0;
+#pragma unroll
+    for (int k = 0; k < kScanItems; ++k) {
+      x[k] = first + k < n ? a[first + k] : 0;
+      own += x[k];
+    }
+    int64_t inclusive = own;  // own plus all earlier lanes' of this warp
+#pragma unroll
+    for (int m = 1; m < 32; m *= 2) {
+      const int64_t y = __shfl_up_sync(0xffffffffu, inclusive, m);
+      if (lane >= m) inclusive += y;
+    }
+    if (lane == 31) warp_sums[warp] = inclusive;
+    __syncthreads();
+    if (warp == 0) {
+      int64_t w = warp_sums[lane];  // kWarps == 32
+#pragma unroll
+      for (int m = 1; m < 32; m *= 2) {
+        const int64_t y = __shfl_up_sync(0xffffffffu, w, m);
+        if (lane >= m) w += y;
+      }
+      warp_sums[lane] = w;  // now inclusive over warps
+    }
+    __syncthreads();
+    int64_t at = carry + (warp > 0 ? warp_sums[warp - 1] : 0) + inclusive - own;
+#pragma unroll
+    for (int k = 0; k < kScanItems; ++k) {
+      if (first + k < n) a[first + k] = at;
+      at += x[k];
+    }
+    carry += warp_sums[kWarps - 1];
+    __syncthreads();  // warp_sums is read above before the next chunk writes it
+  }
+}
+
+// Moves every element of tile t (block t) to its place for this pass: the tile's first destination
+// for its digit (the scanned counts) plus the number of earlier elements of the tile with that
+// digit. The tile goes by in rounds of kSortThreads elements in order; within a round, a warp
+// ranks its lanes by __match_any_sync and the warps' counts are added in warp order. The last
+// pass writes the positions alone.
+__global__ void __launch_bounds__(kSortThreads)
+    sort_scatter_kernel(const uint64_t* __restrict__ src, int64_t n, int shift, int radix,
+                        const int64_t* __restrict__ starts, int64_t num_tiles, uint64_t* __restrict__ dst,
+                        bool last_pass) {
+  constexpr int kWarps = kSortThreads / 32;
+  __shared__ int64_t next[kSortRadix];           // the tile's next destination per digit
+  __shared__ int warp_counts[kWarps][kSortRadix];  // this round's elements per warp and digit
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t tile = blockIdx.x;
+  for (int d = threadIdx.x; d < radix; d += kSortThreads) {
+    next[d] = starts[d * num_tiles + tile];
+    for (int w = 0; w < kWarps; ++w) warp_counts[w][d] = 0;
+  }
+  uint64_t v[kSortItems];  // all loads first, so that they are in flight together
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const int64_t e = tile * kSortTile + k * kSortThreads + threadIdx.x;
+    v[k] = e < n ? src[e] : 0;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const bool valid = tile * kSortTile + k * kSortThreads + threadIdx.x < n;
+    const int d = valid ? digit_of(v[k], shift, radix) : radix;  // radix: no digit, matches only the invalid
+    const unsigned peers = __match_any_sync(0xffffffffu, d);
+    const int rank = __popc(peers & ((1u << lane) - 1));  // earlier lanes with this digit
+    if (valid && rank == 0) warp_counts[warp][d] = __popc(peers);
+    __syncthreads();
+    if (valid) {
+      int64_t at = next[d] + rank;
+      for (int w = 0; w < warp; ++w) at += warp_counts[w][d];
+      dst[at] = last_pass ? v[k] & 0xffffffffu : v[k];
+    }
+    __syncthreads();
+    for (int dd = threadIdx.x; dd < radix; dd += kSortThreads) {
+      int round = 0;
+      for (int w = 0; w < kWarps; ++w) {
+        round += warp_counts[w][dd];
+        warp_counts[w][dd] = 0;
+      }
+      next[dd] += round;
+    }
+    __syncthreads();
+  }
+}
+
+void exclusive_scan(int64_t* a, int64_t n, cudaStream_t stream) {
+  exclusive_scan_kernel<<<1, kScanThreads, 0, stream>>>(a, n);
+  LMK_CUDA_CHECK(cudaGetLastError());
+}
+
 // Row kernels (forward, backward_table) split a block into groups of `group` threads: one group
 // per output row, its threads across the row's `cols` packs. Narrow rows pack several groups into
-// a block so that no thread idles; wide rows spread over grid.y.
+// a block so that no thread idles; wide rows spread over grid.y. With group_blocks, a group of a
+// warp or more is a block of its own, so that __syncthreads is its barrier (a smaller group lies
+// inside one warp).
 struct RowGrid {
   dim3 grid;
   int group;
+  int threads;
 };
 
-RowGrid row_grid(int64_t rows, int64_t cols) {
+RowGrid row_grid(int64_t rows, int64_t cols, bool group_blocks = false) {
   int group = 1;
   while (group < cols && group < kThreads) group *= 2;
-  const int64_t per_block = kThreads / group;
+  const int threads = group_blocks && group >= 32 ? group : kThreads;
+  const int64_t per_block = threads / group;
   const auto x = unsigned(std::min(ceil_div(rows, per_block), kMaxGridX));
   const auto y = unsigned(std::min(ceil_div(cols, group), kMaxGridY));
-  return {dim3(x, y), group};
+  return {dim3(x, y), group, threads};
 }
 
 // out[b] = scale_b * sum over the bag's positions, in position order, of w_i * table[indices[i]].
@@ -152,42 +322,73 @@ __global__ void forward_kernel(const T* __restrict__ table, int64_t rows, int64_
 }
 
 // grad_segments[s] = sum over j in the segment, in sorted order, of scale * w_p * grad_out[bag(p)].
+// Finding a slot's bag is a binary search (a dozen dependent loads), so a group resolves a chunk
+// of its segment's slots at once, one slot per thread, into shared memory; then every thread
+// gathers its column pack from those rows, loading kAhead rows before adding them (in order).
 template <typename T, typename I, int V>
 __global__ void backward_table_kernel(const T* __restrict__ grad_out, int64_t grad_stride, DeviceBags<T, I> bags,
                                       const int64_t* __restrict__ sorted_positions,
                                       const int64_t* __restrict__ segment_starts, int64_t num_segments,
                                       T* __restrict__ grad_segments, int64_t dim, int group,
                                       int32_t* __restrict__ flag) {
+  constexpr int kAhead = 4;
+  __shared__ int64_t slot_row[kThreads];  // where the slot's grad_out row starts, -1 to skip the slot
+  __shared__ float slot_scale[kThreads];
   const int64_t cols = dim / V;
-  const int per_block = kThreads / group;
+  const int per_block = blockDim.x / group;
   const int lane = threadIdx.x % group;
+  const int base = threadIdx.x - lane;  // the group's slots in shared memory
+  // The group's barrier: the whole block (one group, see row_grid), or the group's lanes of its warp.
+  const unsigned lanes = group >= 32 ? ~0u : ((1u << group) - 1) << (base % 32);
+  const auto group_sync = [&] {
+    if (group >= 32) __syncthreads();
+    else __syncwarp(lanes);
+  };
+  // Every loop below runs alike on all threads of a group, so they all reach its barriers.
   for (int64_t s = int64_t(blockIdx.x) * per_block + threadIdx.x / group; s < num_segments;
        s += int64_t(gridDim.x) * per_block) {
     const int64_t first = segment_starts[s], last = segment_starts[s + 1];
     // A malformed segment (flagged by check_monotone) gives zeros.
-    const bool segment_ok = 0 <= first && first <= last && last <= bags.n;
-    for (int64_t c = int64_t(blockIdx.y) * group + lane; c < cols; c += int64_t(gridDim.y) * group) {
+    const int64_t end = 0 <= first && first <= last && last <= bags.n ? last : first;
+    for (int64_t c0 = int64_t(blockIdx.y) * group; c0 < cols; c0 += int64_t(gridDim.y) * group) {
+      const int64_t c = c0 + lane;
       float acc[V] = {};
-      for (int64_t j = first; segment_ok && j < last; ++j) {
-        const int64_t p = sorted_positions[j];
-        if (p < 0 || p >= bags.n) {
-          flag_error(flag, kBadIndex);
-          continue;
+      for (int64_t j0 = first; j0 < end; j0 += group) {
+        const int count = end - j0 < group ? int(end - j0) : group;
+        if (lane < count) {
+          const int64_t p = sorted_positions[j0 + lane];
+          const int64_t b = 0 <= p && p < bags.n ? bags.bag_of(p) : -1;
+          if (b < 0) flag_error(flag, 0 <= p && p < bags.n ? kBadOffsets : kBadIndex);
+          slot_row[threadIdx.x] = b < 0 ? -1 : b * grad_stride;
+          slot_scale[threadIdx.x] =
+              b < 0 ? 0.0f
+                    : bags.weight(p) / bags.divisor(int64_t(bags.offsets[b + 1]) - int64_t(bags.offsets[b]));
         }
-        const int64_t b = bags.bag_of(p);
-        if (b < 0) {
-          flag_error(flag, kBadOffsets);
-          continue;
-        }
-        const float ws = bags.weight(p) / bags.divisor(int64_t(bags.offsets[b + 1]) - int64_t(bags.offsets[b]));
-        const Pack<T, V> g = load<T, V>(grad_out + b * grad_stride + c * V);
+        group_sync();
+        for (int k = 0; k < count; k += kAhead) {
+          int64_t row[kAhead];
+          Pack<T, V> g[kAhead];
 #pragma unroll
-        for (int k = 0; k < V; ++k) acc[k] += ws * to_float(g.v[k]);
+          for (int u = 0; u < kAhead; ++u) {
+            row[u] = k + u < count && c < cols ? slot_row[base + k + u] : -1;
+            if (row[u] >= 0) g[u] = load<T, V>(grad_out + row[u] + c * V);
+          }
+#pragma unroll
+          for (int u = 0; u < kAhead; ++u) {
+            if (row[u] < 0) continue;
+            const float ws = slot_scale[base + k + u];
+#pragma unroll
+            for (int e = 0; e < V; ++e) acc[e] += ws * to_float(g[u].v[e]);
+          }
+        }
+        group_sync();  // everyone has read the chunk before the next one overwrites it
       }
-      Pack<T, V> y;
+      if (c < cols) {
+        Pack<T, V> y;
 #pragma unroll
-      for (int k = 0; k < V; ++k) y.v[k] = from_float<T>(acc[k]);
-      *reinterpret_cast<Pack<T, V>*>(grad_segments + s * dim + c * V) = y;
+        for (int e = 0; e < V; ++e) y.v[e] = from_float<T>(acc[e]);
+        store_streaming(grad_segments + s * dim + c * V, y);
+      }
     }
   }
 }
@@ -276,6 +477,47 @@ void forward_cuda(const TensorView& table, const Bags& bags, const TensorView& o
   });
 }
 
+void sort_positions_by_row_cuda(const TensorView& indices, int64_t rows, const TensorView& sorted_positions,
+                                const TensorView& row_starts, const TensorView& workspace,
+                                const TensorView& error_flag, void* stream) {
+  CudaDeviceGuard guard(indices.device_index);
+  const auto s = static_cast<cudaStream_t>(stream);
+  const int64_t n = indices.size(0);
+  int64_t* starts = row_starts.as<int64_t>();
+  LMK_CUDA_CHECK(cudaMemsetAsync(starts, 0, sizeof(int64_t) * size_t(rows + 1), s));
+  if (n == 0) return;
+  // Rows take bit_width(rows) bits (a bad index sorts as row `rows`), spread evenly over the passes.
+  int bits = 0;
+  while (bits < 63 && (int64_t(1) << bits) <= rows) ++bits;
+  const int passes = std::max(1, (bits + 7) / 8);
+  const int width = (bits + passes - 1) / passes;
+  const int radix = 1 << width;
+  const int64_t num_tiles = ceil_div(n, kSortTile);
+  auto* keys = reinterpret_cast<uint64_t*>(workspace.as<int64_t>());
+  int64_t* counts = workspace.as<int64_t>() + n;
+  auto* out = reinterpret_cast<uint64_t*>(sorted_positions.as<int64_t>());
+  // The passes alternate between the workspace and the output, so that the last one writes the output.
+  uint64_t* src = passes % 2 ? keys : out;
+  uint64_t* dst = passes % 2 ? out : keys;
+  dispatch_index(indices.dtype, "indices", [&](auto itag) {
+    using I = typename decltype(itag)::type;
+    const auto blocks = unsigned(std::min<int64_t>(ceil_div(n, kThreads), 4096));
+    sort_pack_kernel<I><<<blocks, kThreads, 0, s>>>(indices.as<const I>(), n, rows, src, starts,
+                                                    error_flag.as<int32_t>());
+    LMK_CUDA_CHECK(cudaGetLastError());
+  });
+  exclusive_scan(starts, rows + 1, s);
+  for (int pass = 0; pass < passes; ++pass) {
+    sort_count_kernel<<<unsigned(num_tiles), kSortThreads, 0, s>>>(src, n, pass * width, radix, counts, num_tiles);
+    LMK_CUDA_CHECK(cudaGetLastError());
+    exclusive_scan(counts, radix * num_tiles, s);
+    sort_scatter_kernel<<<unsigned(num_tiles), kSortThreads, 0, s>>>(src, n, pass * width, radix, counts, num_tiles,
+                                                                      dst, pass == passes - 1);
+    LMK_CUDA_CHECK(cudaGetLastError());
+    std::swap(src, dst);
+  }
+}
+
 void backward_table_cuda(const TensorView& grad_out, const Bags& bags, const TensorView& sorted_positions,
                          const TensorView& segment_starts, const TensorView& grad_segments,
                          const TensorView& error_flag, void* stream) {
@@ -296,8 +538,8 @@ void backward_table_cuda(const TensorView& grad_out, const Bags& bags, const Ten
       using T = typename decltype(ttag)::type;
       with_pack_width<T>(dim, {&grad_out, &grad_segments}, [&](auto vtag) {
         constexpr int V = decltype(vtag)::value;
-        const RowGrid g = row_grid(num_segments, dim / V);
-        backward_table_kernel<T, I, V><<<g.grid, kThreads, 0, s>>>(grad_out.as<const T>(), grad_out.stride(0),
+        const RowGrid g = row_grid(num_segments, dim / V, /*group_blocks=*/true);
+        backward_table_kernel<T, I, V><<<g.grid, g.threads, 0, s>>>(grad_out.as<const T>(), grad_out.stride(0),
                                                                     device_bags<T, I>(bags), positions, starts,
                                                                     num_segments, grad_segments.as<T>(), dim,
                                                                     g.group, flag);

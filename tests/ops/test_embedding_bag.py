@@ -1,5 +1,7 @@
 """lmk::embedding_bag against the reference: values, gradients, determinism, compile, bad input."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 import lmkernels
 from lmkernels import _C, reference
 from lmkernels.ops import embedding_bag
+from lmkernels.ops._native import dl, error_flag
 
 TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
              torch.float16: dict(rtol=2e-3, atol=2e-3)}
@@ -384,6 +387,78 @@ def test_native_sort_positions_checks_its_arguments():
         _C.embedding_bag_sort_positions(indices, 2, positions, torch.empty(3, dtype=torch.int64))
     with pytest.raises(TypeError, match="sorted_positions"):
         _C.embedding_bag_sort_positions(indices, 3, positions.int(), row_starts)
+
+
+# The table gradient's sort of positions by row: a counting sort on the CPU, on the GPU a radix sort
+# of 1 to 4 passes (digits of up to 8 bits of the row) over tiles of 2048 positions. Both must give
+# the stable order: positions of row 0 in increasing order, then row 1, ...
+@pytest.mark.parametrize("rows, n", [(1, 5), (7, 5000), (300, 4500), (32000, 4097), (70000, 2100), (2**24 + 3, 3000),
+                                     (5, 0)])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_positions_are_sorted_stably_by_row(device, rows, n, index_dtype):
+    ops = importlib.import_module("lmkernels.ops.embedding_bag")
+    torch.manual_seed(n)
+    indices = torch.randint(0, min(rows, 1000), (n,)) * (rows // min(rows, 1000))  # duplicates, spread over all digits
+    indices[:3] = rows - 1
+    indices = indices[torch.randperm(n)].to(index_dtype)
+    flag = error_flag(indices.to(device))
+    positions, row_starts = ops._positions_by_row(indices.to(device), rows, flag)
+    keys = indices.numpy()
+    assert np.array_equal(positions.cpu().numpy(), np.argsort(keys, kind="stable"))
+    assert np.array_equal(row_starts.cpu().numpy(), np.searchsorted(np.sort(keys), np.arange(rows + 1)))
+    if flag is not None:
+        assert flag.item() == 0
+
+
+@pytest.mark.parametrize("rows, dim, dtype, mode, weighted", [
+    (70000, 16, torch.float32, "mean", True),    # 3 sort passes; 4 lanes per table row, 8 rows per warp
+    (5000, 1024, torch.float32, "sum", False),   # 2 passes; a block of 256 threads per table row
+    (5000, 512, torch.bfloat16, "sum", True),    # a block of 64 threads per table row
+    (5000, 40, torch.float16, "mean", False),    # 5 packs of 8 values: 8 lanes per table row, 3 idle
+])
+def test_gradients_of_larger_tables(device, rows, dim, dtype, mode, weighted):
+    torch.manual_seed(rows + dim)
+    table = torch.randn(rows, dim, device=device).to(dtype).requires_grad_()
+    indices, offsets = make_bags(torch.randint(0, 30, (300,)).tolist(), rows, device=device)
+    indices[: indices.numel() // 4] = indices[-(indices.numel() // 4):].flip(0)  # rows hit from several bags
+    weights = torch.rand(indices.numel(), device=device).to(dtype).requires_grad_() if weighted else None
+    inputs = (table,) if weights is None else (table, weights)
+    upstream = torch.randn(offsets.numel() - 1, dim, device=device).to(dtype)
+    ours = torch.autograd.grad(embedding_bag(table, indices, offsets, weights, mode), inputs, upstream)
+    expected = torch.autograd.grad(reference.embedding_bag(table, indices, offsets, weights, mode), inputs, upstream)
+    torch.testing.assert_close(ours[0], expected[0], **TOLERANCE[dtype])
+    if weighted:
+        torch.testing.assert_close(ours[1], expected[1], **{k: v * 4 for k, v in TOLERANCE[dtype].items()})
+    again = torch.autograd.grad(embedding_bag(table, indices, offsets, weights, mode), inputs, upstream)
+    assert all(torch.equal(a, b) for a, b in zip(ours, again))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU sort's own arguments")
+def test_native_cuda_sort_checks_its_arguments():
+    indices = torch.tensor([2, 0, 2], device="cuda")
+    positions = torch.empty(3, dtype=torch.int64, device="cuda")
+    row_starts = torch.empty(4, dtype=torch.int64, device="cuda")
+    workspace = torch.empty(_C.embedding_bag_sort_workspace_size(3), dtype=torch.int64, device="cuda")
+    flag = error_flag(indices)
+    stream = torch.cuda.current_stream().cuda_stream
+
+    def sort(rows, starts=row_starts, work=workspace, flag=flag):
+        _C.embedding_bag_sort_positions(dl(indices), rows, dl(positions), dl(starts), dl(work), dl(flag), stream)
+
+    sort(3)
+    assert positions.tolist() == [1, 0, 2] and row_starts.tolist() == [0, 1, 1, 3] and flag.item() == 0
+    with pytest.raises(ValueError, match="workspace"):
+        sort(3, work=None)
+    with pytest.raises(ValueError, match="workspace"):
+        sort(3, work=workspace[1:])
+    with pytest.raises(ValueError, match="error_flag"):
+        sort(3, flag=None)
+    with pytest.raises(ValueError, match="rows"):
+        sort(-1)
+    with pytest.raises(ValueError, match="row_starts"):
+        sort(2)
+    sort(2, starts=row_starts[:3])
+    assert flag.item() == _C.BAG_BAD_INDEX  # index 2 of a 2-row table: flagged, not raised
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

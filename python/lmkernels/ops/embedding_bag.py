@@ -7,7 +7,8 @@ empty bags give zeros. ``offsets`` has ``num_bags + 1`` entries, starts at 0 and
 ``len(indices)``. Values are float32, bfloat16 or float16 and accumulate in fp32.
 
 Gradients: the table gradient sums ``scale * w_i * grad_out[bag(i)]`` into row ``indices[i]``,
-deterministically (positions sorted stably by index, one reduction per row, no atomics);
+deterministically (positions sorted stably by index, by a counting sort on the CPU and a radix sort
+on the GPU, then one reduction per row in position order, no floating-point atomics);
 with ``sparse=True`` it is a sparse COO tensor holding only the touched rows. The weight gradient
 is ``scale * <grad_out[bag(i)], table[indices[i]]>``.
 """
@@ -101,17 +102,18 @@ define_op("embedding_bag(Tensor table, Tensor indices, Tensor offsets, Tensor? p
 
 
 def _positions_by_row(indices: Tensor, rows: int, flag: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Positions sorted stably by index, and the start of each row's run in that order ([rows + 1])."""
+    """Positions sorted stably by index, and the start of each row's run in that order ([rows + 1]).
+
+    A counting sort on the CPU (raising on a bad index), a radix sort on the GPU (flagging it)."""
+    positions = torch.empty(indices.numel(), dtype=torch.int64, device=indices.device)
+    row_starts = torch.empty(rows + 1, dtype=torch.int64, device=indices.device)
     if not indices.is_cuda:
-        positions = torch.empty(indices.numel(), dtype=torch.int64)
-        row_starts = torch.empty(rows + 1, dtype=torch.int64)
         _C.embedding_bag_sort_positions(dl(indices), rows, dl(positions), dl(row_starts))
         return positions, row_starts
-    sorted_indices, positions = torch.sort(indices, stable=True)
-    row_starts = torch.searchsorted(sorted_indices, torch.arange(rows + 1, device=indices.device, dtype=indices.dtype))
-    # Indices outside [0, rows) fall before row 0 or after the last row: flag them on the device.
-    out_of_range = (row_starts[0] != 0) | (row_starts[-1] != indices.numel())
-    flag.bitwise_or_(out_of_range.to(torch.int32) * _C.BAG_BAD_INDEX)
+    workspace = torch.empty(_C.embedding_bag_sort_workspace_size(indices.numel()), dtype=torch.int64,
+                            device=indices.device)
+    _C.embedding_bag_sort_positions(dl(indices), rows, dl(positions), dl(row_starts), dl(workspace), dl(flag),
+                                    stream_of(indices))
     return positions, row_starts
 
 
