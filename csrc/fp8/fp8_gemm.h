@@ -34,16 +34,17 @@ void gemm_cpu(const TensorView& a, const TensorView& b, float alpha, const Optio
 // ---- CUDA (on the given stream) -----------------------------------------------------------------
 // exact_order: the portable shared-memory tiled kernel (any architecture), summing in the order
 // above, bitwise equal to the CPU. Otherwise the fastest kernel for the device: on compute
-// capability 9.0 with aligned operands the CUTLASS tensor-core kernel (fp8_gemm_sm90.cu), whose
-// sums run in another order and precision; the portable kernel everywhere else.
+// capability 9.0 with aligned operands a CUTLASS tensor-core kernel (fp8_gemm_sm90.cu picks its tile
+// configuration by shape), whose sums run in another order and precision; the portable kernel
+// everywhere else.
 #ifdef LMK_WITH_CUDA
 void gemm_cuda(const TensorView& a, const TensorView& b, float alpha, const OptionalView& bias,
                const TensorView& out, bool exact_order, void* stream);
 #endif
 #ifdef LMK_WITH_SM90_GEMM
-// Runs the sm_90a kernel and returns true, or returns false (nothing launched) when the device is
+// Runs an sm_90a kernel and returns true, or returns false (nothing launched) when the device is
 // not compute capability 9.0 or the operands miss its TMA alignment (K and N multiples of 16,
-// 16-byte aligned pointers and row strides).
+// 16-byte aligned pointers and row strides). A malformed LMK_FP8_GEMM_SM90 is an ErrorKind::Value.
 bool gemm_sm90(const TensorView& a, const TensorView& b, float alpha, const OptionalView& bias,
                const TensorView& out, void* stream);
 #endif

@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 import lmkernels
 from lmkernels import reference
 from lmkernels.ops import fp8_gemm
+from lmkernels.ops.fp8_gemm import _SM90_ENV, _SM90_KERNELS
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 PAIRS = [(E4M3, E4M3), (E5M2, E4M3), (E4M3, E5M2)]
@@ -174,24 +175,42 @@ def assert_within_tensor_core_bound(out, a, b, alpha, bias):
         assert (torch.linalg.norm(out.double() - exact) / torch.linalg.norm(exact)).item() < 1e-3
 
 
+# Hopper configurations: None runs the shape heuristic's choice, a name forces that configuration.
+SM90_KERNELS = [None, *_SM90_KERNELS]
+
+
+def force_sm90(monkeypatch, setting):
+    """Hopper calls in this test run configuration ``setting`` (None: the heuristic's choice)."""
+    if setting is None:
+        monkeypatch.delenv(_SM90_ENV, raising=False)
+    else:
+        monkeypatch.setenv(_SM90_ENV, setting)
+
+
 @needs_hopper
+@pytest.mark.parametrize("kernel", SM90_KERNELS)
 @pytest.mark.parametrize("a_dtype, b_dtype", PAIRS)
 @pytest.mark.parametrize("out_dtype", OUT_DTYPES)
 @pytest.mark.parametrize("m", [1, 200, 512])
-def test_hopper_kernel_within_tensor_core_bound(a_dtype, b_dtype, out_dtype, m):
+def test_hopper_kernel_within_tensor_core_bound(monkeypatch, kernel, a_dtype, b_dtype, out_dtype, m):
+    force_sm90(monkeypatch, kernel)
     a, b = random_fp8(m, 4096, a_dtype, "cuda"), random_fp8(384, 4096, b_dtype, "cuda")
     for alpha, bias in ((1.0, None), (0.125, torch.randn(384, device="cuda"))):
         out = fp8_gemm(a, b, alpha, bias, out_dtype)
         assert out.shape == (m, 384) and out.dtype == out_dtype
         assert_within_tensor_core_bound(out, a, b, alpha, bias)
         assert torch.equal(out, fp8_gemm(a, b, alpha, bias, out_dtype))  # deterministic
+        if out_dtype == torch.float32:  # the tensor cores ran: their sums differ from the sequential ones
+            assert not torch.equal(out, fp8_gemm(a, b, alpha, bias, out_dtype, exact_order=True))
 
 
 @needs_hopper
+@pytest.mark.parametrize("kernel", SM90_KERNELS)
 @pytest.mark.parametrize("a_dtype, b_dtype", PAIRS)
-def test_hopper_kernel_exact_on_small_integers(a_dtype, b_dtype):
+def test_hopper_kernel_exact_on_small_integers(monkeypatch, kernel, a_dtype, b_dtype):
     # |products| <= 16, K = 64: every partial sum is an integer below 2^11, exact in any order and at
     # any tensor-core precision; a wrong layout or tile placement cannot hide here.
+    force_sm90(monkeypatch, kernel)
     a = torch.randint(-4, 5, (300, 64)).to(a_dtype).cuda()
     b = torch.randint(-4, 5, (208, 64)).to(b_dtype).cuda()
     bias = torch.randint(-8, 9, (208,)).float().cuda()
@@ -200,13 +219,45 @@ def test_hopper_kernel_exact_on_small_integers(a_dtype, b_dtype):
 
 
 @needs_hopper
-def test_hopper_kernel_takes_padded_rows_and_falls_back_when_unaligned():
+@pytest.mark.parametrize("kernel", SM90_KERNELS)
+def test_hopper_kernel_takes_padded_rows_and_falls_back_when_unaligned(monkeypatch, kernel):
+    force_sm90(monkeypatch, kernel)
     wide = random_fp8(96, 1024 + 32, E4M3, "cuda")
     a, b = wide[:, :1024], random_fp8(160, 1024, E4M3, "cuda")  # row stride 1056: a 16-byte multiple
     assert_within_tensor_core_bound(fp8_gemm(a, b, out_dtype=torch.float32), a, b, 1.0, None)
     # N = 100 and K = 1000 are not multiples of 16: the portable kernel, bitwise the CPU's.
     a, b = random_fp8(64, 1000, E4M3, "cuda"), random_fp8(100, 1000, E5M2, "cuda")
     assert torch.equal(fp8_gemm(a, b, 0.5).cpu(), fp8_gemm(a.cpu(), b.cpu(), 0.5))
+
+
+@needs_hopper
+@pytest.mark.parametrize("kernel", _SM90_KERNELS)
+def test_hopper_kernel_swizzle_moves_tiles_not_bits(monkeypatch, kernel):
+    # Several tiles along both modes, in counts that a swizzle of 8 does not divide: the scheduler
+    # pads the grid with empty tiles. Which CTA computes a tile must not change a bit of it.
+    a, b = random_fp8(1000, 512, E5M2, "cuda"), random_fp8(1040, 512, E4M3, "cuda")
+    bias = torch.randn(1040, device="cuda")
+    results = []
+    for swizzle in (1, 2, 8):
+        monkeypatch.setenv(_SM90_ENV, f"{kernel}:{swizzle}")
+        results.append(fp8_gemm(a, b, 0.5, bias, torch.float32))
+    assert_within_tensor_core_bound(results[0], a, b, 0.5, bias)
+    assert all(torch.equal(r, results[0]) for r in results[1:])
+
+
+@needs_hopper
+def test_hopper_kernel_setting_is_checked(monkeypatch):
+    a, b = random_fp8(64, 128, E4M3, "cuda"), random_fp8(64, 128, E4M3, "cuda")
+    expected = fp8_gemm(a, b, out_dtype=torch.float32)
+    for setting in ("auto", "auto:8", "", f"{_SM90_KERNELS[0]}:4"):
+        monkeypatch.setenv(_SM90_ENV, setting)
+        assert_within_tensor_core_bound(fp8_gemm(a, b, out_dtype=torch.float32), a, b, 1.0, None)
+    for setting in ("256x256", "128x128:3", "auto:", "128x128x128"):
+        monkeypatch.setenv(_SM90_ENV, setting)
+        with pytest.raises(ValueError, match=f"LMK_FP8_GEMM_SM90: expected one of auto, .*got '{setting}'"):
+            fp8_gemm(a, b, out_dtype=torch.float32)
+    monkeypatch.delenv(_SM90_ENV)
+    assert torch.equal(fp8_gemm(a, b, out_dtype=torch.float32), expected)
 
 
 def test_same_result_for_any_thread_count():

@@ -10,44 +10,68 @@ own case: ``torch._scaled_mm`` with scales alpha and 1 (cuBLASLt FP8 tensor core
 column-major, as given), and bf16 ``torch.addmm`` (cuBLAS bf16 tensor cores). Case
 names read ``<M>x<N>x<K> e4m3*e5m2 -> bf16``; throughput is 2 M N K floating-point operations per
 call (H100 SXM dense peaks: 1979 TFLOP/s FP8, 989 bf16).
+
+On Hopper each CUDA problem also runs every configuration of the tensor-core kernel against
+``torch._scaled_mm``, forced by name (``lmkernels.ops.fp8_gemm._sm90_kernel``), in cases marked
+``[sm90 <setting>]``: ``auto`` (the shape estimate's choice, as in the unmarked case), each
+configuration with the swizzle the estimate would give it, and each with ``:1`` (no swizzle). Forcing
+costs each call a few microseconds of setting the environment variable, so compare marked cases with
+one another, and with ``[sm90 auto]`` rather than the unmarked case. The full set adds a
+128 x 8192 x 8192 problem, one with too few 128 x 128 tiles to fill an H100.
 """
 
 from __future__ import annotations
 
 import torch
 
+import lmkernels
 from lmkernels.bench.harness import Case
 from lmkernels.ops import fp8_gemm
+from lmkernels.ops.fp8_gemm import _SM90_KERNELS, _sm90_kernel
 
 _CPU = {"full": [1024, 2048], "quick": [512]}
 _CUDA = {"full": [4096, 8192], "quick": [4096]}
+_CUDA_SKINNY = {"full": [(128, 8192, 8192)], "quick": []}  # (M, N, K)
 _TINY = [48]
 _ALPHA = 0.5
+_SM90_SETTINGS = ("auto", *_SM90_KERNELS, *(f"{name}:1" for name in _SM90_KERNELS))
 
 
 def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
     """The FP8 GEMM cases on ``device``: full sizes, ``quick`` or ``tiny`` (smoke test)."""
     on_cuda = torch.device(device).type == "cuda"
-    sizes = _TINY if tiny else (_CUDA if on_cuda else _CPU)["quick" if quick else "full"]
+    mode = "quick" if quick else "full"
+    sizes = _TINY if tiny else (_CUDA if on_cuda else _CPU)[mode]
+    shapes = [(size, size, size) for size in sizes] + (_CUDA_SKINNY[mode] if on_cuda and not tiny else [])
+    hopper = on_cuda and torch.cuda.get_device_capability(device) == (9, 0) and lmkernels.info()["hopper_kernels"]
     result = []
-    for size in sizes:
+    for m, n, k in shapes:
         gen = torch.Generator().manual_seed(0)
-        a = torch.randn(size, size, generator=gen).to(torch.float8_e4m3fn).to(device)
-        b = torch.randn(size, size, generator=gen).to(torch.float8_e5m2).to(device)
-        bias = torch.randn(size, generator=gen).to(device)
+        a = torch.randn(m, k, generator=gen).to(torch.float8_e4m3fn).to(device)
+        b = torch.randn(n, k, generator=gen).to(torch.float8_e5m2).to(device)
+        bias = torch.randn(n, generator=gen).to(device)
         peers = _cuda_peers(a, b, bias) if on_cuda else _cpu_peers(a, b, bias)
-        for peer, peer_fn in peers:
-            result.append(Case(
-                kernel="fp8_gemm",
-                case=f"{size}x{size}x{size} e4m3*e5m2 -> bf16",
-                peer=peer,
-                ours_fn=lambda a=a, b=b, bias=bias: fp8_gemm(a, b, _ALPHA, bias, torch.bfloat16),
-                peer_fn=peer_fn,
-                bytes_moved=2 * size * size + 2 * size * size + 4 * size,
-                device=device,
-                flops=2 * size**3,
-            ))
+
+        def case(name, peer, peer_fn, ours_fn):
+            return Case(kernel="fp8_gemm", case=name, peer=peer, ours_fn=ours_fn, peer_fn=peer_fn,
+                        bytes_moved=m * k + n * k + 2 * m * n + 4 * n, device=device, flops=2 * m * n * k)
+
+        name = f"{m}x{n}x{k} e4m3*e5m2 -> bf16"
+        result += [case(name, peer, peer_fn, lambda a=a, b=b, bias=bias: fp8_gemm(a, b, _ALPHA, bias, torch.bfloat16))
+                   for peer, peer_fn in peers]
+        if hopper:
+            scaled_mm = peers[0]  # torch._scaled_mm
+            result += [case(f"{name} [sm90 {setting}]", *scaled_mm, _forced(setting, a, b, bias))
+                       for setting in _SM90_SETTINGS]
     return result
+
+
+def _forced(setting: str, a, b, bias):
+    """Our call with the Hopper kernel configuration ``setting``."""
+    def call():
+        with _sm90_kernel(setting):
+            return fp8_gemm(a, b, _ALPHA, bias, torch.bfloat16)
+    return call
 
 
 def _bf16_addmm(a, b, bias):

@@ -18,13 +18,18 @@ tensor core's own order and reduced precision and adds those partial sums into f
 128 of K (CUTLASS's promoting, non-"FastAccum" schedule), and computes ``alpha * acc + bias`` in
 one fp32 step: results are deterministic but differ from the sequential sum by more than fp32
 rounding (the GPU tests bound the difference by 2^-9 of sum |alpha a b|). On the CPU the order is always the
-sequential one.
+sequential one. The Hopper kernel comes in several tile configurations, one picked per problem shape
+(csrc/fp8/fp8_gemm_sm90.cu); all sum in the same order. The environment variable
+``LMK_FP8_GEMM_SM90=<configuration>[:<swizzle>]`` forces one, for tests and benchmarks.
 
 No autograd: u-muP training composes three such GEMMs (forward, grad-input, grad-weight) with its
 own casts, so ``backward`` through this op raises ``RuntimeError``.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
 
 import torch
 from torch import Tensor
@@ -33,6 +38,28 @@ from lmkernels.ops._native import LIBRARY, _C, define_op, dl, stream_of
 
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+# The Hopper kernel's configurations (csrc/fp8/fp8_gemm_sm90_<name>.cu: CTA tile M x N), and the
+# environment variable that the native code reads on every call to force one.
+_SM90_KERNELS = ("128x128", "128x192", "128x208", "64x128")
+_SM90_ENV = "LMK_FP8_GEMM_SM90"
+
+
+@contextlib.contextmanager
+def _sm90_kernel(setting: str):
+    """Within the block, Hopper calls run ``setting``: ``"auto"`` (the shape heuristic), a name of
+    ``_SM90_KERNELS``, or either followed by ``":<swizzle>"`` (1, 2, 4 or 8 tiles per scheduler run).
+    For tests and benchmarks that compare configurations in one process; it sets the process
+    environment, so calls from other threads meanwhile see it too."""
+    previous = os.environ.get(_SM90_ENV)
+    os.environ[_SM90_ENV] = setting
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[_SM90_ENV]
+        else:
+            os.environ[_SM90_ENV] = previous
 
 
 def fp8_gemm(a: Tensor, b: Tensor, alpha: float = 1.0, bias: Tensor | None = None,
