@@ -8,8 +8,8 @@ import torch
 from lmkernels.bench import harness
 from lmkernels.cli import main
 
-_KEYS = {"kernel", "case", "device", "peer", "ours_ms", "peer_ms", "speedup", "ours_peak_mb", "peer_peak_mb",
-         "gbps", "stream_gbps", "threads"}
+_KEYS = {"kernel", "case", "device", "peer", "ours_ms", "peer_ms", "speedup", "ours_kernel_ms", "peer_kernel_ms",
+         "ours_peak_mb", "peer_peak_mb", "gbps", "stream_gbps", "threads"}
 
 
 def test_bench_writes_records(tmp_path, capsys):
@@ -24,6 +24,7 @@ def test_bench_writes_records(tmp_path, capsys):
         assert record["speedup"] == pytest.approx(record["peer_ms"] / record["ours_ms"])
         assert record["gbps"] > 0 and record["stream_gbps"] > 0
         assert record["ours_peak_mb"] is None and record["peer_peak_mb"] is None
+        assert record["ours_kernel_ms"] is None and record["peer_kernel_ms"] is None  # CUDA only
     table = capsys.readouterr().out
     assert "machine:" in table and "speedup" in table and records[0]["case"] in table
 

@@ -104,6 +104,9 @@ def _measure_selected(args: argparse.Namespace) -> int:
             gbps = f"text {record['ours_mbps']:.1f} MB/s (peer {record['peer_mbps']:.1f})"
         if "ours_gflops" in record:
             gbps = f"{record['ours_gflops']:.1f} GFLOP/s (peer {record['peer_gflops']:.1f})"
+        if record["ours_kernel_ms"] is not None:
+            peer_kernel = record["peer_kernel_ms"]
+            gbps += f"  kernels {record['ours_kernel_ms']:.3f} ms (peer {'-' if peer_kernel is None else f'{peer_kernel:.3f}'})"
         print(_row([record["kernel"], record["case"], record["device"], f"{record['ours_ms']:.3f}", record["peer"],
                     f"{record['peer_ms']:.3f}", f"{record['speedup']:.2f}x", gbps], widths), flush=True)
         if args.json:  # after every case, so that a run stopped part-way keeps what it measured

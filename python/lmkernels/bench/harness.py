@@ -101,6 +101,24 @@ def _peak_mb(fn: Callable[[], object], device: str) -> float | None:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+def kernel_ms(fn: Callable[[], object], device: str, calls: int = 5) -> float | None:
+    """GPU time of the kernels (and copies) one call launches, in milliseconds, from ``torch.profiler``:
+    the call's time without the host's work, which the wall time from an idle GPU includes. None on
+    the CPU."""
+    if not _is_cuda(device):
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize(device)
+    on_gpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(e.time_range.elapsed_us() for e in on_gpu) / calls / 1e3
+
+
 def stream_bandwidth(device: str, timing: Timing = FULL, repeats: int = 5) -> float:
     """Streaming-read bandwidth in GB/s: median time of ``torch.sum`` over a float32 tensor."""
     x = torch.ones(timing.stream_mib * 2**20 // 4, dtype=torch.float32, device=device)
@@ -114,7 +132,8 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
     """Time ``case``: warmup, then blocks of ours and of the peer alternately; medians in milliseconds.
 
     Returns the record: kernel, case, device, peer, ours_ms, peer_ms (times ``peer_scale``), speedup
-    (peer_ms / ours_ms),
+    (peer_ms / ours_ms), ours_kernel_ms and peer_kernel_ms (CUDA only: ``kernel_ms``; None for a
+    scaled peer),
     ours_peak_mb, peer_peak_mb (CUDA only, else None), gbps (ours, from ``bytes_moved``),
     stream_gbps (as given) and threads (torch's CPU thread count, which lmkernels follows); cases with ``text_bytes`` add ours_mbps and peer_mbps (text MB/s), cases
     with ``flops`` add ours_gflops and peer_gflops.
@@ -143,6 +162,8 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
         "ours_ms": ours_ms,
         "peer_ms": peer_ms,
         "speedup": peer_ms / ours_ms,
+        "ours_kernel_ms": kernel_ms(case.ours_fn, case.device),
+        "peer_kernel_ms": kernel_ms(case.peer_fn, case.device) if case.peer_scale == 1.0 else None,
         "ours_peak_mb": _peak_mb(case.ours_fn, case.device),
         "peer_peak_mb": _peak_mb(case.peer_fn, case.device),
         "gbps": None if case.bytes_moved is None else case.bytes_moved / ours_ms / 1e6,

@@ -41,7 +41,7 @@ _OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # The Hopper kernel's configurations (csrc/fp8/fp8_gemm_sm90_<name>.cu: CTA tile M x N), and the
 # environment variable that the native code reads on every call to force one.
-_SM90_KERNELS = ("128x128", "128x192", "128x208", "64x128")
+_SM90_KERNELS = ("128x128", "128x192", "128x208")
 _SM90_ENV = "LMK_FP8_GEMM_SM90"
 
 
