@@ -5,7 +5,8 @@
 # FP8 GEMM is not built and the script stops.
 #
 # Builds with CUDA on for the GPU's architecture alone, runs the CUDA cases of the kernel tests
-# (tests/ops: every kernel against its reference on the GPU; the CPU suite runs in CI), one process
+# (tests/ops: every kernel against its reference on the GPU; the CPU suite runs in CI; a case runs
+# when its test id says cuda or hopper, so a GPU-only test must say cuda in its name), one process
 # per test file so that a sticky CUDA error stays in its file; reruns the first failure of each
 # failing file under compute-sanitizer; then the GPU benchmarks. Everything goes to $OUT (default
 # ./device-out) in at most 8 files. Set LMK_BENCH_ARGS to change the benchmark's arguments and

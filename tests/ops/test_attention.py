@@ -292,7 +292,7 @@ def unaligned_copy(t):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("options", [dict(), dict(causal=False), dict(window=100, bias=True),
                                      dict(prefix=70, bias=True), dict(factor="causal")])
-def test_tensor_core_kernels_agree_with_the_plain_ones(dim, dtype, options):
+def test_cuda_tensor_core_kernels_agree_with_the_plain_ones(dim, dtype, options):
     """bf16 / fp16 with aligned rows take the tensor-core kernels; the same values in unaligned rows
     take the plain fp32 kernels. Several 64-row tiles of queries and keys, GQA, every option."""
     gen = torch.Generator().manual_seed(dim)
