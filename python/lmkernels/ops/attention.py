@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import LIBRARY, _C, call_op, define_op, dl, error_flag, raise_on_flag, stream_of
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 _FACTOR_MIN = ("causal", "all")
@@ -86,7 +86,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: fl
         raise ValueError(f"q: expected at most as many queries as keys ({keys}), got {sq}")
     key_bias = _key_vector(key_bias, "key_bias", batch, keys, q.device)
     key_factor = _key_vector(key_factor, "key_factor", batch, keys, q.device)
-    out, *_ = torch.ops.lmk.attention(q, k, v, _unit_last(prefix_k), _unit_last(prefix_v), key_bias, key_factor,
+    out, *_ = call_op("attention", q, k, v, _unit_last(prefix_k), _unit_last(prefix_v), key_bias, key_factor,
                                       None, 0, bool(causal), _scale(scale, dim), _window(window), factor_min == "all")
     return out
 
@@ -122,7 +122,7 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, sca
         raise ValueError(f"cu_seqlens: expected the device of q ({q.device}), got {cu_seqlens.device}")
     if max_seqlen is None:  # a decreasing table is reported by the kernel, not here
         max_seqlen = max(0, int(cu_seqlens.diff().max().item())) if q.is_cuda and cu_seqlens.shape[0] > 1 else 0
-    out, *_ = torch.ops.lmk.attention(q, k, v, None, None, None, None, cu_seqlens.contiguous(), int(max_seqlen),
+    out, *_ = call_op("attention", q, k, v, None, None, None, None, cu_seqlens.contiguous(), int(max_seqlen),
                                       True, _scale(scale, q.shape[-1]), _window(window), False)
     return out
 
@@ -300,7 +300,7 @@ def _backward(ctx, grad_out, _grad_lse, _grad_row_min, _grad_row_argmin):
     if grad_out is None:
         return (None,) * 13
     q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, lse, row_min, row_argmin = ctx.saved_tensors
-    grads = torch.ops.lmk.attention_backward(grad_out, q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens,
+    grads = call_op("attention_backward", grad_out, q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens,
                                              *ctx.options, lse, row_min, row_argmin)
     grad_q, grad_k, grad_v, grad_prefix_k, grad_prefix_v, grad_bias, grad_factor = grads
     return (grad_q, grad_k, grad_v, grad_prefix_k if ctx.has_prefix else None,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import LIBRARY, _C, call_op, define_op, dl, error_flag, raise_on_flag, stream_of
 
 _VARIANTS = {"contrast": 0, "mean": 1}
 _INDEX_ARGUMENTS = ("ne_indices", "ne_offsets", "edge_indices", "edge_offsets", "trigram_counts")
@@ -70,7 +70,7 @@ def dictionary_scores(
     for name in _INDEX_ARGUMENTS:
         if tensors[name].device != logits.device:
             raise ValueError(f"{name}: expected the device of logits ({logits.device}), got {tensors[name].device}")
-    return torch.ops.lmk.dictionary_scores(logits, ne_indices, ne_offsets, edge_indices, edge_offsets,
+    return call_op("dictionary_scores", logits, ne_indices, ne_offsets, edge_indices, edge_offsets,
                                            trigram_counts, m, float(edge_weight), variant)
 
 

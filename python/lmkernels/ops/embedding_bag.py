@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, kernel_output, raise_on_flag, stream_of
+from lmkernels.ops._native import (LIBRARY, _C, call_op, define_op, dl, error_flag, kernel_output, raise_on_flag,
+                                     stream_of)
 
 _MODES = {"sum": 0, "mean": 1}
 
@@ -54,7 +55,7 @@ def embedding_bag(
     for name, t in (("indices", indices), ("offsets", offsets), ("per_sample_weights", per_sample_weights)):
         if t is not None and t.device != table.device:
             raise ValueError(f"{name}: expected the device of table ({table.device}), got {t.device}")
-    return torch.ops.lmk.embedding_bag(table, indices, offsets, per_sample_weights, mode, bool(sparse))
+    return call_op("embedding_bag", table, indices, offsets, per_sample_weights, mode, bool(sparse))
 
 
 def _prepare(table: Tensor, indices: Tensor, offsets: Tensor, weights: Tensor | None):
@@ -195,13 +196,13 @@ def _backward(ctx, grad):
     grad_table = grad_weights = None
     if ctx.needs_input_grad[0]:
         if ctx.sparse:
-            touched, values = torch.ops.lmk.embedding_bag_backward_rows(grad, indices, offsets, weights, ctx.mode, rows)
+            touched, values = call_op("embedding_bag_backward_rows", grad, indices, offsets, weights, ctx.mode, rows)
             grad_table = torch.sparse_coo_tensor(touched.unsqueeze(0), values, ctx.table_shape, is_coalesced=True,
                                                  check_invariants=False)
         else:
-            grad_table = torch.ops.lmk.embedding_bag_backward_table(grad, indices, offsets, weights, ctx.mode, rows)
+            grad_table = call_op("embedding_bag_backward_table", grad, indices, offsets, weights, ctx.mode, rows)
     if weights is not None and ctx.needs_input_grad[3]:
-        grad_weights = torch.ops.lmk.embedding_bag_backward_weights(grad, table, indices, offsets, ctx.mode)
+        grad_weights = call_op("embedding_bag_backward_weights", grad, table, indices, offsets, ctx.mode)
     return grad_table, None, None, grad_weights, None, None
 
 

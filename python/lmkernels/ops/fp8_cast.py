@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, kernel_output, stream_of
+from lmkernels.ops._native import LIBRARY, _C, call_op, define_op, dl, kernel_output, stream_of
 
 _FORMATS = (torch.float8_e4m3fn, torch.float8_e5m2)
 _INPUTS = (torch.float32, torch.bfloat16, torch.float16)
@@ -73,7 +73,7 @@ def fp8_cast(x: Tensor, dtype: torch.dtype, rounding: str = "nearest", seed: int
     if seed is not None:  # to the signed 64-bit range of the op's schema
         seed %= _SEED_MODULUS
         seed = seed - _SEED_MODULUS if seed >= 1 << 63 else seed
-    return torch.ops.lmk.fp8_cast(x, dtype, rounding, seed, bool(transpose))
+    return call_op("fp8_cast", x, dtype, rounding, seed, bool(transpose))
 
 
 def _output_shape(x: Tensor, transpose: bool) -> list[int]:

@@ -34,7 +34,7 @@ import os
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, stream_of
+from lmkernels.ops._native import LIBRARY, _C, call_op, define_op, dl, stream_of
 
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -86,7 +86,7 @@ def fp8_gemm(a: Tensor, b: Tensor, alpha: float = 1.0, bias: Tensor | None = Non
         raise TypeError(f"alpha: expected a float, got {type(alpha).__name__}")
     if not isinstance(exact_order, bool):
         raise TypeError(f"exact_order: expected a bool, got {type(exact_order).__name__}")
-    return torch.ops.lmk.fp8_gemm(a, b, float(alpha), bias, out_dtype, exact_order)
+    return call_op("fp8_gemm", a, b, float(alpha), bias, out_dtype, exact_order)
 
 
 def _require_tensor(t, name: str) -> None:

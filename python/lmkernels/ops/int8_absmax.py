@@ -29,7 +29,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, kernel_output, raise_on_flag, stream_of
+from lmkernels.ops._native import (LIBRARY, _C, call_op, define_op, dl, error_flag, kernel_output, raise_on_flag,
+                                     stream_of)
 
 _VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -44,7 +45,7 @@ def int8_quantize(weight: Tensor) -> tuple[Tensor, Tensor]:
         ``(q, scale)``: q [out, in] int8 (contiguous) and scale [out] float32.
     """
     _require_tensor(weight, "weight")
-    return torch.ops.lmk.int8_quantize(weight)
+    return call_op("int8_quantize", weight)
 
 
 def int8_dequantize(q: Tensor, scale: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -62,7 +63,7 @@ def int8_dequantize(q: Tensor, scale: Tensor, dtype: torch.dtype = torch.float32
     _require_tensor(scale, "scale")
     if scale.device != q.device:
         raise ValueError(f"scale: expected the device of q ({q.device}), got {scale.device}")
-    return torch.ops.lmk.int8_dequantize(q, scale, dtype)
+    return call_op("int8_dequantize", q, scale, dtype)
 
 
 def int8_fake_quantize(weight: Tensor, *, inplace: bool = False,
@@ -84,10 +85,10 @@ def int8_fake_quantize(weight: Tensor, *, inplace: bool = False,
         if weight.requires_grad and torch.is_grad_enabled():
             raise RuntimeError("weight: in-place fake quantisation of a tensor that requires grad; "
                                "call it under torch.no_grad() or use inplace=False")
-        scale = torch.ops.lmk.int8_fake_quantize_(weight)
+        scale = call_op("int8_fake_quantize_", weight)
         result = weight
     else:
-        result, scale = torch.ops.lmk.int8_fake_quantize(weight)
+        result, scale = call_op("int8_fake_quantize", weight)
     return (result, scale) if return_scale else result
 
 

@@ -42,7 +42,8 @@ import math
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, kernel_output, raise_on_flag, stream_of
+from lmkernels.ops._native import (LIBRARY, _C, call_op, define_op, dl, error_flag, kernel_output, raise_on_flag,
+                                     stream_of)
 
 _REDUCTIONS = ("mean", "sum", "none")
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -112,7 +113,7 @@ def multilabel_bce_with_logits(
         raise ValueError("weights: the loss is not differentiable in the weights; pass weights.detach()")
 
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    loss, _ = torch.ops.lmk.multilabel_bce(logits, pos_indices, pos_offsets, weights, float(pos_weight), compute_grad)
+    loss, _ = call_op("multilabel_bce", logits, pos_indices, pos_offsets, weights, float(pos_weight), compute_grad)
     if reduction == "none":
         return loss
     if reduction == "sum":
@@ -185,7 +186,7 @@ def _backward(ctx, grad_loss, _grad_of_grad):
         raise RuntimeError("multilabel_bce: the gradient was not computed in the forward pass (logits did not require "
                            "a gradient then)")
     (grad,) = ctx.saved_tensors
-    return torch.ops.lmk.multilabel_bce_backward(grad, grad_loss), None, None, None, None, None
+    return call_op("multilabel_bce_backward", grad, grad_loss), None, None, None, None, None
 
 
 torch.library.register_autograd("lmk::multilabel_bce", _backward, setup_context=_setup_context, lib=LIBRARY)

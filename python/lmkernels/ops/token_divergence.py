@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import LIBRARY, _C, call_op, define_op, dl, error_flag, raise_on_flag, stream_of
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -73,7 +73,7 @@ def token_divergence(logits: Tensor, reference_tokens: Tensor, mask: Tensor | No
     for name, t in named.items():
         if t is not None and t.device != logits.device:
             raise ValueError(f"{name}: expected the device of logits ({logits.device}), got {t.device}")
-    argmax, match, nll, margin, kl = torch.ops.lmk.token_divergence(logits, reference_tokens, mask, reference_logits)
+    argmax, match, nll, margin, kl = call_op("token_divergence", logits, reference_tokens, mask, reference_logits)
     return TokenDivergence(argmax, match, nll, margin, kl if reference_logits is not None else None)
 
 

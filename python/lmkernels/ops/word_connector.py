@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import LIBRARY, _C, call_op, define_op, dl, error_flag, raise_on_flag, stream_of
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -68,7 +68,7 @@ def word_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, scale
     if scale is not None and not isinstance(scale, (int, float)):
         raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return torch.ops.lmk.word_attention(q, k, v, cu_seqlens, scale)[0]
+    return call_op("word_attention", q, k, v, cu_seqlens, scale)[0]
 
 
 def _word_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scale: float) -> tuple[Tensor, Tensor]:
@@ -120,7 +120,7 @@ def _word_attention_setup(ctx, inputs, output):
 
 def _word_attention_grad(ctx, grad_out, _grad_lse):
     q, k, v, cu_seqlens, lse = ctx.saved_tensors
-    grads = torch.ops.lmk.word_attention_backward(q, k, v, cu_seqlens, lse, grad_out, ctx.scale)
+    grads = call_op("word_attention_backward", q, k, v, cu_seqlens, lse, grad_out, ctx.scale)
     return *grads, None, None
 
 
@@ -140,7 +140,7 @@ def guide_broadcast(x: Tensor, guide: Tensor, cu_seqlens: Tensor) -> Tensor:
         [T, C] of x's dtype.
     """
     _check_tensors({"x": x, "guide": guide, "cu_seqlens": cu_seqlens}, {"x": 2, "guide": 2})
-    return torch.ops.lmk.guide_broadcast(x, guide, cu_seqlens)
+    return call_op("guide_broadcast", x, guide, cu_seqlens)
 
 
 def _guide_broadcast(x: Tensor, guide: Tensor, cu_seqlens: Tensor) -> Tensor:
@@ -179,7 +179,7 @@ def _guide_broadcast_setup(ctx, inputs, output):
 def _guide_broadcast_grad(ctx, grad_out):
     (cu_seqlens,) = ctx.saved_tensors
     grad_out = grad_out.to(ctx.dtype)
-    grad_guide = (torch.ops.lmk.guide_broadcast_backward(grad_out, cu_seqlens, ctx.words)
+    grad_guide = (call_op("guide_broadcast_backward", grad_out, cu_seqlens, ctx.words)
                   if ctx.needs_input_grad[1] else None)
     return grad_out, grad_guide, None
 

@@ -1,0 +1,66 @@
+"""``call_op``: the kernel runs directly only where nothing needs the dispatcher, with the same results."""
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from lmkernels.ops import _native, fp8_cast
+from lmkernels.ops.attention import attention
+
+
+@pytest.fixture
+def direct_calls(monkeypatch):
+    """The names of the ops whose kernel ran without the dispatcher."""
+    names = []
+    kernels = dict(_native._KERNELS)
+
+    def spy(name):
+        def kernel(*args):
+            names.append(name)
+            return kernels[name](*args)
+        return kernel
+
+    monkeypatch.setattr(_native, "_KERNELS", {name: spy(name) for name in kernels})
+    return names
+
+
+def qkv(requires_grad=False):
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(1, 2, 9, 8, generator=gen).requires_grad_(requires_grad) for _ in range(3)]
+
+
+def test_plain_tensors_without_autograd_skip_the_dispatcher(direct_calls):
+    q, k, v = qkv()
+    direct = attention(q, k, v)
+    assert direct_calls == ["attention"]
+    assert torch.equal(direct, torch.ops.lmk.attention(q, k, v, None, None, None, None, None, 0, True, 8 ** -0.5, 0,
+                                                       False)[0])
+
+
+def test_inputs_that_autograd_tracks_go_through_the_dispatcher(direct_calls):
+    q, k, v = qkv(requires_grad=True)
+    out = attention(q, k, v)
+    assert direct_calls == []
+    out.sum().backward()  # the backward op runs with grad mode off: directly
+    assert direct_calls == ["attention_backward"] and q.grad is not None
+    with torch.no_grad():
+        attention(q, k, v)
+    assert direct_calls == ["attention_backward", "attention"]
+
+
+def test_subclasses_modes_and_transforms_go_through_the_dispatcher(direct_calls):
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(torch.randn(4, 16))
+        out = fp8_cast(fake, torch.float8_e4m3fn)
+    assert out.shape == (4, 16) and out.dtype == torch.float8_e4m3fn
+    with torch.device("cpu"):  # a torch function mode
+        fp8_cast(torch.randn(4, 16), torch.float8_e4m3fn)
+    q, k, v = qkv()
+    torch.vmap(lambda q: attention(q[None], k, v)[0])(q)
+    assert direct_calls == []
+
+
+def test_parameters_count_as_plain_tensors(direct_calls):
+    weight = torch.nn.Parameter(torch.randn(4, 16), requires_grad=False)
+    fp8_cast(weight, torch.float8_e4m3fn)
+    assert direct_calls == ["fp8_cast"]
