@@ -61,34 +61,21 @@ __global__ void __launch_bounds__(kThreads) grad_query_mma_kernel(AttentionProbl
   if (!it.valid || i0 >= it.queries) return;
   const int64_t kv_head = head / (p.q_heads / p.kv_heads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
-  const int64_t count = it.queries - i0 < kTileRows ? it.queries - i0 : kTileRows;
   const int dim_chunks = int(p.dim / 8);
   const float scale = float(p.options.scale);
-
-  int64_t row[2];
-  bool on[2];
-  Interval vis[2];
+  const QueryBlock qb = query_block(p.options, it, i0, lane);
   float lse[2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int local = warp * 16 + lane / 4 + 8 * h;
-    row[h] = i0 + local;
-    on[h] = local < count;
-    vis[h] = on[h] ? visible_keys(p.options, it, row[h]) : Interval{0, 0};
-    lse[h] = on[h] ? lse_of_row(g.lse, it, head, row[h]) : INFINITY;
-  }
-  const Interval first_row = visible_keys(p.options, it, i0), last_row = visible_keys(p.options, it, i0 + count - 1);
-  const int64_t start = first_row.lo / kTileRows * kTileRows;
-  const int64_t tiles = last_row.hi > start ? (last_row.hi - start + kTileRows - 1) / kTileRows : 0;
+  for (int h = 0; h < 2; ++h) lse[h] = qb.on[h] ? lse_of_row(g.lse, it, head, qb.row[h]) : INFINITY;
 
-  load_tile<kDim>(q_s, count, dim_chunks, [&](int r) { return row_at<const T>(p.q, it, head, i0 + r); });
-  load_tile<kDim>(do_s, count, dim_chunks, [&](int r) { return row_at<const T>(g.grad_out, it, head, i0 + r); });
+  load_tile<kDim>(q_s, qb.count, dim_chunks, [&](int r) { return row_at<const T>(p.q, it, head, i0 + r); });
+  load_tile<kDim>(do_s, qb.count, dim_chunks, [&](int r) { return row_at<const T>(g.grad_out, it, head, i0 + r); });
   commit_copies();
   const uint16_t* q_rows = q_s + warp * 16 * L::kStride;
   const uint16_t* do_rows = do_s + warp * 16 * L::kStride;
 
   auto load_keys_values = [&](int64_t tile, int stage) {
-    const int64_t j0 = start + tile * kTileRows, n = it.keys - j0 < kTileRows ? it.keys - j0 : kTileRows;
+    const int64_t j0 = qb.start + tile * kTileRows, n = it.keys - j0 < kTileRows ? it.keys - j0 : kTileRows;
     load_tile<kDim>(k_s + stage * L::kElements, n, dim_chunks, key_rows<T>(p, p.prefix_k, p.k, it, kv_head, j0));
     load_tile<kDim>(v_s + stage * L::kElements, n, dim_chunks, key_rows<T>(p, p.prefix_v, p.v, it, kv_head, j0));
     if (threadIdx.x < kTileRows) {
@@ -99,8 +86,8 @@ __global__ void __launch_bounds__(kThreads) grad_query_mma_kernel(AttentionProbl
   };
   // P (in s) and dP of a tile; P = 0 at keys the row does not see.
   auto probabilities = [&](Product& s, Product& dp, int64_t tile, int stage) {
-    const int64_t j0 = start + tile * kTileRows;
-    const bool unmasked = j0 >= last_row.lo && j0 + kTileRows <= first_row.hi;
+    const int64_t j0 = qb.start + tile * kTileRows;
+    const bool unmasked = qb.unmasked(j0);
     const float* bias = bias_s + stage * kTileRows;
     multiply_shared<T, kDim>(s, q_rows, k_s + stage * L::kElements, lane);
     multiply_shared<T, kDim>(dp, do_rows, v_s + stage * L::kElements, lane);
@@ -110,13 +97,13 @@ __global__ void __launch_bounds__(kThreads) grad_query_mma_kernel(AttentionProbl
       for (int e = 0; e < 4; ++e) {
         const int h = e / 2, jj = nt * 8 + 2 * t + e % 2;
         const int64_t j = j0 + jj;
-        const bool visible = unmasked || (on[h] && j >= vis[h].lo && j < vis[h].hi);
+        const bool visible = unmasked || (qb.on[h] && j >= qb.vis[h].lo && j < qb.vis[h].hi);
         s[nt][e] = visible ? exp_approx(s[nt][e] * scale + bias[jj] - lse[h]) : 0.f;
       }
   };
 
   float delta[2] = {0.f, 0.f};
-  pipelined(tiles, load_keys_values, [&](int64_t tile, int stage) {
+  pipelined(qb.tiles, load_keys_values, [&](int64_t tile, int stage) {
     Product s, dp;
     probabilities(s, dp, tile, stage);
 #pragma unroll
@@ -128,13 +115,13 @@ __global__ void __launch_bounds__(kThreads) grad_query_mma_kernel(AttentionProbl
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     delta[h] = row_sum(delta[h]);
-    if (t == 0 && on[h]) *row_at<float>(g.delta, it, head, row[h]) = delta[h];
+    if (t == 0 && qb.on[h]) *row_at<float>(g.delta, it, head, qb.row[h]) = delta[h];
   }
 
   float dq[kDim / 8][4];
 #pragma unroll
   for (int d = 0; d < kDim / 8; ++d) dq[d][0] = dq[d][1] = dq[d][2] = dq[d][3] = 0.f;
-  pipelined(tiles, load_keys_values, [&](int64_t tile, int stage) {
+  pipelined(qb.tiles, load_keys_values, [&](int64_t tile, int stage) {
     Product s, dp;
     probabilities(s, dp, tile, stage);
 #pragma unroll
@@ -145,7 +132,7 @@ __global__ void __launch_bounds__(kThreads) grad_query_mma_kernel(AttentionProbl
   });
 #pragma unroll
   for (int h = 0; h < 2; ++h)
-    if (on[h]) store_row<kDim>(row_at<float>(g.grad_q, it, head, row[h]), dq, h, t, p.dim, scale);
+    if (qb.on[h]) store_row<kDim>(row_at<float>(g.grad_q, it, head, qb.row[h]), dq, h, t, p.dim, scale);
 }
 
 template <typename T, int kDim>

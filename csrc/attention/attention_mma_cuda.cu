@@ -47,27 +47,11 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(AttentionProblem 
   if (!it.valid || i0 >= it.queries) return;
   const int64_t kv_head = head / (p.q_heads / p.kv_heads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t count = it.queries - i0 < kTileRows ? it.queries - i0 : kTileRows;
   const int dim_chunks = int(p.dim / 8);
   const float scale = float(p.options.scale);
+  const QueryBlock qb = query_block(p.options, it, i0, lane);
 
-  // This lane's two rows: h = 0 is row g of the warp's 16, h = 1 row g + 8.
-  int64_t row[2];
-  bool on[2];
-  Interval vis[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int local = warp * 16 + g + 8 * h;
-    row[h] = i0 + local;
-    on[h] = local < count;
-    vis[h] = on[h] ? visible_keys(p.options, it, row[h]) : Interval{0, 0};
-  }
-  // Keys any row sees, [first_key, last_key), and keys every row sees, [last_row.lo, first_row.hi):
-  // tiles inside the latter need no mask.
-  const Interval first_row = visible_keys(p.options, it, i0), last_row = visible_keys(p.options, it, i0 + count - 1);
-  const int64_t first_key = first_row.lo, last_key = last_row.hi;
-
-  load_tile<kDim>(q_s, count, dim_chunks, [&](int r) { return row_at<const T>(p.q, it, head, i0 + r); });
+  load_tile<kDim>(q_s, qb.count, dim_chunks, [&](int r) { return row_at<const T>(p.q, it, head, i0 + r); });
   commit_copies();
   wait_copies<0>();
   __syncthreads();
@@ -79,7 +63,7 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(AttentionProblem 
   int64_t argmin[2] = {0, 0};
   if (p.key_factor) {
     const bool all = p.options.factor_min_all;
-    const int64_t lo = all ? 0 : first_key, hi = all ? it.keys : last_key;
+    const int64_t lo = all ? 0 : qb.first_row.lo, hi = all ? it.keys : qb.last_row.hi;
     for (int64_t j0 = lo / kTileRows * kTileRows; j0 < hi; j0 += kTileRows) {
       const int64_t n = it.keys - j0 < kTileRows ? it.keys - j0 : kTileRows;
       load_tile<kDim>(k_s, n, dim_chunks, key_rows<T>(p, p.prefix_k, p.k, it, kv_head, j0));
@@ -94,9 +78,9 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(AttentionProblem 
         for (int e = 0; e < 4; ++e) {
           const int h = e / 2;
           const int64_t j = j0 + nt * 8 + 2 * t + e % 2;
-          const bool counted = all ? j < it.keys : (j >= vis[h].lo && j < vis[h].hi);
+          const bool counted = all ? j < it.keys : (j >= qb.vis[h].lo && j < qb.vis[h].hi);
           const float x = s[nt][e] * scale;
-          if (on[h] && counted && x < minimum[h]) minimum[h] = x, argmin[h] = j;
+          if (qb.on[h] && counted && x < minimum[h]) minimum[h] = x, argmin[h] = j;
         }
       __syncthreads();  // k_s is reloaded
     }
@@ -108,10 +92,8 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(AttentionProblem 
 #pragma unroll
   for (int d = 0; d < kDim / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // l: this lane's share of the row sum
-  const int64_t start = first_key / kTileRows * kTileRows;
-  const int64_t tiles = last_key > start ? (last_key - start + kTileRows - 1) / kTileRows : 0;
   auto load_keys_values = [&](int64_t tile, int stage) {
-    const int64_t j0 = start + tile * kTileRows, n = it.keys - j0 < kTileRows ? it.keys - j0 : kTileRows;
+    const int64_t j0 = qb.start + tile * kTileRows, n = it.keys - j0 < kTileRows ? it.keys - j0 : kTileRows;
     load_tile<kDim>(k_s + stage * L::kElements, n, dim_chunks, key_rows<T>(p, p.prefix_k, p.k, it, kv_head, j0));
     load_tile<kDim>(v_s + stage * L::kElements, n, dim_chunks, key_rows<T>(p, p.prefix_v, p.v, it, kv_head, j0));
     if (threadIdx.x < kTileRows) {
@@ -124,11 +106,11 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(AttentionProblem 
     commit_copies();
   };
 
-  pipelined(tiles, load_keys_values, [&](int64_t tile, int stage) {
+  pipelined(qb.tiles, load_keys_values, [&](int64_t tile, int stage) {
     const float* bias = bias_s + stage * kTileRows;
     const float* factor = factor_s + stage * kTileRows;
-    const int64_t j0 = start + tile * kTileRows;
-    const bool unmasked = j0 >= last_row.lo && j0 + kTileRows <= first_row.hi;  // rows past count go unread
+    const int64_t j0 = qb.start + tile * kTileRows;
+    const bool unmasked = qb.unmasked(j0);
 
     Product s;
     multiply_rows<T, kDim>(s, qf, k_s + stage * L::kElements, lane);
@@ -140,7 +122,7 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(AttentionProblem 
         const int h = e / 2, jj = nt * 8 + 2 * t + e % 2;
         const int64_t j = j0 + jj;
         float x = -INFINITY;
-        if (unmasked || (on[h] && j >= vis[h].lo && j < vis[h].hi)) {
+        if (unmasked || (qb.on[h] && j >= qb.vis[h].lo && j < qb.vis[h].hi)) {
           x = s[nt][e] * scale;
           if (p.key_factor && factor[jj] != 1.f) x = minimum[h] + factor[jj] * (x - minimum[h]);
           if (p.key_bias) x += bias[jj];
@@ -180,18 +162,18 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(AttentionProblem 
     for (int d = 0; d < kDim / 8; ++d)
       *reinterpret_cast<uint32_t*>(staged + (g + 8 * h) * L::kStride + d * 8 + 2 * t) =
           pack<T>(o[d][2 * h] * inverse, o[d][2 * h + 1] * inverse);
-    if (t == 0 && on[h]) {
-      *row_at<float>(lse_out, it, head, row[h]) = l[h] == 0.f ? -INFINITY : (m[h] == -INFINITY ? 0.f : m[h]) + logf(l[h]);
+    if (t == 0 && qb.on[h]) {
+      *row_at<float>(lse_out, it, head, qb.row[h]) = l[h] == 0.f ? -INFINITY : (m[h] == -INFINITY ? 0.f : m[h]) + logf(l[h]);
       if (p.key_factor) {
-        *row_at<float>(row_min_out, it, head, row[h]) = minimum[h];
-        *row_at<int64_t>(row_argmin_out, it, head, row[h]) = argmin[h];
+        *row_at<float>(row_min_out, it, head, qb.row[h]) = minimum[h];
+        *row_at<int64_t>(row_argmin_out, it, head, qb.row[h]) = argmin[h];
       }
     }
   }
   __syncwarp();
   for (int c = lane; c < 16 * dim_chunks; c += 32) {
     const int r = c / dim_chunks, chunk = c % dim_chunks, local = warp * 16 + r;
-    if (local < count)
+    if (local < qb.count)
       *reinterpret_cast<uint4*>(row_at<T>(out, it, head, i0 + local) + chunk * 8) =
           *reinterpret_cast<const uint4*>(staged + r * L::kStride + chunk * 8);
   }

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "attention/attention.h"
+#include "attention/attention_device.cuh"
 #include "common/cuda_utils.cuh"
 #include "common/dispatch.h"
 #include "common/numeric.h"
@@ -84,6 +85,39 @@ void launch_tiles(Kernel kernel, dim3 grid, size_t shared_bytes, void* stream, A
   LMK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
   kernel<<<grid, kThreads, shared_bytes, static_cast<cudaStream_t>(stream)>>>(args...);
   LMK_CUDA_CHECK(cudaGetLastError());
+}
+
+// A block's query rows [i0, i0 + count), the keys they see, and this lane's two of them (h = 0:
+// fragment row g of its warp's 16, h = 1: row g + 8); the forward's and the dq kernel's view.
+struct QueryBlock {
+  int64_t i0, count;
+  int64_t row[2];
+  bool on[2];       // a real row
+  Interval vis[2];  // the keys it sees; empty where not on
+  // Keys any row sees are [first_row.lo, last_row.hi), walked in `tiles` key tiles from `start`; keys
+  // every row sees are [last_row.lo, first_row.hi).
+  Interval first_row, last_row;
+  int64_t start, tiles;
+
+  // Whether every row sees every key of the tile at j0, so it needs no mask (rows past count go unread).
+  __device__ bool unmasked(int64_t j0) const { return j0 >= last_row.lo && j0 + kTileRows <= first_row.hi; }
+};
+
+__device__ inline QueryBlock query_block(const AttentionOptions& o, const DeviceItem& it, int64_t i0, int lane) {
+  QueryBlock b;
+  b.i0 = i0;
+  b.count = it.queries - i0 < kTileRows ? it.queries - i0 : kTileRows;
+  for (int h = 0; h < 2; ++h) {
+    const int local = int(threadIdx.x / 32) * 16 + lane / 4 + 8 * h;
+    b.row[h] = i0 + local;
+    b.on[h] = local < b.count;
+    b.vis[h] = b.on[h] ? visible_keys(o, it, b.row[h]) : Interval{0, 0};
+  }
+  b.first_row = visible_keys(o, it, i0);
+  b.last_row = visible_keys(o, it, i0 + b.count - 1);
+  b.start = b.first_row.lo / kTileRows * kTileRows;
+  b.tiles = b.last_row.hi > b.start ? (b.last_row.hi - b.start + kTileRows - 1) / kTileRows : 0;
+  return b;
 }
 
 // Four 8x8 b16 matrices; lane l gives the address of row l % 8 of matrix l / 8.

@@ -38,14 +38,10 @@ namespace {
 
 using sm90::Kernel;
 
-// Every configuration, as LMK_FP8_GEMM_SM90 names them.
-const Kernel* const kKernels[] = {&sm90::kCooperative128x128, &sm90::kCooperative128x192,
-                                  &sm90::kCooperative128x208};
-
-// The estimate chooses from all of them, with their throughput per SM relative to 128 x 128 once every SM
-// has work, as measured on an H100 SXM (`lmk bench --device cuda --filter fp8_gemm`, the cases marked
-// [sm90 <name>] at 8192^3, 2026-11-27: 1.21 / 1.10 / 1.08 ms; the wide tiles move fewer operand
-// bytes per FLOP).
+// Every configuration (LMK_FP8_GEMM_SM90 names them by tile), with its throughput per SM relative
+// to 128 x 128 once every SM has work, as measured on an H100 SXM (`lmk bench --device cuda --filter
+// fp8_gemm`, the cases marked [sm90 <name>] at 8192^3, 2026-11-27: 1.21 / 1.10 / 1.08 ms; the wide
+// tiles move fewer operand bytes per FLOP).
 struct Candidate {
   const Kernel& kernel;
   double speed;
@@ -108,12 +104,12 @@ Choice forced_choice() {
   Choice choice{nullptr, 0};
   bool known = name == "auto";
   std::string names = "auto";
-  for (const Kernel* kernel : kKernels) {
-    if (name == kernel->name) {
-      choice.kernel = kernel;
+  for (const Candidate& c : kCandidates) {
+    if (name == c.kernel.name) {
+      choice.kernel = &c.kernel;
       known = true;
     }
-    names += std::string(", ") + kernel->name;
+    names += std::string(", ") + c.kernel.name;
   }
   if (colon != std::string_view::npos) {
     const std::string_view swizzle = setting.substr(colon + 1);
