@@ -74,15 +74,9 @@ __global__ void __launch_bounds__(kThreads) grad_query_mma_kernel(AttentionProbl
   const uint16_t* q_rows = q_s + warp * 16 * L::kStride;
   const uint16_t* do_rows = do_s + warp * 16 * L::kStride;
 
-  auto load_keys_values = [&](int64_t tile, int stage) {
-    const int64_t j0 = qb.start + tile * kTileRows, n = it.keys - j0 < kTileRows ? it.keys - j0 : kTileRows;
-    load_tile<kDim>(k_s + stage * L::kElements, n, dim_chunks, key_rows<T>(p, p.prefix_k, p.k, it, kv_head, j0));
-    load_tile<kDim>(v_s + stage * L::kElements, n, dim_chunks, key_rows<T>(p, p.prefix_v, p.v, it, kv_head, j0));
-    if (threadIdx.x < kTileRows) {
-      const int jj = threadIdx.x;
-      bias_s[stage * kTileRows + jj] = p.key_bias && jj < n ? p.key_bias[it.index * p.bias_stride + j0 + jj] : 0.f;
-    }
-    commit_copies();
+  auto load_tile_keys = [&](int64_t tile, int stage) {
+    load_keys_values<kDim, T>(p, it, kv_head, qb.start + tile * kTileRows, k_s + stage * L::kElements,
+                              v_s + stage * L::kElements, bias_s + stage * kTileRows, nullptr);
   };
   // P (in s) and dP of a tile; P = 0 at keys the row does not see.
   auto probabilities = [&](Product& s, Product& dp, int64_t tile, int stage) {
@@ -103,7 +97,7 @@ __global__ void __launch_bounds__(kThreads) grad_query_mma_kernel(AttentionProbl
   };
 
   float delta[2] = {0.f, 0.f};
-  pipelined(qb.tiles, load_keys_values, [&](int64_t tile, int stage) {
+  pipelined(qb.tiles, load_tile_keys, [&](int64_t tile, int stage) {
     Product s, dp;
     probabilities(s, dp, tile, stage);
 #pragma unroll
@@ -121,7 +115,7 @@ __global__ void __launch_bounds__(kThreads) grad_query_mma_kernel(AttentionProbl
   float dq[kDim / 8][4];
 #pragma unroll
   for (int d = 0; d < kDim / 8; ++d) dq[d][0] = dq[d][1] = dq[d][2] = dq[d][3] = 0.f;
-  pipelined(qb.tiles, load_keys_values, [&](int64_t tile, int stage) {
+  pipelined(qb.tiles, load_tile_keys, [&](int64_t tile, int stage) {
     Product s, dp;
     probabilities(s, dp, tile, stage);
 #pragma unroll

@@ -92,21 +92,12 @@ __global__ void __launch_bounds__(kThreads) forward_mma_kernel(AttentionProblem 
 #pragma unroll
   for (int d = 0; d < kDim / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // l: this lane's share of the row sum
-  auto load_keys_values = [&](int64_t tile, int stage) {
-    const int64_t j0 = qb.start + tile * kTileRows, n = it.keys - j0 < kTileRows ? it.keys - j0 : kTileRows;
-    load_tile<kDim>(k_s + stage * L::kElements, n, dim_chunks, key_rows<T>(p, p.prefix_k, p.k, it, kv_head, j0));
-    load_tile<kDim>(v_s + stage * L::kElements, n, dim_chunks, key_rows<T>(p, p.prefix_v, p.v, it, kv_head, j0));
-    if (threadIdx.x < kTileRows) {
-      const int jj = threadIdx.x;
-      const bool real = jj < n;
-      bias_s[stage * kTileRows + jj] = p.key_bias && real ? p.key_bias[it.index * p.bias_stride + j0 + jj] : 0.f;
-      factor_s[stage * kTileRows + jj] =
-          p.key_factor && real ? p.key_factor[it.index * p.factor_stride + j0 + jj] : 1.f;
-    }
-    commit_copies();
+  auto load_tile_keys = [&](int64_t tile, int stage) {
+    load_keys_values<kDim, T>(p, it, kv_head, qb.start + tile * kTileRows, k_s + stage * L::kElements,
+                              v_s + stage * L::kElements, bias_s + stage * kTileRows, factor_s + stage * kTileRows);
   };
 
-  pipelined(qb.tiles, load_keys_values, [&](int64_t tile, int stage) {
+  pipelined(qb.tiles, load_tile_keys, [&](int64_t tile, int stage) {
     const float* bias = bias_s + stage * kTileRows;
     const float* factor = factor_s + stage * kTileRows;
     const int64_t j0 = qb.start + tile * kTileRows;

@@ -210,6 +210,24 @@ __device__ void load_tile(uint16_t* tile, int64_t count, int dim_chunks, RowFn r
   }
 }
 
+// Starts loading the key tile at j0 of a key/value head: keys, values and the per-key bias (0 where
+// absent) into one stage's buffers, and the factor (1 where absent) where `factor` is given; commits.
+template <int kDim, typename T>
+__device__ void load_keys_values(const AttentionProblem& p, const DeviceItem& it, int64_t kv_head, int64_t j0,
+                                 uint16_t* keys, uint16_t* values, float* bias, float* factor) {
+  const int64_t n = it.keys - j0 < kTileRows ? it.keys - j0 : kTileRows;
+  const int dim_chunks = int(p.dim / 8);
+  load_tile<kDim>(keys, n, dim_chunks, key_rows<T>(p, p.prefix_k, p.k, it, kv_head, j0));
+  load_tile<kDim>(values, n, dim_chunks, key_rows<T>(p, p.prefix_v, p.v, it, kv_head, j0));
+  if (threadIdx.x < kTileRows) {
+    const int jj = threadIdx.x;
+    const bool real = jj < n;
+    bias[jj] = p.key_bias && real ? p.key_bias[it.index * p.bias_stride + j0 + jj] : 0.f;
+    if (factor) factor[jj] = p.key_factor && real ? p.key_factor[it.index * p.factor_stride + j0 + jj] : 1.f;
+  }
+  commit_copies();
+}
+
 // The a fragments of 16 rows of a tile, all kDim columns (for operands a warp keeps in registers).
 template <int kDim>
 __device__ __forceinline__ void load_rows(uint32_t (&a)[kDim / 16][4], const uint16_t* rows, int lane) {
