@@ -43,34 +43,53 @@ __attribute__((always_inline)) inline void accumulate_row(vec::f32x8* acc, const
   }
 }
 
+// The gathered rows of the output summed next (rows[0:count]). Their lines are prefetched into L2
+// while the current output is summed, a tile of columns at a time, so that a whole output's rows
+// are in flight at once: prefetching two rows ahead within an output, as before, kept too few
+// misses in flight to approach the memory bandwidth (T-FREE fp32 forward 35-48 ms -> 22-30 ms,
+// bf16 81-92 ms -> 46-70 ms; docs/benchmarks.md).
+template <typename T>
+struct NextRows {
+  const T* const* rows = nullptr;
+  int64_t count = 0;
+};
+
+// Prefetches the cache lines of p[0:kBytes) into L2. Inlined by force: GCC takes a call holding only
+// prefetches for one without effects and deletes it.
+template <int64_t kBytes>
+__attribute__((always_inline)) inline void prefetch_to_l2(const void* p) {
+  for (int64_t byte = 0; byte < kBytes; byte += 64) __builtin_prefetch(static_cast<const char*>(p) + byte, 0, 2);
+}
+
 // out[d0 : d0 + 16 * kUnits] of weighted_row_sum, in 2 * kUnits vector accumulators: independent add
-// chains that hide the add latency, with each row's columns read once. With kPrefetch, the next
-// 256 bytes of the row two ahead are prefetched, so that later passes find their lines in cache.
-// With kStream, out is written with streaming stores (same values, see common/stream_store.h).
-template <int kUnits, bool kPrefetch, bool kStream, typename T>
+// chains that hide the add latency, with each row's columns read once, and the same columns of the
+// next output's rows prefetched. With kStream, out is written with streaming stores (same values,
+// see common/stream_store.h).
+template <int kUnits, bool kStream, typename T>
 __attribute__((always_inline)) inline void weighted_tile_sum(T* __restrict out, const T* const* rows, const float* w,
-                                                             int64_t count, int64_t d0, float divisor) {
-  constexpr int64_t kAhead = 2, kBytes = 256;
+                                                             int64_t count, int64_t d0, float divisor,
+                                                             NextRows<T> next) {
+  constexpr int64_t kTileBytes = 16 * kUnits * int64_t(sizeof(T));
   vec::f32x8 acc[2 * kUnits] = {};
   for (int64_t i = 0; i < count; ++i) {
-    if (kPrefetch && i + kAhead < count)
-      for (int64_t byte = 0; byte < kBytes; byte += 64)
-        __builtin_prefetch(reinterpret_cast<const char*>(rows[i + kAhead] + d0) + byte);
+    if (i < next.count) prefetch_to_l2<kTileBytes>(next.rows[i] + d0);
     accumulate_row<kUnits>(acc, rows[i] + d0, w != nullptr, w ? w[i] : 1.f);
   }
+  for (int64_t i = count; i < next.count; ++i) prefetch_to_l2<kTileBytes>(next.rows[i] + d0);
   for (int u = 0; u < kUnits; ++u)
     vec::store_or_stream16<kStream>(out + d0 + 16 * u, acc[2 * u] / divisor, acc[2 * u + 1] / divisor);
 }
 
 // out[0:dim] = (sum_i w[i] * rows[i][0:dim]) / divisor, summing over i in order in fp32 (w null: all 1).
 // Always inlined into the SIMD-cloned wrappers below, so it is compiled once per x86-64 level.
-template <int kUnits, bool kPrefetch, bool kStream, typename T>
+template <int kUnits, bool kStream, typename T>
 __attribute__((always_inline)) inline void weighted_row_sum(T* __restrict out, const T* const* rows, const float* w,
-                                                            int64_t count, int64_t dim, float divisor) {
+                                                            int64_t count, int64_t dim, float divisor,
+                                                            NextRows<T> next) {
   int64_t d0 = 0;
   for (; d0 + 16 * kUnits <= dim; d0 += 16 * kUnits)
-    weighted_tile_sum<kUnits, kPrefetch, kStream>(out, rows, w, count, d0, divisor);
-  for (; d0 + 16 <= dim; d0 += 16) weighted_tile_sum<1, false, kStream>(out, rows, w, count, d0, divisor);
+    weighted_tile_sum<kUnits, kStream>(out, rows, w, count, d0, divisor, next);
+  for (; d0 + 16 <= dim; d0 += 16) weighted_tile_sum<1, kStream>(out, rows, w, count, d0, divisor, next);
   for (int64_t d = d0; d < dim; ++d) {
     float acc = 0.f;
     for (int64_t i = 0; i < count; ++i) acc += (w ? w[i] : 1.f) * to_float(rows[i][d]);
@@ -78,20 +97,20 @@ __attribute__((always_inline)) inline void weighted_row_sum(T* __restrict out, c
   }
 }
 
-// Columns per pass and prefetching, measured on Zen 4 (see docs/benchmarks.md). 16-bit rows: 32
-// columns, prefetched. fp32 rows streamed from memory (`from_memory`: the source is larger than a
-// last-level cache): 16 columns, prefetched, which matched torch where 64 columns ran at 0.8x;
-// fp32 rows in cache: 64 columns without prefetching, which ran 1.5x faster than that.
+// Columns per pass, measured on Zen 4 (see docs/benchmarks.md). 16-bit rows: 32 columns. fp32 rows
+// streamed from memory (`from_memory`: the source is larger than a last-level cache): 16 columns,
+// slightly faster than 32, where 64 columns ran at 0.8x of torch; fp32 rows in
+// cache: 64 columns, which ran 1.5x faster than 16.
 template <bool kStream, typename T>
 __attribute__((always_inline)) inline void weighted_row_sum(T* __restrict out, const T* const* rows, const float* w,
                                                             int64_t count, int64_t dim, float divisor,
-                                                            bool from_memory) {
+                                                            bool from_memory, NextRows<T> next) {
   if constexpr (sizeof(T) == 2) {
-    weighted_row_sum<2, true, kStream>(out, rows, w, count, dim, divisor);
+    weighted_row_sum<2, kStream>(out, rows, w, count, dim, divisor, next);
   } else if (from_memory) {
-    weighted_row_sum<1, true, kStream>(out, rows, w, count, dim, divisor);
+    weighted_row_sum<1, kStream>(out, rows, w, count, dim, divisor, next);
   } else {
-    weighted_row_sum<4, false, kStream>(out, rows, w, count, dim, divisor);
+    weighted_row_sum<4, kStream>(out, rows, w, count, dim, divisor, next);
   }
 }
 
@@ -155,16 +174,16 @@ __attribute__((always_inline)) inline void packed_block_sums(T* out, int64_t out
 #define LMK_DEFINE_KERNELS(T, SUFFIX)                                                                       \
   LMK_SIMD_CLONES void weighted_row_sum_##SUFFIX(T* out, const T* const* rows, const float* w, int64_t count, \
                                                  int64_t dim, float divisor, bool from_memory,               \
-                                                 OutputPath path) {                                          \
+                                                 OutputPath path, NextRows<T> next) {                        \
     if (path == OutputPath::Streamed)                                                                        \
-      weighted_row_sum<true>(out, rows, w, count, dim, divisor, from_memory);                                \
+      weighted_row_sum<true>(out, rows, w, count, dim, divisor, from_memory, next);                          \
     else                                                                                                     \
-      weighted_row_sum<false>(out, rows, w, count, dim, divisor, from_memory);                               \
+      weighted_row_sum<false>(out, rows, w, count, dim, divisor, from_memory, next);                         \
   }                                                                                                          \
   LMK_SIMD_CLONES float dot_##SUFFIX(const T* a, const T* b, int64_t dim) { return dot(a, b, dim); }         \
   inline void weighted_row_sum_simd(T* out, const T* const* rows, const float* w, int64_t count, int64_t dim, \
-                                    float divisor, bool from_memory, OutputPath path) {                       \
-    weighted_row_sum_##SUFFIX(out, rows, w, count, dim, divisor, from_memory, path);                         \
+                                    float divisor, bool from_memory, OutputPath path, NextRows<T> next) {     \
+    weighted_row_sum_##SUFFIX(out, rows, w, count, dim, divisor, from_memory, path, next);                   \
   }                                                                                                          \
   inline float dot_simd(const T* a, const T* b, int64_t dim) { return dot_##SUFFIX(a, b, dim); }              \
   LMK_SIMD_CLONES void packed_block_sums_##SUFFIX(T* out, int64_t out_stride, const T* block,                 \
@@ -223,9 +242,12 @@ struct Gather {
     weights.push_back(w);
     unit_weights = unit_weights && w == 1.f;
   }
-  void sum_into(T* out, int64_t dim, float divisor, bool from_memory, OutputPath path) const {
+  // next: the output summed after this one, if known, whose rows are prefetched meanwhile.
+  void sum_into(T* out, int64_t dim, float divisor, bool from_memory, OutputPath path,
+                const Gather* next = nullptr) const {
     weighted_row_sum_simd(out, rows.data(), unit_weights ? nullptr : weights.data(), int64_t(rows.size()), dim,
-                          divisor, from_memory, path);
+                          divisor, from_memory, path,
+                          next ? NextRows<T>{next->rows.data(), int64_t(next->rows.size())} : NextRows<T>{});
   }
 };
 
@@ -266,17 +288,17 @@ int64_t bag_grain(int64_t dim, int64_t num_bags, int64_t num_indices) {
   return std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, mean_bag * dim));
 }
 
-// Checks the offsets, then calls visit(b) for every bag in parallel. visit returns the position of an
-// index outside the table that it met (it stops there), or -1; the first such position is raised.
+// Checks the offsets, then calls visit(lo, hi) for chunks of bags [lo, hi) in parallel. visit returns
+// the position of an index outside the table that it met (it stops there), or -1; the first such
+// position is raised.
 template <typename I, typename Visit>
-void for_each_bag(const Bags& bags, int64_t rows, int64_t dim, Visit visit) {
+void for_each_bag_chunk(const Bags& bags, int64_t rows, int64_t dim, Visit visit) {
   const I* offsets = bags.offsets.as<I>();
   const int64_t num_bags = bags.num_bags();
   check_csr_offsets(offsets, num_bags, bags.num_indices(), "offsets");
   FirstError bad;
   parallel_for(0, num_bags, bag_grain(dim, num_bags, bags.num_indices()), [&](int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; ++b)
-      if (const int64_t position = visit(b); position >= 0) return bad.record(position);
+    if (const int64_t position = visit(lo, hi); position >= 0) return bad.record(position);
     vec::stream_fence();
   });
   if (bad.any()) fail_index(bags.indices.as<I>(), bad.position.load(), rows);
@@ -294,16 +316,28 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
     const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
     const OutputPath path = prepare_output<T>(out, num_bags, dim);
     const bool from_memory = larger_than_cache(rows * table.stride(0) * int64_t(sizeof(T)));
-    thread_local Gather<T> scratch_gather;  // per thread (static storage: not captured, each thread its own)
-    for_each_bag<I>(bags, rows, dim, [&](int64_t b) -> int64_t {
-      Gather<T>& gather = scratch_gather;  // one thread-local lookup per bag
-      const int64_t begin = offsets[b], size = offsets[b + 1] - begin;
-      if (const int64_t bad = gather.assign(table.as<T>(), table.stride(0), rows, indices + begin,
-                                            weights ? weights + begin : nullptr, size);
-          bad >= 0)
-        return begin + bad;
-      const float divisor = bags.mode == BagMode::Mean && size > 0 ? float(size) : 1.f;
-      gather.sum_into(out.as<T>() + b * dim, dim, divisor, from_memory, path);
+    // The bag being summed and the next one, whose rows it prefetches: per thread (static storage,
+    // not captured, each thread its own), one thread-local lookup per chunk.
+    thread_local Gather<T> scratch_gathers[2];
+    const auto assign = [&](Gather<T>& gather, int64_t b) -> int64_t {
+      const int64_t begin = offsets[b];
+      const int64_t bad = gather.assign(table.as<T>(), table.stride(0), rows, indices + begin,
+                                        weights ? weights + begin : nullptr, offsets[b + 1] - begin);
+      return bad >= 0 ? begin + bad : -1;
+    };
+    for_each_bag_chunk<I>(bags, rows, dim, [&](int64_t lo, int64_t hi) -> int64_t {
+      Gather<T>* gather = &scratch_gathers[0];
+      Gather<T>* next = &scratch_gathers[1];
+      if (const int64_t bad = assign(*gather, lo); bad >= 0) return bad;
+      for (int64_t b = lo; b < hi; ++b) {
+        const bool has_next = b + 1 < hi;
+        if (has_next)
+          if (const int64_t bad = assign(*next, b + 1); bad >= 0) return bad;
+        const int64_t size = offsets[b + 1] - offsets[b];
+        const float divisor = bags.mode == BagMode::Mean && size > 0 ? float(size) : 1.f;
+        gather->sum_into(out.as<T>() + b * dim, dim, divisor, from_memory, path, has_next ? next : nullptr);
+        std::swap(gather, next);
+      }
       return -1;
     });
   });
@@ -415,17 +449,27 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
         }
       }
       const int64_t grain = std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(1, dim));
+      // The rows of segment s, with their scales; false (and the position recorded) at a bad position.
+      const auto collect = [&](Gather<T>& gather, int64_t s) {
+        gather.clear();
+        for (int64_t j = starts[s]; j < starts[s + 1]; ++j) {
+          const int64_t p = positions[j];
+          if (uint64_t(p) >= uint64_t(n)) return bad.record(j), false;
+          const int64_t b = bag_of_position[size_t(p)];
+          gather.add(grad_out.as<T>() + b * grad_out.stride(0), scale_of(p, b));
+        }
+        return true;
+      };
       parallel_for(0, num_segments, grain, [&](int64_t lo, int64_t hi) {
-        Gather<T> gather;
+        Gather<T> gathers[2];  // the segment being summed and the next one, whose rows it prefetches
+        Gather<T>* gather = &gathers[0];
+        Gather<T>* next = &gathers[1];
+        if (!collect(*gather, lo)) return;
         for (int64_t s = lo; s < hi; ++s) {
-          gather.clear();
-          for (int64_t j = starts[s]; j < starts[s + 1]; ++j) {
-            const int64_t p = positions[j];
-            if (uint64_t(p) >= uint64_t(n)) return bad.record(j);
-            const int64_t b = bag_of_position[size_t(p)];
-            gather.add(grad_out.as<T>() + b * grad_out.stride(0), scale_of(p, b));
-          }
-          gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, from_memory, path);
+          const bool has_next = s + 1 < hi;
+          if (has_next && !collect(*next, s + 1)) return;
+          gather->sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, from_memory, path, has_next ? next : nullptr);
+          std::swap(gather, next);
         }
         vec::stream_fence();
       });
@@ -449,14 +493,16 @@ void backward_weights_cpu(const TensorView& grad_out, const TensorView& table, c
     const I* indices = bags.indices.as<I>();
     const I* offsets = bags.offsets.as<I>();
     T* grad_w = grad_weights.as<T>();
-    for_each_bag<I>(bags, rows, dim, [&](int64_t b) -> int64_t {
-      const int64_t count = offsets[b + 1] - offsets[b];
-      const T* g = grad_out.as<T>() + b * grad_out.stride(0);
-      for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
-        if (uint64_t(indices[i]) >= uint64_t(rows)) return i;
-        float v = dot_simd(g, table.as<T>() + int64_t(indices[i]) * table.stride(0), dim);
-        if (bags.mode == BagMode::Mean) v /= float(count);
-        grad_w[i] = from_float<T>(v);
+    for_each_bag_chunk<I>(bags, rows, dim, [&](int64_t lo, int64_t hi) -> int64_t {
+      for (int64_t b = lo; b < hi; ++b) {
+        const int64_t count = offsets[b + 1] - offsets[b];
+        const T* g = grad_out.as<T>() + b * grad_out.stride(0);
+        for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
+          if (uint64_t(indices[i]) >= uint64_t(rows)) return i;
+          float v = dot_simd(g, table.as<T>() + int64_t(indices[i]) * table.stride(0), dim);
+          if (bags.mode == BagMode::Mean) v /= float(count);
+          grad_w[i] = from_float<T>(v);
+        }
       }
       return -1;
     });
