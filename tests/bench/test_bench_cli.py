@@ -98,6 +98,24 @@ def test_measure_interleaves_blocks_of_ours_and_peer():
     assert record["gbps"] > 0 and record["stream_gbps"] is None
 
 
+def test_measure_gives_the_slower_side_fewer_calls(monkeypatch):
+    calls = []
+    cost_ms = {"ours": 1.0, "peer": 20.0}
+
+    def fake_timer(device):
+        def time_once(fn):
+            fn()
+            return cost_ms[calls[-1]]
+        return time_once
+
+    monkeypatch.setattr(harness, "_timer", fake_timer)
+    case = harness.Case("k", "c", "p", lambda: calls.append("ours"), lambda: calls.append("peer"), None, "cpu")
+    record = harness.measure(case, harness.Timing(warmup=1, min_repeats=4, min_time=0.04, block=3))
+    # ours needs 40 samples for 40 ms, the peer its 4 minimum: 2 blocks, of 1 + 20 and 1 + 2 calls
+    assert calls == ["ours", "peer"] + (["ours"] * 21 + ["peer"] * 3) * 2
+    assert record["speedup"] == pytest.approx(20.0)
+
+
 def test_text_cases_report_megabytes_per_second(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert main(["bench", "--tiny", "--device", "cpu", "--filter", "tfree_words", "--json", str(path)]) == 0

@@ -50,7 +50,7 @@ class Timing:
 
 
 FULL = Timing(warmup=2, min_repeats=10, min_time=0.3)
-QUICK = Timing(warmup=1, min_repeats=5, min_time=0.1)
+QUICK = Timing(warmup=1, min_repeats=4, min_time=0.1)
 TINY = Timing(warmup=1, min_repeats=3, min_time=0.0, stream_mib=16)
 
 
@@ -139,20 +139,26 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
     with ``flops`` add ours_gflops and peer_gflops.
     """
     time_once = _timer(case.device)
-    fastest = 0.0
+    first = [math.inf, math.inf]  # each side's fastest warmup call
     for _ in range(timing.warmup):
-        fastest = min(time_once(case.ours_fn), time_once(case.peer_fn))
-    repeats = timing.min_repeats
-    if fastest > 0:
-        repeats = max(repeats, math.ceil(timing.min_time * 1e3 / fastest))
-    repeats = min(repeats, timing.max_repeats)
+        first = [min(first[0], time_once(case.ours_fn)), min(first[1], time_once(case.peer_fn))]
+
+    def samples(ms: float) -> int:  # enough calls to run the side for min_time, within the bounds
+        wanted = math.ceil(timing.min_time * 1e3 / ms) if 0 < ms < math.inf else 0
+        return min(max(timing.min_repeats, wanted), timing.max_repeats)
+
     # Blocks of calls, ours then the peer, alternate against drift in the machine's speed. The
     # first call of each block is not kept: it pays for the other side's leftovers (torch's
-    # OpenMP workers spin for milliseconds after each torch call, holding a core).
+    # OpenMP workers spin for milliseconds after each torch call, holding a core). The side that
+    # needs fewer samples (the slower one) sets the number of blocks; the other takes more calls
+    # per block, so that a peer 50x slower is not run 50x as long as ours.
+    wanted = [samples(first[0]), samples(first[1])]
+    blocks = math.ceil(min(wanted) / (timing.block - 1))
+    sizes = [1 + math.ceil(n / blocks) for n in wanted]
     ours, peer = [], []
-    for _ in range(math.ceil(repeats / (timing.block - 1))):
-        ours += [time_once(case.ours_fn) for _ in range(timing.block)][1:]
-        peer += [time_once(case.peer_fn) for _ in range(timing.block)][1:]
+    for _ in range(blocks):
+        ours += [time_once(case.ours_fn) for _ in range(sizes[0])][1:]
+        peer += [time_once(case.peer_fn) for _ in range(sizes[1])][1:]
     ours_ms, peer_ms = statistics.median(ours), statistics.median(peer) * case.peer_scale
     record = {
         "kernel": case.kernel,
