@@ -116,6 +116,14 @@ def test_measure_gives_the_slower_side_fewer_calls(monkeypatch):
     assert record["speedup"] == pytest.approx(20.0)
 
 
+def test_gemm_cases_with_a_known_peak_report_its_fraction(monkeypatch):
+    monkeypatch.setattr(harness, "_timer", lambda device: lambda fn: fn())
+    case = harness.Case("k", "c", "p", lambda: 2.0, lambda: 4.0, None, "cpu", flops=10**9, peak_tflops=1.0)
+    record = harness.measure(case, harness.Timing(warmup=1, min_repeats=2, min_time=0.0))
+    assert record["ours_gflops"] == pytest.approx(500.0) and record["ours_of_peak"] == pytest.approx(0.5)
+    assert record["peer_of_peak"] == pytest.approx(0.25)
+
+
 def test_text_cases_report_megabytes_per_second(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert main(["bench", "--tiny", "--device", "cpu", "--filter", "tfree_words", "--json", str(path)]) == 0

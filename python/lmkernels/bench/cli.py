@@ -104,6 +104,8 @@ def _measure_selected(args: argparse.Namespace) -> int:
             gbps = f"text {record['ours_mbps']:.1f} MB/s (peer {record['peer_mbps']:.1f})"
         if "ours_gflops" in record:
             gbps = f"{record['ours_gflops']:.1f} GFLOP/s (peer {record['peer_gflops']:.1f})"
+            if "ours_of_peak" in record:
+                gbps += f", {record['ours_of_peak']:.0%} of peak (peer {record['peer_of_peak']:.0%})"
         if record["ours_kernel_ms"] is not None:
             peer_kernel = record["peer_kernel_ms"]
             gbps += f"  kernels {record['ours_kernel_ms']:.3f} ms (peer {'-' if peer_kernel is None else f'{peer_kernel:.3f}'})"

@@ -33,6 +33,7 @@ class Case:
     text_bytes: int | None = None  # text kernels: input bytes per call, reported as MB/s
     flops: int | None = None  # compute-bound kernels (GEMMs): floating-point operations per call, as GFLOP/s
     peer_scale: float = 1.0
+    peak_tflops: float | None = None  # the device's dense peak for this arithmetic, where known
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,8 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
     scaled peer),
     ours_peak_mb, peer_peak_mb (CUDA only, else None), gbps (ours, from ``bytes_moved``),
     stream_gbps (as given) and threads (torch's CPU thread count, which lmkernels follows); cases with ``text_bytes`` add ours_mbps and peer_mbps (text MB/s), cases
-    with ``flops`` add ours_gflops and peer_gflops.
+    with ``flops`` add ours_gflops and peer_gflops, and with ``peak_tflops`` also ours_of_peak and
+    peer_of_peak (fractions of that peak).
     """
     time_once = _timer(case.device)
     first = [math.inf, math.inf]  # each side's fastest warmup call
@@ -182,4 +184,7 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
     if case.flops is not None:
         record["ours_gflops"] = case.flops / ours_ms / 1e6
         record["peer_gflops"] = case.flops / peer_ms / 1e6
+        if case.peak_tflops is not None:
+            record["ours_of_peak"] = record["ours_gflops"] / (case.peak_tflops * 1e3)
+            record["peer_of_peak"] = record["peer_gflops"] / (case.peak_tflops * 1e3)
     return record
