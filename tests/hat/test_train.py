@@ -3,7 +3,8 @@
 import subprocess
 import sys
 
-from lmkernels.hat.train import add_noise, word_windows
+from lmkernels.hat.train import _same_size_causal_lm, add_noise, word_windows
+from lmkernels.nn import CausalLM, DecoderConfig
 
 
 def test_noise_levels():
@@ -19,6 +20,17 @@ def test_word_windows_keep_whole_words_within_the_budget():
     windows = word_windows(words, 10)
     assert all(sum(map(len, w)) <= 10 and len(w) > 1 for w in windows)
     assert windows == [[words[0], words[1]], [words[3], words[4]], [words[5], words[6]]]  # [5] alone is dropped
+
+
+def test_the_bpe_peer_has_the_layer_count_closest_to_the_hat_size():
+    def parameters(model):
+        return sum(p.numel() for p in model.parameters())
+
+    one, two, three = (parameters(CausalLM(512, DecoderConfig(dim=64, num_layers=layers, num_heads=2)))
+                       for layers in (1, 2, 3))
+    middle = (one + two) // 2
+    for target, expected in ((0, one), (middle - 1, one), (middle + 1, two), (two, two), (three + 1000, three)):
+        assert parameters(_same_size_causal_lm(512, 64, target)) == expected
 
 
 def test_lmk_hat_train_smoke(tmp_path):

@@ -164,6 +164,20 @@ def _token_windows(bpe, text: str, length: int) -> list[tuple[torch.Tensor, int]
     return windows
 
 
+def _same_size_causal_lm(vocab: int, width: int, parameters: int) -> CausalLM:
+    """The ``CausalLM`` of width ``width`` over ``vocab`` tokens whose layer count brings its parameter
+    count closest to ``parameters`` (the HAT model's)."""
+    def build(layers: int) -> CausalLM:
+        return CausalLM(vocab, DecoderConfig(dim=width, num_layers=layers, num_heads=max(1, width // 32)))
+
+    def size(layers: int) -> int:
+        return sum(p.numel() for p in build(layers).parameters())
+
+    per_layer = size(2) - size(1)
+    layers = max(1, round((parameters - size(1)) / per_layer) + 1)
+    return build(layers)
+
+
 def train_bpe(text: str, heldout: str, s: TrainSettings, hat_parameters: int, bytes_per_window: int,
               log=print) -> tuple[dict[float, float], int, int]:
     """Train the same-size BPE model; its nats per byte on the held-out text at each noise level."""
@@ -172,8 +186,7 @@ def train_bpe(text: str, heldout: str, s: TrainSettings, hat_parameters: int, by
     probe = bpe.encode(text[:20000])
     bytes_per_token = len(text[:20000].encode()) / max(len(probe.ids), 1)
     length = max(8, int(bytes_per_window / bytes_per_token))
-    config = DecoderConfig(dim=s.width, num_layers=3 * s.layers, num_heads=max(1, s.width // 32))
-    model = CausalLM(bpe.get_vocab_size(), config)
+    model = _same_size_causal_lm(bpe.get_vocab_size(), s.width, hat_parameters)
     windows = [w for w, _ in _token_windows(bpe, text, length)]
     if not windows:
         raise ValueError("text: too short for a BPE training window")
