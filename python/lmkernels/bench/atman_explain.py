@@ -14,9 +14,9 @@ vocabulary), a random prompt of P tokens and a target of T tokens; every prompt 
   KV cache here: the model is not a transformers ``GenerationMixin``). Its sequence mode
   (``forward_in_tokens=False``) scores the whole target in one teacher-forced forward per episode,
   its fastest form. Both sampled and scaled like the official algorithm.
-- **memory**: ours against a single clean forward at batch 1 (``model(tokens)``); the harness
-  records both peaks on CUDA, and ``peak_memory_ratio`` measures them on any device
-  (``lmkernels.bench.tensor_memory``).
+- **memory**: ours against a single clean forward at batch 1 (``model(tokens)``), a case of its
+  own whose record holds both peaks (CUDA's allocator statistics; on the CPU the live tensors'
+  peak, ``lmkernels.bench.tensor_memory``), as does ``peak_memory_ratio``.
 """
 
 from __future__ import annotations
@@ -68,9 +68,8 @@ def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
     scale = (units + 1) / (sampled + 1)
     result = [Case("atman_explain", name, f"official algorithm (dense SxS, batch 1; {sampled + 1} of {units + 1} "
                    f"passes, x{scale:.3g})", ours, official, None, device, peer_scale=scale)]
-    if device == "cuda":  # the harness records peak memory on CUDA only; on the CPU see peak_memory_ratio
-        result.append(Case("atman_explain", name + " memory", "single clean forward, batch 1", ours, clean_forward,
-                           None, device))
+    result.append(Case("atman_explain", name + " memory", "single clean forward, batch 1", ours, clean_forward,
+                       None, device, memory_on_cpu=True))
     if _has_captum():
         result[1:1] = [Case("atman_explain", name, f"captum FeatureAblation ({mode} mode; {sampled + 1} of "
                             f"{units + 1} episodes, x{scale:.3g})", ours, functools.partial(captum, mode == "sequence"),

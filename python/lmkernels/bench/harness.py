@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from lmkernels.bench.tensor_memory import peak_tensor_bytes
+
 
 @dataclass(frozen=True)
 class Case:
@@ -34,6 +36,7 @@ class Case:
     flops: int | None = None  # compute-bound kernels (GEMMs): floating-point operations per call, as GFLOP/s
     peer_scale: float = 1.0
     peak_tflops: float | None = None  # the device's dense peak for this arithmetic, where known
+    memory_on_cpu: bool = False  # also record peak tensor memory on the CPU (one more call per side)
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,12 @@ def _timer(device: str) -> Callable[[Callable[[], object]], float]:
     return time_once
 
 
-def _peak_mb(fn: Callable[[], object], device: str) -> float | None:
-    """Peak CUDA memory one call allocates above what is already held, in MiB; None on the CPU."""
+def _peak_mb(fn: Callable[[], object], device: str, on_cpu: bool = False) -> float | None:
+    """Peak memory one call allocates above what is already held, in MiB: CUDA's allocator
+    statistics; on the CPU, where it has none, the live tensors' peak (``tensor_memory``) if
+    ``on_cpu``, else None."""
     if not _is_cuda(device):
-        return None
+        return peak_tensor_bytes(fn) / 2**20 if on_cpu else None
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -135,7 +140,7 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
     Returns the record: kernel, case, device, peer, ours_ms, peer_ms (times ``peer_scale``), speedup
     (peer_ms / ours_ms), ours_kernel_ms and peer_kernel_ms (CUDA only: ``kernel_ms``; None for a
     scaled peer),
-    ours_peak_mb, peer_peak_mb (CUDA only, else None), gbps (ours, from ``bytes_moved``),
+    ours_peak_mb, peer_peak_mb (CUDA, and the CPU for cases with ``memory_on_cpu``; else None), gbps (ours, from ``bytes_moved``),
     stream_gbps (as given) and threads (torch's CPU thread count, which lmkernels follows); cases with ``text_bytes`` add ours_mbps and peer_mbps (text MB/s), cases
     with ``flops`` add ours_gflops and peer_gflops, and with ``peak_tflops`` also ours_of_peak and
     peer_of_peak (fractions of that peak).
@@ -172,8 +177,8 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
         "speedup": peer_ms / ours_ms,
         "ours_kernel_ms": kernel_ms(case.ours_fn, case.device),
         "peer_kernel_ms": kernel_ms(case.peer_fn, case.device) if case.peer_scale == 1.0 else None,
-        "ours_peak_mb": _peak_mb(case.ours_fn, case.device),
-        "peer_peak_mb": _peak_mb(case.peer_fn, case.device),
+        "ours_peak_mb": _peak_mb(case.ours_fn, case.device, case.memory_on_cpu),
+        "peer_peak_mb": _peak_mb(case.peer_fn, case.device, case.memory_on_cpu),
         "gbps": None if case.bytes_moved is None else case.bytes_moved / ours_ms / 1e6,
         "stream_gbps": stream_gbps,
         "threads": torch.get_num_threads(),

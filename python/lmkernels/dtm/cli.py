@@ -11,6 +11,8 @@
    FDT, SDT, perplexity on the references, FDT and SDT on ``--eval-prompts`` further held-out
    prompts that the allocation never saw (the last documents, disjoint from the first
    ``--prompts``), and the loss on held-out text (the paper's claim: FDT-guided keeps them better).
+5. Print the table; save the per-component sparsity of each method as a bar plot (``dtm.png`` in the working
+   directory, ``--plot PNG`` elsewhere, ``--no-plot`` none; the default is skipped with a note without matplotlib).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from lmkernels.dtm.recovery import RecoveryTraining
 from lmkernels.dtm.sparsify import METHODS, PROBE_REFERENCES, global_sparsity, int8_plan, sparsify
 from lmkernels.dtm.sweep import component_sweep
 from lmkernels.dtm.train import TrainSettings, byte_stream, heldout_loss, train
+
+
+DEFAULT_PLOT = "dtm.png"
+"""Where ``lmk dtm`` saves its plot without ``--plot`` (relative to the working directory)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8-budget", type=float, default=0.8, help="fraction of component parameters in int8")
     parser.add_argument("--cache-dir", metavar="DIR", help="reference continuation cache (default ~/.cache/lmkernels)")
     parser.add_argument("--json", metavar="PATH", help="write the sweep, the plans and the comparison as JSON")
-    parser.add_argument("--plot", metavar="PNG", help="save per-component sparsity per method (needs matplotlib)")
+    plot = parser.add_mutually_exclusive_group()
+    plot.add_argument("--plot", metavar="PNG",
+                      help=f"save per-component sparsity per method to PNG (default: {DEFAULT_PLOT} in the working "
+                           "directory, skipped with a note without matplotlib; an explicit PNG needs matplotlib)")
+    plot.add_argument("--no-plot", action="store_true", help="save no plot")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -74,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--eval-prompts: expected >= 0, got {args.eval_prompts}")
     if args.recover_steps < 0:
         raise ValueError(f"--recover-steps: expected >= 0, got {args.recover_steps}")
+    # Before the training: an explicit --plot without matplotlib fails now, not after minutes of work.
+    plot_path = None if args.no_plot else args.plot or DEFAULT_PLOT
+    pyplot = _pyplot(required=args.plot is not None) if plot_path else None
     train_stream = byte_stream(data.paragraphs(data.text("train"), one_line=True))
     heldout_documents = data.paragraphs(data.text("heldout"), one_line=True)
     heldout_stream = byte_stream(heldout_documents)
@@ -153,8 +166,11 @@ def run(args: argparse.Namespace) -> int:
                        "int8": {"order": int8.order, "converted": int8.converted}, "comparison": rows,
                        "sparsity": {m: p.sparsity for m, p in plans.items()}}, f, indent=2)
         print(f"wrote {args.json}")
-    if args.plot:
-        _plot(plans, args.plot)
+    if pyplot is not None:
+        _plot(pyplot, plans, plot_path)
+    elif plot_path:
+        print(f"skipped the plot ({plot_path}): matplotlib is missing, pip install 'lmkernels[plot]' "
+              "(--no-plot silences this)", file=sys.stderr)
     return 0
 
 
@@ -185,15 +201,21 @@ def _table(rows: list[dict], eval_prompts: int) -> str:
     return "\n".join(lines)
 
 
-def _plot(plans: dict, path: str) -> None:
+def _pyplot(required: bool):
+    """``matplotlib.pyplot`` on the Agg backend; ``None`` without matplotlib unless ``required`` (then ImportError)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot needs matplotlib: pip install 'lmkernels[plot]'", file=sys.stderr)
-        return
+    except ImportError as error:
+        if required:
+            raise ImportError("--plot needs matplotlib: pip install 'lmkernels[plot]'") from error
+        return None
+    return plt
+
+
+def _plot(plt, plans: dict, path: str) -> None:
     names = list(next(iter(plans.values())).sparsity)
     figure, axes = plt.subplots(figsize=(max(6.0, 0.45 * len(names)), 4))
     width = 0.8 / len(plans)
@@ -204,4 +226,5 @@ def _plot(plans: dict, path: str) -> None:
     axes.set_title("per-component sparsity at equal global sparsity")
     axes.legend()
     figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
     print(f"saved the plot to {path}")
