@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from lmkernels.nn import DecoderConfig
-from lmkernels.tfree import Decoder, TFreeConfig, TFreeLM, Tokenizer, build_dictionary, generate, tfree_loss
+from lmkernels.tfree import (SPECIAL_WORDS, Decoder, TFreeConfig, TFreeLM, Tokenizer, build_dictionary, generate,
+                             tfree_loss)
 from lmkernels.tfree.train import TrainSettings, train
 
 
@@ -105,6 +106,74 @@ def test_generation_with_cache_equals_recomputation(tokenizer):
             break
         words.append(word)
     assert text == tokenizer.join(words)[len(prompt):]
+
+
+def test_dictionary_builder_orders_specials_counts_and_first_appearance(tokenizer):
+    texts = ["zeta alpha zeta", "beta alpha gamma beta<|endoftext|>", "beta"]
+    specials = ("<|ws|>", "<|endoftext|>")
+    everything = ["<|ws|>", "<|endoftext|>", "beta", "zeta", "alpha", "gamma"]
+    assert build_dictionary(tokenizer, texts, specials=specials) == everything
+    assert build_dictionary(tokenizer, texts, size=4, specials=specials) == everything[:4]
+    assert build_dictionary(tokenizer, texts, size=1, specials=specials) == ["<|ws|>"]
+    assert build_dictionary(tokenizer, texts, size=2, specials=specials) == ["<|ws|>", "<|endoftext|>"]
+    assert build_dictionary(tokenizer, texts) == [*SPECIAL_WORDS, "beta", "zeta", "alpha", "gamma"]
+    assert build_dictionary(tokenizer, ["b a", "a b"], specials=()) == ["b", "a"]
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_dictionary_builder_rejects_sizes_below_one(tokenizer, size):
+    with pytest.raises(ValueError, match="^size:"):
+        build_dictionary(tokenizer, ["a b"], size=size)
+
+
+def _model_favouring(tokenizer, word):
+    """A model whose logits at every position are +32 on the indices of ``word`` and -32 elsewhere: its
+    layers add nothing to the residual stream, so the final norm of the constant embedding is all ones."""
+    model = _tiny_model(tokenizer)
+    with torch.no_grad():
+        for layer in model.decoder.layers:
+            layer.attention.o_proj.weight.zero_()
+            layer.mlp.w_out.weight.zero_()
+        model.embedding.weight.fill_(1.0)
+        model.head.weight.fill_(-1.0)
+        model.head.weight[torch.tensor(tokenizer.word_pattern(word)).reshape(-1)] = 1.0
+    calls = []
+    model.head.register_forward_hook(lambda *_: calls.append(1))
+    return model, calls
+
+
+def _small_decoder(tokenizer):
+    return Decoder(tokenizer, build_dictionary(tokenizer, ["the cat sat on the mat . a dog ran"], size=64))
+
+
+def test_generation_adds_prompt_words_missing_from_the_dictionary(tokenizer):
+    model, _ = _model_favouring(tokenizer, "zebra")
+    decoder = _small_decoder(tokenizer)
+    assert "zebra" not in decoder
+    assert "zebra" not in generate(model, tokenizer, decoder, "the cat", max_words=3)
+    size = len(decoder)
+    assert generate(model, tokenizer, decoder, "the zebra", max_words=3) == " zebra zebra zebra"
+    assert "zebra" in decoder and len(decoder) == size + 1
+
+
+def test_generation_stops_at_endoftext(tokenizer):
+    model, calls = _model_favouring(tokenizer, "<|endoftext|>")
+    assert generate(model, tokenizer, _small_decoder(tokenizer), "the cat", max_words=5) == ""
+    assert len(calls) == 1
+
+
+def test_generation_of_zero_words(tokenizer):
+    model, calls = _model_favouring(tokenizer, "cat")
+    assert generate(model, tokenizer, _small_decoder(tokenizer), "the cat", max_words=0) == ""
+    assert calls == []
+    assert generate(model, tokenizer, _small_decoder(tokenizer), "the cat", max_words=2) == " cat cat"
+
+
+def test_generation_rejects_a_prompt_without_words(tokenizer):
+    model, calls = _model_favouring(tokenizer, "cat")
+    with pytest.raises(ValueError, match="^prompt: expected at least one word"):
+        generate(model, tokenizer, _small_decoder(tokenizer), "")
+    assert calls == []
 
 
 def test_short_training_run_learns():

@@ -244,6 +244,32 @@ def test_rows_from_several_threads_equal_serial_rows():
     assert torch.equal(shared.rows(ids), expected)  # now read back from the table
 
 
+# ---- the whole table -----------------------------------------------------------------------------
+
+WHOLE_CONFIG = (32000, 2, 1)  # m = 2: the smallest table whose rows are part drawn, part lowercase surgery
+SAMPLE_IDS = ([0, 1, 6637600, trigram_id("Hel"), trigram_id("hel"), trigram_id("ELL"), trigram_id(" a "),
+               trigram_id("H1l"), 1 << 16, 12345678, TRIGRAM_IDS - 1]
+              + torch.randint(0, TRIGRAM_IDS, (200,), generator=torch.Generator().manual_seed(0)).tolist())
+
+
+@pytest.fixture(scope="module")
+def precomputed():
+    patterns = TrigramPatterns(*WHOLE_CONFIG)
+    patterns.precompute()
+    return patterns
+
+
+def test_precomputed_table_equals_lazy_rows_and_reference(precomputed):
+    assert precomputed.rows_computed == TRIGRAM_IDS
+    lazy = TrigramPatterns(*WHOLE_CONFIG)
+    expected = [ref.trigram_row(i, *WHOLE_CONFIG) for i in SAMPLE_IDS]
+    assert precomputed.rows(torch.tensor(SAMPLE_IDS)).tolist() == [lazy.row(i) for i in SAMPLE_IDS] == expected
+    assert precomputed.word_pattern("Hello") == ref.word_pattern("Hello", *WHOLE_CONFIG)
+    precomputed.precompute()  # nothing left to compute
+    assert precomputed.rows_computed == TRIGRAM_IDS
+    assert precomputed.rows(torch.tensor(SAMPLE_IDS)).tolist() == expected
+
+
 # ---- save and load -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config", [(32000, 10, 2), (2**31, 5, 1)])
@@ -261,6 +287,19 @@ def test_save_load_round_trip(tmp_path, config):
     assert torch.equal(loaded.rows(ids), expected)
     assert loaded.rows_computed == ids.numel()  # read from the file, not recomputed
     assert loaded.word_pattern("Hello") == ref.word_pattern("Hello", *config)
+
+
+def test_save_load_round_trip_of_the_precomputed_table(tmp_path, precomputed):
+    path = tmp_path / "table.bin"
+    precomputed.save(path)
+    assert path.stat().st_size == HEADER_BYTES + BITMAP_BYTES + TRIGRAM_IDS * WHOLE_CONFIG[1] * 2
+    loaded = TrigramPatterns.load(path)
+    assert (loaded.vocab_size, loaded.m, loaded.k_lowercase) == WHOLE_CONFIG
+    assert loaded.rows_computed == TRIGRAM_IDS
+    assert loaded.rows(torch.tensor(SAMPLE_IDS)).tolist() == [ref.trigram_row(i, *WHOLE_CONFIG) for i in SAMPLE_IDS]
+    again = tmp_path / "again.bin"
+    loaded.save(again)
+    assert again.read_bytes() == path.read_bytes()  # the same config, bitmap and every row
 
 
 def saved_bytes(tmp_path) -> bytes:

@@ -1,11 +1,14 @@
 """lmkernels.tfree.Tokenizer: batched native encoding against word_pattern, and the official
 training/inference encoding tests (spec 6.1)."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lmkernels
 from lmkernels.tfree import Tokenizer
 
 SMALL = dict(vocab_size=32000, m=4, k_lowercase=0)  # the official test fixture's config
@@ -34,6 +37,47 @@ def test_encode_matches_split_and_word_pattern(texts):
             rows = encoding.rows[encoding.row_offsets[w]:encoding.row_offsets[w + 1]].tolist()
             assert rows == tokenizer.word_pattern(word)
             assert bool(encoding.is_endoftext[w]) == (word == "<|endoftext|>")
+
+
+# Over 256 texts and over 16 KiB of text: the native encoder cuts such a batch into several blocks,
+# which it encodes in parallel.
+BATCH = [f"Text {i}: The Cat  sat\non the mat.<|endoftext|>Überall {i * 7919 % 1000} Ärger\t{'x' * (i % 9)}"
+         for i in range(1100)] + ["word Word WORD " * 1500, "", "naïve café " * 2000]
+LOWERCASE = dict(vocab_size=32000, m=4, k_lowercase=1)  # mixed-case rows read their lowercase rows
+
+
+def _assert_same_encoding(actual, expected):
+    for field in ("word_offsets", "row_offsets", "rows", "trigram_ids", "is_endoftext"):
+        assert torch.equal(getattr(actual, field), getattr(expected, field)), field
+
+
+def test_batch_encoding_is_the_same_on_one_and_two_threads():
+    threads = lmkernels.num_threads()
+    try:
+        lmkernels.set_num_threads(1)
+        single = Tokenizer(**LOWERCASE).encode(BATCH)
+        lmkernels.set_num_threads(2)
+        several = Tokenizer(**LOWERCASE).encode(BATCH)
+    finally:
+        lmkernels.set_num_threads(threads)
+    _assert_same_encoding(several, single)
+    assert single.word_offsets.diff().tolist() == [len(Tokenizer(**LOWERCASE).split(t)) for t in BATCH]
+    flat = [row for rows in _expected_rows(Tokenizer(**LOWERCASE), BATCH) for row in rows]
+    assert single.rows.tolist() == flat
+
+
+def test_batch_encoding_from_two_python_threads_equals_serial():
+    serial = Tokenizer(**LOWERCASE).encode(BATCH)
+    shared = Tokenizer(**LOWERCASE)  # both calls compute the table's rows at once
+    threads = lmkernels.num_threads()
+    try:
+        lmkernels.set_num_threads(2)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(pool.map(lambda _: shared.encode(BATCH), range(2)))
+    finally:
+        lmkernels.set_num_threads(threads)
+    for result in results:
+        _assert_same_encoding(result, serial)
 
 
 def test_encoding_layout_feeds_the_embedding_bag(tokenizer):

@@ -22,6 +22,17 @@ def test_train_command_reports_parameters_losses_and_samples(tmp_path, capsys):
     assert "'The cat' -> " in out
 
 
+def test_train_command_plots_the_loss_curve(tmp_path, capsys):
+    path, plot = tmp_path / "text.txt", tmp_path / "losses.png"
+    path.write_text(TEXT, encoding="utf-8")
+    argv = ["tfree", "train", "--text", str(path), "--steps", "2", "--vocab-size", "1000", "--m", "4",
+            "--k-lowercase", "1", "--dim", "32", "--seq-len", "16", "--batch-size", "4", "--no-bpe",
+            "--prompt", "The cat", "--plot", str(plot)]
+    assert main(argv) == 0
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert f"saved the loss curve to {plot}" in capsys.readouterr().out
+
+
 def test_bpe_vocabulary_is_trained_on_the_text():
     size = bpe_vocabulary_size(TEXT, 400)
     assert 256 < size <= 400
