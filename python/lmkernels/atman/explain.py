@@ -44,8 +44,9 @@ def explain(model, prompt, target, *, tokenizer=None, units="token", factor: flo
             include_target: bool = False) -> Explanation:
     """Explain ``target`` (text or token ids) as a continuation of ``prompt`` under causal ``model``.
 
-    ``model``: ``lmkernels.nn.CausalLM`` or a Hugging Face causal LM (with its fast ``tokenizer`` for
-    text); ``units``: see ``lmkernels.atman.units``; ``factor``, ``form``, ``layers``, ``factor_min``,
+    ``model``: ``lmkernels.nn.CausalLM``, ``lmkernels.tfree.TFreeLM`` (``tokenizer``: its dictionary,
+    ``lmkernels.tfree.Decoder``), ``lmkernels.umup.TransformerDecoder`` or a Hugging Face causal LM
+    (with its fast ``tokenizer`` for text); see ``lmkernels.atman.models``; ``units``: see ``lmkernels.atman.units``; ``factor``, ``form``, ``layers``, ``factor_min``,
     ``conceptual_threshold``: see ``lmkernels.atman.suppression``; ``postprocessing``, ``normalize``:
     see ``lmkernels.atman.scoring``. At most ``batch_size`` perturbed passes run together, and at most
     ``batch_tokens`` recomputed positions in all (one pass at least; default 4 S), which bounds a batch's
