@@ -1,5 +1,5 @@
-"""HATConfig (the released schema), HATModel (packing, causality, the one-key decoder
-cross-attention, checkpoint round trip, training) and bad input."""
+"""HATConfig (the released schema), HATModel (packing, causality, the encoder connector against a dense
+cross-attention, the one-key decoder cross-attention, checkpoint round trip, training) and bad input."""
 
 import json
 
@@ -99,6 +99,67 @@ def test_decoder_guide_equals_attention_over_the_single_key():
     v = cross.v_proj(word_states).unflatten(-1, (2, 32))[:, :, None, :]
     full = cross.o_proj(F.scaled_dot_product_attention(q, k, v).flatten(1))
     torch.testing.assert_close(cross.guide(word_states), full)
+
+
+def rms_norm(x, weight, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def rope_neox(x, positions, theta):
+    """x [N, H, D] rotated by positions [N]: dimensions (i, i + D/2) by angle p * theta^(-2i/D)."""
+    half = x.shape[-1] // 2
+    angles = (positions[:, None].double() * theta ** (-torch.arange(half, dtype=torch.float64) / half)).float()
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    a, b = x[..., :half], x[..., half:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
+def dense_word_embeddings(cross, stack, query, byte_states, lengths, word_positions, byte_positions):
+    """Every word's query against every byte, bytes of other words masked out: QK norm (over all heads or per
+    head), then RoPE (query at its word index, keys at their byte positions), GQA, softmax, o_proj."""
+    heads, kv_heads, head_dim = cross.heads, cross.kv_heads, cross.head_dim
+    q, k, v = query @ cross.q_proj.weight.T, byte_states @ cross.k_proj.weight.T, byte_states @ cross.v_proj.weight.T
+    if cross.norm_query is not None and not cross.per_head_norm:
+        q = rms_norm(q, cross.norm_query.weight, stack.rms_norm_eps)
+        k = rms_norm(k, cross.norm_key.weight, stack.rms_norm_eps)
+    q, k, v = q.reshape(1, heads, head_dim), k.reshape(-1, kv_heads, head_dim), v.reshape(-1, kv_heads, head_dim)
+    if cross.norm_query is not None and cross.per_head_norm:
+        q = rms_norm(q, cross.norm_query.weight, stack.rms_norm_eps)
+        k = rms_norm(k, cross.norm_key.weight, stack.rms_norm_eps)
+    q = rope_neox(q.expand(len(lengths), -1, -1), word_positions, stack.rope_theta)
+    k = rope_neox(k, byte_positions, stack.rope_theta)
+    k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))  # query head h reads KV head h // r
+    owner = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    scores = torch.einsum("whd,thd->hwt", q, k) / head_dim ** 0.5
+    scores = scores.masked_fill(owner[None, None, :] != torch.arange(len(lengths))[None, :, None], float("-inf"))
+    out = torch.einsum("hwt,thd->whd", scores.softmax(-1), v)
+    return out.flatten(1) @ cross.o_proj.weight.T
+
+
+@pytest.mark.parametrize("key_query_norm, per_head", [(True, True), (True, False), (False, False)])
+def test_encoder_connector_equals_dense_cross_attention(key_query_norm, per_head):
+    values = json.loads(json.dumps(RELEASED_STYLE))
+    values["encoder_config"]["cross_attention_config"].update(key_query_norm=key_query_norm,
+                                                              key_query_norm_per_head=per_head)
+    stack = HATConfig.from_dict(values).encoder_config
+    torch.manual_seed(2)
+    cross = CrossAttention(stack.cross_attention_config, stack)  # 4 query heads over 2 KV heads of 16 dims
+    assert (cross.norm_query is None) == (not key_query_norm)
+    if key_query_norm:
+        assert cross.norm_query.weight.shape == ((16,) if per_head else (64,))
+        assert cross.norm_key.weight.shape == ((16,) if per_head else (32,))
+        with torch.no_grad():  # gains that do not commute with RoPE: the order norm, then RoPE, matters
+            cross.norm_query.weight.uniform_(0.5, 2.0)
+            cross.norm_key.weight.uniform_(0.5, 2.0)
+    lengths = [3, 1, 5, 2, 4]
+    query, byte_states = torch.randn(96), torch.randn(sum(lengths), 64)
+    word_cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    word_positions, byte_positions = torch.arange(7, 12), torch.arange(20, 20 + sum(lengths))  # as in generation
+    with torch.no_grad():
+        got = cross.word_embeddings(query, byte_states, word_cu, word_positions, byte_positions)
+        expected = dense_word_embeddings(cross, stack, query, byte_states, lengths, word_positions, byte_positions)
+    assert got.shape == (5, 96)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -5,6 +5,7 @@
     batch = split_batch(texts, max_bytes=100)             # flat uint8 bytes + int64 word offsets
     HATRuleSplitter().encode("Hi!<|eot_id|>")             # [[72, 105, 33], [192]]
     model = HATModel(HATConfig.tiny())                    # or HATModel.from_pretrained(directory)
+    model.generate("Hello", max_bytes=64)                 # the text that follows (lmkernels.hat.generate)
 """
 
 from lmkernels.hat.config import CrossAttentionConfig, HATConfig, StackConfig

@@ -83,6 +83,17 @@ def _sample(logits: Tensor, temperature: float, generator: torch.Generator | Non
     return int(torch.multinomial(probabilities.cpu(), 1, generator=generator))
 
 
+def _whole_characters(word: list[int]) -> int:
+    """The length of the longest prefix of ``word`` (UTF-8 bytes) that ends between two characters;
+    all of ``word`` where it has none shorter."""
+    for back in range(1, min(4, len(word)) + 1):
+        lead = word[-back]
+        if lead & 0xC0 != 0x80:  # the last character's first byte
+            length = 2 if 0xC0 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if 0xF0 <= lead < 0xF8 else 1
+            return len(word) - back if back < length and back < len(word) else len(word)
+    return len(word)
+
+
 @torch.no_grad()
 def generate(model: HATModel, prompt: str, max_bytes: int = 256, *, temperature: float = 0.0,
              stop: Sequence[str] = (), seed: int | None = None, splitter: HATRuleSplitter | None = None) -> str:
@@ -132,7 +143,9 @@ def generate(model: HATModel, prompt: str, max_bytes: int = 256, *, temperature:
             resplit = None
         full = len(current) >= config.max_word_size
         if full or (resplit is not None and len(resplit) > 1):
-            done = len(current) if full else len(resplit[0])
+            # Where the splitter ends the word: at a word boundary, or at the size limit, which it
+            # never places inside a character (those bytes then start the next word, re-decoded).
+            done = len(resplit[0]) if resplit is not None and len(resplit) > 1 else _whole_characters(current)
             word_cu = torch.tensor([0, done], device=device)
             current_predictive = session.words(current_states[:done], word_cu, word_index, seen - len(current))
             word_index += 1

@@ -9,13 +9,16 @@
 
 The decoder state at the last byte of word i predicts the first byte of word i + 1 from P_i =
 b_{i-1}: the backbone runs once per word, after the byte that reveals the boundary.
-Weight names are those of the released checkpoints (:meth:`HATModel.from_pretrained`).
+Weight names are those of the released checkpoints (:meth:`HATModel.from_pretrained`);
+:meth:`HATModel.generate` continues a prompt with three KV caches (``lmkernels.hat.generate``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +27,9 @@ from torch import Tensor
 from lmkernels.hat.config import HATConfig
 from lmkernels.hat.layers import CrossAttention, DecoderBlock, LlamaLayer
 from lmkernels.nn.rms_norm import RMSNorm
+
+if TYPE_CHECKING:
+    from lmkernels.hat.splitter import HATRuleSplitter
 
 
 @dataclass
@@ -181,6 +187,14 @@ class HATModel(torch.nn.Module):
             raise FileNotFoundError(f"directory: no *.safetensors files in {directory}")
         model.load_state_dict(state, strict=True)
         return model.to(dtype)
+
+    def generate(self, prompt: str, max_bytes: int = 256, *, temperature: float = 0.0, stop: Sequence[str] = (),
+                 seed: int | None = None, splitter: HATRuleSplitter | None = None) -> str:
+        """Continue ``prompt`` by up to ``max_bytes`` bytes (greedy when ``temperature`` is 0) and return the
+        continuation as text: :func:`lmkernels.hat.generate.generate` on this model, with the same arguments."""
+        from lmkernels.hat.generate import generate
+
+        return generate(self, prompt, max_bytes, temperature=temperature, stop=stop, seed=seed, splitter=splitter)
 
 
 def hat_loss(logits: Tensor, batch: HATBatch) -> Tensor:
