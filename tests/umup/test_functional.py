@@ -147,6 +147,14 @@ def test_scaled_dot_product_attention(mult, is_causal):
                  lambda q, k, v, m: R.scaled_dot_product_attention(q, k, v, m, mult=mult), [q, k, v, mask])
 
 
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_attention_over_one_position_returns_its_value(is_causal):
+    q, k, v = (_randn(2, 3, 1, 8, seed=s).requires_grad_() for s in range(3))
+    out = U.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    torch.testing.assert_close(out, v, rtol=0, atol=0)  # one key: softmax weight 1, limit 1, scale 1
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), v)[0], torch.ones_like(v))
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("mult", [0.5, 1.0, 2.0])
 def test_cross_entropy(reduction, mult):

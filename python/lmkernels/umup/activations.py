@@ -111,11 +111,12 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     with ``T`` the sequence length of ``value`` and ``c = ln T`` if ``is_causal`` else 1: at small
     ``m`` the attention is nearly uniform over ``T`` (or, causally, a harmonic average) keys and
     the output standard deviation falls to ``sqrt(c / T)``. An arbitrary ``attn_mask`` does not
-    change the model (only ``is_causal`` does).
+    change the model (only ``is_causal`` does). One position (T = 1) attends only to itself, so
+    its limit is 1 (the causal formula would give 0, whose logarithm is undefined).
     """
     _check_mult(mult)
     *_, seq_len, d_head = value.shape
-    uniform_limit = ((log(seq_len) if is_causal else 1) / seq_len) ** 0.5
+    uniform_limit = ((log(seq_len) if is_causal else 1) / seq_len) ** 0.5 if seq_len > 1 else 1.0
     scale = (1 - dropout_p) ** 0.5 / logarithmic_interpolation(1 / (1 + 4 * d_head / mult**2), uniform_limit, 1.0)
     query, key, value = (scale_bwd(t, scale) for t in (query, key, value))
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
