@@ -140,18 +140,100 @@ def test_weights_are_unit_normal_and_activations_unit_scale():
     assert all(0.1 < value < 10 for value in grads.values()), grads
 
 
+CRITICAL = {f"layers.{i}.{n}" for i in range(2) for n in ("mhsa.linear_o", "mlp.linear_2")}
+NON_CRITICAL = {f"layers.{i}.{n}" for i in range(2) for n in ("mhsa.linear_qkv", "mlp.linear_1", "mlp.linear_gate")}
+
+
+def _flagged(model, flag):
+    return {name for name, m in model.named_modules() if isinstance(m, M.Linear) and getattr(m, flag)}
+
+
 def test_fp8_switch():
+    """partial: FP8 but for the critical layers, which run in bf16; all: every hidden linear in FP8; off: none.
+    The readout never switches; both FP8 schemes track the fp32 loss."""
     model = M.TransformerDecoder(16, 30, 2, 2, fp8="partial")
-    fp8 = {name for name, m in model.named_modules() if isinstance(m, M.Linear) and m.fp8}
-    assert fp8 == {f"layers.{i}.{n}" for i in range(2) for n in ("mhsa.linear_qkv", "mlp.linear_1", "mlp.linear_gate")}
-    umup.set_fp8(model, "all")
-    assert {name for name, m in model.named_modules() if isinstance(m, M.Linear) and m.fp8} == \
-        fp8 | {f"layers.{i}.{n}" for i in range(2) for n in ("mhsa.linear_o", "mlp.linear_2")}
-    assert not model.projection.fp8
+    assert _flagged(model, "fp8") == NON_CRITICAL and _flagged(model, "bf16") == CRITICAL
+    assert all(model.get_submodule(name).critical for name in CRITICAL)
     ids = torch.randint(30, (2, 8), generator=torch.Generator().manual_seed(1))
-    loss = model.loss(ids)
-    loss.backward()
     reference = umup.set_fp8(copy.deepcopy(model), "off")
-    assert abs(loss.item() - reference.loss(ids).item()) < 0.05 * reference.loss(ids).item()
+    assert not _flagged(reference, "fp8") and not _flagged(reference, "bf16")
+    expected = reference.loss(ids).item()
+    for scheme in ("partial", "all"):
+        umup.set_fp8(model, scheme)
+        assert _flagged(model, "fp8") == (NON_CRITICAL if scheme == "partial" else NON_CRITICAL | CRITICAL)
+        assert _flagged(model, "bf16") == (CRITICAL if scheme == "partial" else set())
+        assert not model.projection.fp8 and not model.projection.bf16
+        loss = model.loss(ids)
+        loss.backward()
+        assert abs(loss.item() - expected) < 0.05 * expected
     with pytest.raises(ValueError, match="scheme"):
         umup.set_fp8(model, "fp8")
+
+
+@pytest.mark.parametrize("name", ["mhsa.linear_o", "mlp.linear_2"])
+def test_partial_scheme_runs_the_critical_layers_in_bf16(name):
+    """A critical layer under "partial" is the unit-scaled linear of bf16-rounded operands (unit-scaling's
+    own ``linear`` on bf16 copies, bit for bit), not the fp32 one; its gradients reach the fp32 tensors."""
+    torch.manual_seed(0)
+    layer = M.TransformerDecoder(16, 30, 2, 2, fp8="partial").get_submodule(f"layers.1.{name}")
+    assert layer.bf16 and not layer.fp8
+    # 16 rows and power-of-two fans: every u-muP scale is exact in bf16, which unit-scaling rounds them to.
+    x = (_x(2, 8, layer.in_features, seed=3) * 1.7).requires_grad_()
+    upstream = _x(2, 8, layer.out_features, seed=4)
+    y = layer(x)
+    grad_x, grad_w = torch.autograd.grad(y, [x, layer.weight], upstream)
+    assert y.dtype == grad_x.dtype == grad_w.dtype == layer.weight.dtype == torch.float32
+    assert torch.isfinite(grad_w).all() and grad_w.abs().sum() > 0
+
+    x16, w16 = x.detach().bfloat16().requires_grad_(), layer.weight.detach().bfloat16().requires_grad_()
+    y16 = R.linear(x16, w16, None, layer.constraint)
+    grad_x16, grad_w16 = torch.autograd.grad(y16, [x16, w16], upstream.bfloat16())
+    for ours, theirs in ((y, y16), (grad_x, grad_x16), (grad_w, grad_w16)):
+        torch.testing.assert_close(ours, theirs.float(), rtol=0, atol=0)
+    # By hand: fp32 products of the bf16-rounded operands, the u-muP output scale, one bf16 rounding (to 1 ulp).
+    by_hand = (x.detach().bfloat16().float() @ layer.weight.detach().bfloat16().float().T) * layer.in_features ** -0.5
+    torch.testing.assert_close(y.detach(), by_hand, rtol=2**-8, atol=1e-6)
+
+    fp32 = umup.functional.linear(x, layer.weight, None, layer.constraint)
+    assert (y - fp32).abs().max() > 1e-3  # bf16 rounding shows...
+    torch.testing.assert_close(y, fp32, rtol=0.02, atol=0.02)  # ...but it is the same layer
+    umup.set_fp8(layer, "off")
+    torch.testing.assert_close(layer(x), fp32, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scheme", ["partial", "all"])
+def test_fp8_layers_run_the_fp8_linear(scheme):
+    """The non-critical hidden layers under both schemes, and the critical ones under "all", are ``fp8_linear``."""
+    torch.manual_seed(0)
+    model = M.TransformerDecoder(16, 30, 2, 2, fp8=scheme)
+    for name in NON_CRITICAL | (CRITICAL if scheme == "all" else set()):
+        layer = model.get_submodule(name)
+        x = _x(2, 8, layer.in_features, seed=3)
+        y = layer(x)
+        torch.testing.assert_close(y, umup.fp8_linear(x, layer.weight, None, layer.constraint), rtol=0, atol=0)
+        assert (y - umup.functional.linear(x, layer.weight, None, layer.constraint)).abs().max() > 1e-3
+
+
+def test_fp8_schemes_give_fp32_gradients_and_off_is_the_plain_model():
+    torch.manual_seed(0)
+    model = M.TransformerDecoder(32, 40, 2, 2)
+    plain = copy.deepcopy(model)
+    ids = torch.randint(40, (3, 10), generator=torch.Generator().manual_seed(3))
+    for scheme in ("partial", "all"):
+        umup.set_fp8(model, scheme)
+        model.zero_grad(set_to_none=True)
+        model.loss(ids).backward()
+        for name, p in model.named_parameters():
+            assert p.dtype == p.grad.dtype == torch.float32, name
+            assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    umup.set_fp8(model, "off")
+    assert not _flagged(model, "fp8") and not _flagged(model, "bf16")
+    _assert_same_module(model, plain, [ids], loss=True)  # off again: bit for bit the never-switched model
+    theirs = uu.TransformerDecoder(32, 40, 2, 2)
+    _assert_same_module(model, theirs, [ids], loss=True, exact=False)  # and unit-scaling's
+
+
+def test_bf16_linear_of_a_bf16_layer_is_the_plain_linear():
+    layer = M.Linear(16, 24, bias=True, dtype=torch.bfloat16, bf16=True)
+    x = _x(4, 16).bfloat16()
+    torch.testing.assert_close(layer(x), umup.functional.linear(x, layer.weight, layer.bias), rtol=0, atol=0)

@@ -23,7 +23,6 @@ shared prefix. Logits are ``loss_mult`` times the readout's: the distribution th
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +33,7 @@ from lmkernels.atman.tokens import Tokens
 from lmkernels.nn import KeySuppression
 from lmkernels.ops import attention
 from lmkernels.umup import MHSA, TransformerDecoder
-from lmkernels.umup.scale import logarithmic_interpolation
+from lmkernels.umup.activations import attention_output_scale
 
 _ABSENT = object()
 
@@ -44,12 +43,6 @@ class _Pass:
     suppression: KeySuppression
     prefix: list[tuple[Tensor, Tensor]] | None = None
     record: list[tuple[Tensor, Tensor] | None] | None = None
-
-
-def output_scale(keys: int, head_dim: int, mult: float, dropout_p: float) -> float:
-    """S of ``U.scaled_dot_product_attention`` (causal) over ``keys`` keys."""
-    uniform_limit = (math.log(keys) / keys) ** 0.5
-    return (1 - dropout_p) ** 0.5 / logarithmic_interpolation(1 / (1 + 4 * head_dim / mult**2), uniform_limit, 1.0)
 
 
 def _suppressed_mhsa(module: MHSA, layer: int, run: _Pass, input: Tensor) -> Tensor:
@@ -65,7 +58,7 @@ def _suppressed_mhsa(module: MHSA, layer: int, run: _Pass, input: Tensor) -> Ten
     active = run.suppression if run.suppression.acts_in(layer) else KeySuppression()
     out = attention(q, k, v, causal=True, scale=module.mult / head_dim, key_bias=active.key_bias,
                     key_factor=active.key_factor, factor_min=active.factor_min, prefix_k=prefix_k, prefix_v=prefix_v)
-    out = out * output_scale(keys, head_dim, module.mult, module.dropout_p)
+    out = out * attention_output_scale(keys, head_dim, module.mult, module.dropout_p, is_causal=True)
     return module.linear_o(out.transpose(1, 2).reshape(batch, seq, hidden))
 
 
@@ -94,8 +87,7 @@ def suppressed_attention(model: TransformerDecoder, run: _Pass):
 class UMuPCausalLM(Adapter):
     """``lmkernels.umup.TransformerDecoder``: units are its tokens; text goes through ``tokenizer.encode``
     (default: bytes, for V = 256). ``max_length`` bounds the explained sequence (None: unbounded; the
-    model has no positional encoding). Sequences need at least 2 positions (the unit-scaled attention's
-    scale is undefined for one: ln 1 / 1 = 0, and the model's own forward raises too)."""
+    model has no positional encoding)."""
 
     causal = True
 
@@ -122,9 +114,6 @@ class UMuPCausalLM(Adapter):
 
     def clean(self, ids: Tensor, rows: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Final hidden states [T, dim] at ``rows`` of the unperturbed pass over ``ids`` [S], and its keys/values."""
-        if len(ids) < 2:
-            raise ValueError("prompt + target[:-1]: a u-muP decoder needs at least 2 positions (its attention "
-                             "scale is undefined for 1)")
         record: list[tuple[Tensor, Tensor] | None] = [None] * self.num_layers
         hidden = self._run(ids[None], _Pass(KeySuppression(), record=record))
         return hidden[0, rows], record

@@ -101,6 +101,12 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
     return _scaled_elementwise(input, lambda x: F.dropout(x, p, training), scale, scale, None)
 
 
+def attention_output_scale(seq_len: int, d_head: int, mult: float, dropout_p: float, is_causal: bool) -> float:
+    """``S`` of ``scaled_dot_product_attention`` for ``seq_len`` keys of ``d_head`` dimensions."""
+    uniform_limit = ((log(seq_len) if is_causal else 1) / seq_len) ** 0.5 if seq_len > 1 else 1.0
+    return (1 - dropout_p) ** 0.5 / logarithmic_interpolation(1 / (1 + 4 * d_head / mult**2), uniform_limit, 1.0)
+
+
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
                                  dropout_p: float = 0.0, is_causal: bool = False, mult: float = 1.0) -> Tensor:
     """Unit-scaled attention with the muP ``1 / d_head`` logit scale and multiplier ``m`` (u-muP's ``attn_mult``)::
@@ -116,8 +122,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     """
     _check_mult(mult)
     *_, seq_len, d_head = value.shape
-    uniform_limit = ((log(seq_len) if is_causal else 1) / seq_len) ** 0.5 if seq_len > 1 else 1.0
-    scale = (1 - dropout_p) ** 0.5 / logarithmic_interpolation(1 / (1 + 4 * d_head / mult**2), uniform_limit, 1.0)
+    scale = attention_output_scale(seq_len, d_head, mult, dropout_p, is_causal)
     query, key, value = (scale_bwd(t, scale) for t in (query, key, value))
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
                                             is_causal=is_causal, scale=mult / d_head)

@@ -13,10 +13,12 @@ Hyperparameters (all 1 by default; u-muP's claim is that they transfer across wi
     loss_mult            logit multiplier inside the loss (forward only)
 
 FP8 (``fp8`` of ``Linear``; ``set_fp8`` for a whole model): a linear layer with ``fp8=True`` runs
-its three GEMMs in FP8 (``lmkernels.umup.fp8``). The scheme ``"partial"`` puts every hidden linear
-in FP8 except the "critical" ones, attention-out and FFN-down, whose inputs can grow suddenly
-during training; ``"all"`` puts those in FP8 too. The readout and the embedding always stay in
-high precision.
+its three GEMMs in FP8 (``lmkernels.umup.fp8``); one with ``bf16=True`` runs them in bf16 (operands
+rounded to bf16, fp32 accumulation, the output back in the input's dtype). The scheme ``"partial"``
+(the u-muP paper's large runs, specs/umup_dtm.md 2.2) puts every hidden linear in FP8 except the
+"critical" ones, attention-out and FFN-down, whose inputs can grow suddenly during training: those
+run in bf16. ``"all"`` puts them in FP8 too; ``"off"`` leaves every linear in the model's dtype.
+The readout and the embedding always stay in the model's dtype.
 """
 
 from __future__ import annotations
@@ -32,29 +34,48 @@ FP8_SCHEMES = ("off", "partial", "all")
 
 
 class Linear(torch.nn.Module):
-    """Unit-scaled linear layer ``y = U.linear(x, W, b)``, no bias by default; ``fp8`` runs it in FP8.
+    """Unit-scaled linear layer ``y = U.linear(x, W, b)``, no bias by default.
+
+    Precision of its three GEMMs: ``fp8`` runs them in FP8 (``lmkernels.umup.fp8.fp8_linear``);
+    otherwise ``bf16`` runs them in bf16 (``U.linear`` on bf16 copies of ``x``, ``W`` and ``b``, made
+    inside the forward as autocast does, so the parameters stay in their dtype and receive their
+    gradients in it; the output comes back in ``x``'s dtype); otherwise they run in the operands' dtype.
 
     ``critical`` marks the attention-out and FFN-down projections, which ``set_fp8(model, "partial")``
-    leaves in high precision.
+    runs in bf16 rather than FP8.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None,
                  constraint: str | None = "to_output_scale", weight_mup_type: str = "weight", fp8: bool = False,
-                 critical: bool = False):
+                 critical: bool = False, bf16: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.constraint, self.fp8, self.critical = constraint, fp8, critical
+        self.constraint, self.fp8, self.critical, self.bf16 = constraint, fp8, critical, bf16
         self.weight = parameter(torch.randn(out_features, in_features, device=device, dtype=dtype), weight_mup_type)
         self.bias = parameter(torch.zeros(out_features, device=device, dtype=dtype), "bias") if bias else None
 
     def forward(self, input: Tensor) -> Tensor:
         if self.fp8:
             return fp8_linear(input, self.weight, self.bias, self.constraint)
+        if self.bf16:
+            return bf16_linear(input, self.weight, self.bias, self.constraint)
         return U.linear(input, self.weight, self.bias, self.constraint)
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
-                f"constraint={self.constraint!r}, fp8={self.fp8}")
+                f"constraint={self.constraint!r}, fp8={self.fp8}, bf16={self.bf16}")
+
+
+def bf16_linear(input: Tensor, weight: Tensor, bias: Tensor | None = None,
+                constraint: str | None = "to_output_scale") -> Tensor:
+    """``U.linear`` with its three GEMMs in bf16 (the spec's "fallback BF16 path per GEMM"): ``input``,
+    ``weight`` and ``bias`` are rounded to bf16, the GEMMs accumulate in fp32 and write bf16 (as torch's
+    bf16 matmul does), the u-muP scales multiply the bf16 results, and the output is returned in
+    ``input``'s dtype. The casts are differentiable, so each gradient arrives in its tensor's own dtype
+    (bf16 values in an fp32 master weight's gradient, as under autocast)."""
+    bf16 = torch.bfloat16
+    output = U.linear(input.to(bf16), weight.to(bf16), None if bias is None else bias.to(bf16), constraint)
+    return output.to(input.dtype)
 
 
 class LinearReadout(Linear):
@@ -104,7 +125,7 @@ class MLP(torch.nn.Module):
     """SwiGLU MLP ``linear_2(U.silu_glu(linear_1(x), linear_gate(x), act_mult))``, all three linears unconstrained.
 
     Unconstrained is safe here: the forward and backward scales mirror each other along the branch.
-    ``linear_2`` (FFN-down) is a critical FP8 layer.
+    ``linear_2`` (FFN-down) is a critical layer (bf16 under the partial FP8 scheme).
     """
 
     def __init__(self, hidden_size: int, expansion_factor: int = 4, act_mult: float = 1.0):
@@ -121,7 +142,8 @@ class MLP(torch.nn.Module):
 
 class MHSA(torch.nn.Module):
     """Multi-head self-attention: fused ``linear_qkv``, ``U.scaled_dot_product_attention`` (``mult`` = attn_mult),
-    ``linear_o`` (attention-out, a critical FP8 layer). Input and output [batch, seq, hidden]."""
+    ``linear_o`` (attention-out, a critical layer: bf16 under the partial FP8 scheme).
+    Input and output [batch, seq, hidden]."""
 
     def __init__(self, hidden_size: int, heads: int, is_causal: bool, dropout_p: float = 0.0, mult: float = 1.0):
         super().__init__()
@@ -222,11 +244,17 @@ class TransformerDecoder(torch.nn.Sequential):
 
 
 def set_fp8(model: torch.nn.Module, scheme: str) -> torch.nn.Module:
-    """Switch the hidden ``Linear`` layers of ``model`` to FP8: ``"off"``, ``"partial"`` (all but the
-    critical attention-out and FFN-down layers) or ``"all"``. Returns ``model``."""
+    """Set the precision of the hidden ``Linear`` layers of ``model``. Returns ``model``.
+
+        "off"       every hidden linear in the model's dtype
+        "partial"   FP8, except the critical attention-out and FFN-down layers, which run in bf16
+        "all"       every hidden linear in FP8
+
+    The readout (``LinearReadout``) keeps the model's dtype in every scheme."""
     if scheme not in FP8_SCHEMES:
         raise ValueError(f"scheme: expected one of {', '.join(FP8_SCHEMES)}; got {scheme!r}")
     for module in model.modules():
         if isinstance(module, Linear) and not isinstance(module, LinearReadout):
             module.fp8 = scheme == "all" or (scheme == "partial" and not module.critical)
+            module.bf16 = scheme == "partial" and module.critical
     return model

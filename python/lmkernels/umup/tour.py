@@ -33,7 +33,7 @@ def run(section) -> None:
     for scheme in ("off", "partial"):
         start = time.perf_counter()
         loss, curve = train(build("umup", 64, settings, fp8=scheme), 1.0, train_stream, heldout, settings)
-        label = "fp32" if scheme == "off" else "FP8 (E4M3 forward, E5M2 gradients; attention-out and FFN-down fp32)"
+        label = "fp32" if scheme == "off" else "FP8 (E4M3 forward, E5M2 gradients; attention-out and FFN-down bf16)"
         print(f"  {label}: training loss {curve[0]:.3f} -> {curve[-1]:.3f}, held-out {loss:.3f} "
               f"after {settings.steps} steps at lr 1 ({time.perf_counter() - start:.1f} s)")
     print("  (the learning rate transfers across widths: lmk umup sweep shows it against the standard parametrisation)")
