@@ -9,6 +9,7 @@ computes the same five results: ``log_softmax`` of both in fp32, ``argmax``, ``g
 Bytes moved (logical traffic, ours): both logits tensors read once, the [B, T] results written.
 On the CPU the peer's fp32 temporaries of the 128256 vocabulary (about 20 GB) do not fit a small
 machine, so there it runs a quarter of the batch and its time is extrapolated (``peer_scale``).
+Peak memory above the inputs is recorded on CUDA, and on the CPU where the peer runs whole.
 """
 
 from __future__ import annotations
@@ -86,4 +87,5 @@ def _case(batch, length, vocab, device) -> Case:
         bytes_moved=batch * length * (2 * vocab * 2 + 8 + 1 + 3 * 4 + 8),
         device=device,
         peer_scale=peer_scale,
+        memory_on_cpu=peer_scale == 1.0,  # the O(B x T) extra memory against the peer's O(B x T x V)
     )
