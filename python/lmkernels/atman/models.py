@@ -59,6 +59,24 @@ def encoded_tokens(tokenizer, vocab_size: int, text: str, name: str) -> Tokens:
     return from_ids(tokenizer.encode(text), name)
 
 
+class TokenIdModel(Adapter):
+    """A model that embeds token ids with ``self.model.embedding``; text goes through ``self.tokenizer.encode``
+    (bytes without one, for a vocabulary of 256)."""
+
+    tokenizer = None
+    vocab_size: int
+
+    def text_tokens(self, text: str, name: str, is_prompt: bool) -> Tokens:
+        return encoded_tokens(self.tokenizer, self.vocab_size, text, name)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embedding.weight.device
+
+    def embeddings(self, ids: Tensor) -> Tensor:
+        return self.model.embedding(ids)
+
+
 class _DecoderLM(Adapter):
     """A causal model built on ``lmkernels.nn.Decoder``: input embeddings [S, dim] from ``_inputs``, then the
     decoder, whose attention applies the suppression and reads the shared clean prefix itself."""
@@ -94,7 +112,7 @@ class _DecoderLM(Adapter):
         return self.decoder(x, positions, None, cache, suppression, prefix, queries)
 
 
-class LMKernelsCausalLM(_DecoderLM):
+class LMKernelsCausalLM(_DecoderLM, TokenIdModel):
     """``lmkernels.nn.CausalLM``; text goes through ``tokenizer.encode`` (default: bytes, for V = 256).
 
     ``max_length`` bounds the explained sequence (RoPE itself has no limit; None: unbounded).
@@ -107,16 +125,6 @@ class LMKernelsCausalLM(_DecoderLM):
         self.max_length = max_length
         self.num_layers = len(model.decoder.layers)
         self.vocab_size = model.vocab_size
-
-    def text_tokens(self, text: str, name: str, is_prompt: bool) -> Tokens:
-        return encoded_tokens(self.tokenizer, self.vocab_size, text, name)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.embedding.weight.device
-
-    def embeddings(self, ids: Tensor) -> Tensor:
-        return self.model.embedding(ids)
 
     def _inputs(self, ids: Tensor) -> Tensor:
         return self.model.embedding(ids)

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lmkernels.atman.models import Adapter, encoded_tokens
-from lmkernels.atman.tokens import Tokens
+from lmkernels.atman.models import TokenIdModel
 from lmkernels.nn import KeySuppression
 from lmkernels.ops import attention
 from lmkernels.umup import MHSA, TransformerDecoder
@@ -84,7 +83,7 @@ def suppressed_attention(model: TransformerDecoder, run: _Pass):
             module.training = flag
 
 
-class UMuPCausalLM(Adapter):
+class UMuPCausalLM(TokenIdModel):
     """``lmkernels.umup.TransformerDecoder``: units are its tokens; text goes through ``tokenizer.encode``
     (default: bytes, for V = 256). ``max_length`` bounds the explained sequence (None: unbounded; the
     model has no positional encoding)."""
@@ -101,16 +100,6 @@ class UMuPCausalLM(Adapter):
         self.max_length = max_length
         self.num_layers = len(model.layers)
         self.vocab_size = model.embedding.num_embeddings
-
-    def text_tokens(self, text: str, name: str, is_prompt: bool) -> Tokens:
-        return encoded_tokens(self.tokenizer, self.vocab_size, text, name)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.embedding.weight.device
-
-    def embeddings(self, ids: Tensor) -> Tensor:
-        return self.model.embedding(ids)
 
     def clean(self, ids: Tensor, rows: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Final hidden states [T, dim] at ``rows`` of the unperturbed pass over ``ids`` [S], and its keys/values."""
