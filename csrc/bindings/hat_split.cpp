@@ -24,13 +24,16 @@ namespace lmk::bindings {
 namespace {
 
 // The UTF-8 of a str (cached in the str object; no copy for ASCII).
-std::string_view utf8_of(py::handle text, const std::string& name) {
-  if (!PyUnicode_Check(text.ptr())) fail(ErrorKind::Type, name, ": expected str, got ", Py_TYPE(text.ptr())->tp_name);
+// The UTF-8 of str `text`, which `index` (if set) places in the sequence `name` for error messages
+// (built only on an error: formatting a name per text had cost more than splitting a paragraph).
+std::string_view utf8_of(py::handle text, const char* name, std::optional<size_t> index = std::nullopt) {
+  const auto where = [&] { return index ? concat(name, "[", *index, "]") : std::string(name); };
+  if (!PyUnicode_Check(text.ptr())) fail(ErrorKind::Type, where(), ": expected str, got ", Py_TYPE(text.ptr())->tp_name);
   Py_ssize_t size = 0;
   const char* data = PyUnicode_AsUTF8AndSize(text.ptr(), &size);
   if (data == nullptr) {
     PyErr_Clear();
-    fail(ErrorKind::Value, name, ": not encodable as UTF-8 (it holds a lone surrogate)");
+    fail(ErrorKind::Value, where(), ": not encodable as UTF-8 (it holds a lone surrogate)");
   }
   return {data, static_cast<size_t>(size)};
 }
@@ -154,12 +157,12 @@ py::tuple hat_split_batch(const py::sequence& texts, std::optional<int64_t> max_
   const py::tuple items = py::reinterpret_steal<py::tuple>(PySequence_Tuple(texts.ptr()));
   if (!items) throw py::error_already_set();
   std::vector<std::string_view> views(items.size());
-  for (size_t t = 0; t < views.size(); ++t) views[t] = utf8_of(items[t], concat("texts[", t, "]"));
+  for (size_t t = 0; t < views.size(); ++t) views[t] = utf8_of(items[t], "texts", t);
   std::vector<text::HatSpecialToken> specials;
   for (size_t i = 0; i < special_tokens.size(); ++i) {
     const auto& [token, byte] = special_tokens[i];
     if (byte < 0 || byte > 255) fail(ErrorKind::Value, "special_tokens[", i, "]: the byte must be in [0, 255], got ", byte);
-    specials.push_back({utf8_of(token, concat("special_tokens[", i, "]")), static_cast<uint8_t>(byte)});
+    specials.push_back({utf8_of(token, "special_tokens", i), static_cast<uint8_t>(byte)});
   }
   TensorImports imports;
   const TensorView out_bytes = flat_output(imports, bytes, "bytes", DType::UInt8);

@@ -219,7 +219,8 @@ HatBatchCounts hat_split_batch(const std::vector<std::string_view>& texts, size_
   }
   size_t total = 0;
   for (size_t t = 0; t < texts.size(); ++t) {
-    check_utf8(texts[t], concat("texts[", t, "]").c_str());
+    if (const size_t bad = utf8::first_invalid(texts[t]); bad != std::string_view::npos)
+      fail(ErrorKind::Value, "texts[", t, "]: invalid UTF-8 at byte ", bad);
     total += texts[t].size();
   }
   if (out.bytes_capacity < total) fail(ErrorKind::Value, "bytes: holds ", out.bytes_capacity, " bytes, the texts need ", total);

@@ -387,6 +387,13 @@ def test_native_rejects_invalid_arguments():
     with pytest.raises(ValueError, match="text_word_offsets"):
         _C.hat_split_batch(["abc"], None, [], torch.empty(3, dtype=torch.uint8), torch.empty(4, dtype=torch.int64),
                            torch.empty(5, dtype=torch.int64))
+    outputs = torch.empty(9, dtype=torch.uint8), torch.empty(10, dtype=torch.int64), torch.empty(3, dtype=torch.int64)
+    with pytest.raises(TypeError, match=r"^texts\[1\]: expected str, got int"):
+        _C.hat_split_batch(["abc", 3], None, [], *outputs)
+    with pytest.raises(ValueError, match=r"^texts\[1\]: not encodable as UTF-8"):
+        _C.hat_split_batch(["abc", "a\ud800"], None, [], *outputs)
+    with pytest.raises(ValueError, match=r"^special_tokens\[1\]: not encodable as UTF-8"):
+        _C.hat_split_batch(["abc"], None, [("<|a|>", 1), ("\udfff", 2)], *outputs)
 
 
 def test_no_normalisation():
