@@ -23,9 +23,8 @@ namespace py = pybind11;
 namespace lmk::bindings {
 namespace {
 
-// The UTF-8 of a str (cached in the str object; no copy for ASCII).
-// The UTF-8 of str `text`, which `index` (if set) places in the sequence `name` for error messages
-// (built only on an error: formatting a name per text had cost more than splitting a paragraph).
+// The UTF-8 of str `text` (cached in the str object; no copy for ASCII). `index`, if set, places it in
+// the sequence `name` for error messages, formatted only on an error (as check_utf8 in text/hat_split.cpp).
 std::string_view utf8_of(py::handle text, const char* name, std::optional<size_t> index = std::nullopt) {
   const auto where = [&] { return index ? concat(name, "[", *index, "]") : std::string(name); };
   if (!PyUnicode_Check(text.ptr())) fail(ErrorKind::Type, where(), ": expected str, got ", Py_TYPE(text.ptr())->tp_name);

@@ -251,6 +251,22 @@ struct Gather {
   }
 };
 
+// Sums the outputs [lo, hi) one ahead of gathering their rows, so that each output's sum prefetches
+// the next one's rows (NextRows): collect(gather, i) fills `gather` with output i's rows (false: stop
+// here, an error was recorded), then sum(gather, i, next) writes output i (next: null for the last).
+template <typename T, typename Collect, typename Sum>
+void gather_one_ahead(Gather<T> (&gathers)[2], int64_t lo, int64_t hi, Collect collect, Sum sum) {
+  Gather<T>* gather = &gathers[0];
+  Gather<T>* next = &gathers[1];
+  if (!collect(*gather, lo)) return;
+  for (int64_t i = lo; i < hi; ++i) {
+    const bool has_next = i + 1 < hi;
+    if (has_next && !collect(*next, i + 1)) return;
+    sum(*gather, i, has_next ? next : nullptr);
+    std::swap(gather, next);
+  }
+}
+
 // Whether gathered rows come from memory rather than cache: a source larger than a typical
 // last-level cache (32 MiB).
 bool larger_than_cache(int64_t bytes) { return bytes > (int64_t(32) << 20); }
@@ -319,26 +335,21 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
     // The bag being summed and the next one, whose rows it prefetches: per thread (static storage,
     // not captured, each thread its own), one thread-local lookup per chunk.
     thread_local Gather<T> scratch_gathers[2];
-    const auto assign = [&](Gather<T>& gather, int64_t b) -> int64_t {
-      const int64_t begin = offsets[b];
-      const int64_t bad = gather.assign(table.as<T>(), table.stride(0), rows, indices + begin,
-                                        weights ? weights + begin : nullptr, offsets[b + 1] - begin);
-      return bad >= 0 ? begin + bad : -1;
-    };
     for_each_bag_chunk<I>(bags, rows, dim, [&](int64_t lo, int64_t hi) -> int64_t {
-      Gather<T>* gather = &scratch_gathers[0];
-      Gather<T>* next = &scratch_gathers[1];
-      if (const int64_t bad = assign(*gather, lo); bad >= 0) return bad;
-      for (int64_t b = lo; b < hi; ++b) {
-        const bool has_next = b + 1 < hi;
-        if (has_next)
-          if (const int64_t bad = assign(*next, b + 1); bad >= 0) return bad;
+      int64_t bad_position = -1;
+      const auto collect = [&](Gather<T>& gather, int64_t b) {
+        const int64_t begin = offsets[b];
+        const int64_t bad = gather.assign(table.as<T>(), table.stride(0), rows, indices + begin,
+                                          weights ? weights + begin : nullptr, offsets[b + 1] - begin);
+        bad_position = bad >= 0 ? begin + bad : -1;
+        return bad < 0;
+      };
+      gather_one_ahead(scratch_gathers, lo, hi, collect, [&](const Gather<T>& gather, int64_t b, const Gather<T>* next) {
         const int64_t size = offsets[b + 1] - offsets[b];
         const float divisor = bags.mode == BagMode::Mean && size > 0 ? float(size) : 1.f;
-        gather->sum_into(out.as<T>() + b * dim, dim, divisor, from_memory, path, has_next ? next : nullptr);
-        std::swap(gather, next);
-      }
-      return -1;
+        gather.sum_into(out.as<T>() + b * dim, dim, divisor, from_memory, path, next);
+      });
+      return bad_position;
     });
   });
 }
@@ -461,16 +472,10 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
         return true;
       };
       parallel_for(0, num_segments, grain, [&](int64_t lo, int64_t hi) {
-        Gather<T> gathers[2];  // the segment being summed and the next one, whose rows it prefetches
-        Gather<T>* gather = &gathers[0];
-        Gather<T>* next = &gathers[1];
-        if (!collect(*gather, lo)) return;
-        for (int64_t s = lo; s < hi; ++s) {
-          const bool has_next = s + 1 < hi;
-          if (has_next && !collect(*next, s + 1)) return;
-          gather->sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, from_memory, path, has_next ? next : nullptr);
-          std::swap(gather, next);
-        }
+        Gather<T> gathers[2];
+        gather_one_ahead(gathers, lo, hi, collect, [&](const Gather<T>& gather, int64_t s, const Gather<T>* next) {
+          gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, from_memory, path, next);
+        });
         vec::stream_fence();
       });
     };

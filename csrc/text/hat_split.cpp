@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "common/errors.h"
@@ -130,9 +131,13 @@ void cut_segment(std::string_view text, size_t begin, size_t end, WordStream& wo
   }
 }
 
-void check_utf8(std::string_view text, const char* what) {
+// Raises ValueError naming `what` (`what[index]` for an item of a batch) at the first invalid byte.
+// The name is formatted only then: once per text, it had cost more than splitting a paragraph.
+void check_utf8(std::string_view text, const char* what, std::optional<size_t> index = std::nullopt) {
   const size_t bad = utf8::first_invalid(text);
-  if (bad != std::string_view::npos) fail(ErrorKind::Value, what, ": invalid UTF-8 at byte ", bad);
+  if (bad == std::string_view::npos) return;
+  if (index) fail(ErrorKind::Value, what, "[", *index, "]: invalid UTF-8 at byte ", bad);
+  fail(ErrorKind::Value, what, ": invalid UTF-8 at byte ", bad);
 }
 
 // hat_split of valid UTF-8.
@@ -219,8 +224,7 @@ HatBatchCounts hat_split_batch(const std::vector<std::string_view>& texts, size_
   }
   size_t total = 0;
   for (size_t t = 0; t < texts.size(); ++t) {
-    if (const size_t bad = utf8::first_invalid(texts[t]); bad != std::string_view::npos)
-      fail(ErrorKind::Value, "texts[", t, "]: invalid UTF-8 at byte ", bad);
+    check_utf8(texts[t], "texts", t);
     total += texts[t].size();
   }
   if (out.bytes_capacity < total) fail(ErrorKind::Value, "bytes: holds ", out.bytes_capacity, " bytes, the texts need ", total);

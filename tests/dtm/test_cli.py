@@ -71,7 +71,6 @@ def test_dtm_command_rejects_bad_sizes(tmp_path):
 
 
 def test_dtm_command_saves_the_plot_where_asked(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("matplotlib")
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "plots" / "sparsity.png"
     path.parent.mkdir()
@@ -82,7 +81,6 @@ def test_dtm_command_saves_the_plot_where_asked(tmp_path, monkeypatch, capsys):
 
 
 def test_dtm_command_saves_the_plot_by_default(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("matplotlib")
     monkeypatch.chdir(tmp_path)
     assert main(["dtm", *TINY, "--cache-dir", str(tmp_path)]) == 0
     assert (tmp_path / "dtm.png").read_bytes().startswith(PNG)

@@ -14,7 +14,6 @@ TEXT = "\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog,
 
 
 def test_sweep_cli_prints_tables_and_writes_json_and_plot(tmp_path, capsys):
-    pytest.importorskip("matplotlib")  # a test dependency; --plot only warns without it
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT)
     out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"

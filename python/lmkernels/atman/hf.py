@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from transformers import AttentionInterface, PreTrainedModel
 
-from lmkernels.atman.models import Adapter
+from lmkernels.atman.models import Adapter, recorded_prefix
 from lmkernels.atman.tokens import Tokens, hf_tokens
 from lmkernels.nn import KeySuppression
 from lmkernels.ops import attention
@@ -110,8 +110,8 @@ class HFCausalLM(_HFModel):
 
     def perturbed(self, ids: Tensor, start: int, suppression: KeySuppression, rows: Tensor,
                   clean: list[tuple[Tensor, Tensor]] | None) -> Tensor:
-        batch = (suppression.key_bias if suppression.key_bias is not None else suppression.key_factor).shape[0]
-        prefix = [(k[:, :, :start], v[:, :, :start]) for k, v in clean] if start > 0 else None
+        batch = suppression.batch_size
+        prefix = recorded_prefix(clean, start)
         positions = torch.arange(start, len(ids), device=ids.device)
         hidden = self._run(_Pass(True, suppression, prefix=prefix), input_ids=ids[start:].expand(batch, -1),
                            position_ids=positions.expand(batch, -1))
@@ -126,9 +126,7 @@ class HFEncoder(_HFModel):
 
     def pooled(self, ids: Tensor, suppression: KeySuppression) -> Tensor:
         """Mean-pooled last hidden states [B, dim] of ``ids`` [S] under ``suppression`` ([B, S] per key)."""
-        tensor = suppression.key_bias if suppression.key_bias is not None else suppression.key_factor
-        batch = 1 if tensor is None else tensor.shape[0]
-        hidden = self._run(_Pass(False, suppression), input_ids=ids.expand(batch, -1))
+        hidden = self._run(_Pass(False, suppression), input_ids=ids.expand(suppression.batch_size, -1))
         return hidden.float().mean(dim=1)
 
 

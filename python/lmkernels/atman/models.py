@@ -59,6 +59,11 @@ def encoded_tokens(tokenizer, vocab_size: int, text: str, name: str) -> Tokens:
     return from_ids(tokenizer.encode(text), name)
 
 
+def recorded_prefix(record: list[tuple[Tensor, Tensor]], start: int) -> list[tuple[Tensor, Tensor]] | None:
+    """Each layer's recorded keys and values [B, H, S, D] before position ``start`` (None when it is 0)."""
+    return [(k[:, :, :start], v[:, :, :start]) for k, v in record] if start > 0 else None
+
+
 class TokenIdModel(Adapter):
     """A model that embeds token ids with ``self.model.embedding``; text goes through ``self.tokenizer.encode``
     (bytes without one, for a vocabulary of 256)."""
@@ -97,7 +102,7 @@ class _DecoderLM(Adapter):
                   clean: KVCache | None) -> Tensor:
         """Final hidden states [B, T, dim] at ``rows`` with ``suppression`` ([B, S] per key), recomputing
         ``start``..S-1."""
-        batch = (suppression.key_bias if suppression.key_bias is not None else suppression.key_factor).shape[0]
+        batch = suppression.batch_size
         prefix = clean.prefix(start) if start > 0 else None
         # The rows are the sequence's last positions (the target's predictions): the last layer computes only them.
         trailing = torch.equal(rows, torch.arange(len(ids) - len(rows), len(ids), device=rows.device))

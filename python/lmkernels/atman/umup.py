@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lmkernels.atman.models import TokenIdModel
+from lmkernels.atman.models import TokenIdModel, recorded_prefix
 from lmkernels.nn import KeySuppression
 from lmkernels.ops import attention
 from lmkernels.umup import MHSA, TransformerDecoder
@@ -46,10 +46,8 @@ class _Pass:
 
 def _suppressed_mhsa(module: MHSA, layer: int, run: _Pass, input: Tensor) -> Tensor:
     """``MHSA.forward`` with the pass's suppression (in its layers) and shared prefix."""
-    batch, seq, hidden = input.shape
-    head_dim = hidden // module.heads
-    qkv = module.linear_qkv(input).view(batch, seq, 3, module.heads, head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    q, k, v = module.project_qkv(input)
+    seq, head_dim = q.shape[2], q.shape[3]
     if run.record is not None:
         run.record[layer] = (k, v)
     prefix_k, prefix_v = run.prefix[layer] if run.prefix is not None else (None, None)
@@ -58,7 +56,7 @@ def _suppressed_mhsa(module: MHSA, layer: int, run: _Pass, input: Tensor) -> Ten
     out = attention(q, k, v, causal=True, scale=module.mult / head_dim, key_bias=active.key_bias,
                     key_factor=active.key_factor, factor_min=active.factor_min, prefix_k=prefix_k, prefix_v=prefix_v)
     out = out * attention_output_scale(keys, head_dim, module.mult, module.dropout_p, is_causal=True)
-    return module.linear_o(out.transpose(1, 2).reshape(batch, seq, hidden))
+    return module.project_output(out)
 
 
 @contextlib.contextmanager
@@ -111,8 +109,8 @@ class UMuPCausalLM(TokenIdModel):
                   clean: list[tuple[Tensor, Tensor]] | None) -> Tensor:
         """Final hidden states [B, T, dim] at ``rows`` with ``suppression`` ([B, S] per key), recomputing
         ``start``..S-1."""
-        batch = (suppression.key_bias if suppression.key_bias is not None else suppression.key_factor).shape[0]
-        prefix = [(k[:, :, :start], v[:, :, :start]) for k, v in clean] if start > 0 else None
+        batch = suppression.batch_size
+        prefix = recorded_prefix(clean, start)
         hidden = self._run(ids[start:].expand(batch, -1), _Pass(suppression, prefix=prefix))
         return hidden[:, rows - start]
 

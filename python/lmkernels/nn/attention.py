@@ -46,6 +46,12 @@ class KeySuppression:
     def acts_in(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
 
+    @property
+    def batch_size(self) -> int:
+        """The batch items it suppresses for: rows of ``key_bias`` or ``key_factor`` (1 without either)."""
+        tensor = self.key_bias if self.key_bias is not None else self.key_factor
+        return 1 if tensor is None else tensor.shape[0]
+
 
 class SelfAttention(torch.nn.Module):
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, rope_base: float = 10000.0,

@@ -154,11 +154,21 @@ class MHSA(torch.nn.Module):
         self.linear_o = Linear(hidden_size, hidden_size, critical=True)
 
     def forward(self, input: Tensor) -> Tensor:
+        q, k, v = self.project_qkv(input)
+        attended = U.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p, is_causal=self.is_causal,
+                                                  mult=self.mult)
+        return self.project_output(attended)
+
+    def project_qkv(self, input: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v [batch, heads, seq, head_dim] of ``input`` [batch, seq, hidden]."""
         batch, seq, hidden = input.shape
         qkv = self.linear_qkv(input).view(batch, seq, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4)
-        attended = U.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=self.dropout_p,
-                                                  is_causal=self.is_causal, mult=self.mult)
-        return self.linear_o(attended.transpose(1, 2).reshape(batch, seq, hidden))
+        return qkv[0], qkv[1], qkv[2]
+
+    def project_output(self, attended: Tensor) -> Tensor:
+        """``linear_o`` of the heads' outputs [batch, heads, seq, head_dim], as [batch, seq, hidden]."""
+        batch, heads, seq, head_dim = attended.shape
+        return self.linear_o(attended.transpose(1, 2).reshape(batch, seq, heads * head_dim))
 
 
 class TransformerLayer(torch.nn.Module):
