@@ -14,8 +14,9 @@
 // A and B have unit stride inside a row and any non-negative row stride; bias is contiguous fp32
 // [N]; out is a contiguous [M, N] float32, bfloat16 or float16. alpha is applied in fp32.
 // The CPU path decodes both operands once into scratch panels, rows and columns padded to its
-// micro-kernel: bf16 pairs (2 (M + N) K bytes, as torch's a.bfloat16() and b.bfloat16()) on CPUs
-// with AVX512_BF16, fp32 (4 (M + N) K bytes) elsewhere; the two kernels give bitwise equal results.
+// micro-kernel: bf16 (2 (M + N) K bytes, as torch's a.bfloat16() and b.bfloat16()) on CPUs with
+// AVX512_BF16 or AMX, fp32 (4 (M + N) K bytes) elsewhere; the two sequential kernels give bitwise
+// equal results.
 #pragma once
 #include <cstdint>
 
@@ -28,8 +29,19 @@ namespace lmk::fp8 {
 void check_gemm(const TensorView& a, const TensorView& b, const OptionalView& bias, const TensorView& out);
 
 // ---- CPU (blocked over M, N and K; output tiles in parallel) ------------------------------------
+// exact_order: the sequential kernels (AVX512_BF16 pairs or fp32), summing in the order above.
+// Otherwise, on CPUs with AMX-BF16, the tile kernel (fp8_gemm_amx.cpp), whose 32-deep steps sum in
+// the tile unit's order; the sequential kernels elsewhere.
 void gemm_cpu(const TensorView& a, const TensorView& b, float alpha, const OptionalView& bias,
-              const TensorView& out);
+              const TensorView& out, bool exact_order);
+// The kernel gemm_cpu runs on this CPU: "amx", "avx512_bf16" or "fp32" (LMK_FP8_GEMM_CPU=fp32 forces
+// the last; exact_order never gets "amx").
+const char* cpu_kernel(bool exact_order);
+#if defined(__x86_64__) && defined(__GNUC__)
+bool cpu_has_bf16_pairs();  // AVX-512 F, BW and BF16
+bool cpu_has_amx();         // AMX-TILE and AMX-BF16 (and the OS's permission), with cpu_has_bf16_pairs()
+void gemm_amx(const TensorView& a, const TensorView& b, float alpha, const float* bias, const TensorView& out);
+#endif
 
 // ---- CUDA (on the given stream) -----------------------------------------------------------------
 // exact_order: the portable shared-memory tiled kernel (any architecture), summing in the order

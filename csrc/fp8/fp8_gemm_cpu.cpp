@@ -10,7 +10,8 @@
 // fp32, so every element is summed in increasing k exactly as in the math, whatever the tiling,
 // the micro-kernel or the thread count.
 //
-// Two micro-kernels, chosen at run time, give bitwise the same results:
+// Two micro-kernels, chosen at run time, give bitwise the same results (on CPUs with AMX-BF16 a
+// default call runs the tile kernel of fp8_gemm_amx.cpp instead, which sums in its own order):
 // - Bf16Pairs (CPUs with AVX512_BF16): every FP8 value is exactly a bf16 value, and VDPBF16PS
 //   adds two bf16 products to an fp32 lane as two rounded additions, the odd element first
 //   (measured on the CPUs we run, and as Intel documents it). So A and B are stored as bf16 pairs
@@ -24,6 +25,7 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <vector>
 
 #include "common/dispatch.h"
@@ -33,33 +35,14 @@
 #include "common/simd.h"
 #include "common/vec.h"
 #include "fp8/fp8_gemm.h"
+#include "fp8/fp8_gemm_bf16_pairs.h"
 #include "fp8/fp8_gemm_decode.h"
 #include "fp8/fp8_gemm_epilogue.h"
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define LMK_HAVE_BF16_PAIRS 1
-#endif
 
 namespace lmk::fp8 {
 namespace {
 
 constexpr int64_t kTileN = 64;  // columns of an output tile: a multiple of both kernels' panels
-
-template <typename T>
-using Table = std::array<T, 256>;
-
-// Each FP8 bit pattern's value, converted by `convert` from its exact fp32 value.
-template <typename T, typename Convert>
-const Table<T>& table_of(DType dtype, Convert convert) {
-  const auto make = [&](Format format) {
-    Table<T> t{};
-    for (int bits = 0; bits < 256; ++bits) t[bits] = convert(decode(uint8_t(bits), format));
-    return t;
-  };
-  static const Table<T> e4m3 = make(Format::E4M3FN), e5m2 = make(Format::E5M2);
-  return dtype == DType::Float8E4M3FN ? e4m3 : e5m2;
-}
 
 // ---- micro-kernel policies --------------------------------------------------------------------
 // Each stores an operand as panels [rows / kRows or columns / kPanel][steps][width] of Word, one
@@ -74,13 +57,19 @@ struct Fp32 {
   static constexpr int64_t kTileM = 96;
   static constexpr int64_t kBlockSteps = 256;  // a tile's A block (96 KiB) and B block (64 KiB) stay in L2
 
-  static const Table<float>& table(DType dtype) {
-    return table_of<float>(dtype, [](float x) { return x; });
+  static const std::array<float, 256>& table(DType dtype) {
+    const auto make = [](Format format) {
+      std::array<float, 256> t{};
+      for (int bits = 0; bits < 256; ++bits) t[bits] = decode(uint8_t(bits), format);
+      return t;
+    };
+    static const std::array<float, 256> e4m3 = make(Format::E4M3FN), e5m2 = make(Format::E5M2);
+    return dtype == DType::Float8E4M3FN ? e4m3 : e5m2;
   }
   // Panel [steps = k][width] of `rows` rows (stride `row_stride` bytes) of K = k; zeros past `rows`.
   static void decode_panel(DType dtype, const uint8_t* first_row, int64_t row_stride, int64_t rows, int64_t k,
                            Word* dst, int64_t width) {
-    const Table<float>& values = table(dtype);
+    const std::array<float, 256>& values = table(dtype);
     for (int64_t s = 0; s < k; ++s)
       for (int64_t w = 0; w < width; ++w) dst[s * width + w] = w < rows ? values[first_row[w * row_stride + s]] : 0.f;
   }
@@ -109,100 +98,16 @@ struct Fp32 {
 
 #ifdef LMK_HAVE_BF16_PAIRS
 struct Bf16Pairs {
-  using Word = uint32_t;  // bf16(x[k]) in the high half, bf16(x[k + 1]) in the low half
+  using Word = Bf16Word;  // PairOrder::KHigh: bf16(x[k]) in the high half, bf16(x[k + 1]) in the low half
   static constexpr int kRows = 12;   // 24 accumulators + 2 B + 1 broadcast A of the 32 registers
   static constexpr int kPanel = 32;  // two 16-lane vectors
   static constexpr int kDepth = 2;
   static constexpr int64_t kTileM = 192;  // 16 row panels share each B panel from L1
   static constexpr int64_t kBlockSteps = 256;  // 512 of K: a B panel 32 KiB, an A panel 12 KiB (measured best)
 
-  static const Table<uint16_t>& table(DType dtype) {
-    return table_of<uint16_t>(dtype, [](float x) {
-      uint32_t bits;
-      std::memcpy(&bits, &x, sizeof bits);
-      return uint16_t(bits >> 16);  // exact: an FP8 value has at most 4 significant bits
-    });
-  }
-  // The words of 32 consecutive k of an FP8 row, decoded arithmetically: an FP8 byte is an fp16
-  // bit pattern shifted (for E4M3 then scaled by 2^8, which is exact; S.1111.111 is NaN); 32 bf16
-  // in k order (exact), then each word's halves swapped: x[k] high, x[k + 1] low.
-  __attribute__((target("avx512f,avx512bw,avx512bf16"))) static __m512i decode_32(bool e4m3, const uint8_t* bytes) {
-    const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
-    const __m512i magnitude = _mm512_and_si512(wide, _mm512_set1_epi16(0x7F));
-    const __m512i half_bits =
-        e4m3 ? _mm512_or_si512(_mm512_slli_epi16(magnitude, 7),
-                               _mm512_slli_epi16(_mm512_and_si512(wide, _mm512_set1_epi16(0x80)), 8))
-             : _mm512_slli_epi16(wide, 8);
-    __m512 low = _mm512_cvtph_ps(_mm512_castsi512_si256(half_bits));
-    __m512 high = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(half_bits, 1));
-    if (e4m3) {
-      const __mmask32 nan = _mm512_cmpeq_epi16_mask(magnitude, _mm512_set1_epi16(0x7F));
-      const __m512 quiet_nan = _mm512_set1_ps(__builtin_nanf(""));
-      low = _mm512_mask_blend_ps(__mmask16(nan), _mm512_mul_ps(low, _mm512_set1_ps(256.f)), quiet_nan);
-      high = _mm512_mask_blend_ps(__mmask16(nan >> 16), _mm512_mul_ps(high, _mm512_set1_ps(256.f)), quiet_nan);
-    }
-    return _mm512_rol_epi32((__m512i)_mm512_cvtne2ps_pbh(high, low), 16);
-  }
-
-  // r[i][j] -> r[j][i] for a 16 x 16 matrix of 32-bit words, one row per register.
-  __attribute__((target("avx512f"))) static void transpose_16x16(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 16; i += 2) {
-      t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-      t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-      r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-      r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-      r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-      r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int i = 0; i < 4; ++i) {  // 128-bit lanes: even ones of a pair of registers, then odd ones
-      t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
-      t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xDD);
-      t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
-      t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xDD);
-    }
-    for (int i = 0; i < 4; ++i) {
-      r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
-      r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xDD);
-      r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
-      r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xDD);
-    }
-  }
-
-  // Panel [steps = ceil(k / 2)][width] of `rows` rows (stride `row_stride` bytes); zeros past `rows`.
-  // 32 k of 16 rows at a time: decoded, transposed in registers, stored as 16 steps of 16 words,
-  // so the panel is written in whole vectors (strided single-word stores cost 1.7 ms per 2048 x
-  // 2048 operand, half of it for this). The last k % 32 through the table.
-  __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void decode_panel(DType dtype,
-                                                                                   const uint8_t* first_row,
-                                                                                   int64_t row_stride, int64_t rows,
-                                                                                   int64_t k, Word* dst,
-                                                                                   int64_t width) {
-    const bool e4m3 = dtype == DType::Float8E4M3FN;
-    const int64_t vector_k = k / 32 * 32;
-    for (int64_t h = 0; h < width; h += 16) {
-      const int64_t lanes = std::min<int64_t>(16, width - h), live = std::clamp<int64_t>(rows - h, 0, lanes);
-      const __mmask16 mask = __mmask16((1u << lanes) - 1);
-      for (int64_t j = 0; j < vector_k; j += 32) {
-        __m512i r[16];
-        for (int64_t i = 0; i < 16; ++i)
-          r[i] = i < live ? decode_32(e4m3, first_row + (h + i) * row_stride + j) : _mm512_setzero_si512();
-        transpose_16x16(r);
-        for (int q = 0; q < 16; ++q) _mm512_mask_storeu_epi32(dst + (j / 2 + q) * width + h, mask, r[q]);
-      }
-    }
-    const Table<uint16_t>& bf16 = table(dtype);
-    for (int64_t j = vector_k; j < k; j += 2)  // K is padded to even with +0, and adding a +0 product changes no sum
-      for (int64_t w = 0; w < width; ++w) {
-        Word word = 0;
-        if (w < rows) {
-          const uint8_t* row = first_row + w * row_stride;
-          word = Word(bf16[row[j]]) << 16 | (j + 1 < k ? Word(bf16[row[j + 1]]) : 0u);
-        }
-        dst[j / 2 * width + w] = word;
-      }
+  static void decode_panel(DType dtype, const uint8_t* first_row, int64_t row_stride, int64_t rows, int64_t k,
+                           Word* dst, int64_t width) {
+    decode_pair_panel(dtype, first_row, row_stride, rows, k, ceil_div(k, kDepth), dst, width, PairOrder::KHigh);
   }
 
   __attribute__((target("avx512f,avx512bf16"))) static void multiply(const Word* a, const Word* b, int64_t steps,
@@ -228,14 +133,6 @@ struct Bf16Pairs {
   }
 };
 
-bool cpu_has_bf16_pairs() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512bf16");
-  }();
-  return has;
-}
 #endif
 
 // ---- the driver, for either policy --------------------------------------------------------------
@@ -297,15 +194,40 @@ bool fp32_forced() {
 
 }  // namespace
 
+#ifdef LMK_HAVE_BF16_PAIRS
+bool cpu_has_bf16_pairs() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512bf16");
+  }();
+  return has;
+}
+#endif
+
+const char* cpu_kernel(bool exact_order) {
+  if (fp32_forced()) return "fp32";
+#ifdef LMK_HAVE_BF16_PAIRS
+  if (!exact_order && cpu_has_amx()) return "amx";
+  if (cpu_has_bf16_pairs()) return "avx512_bf16";
+#else
+  (void)exact_order;
+#endif
+  return "fp32";
+}
+
 void gemm_cpu(const TensorView& a, const TensorView& b, float alpha, const OptionalView& bias,
-              const TensorView& out) {
+              const TensorView& out, bool exact_order) {
   if (a.size(0) == 0 || b.size(0) == 0) return;
   const float* bias_values = bias ? bias->as<const float>() : nullptr;
+  const std::string_view kernel = cpu_kernel(exact_order);
+#ifdef LMK_HAVE_BF16_PAIRS
+  if (kernel == "amx") return gemm_amx(a, b, alpha, bias_values, out);
+#endif
   dispatch_float(out.dtype, "out", [&](auto tag) {
     using T = typename decltype(tag)::type;
 #ifdef LMK_HAVE_BF16_PAIRS
-    if (cpu_has_bf16_pairs() && !fp32_forced())
-      return gemm_tiles<Bf16Pairs>(a, b, alpha, bias_values, out.as<T>());
+    if (kernel == "avx512_bf16") return gemm_tiles<Bf16Pairs>(a, b, alpha, bias_values, out.as<T>());
 #endif
     gemm_tiles<Fp32>(a, b, alpha, bias_values, out.as<T>());
   });

@@ -47,8 +47,8 @@ def memory_cache_limit() -> int:
 
 
 def info() -> dict:
-    """Version, build type, CUDA support and architectures, Hopper kernels, the SIMD level chosen at run time, threads,
-    the memory cache's limit."""
+    """Version, build type, CUDA support and architectures, Hopper kernels, the SIMD level chosen at run time, the
+    FP8 GEMM's CPU kernel, threads, the memory cache's limit."""
     build = _C.build_info()
     return {
         "version": build["version"],
@@ -60,6 +60,7 @@ def info() -> dict:
         "sanitize": build["sanitize"] or None,
         "compiler": build["compiler"],
         "simd": _C.simd_level(),
+        "fp8_gemm_cpu": _C.fp8_gemm_cpu_kernel(),  # amx, avx512_bf16 or fp32 (the last two sum in increasing k)
         "threads": num_threads(),
         "threads_from": _C.parallel_backend(),
         "memory_cache_limit": memory_cache_limit(),

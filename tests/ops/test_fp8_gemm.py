@@ -1,5 +1,6 @@
 """lmk::fp8_gemm against the float64 reference: shapes (empty, tiny, ragged, long K), format pairs,
-out dtypes, alpha, bias; exact cases bitwise; determinism; NaN/inf; compile; opcheck; bad input."""
+out dtypes, alpha, bias; exact cases bitwise; the summation order with exact_order; the AMX and
+Hopper kernels' bounds; determinism; NaN/inf; compile; opcheck; bad input."""
 
 import pytest
 import torch
@@ -122,20 +123,62 @@ def test_every_fp8_value_decodes_exactly_in_long_rows(a_dtype):
 @given(problems())
 @settings(max_examples=30, deadline=None)
 def test_cpu_micro_kernels_agree_bitwise(problem):
-    # The AVX512_BF16 pair kernel (where the CPU has it) and the fp32 kernel sum in the same order.
-    default = fp8_gemm(*arguments(problem))
+    # In exact order, the AVX512_BF16 pair kernel (where the CPU has it) and the fp32 kernel sum alike.
+    default = fp8_gemm(*arguments(problem), exact_order=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LMK_FP8_GEMM_CPU", "fp32")
-        assert torch.equal(fp8_gemm(*arguments(problem)), default)
+        assert torch.equal(fp8_gemm(*arguments(problem), exact_order=True), default)
+        assert torch.equal(fp8_gemm(*arguments(problem)), default)  # and the variable rules out AMX
 
 
-def test_summation_is_sequential_in_k():
+def test_summation_is_sequential_in_k(device):
     # 2^23 + 0.5 + 0.5 - 2^23 in increasing k: each + 0.5 is a tie rounded to the even 2^23, so the sum
     # is 0 (the exact sum is 1, and any other order that pairs the halves first gives 1).
-    a = torch.tensor([[256.0, 0.5, 0.5, -256.0]]).to(E4M3)
-    b = torch.tensor([[32768.0, 1.0, 1.0, 32768.0]]).to(E5M2)
-    assert fp8_gemm(a, b, out_dtype=torch.float32).item() == 0.0
-    assert reference.fp8_gemm(a, b, out_dtype=torch.float32).item() == 1.0
+    a = torch.tensor([[256.0, 0.5, 0.5, -256.0]]).to(E4M3).to(device)
+    b = torch.tensor([[32768.0, 1.0, 1.0, 32768.0]]).to(E5M2).to(device)
+    assert fp8_gemm(a, b, out_dtype=torch.float32, exact_order=True).item() == 0.0
+    assert reference.fp8_gemm(a.cpu(), b.cpu(), out_dtype=torch.float32).item() == 1.0
+
+
+needs_amx = pytest.mark.skipif(lmkernels.info()["fp8_gemm_cpu"] != "amx",
+                               reason="needs a CPU with AMX-BF16 (the tile kernel runs only there)")
+
+
+def test_cpu_kernel_is_named():
+    kernel = lmkernels.info()["fp8_gemm_cpu"]
+    assert kernel in ("amx", "avx512_bf16", "fp32")
+    assert lmkernels._C.fp8_gemm_cpu_kernel(exact_order=True) in ("avx512_bf16", "fp32")
+
+
+@needs_amx
+@pytest.mark.parametrize("a_dtype, b_dtype", PAIRS)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (33, 65, 70), (300, 260, 2100), (130, 513, 4100)])
+def test_amx_kernel_within_fp32_accumulation_bound(shape, a_dtype, b_dtype):
+    # Ragged edges (rows, columns and K padded to 32), more than one 2048-deep K block, several
+    # 128 x 256 tiles; within the same bound as the sequential sum, and not always bitwise equal to it
+    # (a different order), which shows the tile kernel ran.
+    m, n, k = shape
+    a, b, bias = random_fp8(m, k, a_dtype), random_fp8(n, k, b_dtype), torch.randn(n)
+    for out_dtype in OUT_DTYPES:
+        out = fp8_gemm(a, b, 0.3, bias, out_dtype)
+        assert_within_fp32_accumulation_bound(out, a, b, 0.3, bias)
+    if k > 1000:
+        assert not torch.equal(fp8_gemm(a, b, out_dtype=torch.float32),
+                               fp8_gemm(a, b, out_dtype=torch.float32, exact_order=True))
+
+
+@needs_amx
+def test_amx_kernel_as_accurate_as_the_sequential_sum():
+    # Products spanning 2^-25 .. 2^17 with cancellation: the tile unit's errors are of the sequential
+    # sum's size (measured: largest errors within a few percent of each other).
+    torch.manual_seed(1)
+    a = (torch.randn(64, 3000) * torch.exp2(torch.randint(-8, 8, (64, 3000)).float())).to(E4M3)
+    b = (torch.randn(96, 3000) * torch.exp2(torch.randint(-14, 14, (96, 3000)).float())).to(E5M2)
+    exact = a.double() @ b.double().T
+    scale = a.double().abs() @ b.double().abs().T * 2.0**-24
+    amx = ((fp8_gemm(a, b, out_dtype=torch.float32).double() - exact).abs() / scale).max().item()
+    sequential = ((fp8_gemm(a, b, out_dtype=torch.float32, exact_order=True).double() - exact).abs() / scale).max()
+    assert amx <= 2 * sequential.item() + 1
 
 
 def test_zero_k_gives_bias_or_zeros(device):
@@ -158,7 +201,7 @@ def test_cpu_and_cuda_agree_bitwise_in_exact_order(shape):
     m, n, k = shape
     a, b, bias = random_fp8(m, k, E4M3), random_fp8(n, k, E5M2), torch.randn(n)
     for out_dtype in OUT_DTYPES:
-        cpu = fp8_gemm(a, b, 0.3, bias, out_dtype)
+        cpu = fp8_gemm(a, b, 0.3, bias, out_dtype, exact_order=True)
         gpu = fp8_gemm(a.cuda(), b.cuda(), 0.3, bias.cuda(), out_dtype, exact_order=True)
         assert torch.equal(cpu, gpu.cpu())
 

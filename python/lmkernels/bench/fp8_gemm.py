@@ -5,7 +5,9 @@ float8_e4m3fn and ``b`` float8_e5m2 from seeded normal values, alpha = 0.5, an f
 output. CPU peers, each its own case: ``torch.addmm`` on operands decoded to fp32 (MKL / OpenBLAS sgemm, fp32 accumulation
 in its own order), cast to bfloat16; ``torch.addmm`` on operands decoded to bfloat16 (oneDNN); and
 the whole bf16 path from FP8 operands, decoding to bfloat16 then ``torch.addmm``. The first two
-peers' operands are decoded before timing (the stricter comparison); ours decodes inside the call. CUDA peers, each its
+peers' operands are decoded before timing (the stricter comparison); ours decodes inside the call.
+Where the CPU has AMX (ours then runs the tile kernel), a case marked ``[exact order]`` times the
+sequential kernel (``exact_order=True``) against the bf16 ``torch.addmm``. CUDA peers, each its
 own case: ``torch._scaled_mm`` with scales alpha and 1 (cuBLASLt FP8 tensor cores; ``b``
 column-major, as given), and bf16 ``torch.addmm`` (cuBLAS bf16 tensor cores). Case
 names read ``<M>x<N>x<K> e4m3*e5m2 -> bf16``; throughput is 2 M N K floating-point operations per
@@ -60,6 +62,9 @@ def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
         name = f"{m}x{n}x{k} e4m3*e5m2 -> bf16"
         result += [case(name, peer, peer_fn, lambda a=a, b=b, bias=bias: fp8_gemm(a, b, _ALPHA, bias, torch.bfloat16))
                    for peer, peer_fn in peers]
+        if not on_cuda and lmkernels.info()["fp8_gemm_cpu"] == "amx":  # the sequential kernel beside the tile kernel
+            result.append(case(f"{name} [exact order]", *peers[1], lambda a=a, b=b, bias=bias: fp8_gemm(
+                a, b, _ALPHA, bias, torch.bfloat16, exact_order=True)))
         if hopper:
             scaled_mm = peers[0]  # torch._scaled_mm
             result += [case(f"{name} [sm90 {setting}]", *scaled_mm, _forced(setting, a, b, bias))

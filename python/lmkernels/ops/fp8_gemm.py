@@ -11,16 +11,24 @@ for any thread count, and the CPU and the portable CUDA kernel agree bit for bit
 propagate by IEEE rules (an inf times a zero gives NaN). Any M, N, K >= 0; K = 0 gives ``bias``
 (or zeros).
 
-CUDA kernels: with ``exact_order=True`` always the portable kernel (the order above). By default
-the fastest for the device: on Hopper (compute capability 9.0), when K and N are multiples of 16
-and the operands are 16-byte aligned, a CUTLASS tensor-core kernel. It sums each 32-deep MMA in the
-tensor core's own order and reduced precision and adds those partial sums into fp32 after every
-128 of K (CUTLASS's promoting, non-"FastAccum" schedule), and computes ``alpha * acc + bias`` in
-one fp32 step: results are deterministic but differ from the sequential sum by more than fp32
-rounding (the GPU tests bound the difference by 2^-9 of sum |alpha a b|). On the CPU the order is always the
-sequential one. The Hopper kernel comes in several tile configurations, one picked per problem shape
-(csrc/fp8/fp8_gemm_sm90.cu); all sum in the same order. The environment variable
-``LMK_FP8_GEMM_SM90=<configuration>[:<swizzle>]`` forces one, for tests and benchmarks.
+With ``exact_order=True`` every device sums in exactly that order: the sequential CPU kernels
+(AVX512_BF16 pairs or fp32, chosen at run time, bitwise equal) and the portable CUDA kernel, which
+agree bit for bit. By default each device runs its fastest kernel, which may sum in its own order:
+
+- CPU with Intel AMX-BF16 (Sapphire Rapids and later): a tile kernel (csrc/fp8/fp8_gemm_amx.cpp).
+  The products are exact, but each 32-deep step's products reach the fp32 accumulator in the tile
+  unit's order; as accurate as the sequential sum (both within K fp32 roundings of sum |alpha a b|,
+  tested), deterministic for any thread count, not bitwise equal to it. Other CPUs: the sequential
+  kernels. ``lmkernels.info()["fp8_gemm_cpu"]`` names the kernel a default call gets.
+- CUDA on Hopper (compute capability 9.0), when K and N are multiples of 16 and the operands are
+  16-byte aligned: a CUTLASS tensor-core kernel. It sums each 32-deep MMA in the tensor core's own
+  order and reduced precision and adds those partial sums into fp32 after every 128 of K
+  (CUTLASS's promoting, non-"FastAccum" schedule), and computes ``alpha * acc + bias`` in one fp32
+  step: deterministic, but further from the sequential sum (the GPU tests bound the difference by
+  2^-9 of sum |alpha a b|). It comes in several tile configurations, one picked per problem shape
+  (csrc/fp8/fp8_gemm_sm90.cu); all sum in the same order. The environment variable
+  ``LMK_FP8_GEMM_SM90=<configuration>[:<swizzle>]`` forces one, for tests and benchmarks. Other
+  GPUs: the portable kernel.
 
 No autograd: u-muP training composes three such GEMMs (forward, grad-input, grad-weight) with its
 own casts, so ``backward`` through this op raises ``RuntimeError``.
@@ -72,8 +80,8 @@ def fp8_gemm(a: Tensor, b: Tensor, alpha: float = 1.0, bias: Tensor | None = Non
         alpha: scale of the product, applied in fp32.
         bias: optional [N] of ``out_dtype`` or float32, added in fp32.
         out_dtype: float32, bfloat16 or float16.
-        exact_order: on CUDA, sum in increasing k in fp32 (bitwise equal to the CPU) rather than with
-            the device's fastest kernel; see the module docstring.
+        exact_order: sum in increasing k in fp32 (bitwise equal on every device) rather than with the
+            device's fastest kernel (AMX on the CPU, tensor cores on Hopper); see the module docstring.
 
     Returns:
         [M, N] of ``out_dtype`` (contiguous).

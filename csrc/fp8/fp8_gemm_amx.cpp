@@ -1,0 +1,213 @@
+// FP8 GEMM on Intel AMX (AMX-BF16 tile units, Sapphire Rapids and later): the CPU path's default
+// where the CPU has them, as the tensor-core kernel is on Hopper (fp8_gemm.h).
+//
+// Every FP8 value is exactly a bf16 value, so both operands are decoded once to bf16 and TDPBF16PS
+// multiplies 16 x 32 by 32 x 16 bf16 tiles into 16 x 16 fp32 accumulator tiles. The products are
+// exact in fp32 (they are FP8 products), but the tile unit adds a 32-deep step's products into the
+// accumulator in its own order, not one k at a time: results are deterministic (any thread count)
+// and as accurate as the sequential fp32 sum (tests/ops/test_fp8_gemm.py bounds both by K u
+// sum |alpha a b|; measured, the largest errors of the two are alike), but not bitwise equal to it.
+// `exact_order` callers get the sequential kernels of fp8_gemm_cpu.cpp.
+//
+// Layouts: A in panels of 32 rows, [K / 32][2 tiles of 16 rows x 32 bf16], each tile contiguous;
+// B in panels of 32 columns, [K / 2][32] words of (x[k] low, x[k + 1] high), the VNNI layout of a
+// B tile (16 k pairs x 16 columns at a stride of 128 bytes). K is padded to 32, rows and columns to
+// 32, with +0, whose products change no sum. The output is cut into kTileM x kTileN tiles computed
+// in parallel; a tile walks K in blocks whose A and B slices stay in L2, each 32 x 32 sub-block
+// (2 x 2 accumulator tiles, 2 A and 2 B tiles: all 8 tile registers) adding its block's products
+// to the tile's fp32 accumulators in memory. Tile loads that miss L2 stall the tile unit for
+// several times their work, so each sub-block prefetches into L2 what a later one will need.
+//
+// Tuned on a 2-core Sapphire Rapids VM (docs/benchmarks.md): sub-blocks over all of K up to 2048
+// beat shorter K blocks (the accumulators' round trips through memory cost more than the L1 reuse
+// they buy); tiles of 128 x 256 beat 64, 128 or 512 rows.
+#include "fp8/fp8_gemm_bf16_pairs.h"
+#ifdef LMK_HAVE_BF16_PAIRS
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cpuid.h>
+
+#include <memory>
+
+#include "common/dispatch.h"
+#include "common/index_math.h"
+#include "common/parallel.h"
+#include "common/scratch.h"
+#include "fp8/fp8_gemm.h"
+#include "fp8/fp8_gemm_epilogue.h"
+
+namespace lmk::fp8 {
+namespace {
+
+constexpr int64_t kSub = 32;          // rows and columns of a sub-block: 2 x 2 tiles of 16
+constexpr int64_t kStepK = 32;        // k per TDPBF16PS
+constexpr int64_t kATile = 16 * kStepK;  // bf16 of an A tile
+constexpr int64_t kAStep = 2 * kATile;    // bf16 of an A panel's step: two tiles
+constexpr int64_t kBStep = kStepK / 2 * kSub;  // words of a B panel's step
+constexpr int64_t kTileM = 128, kTileN = 256;
+constexpr int64_t kBlockK = 2048;  // a tile's A block (512 KiB) and B block (1 MiB) stay in L2 (2 MiB)
+
+// The tile register shapes (palette 1): tiles 0-3 accumulators, 4-5 A, 6-7 B; all 16 rows x 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t bytes_per_row[16];
+  uint8_t rows[16];
+};
+// A constant in memory: GCC 12 drops the stores to a local configuration, as it does not see that
+// _tile_loadconfig reads them.
+constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+__attribute__((target("amx-tile"))) void configure_tiles() { _tile_loadconfig(&kTileConfig); }
+
+__attribute__((target("amx-tile"))) void release_tiles() { _tile_release(); }
+
+// acc[0:32, 0:32] (row stride kTileN floats) += A[0:32, k block] B[k block, 0:32] over `steps` steps
+// of 32 k (acc taken as zeros in the first block); `a` the A panel and `b` the B panel at the
+// block's first step. Meanwhile the
+// `prefetch_lines` per step from `prefetch` on are fetched into L2: the data of a later call that
+// is not there yet (from L3, tile loads stall the tile unit for several times their work).
+__attribute__((target("amx-tile,amx-bf16"))) void multiply_32x32(const uint16_t* a, const Bf16Word* b, int64_t steps,
+                                                                   bool first_block, float* acc,
+                                                                   const char* prefetch, int64_t prefetch_lines) {
+  constexpr int64_t acc_bytes = kTileN * sizeof(float), a_bytes = kStepK * sizeof(uint16_t),
+                    b_bytes = kSub * sizeof(Bf16Word);
+  if (first_block) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  } else {
+    _tile_loadd(0, acc, acc_bytes);
+    _tile_loadd(1, acc + 16, acc_bytes);
+    _tile_loadd(2, acc + 16 * kTileN, acc_bytes);
+    _tile_loadd(3, acc + 16 * kTileN + 16, acc_bytes);
+  }
+  for (int64_t s = 0; s < steps; ++s) {
+    for (int64_t l = 0; l < prefetch_lines; ++l) _mm_prefetch(prefetch + (s * prefetch_lines + l) * 64, _MM_HINT_T1);
+    // Each load right before its first use, so that loads overlap the previous products.
+    _tile_loadd(4, a + s * kAStep, a_bytes);
+    _tile_loadd(6, b + s * kBStep, b_bytes);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, b + s * kBStep + 16, b_bytes);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(5, a + s * kAStep + kATile, a_bytes);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, acc, acc_bytes);
+  _tile_stored(1, acc + 16, acc_bytes);
+  _tile_stored(2, acc + 16 * kTileN, acc_bytes);
+  _tile_stored(3, acc + 16 * kTileN + 16, acc_bytes);
+}
+
+// An A panel: `rows` (<= 32) FP8 rows of K = k (row stride `row_stride` bytes) as `steps` pairs of A
+// tiles (16 rows x 32 bf16 each, rows 0-15 then 16-31), each tile contiguous, zeros past `rows` and
+// k. (Row-major bf16 with a power-of-two row stride would put a tile's 16 rows in one L1 set.)
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void decode_a_panel(DType dtype, const uint8_t* first_row,
+                                                                            int64_t row_stride, int64_t rows,
+                                                                            int64_t k, int64_t steps,
+                                                                            uint16_t* dst) {
+  const bool e4m3 = dtype == DType::Float8E4M3FN;
+  const int64_t vector_steps = k / kStepK;
+  const std::array<uint16_t, 256>& bf16 = bf16_table(dtype);
+  for (int64_t s = 0; s < steps; ++s) {  // steps outer: the panel is written in order
+    for (int64_t r = 0; r < kSub; ++r) {
+      const uint8_t* row = first_row + r * row_stride;
+      uint16_t* out = dst + s * kAStep + r * kStepK;  // rows 16-31 land in the step's second tile
+      if (r < rows && s < vector_steps) {
+        _mm512_storeu_si512(out, decode_32(e4m3, row + s * kStepK, PairOrder::KLow));
+      } else {
+        for (int64_t j = 0; j < kStepK; ++j) {
+          const int64_t kk = s * kStepK + j;
+          out[j] = r < rows && kk < k ? bf16[row[kk]] : 0;
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const float* bias, T* result) {
+  const int64_t m = a.size(0), n = b.size(0), k = a.size(1);
+  const int64_t padded_k = round_up(std::max<int64_t>(k, 1), kStepK), steps = padded_k / kStepK;
+  const int64_t padded_m = round_up(m, kSub), padded_n = round_up(n, kSub);
+
+  const int64_t a_panels = padded_m / kSub, a_panel = steps * kAStep;
+  const Scratch a_scratch = acquire_scratch(size_t(a_panels * a_panel) * sizeof(uint16_t));
+  auto* a_tiles = reinterpret_cast<uint16_t*>(a_scratch.get());
+  const auto* a_bytes = a.as<const uint8_t>();
+  parallel_for(0, a_panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      decode_a_panel(a.dtype, a_bytes + p * kSub * a.stride(0), a.stride(0), std::min(kSub, m - p * kSub), k, steps,
+                     a_tiles + p * a_panel);
+  });
+  const int64_t panels = padded_n / kSub, panel_words = padded_k / 2 * kSub;
+  const Scratch b_scratch = acquire_scratch(size_t(panels * panel_words) * sizeof(Bf16Word));
+  auto* b_panels = reinterpret_cast<Bf16Word*>(b_scratch.get());
+  const auto* b_bytes = b.as<const uint8_t>();
+  parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      decode_pair_panel(b.dtype, b_bytes + p * kSub * b.stride(0), b.stride(0), std::min(kSub, n - p * kSub), k,
+                        padded_k / 2, b_panels + p * panel_words, kSub, PairOrder::KLow);
+  });
+
+  const int64_t tiles_m = ceil_div(m, kTileM), tiles_n = ceil_div(n, kTileN);
+  parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t begin, int64_t end) {
+    configure_tiles();
+    const std::unique_ptr<float[]> acc(new float[kTileM * kTileN]);  // every element written before it is read
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t row0 = (t / tiles_n) * kTileM, col0 = (t % tiles_n) * kTileN;
+      const int64_t rows = std::min(kTileM, padded_m - row0), cols = std::min(kTileN, padded_n - col0);
+      for (int64_t s0 = 0; s0 < steps; s0 += kBlockK / kStepK) {
+        const int64_t block = std::min(kBlockK / kStepK, steps - s0);
+        // Columns outer: a B slice is read from L2 once per row. Into L2 meanwhile: during the first
+        // column, the next A slice; throughout, a share of the next B slice (the next tile's first).
+        const int64_t b_prefetch_lines = ceil_div(block * kBStep * int64_t(sizeof(Bf16Word)) / 64, rows / kSub);
+        for (int64_t j = 0; j < cols; j += kSub)
+          for (int64_t i = 0; i < rows; i += kSub) {
+            const uint16_t* a_block = a_tiles + (row0 + i) / kSub * a_panel + s0 * kAStep;
+            const Bf16Word* b_block = b_panels + (col0 + j) / kSub * panel_words + s0 * kBStep;
+            const bool next_a = j == 0 && i + kSub < rows;
+            const char* prefetch = next_a ? reinterpret_cast<const char*>(a_block + a_panel)
+                                          : reinterpret_cast<const char*>(b_block + panel_words) +
+                                                i / kSub * b_prefetch_lines * 64;
+            multiply_32x32(a_block, b_block, block, s0 == 0, acc.get() + i * kTileN + j, prefetch,
+                           next_a ? kAStep * int64_t(sizeof(uint16_t)) / 64 : ceil_div(b_prefetch_lines, block));
+          }
+      }
+      for (int64_t i = 0; i < std::min(kTileM, m - row0); ++i)
+        store_output_row(result + (row0 + i) * n + col0, acc.get() + i * kTileN, std::min(kTileN, n - col0), alpha,
+                         bias ? bias + col0 : nullptr);
+    }
+    release_tiles();
+  });
+}
+
+}  // namespace
+
+bool cpu_has_amx() {
+  static const bool has = [] {
+    unsigned eax, ebx, ecx, edx;
+    constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24;  // CPUID.(7, 0).EDX
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(edx & kAmxBf16) || !(edx & kAmxTile)) return false;
+    if (!cpu_has_bf16_pairs()) return false;  // the decoding's AVX512_BF16
+    // Linux hands out the 8 KiB of tile state only to processes that ask (ARCH_REQ_XCOMP_PERM for
+    // XFEATURE_XTILEDATA); a kernel that refuses, or predates the request, means no AMX.
+    constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return has;
+}
+
+void gemm_amx(const TensorView& a, const TensorView& b, float alpha, const float* bias, const TensorView& out) {
+  dispatch_float(out.dtype, "out", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    gemm_tiles<T>(a, b, alpha, bias, out.as<T>());
+  });
+}
+
+}  // namespace lmk::fp8
+#endif

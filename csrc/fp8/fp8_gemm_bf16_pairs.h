@@ -1,0 +1,133 @@
+// FP8 operands decoded to bf16 pairs for the x86 bf16 dot-product instructions (VDPBF16PS and AMX's
+// TDPBF16PS), shared by the AVX512_BF16 and AMX kernels of the FP8 GEMM.
+//
+// Every FP8 value is exactly a bf16 value (at most 4 significant bits, exponents far inside bf16's
+// range), so decoding loses nothing. A Word holds the bf16 values of k and k + 1 (K is padded to
+// even with +0). Which half holds k is the kernel's choice: VDPBF16PS adds the odd element's
+// product first, so the sequential kernel stores x[k] high (`PairOrder::KHigh`); AMX reads its B
+// tiles in the VNNI layout, x[k] low (`PairOrder::KLow`).
+#pragma once
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LMK_HAVE_BF16_PAIRS 1
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+
+#include "common/dtype.h"
+#include "fp8/fp8_gemm_decode.h"
+
+namespace lmk::fp8 {
+
+enum class PairOrder { KHigh, KLow };
+
+using Bf16Word = uint32_t;
+
+// Each FP8 bit pattern's bf16 bits.
+inline const std::array<uint16_t, 256>& bf16_table(DType dtype) {
+  const auto make = [](Format format) {
+    std::array<uint16_t, 256> t{};
+    for (int bits = 0; bits < 256; ++bits) {
+      uint32_t word;
+      const float x = decode(uint8_t(bits), format);
+      std::memcpy(&word, &x, sizeof word);
+      t[bits] = uint16_t(word >> 16);  // exact: an FP8 value has at most 4 significant bits
+    }
+    return t;
+  };
+  static const std::array<uint16_t, 256> e4m3 = make(Format::E4M3FN), e5m2 = make(Format::E5M2);
+  return dtype == DType::Float8E4M3FN ? e4m3 : e5m2;
+}
+
+inline Bf16Word bf16_word(uint16_t k, uint16_t k_plus_1, PairOrder order) {
+  return order == PairOrder::KHigh ? Bf16Word(k) << 16 | k_plus_1 : Bf16Word(k_plus_1) << 16 | k;
+}
+
+// The 16 words of 32 consecutive k of an FP8 row, decoded arithmetically: an FP8 byte is an fp16
+// bit pattern shifted (for E4M3 then scaled by 2^8, which is exact; S.1111.111 is NaN), converted
+// to 32 bf16 in k order (exact), x[k] low; for KHigh each word's halves are then swapped.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline __m512i decode_32(bool e4m3, const uint8_t* bytes,
+                                                                                 PairOrder order) {
+  const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
+  const __m512i magnitude = _mm512_and_si512(wide, _mm512_set1_epi16(0x7F));
+  const __m512i half_bits =
+      e4m3 ? _mm512_or_si512(_mm512_slli_epi16(magnitude, 7),
+                             _mm512_slli_epi16(_mm512_and_si512(wide, _mm512_set1_epi16(0x80)), 8))
+           : _mm512_slli_epi16(wide, 8);
+  __m512 low = _mm512_cvtph_ps(_mm512_castsi512_si256(half_bits));
+  __m512 high = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(half_bits, 1));
+  if (e4m3) {
+    const __mmask32 nan = _mm512_cmpeq_epi16_mask(magnitude, _mm512_set1_epi16(0x7F));
+    const __m512 quiet_nan = _mm512_set1_ps(__builtin_nanf(""));
+    low = _mm512_mask_blend_ps(__mmask16(nan), _mm512_mul_ps(low, _mm512_set1_ps(256.f)), quiet_nan);
+    high = _mm512_mask_blend_ps(__mmask16(nan >> 16), _mm512_mul_ps(high, _mm512_set1_ps(256.f)), quiet_nan);
+  }
+  const auto words = (__m512i)_mm512_cvtne2ps_pbh(high, low);
+  return order == PairOrder::KHigh ? _mm512_rol_epi32(words, 16) : words;
+}
+
+// r[i][j] -> r[j][i] for a 16 x 16 matrix of 32-bit words, one row per register.
+__attribute__((target("avx512f"))) inline void transpose_16x16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {  // 128-bit lanes: even ones of a pair of registers, then odd ones
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xDD);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xDD);
+  }
+}
+
+// Panel [steps][width] of words (steps >= ceil(k / 2)) of `rows` FP8 rows (stride `row_stride`
+// bytes) of K = k; zeros past `rows` and past k. 32 k of 16 rows at a time: decoded, transposed in
+// registers, stored as 16 steps of 16 words, so the panel is written in whole vectors (strided
+// single-word stores cost 1.7 ms per 2048 x 2048 operand, half of it for this). The last k % 32
+// through the table.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void decode_pair_panel(
+    DType dtype, const uint8_t* first_row, int64_t row_stride, int64_t rows, int64_t k, int64_t steps,
+    Bf16Word* dst, int64_t width, PairOrder order) {
+  const bool e4m3 = dtype == DType::Float8E4M3FN;
+  const int64_t vector_k = k / 32 * 32;
+  for (int64_t h = 0; h < width; h += 16) {
+    const int64_t lanes = std::min<int64_t>(16, width - h), live = std::clamp<int64_t>(rows - h, 0, lanes);
+    const __mmask16 mask = __mmask16((1u << lanes) - 1);
+    for (int64_t j = 0; j < vector_k; j += 32) {
+      __m512i r[16];
+      for (int64_t i = 0; i < 16; ++i)
+        r[i] = i < live ? decode_32(e4m3, first_row + (h + i) * row_stride + j, order) : _mm512_setzero_si512();
+      transpose_16x16(r);
+      for (int q = 0; q < 16; ++q) _mm512_mask_storeu_epi32(dst + (j / 2 + q) * width + h, mask, r[q]);
+    }
+  }
+  const std::array<uint16_t, 256>& bf16 = bf16_table(dtype);
+  for (int64_t j = vector_k; j < 2 * steps; j += 2)  // padding with +0 adds +0 products, which change no sum
+    for (int64_t w = 0; w < width; ++w) {
+      uint16_t x = 0, y = 0;
+      if (w < rows) {
+        const uint8_t* row = first_row + w * row_stride;
+        x = j < k ? bf16[row[j]] : 0;
+        y = j + 1 < k ? bf16[row[j + 1]] : 0;
+      }
+      dst[j / 2 * width + w] = bf16_word(x, y, order);
+    }
+}
+
+}  // namespace lmk::fp8
+#endif
