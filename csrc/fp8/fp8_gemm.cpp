@@ -4,17 +4,24 @@
 namespace lmk::fp8 {
 namespace {
 
-void check_operand(const TensorView& t, const char* name) {
+void check_operand(const TensorView& t, const char* name, bool may_be_transposed) {
   check_dtype(t, name, {DType::Float8E4M3FN, DType::Float8E5M2});
   check_ndim(t, name, 2);
+  if (may_be_transposed && stored_transposed(t)) {
+    if (t.size(0) > 1 && t.stride(0) != 1)
+      fail(ErrorKind::Value, name, ": expected unit stride in one dimension, got strides (", t.stride(0), ", ",
+           t.stride(1), ")");
+    if (t.stride(1) < 0) fail(ErrorKind::Value, name, ": negative strides are not supported");
+    return;
+  }
   check_unit_last_stride(t, name);
 }
 
 }  // namespace
 
 void check_gemm(const TensorView& a, const TensorView& b, const OptionalView& bias, const TensorView& out) {
-  check_operand(a, "a");
-  check_operand(b, "b");
+  check_operand(a, "a", false);
+  check_operand(b, "b", a.device == DeviceType::CPU);
   if (a.dtype == DType::Float8E5M2 && b.dtype == DType::Float8E5M2)
     fail(ErrorKind::Value, "a, b: float8_e5m2 x float8_e5m2 is not supported (FP8 hardware has no E5M2 x E5M2 "
          "GEMM); make at least one operand float8_e4m3fn");

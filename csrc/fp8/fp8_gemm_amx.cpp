@@ -148,10 +148,17 @@ void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const flo
   const Scratch b_scratch = acquire_scratch(size_t(panels * panel_words) * sizeof(Bf16Word));
   auto* b_panels = reinterpret_cast<Bf16Word*>(b_scratch.get());
   const auto* b_bytes = b.as<const uint8_t>();
+  const bool b_transposed = stored_transposed(b);
   parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p)
-      decode_pair_panel(b.dtype, b_bytes + p * kSub * b.stride(0), b.stride(0), std::min(kSub, n - p * kSub), k,
-                        padded_k / 2, b_panels + p * panel_words, kSub, PairOrder::KLow);
+    for (int64_t p = begin; p < end; ++p) {
+      if (b_transposed) {
+        decode_pair_panel_transposed(b.dtype, b_bytes + p * kSub, b.stride(1), std::min(kSub, n - p * kSub), k,
+                                     padded_k / 2, b_panels + p * panel_words, kSub, PairOrder::KLow);
+      } else {
+        decode_pair_panel(b.dtype, b_bytes + p * kSub * b.stride(0), b.stride(0), std::min(kSub, n - p * kSub), k,
+                          padded_k / 2, b_panels + p * panel_words, kSub, PairOrder::KLow);
+      }
+    }
   });
 
   const int64_t tiles_m = ceil_div(m, kTileM), tiles_n = ceil_div(n, kTileN);

@@ -48,9 +48,9 @@ inline Bf16Word bf16_word(uint16_t k, uint16_t k_plus_1, PairOrder order) {
 // The 16 words of 32 consecutive k of an FP8 row, decoded arithmetically: an FP8 byte is an fp16
 // bit pattern shifted (for E4M3 then scaled by 2^8, which is exact; S.1111.111 is NaN), converted
 // to 32 bf16 in k order (exact), x[k] low; for KHigh each word's halves are then swapped.
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline __m512i decode_32(bool e4m3, const uint8_t* bytes,
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline __m512i decode_32(bool e4m3, __m256i bytes,
                                                                                  PairOrder order) {
-  const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
+  const __m512i wide = _mm512_cvtepu8_epi16(bytes);
   const __m512i magnitude = _mm512_and_si512(wide, _mm512_set1_epi16(0x7F));
   const __m512i half_bits =
       e4m3 ? _mm512_or_si512(_mm512_slli_epi16(magnitude, 7),
@@ -66,6 +66,11 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline __m512i decode_32(
   }
   const auto words = (__m512i)_mm512_cvtne2ps_pbh(high, low);
   return order == PairOrder::KHigh ? _mm512_rol_epi32(words, 16) : words;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline __m512i decode_32(bool e4m3, const uint8_t* bytes,
+                                                                                 PairOrder order) {
+  return decode_32(e4m3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)), order);
 }
 
 // r[i][j] -> r[j][i] for a 16 x 16 matrix of 32-bit words, one row per register.
@@ -127,6 +132,41 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void decode_pair_p
       }
       dst[j / 2 * width + w] = bf16_word(x, y, order);
     }
+}
+
+// decode_32 of the bytes that `mask` selects (KLow order); the others, not read, decode to +0.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline __m512i decode_32_masked(bool e4m3,
+                                                                                                const uint8_t* bytes,
+                                                                                                __mmask32 mask) {
+  return mask ? decode_32(e4m3, _mm256_maskz_loadu_epi8(mask, bytes), PairOrder::KLow) : _mm512_setzero_si512();
+}
+
+// The same panel from an operand stored transposed: the panel's `rows` rows are consecutive bytes
+// (from `first`) of each of the k memory rows (stride `k_stride` bytes). Words pair memory rows
+// k and k + 1, so 32 rows at a time: two rows of 32 bytes decoded, then their bf16 interleaved.
+// Masked loads read nothing past `rows`.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void decode_pair_panel_transposed(
+    DType dtype, const uint8_t* first, int64_t k_stride, int64_t rows, int64_t k, int64_t steps, Bf16Word* dst,
+    int64_t width, PairOrder order) {
+  const bool e4m3 = dtype == DType::Float8E4M3FN;
+  alignas(64) static constexpr uint16_t kInterleave[2][32] = {
+      {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39, 8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47},
+      {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+       24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63}};
+  const __m512i first_half = _mm512_load_si512(kInterleave[0]), second_half = _mm512_load_si512(kInterleave[1]);
+  for (int64_t h = 0; h < width; h += 32) {
+    const int64_t live = std::clamp<int64_t>(rows - h, 0, 32), lanes = std::min<int64_t>(32, width - h);
+    const __mmask32 load_mask = live == 32 ? ~__mmask32(0) : __mmask32((1u << live) - 1);
+    const __mmask32 store_mask = lanes == 32 ? ~__mmask32(0) : __mmask32((1u << lanes) - 1);
+    for (int64_t s = 0; s < steps; ++s) {
+      const __m512i x = decode_32_masked(e4m3, first + 2 * s * k_stride + h, 2 * s < k ? load_mask : 0);
+      const __m512i y = decode_32_masked(e4m3, first + (2 * s + 1) * k_stride + h, 2 * s + 1 < k ? load_mask : 0);
+      const __m512i lo = order == PairOrder::KLow ? x : y, hi = order == PairOrder::KLow ? y : x;
+      Bf16Word* out = dst + s * width + h;
+      _mm512_mask_storeu_epi32(out, __mmask16(store_mask), _mm512_permutex2var_epi16(lo, first_half, hi));
+      _mm512_mask_storeu_epi32(out + 16, __mmask16(store_mask >> 16), _mm512_permutex2var_epi16(lo, second_half, hi));
+    }
+  }
 }
 
 }  // namespace lmk::fp8

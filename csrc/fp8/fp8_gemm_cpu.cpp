@@ -73,6 +73,13 @@ struct Fp32 {
     for (int64_t s = 0; s < k; ++s)
       for (int64_t w = 0; w < width; ++w) dst[s * width + w] = w < rows ? values[first_row[w * row_stride + s]] : 0.f;
   }
+  // The same from an operand stored transposed: row w's k-th value at first[k * k_stride + w].
+  static void decode_panel_transposed(DType dtype, const uint8_t* first, int64_t k_stride, int64_t rows, int64_t k,
+                                      Word* dst, int64_t width) {
+    const std::array<float, 256>& values = table(dtype);
+    for (int64_t s = 0; s < k; ++s)
+      for (int64_t w = 0; w < width; ++w) dst[s * width + w] = w < rows ? values[first[s * k_stride + w]] : 0.f;
+  }
 
   LMK_SIMD_CLONES static void multiply(const Word* a, const Word* b, int64_t steps, float* acc) {
     vec::f32x8 c[kRows][2];
@@ -108,6 +115,10 @@ struct Bf16Pairs {
   static void decode_panel(DType dtype, const uint8_t* first_row, int64_t row_stride, int64_t rows, int64_t k,
                            Word* dst, int64_t width) {
     decode_pair_panel(dtype, first_row, row_stride, rows, k, ceil_div(k, kDepth), dst, width, PairOrder::KHigh);
+  }
+  static void decode_panel_transposed(DType dtype, const uint8_t* first, int64_t k_stride, int64_t rows, int64_t k,
+                                      Word* dst, int64_t width) {
+    decode_pair_panel_transposed(dtype, first, k_stride, rows, k, ceil_div(k, kDepth), dst, width, PairOrder::KHigh);
   }
 
   __attribute__((target("avx512f,avx512bf16"))) static void multiply(const Word* a, const Word* b, int64_t steps,
@@ -146,10 +157,18 @@ Scratch decode_panels(const TensorView& t, int64_t width, int64_t steps) {
   Scratch result = acquire_scratch(size_t(panels * steps * width) * sizeof(Word));  // every word is written below
   auto* words = reinterpret_cast<Word*>(result.get());
   const auto* bytes = t.as<const uint8_t>();
+  const bool transposed = stored_transposed(t);
   parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p)
-      Kernel::decode_panel(t.dtype, bytes + p * width * t.stride(0), t.stride(0), std::min(width, rows - p * width),
-                           t.size(1), words + p * steps * width, width);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t live = std::min(width, rows - p * width);
+      if (transposed) {
+        Kernel::decode_panel_transposed(t.dtype, bytes + p * width, t.stride(1), live, t.size(1),
+                                        words + p * steps * width, width);
+      } else {
+        Kernel::decode_panel(t.dtype, bytes + p * width * t.stride(0), t.stride(0), live, t.size(1),
+                             words + p * steps * width, width);
+      }
+    }
   });
   return result;
 }
@@ -199,7 +218,7 @@ bool cpu_has_bf16_pairs() {
   static const bool has = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512bf16");
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
   }();
   return has;
 }

@@ -76,7 +76,8 @@ def fp8_gemm(a: Tensor, b: Tensor, alpha: float = 1.0, bias: Tensor | None = Non
 
     Args:
         a: [M, K] float8_e4m3fn or float8_e5m2.
-        b: [N, K] float8_e4m3fn or float8_e5m2 (not both float8_e5m2), on a's device.
+        b: [N, K] float8_e4m3fn or float8_e5m2 (not both float8_e5m2), on a's device. On the CPU it
+            may be a transposed view (``w.t()`` of a row-major [K, N] ``w``), read without a copy.
         alpha: scale of the product, applied in fp32.
         bias: optional [N] of ``out_dtype`` or float32, added in fp32.
         out_dtype: float32, bfloat16 or float16.
@@ -127,16 +128,20 @@ def _check(a: Tensor, b: Tensor, bias: Tensor | None, out_dtype) -> None:
             raise ValueError(f"bias: expected the device of a ({a.device}), got {bias.device}")
 
 
-def _rows(t: Tensor) -> Tensor:
-    """``t`` detached, with unit stride within rows (copied only where it has not)."""
+def _rows(t: Tensor, or_columns: bool = False) -> Tensor:
+    """``t`` detached, with unit stride within rows, or with ``or_columns`` within columns (the
+    transpose of a row-major tensor, which the CPU kernels decode directly); copied only where
+    it has neither."""
     t = t.detach()
-    return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
+    if t.shape[1] <= 1 or t.stride(1) == 1 or (or_columns and (t.shape[0] <= 1 or t.stride(0) == 1)):
+        return t
+    return t.contiguous()
 
 
 def _gemm(a: Tensor, b: Tensor, alpha: float, bias: Tensor | None, out_dtype: torch.dtype,
           exact_order: bool = False) -> Tensor:
     _check(a, b, bias, out_dtype)
-    a, b = _rows(a), _rows(b)
+    a, b = _rows(a), _rows(b, or_columns=a.device.type == "cpu")
     if bias is not None:
         bias = bias.detach().to(torch.float32).contiguous()  # exact for bf16 and fp16
     out = torch.empty(a.shape[0], b.shape[0], dtype=out_dtype, device=a.device)
