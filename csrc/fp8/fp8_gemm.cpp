@@ -20,7 +20,7 @@ void check_operand(const TensorView& t, const char* name, bool may_be_transposed
 }  // namespace
 
 void check_gemm(const TensorView& a, const TensorView& b, const OptionalView& bias, const TensorView& out) {
-  check_operand(a, "a", false);
+  check_operand(a, "a", a.device == DeviceType::CPU);
   check_operand(b, "b", a.device == DeviceType::CPU);
   if (a.dtype == DType::Float8E5M2 && b.dtype == DType::Float8E5M2)
     fail(ErrorKind::Value, "a, b: float8_e5m2 x float8_e5m2 is not supported (FP8 hardware has no E5M2 x E5M2 "

@@ -11,8 +11,8 @@
 // is the same on the CPU and the GPU and for any thread count, so results are bitwise reproducible
 // and CPU and CUDA agree bit for bit. NaN and inf inputs propagate by IEEE rules (inf * 0 = NaN).
 //
-// A and B have unit stride inside a row and any non-negative row stride (on the CPU B may be stored
-// transposed instead, see stored_transposed); bias is contiguous fp32
+// A and B have unit stride inside a row and any non-negative row stride (on the CPU either may be
+// stored transposed instead, see stored_transposed); bias is contiguous fp32
 // [N]; out is a contiguous [M, N] float32, bfloat16 or float16. alpha is applied in fp32.
 // The CPU path decodes both operands once into scratch panels, rows and columns padded to its
 // micro-kernel: bf16 (2 (M + N) K bytes, as torch's a.bfloat16() and b.bfloat16()) on CPUs with
@@ -26,8 +26,9 @@
 
 namespace lmk::fp8 {
 
-// b may also be stored transposed: unit stride between its rows and any stride between columns (b =
-// w.t() of a row-major w [K, N]). The CPU kernels decode it so directly; CUDA takes row-major only.
+// On the CPU an operand may also be stored transposed: unit stride between its rows and any stride
+// between columns (b = w.t() of a row-major w [K, N]); the kernels decode it so directly. CUDA takes
+// row-major operands only.
 inline bool stored_transposed(const TensorView& t) { return t.size(1) > 1 && t.stride(1) != 1; }
 
 // Shapes, dtypes, devices and layouts of the arguments, including the format pair.

@@ -129,6 +129,25 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void decode_a_panel(DType
   }
 }
 
+// The same A panel from an operand stored transposed: row r's k-th value at first[k * k_stride + r].
+// A step's 32 k: memory rows k and k + 1 decoded and interleaved into words (k, k + 1) for 32 rows,
+// then each 16 x 16 block of words transposed into 16 tile rows of 16 words (32 k).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void decode_a_panel_transposed(
+    DType dtype, const uint8_t* first, int64_t k_stride, int64_t rows, int64_t k, int64_t steps, uint16_t* dst) {
+  alignas(64) Bf16Word pairs[kStepK / 2][kSub];
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t k0 = s * kStepK;
+    decode_pair_panel_transposed(dtype, first + k0 * k_stride, k_stride, rows, std::clamp<int64_t>(k - k0, 0, kStepK),
+                                 kStepK / 2, &pairs[0][0], kSub, PairOrder::KLow);
+    for (int64_t half = 0; half < 2; ++half) {  // rows 0-15 (the step's first tile), then 16-31
+      __m512i r[16];
+      for (int q = 0; q < 16; ++q) r[q] = _mm512_load_si512(&pairs[q][16 * half]);
+      transpose_16x16(r);
+      for (int q = 0; q < 16; ++q) _mm512_storeu_si512(dst + s * kAStep + half * kATile + q * kStepK, r[q]);
+    }
+  }
+}
+
 template <typename T>
 void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const float* bias, T* result) {
   const int64_t m = a.size(0), n = b.size(0), k = a.size(1);
@@ -139,10 +158,17 @@ void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const flo
   const Scratch a_scratch = acquire_scratch(size_t(a_panels * a_panel) * sizeof(uint16_t));
   auto* a_tiles = reinterpret_cast<uint16_t*>(a_scratch.get());
   const auto* a_bytes = a.as<const uint8_t>();
+  const bool a_transposed = stored_transposed(a);
   parallel_for(0, a_panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p)
-      decode_a_panel(a.dtype, a_bytes + p * kSub * a.stride(0), a.stride(0), std::min(kSub, m - p * kSub), k, steps,
-                     a_tiles + p * a_panel);
+    for (int64_t p = begin; p < end; ++p) {
+      if (a_transposed) {
+        decode_a_panel_transposed(a.dtype, a_bytes + p * kSub, a.stride(1), std::min(kSub, m - p * kSub), k, steps,
+                                  a_tiles + p * a_panel);
+      } else {
+        decode_a_panel(a.dtype, a_bytes + p * kSub * a.stride(0), a.stride(0), std::min(kSub, m - p * kSub), k, steps,
+                       a_tiles + p * a_panel);
+      }
+    }
   });
   const int64_t panels = padded_n / kSub, panel_words = padded_k / 2 * kSub;
   const Scratch b_scratch = acquire_scratch(size_t(panels * panel_words) * sizeof(Bf16Word));

@@ -75,7 +75,7 @@ def fp8_gemm(a: Tensor, b: Tensor, alpha: float = 1.0, bias: Tensor | None = Non
     """``alpha * (a @ b.T) + bias`` with FP8 operands and fp32 accumulation; see the module docstring.
 
     Args:
-        a: [M, K] float8_e4m3fn or float8_e5m2.
+        a: [M, K] float8_e4m3fn or float8_e5m2. On the CPU it may be a transposed view, as ``b``.
         b: [N, K] float8_e4m3fn or float8_e5m2 (not both float8_e5m2), on a's device. On the CPU it
             may be a transposed view (``w.t()`` of a row-major [K, N] ``w``), read without a copy.
         alpha: scale of the product, applied in fp32.
@@ -141,7 +141,8 @@ def _rows(t: Tensor, or_columns: bool = False) -> Tensor:
 def _gemm(a: Tensor, b: Tensor, alpha: float, bias: Tensor | None, out_dtype: torch.dtype,
           exact_order: bool = False) -> Tensor:
     _check(a, b, bias, out_dtype)
-    a, b = _rows(a), _rows(b, or_columns=a.device.type == "cpu")
+    on_cpu = a.device.type == "cpu"
+    a, b = _rows(a, or_columns=on_cpu), _rows(b, or_columns=on_cpu)
     if bias is not None:
         bias = bias.detach().to(torch.float32).contiguous()  # exact for bf16 and fp16
     out = torch.empty(a.shape[0], b.shape[0], dtype=out_dtype, device=a.device)

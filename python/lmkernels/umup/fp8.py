@@ -47,14 +47,13 @@ class _FP8Linear(torch.autograd.Function):
         x_dtype, weight_dtype, bias_dtype = ctx.dtypes
         grad_x = grad_weight = grad_bias = None
         grad = grad.contiguous()
-        # fp8_gemm contracts over the columns of both operands. Its second operand may be a transposed
-        # view on the CPU (weight8.t(), x8.t(): decoded as they lie); the first the cast writes
-        # transposed (grad^T for the weight gradient) rather than a byte copy transposing it.
+        grad8 = fp8_cast(grad, _E5M2)
+        # fp8_gemm contracts over the columns of both operands. On the CPU it decodes transposed views
+        # as they lie; CUDA takes them row-major, and the transposes below are byte copies there.
         if ctx.needs_input_grad[0]:
-            grad_x = fp8_gemm(fp8_cast(grad, _E5M2), weight8.t(), grad_input_scale, None, x_dtype)
+            grad_x = fp8_gemm(grad8, weight8.t(), grad_input_scale, None, x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_weight = fp8_gemm(fp8_cast(grad, _E5M2, transpose=True), x8.t(), grad_weight_scale, None,
-                                   weight_dtype)
+            grad_weight = fp8_gemm(grad8.t(), x8.t(), grad_weight_scale, None, weight_dtype)
         if bias_dtype is not None and ctx.needs_input_grad[2]:
             grad_bias = (grad.float().sum(0) * grad_weight_scale).to(bias_dtype)
         return grad_x, grad_weight, grad_bias, None, None, None
