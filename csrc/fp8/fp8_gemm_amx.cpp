@@ -66,12 +66,13 @@ __attribute__((target("amx-tile"))) void release_tiles() { _tile_release(); }
 
 // acc[0:32, 0:32] (row stride kTileN floats) += A[0:32, k block] B[k block, 0:32] over `steps` steps
 // of 32 k (acc taken as zeros in the first block); `a` the A panel and `b` the B panel at the
-// block's first step. Meanwhile the
-// `prefetch_lines` per step from `prefetch` on are fetched into L2: the data of a later call that
-// is not there yet (from L3, tile loads stall the tile unit for several times their work).
+// block's first step. Meanwhile `prefetch_lines` cache lines per step from address `prefetch` on
+// are fetched into L2: data of a later call that is not there yet (tile loads that miss L2 stall
+// the tile unit for several times their work). An address, not a pointer: the last lines may lie
+// past the scratch block, which a prefetch may touch but a pointer may not point to.
 __attribute__((target("amx-tile,amx-bf16"))) void multiply_32x32(const uint16_t* a, const Bf16Word* b, int64_t steps,
-                                                                   bool first_block, float* acc,
-                                                                   const char* prefetch, int64_t prefetch_lines) {
+                                                                   bool first_block, float* acc, uintptr_t prefetch,
+                                                                   int64_t prefetch_lines) {
   constexpr int64_t acc_bytes = kTileN * sizeof(float), a_bytes = kStepK * sizeof(uint16_t),
                     b_bytes = kSub * sizeof(Bf16Word);
   if (first_block) {
@@ -86,7 +87,8 @@ __attribute__((target("amx-tile,amx-bf16"))) void multiply_32x32(const uint16_t*
     _tile_loadd(3, acc + 16 * kTileN + 16, acc_bytes);
   }
   for (int64_t s = 0; s < steps; ++s) {
-    for (int64_t l = 0; l < prefetch_lines; ++l) _mm_prefetch(prefetch + (s * prefetch_lines + l) * 64, _MM_HINT_T1);
+    for (int64_t l = 0; l < prefetch_lines; ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(prefetch + uintptr_t(s * prefetch_lines + l) * 64), _MM_HINT_T1);
     // Each load right before its first use, so that loads overlap the previous products.
     _tile_loadd(4, a + s * kAStep, a_bytes);
     _tile_loadd(6, b + s * kBStep, b_bytes);
@@ -204,11 +206,15 @@ void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const flo
             const uint16_t* a_block = a_tiles + (row0 + i) / kSub * a_panel + s0 * kAStep;
             const Bf16Word* b_block = b_panels + (col0 + j) / kSub * panel_words + s0 * kBStep;
             const bool next_a = j == 0 && i + kSub < rows;
-            const char* prefetch = next_a ? reinterpret_cast<const char*>(a_block + a_panel)
-                                          : reinterpret_cast<const char*>(b_block + panel_words) +
-                                                i / kSub * b_prefetch_lines * 64;
-            multiply_32x32(a_block, b_block, block, s0 == 0, acc.get() + i * kTileN + j, prefetch,
-                           next_a ? kAStep * int64_t(sizeof(uint16_t)) / 64 : ceil_div(b_prefetch_lines, block));
+            const bool next_b = (col0 + j) / kSub + 1 < panels;
+            const uintptr_t prefetch =
+                next_a ? reinterpret_cast<uintptr_t>(a_block + a_panel)
+                       : reinterpret_cast<uintptr_t>(b_block) + uintptr_t(panel_words) * sizeof(Bf16Word) +
+                             uintptr_t(i / kSub * b_prefetch_lines) * 64;
+            const int64_t lines = next_a   ? kAStep * int64_t(sizeof(uint16_t)) / 64
+                                  : next_b ? ceil_div(b_prefetch_lines, block)
+                                           : 0;
+            multiply_32x32(a_block, b_block, block, s0 == 0, acc.get() + i * kTileN + j, prefetch, lines);
           }
       }
       for (int64_t i = 0; i < std::min(kTileM, m - row0); ++i)
