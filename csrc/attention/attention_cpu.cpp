@@ -35,6 +35,7 @@
 namespace lmk::attention {
 namespace {
 
+using vec::f32x16;
 using vec::f32x8;
 using vec::i32x8;
 
@@ -103,36 +104,35 @@ Visible rows_seeing(const AttentionOptions& o, const Item& it, int64_t j0, int64
   return Visible{lo, std::max(lo, hi)};
 }
 
-// C[m x n] (+)= A(m x k) B[k x n], A(r, c) = a[r * a_row + c * a_col]; m a multiple of 4, n of 16.
-template <bool kAccumulate>
+// C[rows x n] (+)= A(rows x k) B[k x n] for C's rows [i, i + kRows), A(r, c) = a[r * a_row + c * a_col];
+// n a multiple of 16. A kRows x 16 register tile of 16-lane vectors: kRows AVX-512 accumulators,
+// or 2 kRows AVX ones.
+template <bool kAccumulate, int kRows>
+__attribute__((always_inline)) inline void gemm_rows(float* c, int64_t ldc, const float* a, int64_t a_row,
+                                                     int64_t a_col, const float* b, int64_t ldb, int64_t n,
+                                                     int64_t k) {
+  for (int64_t j = 0; j < n; j += 16) {
+    f32x16 acc[kRows];
+    for (int r = 0; r < kRows; ++r) acc[r] = kAccumulate ? vec::load16(c + r * ldc + j) : f32x16{};
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const f32x16 bk = vec::load16(b + kk * ldb + j);
+      const float* ak = a + kk * a_col;
+      for (int r = 0; r < kRows; ++r) acc[r] += ak[r * a_row] * bk;
+    }
+    for (int r = 0; r < kRows; ++r) vec::store16(c + r * ldc + j, acc[r]);
+  }
+}
+
+// C[m x n] (+)= A(m x k) B[k x n]; m a multiple of 4, n of 16. Rows go kMaxRows at a time: 8 where
+// the CPU has AVX-512 (eight independent accumulators hide the FMA latency; AVX2 has too few
+// registers for them), else 4. Every element sums in increasing k either way: the same bits.
+template <bool kAccumulate, int kMaxRows>
 __attribute__((always_inline)) inline void gemm(float* c, int64_t ldc, const float* a, int64_t a_row, int64_t a_col,
                                                 const float* b, int64_t ldb, int64_t m, int64_t n, int64_t k) {
-  for (int64_t i = 0; i < m; i += 4) {
-    for (int64_t j = 0; j < n; j += 16) {
-      f32x8 c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
-      float* out = c + i * ldc + j;
-      if constexpr (kAccumulate) {
-        c00 = vec::load8(out), c01 = vec::load8(out + 8);
-        c10 = vec::load8(out + ldc), c11 = vec::load8(out + ldc + 8);
-        c20 = vec::load8(out + 2 * ldc), c21 = vec::load8(out + 2 * ldc + 8);
-        c30 = vec::load8(out + 3 * ldc), c31 = vec::load8(out + 3 * ldc + 8);
-      }
-      const float* a0 = a + i * a_row;
-      for (int64_t kk = 0; kk < k; ++kk) {
-        const f32x8 b0 = vec::load8(b + kk * ldb + j), b1 = vec::load8(b + kk * ldb + j + 8);
-        const float* ak = a0 + kk * a_col;
-        const float x0 = ak[0], x1 = ak[a_row], x2 = ak[2 * a_row], x3 = ak[3 * a_row];
-        c00 += x0 * b0, c01 += x0 * b1;
-        c10 += x1 * b0, c11 += x1 * b1;
-        c20 += x2 * b0, c21 += x2 * b1;
-        c30 += x3 * b0, c31 += x3 * b1;
-      }
-      vec::store8(out, c00), vec::store8(out + 8, c01);
-      vec::store8(out + ldc, c10), vec::store8(out + ldc + 8, c11);
-      vec::store8(out + 2 * ldc, c20), vec::store8(out + 2 * ldc + 8, c21);
-      vec::store8(out + 3 * ldc, c30), vec::store8(out + 3 * ldc + 8, c31);
-    }
-  }
+  int64_t i = 0;
+  if constexpr (kMaxRows == 8)
+    for (; i + 8 <= m; i += 8) gemm_rows<kAccumulate, 8>(c + i * ldc, ldc, a + i * a_row, a_row, a_col, b, ldb, n, k);
+  for (; i < m; i += 4) gemm_rows<kAccumulate, 4>(c + i * ldc, ldc, a + i * a_row, a_row, a_col, b, ldb, n, k);
 }
 
 template <typename T>
@@ -248,7 +248,7 @@ struct ForwardOperands {
 };
 
 
-template <typename T>
+template <typename T, int kRows>
 __attribute__((always_inline)) inline void forward_task(const AttentionProblem& p, const ForwardOperands& out,
                                                         const Item& it, int64_t head, int64_t tile, Scratch& s) {
   const auto [i0, count, kv_head, rows, first_key, last_key] = pack_query_tile<T>(p, it, head, tile, s);
@@ -263,7 +263,7 @@ __attribute__((always_inline)) inline void forward_task(const AttentionProblem& 
     for (int64_t j0 = lo / kTileK * kTileK; j0 < hi; j0 += kTileK) {
       const int64_t n = std::min(kTileK, it.keys - j0);
       pack_keys<T>(p, it, kv_head, j0, n, s, false, false, false);
-      gemm<false>(s.scores.data(), kTileK, s.q.data(), dp, 1, s.keys_t.data(), kTileK, rows, kTileK, dp);
+      gemm<false, kRows>(s.scores.data(), kTileK, s.q.data(), dp, 1, s.keys_t.data(), kTileK, rows, kTileK, dp);
       for (int64_t r = 0; r < count; ++r) {
         const Visible counted = all ? Visible{0, it.keys} : s.visible[size_t(r)];
         const float* row = s.scores.data() + r * kTileK;
@@ -283,20 +283,20 @@ __attribute__((always_inline)) inline void forward_task(const AttentionProblem& 
   for (int64_t j0 = first_key / kTileK * kTileK; j0 < last_key; j0 += kTileK) {
     const int64_t n = std::min(kTileK, it.keys - j0);
     pack_keys<T>(p, it, kv_head, j0, n, s, false, true, false);
-    gemm<false>(s.scores.data(), kTileK, s.q.data(), dp, 1, s.keys_t.data(), kTileK, rows, kTileK, dp);
+    gemm<false, kRows>(s.scores.data(), kTileK, s.q.data(), dp, 1, s.keys_t.data(), kTileK, rows, kTileK, dp);
     for (int64_t r = 0; r < count; ++r) {
       float* row = s.scores.data() + r * kTileK;
       const float tile_max = suppress_and_mask(row, s, p, j0, s.visible[size_t(r)], s.row_min[size_t(r)]);
       const float old_max = s.row_max[size_t(r)], new_max = tile_max > old_max ? tile_max : old_max;
       const float base = new_max == -kInf ? 0.f : new_max;
       const float rescale = std::exp(old_max - base);
-      f32x8 sum = {};
-      for (int64_t j = 0; j < kTileK; j += 8) {
-        const f32x8 e = vec::exp(vec::load8(row + j) - base);
-        vec::store8(row + j, e);
+      f32x16 sum = {};
+      for (int64_t j = 0; j < kTileK; j += 16) {
+        const f32x16 e = vec::exp(vec::load16(row + j) - base);
+        vec::store16(row + j, e);
         sum += e;
       }
-      float lanes[8];
+      float lanes[16];
       std::memcpy(lanes, &sum, sizeof lanes);
       float total = 0.f;
       for (float x : lanes) total += x;
@@ -307,7 +307,7 @@ __attribute__((always_inline)) inline void forward_task(const AttentionProblem& 
         for (int64_t d = 0; d < dp; ++d) o[d] *= rescale;
       }
     }
-    gemm<true>(s.acc_a.data(), dp, s.scores.data(), kTileK, 1, s.values.data(), dp, rows, dp, n);
+    gemm<true, kRows>(s.acc_a.data(), dp, s.scores.data(), kTileK, 1, s.values.data(), dp, rows, dp, n);
   }
 
   for (int64_t r = 0; r < count; ++r) {
@@ -352,19 +352,20 @@ __attribute__((always_inline)) inline void pack_gradient_rows(const AttentionPro
 // Recomputes one [query tile x key tile] block: the probabilities P in s.scores (the raw scores
 // in s.raw_scores with a factor) and dP = grad_out V^T in s.grad_scores. Needs the queries,
 // grad_out rows, keys_t and values_t packed.
+template <int kRows>
 __attribute__((always_inline)) inline void recompute_block(const AttentionProblem& p, Scratch& s, int64_t j0,
                                                            int64_t count) {
   const int64_t dp = s.dim_padded, rows = round_up(count, 4);
-  gemm<false>(s.scores.data(), kTileK, s.q.data(), dp, 1, s.keys_t.data(), kTileK, rows, kTileK, dp);
-  gemm<false>(s.grad_scores.data(), kTileK, s.grad_out.data(), dp, 1, s.values_t.data(), kTileK, rows, kTileK, dp);
+  gemm<false, kRows>(s.scores.data(), kTileK, s.q.data(), dp, 1, s.keys_t.data(), kTileK, rows, kTileK, dp);
+  gemm<false, kRows>(s.grad_scores.data(), kTileK, s.grad_out.data(), dp, 1, s.values_t.data(), kTileK, rows, kTileK, dp);
   if (p.key_factor) std::copy(s.scores.begin(), s.scores.begin() + count * kTileK, s.raw_scores.begin());
   for (int64_t r = 0; r < count; ++r) {
     float* row = s.scores.data() + r * kTileK;
     suppress_and_mask(row, s, p, j0, s.visible[size_t(r)], s.row_min[size_t(r)]);
     const float lse = s.lse[size_t(r)];
     const bool empty = lse == -kInf;  // the row saw no key: it has no gradient
-    for (int64_t j = 0; j < kTileK; j += 8)
-      vec::store8(row + j, empty ? vec::splat(0.f) : vec::exp(vec::load8(row + j) - lse));
+    for (int64_t j = 0; j < kTileK; j += 16)
+      vec::store16(row + j, empty ? f32x16{} : vec::exp(vec::load16(row + j) - lse));
   }
   for (int64_t r = count; r < rows; ++r) {  // padding rows take part in the transposed products
     std::fill(s.scores.begin() + r * kTileK, s.scores.begin() + (r + 1) * kTileK, 0.f);
@@ -386,7 +387,7 @@ __attribute__((always_inline)) inline float lane_sum(f32x8 v) {
 //               = sum_j (P dP c)_ij k_j - delta_i sum_j (P c)_ij k_j + dm_i k_{a_i}
 //   dm_i = sum_j (P dP (1 - c))_ij - delta_i sum_j (P (1 - c))_ij
 // so one sweep over the key tiles accumulates both sums and two scalars per row.
-template <typename T>
+template <typename T, int kRows>
 __attribute__((always_inline)) inline void grad_query_task(const AttentionProblem& p, const GradientOperands& g,
                                                            const Item& it, int64_t head, int64_t tile, Scratch& s) {
   const auto [i0, count, kv_head, rows, first_key, last_key] = pack_query_tile<T>(p, it, head, tile, s);
@@ -399,7 +400,7 @@ __attribute__((always_inline)) inline void grad_query_task(const AttentionProble
   for (int64_t j0 = first_key / kTileK * kTileK; j0 < last_key; j0 += kTileK) {
     const int64_t n = std::min(kTileK, it.keys - j0);
     pack_keys<T>(p, it, kv_head, j0, n, s, true, false, true);
-    recompute_block(p, s, j0, count);
+    recompute_block<kRows>(p, s, j0, count);
     for (int64_t r = 0; r < count; ++r) {
       float* prob_row = s.scores.data() + r * kTileK;
       float* grad_row = s.grad_scores.data() + r * kTileK;
@@ -420,8 +421,8 @@ __attribute__((always_inline)) inline void grad_query_task(const AttentionProble
       delta[r] += lane_sum(products);
       if (p.key_factor) weighted_product[r] += lane_sum(product_rest), weighted_prob[r] += lane_sum(prob_rest);
     }
-    gemm<true>(s.acc_a.data(), dp, s.grad_scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
-    gemm<true>(s.acc_b.data(), dp, s.scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
+    gemm<true, kRows>(s.acc_a.data(), dp, s.grad_scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
+    gemm<true, kRows>(s.acc_b.data(), dp, s.scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
   }
   const float scale = float(p.options.scale);
   for (int64_t r = 0; r < count; ++r) {
@@ -442,7 +443,7 @@ __attribute__((always_inline)) inline void grad_query_task(const AttentionProble
 // Pass 2: dk, dv and the bias and factor gradients of one key tile of one key/value head:
 //   dv_j = sum_i P_ij grad_out_i,  dk_j = sum_i G_ij c_j (scale q_i) + sum_{i : a_i = j} dm_i (scale q_i)
 //   dbias_j = sum_i G_ij,  dfactor_j = sum_i G_ij (s_ij - m_i)
-template <typename T>
+template <typename T, int kRows>
 __attribute__((always_inline)) inline void grad_key_task(const AttentionProblem& p, const GradientOperands& g,
                                                          const Item& it, int64_t kv_head, int64_t tile, Scratch& s) {
   const int64_t j0 = tile * kTileK, n = std::min(kTileK, it.keys - j0);
@@ -459,7 +460,7 @@ __attribute__((always_inline)) inline void grad_key_task(const AttentionProblem&
       const int64_t count = std::min(kTileQ, it.queries - i0), rows = round_up(count, 4);
       pack_queries<T>(p, it, head, i0, count, s);
       pack_gradient_rows<T>(p, g, it, head, i0, count, true, s);
-      recompute_block(p, s, j0, count);
+      recompute_block<kRows>(p, s, j0, count);
       for (int64_t r = 0; r < count; ++r) {
         const float* prob_row = s.scores.data() + r * kTileK;
         float* grad_row = s.grad_scores.data() + r * kTileK;
@@ -481,8 +482,8 @@ __attribute__((always_inline)) inline void grad_key_task(const AttentionProblem&
         }
       }
       // dv_j += sum_i P_ij grad_out_i and dk_j += sum_i dS_ij (scale q_i): A read transposed.
-      gemm<true>(s.acc_a.data(), dp, s.scores.data(), 1, kTileK, s.grad_out.data(), dp, kTileK, dp, rows);
-      gemm<true>(s.acc_b.data(), dp, s.grad_scores.data(), 1, kTileK, s.q.data(), dp, kTileK, dp, rows);
+      gemm<true, kRows>(s.acc_a.data(), dp, s.scores.data(), 1, kTileK, s.grad_out.data(), dp, kTileK, dp, rows);
+      gemm<true, kRows>(s.acc_b.data(), dp, s.grad_scores.data(), 1, kTileK, s.q.data(), dp, kTileK, dp, rows);
     }
   }
   if (p.key_factor) {  // the rows whose minimum sits on a key of this tile (any row, for factor_min="all")
@@ -507,35 +508,60 @@ __attribute__((always_inline)) inline void grad_key_task(const AttentionProblem&
   }
 }
 
+// Each task compiled for each SIMD level (LMK_SIMD_CLONES, 4-row GEMM tiles) and, on x86, once more
+// for AVX-512 with 8-row tiles, which the *_simd functions pick on CPUs that have it.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LMK_AVX512_TASK(DECLARATION, ...) __attribute__((target("arch=x86-64-v4"))) DECLARATION { __VA_ARGS__; }
+#define LMK_PICK(NAME) (cpu_has_avx512() ? NAME##_avx512 : NAME)
+bool cpu_has_avx512() {
+  static const bool has = simd_level() == "avx512";
+  return has;
+}
+#else
+#define LMK_AVX512_TASK(DECLARATION, ...)
+#define LMK_PICK(NAME) NAME
+#endif
+
 #define LMK_DEFINE_TASKS(T, SUFFIX)                                                                                   \
   LMK_SIMD_CLONES void forward_##SUFFIX(const AttentionProblem& p, const ForwardOperands& out, const Item& it,        \
                                         int64_t head, int64_t tile, Scratch& s) {                                     \
-    forward_task<T>(p, out, it, head, tile, s);                                                                       \
+    forward_task<T, 4>(p, out, it, head, tile, s);                                                                    \
   }                                                                                                                   \
   LMK_SIMD_CLONES void grad_query_##SUFFIX(const AttentionProblem& p, const GradientOperands& g, const Item& it,      \
                                            int64_t head, int64_t tile, Scratch& s) {                                  \
-    grad_query_task<T>(p, g, it, head, tile, s);                                                                      \
+    grad_query_task<T, 4>(p, g, it, head, tile, s);                                                                   \
   }                                                                                                                   \
   LMK_SIMD_CLONES void grad_key_##SUFFIX(const AttentionProblem& p, const GradientOperands& g, const Item& it,        \
                                          int64_t head, int64_t tile, Scratch& s) {                                    \
-    grad_key_task<T>(p, g, it, head, tile, s);                                                                        \
+    grad_key_task<T, 4>(p, g, it, head, tile, s);                                                                     \
   }                                                                                                                   \
+  LMK_AVX512_TASK(void forward_##SUFFIX##_avx512(const AttentionProblem& p, const ForwardOperands& out,              \
+                                                 const Item& it, int64_t head, int64_t tile, Scratch& s),             \
+                  forward_task<T, 8>(p, out, it, head, tile, s))                                                      \
+  LMK_AVX512_TASK(void grad_query_##SUFFIX##_avx512(const AttentionProblem& p, const GradientOperands& g,            \
+                                                    const Item& it, int64_t head, int64_t tile, Scratch& s),          \
+                  grad_query_task<T, 8>(p, g, it, head, tile, s))                                                     \
+  LMK_AVX512_TASK(void grad_key_##SUFFIX##_avx512(const AttentionProblem& p, const GradientOperands& g,              \
+                                                  const Item& it, int64_t head, int64_t tile, Scratch& s),            \
+                  grad_key_task<T, 8>(p, g, it, head, tile, s))                                                       \
   void forward_simd(TypeTag<T>, const AttentionProblem& p, const ForwardOperands& out, const Item& it, int64_t head, \
                     int64_t tile, Scratch& s) {                                                                       \
-    forward_##SUFFIX(p, out, it, head, tile, s);                                                                      \
+    LMK_PICK(forward_##SUFFIX)(p, out, it, head, tile, s);                                                            \
   }                                                                                                                   \
   void grad_query_simd(TypeTag<T>, const AttentionProblem& p, const GradientOperands& g, const Item& it,             \
                        int64_t head, int64_t tile, Scratch& s) {                                                      \
-    grad_query_##SUFFIX(p, g, it, head, tile, s);                                                                     \
+    LMK_PICK(grad_query_##SUFFIX)(p, g, it, head, tile, s);                                                           \
   }                                                                                                                   \
   void grad_key_simd(TypeTag<T>, const AttentionProblem& p, const GradientOperands& g, const Item& it, int64_t head, \
                      int64_t tile, Scratch& s) {                                                                      \
-    grad_key_##SUFFIX(p, g, it, head, tile, s);                                                                       \
+    LMK_PICK(grad_key_##SUFFIX)(p, g, it, head, tile, s);                                                             \
   }
 LMK_DEFINE_TASKS(float, f32)
 LMK_DEFINE_TASKS(bfloat16, bf16)
 LMK_DEFINE_TASKS(float16, f16)
 #undef LMK_DEFINE_TASKS
+#undef LMK_AVX512_TASK
+#undef LMK_PICK
 
 // Runs task(item, head, tile, scratch) over every item x heads x tiles, in parallel.
 template <typename Task>

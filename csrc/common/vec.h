@@ -13,6 +13,11 @@
 namespace lmk::vec {
 
 typedef float f32x8 __attribute__((vector_size(32)));
+// Sixteen lanes: one AVX-512 register, two AVX ones; for loops whose 8-lane form would need twice
+// the instructions on AVX-512 and the same registers either way.
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 typedef int32_t i32x8 __attribute__((vector_size(32)));
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
@@ -36,6 +41,14 @@ __attribute__((always_inline)) inline f32x8 load8(const float* p) {
   std::memcpy(&v, p, sizeof v);
   return v;
 }
+
+__attribute__((always_inline)) inline f32x16 load16(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+__attribute__((always_inline)) inline void store16(float* out, f32x16 v) { std::memcpy(out, &v, sizeof v); }
 
 // The lane-wise form of to_float(float16) in numeric.h.
 __attribute__((always_inline)) inline f32x8 load8(const float16* p) {

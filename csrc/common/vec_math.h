@@ -1,4 +1,4 @@
-// Lane-wise fp32 exp, log1p, softplus and sigmoid on vec::f32x8, accurate to a few ulp, for the
+// Lane-wise fp32 exp (also on vec::f32x16), log1p, softplus and sigmoid on vec::f32x8, accurate to a few ulp, for the
 // dense loops of CPU kernels (inlined into LMK_SIMD_CLONES functions like the rest of vec.h).
 //
 // exp: Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for e^r, and
@@ -26,29 +26,48 @@ __attribute__((always_inline)) inline f32x8 abs(f32x8 x) {
   return bitcast<f32x8>(bitcast<u32x8>(x) & 0x7FFFFFFFu);
 }
 
-// e^x for every x: 0 below -104 (or so), +inf above 88.72, NaN for NaN.
-__attribute__((always_inline)) inline f32x8 exp(f32x8 x) {
+// The integer vectors of a float vector's width.
+template <typename F>
+struct IntLanes;
+template <>
+struct IntLanes<f32x8> {
+  using I = i32x8;
+  using U = u32x8;
+};
+template <>
+struct IntLanes<f32x16> {
+  using I = i32x16;
+  using U = u32x16;
+};
+
+// e^x for every x: 0 below -104 (or so), +inf above 88.72, NaN for NaN; on 8 or 16 lanes (the same
+// arithmetic per lane).
+template <typename F>
+__attribute__((always_inline)) inline F exp(F x) {
+  using I = typename IntLanes<F>::I;
+  using U = typename IntLanes<F>::U;
   // Clamping keeps 2^n representable as two normal factors; results outside the clamp round to
-  // 0 and +inf all the same.
-  const f32x8 a = min_with(max_with(x, -110.f), 89.f);
+  // 0 and +inf all the same. A NaN fails both comparisons and stays.
+  F a = (I)(x < -110.f) ? F{} - 110.f : x;
+  a = (I)(a > 89.f) ? F{} + 89.f : a;
   // n = round(a / ln2) by the 1.5 * 2^23 shifter, which also leaves n in the low mantissa bits.
   constexpr float kShifter = 12582912.f;
-  const f32x8 shifted = a * 1.44269504088896341f + kShifter;
-  const f32x8 n = shifted - kShifter;
-  const i32x8 n_int = bitcast<i32x8>(shifted) - bitcast<i32x8>(splat(kShifter));
+  const F shifted = a * 1.44269504088896341f + kShifter;
+  const F n = shifted - kShifter;
+  const I n_int = bitcast<I>(shifted) - bitcast<I>(F{} + kShifter);
   // ln2 in two parts: n * 0.693359375 is exact for |n| < 2^15.
-  f32x8 r = a - n * 0.693359375f;
+  F r = a - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
-  f32x8 p = splat(1.9875691500e-4f);
+  F p = F{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.f;
-  const i32x8 half = n_int >> 1;
-  const f32x8 scale_a = bitcast<f32x8>(bitcast<u32x8>(half + 127) << 23);
-  const f32x8 scale_b = bitcast<f32x8>(bitcast<u32x8>(n_int - half + 127) << 23);
+  const I half = n_int >> 1;
+  const F scale_a = bitcast<F>(bitcast<U>(half + 127) << 23);
+  const F scale_b = bitcast<F>(bitcast<U>(n_int - half + 127) << 23);
   return (p * scale_a) * scale_b;
 }
 
