@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "attention/attention.h"
@@ -147,6 +148,11 @@ struct Scratch {
   std::vector<float> raw_scores, bias, factor, row_min, row_max, row_sum, lse, delta, grad_min, bias_acc, factor_acc;
   std::vector<int64_t> argmin;
   std::vector<Visible> visible;
+  // The forward's key tiles of one (item, key head), packed once and reused by the chunk's later
+  // query tiles of that head: keys transposed, [tile][dim_padded][kTileK], values [key][dim_padded].
+  std::vector<float> head_keys_t, head_values;
+  std::vector<char> head_tile_packed;
+  int64_t head_item = -1, head_kv = -1;
 
   explicit Scratch(int64_t dim) : dim_padded(round_up(dim, 16)) {
     const size_t tile = size_t(kTileQ * dim_padded), key_tile = size_t(kTileK * dim_padded);
@@ -159,6 +165,16 @@ struct Scratch {
     visible.assign(size_t(kTileQ), Visible{0, 0});
   }
 };
+
+// The bias and factor of keys [j0, j0 + count) (0 and 1 past them).
+__attribute__((always_inline)) inline void pack_key_weights(const AttentionProblem& p, const Item& it, int64_t j0,
+                                                            int64_t count, Scratch& s) {
+  const int64_t b = it.index;
+  for (int64_t jj = 0; jj < kTileK; ++jj) {
+    if (p.key_bias) s.bias[size_t(jj)] = jj < count ? p.key_bias[b * p.bias_stride + j0 + jj] : 0.f;
+    if (p.key_factor) s.factor[size_t(jj)] = jj < count ? p.key_factor[b * p.factor_stride + j0 + jj] : 1.f;
+  }
+}
 
 // Packs keys [j0, j0 + count) of one head: transposed into keys_t (and row-major into keys when
 // asked), values row-major and/or transposed, the bias and factor of those keys.
@@ -176,11 +192,34 @@ __attribute__((always_inline)) inline void pack_keys(const AttentionProblem& p, 
     if (values_transposed)
       for (int64_t d = 0; d < p.dim; ++d) s.values_t[size_t(d * kTileK + jj)] = to_float(v[d]);
   }
-  const int64_t b = it.index;
-  for (int64_t jj = 0; jj < kTileK; ++jj) {
-    if (p.key_bias) s.bias[size_t(jj)] = jj < count ? p.key_bias[b * p.bias_stride + j0 + jj] : 0.f;
-    if (p.key_factor) s.factor[size_t(jj)] = jj < count ? p.key_factor[b * p.factor_stride + j0 + jj] : 1.f;
+  pack_key_weights(p, it, j0, count, s);
+}
+
+// The forward's key tile at j0 of one head, (keys transposed, values row-major), from the scratch's
+// head cache, packed on first use: repacking it for every query tile cost about a tenth of the
+// forward. Padding (keys past the item, dims past dim) stays zero.
+template <typename T>
+__attribute__((always_inline)) inline std::pair<const float*, const float*> head_key_tile(
+    const AttentionProblem& p, const Item& it, int64_t kv_head, int64_t j0, Scratch& s) {
+  const int64_t dp = s.dim_padded, tiles = ceil_div(it.keys, kTileK), tile = j0 / kTileK;
+  const size_t tile_floats = size_t(kTileK * dp);
+  if (s.head_item != it.index || s.head_kv != kv_head) {
+    s.head_keys_t.assign(size_t(tiles) * tile_floats, 0.f);
+    s.head_values.assign(size_t(tiles) * tile_floats, 0.f);
+    s.head_tile_packed.assign(size_t(tiles), 0);
+    s.head_item = it.index, s.head_kv = kv_head;
   }
+  float* keys_t = s.head_keys_t.data() + size_t(tile) * tile_floats;
+  float* values = s.head_values.data() + size_t(tile) * tile_floats;
+  if (!s.head_tile_packed[size_t(tile)]) {
+    for (int64_t jj = 0; jj < std::min(kTileK, it.keys - j0); ++jj) {
+      const T* k = key_row<T>(p, p.prefix_k, p.k, it, kv_head, j0 + jj);
+      for (int64_t d = 0; d < p.dim; ++d) keys_t[d * kTileK + jj] = to_float(k[d]);
+      pack_row(values + jj * dp, key_row<T>(p, p.prefix_v, p.v, it, kv_head, j0 + jj), p.dim, 1.f);
+    }
+    s.head_tile_packed[size_t(tile)] = 1;
+  }
+  return {keys_t, values};
 }
 
 // Packs queries [i0, i0 + count) of one head (scaled), and their visible intervals.
@@ -262,8 +301,8 @@ __attribute__((always_inline)) inline void forward_task(const AttentionProblem& 
     const int64_t lo = all ? 0 : first_key, hi = all ? it.keys : last_key;
     for (int64_t j0 = lo / kTileK * kTileK; j0 < hi; j0 += kTileK) {
       const int64_t n = std::min(kTileK, it.keys - j0);
-      pack_keys<T>(p, it, kv_head, j0, n, s, false, false, false);
-      gemm<false, kRows>(s.scores.data(), kTileK, s.q.data(), dp, 1, s.keys_t.data(), kTileK, rows, kTileK, dp);
+      const float* keys_t = head_key_tile<T>(p, it, kv_head, j0, s).first;
+      gemm<false, kRows>(s.scores.data(), kTileK, s.q.data(), dp, 1, keys_t, kTileK, rows, kTileK, dp);
       for (int64_t r = 0; r < count; ++r) {
         const Visible counted = all ? Visible{0, it.keys} : s.visible[size_t(r)];
         const float* row = s.scores.data() + r * kTileK;
@@ -282,8 +321,9 @@ __attribute__((always_inline)) inline void forward_task(const AttentionProblem& 
   std::fill(s.acc_a.begin(), s.acc_a.end(), 0.f);
   for (int64_t j0 = first_key / kTileK * kTileK; j0 < last_key; j0 += kTileK) {
     const int64_t n = std::min(kTileK, it.keys - j0);
-    pack_keys<T>(p, it, kv_head, j0, n, s, false, true, false);
-    gemm<false, kRows>(s.scores.data(), kTileK, s.q.data(), dp, 1, s.keys_t.data(), kTileK, rows, kTileK, dp);
+    const auto [keys_t, values] = head_key_tile<T>(p, it, kv_head, j0, s);
+    pack_key_weights(p, it, j0, n, s);
+    gemm<false, kRows>(s.scores.data(), kTileK, s.q.data(), dp, 1, keys_t, kTileK, rows, kTileK, dp);
     for (int64_t r = 0; r < count; ++r) {
       float* row = s.scores.data() + r * kTileK;
       const float tile_max = suppress_and_mask(row, s, p, j0, s.visible[size_t(r)], s.row_min[size_t(r)]);
@@ -307,7 +347,7 @@ __attribute__((always_inline)) inline void forward_task(const AttentionProblem& 
         for (int64_t d = 0; d < dp; ++d) o[d] *= rescale;
       }
     }
-    gemm<true, kRows>(s.acc_a.data(), dp, s.scores.data(), kTileK, 1, s.values.data(), dp, rows, dp, n);
+    gemm<true, kRows>(s.acc_a.data(), dp, s.scores.data(), kTileK, 1, values, dp, rows, dp, n);
   }
 
   for (int64_t r = 0; r < count; ++r) {
