@@ -150,44 +150,50 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void decode_a_pa
   }
 }
 
+// Operand t [rows, K] decoded in parallel into panels of kSub rows (the last padded), `panel_words`
+// Words each: decode(transposed, first byte, stride, live rows, panel) for each; transposed
+// operands (stored_transposed) give the stride between k, row-major ones the row stride.
+template <typename Word, typename Decode>
+Scratch decode_panels(const TensorView& t, int64_t panel_words, const Decode& decode) {
+  const int64_t rows = t.size(0), panels = ceil_div(rows, kSub);
+  Scratch result = acquire_scratch(size_t(panels * panel_words) * sizeof(Word));  // every word is written
+  auto* words = reinterpret_cast<Word*>(result.get());
+  const auto* bytes = t.as<const uint8_t>();
+  const bool transposed = stored_transposed(t);
+  parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t live = std::min(kSub, rows - p * kSub);
+      if (transposed) {
+        decode(true, bytes + p * kSub, t.stride(1), live, words + p * panel_words);
+      } else {
+        decode(false, bytes + p * kSub * t.stride(0), t.stride(0), live, words + p * panel_words);
+      }
+    }
+  });
+  return result;
+}
+
 template <typename T>
 void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const float* bias, T* result) {
   const int64_t m = a.size(0), n = b.size(0), k = a.size(1);
   const int64_t padded_k = round_up(std::max<int64_t>(k, 1), kStepK), steps = padded_k / kStepK;
   const int64_t padded_m = round_up(m, kSub), padded_n = round_up(n, kSub);
 
-  const int64_t a_panels = padded_m / kSub, a_panel = steps * kAStep;
-  const Scratch a_scratch = acquire_scratch(size_t(a_panels * a_panel) * sizeof(uint16_t));
-  auto* a_tiles = reinterpret_cast<uint16_t*>(a_scratch.get());
-  const auto* a_bytes = a.as<const uint8_t>();
-  const bool a_transposed = stored_transposed(a);
-  parallel_for(0, a_panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      if (a_transposed) {
-        decode_a_panel_transposed(a.dtype, a_bytes + p * kSub, a.stride(1), std::min(kSub, m - p * kSub), k, steps,
-                                  a_tiles + p * a_panel);
-      } else {
-        decode_a_panel(a.dtype, a_bytes + p * kSub * a.stride(0), a.stride(0), std::min(kSub, m - p * kSub), k, steps,
-                       a_tiles + p * a_panel);
-      }
-    }
-  });
-  const int64_t panels = padded_n / kSub, panel_words = padded_k / 2 * kSub;
-  const Scratch b_scratch = acquire_scratch(size_t(panels * panel_words) * sizeof(Bf16Word));
-  auto* b_panels = reinterpret_cast<Bf16Word*>(b_scratch.get());
-  const auto* b_bytes = b.as<const uint8_t>();
-  const bool b_transposed = stored_transposed(b);
-  parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      if (b_transposed) {
-        decode_pair_panel_transposed(b.dtype, b_bytes + p * kSub, b.stride(1), std::min(kSub, n - p * kSub), k,
-                                     padded_k / 2, b_panels + p * panel_words, kSub, PairOrder::KLow);
-      } else {
-        decode_pair_panel(b.dtype, b_bytes + p * kSub * b.stride(0), b.stride(0), std::min(kSub, n - p * kSub), k,
-                          padded_k / 2, b_panels + p * panel_words, kSub, PairOrder::KLow);
-      }
-    }
-  });
+  const int64_t a_panel = steps * kAStep, panel_words = padded_k / 2 * kSub;
+  const Scratch a_scratch = decode_panels<uint16_t>(
+      a, a_panel, [&](bool transposed, const uint8_t* first, int64_t stride, int64_t live, uint16_t* dst) {
+        if (transposed) return decode_a_panel_transposed(a.dtype, first, stride, live, k, steps, dst);
+        decode_a_panel(a.dtype, first, stride, live, k, steps, dst);
+      });
+  const Scratch b_scratch = decode_panels<Bf16Word>(
+      b, panel_words, [&](bool transposed, const uint8_t* first, int64_t stride, int64_t live, Bf16Word* dst) {
+        if (transposed) return decode_pair_panel_transposed(b.dtype, first, stride, live, k, padded_k / 2, dst, kSub,
+                                                            PairOrder::KLow);
+        decode_pair_panel(b.dtype, first, stride, live, k, padded_k / 2, dst, kSub, PairOrder::KLow);
+      });
+  const auto* a_tiles = reinterpret_cast<const uint16_t*>(a_scratch.get());
+  const auto* b_panels = reinterpret_cast<const Bf16Word*>(b_scratch.get());
+  const int64_t panels = padded_n / kSub;
 
   const int64_t tiles_m = ceil_div(m, kTileM), tiles_n = ceil_div(n, kTileN);
   parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t begin, int64_t end) {
