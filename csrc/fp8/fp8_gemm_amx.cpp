@@ -36,6 +36,7 @@
 #include "common/scratch.h"
 #include "fp8/fp8_gemm.h"
 #include "fp8/fp8_gemm_epilogue.h"
+#include "fp8/fp8_gemm_panels.h"
 
 namespace lmk::fp8 {
 namespace {
@@ -150,29 +151,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void decode_a_pa
   }
 }
 
-// Operand t [rows, K] decoded in parallel into panels of kSub rows (the last padded), `panel_words`
-// Words each: decode(transposed, first byte, stride, live rows, panel) for each; transposed
-// operands (stored_transposed) give the stride between k, row-major ones the row stride.
-template <typename Word, typename Decode>
-Scratch decode_panels(const TensorView& t, int64_t panel_words, const Decode& decode) {
-  const int64_t rows = t.size(0), panels = ceil_div(rows, kSub);
-  Scratch result = acquire_scratch(size_t(panels * panel_words) * sizeof(Word));  // every word is written
-  auto* words = reinterpret_cast<Word*>(result.get());
-  const auto* bytes = t.as<const uint8_t>();
-  const bool transposed = stored_transposed(t);
-  parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t live = std::min(kSub, rows - p * kSub);
-      if (transposed) {
-        decode(true, bytes + p * kSub, t.stride(1), live, words + p * panel_words);
-      } else {
-        decode(false, bytes + p * kSub * t.stride(0), t.stride(0), live, words + p * panel_words);
-      }
-    }
-  });
-  return result;
-}
-
 template <typename T>
 void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const float* bias, T* result) {
   const int64_t m = a.size(0), n = b.size(0), k = a.size(1);
@@ -180,13 +158,13 @@ void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const flo
   const int64_t padded_m = round_up(m, kSub), padded_n = round_up(n, kSub);
 
   const int64_t a_panel = steps * kAStep, panel_words = padded_k / 2 * kSub;
-  const Scratch a_scratch = decode_panels<uint16_t>(
-      a, a_panel, [&](bool transposed, const uint8_t* first, int64_t stride, int64_t live, uint16_t* dst) {
+  const Scratch a_scratch = decode_operand_panels<uint16_t>(
+      a, kSub, a_panel, [&](bool transposed, const uint8_t* first, int64_t stride, int64_t live, uint16_t* dst) {
         if (transposed) return decode_a_panel_transposed(a.dtype, first, stride, live, k, steps, dst);
         decode_a_panel(a.dtype, first, stride, live, k, steps, dst);
       });
-  const Scratch b_scratch = decode_panels<Bf16Word>(
-      b, panel_words, [&](bool transposed, const uint8_t* first, int64_t stride, int64_t live, Bf16Word* dst) {
+  const Scratch b_scratch = decode_operand_panels<Bf16Word>(
+      b, kSub, panel_words, [&](bool transposed, const uint8_t* first, int64_t stride, int64_t live, Bf16Word* dst) {
         if (transposed) return decode_pair_panel_transposed(b.dtype, first, stride, live, k, padded_k / 2, dst, kSub,
                                                             PairOrder::KLow);
         decode_pair_panel(b.dtype, first, stride, live, k, padded_k / 2, dst, kSub, PairOrder::KLow);

@@ -38,6 +38,7 @@
 #include "fp8/fp8_gemm_bf16_pairs.h"
 #include "fp8/fp8_gemm_decode.h"
 #include "fp8/fp8_gemm_epilogue.h"
+#include "fp8/fp8_gemm_panels.h"
 
 namespace lmk::fp8 {
 namespace {
@@ -148,29 +149,15 @@ struct Bf16Pairs {
 
 // ---- the driver, for either policy --------------------------------------------------------------
 
-// Operand `t` [rows, K] as panels [padded_rows / width][steps][width] (zeros past `rows`), one
-// panel per task so that each writes whole cache lines of its own.
+// Operand `t` [rows, K] as panels [padded_rows / width][steps][width] (zeros past `rows`).
 template <typename Kernel>
 Scratch decode_panels(const TensorView& t, int64_t width, int64_t steps) {
   using Word = typename Kernel::Word;
-  const int64_t rows = t.size(0), panels = ceil_div(rows, width);
-  Scratch result = acquire_scratch(size_t(panels * steps * width) * sizeof(Word));  // every word is written below
-  auto* words = reinterpret_cast<Word*>(result.get());
-  const auto* bytes = t.as<const uint8_t>();
-  const bool transposed = stored_transposed(t);
-  parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t live = std::min(width, rows - p * width);
-      if (transposed) {
-        Kernel::decode_panel_transposed(t.dtype, bytes + p * width, t.stride(1), live, t.size(1),
-                                        words + p * steps * width, width);
-      } else {
-        Kernel::decode_panel(t.dtype, bytes + p * width * t.stride(0), t.stride(0), live, t.size(1),
-                             words + p * steps * width, width);
-      }
-    }
-  });
-  return result;
+  return decode_operand_panels<Word>(
+      t, width, steps * width, [&](bool transposed, const uint8_t* first, int64_t stride, int64_t live, Word* dst) {
+        if (transposed) return Kernel::decode_panel_transposed(t.dtype, first, stride, live, t.size(1), dst, width);
+        Kernel::decode_panel(t.dtype, first, stride, live, t.size(1), dst, width);
+      });
 }
 
 template <typename Kernel, typename T>
