@@ -18,7 +18,7 @@
 // to the tile's fp32 accumulators in memory. Tile loads that miss L2 stall the tile unit for
 // several times their work, so each sub-block prefetches into L2 what a later one will need.
 //
-// Tuned on a 2-core Sapphire Rapids VM (docs/benchmarks.md): sub-blocks over all of K up to 2048
+// Tuned on 2 cores of an Emerald Rapids VM (docs/benchmarks.md): sub-blocks over all of K up to 2048
 // beat shorter K blocks (the accumulators' round trips through memory cost more than the L1 reuse
 // they buy); tiles of 128 x 256 beat 64, 128 or 512 rows.
 #include "fp8/fp8_gemm_bf16_pairs.h"
@@ -118,15 +118,16 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void decode_a_panel(DType
   const std::array<uint16_t, 256>& bf16 = bf16_table(dtype);
   for (int64_t s = 0; s < steps; ++s) {  // steps outer: the panel is written in order
     for (int64_t r = 0; r < kSub; ++r) {
-      const uint8_t* row = first_row + r * row_stride;
       uint16_t* out = dst + s * kAStep + r * kStepK;  // rows 16-31 land in the step's second tile
-      if (r < rows && s < vector_steps) {
+      if (r >= rows) {
+        std::fill_n(out, kStepK, uint16_t(0));
+        continue;
+      }
+      const uint8_t* row = first_row + r * row_stride;
+      if (s < vector_steps) {
         _mm512_storeu_si512(out, decode_32(e4m3, row + s * kStepK, PairOrder::KLow));
       } else {
-        for (int64_t j = 0; j < kStepK; ++j) {
-          const int64_t kk = s * kStepK + j;
-          out[j] = r < rows && kk < k ? bf16[row[kk]] : 0;
-        }
+        for (int64_t j = 0; j < kStepK; ++j) out[j] = s * kStepK + j < k ? bf16[row[s * kStepK + j]] : 0;
       }
     }
   }
@@ -139,8 +140,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void decode_a_pa
     DType dtype, const uint8_t* first, int64_t k_stride, int64_t rows, int64_t k, int64_t steps, uint16_t* dst) {
   alignas(64) Bf16Word pairs[kStepK / 2][kSub];
   for (int64_t s = 0; s < steps; ++s) {
-    const int64_t k0 = s * kStepK;
-    decode_pair_panel_transposed(dtype, first + k0 * k_stride, k_stride, rows, std::clamp<int64_t>(k - k0, 0, kStepK),
+    const int64_t k0 = s * kStepK, live_k = std::clamp<int64_t>(k - k0, 0, kStepK);
+    decode_pair_panel_transposed(dtype, live_k > 0 ? first + k0 * k_stride : first, k_stride, rows, live_k,
                                  kStepK / 2, &pairs[0][0], kSub, PairOrder::KLow);
     for (int64_t half = 0; half < 2; ++half) {  // rows 0-15 (the step's first tile), then 16-31
       __m512i r[16];

@@ -159,8 +159,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void deco
     const __mmask32 load_mask = live == 32 ? ~__mmask32(0) : __mmask32((1u << live) - 1);
     const __mmask32 store_mask = lanes == 32 ? ~__mmask32(0) : __mmask32((1u << lanes) - 1);
     for (int64_t s = 0; s < steps; ++s) {
-      const __m512i x = decode_32_masked(e4m3, first + 2 * s * k_stride + h, 2 * s < k ? load_mask : 0);
-      const __m512i y = decode_32_masked(e4m3, first + (2 * s + 1) * k_stride + h, 2 * s + 1 < k ? load_mask : 0);
+      const __m512i x = 2 * s < k ? decode_32_masked(e4m3, first + 2 * s * k_stride + h, load_mask) : __m512i{};
+      const __m512i y =
+          2 * s + 1 < k ? decode_32_masked(e4m3, first + (2 * s + 1) * k_stride + h, load_mask) : __m512i{};
       const __m512i lo = order == PairOrder::KLow ? x : y, hi = order == PairOrder::KLow ? y : x;
       Bf16Word* out = dst + s * width + h;
       _mm512_mask_storeu_epi32(out, __mmask16(store_mask), _mm512_permutex2var_epi16(lo, first_half, hi));
