@@ -105,9 +105,8 @@ Visible rows_seeing(const AttentionOptions& o, const Item& it, int64_t j0, int64
   return Visible{lo, std::max(lo, hi)};
 }
 
-// C[rows x n] (+)= A(rows x k) B[k x n] for C's rows [i, i + kRows), A(r, c) = a[r * a_row + c * a_col];
-// n a multiple of 16. A kRows x 16 register tile of 16-lane vectors: kRows AVX-512 accumulators,
-// or 2 kRows AVX ones.
+// C[kRows x n] (+)= A(kRows x k) B[k x n], A(r, c) = a[r * a_row + c * a_col]; n a multiple of 16.
+// A kRows x 16 register tile of 16-lane vectors: kRows AVX-512 accumulators, or 2 kRows AVX ones.
 template <bool kAccumulate, int kRows>
 __attribute__((always_inline)) inline void gemm_rows(float* c, int64_t ldc, const float* a, int64_t a_row,
                                                      int64_t a_col, const float* b, int64_t ldb, int64_t n,
