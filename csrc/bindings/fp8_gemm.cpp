@@ -35,7 +35,7 @@ void register_fp8_gemm(py::module_& m) {
         py::arg("exact_order") = false, py::arg("stream") = 0,
         "out = round(fp32(alpha) * (a @ b^T) + bias): FP8 a [M, K], b [N, K], fp32 sums; in increasing k with "
         "exact_order, else with the device's fastest kernel (AMX tiles or tensor cores sum in their own order).");
-  m.def("fp8_gemm_cpu_kernel", &fp8::cpu_kernel, py::arg("exact_order") = false,
+  m.def("fp8_gemm_cpu_kernel", &fp8::cpu_kernel_name, py::arg("exact_order") = false,
         "The CPU kernel of fp8_gemm on this machine: amx, avx512_bf16 or fp32.");
 }
 

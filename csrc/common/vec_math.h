@@ -1,5 +1,6 @@
-// Lane-wise fp32 exp (also on vec::f32x16), log1p, softplus and sigmoid on vec::f32x8, accurate to a few ulp, for the
-// dense loops of CPU kernels (inlined into LMK_SIMD_CLONES functions like the rest of vec.h).
+// Lane-wise fp32 exp (on vec::f32x8 and f32x16), log1p, softplus and sigmoid (on f32x8), accurate
+// to a few ulp, for the dense loops of CPU kernels (inlined into LMK_SIMD_CLONES functions like the
+// rest of vec.h).
 //
 // exp: Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for e^r, and
 // 2^n applied as two factors so that results down to the subnormal range are rounded once.
@@ -13,14 +14,6 @@
 namespace lmk::vec {
 
 __attribute__((always_inline)) inline f32x8 splat(float c) { return f32x8{c, c, c, c, c, c, c, c}; }
-
-// Lane-wise a < b ? a : b and its mirror; a NaN in `a` is kept (the comparison is false).
-__attribute__((always_inline)) inline f32x8 max_with(f32x8 a, float b) {
-  return (i32x8)(a < b) ? splat(b) : a;
-}
-__attribute__((always_inline)) inline f32x8 min_with(f32x8 a, float b) {
-  return (i32x8)(a > b) ? splat(b) : a;
-}
 
 __attribute__((always_inline)) inline f32x8 abs(f32x8 x) {
   return bitcast<f32x8>(bitcast<u32x8>(x) & 0x7FFFFFFFu);
@@ -40,6 +33,16 @@ struct IntLanes<f32x16> {
   using U = u32x16;
 };
 
+// Lane-wise a < b ? b : a and its mirror; a NaN in `a` is kept (the comparison is false).
+template <typename F>
+__attribute__((always_inline)) inline F max_with(F a, float b) {
+  return (typename IntLanes<F>::I)(a < b) ? F{} + b : a;
+}
+template <typename F>
+__attribute__((always_inline)) inline F min_with(F a, float b) {
+  return (typename IntLanes<F>::I)(a > b) ? F{} + b : a;
+}
+
 // e^x for every x: 0 below -104 (or so), +inf above 88.72, NaN for NaN; on 8 or 16 lanes (the same
 // arithmetic per lane).
 template <typename F>
@@ -47,9 +50,8 @@ __attribute__((always_inline)) inline F exp(F x) {
   using I = typename IntLanes<F>::I;
   using U = typename IntLanes<F>::U;
   // Clamping keeps 2^n representable as two normal factors; results outside the clamp round to
-  // 0 and +inf all the same. A NaN fails both comparisons and stays.
-  F a = (I)(x < -110.f) ? F{} - 110.f : x;
-  a = (I)(a > 89.f) ? F{} + 89.f : a;
+  // 0 and +inf all the same.
+  const F a = min_with(max_with(x, -110.f), 89.f);
   // n = round(a / ln2) by the 1.5 * 2^23 shifter, which also leaves n in the low mantissa bits.
   constexpr float kShifter = 12582912.f;
   const F shifted = a * 1.44269504088896341f + kShifter;

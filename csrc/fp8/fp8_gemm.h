@@ -40,9 +40,11 @@ void check_gemm(const TensorView& a, const TensorView& b, const OptionalView& bi
 // the tile unit's order; the sequential kernels elsewhere.
 void gemm_cpu(const TensorView& a, const TensorView& b, float alpha, const OptionalView& bias,
               const TensorView& out, bool exact_order);
-// The kernel gemm_cpu runs on this CPU: "amx", "avx512_bf16" or "fp32" (LMK_FP8_GEMM_CPU=fp32 forces
-// the last; exact_order never gets "amx").
-const char* cpu_kernel(bool exact_order);
+// The kernel gemm_cpu runs on this CPU (LMK_FP8_GEMM_CPU=fp32 forces Fp32; exact_order never gets
+// Amx), and its name for lmkernels.info(): "amx", "avx512_bf16" or "fp32".
+enum class CpuKernel { Amx, Avx512Bf16, Fp32 };
+CpuKernel cpu_kernel(bool exact_order);
+const char* cpu_kernel_name(bool exact_order);
 #if defined(__x86_64__) && defined(__GNUC__)
 bool cpu_has_bf16_pairs();  // AVX-512 F, BW, VL and BF16
 bool cpu_has_amx();         // AMX-TILE and AMX-BF16 (and the OS's permission), with cpu_has_bf16_pairs()

@@ -25,7 +25,6 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
-#include <string_view>
 #include <vector>
 
 #include "common/dispatch.h"
@@ -67,19 +66,23 @@ struct Fp32 {
     static const std::array<float, 256> e4m3 = make(Format::E4M3FN), e5m2 = make(Format::E5M2);
     return dtype == DType::Float8E4M3FN ? e4m3 : e5m2;
   }
-  // Panel [steps = k][width] of `rows` rows (stride `row_stride` bytes) of K = k; zeros past `rows`.
+  // Panel [steps = k][width] of `rows` rows of K = k, row w's k-th byte at first[w * row_step +
+  // k * k_step]; zeros past `rows`.
+  static void decode_strided(DType dtype, const uint8_t* first, int64_t row_step, int64_t k_step, int64_t rows,
+                             int64_t k, Word* dst, int64_t width) {
+    const std::array<float, 256>& values = table(dtype);
+    for (int64_t s = 0; s < k; ++s)
+      for (int64_t w = 0; w < width; ++w)
+        dst[s * width + w] = w < rows ? values[first[w * row_step + s * k_step]] : 0.f;
+  }
+  // Row-major rows (stride `row_stride` bytes), or an operand stored transposed (k stride `k_stride`).
   static void decode_panel(DType dtype, const uint8_t* first_row, int64_t row_stride, int64_t rows, int64_t k,
                            Word* dst, int64_t width) {
-    const std::array<float, 256>& values = table(dtype);
-    for (int64_t s = 0; s < k; ++s)
-      for (int64_t w = 0; w < width; ++w) dst[s * width + w] = w < rows ? values[first_row[w * row_stride + s]] : 0.f;
+    decode_strided(dtype, first_row, row_stride, 1, rows, k, dst, width);
   }
-  // The same from an operand stored transposed: row w's k-th value at first[k * k_stride + w].
   static void decode_panel_transposed(DType dtype, const uint8_t* first, int64_t k_stride, int64_t rows, int64_t k,
                                       Word* dst, int64_t width) {
-    const std::array<float, 256>& values = table(dtype);
-    for (int64_t s = 0; s < k; ++s)
-      for (int64_t w = 0; w < width; ++w) dst[s * width + w] = w < rows ? values[first[s * k_stride + w]] : 0.f;
+    decode_strided(dtype, first, 1, k_stride, rows, k, dst, width);
   }
 
   LMK_SIMD_CLONES static void multiply(const Word* a, const Word* b, int64_t steps, float* acc) {
@@ -211,14 +214,23 @@ bool cpu_has_bf16_pairs() {
 }
 #endif
 
-const char* cpu_kernel(bool exact_order) {
-  if (fp32_forced()) return "fp32";
+CpuKernel cpu_kernel(bool exact_order) {
+  if (fp32_forced()) return CpuKernel::Fp32;
 #ifdef LMK_HAVE_BF16_PAIRS
-  if (!exact_order && cpu_has_amx()) return "amx";
-  if (cpu_has_bf16_pairs()) return "avx512_bf16";
+  if (!exact_order && cpu_has_amx()) return CpuKernel::Amx;
+  if (cpu_has_bf16_pairs()) return CpuKernel::Avx512Bf16;
 #else
   (void)exact_order;
 #endif
+  return CpuKernel::Fp32;
+}
+
+const char* cpu_kernel_name(bool exact_order) {
+  switch (cpu_kernel(exact_order)) {
+    case CpuKernel::Amx: return "amx";
+    case CpuKernel::Avx512Bf16: return "avx512_bf16";
+    case CpuKernel::Fp32: break;
+  }
   return "fp32";
 }
 
@@ -226,14 +238,14 @@ void gemm_cpu(const TensorView& a, const TensorView& b, float alpha, const Optio
               const TensorView& out, bool exact_order) {
   if (a.size(0) == 0 || b.size(0) == 0) return;
   const float* bias_values = bias ? bias->as<const float>() : nullptr;
-  const std::string_view kernel = cpu_kernel(exact_order);
+  const CpuKernel kernel = cpu_kernel(exact_order);
 #ifdef LMK_HAVE_BF16_PAIRS
-  if (kernel == "amx") return gemm_amx(a, b, alpha, bias_values, out);
+  if (kernel == CpuKernel::Amx) return gemm_amx(a, b, alpha, bias_values, out);
 #endif
   dispatch_float(out.dtype, "out", [&](auto tag) {
     using T = typename decltype(tag)::type;
 #ifdef LMK_HAVE_BF16_PAIRS
-    if (kernel == "avx512_bf16") return gemm_tiles<Bf16Pairs>(a, b, alpha, bias_values, out.as<T>());
+    if (kernel == CpuKernel::Avx512Bf16) return gemm_tiles<Bf16Pairs>(a, b, alpha, bias_values, out.as<T>());
 #endif
     gemm_tiles<Fp32>(a, b, alpha, bias_values, out.as<T>());
   });

@@ -23,15 +23,11 @@ Scratch decode_operand_panels(const TensorView& t, int64_t width, int64_t panel_
   auto* words = reinterpret_cast<Word*>(result.get());
   const auto* bytes = t.as<const uint8_t>();
   const bool transposed = stored_transposed(t);
+  const int64_t row_step = transposed ? 1 : t.stride(0), stride = transposed ? t.stride(1) : t.stride(0);
   parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t live = std::min(width, rows - p * width);
-      if (transposed) {
-        decode(true, bytes + p * width, t.stride(1), live, words + p * panel_words);
-      } else {
-        decode(false, bytes + p * width * t.stride(0), t.stride(0), live, words + p * panel_words);
-      }
-    }
+    for (int64_t p = begin; p < end; ++p)
+      decode(transposed, bytes + p * width * row_step, stride, std::min(width, rows - p * width),
+             words + p * panel_words);
   });
   return result;
 }
