@@ -45,11 +45,30 @@ __device__ inline const T* key_at(const AttentionProblem& p, const Operand& pref
   return row_at<const T>(own, it, head, j - p.prefix);
 }
 
-// The rows j0 + r of the keys (or values) of a head, prefix first, for a tile loader.
+// The rows of one key (or value) head of an item, prefix first: row j's first element in a few
+// integer operations, the head's bases computed once (for the tile loaders).
 template <typename T>
-__device__ inline auto key_rows(const AttentionProblem& p, const Operand& prefix, const Operand& own,
-                                const DeviceItem& it, int64_t head, int64_t j0) {
-  return [&p, prefix, own, it, head, j0](int r) { return key_at<T>(p, prefix, own, it, head, j0 + r); };
+struct HeadRows {
+  const T* prefix;
+  const T* own;
+  int64_t prefix_stride, own_stride, prefix_rows;
+
+  __device__ const T* operator()(int64_t j) const {
+    const bool in_prefix = j < prefix_rows;
+    return (in_prefix ? prefix : own) + (in_prefix ? j * prefix_stride : (j - prefix_rows) * own_stride);
+  }
+
+  // Whether rows [j, j + n) lie on one side of the prefix boundary, one stride apart.
+  __device__ bool one_side(int64_t j, int64_t n) const { return j >= prefix_rows || j + n <= prefix_rows; }
+  __device__ int64_t stride_at(int64_t j) const { return j < prefix_rows ? prefix_stride : own_stride; }
+};
+
+template <typename T>
+__device__ inline HeadRows<T> head_rows(const AttentionProblem& p, const Operand& prefix, const Operand& own,
+                                        const DeviceItem& it, int64_t head) {
+  const T* prefix_base = p.prefix > 0 ? static_cast<const T*>(prefix.data) + it.index * prefix.batch + head * prefix.head
+                                      : nullptr;
+  return HeadRows<T>{prefix_base, row_at<const T>(own, it, head, 0), prefix.row, own.row, p.prefix};
 }
 
 struct Interval {

@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "attention/attention.h"
 #include "attention/attention_device.cuh"
@@ -45,6 +46,21 @@ __device__ __forceinline__ void store_row(float* dst, const float (&acc)[kDim / 
   }
 }
 
+// The forward's probabilities of a warp's 16 x 64 tile, P = e^(scale s + bias - lse), from its
+// scores s and its rows' log-sum-exp; with kMasked, 0 at the keys a row does not see.
+template <bool kMasked>
+__device__ __forceinline__ void recomputed_probabilities(Product& s, float scale, const float* bias,
+                                                         const float (&lse)[2], const TileColumns& seen, int t) {
+#pragma unroll
+  for (int nt = 0; nt < kColumnTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int h = e / 2, jj = nt * 8 + 2 * t + e % 2;
+      const float prob = exp_approx(s[nt][e] * scale + bias[jj] - lse[h]);
+      s[nt][e] = !kMasked || (jj >= seen.lo[h] && jj < seen.hi[h]) ? prob : 0.f;
+    }
+}
+
 template <typename T, int kDim>
 __global__ void __launch_bounds__(kThreads) grad_query_mma_kernel(AttentionProblem p, GradientOperands g,
                                                                   int32_t* flag) {
@@ -59,7 +75,7 @@ __global__ void __launch_bounds__(kThreads) grad_query_mma_kernel(AttentionProbl
   const DeviceItem it = item_at(p, blockIdx.z, flag);
   const int64_t head = blockIdx.y, i0 = int64_t(blockIdx.x) * kTileRows;
   if (!it.valid || i0 >= it.queries) return;
-  const int64_t kv_head = head / (p.q_heads / p.kv_heads);
+  const KeySource<T> src = key_source<T>(p, it, head / (p.q_heads / p.kv_heads));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
   const int dim_chunks = int(p.dim / 8);
   const float scale = float(p.options.scale);
@@ -68,32 +84,24 @@ __global__ void __launch_bounds__(kThreads) grad_query_mma_kernel(AttentionProbl
 #pragma unroll
   for (int h = 0; h < 2; ++h) lse[h] = qb.on[h] ? lse_of_row(g.lse, it, head, qb.row[h]) : INFINITY;
 
-  load_tile<kDim>(q_s, qb.count, dim_chunks, [&](int r) { return row_at<const T>(p.q, it, head, i0 + r); });
-  load_tile<kDim>(do_s, qb.count, dim_chunks, [&](int r) { return row_at<const T>(g.grad_out, it, head, i0 + r); });
+  load_tile<kDim>(q_s, int(qb.count), dim_chunks, row_at<const T>(p.q, it, head, i0), p.q.row);
+  load_tile<kDim>(do_s, int(qb.count), dim_chunks, row_at<const T>(g.grad_out, it, head, i0), g.grad_out.row);
   commit_copies();
   const uint16_t* q_rows = q_s + warp * 16 * L::kStride;
   const uint16_t* do_rows = do_s + warp * 16 * L::kStride;
 
   auto load_tile_keys = [&](int64_t tile, int stage) {
-    load_keys_values<kDim, T>(p, it, kv_head, qb.start + tile * kTileRows, k_s + stage * L::kElements,
-                              v_s + stage * L::kElements, bias_s + stage * kTileRows, nullptr);
+    load_keys_values<kDim>(src, dim_chunks, qb.start + tile * kTileRows, k_s + stage * L::kElements,
+                           v_s + stage * L::kElements, bias_s + stage * kTileRows, nullptr);
   };
   // P (in s) and dP of a tile; P = 0 at keys the row does not see.
   auto probabilities = [&](Product& s, Product& dp, int64_t tile, int stage) {
     const int64_t j0 = qb.start + tile * kTileRows;
-    const bool unmasked = qb.unmasked(j0);
     const float* bias = bias_s + stage * kTileRows;
     multiply_shared<T, kDim>(s, q_rows, k_s + stage * L::kElements, lane);
     multiply_shared<T, kDim>(dp, do_rows, v_s + stage * L::kElements, lane);
-#pragma unroll
-    for (int nt = 0; nt < kColumnTiles; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int h = e / 2, jj = nt * 8 + 2 * t + e % 2;
-        const int64_t j = j0 + jj;
-        const bool visible = unmasked || (qb.on[h] && j >= qb.vis[h].lo && j < qb.vis[h].hi);
-        s[nt][e] = visible ? exp_approx(s[nt][e] * scale + bias[jj] - lse[h]) : 0.f;
-      }
+    if (qb.unmasked(j0)) recomputed_probabilities<false>(s, scale, bias, lse, TileColumns{}, t);
+    else recomputed_probabilities<true>(s, scale, bias, lse, qb.tile_columns(j0), t);
   };
 
   float delta[2] = {0.f, 0.f};
@@ -160,8 +168,8 @@ __global__ void __launch_bounds__(kThreads) grad_key_mma_kernel(AttentionProblem
     real[h] = local < n;
     bias[h] = p.key_bias && real[h] ? p.key_bias[it.index * p.bias_stride + key[h]] : 0.f;
   }
-  load_tile<kDim>(k_s, n, dim_chunks, key_rows<T>(p, p.prefix_k, p.k, it, kv_head, j0));
-  load_tile<kDim>(v_s, n, dim_chunks, key_rows<T>(p, p.prefix_v, p.v, it, kv_head, j0));
+  load_head_rows<kDim>(k_s, head_rows<T>(p, p.prefix_k, p.k, it, kv_head), j0, int(n), dim_chunks);
+  load_head_rows<kDim>(v_s, head_rows<T>(p, p.prefix_v, p.v, it, kv_head), j0, int(n), dim_chunks);
   commit_copies();
   const uint16_t* k_rows = k_s + warp * 16 * L::kStride;
   const uint16_t* v_rows = v_s + warp * 16 * L::kStride;
@@ -182,10 +190,9 @@ __global__ void __launch_bounds__(kThreads) grad_key_mma_kernel(AttentionProblem
   auto load_queries = [&](int64_t step, int stage) {
     int64_t head, i0, count;
     step_rows(step, head, i0, count);
-    load_tile<kDim>(q_s + stage * L::kElements, count, dim_chunks,
-                    [&](int r) { return row_at<const T>(p.q, it, head, i0 + r); });
-    load_tile<kDim>(do_s + stage * L::kElements, count, dim_chunks,
-                    [&](int r) { return row_at<const T>(g.grad_out, it, head, i0 + r); });
+    load_tile<kDim>(q_s + stage * L::kElements, int(count), dim_chunks, row_at<const T>(p.q, it, head, i0), p.q.row);
+    load_tile<kDim>(do_s + stage * L::kElements, int(count), dim_chunks, row_at<const T>(g.grad_out, it, head, i0),
+                    g.grad_out.row);
     if (threadIdx.x < kTileRows) {
       const int r = threadIdx.x;
       lse_s[stage * kTileRows + r] = r < count ? lse_of_row(g.lse, it, head, i0 + r) : INFINITY;
@@ -208,23 +215,26 @@ __global__ void __launch_bounds__(kThreads) grad_key_mma_kernel(AttentionProblem
     Product s, dp;  // transposed: rows are this warp's keys, columns the tile's queries
     multiply_shared<T, kDim>(s, k_rows, q_s + stage * L::kElements, lane);
     multiply_shared<T, kDim>(dp, v_rows, do_s + stage * L::kElements, lane);
+    // P^T and dS^T; on a tile that not every query sees whole, P = 0 where a query does not see the key.
+    auto gradients = [&](auto masked) {
 #pragma unroll
-    for (int nt = 0; nt < kColumnTiles; ++nt)
+      for (int nt = 0; nt < kColumnTiles; ++nt)
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int ii = nt * 8 + 2 * t + c;
-        const Interval vis = unmasked || ii >= count ? Interval{0, 0} : visible_keys(p.options, it, i0 + ii);
+        for (int c = 0; c < 2; ++c) {
+          const int ii = nt * 8 + 2 * t + c;
+          const Interval vis = !masked || ii >= count ? Interval{0, 0} : visible_keys(p.options, it, i0 + ii);
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int e = 2 * h + c;
-          const bool visible = unmasked || (key[h] >= vis.lo && key[h] < vis.hi);
-          const float prob = visible ? exp_approx(s[nt][e] * scale + bias[h] - lse[ii]) : 0.f;
-          const float grad = prob * (dp[nt][e] - delta[ii]);
-          s[nt][e] = prob;
-          dp[nt][e] = grad;
-          bias_grad[h] += grad;
+          for (int h = 0; h < 2; ++h) {
+            const int e = 2 * h + c;
+            const float prob = exp_approx(s[nt][e] * scale + bias[h] - lse[ii]);
+            s[nt][e] = !masked || (key[h] >= vis.lo && key[h] < vis.hi) ? prob : 0.f;
+            dp[nt][e] = s[nt][e] * (dp[nt][e] - delta[ii]);
+            bias_grad[h] += dp[nt][e];
+          }
         }
-      }
+    };
+    if (unmasked) gradients(std::false_type{});
+    else gradients(std::true_type{});
     accumulate<T, kDim>(dv, s, do_s + stage * L::kElements, lane);
     accumulate<T, kDim>(dk, dp, q_s + stage * L::kElements, lane);
   });

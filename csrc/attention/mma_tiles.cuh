@@ -43,6 +43,18 @@ __device__ __forceinline__ void copy_async_16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(dst)), "l"(src));
 }
 
+// The same, or 16 zero bytes (nothing read) where not `live`.
+__device__ __forceinline__ void copy_async_16_or_zero(void* dst, const void* src, bool live) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
+               "r"(live ? 16 : 0));
+}
+
+// One float, or +0 (nothing read) where not `live`.
+__device__ __forceinline__ void copy_async_4_or_zero(float* dst, const float* src, bool live) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared_address(dst)), "l"(src),
+               "r"(live ? 4 : 0));
+}
+
 __device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
 
 template <int kPending>
@@ -87,6 +99,12 @@ void launch_tiles(Kernel kernel, dim3 grid, size_t shared_bytes, void* stream, A
   LMK_CUDA_CHECK(cudaGetLastError());
 }
 
+// The columns [lo[h], hi[h]) of a key tile that the lane's row h sees, as offsets into the tile (32-bit,
+// so that per-element masks cost two integer compares).
+struct TileColumns {
+  int lo[2], hi[2];
+};
+
 // A block's query rows [i0, i0 + count), the keys they see, and this lane's two of them (h = 0:
 // fragment row g of its warp's 16, h = 1: row g + 8); the forward's and the dq kernel's view.
 struct QueryBlock {
@@ -101,6 +119,17 @@ struct QueryBlock {
 
   // Whether every row sees every key of the tile at j0, so it needs no mask (rows past count go unread).
   __device__ bool unmasked(int64_t j0) const { return j0 >= last_row.lo && j0 + kTileRows <= first_row.hi; }
+
+  __device__ TileColumns tile_columns(int64_t j0) const {
+    TileColumns c;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // rows that are not on see nothing: vis is empty
+      const int64_t lo = vis[h].lo - j0, hi = vis[h].hi - j0;
+      c.lo[h] = int(lo < 0 ? 0 : lo > kTileRows ? kTileRows : lo);
+      c.hi[h] = int(hi < 0 ? 0 : hi > kTileRows ? kTileRows : hi);
+    }
+    return c;
+  }
 };
 
 __device__ inline QueryBlock query_block(const AttentionOptions& o, const DeviceItem& it, int64_t i0, int lane) {
@@ -161,12 +190,14 @@ __device__ __forceinline__ uint32_t pack(float low, float high) {
   return r;
 }
 
-// e^x in one MUFU instruction (2 ulp): e^-inf = 0, NaN stays NaN.
-__device__ __forceinline__ float exp_approx(float x) {
+// 2^x in one MUFU instruction (2 ulp): 2^-inf = 0, NaN stays NaN.
+__device__ __forceinline__ float exp2_approx(float x) {
   float r;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x * kLog2e));
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
   return r;
 }
+
+__device__ __forceinline__ float exp_approx(float x) { return exp2_approx(x * kLog2e); }
 
 // Reductions over the 4 lanes of a fragment row (a fixed butterfly: reproducible).
 __device__ __forceinline__ float row_max(float x) {
@@ -194,36 +225,82 @@ __device__ __forceinline__ void row_argmin(float& value, int64_t& key) {
   }
 }
 
-// Starts copying rows [0, count) of a tile (row(r) points at row r's first element); rows past
-// count and columns past the head dimension are zero, so they add nothing (and no NaN) to any product.
-template <int kDim, typename RowFn>
-__device__ void load_tile(uint16_t* tile, int64_t count, int dim_chunks, RowFn row) {
+// Starts copying rows [0, count) of a tile, row r at first + r * stride (elements); rows past count
+// and columns past the head dimension are zero, so they add nothing (and no NaN) to any product.
+// Each thread copies one 16-byte column chunk of every kThreads / kChunks-th row, without branches;
+// the copies it does not make read nothing (their address is the tile's first row).
+template <int kDim, typename T>
+__device__ __forceinline__ void load_tile(uint16_t* tile, int count, int dim_chunks, const T* first, int64_t stride) {
   using L = Tile<kDim>;
-  for (int c = threadIdx.x; c < kTileRows * L::kChunks; c += kThreads) {
-    const int r = c / L::kChunks, chunk = c % L::kChunks;
-    uint16_t* dst = tile + r * L::kStride + chunk * 8;
-    if (r < count && chunk < dim_chunks) {
-      copy_async_16(dst, row(r) + chunk * 8);
-    } else {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-    }
+  constexpr int kRowStep = kThreads / L::kChunks;
+  const int chunk = int(threadIdx.x) % L::kChunks, row = int(threadIdx.x) / L::kChunks;
+  const bool chunk_live = chunk < dim_chunks;
+  const T* src = first + row * stride + chunk * 8;
+#pragma unroll
+  for (int i = 0; i < kTileRows / kRowStep; ++i, src += kRowStep * stride) {
+    const int r = row + i * kRowStep;
+    const bool live = chunk_live && r < count;
+    copy_async_16_or_zero(tile + r * L::kStride + chunk * 8, live ? src : first, live);
   }
 }
 
-// Starts loading the key tile at j0 of a key/value head: keys, values and the per-key bias (0 where
-// absent) into one stage's buffers, and the factor (1 where absent) where `factor` is given; commits.
+// The same with row r at rows(r), for rows that do not lie one stride apart.
+template <int kDim, typename RowFn>
+__device__ __forceinline__ void load_tile_rows(uint16_t* tile, int count, int dim_chunks, RowFn rows) {
+  using L = Tile<kDim>;
+  constexpr int kRowStep = kThreads / L::kChunks;
+  const int chunk = int(threadIdx.x) % L::kChunks, row = int(threadIdx.x) / L::kChunks;
+  const bool chunk_live = chunk < dim_chunks;
+#pragma unroll
+  for (int i = 0; i < kTileRows / kRowStep; ++i) {
+    const int r = row + i * kRowStep;
+    const bool live = chunk_live && r < count;
+    copy_async_16_or_zero(tile + r * L::kStride + chunk * 8, rows(live ? r : 0) + (live ? chunk * 8 : 0), live);
+  }
+}
+
+// load_tile of rows [j0, j0 + n) of a head (n >= 1): one base and stride where they lie on one side
+// of the prefix boundary (every tile but one).
 template <int kDim, typename T>
-__device__ void load_keys_values(const AttentionProblem& p, const DeviceItem& it, int64_t kv_head, int64_t j0,
-                                 uint16_t* keys, uint16_t* values, float* bias, float* factor) {
-  const int64_t n = it.keys - j0 < kTileRows ? it.keys - j0 : kTileRows;
-  const int dim_chunks = int(p.dim / 8);
-  load_tile<kDim>(keys, n, dim_chunks, key_rows<T>(p, p.prefix_k, p.k, it, kv_head, j0));
-  load_tile<kDim>(values, n, dim_chunks, key_rows<T>(p, p.prefix_v, p.v, it, kv_head, j0));
+__device__ __forceinline__ void load_head_rows(uint16_t* tile, const HeadRows<T>& rows, int64_t j0, int n,
+                                               int dim_chunks) {
+  if (rows.one_side(j0, n)) load_tile<kDim>(tile, n, dim_chunks, rows(j0), rows.stride_at(j0));
+  else load_tile_rows<kDim>(tile, n, dim_chunks, [&](int r) { return rows(j0 + r); });
+}
+
+// What the tile loaders read of one item and key/value head: key and value rows, and the per-key
+// bias and factor rows (null where absent).
+template <typename T>
+struct KeySource {
+  HeadRows<T> keys, values;
+  const float* bias;
+  const float* factor;
+  int64_t count;  // keys of the item, prefix included
+};
+
+template <typename T>
+__device__ inline KeySource<T> key_source(const AttentionProblem& p, const DeviceItem& it, int64_t kv_head) {
+  return KeySource<T>{head_rows<T>(p, p.prefix_k, p.k, it, kv_head), head_rows<T>(p, p.prefix_v, p.v, it, kv_head),
+                      p.key_bias ? p.key_bias + it.index * p.bias_stride : nullptr,
+                      p.key_factor ? p.key_factor + it.index * p.factor_stride : nullptr, it.keys};
+}
+
+// Starts loading the key tile at j0: keys, values and the per-key bias (0 where absent) into one
+// stage's buffers, and the factor (1 where absent) where `factor` is given; commits. Past the last
+// key the bias and factor are 0, and every row masks those keys.
+template <int kDim, typename T>
+__device__ void load_keys_values(const KeySource<T>& src, int dim_chunks, int64_t j0, uint16_t* keys, uint16_t* values,
+                                 float* bias, float* factor) {
+  const int n = int(src.count - j0 < kTileRows ? src.count - j0 : kTileRows);
+  load_head_rows<kDim>(keys, src.keys, j0, n, dim_chunks);
+  load_head_rows<kDim>(values, src.values, j0, n, dim_chunks);
   if (threadIdx.x < kTileRows) {
-    const int jj = threadIdx.x;
+    const int jj = int(threadIdx.x);
     const bool real = jj < n;
-    bias[jj] = p.key_bias && real ? p.key_bias[it.index * p.bias_stride + j0 + jj] : 0.f;
-    if (factor) factor[jj] = p.key_factor && real ? p.key_factor[it.index * p.factor_stride + j0 + jj] : 1.f;
+    if (src.bias) copy_async_4_or_zero(bias + jj, src.bias + j0 + (real ? jj : 0), real);
+    else bias[jj] = 0.f;
+    if (factor && src.factor) copy_async_4_or_zero(factor + jj, src.factor + j0 + (real ? jj : 0), real);
+    else if (factor) factor[jj] = 1.f;
   }
   commit_copies();
 }

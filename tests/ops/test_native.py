@@ -37,15 +37,22 @@ def test_plain_tensors_without_autograd_skip_the_dispatcher(direct_calls):
                                                        False)[0])
 
 
-def test_inputs_that_autograd_tracks_go_through_the_dispatcher(direct_calls):
+def test_inputs_that_autograd_tracks_run_the_kernel_in_a_plain_autograd_function(direct_calls):
     q, k, v = qkv(requires_grad=True)
-    out = attention(q, k, v)
-    assert direct_calls == []
-    out.sum().backward()  # the backward op runs with grad mode off: directly
-    assert direct_calls == ["attention_backward"] and q.grad is not None
+    bias = torch.randn(9, requires_grad=True)
+    out = attention(q, k, v, key_bias=bias)
+    assert direct_calls == ["attention"]
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v, bias))
+    assert direct_calls == ["attention", "attention_backward"]  # the backward op runs with grad mode off
+    # The dispatcher's route (torch.library's autograd) gives the same output and gradients.
+    through_dispatcher = torch.ops.lmk.attention(q, k, v, None, None, bias.expand(1, 9), None, None, 0, True,
+                                                 8 ** -0.5, 0, False)[0]
+    assert torch.equal(out, through_dispatcher)
+    for ours, theirs in zip(grads, torch.autograd.grad(through_dispatcher.square().sum(), (q, k, v, bias))):
+        assert torch.equal(ours, theirs)
     with torch.no_grad():
         attention(q, k, v)
-    assert direct_calls == ["attention_backward", "attention"]
+    assert direct_calls[-1] == "attention"
 
 
 def test_subclasses_modes_and_transforms_go_through_the_dispatcher(direct_calls):

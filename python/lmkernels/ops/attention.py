@@ -40,7 +40,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, call_op, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import (_C, call_op, define_autograd, define_op, dl, error_flag, raise_on_flag, stream_of,
+                                   unchecked_flag)
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 _FACTOR_MIN = ("causal", "all")
@@ -211,12 +212,12 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None, prefix_
     factor_rows = lse.shape if key_factor is not None else (0,)
     row_min = torch.empty(factor_rows, dtype=torch.float32, device=q.device)
     row_argmin = torch.empty(factor_rows, dtype=torch.int64, device=q.device)
-    flag = error_flag(q)
+    flag = error_flag(q) if varlen else unchecked_flag(q)  # only a cu_seqlens table can set it
     detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, key_factor, cu_seqlens)]
     _C.attention_forward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, window,
                          factor_min_all, dl(out), dl(lse), *(dl(t if key_factor is not None else None)
                                                              for t in (row_min, row_argmin)), dl(flag), stream_of(q))
-    if varlen:  # only a cu_seqlens table can set the flag here: dense calls need no wait for the GPU
+    if varlen:  # dense calls need no wait for the GPU
         _check_flag(flag)
     return out, lse, row_min, row_argmin
 
@@ -249,13 +250,14 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefi
     grad_bias = torch.empty(keys_shape[:3], **new) if key_bias is not None else None
     grad_factor = torch.empty(keys_shape[:3], **new) if factor else None
     grad_min = torch.empty(lse.shape, **new) if factor else None
-    flag = error_flag(q)
+    checked = varlen or factor  # cu_seqlens or row_argmin: the only inputs the kernels check on the GPU
+    flag = error_flag(q) if checked else unchecked_flag(q)
     detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, key_factor, cu_seqlens)]
     _C.attention_backward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, window,
                           factor_min_all, dl(grad_out), dl(lse.contiguous()), dl(row_min if factor else None),
                           dl(row_argmin if factor else None), dl(delta), dl(grad_min), dl(grad_q), dl(grad_k),
                           dl(grad_v), dl(grad_bias), dl(grad_factor), dl(flag), stream_of(q))
-    if varlen or factor:  # cu_seqlens or row_argmin: the only inputs the kernels check on the GPU
+    if checked:
         _check_flag(flag)
     empty = q.new_empty((0,))
     grad_prefix_k = grad_prefix_v = empty
@@ -308,6 +310,6 @@ def _backward(ctx, grad_out, _grad_lse, _grad_row_min, _grad_row_argmin):
             grad_factor if ctx.has_factor else None, None, None, None, None, None, None)
 
 
-torch.library.register_autograd("lmk::attention", _backward, setup_context=_setup_context, lib=LIBRARY)
+define_autograd("attention", _backward, _setup_context)
 
 __all__ = ["attention", "varlen_attention"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, call_op, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import _C, call_op, define_autograd, define_op, dl, error_flag, raise_on_flag, stream_of
 
 _VARIANTS = {"contrast": 0, "mean": 1}
 _INDEX_ARGUMENTS = ("ne_indices", "ne_offsets", "edge_indices", "edge_offsets", "trigram_counts")
@@ -137,4 +137,4 @@ def _no_backward(ctx, grad):
                        "the multi-label loss on the logits")
 
 
-torch.library.register_autograd("lmk::dictionary_scores", _no_backward, lib=LIBRARY)
+define_autograd("dictionary_scores", _no_backward)

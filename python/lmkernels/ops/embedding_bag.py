@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import (LIBRARY, _C, call_op, define_op, dl, error_flag, kernel_output, raise_on_flag,
-                                     stream_of)
+from lmkernels.ops._native import (_C, call_op, define_autograd, define_op, dl, error_flag, kernel_output,
+                                   raise_on_flag, stream_of)
 
 _MODES = {"sum": 0, "mean": 1}
 
@@ -206,4 +206,4 @@ def _backward(ctx, grad):
     return grad_table, None, None, grad_weights, None, None
 
 
-torch.library.register_autograd("lmk::embedding_bag", _backward, setup_context=_setup_context, lib=LIBRARY)
+define_autograd("embedding_bag", _backward, _setup_context)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, call_op, define_op, dl, kernel_output, stream_of
+from lmkernels.ops._native import _C, call_op, define_autograd, define_op, dl, kernel_output, stream_of
 
 _FORMATS = (torch.float8_e4m3fn, torch.float8_e5m2)
 _INPUTS = (torch.float32, torch.bfloat16, torch.float16)
@@ -106,4 +106,4 @@ def _backward(ctx, grad):
     return (grad.t() if ctx.transpose else grad), None, None, None, None
 
 
-torch.library.register_autograd("lmk::fp8_cast", _backward, setup_context=_setup_context, lib=LIBRARY)
+define_autograd("fp8_cast", _backward, _setup_context)

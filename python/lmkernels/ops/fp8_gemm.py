@@ -42,7 +42,7 @@ import os
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, call_op, define_op, dl, stream_of
+from lmkernels.ops._native import _C, call_op, define_autograd, define_op, dl, stream_of
 
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -168,4 +168,4 @@ def _setup_context(ctx, inputs, output):
     pass
 
 
-torch.library.register_autograd("lmk::fp8_gemm", _no_backward, setup_context=_setup_context, lib=LIBRARY)
+define_autograd("fp8_gemm", _no_backward, _setup_context)

@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import (LIBRARY, _C, call_op, define_op, dl, error_flag, kernel_output, raise_on_flag,
-                                     stream_of)
+from lmkernels.ops._native import (_C, call_op, define_autograd, define_op, dl, error_flag, kernel_output,
+                                   raise_on_flag, stream_of)
 
 _VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -224,9 +224,6 @@ def _dequantize_backward(ctx, grad_out):
     return None, grad_scale, None
 
 
-torch.library.register_autograd("lmk::int8_fake_quantize", _straight_through, setup_context=_fake_quantize_context,
-                                lib=LIBRARY)
-torch.library.register_autograd("lmk::int8_quantize", _quantize_backward, setup_context=_quantize_context,
-                                lib=LIBRARY)
-torch.library.register_autograd("lmk::int8_dequantize", _dequantize_backward, setup_context=_dequantize_context,
-                                lib=LIBRARY)
+define_autograd("int8_fake_quantize", _straight_through, _fake_quantize_context)
+define_autograd("int8_quantize", _quantize_backward, _quantize_context)
+define_autograd("int8_dequantize", _dequantize_backward, _dequantize_context)

@@ -42,8 +42,8 @@ import math
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import (LIBRARY, _C, call_op, define_op, dl, error_flag, kernel_output, raise_on_flag,
-                                     stream_of)
+from lmkernels.ops._native import (_C, call_op, define_autograd, define_op, dl, error_flag, kernel_output,
+                                   raise_on_flag, stream_of)
 
 _REDUCTIONS = ("mean", "sum", "none")
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -189,4 +189,4 @@ def _backward(ctx, grad_loss, _grad_of_grad):
     return call_op("multilabel_bce_backward", grad, grad_loss), None, None, None, None, None
 
 
-torch.library.register_autograd("lmk::multilabel_bce", _backward, setup_context=_setup_context, lib=LIBRARY)
+define_autograd("multilabel_bce", _backward, _setup_context)

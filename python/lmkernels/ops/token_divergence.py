@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, call_op, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import _C, call_op, define_autograd, define_op, dl, error_flag, raise_on_flag, stream_of
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -125,4 +125,4 @@ def _no_backward(ctx, *grads):
                        "torch.nn.functional.cross_entropy on the logits")
 
 
-torch.library.register_autograd("lmk::token_divergence", _no_backward, lib=LIBRARY)
+define_autograd("token_divergence", _no_backward)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import LIBRARY, _C, call_op, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import _C, call_op, define_autograd, define_op, dl, error_flag, raise_on_flag, stream_of
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -124,8 +124,7 @@ def _word_attention_grad(ctx, grad_out, _grad_lse):
     return *grads, None, None
 
 
-torch.library.register_autograd("lmk::word_attention", _word_attention_grad, setup_context=_word_attention_setup,
-                                lib=LIBRARY)
+define_autograd("word_attention", _word_attention_grad, _word_attention_setup)
 
 
 def guide_broadcast(x: Tensor, guide: Tensor, cu_seqlens: Tensor) -> Tensor:
@@ -184,5 +183,4 @@ def _guide_broadcast_grad(ctx, grad_out):
     return grad_out, grad_guide, None
 
 
-torch.library.register_autograd("lmk::guide_broadcast", _guide_broadcast_grad, setup_context=_guide_broadcast_setup,
-                                lib=LIBRARY)
+define_autograd("guide_broadcast", _guide_broadcast_grad, _guide_broadcast_setup)
