@@ -478,6 +478,17 @@ def test_bad_cu_seqlens_raise_on_every_device(device, cu_seqlens):
         varlen_attention(q, k, v, torch.tensor(cu_seqlens, device=device))
 
 
+def test_a_table_found_valid_is_checked_again_after_a_write(device):
+    # On CUDA a cu_seqlens table the kernels found valid is not waited for again, until written.
+    q, k, v = (torch.randn(10, heads, 16, device=device) for heads in (4, 2, 2))
+    cu_seqlens = torch.tensor([0, 5, 10], device=device)
+    first = varlen_attention(q, k, v, cu_seqlens, max_seqlen=5)
+    assert torch.equal(varlen_attention(q, k, v, cu_seqlens, max_seqlen=5), first)
+    cu_seqlens[1] = 11
+    with pytest.raises((ValueError, IndexError), match="cu_seqlens: expected"):
+        varlen_attention(q, k, v, cu_seqlens, max_seqlen=11)
+
+
 def test_one_entry_table_raises_before_the_backward(device):
     q, k, v = (torch.randn(10, heads, 16, device=device) for heads in (4, 2, 2))
     lse = torch.zeros(10, 4, device=device)

@@ -1,5 +1,7 @@
 """``call_op``: the kernel runs directly only where nothing needs the dispatcher, with the same results."""
 
+import gc
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -71,3 +73,25 @@ def test_parameters_count_as_plain_tensors(direct_calls):
     weight = torch.nn.Parameter(torch.randn(4, 16), requires_grad=False)
     fp8_cast(weight, torch.float8_e4m3fn)
     assert direct_calls == ["fp8_cast"]
+
+
+def test_a_table_stays_known_valid_for_its_bounds_until_written():
+    table = torch.tensor([0, 2, 5])
+    assert not _native.table_known_valid(table, (5,))
+    _native.remember_valid_table(table, (5,))
+    assert _native.table_known_valid(table, (5,))
+    assert not _native.table_known_valid(table, (6,))  # other bounds
+    assert not _native.table_known_valid(table.clone(), (5,))  # the same values in another tensor
+    table[1] = 3  # a write moves the version counter
+    assert not _native.table_known_valid(table, (5,))
+    key = id(table)
+    del table
+    gc.collect()
+    assert key not in _native._VALID_TABLES
+
+
+def test_on_the_cpu_every_table_is_checked_without_a_flag():
+    table = torch.tensor([0, 2, 5])
+    assert _native.table_flag(table, (5,), table) == (None, True)
+    _native.check_table_flag(None, True, table, (5,), {})
+    assert not _native.table_known_valid(table, (5,))  # CPU kernels raise themselves: nothing to remember

@@ -202,6 +202,19 @@ def test_bad_input(device):
         guide_broadcast(torch.randn(5, device=device), torch.randn(2, 3, device=device), cu)
 
 
+def test_a_table_found_valid_is_checked_again_after_a_write(device):
+    # On CUDA a cu_seqlens table the kernels found valid is not waited for again, until written.
+    q, k, v = (torch.randn(rows, heads, 8, device=device) for rows, heads in ((2, 4), (5, 2), (5, 2)))
+    cu = torch.tensor([0, 2, 5], device=device)
+    first = word_attention(q, k, v, cu)
+    assert torch.equal(word_attention(q, k, v, cu), first)
+    cu[1] = 6
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        word_attention(q, k, v, cu)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        guide_broadcast(torch.randn(5, 3, device=device), torch.randn(2, 3, device=device), cu)
+
+
 def test_bad_cu_seqlens_raise_when_no_word_is_computed(device):
     # Empty outputs: on CUDA no word's warp or block runs, so only the table check can report bad values.
     k, v, empty_q = (torch.randn(5, 2, 8, device=device), torch.randn(5, 2, 8, device=device),

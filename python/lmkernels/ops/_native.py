@@ -4,6 +4,7 @@ CUDA error flag through which kernels report bad values without a device-side as
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -123,6 +124,45 @@ def unchecked_flag(like: torch.Tensor) -> torch.Tensor | None:
     return flag
 
 
+# id(table) -> (a weak reference to it, its version, the bounds it was found valid for)
+_VALID_TABLES: dict[int, tuple[weakref.ref, int, tuple]] = {}
+
+
+def table_known_valid(table: torch.Tensor, bounds: tuple) -> bool:
+    """Whether a kernel already found ``table`` (an index table such as cu_seqlens, the very tensor the
+    caller passed) valid against ``bounds``, and nothing has written to it since (its version
+    counter is unchanged). Then the call needs no error flag wait: HAT's connectors and their
+    backward read one cu_seqlens per batch, and only the first call waits for the GPU."""
+    entry = _VALID_TABLES.get(id(table))
+    return entry is not None and entry[0]() is table and entry[1] == table._version and entry[2] == bounds
+
+
+def remember_valid_table(table: torch.Tensor, bounds: tuple) -> None:
+    """Record that a kernel found ``table`` valid against ``bounds`` (see ``table_known_valid``)."""
+    key = id(table)
+    if key not in _VALID_TABLES:
+        weakref.finalize(table, _VALID_TABLES.pop, key, None)
+    _VALID_TABLES[key] = (weakref.ref(table), table._version, bounds)
+
+
+def table_flag(table: torch.Tensor, bounds: tuple, like: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
+    """(flag, checked) for a kernel call whose only checked input is ``table`` against ``bounds``: a
+    fresh flag to check afterwards, or, where the table is known valid, the unchecked one."""
+    if table_known_valid(table, bounds):
+        return unchecked_flag(like), False
+    return error_flag(like), True
+
+
+def check_table_flag(flag: torch.Tensor | None, checked: bool, table: torch.Tensor, bounds: tuple,
+                     messages: dict[int, BaseException]) -> None:
+    """After a ``table_flag`` call: raise on a flagged table, else remember it valid (on the GPU)."""
+    if not checked:
+        return
+    raise_on_flag(flag, messages)
+    if flag is not None:
+        remember_valid_table(table, bounds)
+
+
 def raise_on_flag(flag: torch.Tensor | None, messages: dict[int, BaseException]) -> None:
     """Raise the exception of the lowest set bit of ``flag`` (this synchronises with the GPU)."""
     if flag is None:
@@ -136,4 +176,5 @@ def raise_on_flag(flag: torch.Tensor | None, messages: dict[int, BaseException])
 
 
 __all__ = ["_C", "LIBRARY", "define_op", "define_autograd", "call_op", "dl", "stream_of", "error_flag",
-           "unchecked_flag", "raise_on_flag"]
+           "unchecked_flag", "table_known_valid", "remember_valid_table", "table_flag", "check_table_flag",
+           "raise_on_flag"]
