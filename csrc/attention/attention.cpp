@@ -105,7 +105,7 @@ AttentionProblem check_attention(const AttentionInputs& in, const AttentionOptio
     p.items = cu.size(0) - 1;
     p.total_rows = q.size(0);
     if (max_seqlen < 0) fail(ErrorKind::Value, "max_seqlen: expected a non-negative length, got ", max_seqlen);
-    p.queries = max_seqlen;
+    p.queries = std::min(max_seqlen, p.total_rows);  // no sequence is longer: an over-estimate sizes no grid
   } else {
     p.items = q.size(0);
     p.queries = q.size(2);

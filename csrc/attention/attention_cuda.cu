@@ -33,6 +33,7 @@ constexpr int kDimsPerLane = kMaxDim / kLanes;   // accumulator slots per thread
 constexpr int kGradKeys = 16;                    // keys per block, dk/dv pass
 constexpr int kGradSlots = kGradKeys * kMaxDim / kThreads;
 constexpr int64_t kMaxGridY = 65535;
+constexpr int64_t kMaxGridX = 2147483647;
 
 // The query tile starting at row i0 of an item, as seen by the thread of tile row `row`: its row
 // count, the thread's query i (active when i is a real row) and the keys i sees, and the keys
@@ -431,6 +432,10 @@ void check_grid(const AttentionProblem& p) {
   if (p.q_heads > kMaxGridY || p.items > kMaxGridY)
     fail(ErrorKind::Value, "q: at most ", kMaxGridY, " heads and ", kMaxGridY, " batch items on CUDA, got ", p.q_heads,
          " and ", p.items);
+  // The tensor-core forward's grid walks (64-row query tile, head) pairs in x.
+  if ((p.queries + 63) / 64 * p.q_heads > kMaxGridX)
+    fail(ErrorKind::Value, "q: at most ", kMaxGridX, " tiles of 64 queries times heads on CUDA, got ",
+         (p.queries + 63) / 64, " tiles and ", p.q_heads, " heads");
   // Varlen rows that would launch no block, where no kernel could flag that they go unwritten: a table
   // of one entry, or a max_seqlen of 0 (some sequence of a valid table is longer).
   if (p.cu_seqlens && p.items == 0 && p.total_rows != 0)

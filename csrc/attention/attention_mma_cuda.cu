@@ -17,7 +17,7 @@
 // spent most of its issue slots on integer work): tiles that every row sees whole (all but the
 // diagonal and window-edge tiles) take a path without per-element masks, the others compare 32-bit
 // offsets into the tile; tile loads are branch-free (cp.async zero-fills the rows past the end) from
-// one base pointer and stride; the softmax's exponent is one FFMA. Blocks go out longest first.
+// one base pointer and stride. Blocks go out longest first.
 //
 // Requirements (checked on the host, else the plain kernel runs): head dimension a multiple of 8
 // and at most 128, and every operand 16-byte aligned with row, head and batch strides multiples of
@@ -73,7 +73,8 @@ __device__ __forceinline__ void masked_scores(Product& s, const TileColumns& see
 
 // One tile's step of the online softmax: the running maxima m and sums l of the lane's two rows
 // move to the tile's, o is rescaled to match, and s becomes the tile's unnormalised probabilities
-// e^(s - m) = 2^(s log2(e) - m log2(e)), one FFMA and one MUFU each.
+// e^(s - m). (Not 2^(s log2 e - m log2 e) in one FFMA: m log2 e overflows for a row whose visible
+// keys all carry a bias of float32's lowest value, a common padding mask, and the row turns NaN.)
 template <int kDimOver8>
 __device__ __forceinline__ void softmax_update(Product& s, float (&m)[2], float (&l)[2], float (&o)[kDimOver8][4]) {
   float tile_max[2] = {-INFINITY, -INFINITY};
@@ -81,13 +82,12 @@ __device__ __forceinline__ void softmax_update(Product& s, float (&m)[2], float 
   for (int nt = 0; nt < kColumnTiles; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) tile_max[e / 2] = fmaxf(tile_max[e / 2], s[nt][e]);
-  float shift[2];
+  float base[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const float new_max = fmaxf(m[h], row_max(tile_max[h]));
-    const float base = new_max == -INFINITY ? 0.f : new_max;  // a row that has seen no key: all 0, no NaN
-    const float rescale = exp_approx(m[h] - base);
-    shift[h] = base * kLog2e;
+    base[h] = new_max == -INFINITY ? 0.f : new_max;  // a row that has seen no key: all 0, no NaN
+    const float rescale = exp_approx(m[h] - base[h]);
     m[h] = new_max;
     l[h] *= rescale;
 #pragma unroll
@@ -97,15 +97,21 @@ __device__ __forceinline__ void softmax_update(Product& s, float (&m)[2], float 
   for (int nt = 0; nt < kColumnTiles; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      s[nt][e] = exp2_approx(fmaf(s[nt][e], kLog2e, -shift[e / 2]));
+      s[nt][e] = exp_approx(s[nt][e] - base[e / 2]);
       l[e / 2] += s[nt][e];
     }
 }
 
-// Blocks per SM the forward's registers are sized for: with a 64-wide head, four (128 registers a
-// thread; 47 KB of shared memory each), where ptxas would otherwise take 168 and allow three.
+// Blocks per SM the forward's registers are sized for. With a 64-wide head on Hopper, four (128
+// registers a thread, where ptxas would otherwise take 168 and allow three; 4 x 47 KB of shared
+// memory fit its 228 KB); an A100's 164 KB fit three.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr int kForwardBlocksAtDim64 = 4;
+#else
+constexpr int kForwardBlocksAtDim64 = 3;
+#endif
 template <int kDim>
-constexpr int kForwardBlocksPerSM = kDim == 64 ? 4 : 2;
+constexpr int kForwardBlocksPerSM = kDim == 64 ? kForwardBlocksAtDim64 : 2;
 
 template <typename T, int kDim>
 __global__ void __launch_bounds__(kThreads, kForwardBlocksPerSM<kDim>)

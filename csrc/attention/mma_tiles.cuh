@@ -190,14 +190,12 @@ __device__ __forceinline__ uint32_t pack(float low, float high) {
   return r;
 }
 
-// 2^x in one MUFU instruction (2 ulp): 2^-inf = 0, NaN stays NaN.
-__device__ __forceinline__ float exp2_approx(float x) {
+// e^x in one MUFU instruction (2 ulp): e^-inf = 0, NaN stays NaN.
+__device__ __forceinline__ float exp_approx(float x) {
   float r;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x * kLog2e));
   return r;
 }
-
-__device__ __forceinline__ float exp_approx(float x) { return exp2_approx(x * kLog2e); }
 
 // Reductions over the 4 lanes of a fragment row (a fixed butterfly: reproducible).
 __device__ __forceinline__ float row_max(float x) {
