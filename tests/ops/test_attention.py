@@ -188,6 +188,19 @@ def test_bias_minus_infinity_is_a_hard_mask():
     torch.testing.assert_close(tiny_factor, removed_keys, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_padding_bias_of_the_lowest_float_over_whole_key_tiles_stays_finite(device, dtype):
+    # Left padding masked with float32's lowest value (a common idiom): rows whose first key tiles are
+    # all padding. A softmax that scales its running maximum by log2(e) overflows there.
+    q, k, v = llama_like(length=150, dtype=dtype, device=device)
+    bias = torch.zeros(2, 150, device=device)
+    bias[:, :80] = torch.finfo(torch.float32).min
+    out = attention(q, k, v, key_bias=bias)
+    expected = reference.attention(q.float(), k.float(), v.float(), key_bias=bias)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, :, 80:].float(), expected[:, :, 80:], **FORWARD_TOLERANCE[dtype])
+
+
 def test_every_visible_key_at_minus_infinity_gives_zeros_and_no_gradient():
     q, k, v = (t.requires_grad_() for t in llama_like(length=70))
     bias = torch.zeros(2, 70)
