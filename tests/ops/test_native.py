@@ -90,6 +90,13 @@ def test_a_table_stays_known_valid_for_its_bounds_until_written():
     assert key not in _native._VALID_TABLES
 
 
+def test_inference_tensors_are_never_known_valid():
+    with torch.inference_mode():
+        table = torch.tensor([0, 2, 5])
+    _native.remember_valid_table(table, (5,))  # no version counter to watch
+    assert not _native.table_known_valid(table, (5,))
+
+
 def test_on_the_cpu_every_table_is_checked_without_a_flag():
     table = torch.tensor([0, 2, 5])
     assert _native.table_flag(table, (5,), table) == (None, True)

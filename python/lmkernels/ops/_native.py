@@ -132,13 +132,18 @@ def table_known_valid(table: torch.Tensor, bounds: tuple) -> bool:
     """Whether a kernel already found ``table`` (an index table such as cu_seqlens, the very tensor the
     caller passed) valid against ``bounds``, and nothing has written to it since (its version
     counter is unchanged). Then the call needs no error flag wait: HAT's connectors and their
-    backward read one cu_seqlens per batch, and only the first call waits for the GPU."""
+    backward read one cu_seqlens per batch, and only the first call waits for the GPU. Inference
+    tensors have no version counter: they are checked on every call."""
+    if table.is_inference():
+        return False
     entry = _VALID_TABLES.get(id(table))
     return entry is not None and entry[0]() is table and entry[1] == table._version and entry[2] == bounds
 
 
 def remember_valid_table(table: torch.Tensor, bounds: tuple) -> None:
     """Record that a kernel found ``table`` valid against ``bounds`` (see ``table_known_valid``)."""
+    if table.is_inference():
+        return
     key = id(table)
     if key not in _VALID_TABLES:
         weakref.finalize(table, _VALID_TABLES.pop, key, None)
