@@ -477,3 +477,21 @@ def test_outputs_in_reused_memory_are_overwritten_entirely(dtype, poison_memory_
     torch.testing.assert_close(ours, expected, **TOLERANCE[dtype])
     assert not ours[rows // 2:].any()
     assert {out.data_ptr(), ours.data_ptr()} == poisoned
+
+
+def test_tables_found_valid_are_checked_again_after_a_write(device):
+    # On CUDA indices and offsets the kernels found valid are not waited for again (the backward
+    # reads the forward's), until written.
+    table = torch.randn(10, 4, device=device, requires_grad=True)
+    indices, offsets = torch.tensor([1, 2, 3, 9], device=device), torch.tensor([0, 2, 4], device=device)
+    out = embedding_bag(table, indices, offsets)
+    out.square().sum().backward()
+    expected = torch.zeros(10, 4, device=device)
+    expected[[1, 2, 3, 9]] = 2 * out.detach().repeat_interleave(2, dim=0)
+    torch.testing.assert_close(table.grad, expected)
+    indices[0] = 10
+    with pytest.raises(IndexError, match="indices"):
+        embedding_bag(table, indices, offsets)
+    offsets[1] = 5
+    with pytest.raises((ValueError, IndexError), match="offsets|indices"):
+        embedding_bag(table, torch.tensor([1, 2, 3, 9], device=device), offsets)

@@ -150,22 +150,24 @@ def remember_valid_table(table: torch.Tensor, bounds: tuple) -> None:
     _VALID_TABLES[key] = (weakref.ref(table), table._version, bounds)
 
 
-def table_flag(table: torch.Tensor, bounds: tuple, like: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
-    """(flag, checked) for a kernel call whose only checked input is ``table`` against ``bounds``: a
-    fresh flag to check afterwards, or, where the table is known valid, the unchecked one."""
-    if table_known_valid(table, bounds):
+def table_flag(tables: tuple[tuple[torch.Tensor, tuple], ...], like: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
+    """(flag, checked) for a kernel call whose only checked inputs are ``tables``, pairs of an index
+    table and the bounds it is checked against: a fresh flag to check afterwards, or, where every
+    table is known valid, the unchecked one."""
+    if all(table_known_valid(table, bounds) for table, bounds in tables):
         return unchecked_flag(like), False
     return error_flag(like), True
 
 
-def check_table_flag(flag: torch.Tensor | None, checked: bool, table: torch.Tensor, bounds: tuple,
+def check_table_flag(flag: torch.Tensor | None, checked: bool, tables: tuple[tuple[torch.Tensor, tuple], ...],
                      messages: dict[int, BaseException]) -> None:
-    """After a ``table_flag`` call: raise on a flagged table, else remember it valid (on the GPU)."""
+    """After a ``table_flag`` call: raise on a flagged table, else remember them valid (on the GPU)."""
     if not checked:
         return
     raise_on_flag(flag, messages)
     if flag is not None:
-        remember_valid_table(table, bounds)
+        for table, bounds in tables:
+            remember_valid_table(table, bounds)
 
 
 def raise_on_flag(flag: torch.Tensor | None, messages: dict[int, BaseException]) -> None:

@@ -207,13 +207,13 @@ def _flag(q: Tensor, cu_seqlens: Tensor | None, max_seqlen: int, factor: bool) -
     if factor:
         return error_flag(q), True
     if cu_seqlens is not None:
-        return table_flag(cu_seqlens, (q.shape[0], max_seqlen), q)
+        return table_flag(((cu_seqlens, (q.shape[0], max_seqlen)),), q)
     return unchecked_flag(q), False
 
 
 def _check_flag(flag: Tensor | None, checked: bool, q: Tensor, cu_seqlens: Tensor | None, max_seqlen: int) -> None:
     if cu_seqlens is not None:
-        check_table_flag(flag, checked, cu_seqlens, (q.shape[0], max_seqlen), _flag_messages())
+        check_table_flag(flag, checked, ((cu_seqlens, (q.shape[0], max_seqlen)),), _flag_messages())
     elif checked:
         raise_on_flag(flag, _flag_messages())
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import (_C, call_op, define_autograd, define_op, dl, error_flag, kernel_output,
-                                   raise_on_flag, stream_of)
+from lmkernels.ops._native import (_C, call_op, check_table_flag, define_autograd, define_op, dl, kernel_output,
+                                   stream_of, table_flag)
 
 _MODES = {"sum": 0, "mean": 1}
 
@@ -70,8 +70,18 @@ def _prepare(table: Tensor, indices: Tensor, offsets: Tensor, weights: Tensor | 
     return table.detach(), indices, offsets, weights
 
 
-def _check_flag(flag: Tensor | None, rows: int) -> None:
-    raise_on_flag(flag, {
+def _tables(indices: Tensor, offsets: Tensor, rows: int) -> tuple[tuple[Tensor, tuple], ...]:
+    """What the kernels check: the indices against the table's rows, the offsets against the indices.
+    Tables found valid once (a forward's, for its backward) are not waited for again."""
+    return (indices, (rows,)), (offsets, (indices.numel(),))
+
+
+def _flag(indices: Tensor, offsets: Tensor, rows: int, like: Tensor) -> tuple[Tensor | None, bool]:
+    return table_flag(_tables(indices, offsets, rows), like)
+
+
+def _check_flag(flag: Tensor | None, checked: bool, indices: Tensor, offsets: Tensor, rows: int) -> None:
+    check_table_flag(flag, checked, _tables(indices, offsets, rows), {
         _C.BAG_BAD_INDEX: IndexError(f"indices: an index is out of range for a table of {rows} rows"),
         _C.BAG_BAD_OFFSETS: ValueError("offsets: expected offsets[0] == 0, non-decreasing offsets, and the last offset "
                                         "== len(indices)"),
@@ -79,18 +89,18 @@ def _check_flag(flag: Tensor | None, rows: int) -> None:
 
 
 def _embedding_bag(
-    table: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str, sparse: bool
+    table: Tensor, index_table: Tensor, offset_table: Tensor, per_sample_weights: Tensor | None, mode: str, sparse: bool
 ) -> Tensor:
-    table, indices, offsets, weights = _prepare(table, indices, offsets, per_sample_weights)
+    table, indices, offsets, weights = _prepare(table, index_table, offset_table, per_sample_weights)
     if table.dim() != 2:
         raise ValueError(f"table: expected 2 dimensions, got shape {list(table.shape)}")
     if offsets.dim() != 1 or offsets.numel() < 1:
         raise ValueError(f"offsets: expected a 1-D tensor of num_bags + 1 entries, got shape {list(offsets.shape)}")
     out = kernel_output((offsets.numel() - 1, table.shape[1]), table.dtype, table.device)
-    flag = error_flag(table)
+    flag, checked = _flag(index_table, offset_table, table.shape[0], table)
     _C.embedding_bag_forward(dl(table), dl(indices), dl(offsets), dl(weights), _MODES[mode], dl(out), dl(flag),
                              stream_of(table))
-    _check_flag(flag, table.shape[0])
+    _check_flag(flag, checked, index_table, offset_table, table.shape[0])
     return out
 
 
@@ -119,15 +129,15 @@ def _positions_by_row(indices: Tensor, rows: int, flag: Tensor | None) -> tuple[
 
 
 def _backward_table(
-    grad_out: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str, rows: int
+    grad_out: Tensor, index_table: Tensor, offset_table: Tensor, per_sample_weights: Tensor | None, mode: str, rows: int
 ) -> Tensor:
-    grad_out, indices, offsets, weights = _prepare(grad_out, indices, offsets, per_sample_weights)
-    flag = error_flag(grad_out)
+    grad_out, indices, offsets, weights = _prepare(grad_out, index_table, offset_table, per_sample_weights)
+    flag, checked = _flag(index_table, offset_table, rows, grad_out)
     positions, row_starts = _positions_by_row(indices, rows, flag)
     grad_table = kernel_output((rows, grad_out.shape[1]), grad_out.dtype, grad_out.device)
     _C.embedding_bag_backward_table(dl(grad_out), dl(indices), dl(offsets), dl(weights), _MODES[mode],
                                     dl(positions), dl(row_starts), dl(grad_table), dl(flag), stream_of(grad_out))
-    _check_flag(flag, rows)
+    _check_flag(flag, checked, index_table, offset_table, rows)
     return grad_table
 
 
@@ -140,18 +150,18 @@ define_op("embedding_bag_backward_table(Tensor grad_out, Tensor indices, Tensor 
 
 
 def _backward_rows(
-    grad_out: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str, rows: int
+    grad_out: Tensor, index_table: Tensor, offset_table: Tensor, per_sample_weights: Tensor | None, mode: str, rows: int
 ) -> tuple[Tensor, Tensor]:
-    grad_out, indices, offsets, weights = _prepare(grad_out, indices, offsets, per_sample_weights)
-    flag = error_flag(grad_out)
+    grad_out, indices, offsets, weights = _prepare(grad_out, index_table, offset_table, per_sample_weights)
+    flag, checked = _flag(index_table, offset_table, rows, grad_out)
     positions, row_starts = _positions_by_row(indices, rows, flag)
-    _check_flag(flag, rows)
+    _check_flag(flag, checked, index_table, offset_table, rows)  # the sizes below read the sort's result
     touched = torch.nonzero(row_starts[1:] > row_starts[:-1]).flatten()
     segment_starts = torch.cat([row_starts[touched], row_starts[-1:]])
     values = torch.empty((touched.numel(), grad_out.shape[1]), dtype=grad_out.dtype, device=grad_out.device)
     _C.embedding_bag_backward_table(dl(grad_out), dl(indices), dl(offsets), dl(weights), _MODES[mode],
                                     dl(positions), dl(segment_starts), dl(values), dl(flag), stream_of(grad_out))
-    _check_flag(flag, rows)
+    _check_flag(flag, checked, index_table, offset_table, rows)
     return touched, values
 
 
@@ -164,14 +174,14 @@ define_op("embedding_bag_backward_rows(Tensor grad_out, Tensor indices, Tensor o
           "str mode, SymInt rows) -> (Tensor, Tensor)", _backward_rows, _backward_rows_fake)
 
 
-def _backward_weights(grad_out: Tensor, table: Tensor, indices: Tensor, offsets: Tensor, mode: str) -> Tensor:
-    table, indices, offsets, _ = _prepare(table, indices, offsets, None)
+def _backward_weights(grad_out: Tensor, table: Tensor, index_table: Tensor, offset_table: Tensor, mode: str) -> Tensor:
+    table, indices, offsets, _ = _prepare(table, index_table, offset_table, None)
     grad_out = grad_out.detach().contiguous()
     grad_weights = torch.empty(indices.numel(), dtype=table.dtype, device=table.device)
-    flag = error_flag(table)
+    flag, checked = _flag(index_table, offset_table, table.shape[0], table)
     _C.embedding_bag_backward_weights(dl(grad_out), dl(table), dl(indices), dl(offsets), _MODES[mode],
                                       dl(grad_weights), dl(flag), stream_of(table))
-    _check_flag(flag, table.shape[0])
+    _check_flag(flag, checked, index_table, offset_table, table.shape[0])
     return grad_weights
 
 

@@ -49,11 +49,11 @@ def _check_tensors(named: dict[str, Tensor], values: dict[str, int]) -> None:
 
 def _seqlens_flag(cu_seqlens: Tensor, rows: int, like: Tensor) -> tuple[Tensor | None, bool]:
     """The kernels check only cu_seqlens, against the rows of the byte stream."""
-    return table_flag(cu_seqlens, (rows,), like)
+    return table_flag(((cu_seqlens, (rows,)),), like)
 
 
 def _check_seqlens_flag(flag: Tensor | None, checked: bool, cu_seqlens: Tensor, rows: int) -> None:
-    check_table_flag(flag, checked, cu_seqlens, (rows,), {_C.WORD_CONNECTOR_BAD_SEQLENS: ValueError(
+    check_table_flag(flag, checked, ((cu_seqlens, (rows,)),), {_C.WORD_CONNECTOR_BAD_SEQLENS: ValueError(
         f"cu_seqlens: expected non-decreasing word boundaries within [0, {rows}] (the rows of the byte stream)")})
 
 
