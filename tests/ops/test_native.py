@@ -57,6 +57,15 @@ def test_inputs_that_autograd_tracks_run_the_kernel_in_a_plain_autograd_function
     assert direct_calls[-1] == "attention"
 
 
+def test_a_backward_with_create_graph_takes_the_dispatcher_for_the_backward_op(direct_calls):
+    q, k, v = qkv(requires_grad=True)
+    out = attention(q, k, v)
+    (first,) = torch.autograd.grad(out.square().sum(), q, retain_graph=True)
+    (with_graph,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+    assert torch.equal(first, with_graph)
+    assert direct_calls == ["attention", "attention_backward"]  # the second backward went through torch.ops
+
+
 def test_subclasses_modes_and_transforms_go_through_the_dispatcher(direct_calls):
     with FakeTensorMode() as mode:
         fake = mode.from_tensor(torch.randn(4, 16))

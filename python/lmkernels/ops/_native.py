@@ -71,7 +71,10 @@ def call_op(name: str, *args):
                 return getattr(torch.ops.lmk, name)(*args)
             tracked = tracked or arg.requires_grad
     if tracked and torch.is_grad_enabled():
-        return _AUTOGRAD[name].apply(*args)
+        # Ops without a gradient of their own (the backward ops, met under create_graph=True) keep
+        # the dispatcher's behaviour.
+        function = _AUTOGRAD.get(name)
+        return function.apply(*args) if function is not None else getattr(torch.ops.lmk, name)(*args)
     return _KERNELS[name](*args)
 
 
