@@ -13,7 +13,9 @@ from lmkernels.ops import attention, varlen_attention
 from lmkernels.reference.attention import visible_keys
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-FORWARD_TOLERANCE = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
+# fp32: the reference sums in float64. With scale 1 and D = 128 (logits of standard deviation 11) the
+# kernel's fp32 scores put up to 2.9e-5 of error into an output (seen at 2.2e-5 in a hypothesis example).
+FORWARD_TOLERANCE = {torch.float32: dict(rtol=5e-5, atol=5e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
                      torch.float16: dict(rtol=2e-3, atol=2e-3)}
 GRAD_TOLERANCE = {torch.float32: dict(rtol=5e-4, atol=5e-4), torch.bfloat16: dict(rtol=5e-2, atol=5e-2),
                   torch.float16: dict(rtol=1e-2, atol=1e-2)}
