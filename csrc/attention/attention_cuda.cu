@@ -118,6 +118,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionProblem p, O
   const int64_t head = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
   if (!it.valid || i0 >= it.queries) return;
   const int64_t kv_head = head / (p.q_heads / p.kv_heads);
+  const HeadRows<T> keys = head_rows<T>(p, p.prefix_k, p.k, it, kv_head);
+  const HeadRows<T> values = head_rows<T>(p, p.prefix_v, p.v, it, kv_head);
   const int tid = threadIdx.x, row = tid / kLanes, lane = tid % kLanes;
   const auto [count, i, active, vis, first_key, last_key] = query_tile(p.options, it, i0, row);
   stage_rows(q_s, dim, kRows, count, float(p.options.scale),
@@ -132,8 +134,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionProblem p, O
     for (int64_t j0 = lo / kKeys * kKeys; j0 < hi; j0 += kKeys) {
       const int64_t n = it.keys - j0 < kKeys ? it.keys - j0 : kKeys;
       __syncthreads();
-      stage_rows(k_s, dim, kKeys, n, 1.f,
-                 [&](int64_t r) { return key_at<T>(p, p.prefix_k, p.k, it, kv_head, j0 + r); });
+      stage_rows(k_s, dim, kKeys, n, 1.f, [&](int64_t r) { return keys(j0 + r); });
       __syncthreads();
       for (int t = 0; t < kKeysPerLane; ++t) {
         const int64_t jj = lane + t * kLanes, j = j0 + jj;
@@ -152,8 +153,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(AttentionProblem p, O
   for (int64_t j0 = first_key / kKeys * kKeys; j0 < last_key; j0 += kKeys) {
     const int64_t n = it.keys - j0 < kKeys ? it.keys - j0 : kKeys;
     __syncthreads();
-    stage_rows(k_s, dim, kKeys, n, 1.f, [&](int64_t r) { return key_at<T>(p, p.prefix_k, p.k, it, kv_head, j0 + r); });
-    stage_rows(v_s, dim, kKeys, n, 1.f, [&](int64_t r) { return key_at<T>(p, p.prefix_v, p.v, it, kv_head, j0 + r); });
+    stage_rows(k_s, dim, kKeys, n, 1.f, [&](int64_t r) { return keys(j0 + r); });
+    stage_rows(v_s, dim, kKeys, n, 1.f, [&](int64_t r) { return values(j0 + r); });
     if (tid < kKeys) {
       const bool real = tid < n;
       bias_s[tid] = p.key_bias && real ? p.key_bias[it.index * p.bias_stride + j0 + tid] : 0.f;
@@ -229,6 +230,8 @@ __global__ void __launch_bounds__(kThreads) grad_query_kernel(AttentionProblem p
   const int64_t head = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
   if (!it.valid || i0 >= it.queries) return;
   const int64_t kv_head = head / (p.q_heads / p.kv_heads);
+  const HeadRows<T> keys = head_rows<T>(p, p.prefix_k, p.k, it, kv_head);
+  const HeadRows<T> values = head_rows<T>(p, p.prefix_v, p.v, it, kv_head);
   const int tid = threadIdx.x, row = tid / kLanes, lane = tid % kLanes;
   const auto [count, i, active, vis, first_key, last_key] = query_tile(p.options, it, i0, row);
   stage_rows(q_s, dim, kRows, count, float(p.options.scale),
@@ -243,8 +246,8 @@ __global__ void __launch_bounds__(kThreads) grad_query_kernel(AttentionProblem p
   for (int64_t j0 = first_key / kKeys * kKeys; j0 < last_key; j0 += kKeys) {
     const int64_t n = it.keys - j0 < kKeys ? it.keys - j0 : kKeys;
     __syncthreads();
-    stage_rows(k_s, dim, kKeys, n, 1.f, [&](int64_t r) { return key_at<T>(p, p.prefix_k, p.k, it, kv_head, j0 + r); });
-    stage_rows(v_s, dim, kKeys, n, 1.f, [&](int64_t r) { return key_at<T>(p, p.prefix_v, p.v, it, kv_head, j0 + r); });
+    stage_rows(k_s, dim, kKeys, n, 1.f, [&](int64_t r) { return keys(j0 + r); });
+    stage_rows(v_s, dim, kKeys, n, 1.f, [&](int64_t r) { return values(j0 + r); });
     if (tid < kKeys) {
       const bool real = tid < n;
       bias_s[tid] = p.key_bias && real ? p.key_bias[it.index * p.bias_stride + j0 + tid] : 0.f;
@@ -285,7 +288,7 @@ __global__ void __launch_bounds__(kThreads) grad_query_kernel(AttentionProblem p
   const int64_t argmin = p.key_factor ? *row_at<const int64_t>(g.row_argmin, it, head, i) : 0;
   const bool argmin_ok = argmin >= 0 && argmin < it.keys;
   if (!argmin_ok && lane == 0) atomicOr(flag, kBadArgmin);
-  const T* min_key = p.key_factor && argmin_ok ? key_at<T>(p, p.prefix_k, p.k, it, kv_head, argmin) : nullptr;
+  const T* min_key = p.key_factor && argmin_ok ? keys(argmin) : nullptr;
   float* dst = row_at<float>(g.grad_q, it, head, i);
 #pragma unroll
   for (int u = 0; u < kDimsPerLane; ++u) {
@@ -322,11 +325,11 @@ __global__ void __launch_bounds__(kThreads) grad_key_kernel(AttentionProblem p, 
   const DeviceItem it = item_at(p, blockIdx.z, flag);
   const int64_t kv_head = blockIdx.y, j0 = int64_t(blockIdx.x) * kGradKeys;
   if (!it.valid || j0 >= it.keys) return;
+  const HeadRows<T> keys = head_rows<T>(p, p.prefix_k, p.k, it, kv_head);
+  const HeadRows<T> values = head_rows<T>(p, p.prefix_v, p.v, it, kv_head);
   const int64_t n = it.keys - j0 < kGradKeys ? it.keys - j0 : kGradKeys, group = p.q_heads / p.kv_heads;
-  stage_rows(k_s, dim, kGradKeys, n, 1.f,
-             [&](int64_t r) { return key_at<T>(p, p.prefix_k, p.k, it, kv_head, j0 + r); });
-  stage_rows(v_s, dim, kGradKeys, n, 1.f,
-             [&](int64_t r) { return key_at<T>(p, p.prefix_v, p.v, it, kv_head, j0 + r); });
+  stage_rows(k_s, dim, kGradKeys, n, 1.f, [&](int64_t r) { return keys(j0 + r); });
+  stage_rows(v_s, dim, kGradKeys, n, 1.f, [&](int64_t r) { return values(j0 + r); });
   if (tid < kGradKeys) {
     const bool real = tid < n;
     bias_s[tid] = p.key_bias && real ? p.key_bias[it.index * p.bias_stride + j0 + tid] : 0.f;

@@ -37,14 +37,6 @@ __device__ inline T* row_at(const Operand& o, const DeviceItem& it, int64_t head
   return static_cast<T*>(o.data) + it.index * o.batch + head * o.head + (it.first_row + row) * o.row;
 }
 
-template <typename T>
-__device__ inline const T* key_at(const AttentionProblem& p, const Operand& prefix, const Operand& own,
-                                  const DeviceItem& it, int64_t head, int64_t j) {
-  if (j < p.prefix) return static_cast<const T*>(prefix.data) + it.index * prefix.batch + head * prefix.head +
-                           j * prefix.row;
-  return row_at<const T>(own, it, head, j - p.prefix);
-}
-
 // The rows of one key (or value) head of an item, prefix first: row j's first element in a few
 // integer operations, the head's bases computed once (for the tile loaders).
 template <typename T>

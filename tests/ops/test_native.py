@@ -108,6 +108,7 @@ def test_inference_tensors_are_never_known_valid():
 
 def test_on_the_cpu_every_table_is_checked_without_a_flag():
     table = torch.tensor([0, 2, 5])
-    assert _native.table_flag(((table, (5,)),), table) == (None, True)
-    _native.check_table_flag(None, True, ((table, (5,)),), {})
+    check = _native.TableCheck(((table, (5,)),), table)
+    assert check.flag is None and check.checked
+    check.raise_on_flag({})
     assert not _native.table_known_valid(table, (5,))  # CPU kernels raise themselves: nothing to remember

@@ -153,24 +153,27 @@ def remember_valid_table(table: torch.Tensor, bounds: tuple) -> None:
     _VALID_TABLES[key] = (weakref.ref(table), table._version, bounds)
 
 
-def table_flag(tables: tuple[tuple[torch.Tensor, tuple], ...], like: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
-    """(flag, checked) for a kernel call whose only checked inputs are ``tables``, pairs of an index
-    table and the bounds it is checked against: a fresh flag to check afterwards, or, where every
-    table is known valid, the unchecked one."""
-    if all(table_known_valid(table, bounds) for table, bounds in tables):
-        return unchecked_flag(like), False
-    return error_flag(like), True
+class TableCheck:
+    """The error flag of a kernel call whose checked inputs are ``tables``, pairs of an index table
+    and the bounds it is checked against (``always``: inputs that must be checked on every call as
+    well): a fresh flag to check after the call, or, where every table is known valid, the unchecked
+    one and no wait for the GPU."""
 
+    __slots__ = ("flag", "checked", "_tables")
 
-def check_table_flag(flag: torch.Tensor | None, checked: bool, tables: tuple[tuple[torch.Tensor, tuple], ...],
-                     messages: dict[int, BaseException]) -> None:
-    """After a ``table_flag`` call: raise on a flagged table, else remember them valid (on the GPU)."""
-    if not checked:
-        return
-    raise_on_flag(flag, messages)
-    if flag is not None:
-        for table, bounds in tables:
-            remember_valid_table(table, bounds)
+    def __init__(self, tables: tuple[tuple[torch.Tensor, tuple], ...], like: torch.Tensor, always: bool = False):
+        self._tables = tables
+        self.checked = always or not all(table_known_valid(table, bounds) for table, bounds in tables)
+        self.flag = error_flag(like) if self.checked else unchecked_flag(like)
+
+    def raise_on_flag(self, messages: dict[int, BaseException]) -> None:
+        """After the call: raise on a flagged input, else remember the tables valid (on the GPU)."""
+        if not self.checked:
+            return
+        raise_on_flag(self.flag, messages)
+        if self.flag is not None:
+            for table, bounds in self._tables:
+                remember_valid_table(table, bounds)
 
 
 def raise_on_flag(flag: torch.Tensor | None, messages: dict[int, BaseException]) -> None:
@@ -186,5 +189,4 @@ def raise_on_flag(flag: torch.Tensor | None, messages: dict[int, BaseException])
 
 
 __all__ = ["_C", "LIBRARY", "define_op", "define_autograd", "call_op", "dl", "stream_of", "error_flag",
-           "unchecked_flag", "table_known_valid", "remember_valid_table", "table_flag", "check_table_flag",
-           "raise_on_flag"]
+           "unchecked_flag", "table_known_valid", "remember_valid_table", "TableCheck", "raise_on_flag"]

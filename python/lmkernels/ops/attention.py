@@ -40,8 +40,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import (_C, call_op, check_table_flag, define_autograd, define_op, dl, error_flag,
-                                   raise_on_flag, stream_of, table_flag, unchecked_flag)
+from lmkernels.ops._native import _C, TableCheck, call_op, define_autograd, define_op, dl, stream_of
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 _FACTOR_MIN = ("causal", "all")
@@ -201,21 +200,11 @@ def _flag_messages() -> dict[int, BaseException]:
     }
 
 
-def _flag(q: Tensor, cu_seqlens: Tensor | None, max_seqlen: int, factor: bool) -> tuple[Tensor | None, bool]:
-    """(flag, checked) for a call: the kernels check the backward's row_argmin on every call, and a
-    cu_seqlens table until it is known valid (then no call waits for the GPU); nothing else."""
-    if factor:
-        return error_flag(q), True
-    if cu_seqlens is not None:
-        return table_flag(((cu_seqlens, (q.shape[0], max_seqlen)),), q)
-    return unchecked_flag(q), False
-
-
-def _check_flag(flag: Tensor | None, checked: bool, q: Tensor, cu_seqlens: Tensor | None, max_seqlen: int) -> None:
-    if cu_seqlens is not None:
-        check_table_flag(flag, checked, ((cu_seqlens, (q.shape[0], max_seqlen)),), _flag_messages())
-    elif checked:
-        raise_on_flag(flag, _flag_messages())
+def _table_check(q: Tensor, cu_seqlens: Tensor | None, max_seqlen: int, factor: bool) -> TableCheck:
+    """The kernels check the backward's row_argmin on every call, and a cu_seqlens table until it is
+    known valid (then no call waits for the GPU); nothing else."""
+    tables = () if cu_seqlens is None else ((cu_seqlens, (q.shape[0], max_seqlen)),)
+    return TableCheck(tables, q, always=factor)
 
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None, prefix_v: Tensor | None,
@@ -229,12 +218,13 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None, prefix_
     factor_rows = lse.shape if key_factor is not None else (0,)
     row_min = torch.empty(factor_rows, dtype=torch.float32, device=q.device)
     row_argmin = torch.empty(factor_rows, dtype=torch.int64, device=q.device)
-    flag, checked = _flag(q, cu_seqlens, max_seqlen, factor=False)  # the forward checks only cu_seqlens
+    check = _table_check(q, cu_seqlens, max_seqlen, factor=False)  # the forward checks only cu_seqlens
     detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, key_factor, cu_seqlens)]
     _C.attention_forward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, window,
-                         factor_min_all, dl(out), dl(lse), *(dl(t if key_factor is not None else None)
-                                                             for t in (row_min, row_argmin)), dl(flag), stream_of(q))
-    _check_flag(flag, checked, q, cu_seqlens, max_seqlen)
+                         factor_min_all, dl(out), dl(lse),
+                         *(dl(t if key_factor is not None else None) for t in (row_min, row_argmin)), dl(check.flag),
+                         stream_of(q))
+    check.raise_on_flag(_flag_messages())
     return out, lse, row_min, row_argmin
 
 
@@ -266,13 +256,13 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefi
     grad_bias = torch.empty(keys_shape[:3], **new) if key_bias is not None else None
     grad_factor = torch.empty(keys_shape[:3], **new) if factor else None
     grad_min = torch.empty(lse.shape, **new) if factor else None
-    flag, checked = _flag(q, cu_seqlens, max_seqlen, factor)
+    check = _table_check(q, cu_seqlens, max_seqlen, factor)
     detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, key_factor, cu_seqlens)]
     _C.attention_backward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, window,
                           factor_min_all, dl(grad_out), dl(lse.contiguous()), dl(row_min if factor else None),
                           dl(row_argmin if factor else None), dl(delta), dl(grad_min), dl(grad_q), dl(grad_k),
-                          dl(grad_v), dl(grad_bias), dl(grad_factor), dl(flag), stream_of(q))
-    _check_flag(flag, checked, q, cu_seqlens, max_seqlen)
+                          dl(grad_v), dl(grad_bias), dl(grad_factor), dl(check.flag), stream_of(q))
+    check.raise_on_flag(_flag_messages())
     empty = q.new_empty((0,))
     grad_prefix_k = grad_prefix_v = empty
     if prefix:

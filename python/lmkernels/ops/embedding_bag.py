@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import (_C, call_op, check_table_flag, define_autograd, define_op, dl, kernel_output,
-                                   stream_of, table_flag)
+from lmkernels.ops._native import _C, TableCheck, call_op, define_autograd, define_op, dl, kernel_output, stream_of
 
 _MODES = {"sum": 0, "mean": 1}
 
@@ -70,18 +69,14 @@ def _prepare(table: Tensor, indices: Tensor, offsets: Tensor, weights: Tensor | 
     return table.detach(), indices, offsets, weights
 
 
-def _tables(indices: Tensor, offsets: Tensor, rows: int) -> tuple[tuple[Tensor, tuple], ...]:
-    """What the kernels check: the indices against the table's rows, the offsets against the indices.
+def _tables_check(indices: Tensor, offsets: Tensor, rows: int, like: Tensor) -> TableCheck:
+    """The kernels check the indices against the table's rows and the offsets against the indices.
     Tables found valid once (a forward's, for its backward) are not waited for again."""
-    return (indices, (rows,)), (offsets, (indices.numel(),))
+    return TableCheck(((indices, (rows,)), (offsets, (indices.numel(),))), like)
 
 
-def _flag(indices: Tensor, offsets: Tensor, rows: int, like: Tensor) -> tuple[Tensor | None, bool]:
-    return table_flag(_tables(indices, offsets, rows), like)
-
-
-def _check_flag(flag: Tensor | None, checked: bool, indices: Tensor, offsets: Tensor, rows: int) -> None:
-    check_table_flag(flag, checked, _tables(indices, offsets, rows), {
+def _raise_on_flag(check: TableCheck, rows: int) -> None:
+    check.raise_on_flag({
         _C.BAG_BAD_INDEX: IndexError(f"indices: an index is out of range for a table of {rows} rows"),
         _C.BAG_BAD_OFFSETS: ValueError("offsets: expected offsets[0] == 0, non-decreasing offsets, and the last offset "
                                         "== len(indices)"),
@@ -97,10 +92,10 @@ def _embedding_bag(
     if offsets.dim() != 1 or offsets.numel() < 1:
         raise ValueError(f"offsets: expected a 1-D tensor of num_bags + 1 entries, got shape {list(offsets.shape)}")
     out = kernel_output((offsets.numel() - 1, table.shape[1]), table.dtype, table.device)
-    flag, checked = _flag(index_table, offset_table, table.shape[0], table)
-    _C.embedding_bag_forward(dl(table), dl(indices), dl(offsets), dl(weights), _MODES[mode], dl(out), dl(flag),
-                             stream_of(table))
-    _check_flag(flag, checked, index_table, offset_table, table.shape[0])
+    check = _tables_check(index_table, offset_table, table.shape[0], table)
+    _C.embedding_bag_forward(dl(table), dl(indices), dl(offsets), dl(weights), _MODES[mode], dl(out),
+                             dl(check.flag), stream_of(table))
+    _raise_on_flag(check, table.shape[0])
     return out
 
 
@@ -132,12 +127,12 @@ def _backward_table(
     grad_out: Tensor, index_table: Tensor, offset_table: Tensor, per_sample_weights: Tensor | None, mode: str, rows: int
 ) -> Tensor:
     grad_out, indices, offsets, weights = _prepare(grad_out, index_table, offset_table, per_sample_weights)
-    flag, checked = _flag(index_table, offset_table, rows, grad_out)
-    positions, row_starts = _positions_by_row(indices, rows, flag)
+    check = _tables_check(index_table, offset_table, rows, grad_out)
+    positions, row_starts = _positions_by_row(indices, rows, check.flag)
     grad_table = kernel_output((rows, grad_out.shape[1]), grad_out.dtype, grad_out.device)
     _C.embedding_bag_backward_table(dl(grad_out), dl(indices), dl(offsets), dl(weights), _MODES[mode],
-                                    dl(positions), dl(row_starts), dl(grad_table), dl(flag), stream_of(grad_out))
-    _check_flag(flag, checked, index_table, offset_table, rows)
+                                    dl(positions), dl(row_starts), dl(grad_table), dl(check.flag), stream_of(grad_out))
+    _raise_on_flag(check, rows)
     return grad_table
 
 
@@ -153,15 +148,15 @@ def _backward_rows(
     grad_out: Tensor, index_table: Tensor, offset_table: Tensor, per_sample_weights: Tensor | None, mode: str, rows: int
 ) -> tuple[Tensor, Tensor]:
     grad_out, indices, offsets, weights = _prepare(grad_out, index_table, offset_table, per_sample_weights)
-    flag, checked = _flag(index_table, offset_table, rows, grad_out)
-    positions, row_starts = _positions_by_row(indices, rows, flag)
-    _check_flag(flag, checked, index_table, offset_table, rows)  # the sizes below read the sort's result
+    check = _tables_check(index_table, offset_table, rows, grad_out)
+    positions, row_starts = _positions_by_row(indices, rows, check.flag)
+    _raise_on_flag(check, rows)  # the sizes below read the sort's result
     touched = torch.nonzero(row_starts[1:] > row_starts[:-1]).flatten()
     segment_starts = torch.cat([row_starts[touched], row_starts[-1:]])
     values = torch.empty((touched.numel(), grad_out.shape[1]), dtype=grad_out.dtype, device=grad_out.device)
     _C.embedding_bag_backward_table(dl(grad_out), dl(indices), dl(offsets), dl(weights), _MODES[mode],
-                                    dl(positions), dl(segment_starts), dl(values), dl(flag), stream_of(grad_out))
-    _check_flag(flag, checked, index_table, offset_table, rows)
+                                    dl(positions), dl(segment_starts), dl(values), dl(check.flag), stream_of(grad_out))
+    _raise_on_flag(check, rows)
     return touched, values
 
 
@@ -178,10 +173,10 @@ def _backward_weights(grad_out: Tensor, table: Tensor, index_table: Tensor, offs
     table, indices, offsets, _ = _prepare(table, index_table, offset_table, None)
     grad_out = grad_out.detach().contiguous()
     grad_weights = torch.empty(indices.numel(), dtype=table.dtype, device=table.device)
-    flag, checked = _flag(index_table, offset_table, table.shape[0], table)
+    check = _tables_check(index_table, offset_table, table.shape[0], table)
     _C.embedding_bag_backward_weights(dl(grad_out), dl(table), dl(indices), dl(offsets), _MODES[mode],
-                                      dl(grad_weights), dl(flag), stream_of(table))
-    _check_flag(flag, checked, index_table, offset_table, table.shape[0])
+                                      dl(grad_weights), dl(check.flag), stream_of(table))
+    _raise_on_flag(check, table.shape[0])
     return grad_weights
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import _C, call_op, check_table_flag, define_autograd, define_op, dl, stream_of, table_flag
+from lmkernels.ops._native import _C, TableCheck, call_op, define_autograd, define_op, dl, stream_of
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -47,13 +47,13 @@ def _check_tensors(named: dict[str, Tensor], values: dict[str, int]) -> None:
         raise TypeError(f"cu_seqlens: expected dtype int32 or int64, got {named['cu_seqlens'].dtype}")
 
 
-def _seqlens_flag(cu_seqlens: Tensor, rows: int, like: Tensor) -> tuple[Tensor | None, bool]:
+def _seqlens_check(cu_seqlens: Tensor, rows: int, like: Tensor) -> TableCheck:
     """The kernels check only cu_seqlens, against the rows of the byte stream."""
-    return table_flag(((cu_seqlens, (rows,)),), like)
+    return TableCheck(((cu_seqlens, (rows,)),), like)
 
 
-def _check_seqlens_flag(flag: Tensor | None, checked: bool, cu_seqlens: Tensor, rows: int) -> None:
-    check_table_flag(flag, checked, ((cu_seqlens, (rows,)),), {_C.WORD_CONNECTOR_BAD_SEQLENS: ValueError(
+def _raise_on_flag(check: TableCheck, rows: int) -> None:
+    check.raise_on_flag({_C.WORD_CONNECTOR_BAD_SEQLENS: ValueError(
         f"cu_seqlens: expected non-decreasing word boundaries within [0, {rows}] (the rows of the byte stream)")})
 
 
@@ -80,9 +80,9 @@ def _word_attention(q: Tensor, k: Tensor, v: Tensor, table: Tensor, scale: float
     q, k, v, cu_seqlens = (t.detach().contiguous() for t in (q, k, v, table))
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
-    flag, checked = _seqlens_flag(table, k.shape[0], q)
-    _C.word_attention(dl(q), dl(k), dl(v), dl(cu_seqlens), scale, dl(out), dl(lse), dl(flag), stream_of(q))
-    _check_seqlens_flag(flag, checked, table, k.shape[0])
+    check = _seqlens_check(table, k.shape[0], q)
+    _C.word_attention(dl(q), dl(k), dl(v), dl(cu_seqlens), scale, dl(out), dl(lse), dl(check.flag), stream_of(q))
+    _raise_on_flag(check, k.shape[0])
     return out, lse
 
 
@@ -100,10 +100,10 @@ def _word_attention_backward(q: Tensor, k: Tensor, v: Tensor, table: Tensor, lse
     grad_out = grad_out.detach().to(q.dtype).contiguous()
     grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
-    flag, checked = _seqlens_flag(table, k.shape[0], q)
+    check = _seqlens_check(table, k.shape[0], q)
     _C.word_attention_backward(dl(q), dl(k), dl(v), dl(cu_seqlens), dl(lse), dl(grad_out), scale, dl(grad_q),
-                               dl(grad_k), dl(grad_v), dl(delta), dl(flag), stream_of(q))
-    _check_seqlens_flag(flag, checked, table, k.shape[0])
+                               dl(grad_k), dl(grad_v), dl(delta), dl(check.flag), stream_of(q))
+    _raise_on_flag(check, k.shape[0])
     return grad_q, grad_k, grad_v
 
 
@@ -150,9 +150,9 @@ def guide_broadcast(x: Tensor, guide: Tensor, cu_seqlens: Tensor) -> Tensor:
 def _guide_broadcast(x: Tensor, guide: Tensor, table: Tensor) -> Tensor:
     x, guide, cu_seqlens = (t.detach().contiguous() for t in (x, guide, table))
     out = torch.empty_like(x)
-    flag, checked = _seqlens_flag(table, x.shape[0], x)
-    _C.guide_broadcast(dl(x), dl(guide), dl(cu_seqlens), dl(out), dl(flag), stream_of(x))
-    _check_seqlens_flag(flag, checked, table, x.shape[0])
+    check = _seqlens_check(table, x.shape[0], x)
+    _C.guide_broadcast(dl(x), dl(guide), dl(cu_seqlens), dl(out), dl(check.flag), stream_of(x))
+    _raise_on_flag(check, x.shape[0])
     return out
 
 
@@ -163,9 +163,9 @@ define_op("guide_broadcast(Tensor x, Tensor guide, Tensor cu_seqlens) -> Tensor"
 def _guide_broadcast_backward(grad_out: Tensor, table: Tensor, words: int) -> Tensor:
     grad_out, cu_seqlens = grad_out.detach().contiguous(), table.detach().contiguous()
     grad_guide = grad_out.new_empty((words, grad_out.shape[1]))
-    flag, checked = _seqlens_flag(table, grad_out.shape[0], grad_out)
-    _C.guide_broadcast_backward(dl(grad_out), dl(cu_seqlens), dl(grad_guide), dl(flag), stream_of(grad_out))
-    _check_seqlens_flag(flag, checked, table, grad_out.shape[0])
+    check = _seqlens_check(table, grad_out.shape[0], grad_out)
+    _C.guide_broadcast_backward(dl(grad_out), dl(cu_seqlens), dl(grad_guide), dl(check.flag), stream_of(grad_out))
+    _raise_on_flag(check, grad_out.shape[0])
     return grad_guide
 
 
