@@ -37,18 +37,20 @@ def test_dtm_command(tmp_path, capsys):
     assert all(0 <= row["eval"]["fdt_mean"] <= 5 for row in saved["comparison"][1:])
 
 
-def test_dtm_command_with_wanda_and_recovery(tmp_path, capsys):
+@pytest.mark.parametrize("distil", [False, True])
+def test_dtm_command_with_wanda_and_recovery(tmp_path, capsys, distil):
     path = tmp_path / "dtm.json"
     argv = ["dtm", "--steps", "2", "--dim", "16", "--layers", "1", "--heads", "2", "--seq-len", "16",
             "--batch-size", "2", "--prompts", "3", "--eval-prompts", "2", "--prompt-len", "6", "--tokens", "5",
             "--iterations", "2", "--target", "0.4", "--criterion", "wanda", "--recover-steps", "2",
-            "--cache-dir", str(tmp_path), "--json", str(path), "--no-plot"]
+            "--cache-dir", str(tmp_path), "--json", str(path), "--no-plot"] + ["--recover-distil"] * distil
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "component sweep: Wanda pruning to 50%" in out
+    assert ("wanda pruning, 2 recovery steps after each, distilling the dense model" in out) == distil
     assert "wanda pruning, 2 recovery steps after each" in out
     saved = json.loads(path.read_text())
-    assert saved["criterion"] == "wanda" and saved["recover_steps"] == 2
+    assert saved["criterion"] == "wanda" and saved["recover_steps"] == 2 and saved["recover_distil"] == distil
     assert all(row["sparsity"] == pytest.approx(0.4, abs=1e-3) for row in saved["comparison"][1:])
     # Two recovery calls (one per step) for every method.
     for method in ("fdt", "perplexity", "uniform"):
@@ -64,6 +66,9 @@ def test_dtm_command_rejects_bad_sizes(tmp_path):
               str(tmp_path)])
     with pytest.raises(ValueError, match="--recover-steps"):
         main(["dtm", "--steps", "1", "--dim", "16", "--layers", "1", "--recover-steps", "-1", "--cache-dir",
+              str(tmp_path)])
+    with pytest.raises(ValueError, match="--recover-distil"):
+        main(["dtm", "--steps", "1", "--dim", "16", "--layers", "1", "--recover-distil", "--cache-dir",
               str(tmp_path)])
     with pytest.raises(ValueError, match="--eval-prompts: only"):
         main(["dtm", "--steps", "1", "--dim", "16", "--layers", "1", "--eval-prompts", "100000", "--cache-dir",

@@ -69,6 +69,37 @@ def test_sparsify_with_recovery_reaches_the_same_target_exactly(model, prompts, 
     assert not torch.equal(dtm.components(recovered)["layers.0.q"], dtm.components(plain)["layers.0.q"])
 
 
+def test_distilling_recovery_pulls_the_pruned_model_toward_its_teacher(model, stream):
+    import copy
+
+    import torch.nn.functional as F
+
+    teacher = copy.deepcopy(model)
+    dense = copy.deepcopy(model)
+    identical = dtm.RecoveryTraining(stream, steps=1, seq_len=8, batch_size=2, teacher=teacher)
+    identical(copy.deepcopy(model), dtm.keep_masks(model))
+    assert identical.losses == [[0.0]]  # KL(teacher || itself) is exactly zero
+
+    _prune_all(model, 0.6)
+    masks = dtm.keep_masks(model)
+    windows = stream[:64].view(8, 8)
+
+    def divergence():
+        with torch.no_grad():
+            return float(F.kl_div(F.log_softmax(model(windows).flatten(0, 1), -1),
+                                  F.log_softmax(teacher(windows).flatten(0, 1), -1), reduction="batchmean",
+                                  log_target=True))
+
+    before = divergence()
+    recovery = dtm.RecoveryTraining(stream, steps=20, seq_len=8, batch_size=4, learning_rate=3e-3, teacher=teacher)
+    recovery(model, masks)
+    assert divergence() < 0.8 * before
+    for name, weight in dtm.components(model).items():
+        assert torch.equal(weight == 0, ~masks[name])
+    for parameter, original in zip(teacher.parameters(), dense.parameters()):
+        assert torch.equal(parameter, original)
+
+
 @pytest.mark.parametrize("criterion", dtm.CRITERIA)
 def test_sparsify_hands_nested_masks_to_the_recovery_and_keeps_them(model, prompts, stream, tmp_path, criterion):
     references = dtm.reference_continuations(model, prompts, 8, 5, cache_dir=tmp_path)
@@ -128,3 +159,10 @@ def test_recovery_bad_input(model, llama, prompts, stream, tmp_path):
         dtm.RecoveryTraining(stream + model.vocab_size, 2, seq_len=8)(model, dtm.keep_masks(model))
     with pytest.raises(TypeError, match="model"):
         dtm.RecoveryTraining(stream, 2, seq_len=8)(llama, dtm.keep_masks(llama))
+    with pytest.raises(TypeError, match="teacher"):
+        dtm.RecoveryTraining(stream, 2, teacher=llama)
+    with pytest.raises(ValueError, match="teacher: expected a separate copy"):
+        dtm.RecoveryTraining(stream, 2, seq_len=8, teacher=model)(model, dtm.keep_masks(model))
+    other = type(model)(model.vocab_size * 2, model.config)
+    with pytest.raises(ValueError, match="teacher: expected the model's vocabulary"):
+        dtm.RecoveryTraining(stream, 2, seq_len=8, teacher=other)(model, dtm.keep_masks(model))

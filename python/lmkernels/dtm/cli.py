@@ -7,7 +7,7 @@
    separately, int8 absmax.
 4. Sparsify copies of the model to the same global sparsity ``--target`` (pruning by
    ``--criterion``, with ``--recover-steps`` of masked training on the train split after every
-   step) with the FDT-guided, the perplexity-guided and the uniform allocation, and compare
+   step, ``--recover-distil`` to distil the dense model there) with the FDT-guided, the perplexity-guided and the uniform allocation, and compare
    FDT, SDT, perplexity on the references, FDT and SDT on ``--eval-prompts`` further held-out
    prompts that the allocation never saw (the last documents, disjoint from the first
    ``--prompts``), and the loss on held-out text (the paper's claim: FDT-guided keeps them better).
@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recover-steps", type=int, default=0,
                         help="masked training steps on the train split after every sparsification step (0: none)")
     parser.add_argument("--recover-lr", type=float, default=1e-3, help="peak learning rate of the recovery training")
+    parser.add_argument("--recover-distil", action="store_true",
+                        help="recovery distils the dense model (KL to its next-byte distribution) instead of "
+                             "training on the corpus' next bytes")
     parser.add_argument("--sweep-sparsity", type=float, default=0.5, help="pruning level of the component sweep")
     parser.add_argument("--int8-budget", type=float, default=0.8, help="fraction of component parameters in int8")
     parser.add_argument("--cache-dir", metavar="DIR", help="reference continuation cache (default ~/.cache/lmkernels)")
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--eval-prompts: expected >= 0, got {args.eval_prompts}")
     if args.recover_steps < 0:
         raise ValueError(f"--recover-steps: expected >= 0, got {args.recover_steps}")
+    if args.recover_distil and not args.recover_steps:
+        raise ValueError("--recover-distil: expected --recover-steps >= 1 (distillation is a form of recovery training)")
     # Before the training: an explicit --plot without matplotlib fails now, not after minutes of work.
     plot_path = None if args.no_plot else args.plot or DEFAULT_PLOT
     pyplot = _pyplot(required=args.plot is not None) if plot_path else None
@@ -123,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
           f"FDT mean {int8.result.fdt_mean:.1f}, FDT75 {int8.result.fdt_quantile(0.75):.1f}, "
           f"SDT {int8.result.sdt_mean:.3f}")
 
+    teacher = copy.deepcopy(model) if args.recover_distil else None
     rows, plans = [_row("dense", 0.0, score(model, references), score(model, evaluation) if evaluation else None,
                         dense_loss)], {}
     recoveries = {}
@@ -130,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         candidate = copy.deepcopy(model)
         # A fresh recovery per method: every method trains on the same windows.
         recover = RecoveryTraining(train_stream, args.recover_steps, args.seq_len, args.batch_size, args.recover_lr,
-                                   seed=args.seed) if args.recover_steps else None
+                                   seed=args.seed, teacher=teacher) if args.recover_steps else None
         plan = sparsify(candidate, args.target, references, method, args.iterations, args.quantile,
                         probe_reference=args.probe_reference, criterion=args.criterion, recover=recover)
         plans[method] = plan
@@ -139,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         rows.append(_row(method, global_sparsity(candidate), plan.result,
                          score(candidate, evaluation) if evaluation else None,
                          heldout_loss(candidate, heldout_stream, args.seq_len)))
-    recovery = f"{args.recover_steps} recovery steps after each" if args.recover_steps else "no recovery training"
+    recovery = (f"{args.recover_steps} recovery steps after each{', distilling the dense model' if teacher else ''}"
+                if args.recover_steps else "no recovery training")
     print(f"\nsparsified to {args.target:.0%} of the component parameters in {args.iterations} steps "
           f"(N = {args.tokens}, {len(prompts)} prompts, probes against the {args.probe_reference} model, "
           f"{args.criterion} pruning, {recovery}):")
@@ -162,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"criterion": args.criterion, "recover_steps": args.recover_steps, "sweep": pruning.rows,
+            json.dump({"criterion": args.criterion, "recover_steps": args.recover_steps,
+                       "recover_distil": args.recover_distil, "sweep": pruning.rows,
                        "int8": {"order": int8.order, "converted": int8.converted}, "comparison": rows,
                        "sparsity": {m: p.sparsity for m, p in plans.items()}}, f, indent=2)
         print(f"wrote {args.json}")

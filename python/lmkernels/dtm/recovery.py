@@ -12,6 +12,9 @@ trains ``steps`` AdamW steps (warmup, cosine decay; ``lmkernels.dtm.train.train_
 next-token cross-entropy on random windows of the token ``stream``, applying the masks after
 every optimiser step. Re-zeroing after the step rather than masking the gradients is what keeps
 the zeros exact: AdamW's weight decay and moment estimates move a weight whose gradient is zero.
+With ``teacher=`` (the dense model, a copy that pruning does not touch) it distils instead: the
+loss is KL(teacher || model) of the next-token distributions on the same windows, so recovery pulls
+the pruned model back toward the model its FDT is measured against, rather than toward the corpus.
 """
 
 from __future__ import annotations
@@ -52,12 +55,16 @@ class RecoveryTraining:
     """
 
     def __init__(self, stream: Tensor, steps: int, seq_len: int = 64, batch_size: int = 16,
-                 learning_rate: float = 1e-3, warmup: int = 10, seed: int = 0, progress: bool = False):
+                 learning_rate: float = 1e-3, warmup: int = 10, seed: int = 0, progress: bool = False,
+                 teacher: CausalLM | None = None):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
         check_stream(stream, seq_len)
         if not learning_rate > 0:
             raise ValueError(f"learning_rate: expected > 0, got {learning_rate!r}")
+        if teacher is not None and not isinstance(teacher, CausalLM):
+            raise TypeError(f"teacher: expected an lmkernels.nn.CausalLM or None, got {type(teacher).__name__}")
+        self.teacher = teacher
         self.stream, self.steps, self.seq_len, self.batch_size = stream, steps, seq_len, batch_size
         self.learning_rate, self.warmup, self.progress = learning_rate, warmup, progress
         self.generator = torch.Generator().manual_seed(seed)
@@ -69,6 +76,13 @@ class RecoveryTraining:
                             f"pass your own training loop as recover= for other models")
         if int(self.stream.max()) >= model.vocab_size or int(self.stream.min()) < 0:
             raise ValueError(f"stream: token ids must lie in [0, {model.vocab_size}) (the model's vocabulary)")
+        if self.teacher is not None:
+            if self.teacher is model:
+                raise ValueError("teacher: expected a separate copy of the dense model, got the model being pruned")
+            if self.teacher.vocab_size != model.vocab_size:
+                raise ValueError(f"teacher: expected the model's vocabulary of {model.vocab_size}, "
+                                 f"got {self.teacher.vocab_size}")
+            self.teacher.eval()
         was_training = model.training
         model.train()
         try:
@@ -76,6 +90,6 @@ class RecoveryTraining:
                 self.losses.append(train_steps(
                     model, self.stream, self.steps, self.seq_len, self.batch_size, self.learning_rate, self.warmup,
                     self.generator, after_step=partial(apply_masks, model, masks), progress=self.progress,
-                    label=f"recovery {len(self.losses) + 1} "))
+                    label=f"recovery {len(self.losses) + 1} ", teacher=self.teacher))
         finally:
             model.train(was_training)

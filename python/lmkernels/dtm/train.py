@@ -4,7 +4,8 @@ Documents (paragraphs of ``lmkernels.data``, each joined to one line) are concat
 bytes separated by newlines and cut into random windows of ``seq_len + 1`` bytes; the loss is the
 next-byte cross-entropy. AdamW with a linear warmup and a cosine decay to a tenth.
 ``train_steps`` is that loop for a model that exists already (the recovery training of
-``lmkernels.dtm.recovery`` runs it on a pruned model).
+``lmkernels.dtm.recovery`` runs it on a pruned model); given a ``teacher`` it distils instead: the
+loss is KL(teacher || model) of the next-token distributions, averaged over the window's positions.
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def check_stream(stream: Tensor, seq_len: int) -> None:
 
 def train_steps(model: CausalLM, stream: Tensor, steps: int, seq_len: int, batch_size: int, learning_rate: float,
                 warmup: int, generator: torch.Generator, after_step: Callable[[], None] | None = None,
-                progress: bool = False, label: str = "") -> list[float]:
+                progress: bool = False, label: str = "", teacher: CausalLM | None = None) -> list[float]:
     """``steps`` AdamW steps (warmup, cosine decay) of next-token cross-entropy on random windows of
-    ``stream`` drawn with ``generator``; ``after_step()`` runs after every optimiser step. The losses."""
+    ``stream`` drawn with ``generator`` (with a ``teacher``: KL(teacher || model) on those windows);
+    ``after_step()`` runs after every optimiser step. The losses."""
     optimiser, schedule = adamw_warmup_cosine(model, learning_rate, warmup, steps)
     offsets = torch.arange(seq_len + 1)
     losses = []
@@ -86,7 +88,13 @@ def train_steps(model: CausalLM, stream: Tensor, steps: int, seq_len: int, batch
         starts = torch.randint(stream.numel() - seq_len - 1, (batch_size, 1), generator=generator)
         windows = stream[starts + offsets].to(device_of(model))
         logits = model(windows[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+        if teacher is None:
+            loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+        else:
+            with torch.no_grad():
+                target = F.log_softmax(teacher(windows[:, :-1]).flatten(0, 1).float(), dim=-1)
+            loss = F.kl_div(F.log_softmax(logits.flatten(0, 1).float(), dim=-1), target, reduction="batchmean",
+                            log_target=True)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
