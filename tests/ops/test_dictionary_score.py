@@ -305,6 +305,25 @@ def test_bad_dictionary_values_raise_on_every_device(device, position, value, er
         call(args)
 
 
+def test_a_dictionary_found_valid_is_checked_again_after_a_write(device):
+    # On CUDA a dictionary the kernels found valid for a vocabulary is not waited for again (a decoder
+    # scores against it at every step), until written or scored against another vocabulary.
+    args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in valid()]
+    expected = reference.dictionary_scores(*args)
+    for _ in range(2):
+        torch.testing.assert_close(call(args), expected, **TOLERANCE)
+    args[1][0] = 10
+    with pytest.raises(IndexError, match="ne_indices"):
+        call(args)
+    args[1][0] = 1
+    torch.testing.assert_close(call(args), reference.dictionary_scores(*args), **TOLERANCE)
+    with pytest.raises(IndexError, match="ne_indices"):
+        call([args[0][:, :5], *args[1:]])  # a narrower vocabulary: the same tables checked again
+    args[5][1] = 0
+    with pytest.raises(ValueError, match="trigram_counts"):
+        call(args)
+
+
 # Each lane layout of the CUDA kernel checks the indices it visits: one query (a lane per index), float4 rows.
 @pytest.mark.parametrize("queries", [1, 64])
 @pytest.mark.parametrize("position, value, name", [(1, (6, -3), "ne_indices"), (3, (3, 10), "edge_indices")])

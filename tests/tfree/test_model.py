@@ -66,6 +66,17 @@ def test_dictionary_sets_and_scores(tokenizer):
         torch.testing.assert_close(scores[:, w], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_dictionary_copies_its_tensors_to_another_device_once(tokenizer):
+    decoder = Decoder(tokenizer, ["a", "b"])
+    meta = torch.device("meta")
+    copies = decoder._tensors_on(meta)
+    assert all(t.device == meta for t in copies) and decoder._tensors_on(meta) is copies
+    assert decoder._tensors_on(torch.device("cpu")) is decoder._tensors
+    decoder.add(["c"])
+    refreshed = decoder._tensors_on(meta)
+    assert refreshed is not copies and refreshed[-1].shape == (3,)
+
+
 def test_dictionary_rejects_entries_that_are_not_one_word(tokenizer):
     decoder = Decoder(tokenizer)
     assert len(decoder) == 0

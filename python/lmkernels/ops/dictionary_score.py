@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import _C, call_op, define_autograd, define_op, dl, error_flag, raise_on_flag, stream_of
+from lmkernels.ops._native import _C, TableCheck, call_op, define_autograd, define_op, dl, stream_of
 
 _VARIANTS = {"contrast": 0, "mean": 1}
 _INDEX_ARGUMENTS = ("ne_indices", "ne_offsets", "edge_indices", "edge_offsets", "trigram_counts")
@@ -109,10 +109,13 @@ def _dictionary_scores(logits: Tensor, ne_indices: Tensor, ne_offsets: Tensor, e
     if logits.is_cuda:
         activations = torch.empty((vocab, queries), dtype=torch.float32, device=logits.device)
         totals = torch.empty(queries, dtype=torch.float32, device=logits.device)
-    flag = error_flag(logits)
+    # A decoder scores against the same dictionary at every step: once the kernels found it valid for
+    # this vocabulary, later calls need not wait for the GPU's verdict.
+    check = TableCheck(((ne_indices, (vocab,)), (edge_indices, (vocab,)), (ne_offsets, (ne_indices.numel(),)),
+                        (edge_offsets, (edge_indices.numel(),)), (trigram_counts, ())), logits)
     _C.dictionary_scores(dl(logits.detach()), *map(dl, dictionary), m, edge_weight, _VARIANTS[variant], dl(scores),
-                         dl(activations), dl(totals), dl(flag), stream_of(logits))
-    raise_on_flag(flag, {
+                         dl(activations), dl(totals), dl(check.flag), stream_of(logits))
+    check.raise_on_flag({
         _C.DICTIONARY_BAD_INDEX: IndexError(f"ne_indices, edge_indices: an index is out of range for logits of "
                                             f"{vocab} columns"),
         _C.DICTIONARY_BAD_OFFSETS: ValueError("ne_offsets, edge_offsets: expected offsets[0] == 0, non-decreasing, "

@@ -58,6 +58,9 @@ class Decoder:
         self.index: dict[str, int] = {}
         empty = torch.zeros(0, dtype=torch.int32)
         self._tensors = (empty, torch.zeros(1, dtype=torch.int32), empty, torch.zeros(1, dtype=torch.int32), empty)
+        # Copies of the tensors on other devices, made once: a dictionary of 100,000 words holds about
+        # 20 MB of indices, which a GPU decoder would otherwise copy at every step.
+        self._on_device: dict[torch.device, tuple[Tensor, ...]] = {}
         self.add(words)
 
     def __len__(self) -> int:
@@ -94,16 +97,24 @@ class Decoder:
 
     def _append(self, ne_indices, ne_offsets, e_indices, e_offsets, counts) -> None:
         old = self._tensors
+        self._on_device.clear()
         self._tensors = (torch.cat([old[0], ne_indices]), torch.cat([old[1], ne_offsets[1:] + old[1][-1]]),
                          torch.cat([old[2], e_indices]), torch.cat([old[3], e_offsets[1:] + old[3][-1]]),
                          torch.cat([old[4], counts]))
 
     def scores(self, logits: Tensor, edge_weight: float | None = None, variant: str | None = None) -> Tensor:
         """[Q, W] float32 scores of every word for each row of ``logits`` [Q, v]."""
-        tensors = [t.to(logits.device) for t in self._tensors]
-        return dictionary_scores(logits, *tensors, m=self.tokenizer.m,
+        return dictionary_scores(logits, *self._tensors_on(logits.device), m=self.tokenizer.m,
                                  edge_weight=self.edge_weight if edge_weight is None else edge_weight,
                                  variant=variant or self.variant)
+
+    def _tensors_on(self, device: torch.device) -> tuple[Tensor, ...]:
+        if device.type == "cpu":
+            return self._tensors
+        copies = self._on_device.get(device)
+        if copies is None:
+            copies = self._on_device[device] = tuple(t.to(device) for t in self._tensors)
+        return copies
 
     def top(self, logits: Tensor, k: int = 1, edge_weight: float | None = None, variant: str | None = None,
             ) -> list[list[tuple[str, float]]]:
