@@ -119,6 +119,26 @@ def test_generation_with_cache_equals_recomputation(tokenizer):
     assert text == tokenizer.join(words)[len(prompt):]
 
 
+def test_generation_scores_missing_prompt_words_without_changing_the_decoder(tokenizer):
+    model = _tiny_model(tokenizer)
+    decoder = Decoder(tokenizer, ["a", "dog", "<|endoftext|>"])
+    grown = Decoder(tokenizer, ["a", "dog", "<|endoftext|>"])
+    prompt = "the cat sat"
+    text = generate(model, tokenizer, decoder, prompt, max_words=5)
+    assert decoder.words == ["a", "dog", "<|endoftext|>"]  # the caller's dictionary is left as it was
+    grown.add(tokenizer.split(prompt))  # what the prompt's words add for this call
+    words = tokenizer.split(prompt)
+    for _ in range(5):
+        encoding = tokenizer.encode_words(words)
+        with torch.no_grad():
+            logits = model(encoding.rows, encoding.row_offsets, torch.arange(len(words))[None])[0, -1:]
+        word = grown.top(logits, 1)[0][0][0]
+        if word == "<|endoftext|>":
+            break
+        words.append(word)
+    assert text == tokenizer.join(words)[len(prompt):]
+
+
 def test_dictionary_builder_orders_specials_counts_and_first_appearance(tokenizer):
     texts = ["zeta alpha zeta", "beta alpha gamma beta<|endoftext|>", "beta"]
     specials = ("<|ws|>", "<|endoftext|>")
@@ -164,7 +184,9 @@ def test_generation_adds_prompt_words_missing_from_the_dictionary(tokenizer):
     assert "zebra" not in generate(model, tokenizer, decoder, "the cat", max_words=3)
     size = len(decoder)
     assert generate(model, tokenizer, decoder, "the zebra", max_words=3) == " zebra zebra zebra"
-    assert "zebra" in decoder and len(decoder) == size + 1
+    # For that call only, as the official pipeline does: the next prompt does not inherit it.
+    assert "zebra" not in decoder and len(decoder) == size
+    assert "zebra" not in generate(model, tokenizer, decoder, "the cat", max_words=3)
 
 
 def test_generation_stops_at_endoftext(tokenizer):

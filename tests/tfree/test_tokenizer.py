@@ -151,6 +151,9 @@ def test_encode_words_and_lowercase_option():
     assert tokenizer.split("Hello World") == ["hello", "world"]
     single = tokenizer.encode_words(["hello"])
     assert single.num_words == 1
+    # encode_words lowercases as encode does: "Hello" alone gets the rows of "hello".
+    assert torch.equal(tokenizer.encode_words(["Hello"]).rows, single.rows)
+    assert torch.equal(tokenizer.encode("Hello").rows, single.rows)
     with pytest.raises(ValueError):
         tokenizer.encode_words([""])
 

@@ -10,7 +10,7 @@ puts every index in NE), and n_w, its number of distinct trigrams (1 when hashed
     score_w = s_w / (m n_w)                               variant "mean"
 
 and the next word is the argmax of ``softmax(score)``. Words of the prompt that are missing from
-the dictionary are added before decoding, as the official pipeline does.
+the dictionary are scored with it for that request, as the official pipeline does (``generate``).
 """
 
 from __future__ import annotations

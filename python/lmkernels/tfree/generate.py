@@ -1,7 +1,9 @@
 """Greedy word-by-word generation with a T-FREE model, a dictionary and a KV cache.
 
 The prompt is encoded (not stripped) and run once; then, at each step, the last position's logits
-are scored by the dictionary decoder (with the prompt's words added), the best word is appended,
+are scored by the dictionary decoder and by the prompt's words that it lacks (a small second
+dictionary for this call, as the official pipeline adds them per request: the caller's decoder,
+and its copy on the GPU, stay as they are), the best word of both is appended,
 re-encoded alone and run at the next position with the cache. Generation stops at
 ``<|endoftext|>`` or after ``max_words``; the text is the exact inverse split of the words.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from lmkernels.ops import top_words
 from lmkernels.tfree.decoding import Decoder
 from lmkernels.tfree.model import TFreeLM
 from lmkernels.tfree.tokenizer import Tokenizer
@@ -27,7 +30,8 @@ def generate(model: TFreeLM, tokenizer: Tokenizer, decoder: Decoder, prompt: str
         raise ValueError(f"max_words: expected >= 0, got {max_words}")
     device = model.head.weight.device
     prompt_words = tokenizer.split(prompt)
-    decoder.add(prompt_words)
+    extra = Decoder(tokenizer, [word for word in prompt_words if word not in decoder], decoder.edge_weight,
+                    decoder.variant)
     encoding = tokenizer.encode(prompt)
     if encoding.num_words == 0:
         raise ValueError("prompt: expected at least one word")
@@ -37,7 +41,7 @@ def generate(model: TFreeLM, tokenizer: Tokenizer, decoder: Decoder, prompt: str
     words: list[str] = []
     for step in range(max_words):
         logits = model(rows, offsets, positions, cache=cache)[0, -1:]
-        word = decoder.top(logits, 1)[0][0][0]
+        word = _best_word(decoder, extra, logits)
         if word == END_OF_TEXT:
             break
         words.append(word)
@@ -48,3 +52,12 @@ def generate(model: TFreeLM, tokenizer: Tokenizer, decoder: Decoder, prompt: str
         positions = torch.tensor([[cache.length]], device=device)
     # Joined with the prompt, so that the whitespace between the two follows the inverse rules.
     return tokenizer.join(prompt_words + words)[len(tokenizer.join(prompt_words)):]
+
+
+def _best_word(decoder: Decoder, extra: Decoder, logits: torch.Tensor) -> str:
+    """The best word of ``decoder`` followed by ``extra`` (ties to the first), for one row of logits."""
+    scores = decoder.scores(logits)
+    if len(extra):
+        scores = torch.cat([scores, extra.scores(logits)], dim=1)
+    best = int(top_words(scores, 1, softmax=False)[1][0, 0])
+    return decoder.words[best] if best < len(decoder) else extra.words[best - len(decoder)]

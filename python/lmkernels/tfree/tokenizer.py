@@ -68,11 +68,9 @@ class Tokenizer:
         return self._encode([self._prepare(t, strip, f"texts[{i}]") for i, t in enumerate(texts)], split=True)
 
     def encode_words(self, words: Sequence[str]) -> Encoding:
-        """Encode each entry as a single word, without splitting (dictionary entries, generated words)."""
-        words = list(words)
-        for i, word in enumerate(words):
-            if not isinstance(word, str):
-                raise TypeError(f"words[{i}]: expected str, got {type(word).__name__}")
+        """Encode each entry as a single word, without splitting (dictionary entries, generated words);
+        lowercased first where the tokenizer lowercases, as ``encode`` does."""
+        words = [self._prepare(word, False, f"words[{i}]") for i, word in enumerate(words)]
         return self._encode(words, split=False)
 
     def encode_training(self, sequences: str | Chunks | Sequence[str | Chunks], seq_len: int | None = None,

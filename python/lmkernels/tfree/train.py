@@ -142,8 +142,9 @@ def report(result: TrainResult, text: str, bpe_vocab: int | None, prompts: list[
     if bpe_vocab is not None:
         size = bpe_vocabulary_size(text, bpe_vocab)
         bpe = 2 * size * dim
+        share = f"{1 - tfree / bpe:.0%} fewer" if tfree <= bpe else f"{tfree / bpe - 1:.0%} more"
         log(f"BPE embedding + head:    {bpe:,} parameters (BPE vocabulary {size:,} trained on the same text, "
-            f"width {dim}): T-FREE uses {1 - tfree / bpe:.0%} fewer")
+            f"width {dim}): T-FREE uses {share}")
     curve = result.losses
     marks = sorted({0, len(curve) // 4, len(curve) // 2, 3 * len(curve) // 4, len(curve) - 1})
     log("training loss: " + ", ".join(f"step {i + 1}: {curve[i]:.3f}" for i in marks))

@@ -4,7 +4,8 @@
 ``split_words`` cuts text into words and whitespace markers:
 
 - ``<|...|>`` spans without a newline (non-greedy) are special tokens, kept whole; the text between
-  them is split on its own.
+  them is split on its own, unless that text as a whole starts with ``<|`` and ends with ``|>``
+  (such as ``<|\n|>`` alone): then it is kept whole too, as the official code does.
 - Runs of letters (Python ``\\w`` minus ``\\d`` and ``_``, Unicode 14.0 as in Python 3.11) are
   words; every other character (a digit, ``_``, punctuation, a combining mark, a tab, ...) is a
   word of its own.
