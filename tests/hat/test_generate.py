@@ -146,6 +146,31 @@ def test_scripted_generation_equals_full_forwards_at_every_byte(monkeypatch):
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)  # the model's own logits, byte by byte
 
 
+def test_sliding_window_caches_stay_bounded_and_exact(monkeypatch):
+    # Window 5 (6 keys): the encoder and decoder caches keep at most 2 * (6 + 3) rows however long the
+    # text, crops after multi-byte first characters included; the backbone keeps every word.
+    model = tiny_model()
+    script = (" ab日本 cd, ef" * 5).encode()
+    head = ScriptedHead(monkeypatch, model, [*script, EOS])
+    sessions = []
+    init = _Session.__init__
+
+    def recorded_init(self, *args):
+        init(self, *args)
+        sessions.append(self)
+
+    monkeypatch.setattr(_Session, "__init__", recorded_init)
+    text = generate(model, "Hi", 200)
+    cached = head.take()
+    assert text == greedy_by_full_forward(model, "Hi", 200) == script.decode()
+    torch.testing.assert_close(cached, head.take(), rtol=1e-5, atol=1e-5)
+    (session,) = sessions
+    for cache in session.encoder + session.decoder:
+        assert cache.dropped > 0 and cache.keys.shape[1] <= 2 * (6 + 3) + 4
+        assert len(cache) == cache.dropped + cache.keys.shape[1]
+    assert all(cache.dropped == 0 for cache in session.backbone)
+
+
 def test_scripted_boundaries_step_the_backbone_and_redecode_multi_byte_first_characters(monkeypatch):
     model = tiny_model()
     ScriptedHead(monkeypatch, model, [*SCRIPT, EOS])

@@ -174,6 +174,28 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(loaded(batch), model(batch))
 
 
+def test_a_bf16_checkpoint_loads_without_copies_and_keeps_fp32_rope(tmp_path):
+    from safetensors.torch import save_file
+
+    from lmkernels.nn.rotary import RotaryEmbedding
+
+    model = released_model()
+    (tmp_path / "config.json").write_text(json.dumps(RELEASED_STYLE))
+    state = {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp_path / "model.safetensors")
+    loaded = HATModel.from_pretrained(tmp_path)  # bfloat16 by default
+    for name, parameter in loaded.named_parameters():
+        assert parameter.device.type == "cpu" and parameter.dtype == torch.bfloat16 and parameter.requires_grad
+        assert torch.equal(parameter, state[name])
+    rotaries = [m for m in loaded.modules() if isinstance(m, RotaryEmbedding)]
+    assert rotaries and all(r.inverse_frequencies.dtype == torch.float32 and not r.inverse_frequencies.is_meta
+                            for r in rotaries)
+    batch = HATBatch.from_words([TEXT_A])
+    with torch.no_grad():
+        expected = model.to(torch.bfloat16)(batch)
+        assert torch.equal(loaded.eval()(batch), expected)
+
+
 def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
     model = HATModel(HATConfig.tiny(width=32))

@@ -35,9 +35,9 @@ class _Session:
 
     def __init__(self, model: HATModel):
         self.model = model
-        self.encoder = [LayerCache() for _ in model.encoder.layers]
-        self.backbone = [LayerCache() for _ in model.backbone.layers]
-        self.decoder = [LayerCache() for _ in model.decoder.decoder_layers]
+        self.encoder = [LayerCache(layer.self_attn.window) for layer in model.encoder.layers]
+        self.backbone = [LayerCache(layer.self_attn.window) for layer in model.backbone.layers]
+        self.decoder = [LayerCache(block.llama_layer.self_attn.window) for block in model.decoder.decoder_layers]
         self.device = model.lm_head.weight.device
 
     def encode(self, byte_values: Sequence[int], first_position: int) -> Tensor:

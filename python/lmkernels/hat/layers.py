@@ -28,25 +28,44 @@ def rotate(x: Tensor, positions: Tensor, rotary: RotaryEmbedding) -> Tensor:
     return rotary(x.transpose(0, 1), positions).transpose(0, 1)
 
 
-class LayerCache:
-    """One layer's rotated keys and values of the bytes (or words) seen so far, [Hkv, S, D] each."""
+# Bytes that generation may re-decode after a crop: those of a multi-byte first character but its last.
+_MAX_RECROPPED = 3
 
-    def __init__(self):
+
+class LayerCache:
+    """One layer's rotated keys and values of the bytes (or words) seen so far, [Hkv, S, D] each.
+
+    With a sliding ``window`` (keys a query sees), rows no later query can see are dropped, so that
+    memory stays bounded however long the text: the cache keeps at least the last ``window - 1``
+    rows plus the few a crop may take back, and trims only when it has grown to twice that, so that
+    trimming costs O(1) per row. ``len`` counts every row seen, dropped or not.
+    """
+
+    def __init__(self, window: int | None = None):
         self.keys: Tensor | None = None
         self.values: Tensor | None = None
+        self.keep = None if window is None else window + _MAX_RECROPPED
+        self.dropped = 0
 
     def __len__(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[1]
+        return self.dropped + (0 if self.keys is None else self.keys.shape[1])
 
     def extend(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Append rows and return the rows their queries attend over (their window's, at least)."""
+        if self.keep is not None and self.keys is not None and self.keys.shape[1] > 2 * self.keep:
+            drop = self.keys.shape[1] - self.keep
+            self.keys, self.values = self.keys[:, drop:], self.values[:, drop:]
+            self.dropped += drop
         self.keys = keys if self.keys is None else torch.cat([self.keys, keys], dim=1)
         self.values = values if self.values is None else torch.cat([self.values, values], dim=1)
         return self.keys, self.values
 
     def crop(self, length: int) -> None:
         """Keep the first ``length`` entries (generation re-decodes bytes that changed word)."""
+        if length < self.dropped:
+            raise RuntimeError(f"cannot crop the cache to {length} rows: the first {self.dropped} were dropped")
         if self.keys is not None:
-            self.keys, self.values = self.keys[:, :length], self.values[:, :length]
+            self.keys, self.values = self.keys[:, :length - self.dropped], self.values[:, :length - self.dropped]
 
 
 class SelfAttention(torch.nn.Module):

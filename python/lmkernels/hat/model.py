@@ -27,6 +27,7 @@ from torch import Tensor
 from lmkernels.hat.config import HATConfig
 from lmkernels.hat.layers import CrossAttention, DecoderBlock, LlamaLayer
 from lmkernels.nn.rms_norm import RMSNorm
+from lmkernels.nn.rotary import RotaryEmbedding
 
 if TYPE_CHECKING:
     from lmkernels.hat.splitter import HATRuleSplitter
@@ -179,13 +180,20 @@ class HATModel(torch.nn.Module):
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        model = cls(HATConfig.from_json(directory / "config.json"))
+        config = HATConfig.from_json(directory / "config.json")
         state = {}
         for path in sorted(directory.glob("*.safetensors")):
             state.update(load_file(path))
         if not state:
             raise FileNotFoundError(f"directory: no *.safetensors files in {directory}")
-        model.load_state_dict(state, strict=True)
+        # Built on the meta device, the parameters are the loaded tensors themselves: no random
+        # initialisation and no fp32 copy (an 8B checkpoint would otherwise need 32 GB more).
+        with torch.device("meta"):
+            model = cls(config)
+        model.load_state_dict(state, strict=True, assign=True)
+        for module in model.modules():
+            if isinstance(module, RotaryEmbedding):
+                module.materialize()
         return model.to(dtype)
 
     def generate(self, prompt: str, max_bytes: int = 256, *, temperature: float = 0.0, stop: Sequence[str] = (),

@@ -4,8 +4,9 @@ robustness to character-level noise against a BPE model of the same size, as the
 Documents (paragraphs separated by blank lines) end with ``<|eot_id|>`` (a one-byte word) and are
 split into words once; training windows are runs of whole words of at most ``seq_bytes`` bytes,
 packed into one :class:`HATBatch`. The BPE peer is ``lmkernels.nn.CausalLM`` over a byte-level BPE
-vocabulary trained on the same text with ``tokenizers``, with the HAT width and as many layers as
-HAT's three stacks together, trained for as many steps on windows of about the same bytes.
+vocabulary trained on the same text with ``tokenizers``, with the HAT width and the layer count
+that brings its parameter count closest to HAT's, trained for as many steps on windows of about
+the same bytes.
 
 Robustness: the held-out text with character noise (adjacent swaps, drops and case flips, each
 character hit with probability 0 / 5 / 10 %), scored as nats per byte of that text for both models

@@ -66,7 +66,7 @@ class SelfAttention(torch.nn.Module):
         self.k_proj = torch.nn.Linear(dim, num_kv_heads * self.head_dim, bias=False, device=device, dtype=dtype)
         self.v_proj = torch.nn.Linear(dim, num_kv_heads * self.head_dim, bias=False, device=device, dtype=dtype)
         self.o_proj = torch.nn.Linear(dim, dim, bias=False, device=device, dtype=dtype)
-        self.rotary = RotaryEmbedding(self.head_dim, rope_base)
+        self.rotary = RotaryEmbedding(self.head_dim, rope_base, device=device)
 
     def forward(self, x: Tensor, positions: Tensor, allowed: Tensor | None = None,
                 cache: KVCache | None = None, layer: int = 0, suppression: KeySuppression | None = None,

@@ -35,17 +35,34 @@ def llama3_scaled(frequencies: Tensor, scaling: dict) -> Tensor:
 class RotaryEmbedding(torch.nn.Module):
     """Rotates query/key heads by their positions; ``forward(x [..., S, d], positions [..., S])``."""
 
-    def __init__(self, head_dim: int, base: float = 10000.0, interleaved: bool = True, scaling: dict | None = None):
+    def __init__(self, head_dim: int, base: float = 10000.0, interleaved: bool = True, scaling: dict | None = None,
+                 device=None):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"head_dim: expected an even number, got {head_dim}")
-        frequencies = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        # This fp32 copy on the CPU outlives dtype casts (see _apply) and meta devices (materialize).
+        frequencies = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim)
         if scaling is not None:
             if scaling.get("rope_type", scaling.get("type")) != "llama3":
                 raise ValueError(f"scaling: only rope_type 'llama3' is supported, got {scaling!r}")
             frequencies = llama3_scaled(frequencies, scaling)
         self.interleaved = interleaved
-        self.register_buffer("inverse_frequencies", frequencies.float(), persistent=False)
+        self._frequencies = frequencies.float()
+        self.register_buffer("inverse_frequencies", self._frequencies.to(torch.get_default_device() if device is None
+                                                                         else device), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # model.to(torch.bfloat16) casts every floating buffer; the frequencies stay fp32, as the
+        # angle p * f of a bf16 frequency is off by about p * f * 2^-8 radians at position p.
+        super()._apply(fn, recurse)
+        if self.inverse_frequencies.dtype != torch.float32:
+            self.inverse_frequencies = self._frequencies.to(self.inverse_frequencies.device)
+        return self
+
+    def materialize(self, device: torch.device | str = "cpu") -> None:
+        """Compute the frequencies on ``device``: for a module built on the meta device whose
+        parameters were then loaded (the frequencies are not in a checkpoint)."""
+        self.inverse_frequencies = self._frequencies.to(device)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         angles = positions.unsqueeze(-1).float() * self.inverse_frequencies  # [..., S, d/2]

@@ -1,0 +1,37 @@
+"""RotaryEmbedding: its frequencies stay fp32 whatever the module's dtype, and load onto any device."""
+
+import pytest
+import torch
+
+from lmkernels.nn import CausalLM, DecoderConfig
+from lmkernels.nn.rotary import RotaryEmbedding
+
+
+@pytest.mark.parametrize("cast", [lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.double()])
+def test_dtype_casts_keep_the_frequencies_in_fp32(cast):
+    # A bf16 frequency f puts about p * f * 2^-8 radians of error into the angle at position p: at
+    # p = 100,000 the rotated vectors would be unrelated to the fp32 ones.
+    rotary = RotaryEmbedding(64, 500000.0, interleaved=False)
+    x = torch.randn(1, 4, 64)
+    positions = torch.tensor([[10, 1000, 30000, 100000]])
+    expected = rotary(x, positions)
+    cast(rotary)
+    assert rotary.inverse_frequencies.dtype == torch.float32
+    torch.testing.assert_close(rotary(x.bfloat16(), positions).float(), expected, atol=0.02, rtol=0)
+
+
+def test_models_cast_to_bf16_rotate_as_in_fp32():
+    model = CausalLM(256, DecoderConfig(dim=32, num_layers=1, num_heads=2)).to(torch.bfloat16)
+    buffers = [b for name, b in model.named_buffers() if name.endswith("inverse_frequencies")]
+    assert buffers and all(b.dtype == torch.float32 for b in buffers)
+
+
+def test_frequencies_follow_the_device_and_materialise_after_meta():
+    with torch.device("meta"):
+        rotary = RotaryEmbedding(16)
+    assert rotary.inverse_frequencies.is_meta
+    rotary.materialize()
+    torch.testing.assert_close(rotary.inverse_frequencies, RotaryEmbedding(16).inverse_frequencies, rtol=0, atol=0)
+    assert RotaryEmbedding(16, device="meta").inverse_frequencies.is_meta
+    assert CausalLM(256, DecoderConfig(dim=32, num_layers=1, num_heads=2), device="meta").decoder.layers[0] \
+        .attention.rotary.inverse_frequencies.is_meta
