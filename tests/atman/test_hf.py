@@ -155,3 +155,91 @@ def test_text_through_a_fast_tokenizer():
         ("The cat sat.", False), ("It slept.", False), ("on the", True)]  # "mat" is the last token: no input
     assert with_target.units[-1].positions == (prompt_length, prompt_length + 1)  # after [SEP]
     assert '">on the</span> mat</p>' in with_target.to_html()
+
+
+def _llama_tokenizer():
+    """A SentencePiece-style (Metaspace, word-start marker) fast tokenizer built offline."""
+    import string
+
+    from transformers import LlamaTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for character in "▁" + string.ascii_letters + string.digits + ".,!?":
+        vocab.setdefault(character, len(vocab))
+    merges = [("▁", "P"), ("▁P", "a"), ("a", "r"), ("i", "s")]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    return LlamaTokenizerFast(vocab=vocab, merges=merges)
+
+
+def test_a_text_target_continues_the_prompts_tokenisation():
+    # Tokenised alone, "ld." would get a word-start marker: the model would be scored on "Hello wor ld.".
+    tokenizer = _llama_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4,
+                                         max_position_embeddings=64)).eval()
+    for prompt, target in (("Hello wor", "ld."), ("The capital is", " Paris")):
+        explanation = explain(model, prompt, target, tokenizer=tokenizer)
+        assert list(explanation.prompt.ids) + list(explanation.target.ids) == tokenizer(prompt + target)["input_ids"]
+
+
+def test_models_in_train_mode_are_explained_in_eval_mode_and_left_in_train_mode():
+    for build, call in ((_gpt2, lambda m: explain(m, list(range(10)), [3, 4, 5])),
+                        (_bert, lambda m: explain_similarity(m, list(range(10)), [3, 4, 5]))):
+        model = build()
+        expected = call(model)
+        model.train()
+        got = call(model)
+        assert model.training and all(module.training for module in model.modules())
+        torch.testing.assert_close(got.relevance, expected.relevance)
+        torch.testing.assert_close(got.clean, expected.clean)
+
+
+def test_sliding_window_attention_is_kept():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                                             max_position_embeddings=64, initializer_range=0.3)).eval()
+    prompt, target = torch.arange(3, 13), torch.tensor([5, 6, 7])
+    ids = torch.cat([prompt, target[:-1]])[None]
+    clean = F.cross_entropy(model(ids).logits[0, len(prompt) - 1:], target, reduction="none")
+    torch.testing.assert_close(explain(model, prompt, target).clean, clean, atol=1e-5, rtol=1e-5)
+
+
+def test_models_the_explainer_would_misread_are_refused():
+    from transformers import (BloomConfig, BloomForCausalLM, CohereConfig, CohereForCausalLM, Gemma2Config,
+                              Gemma2ForCausalLM)
+
+    small = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64)
+    refused = [(BloomForCausalLM(BloomConfig(vocab_size=97, hidden_size=32, n_layer=2, n_head=4)), "attention interface"),
+               (CohereForCausalLM(CohereConfig(logit_scale=0.1, **small)), "logit_scale"),
+               (Gemma2ForCausalLM(Gemma2Config(head_dim=8, final_logit_softcapping=3.0, **small)),
+                "final_logit_softcapping"),
+               (Gemma2ForCausalLM(Gemma2Config(head_dim=8, final_logit_softcapping=None, attn_logit_softcapping=5.0,
+                                               **small)), "soft-caps")]
+    for model, message in refused:
+        with pytest.raises(TypeError, match=message):
+            explain(model.eval(), list(range(10)), [3, 4])
+
+
+def test_argument_types_are_checked_by_name():
+    model = _gpt2()
+    prompt, target = list(range(10)), [3, 4]
+    for kwargs, error, name in [(dict(layers=1), TypeError, "layers"), (dict(normalize="no"), TypeError, "normalize"),
+                                (dict(prefix_reuse="no"), TypeError, "prefix_reuse"),
+                                (dict(conceptual_threshold="0.5"), TypeError, "conceptual_threshold"),
+                                (dict(conceptual_threshold=True), TypeError, "conceptual_threshold"),
+                                (dict(units=[(0.5, 3)]), TypeError, "units")]:
+        with pytest.raises(error, match=name):
+            explain(model, prompt, target, **kwargs)
+    import numpy as np
+
+    assert explain(model, prompt, target, layers=np.array([0])).relevance.shape == (10, 2)
+    with torch.device("meta"):
+        on_meta = GPT2LMHeadModel(model.config)
+    with pytest.raises(ValueError, match="meta"):
+        explain(on_meta, prompt, target)

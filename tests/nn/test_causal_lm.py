@@ -58,3 +58,10 @@ def test_byte_tokenizer_round_trips_utf8():
     assert tokenizer.decode([0xFF]) == "\ufffd"
     with pytest.raises(TypeError, match="text"):
         tokenizer.encode(b"bytes")
+
+
+def test_compiles_with_fullgraph():
+    torch.manual_seed(0)
+    model = CausalLM(256, DecoderConfig(dim=32, num_layers=1, num_heads=2))
+    tokens = torch.randint(256, (2, 6))
+    torch.testing.assert_close(torch.compile(model, fullgraph=True)(tokens), model(tokens))

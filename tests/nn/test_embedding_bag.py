@@ -42,3 +42,9 @@ def test_bad_arguments():
         EmbeddingBag(3, 2, mode="max")
     with pytest.raises(ValueError, match="indices: expected 2-D"):
         EmbeddingBag(3, 2)(torch.tensor([0, 1]))
+
+
+def test_two_dimensional_indices_with_empty_bags_give_zero_rows():
+    for mode in ("sum", "mean"):
+        out = EmbeddingBag(10, 4, mode=mode)(torch.zeros(3, 0, dtype=torch.long))
+        assert out.shape == (3, 4) and not out.any()

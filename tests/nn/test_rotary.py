@@ -35,3 +35,15 @@ def test_frequencies_follow_the_device_and_materialise_after_meta():
     assert RotaryEmbedding(16, device="meta").inverse_frequencies.is_meta
     assert CausalLM(256, DecoderConfig(dim=32, num_layers=1, num_heads=2), device="meta").decoder.layers[0] \
         .attention.rotary.inverse_frequencies.is_meta
+
+
+def test_meta_initialisation_then_to_empty_and_load_gives_the_trained_model():
+    config = DecoderConfig(dim=32, num_layers=1, num_heads=2)
+    torch.manual_seed(0)
+    trained = CausalLM(11, config)
+    with torch.device("meta"):
+        model = CausalLM(11, config)
+    model.to_empty(device="cpu")  # the frequencies would be uninitialised memory
+    model.load_state_dict(trained.state_dict())
+    tokens = torch.randint(11, (2, 7))
+    torch.testing.assert_close(model(tokens), trained(tokens), rtol=0, atol=0)

@@ -323,7 +323,6 @@ def test_wrong_dtype_or_type_raises_type_error(argument, call):
     ("scale", lambda: int8_dequantize(torch.ones(3, 4, dtype=torch.int8), torch.ones(4))),
     ("scale", lambda: int8_dequantize(torch.ones(3, 4, dtype=torch.int8), torch.ones(3, 1))),
     ("scale", lambda: int8_dequantize(torch.ones(3, 4, dtype=torch.int8), torch.ones(3, device="meta"))),
-    ("scale", lambda: int8_dequantize(torch.ones(3, 4, dtype=torch.int8), torch.ones(6)[::2])),
 ])
 def test_wrong_shape_layout_or_device_raises_value_error(argument, call):
     with pytest.raises(ValueError, match=argument):
@@ -358,3 +357,19 @@ def test_outputs_in_reused_memory_are_overwritten_entirely(poison_memory_cache):
     poisoned = poison_memory_cache(32 << 20)
     q, _ = int8_quantize(weight)
     assert q.data_ptr() in poisoned  # q did come from the poisoned block
+
+
+def test_dequantize_takes_strided_and_expanded_scales():
+    # The op layer makes its inputs contiguous where the kernels need it (docs/architecture.md).
+    q = torch.randint(-127, 128, (4, 6), dtype=torch.int8)
+    scale = torch.rand(8) + 0.5
+    for view in (scale[::2], scale[:1].expand(4)):
+        torch.testing.assert_close(int8_dequantize(q, view), q.float() * view.contiguous()[:, None], rtol=0, atol=0)
+
+
+def test_in_place_fake_quantize_tells_autograd_the_weight_changed():
+    x, weight = torch.randn(3, 4, requires_grad=True), torch.randn(4, 8)
+    y = (x @ weight).sum()  # saves weight for the gradient of x
+    int8_fake_quantize(weight, inplace=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from lmkernels.ops import _native, fp8_cast
+from lmkernels.ops import _native, embedding_bag, fp8_cast, multilabel_bce_with_logits
 from lmkernels.ops.attention import attention
 
 
@@ -112,3 +112,41 @@ def test_on_the_cpu_every_table_is_checked_without_a_flag():
     assert check.flag is None and check.checked
     check.raise_on_flag({})
     assert not _native.table_known_valid(table, (5,))  # CPU kernels raise themselves: nothing to remember
+
+
+def test_second_order_gradients_through_a_backward_op_raise():
+    # Without a gradient of their own the backward ops would count as constants: zero second-order gradients.
+    table = torch.randn(6, 3, requires_grad=True)
+    weights = torch.rand(4, requires_grad=True)
+    out = embedding_bag(table, torch.tensor([0, 2, 5, 1]), torch.tensor([0, 2, 4]), weights)
+    (grad,) = torch.autograd.grad(out.square().sum(), table, create_graph=True)
+    with pytest.raises(NotImplementedError, match="second-order"):
+        torch.autograd.grad(grad.square().sum(), weights)
+    q = torch.randn(1, 2, 5, 8, requires_grad=True)
+    (grad,) = torch.autograd.grad(attention(q, q, q).square().sum(), q, create_graph=True)
+    with pytest.raises(NotImplementedError, match="second-order"):
+        torch.autograd.grad(grad.sum(), q)
+
+
+def test_forward_mode_ad_raises_instead_of_dropping_tangents():
+    import torch.autograd.forward_ad as fwAD
+
+    q = torch.randn(1, 2, 5, 8)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(q, torch.randn_like(q))
+        with pytest.raises(NotImplementedError, match="forward-mode"):
+            attention(dual, q, q)
+
+
+def test_meta_tensors_take_the_fake_kernels():
+    x = torch.randn(4, 16, device="meta")
+    out = fp8_cast(x, torch.float8_e4m3fn, transpose=True)
+    assert out.is_meta and out.shape == (16, 4) and out.dtype == torch.float8_e4m3fn
+
+
+def test_int64_offsets_that_int32_indices_cannot_hold_are_rejected_not_wrapped():
+    table, indices = torch.randn(10, 4), torch.tensor([1, 2, 3, 4], dtype=torch.int32)
+    with pytest.raises(ValueError, match="offsets"):
+        embedding_bag(table, indices, torch.tensor([0, 2 + 2**32, 4]))
+    with pytest.raises(ValueError, match="offsets"):
+        multilabel_bce_with_logits(torch.randn(2, 10), indices, torch.tensor([0, 2 + 2**32, 4]))

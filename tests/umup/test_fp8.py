@@ -120,3 +120,10 @@ def test_bad_arguments():
         fp8_linear(torch.ones(2, 4), w, torch.zeros(4))
     with pytest.raises(ValueError, match="constraint"):
         fp8_linear(torch.ones(2, 4), w, constraint="bogus")
+
+
+def test_empty_batch_forward_and_backward():
+    x, weight = torch.randn(0, 16, requires_grad=True), torch.randn(8, 16, requires_grad=True)
+    y = fp8_linear(x, weight)
+    y.sum().backward()  # the gradient of y.sum() has stride 0
+    assert y.shape == (0, 8) and x.grad.shape == (0, 16) and not weight.grad.any()

@@ -274,3 +274,32 @@ def test_bad_arguments():
         U.rms_norm(x, (5,))
     with pytest.raises(ValueError, match="left, right"):
         U.matmul(_randn(3), x)
+
+
+def test_cross_entropy_refuses_what_unit_scaling_refuses():
+    z, y = torch.randn(4, 10), torch.randint(10, (4,))
+    for name, value in (("weight", torch.rand(10)), ("label_smoothing", 0.1), ("reduce", False),
+                        ("size_average", False)):
+        with pytest.raises(ValueError, match=name):
+            U.cross_entropy(z, y, **{name: value})
+        with pytest.raises(ValueError):
+            R.cross_entropy(z, y, **{name: value})
+
+
+def test_rms_norm_keeps_the_input_dtype_with_a_float32_gain():
+    x, weight = torch.randn(4, 8, dtype=torch.bfloat16), torch.randn(8)
+    ours, theirs = U.rms_norm(x, (8,), weight), R.rms_norm(x, (8,), weight)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_mult_takes_numpy_and_tensor_numbers():
+    import numpy as np
+
+    x = torch.randn(5, 6)
+    for mult in (np.float32(2.0), torch.tensor(2.0)):
+        torch.testing.assert_close(U.silu(x, mult=mult), U.silu(x, mult=2.0))
+    with pytest.raises(TypeError, match="mult"):
+        U.silu(x, mult="2")
+    with pytest.raises(ValueError, match="mult"):
+        U.silu(x, mult=-1.0)

@@ -237,3 +237,15 @@ def test_bf16_linear_of_a_bf16_layer_is_the_plain_linear():
     layer = M.Linear(16, 24, bias=True, dtype=torch.bfloat16, bf16=True)
     x = _x(4, 16).bfloat16()
     torch.testing.assert_close(layer(x), umup.functional.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+
+
+def test_embedding_padding_row_is_zero_as_in_unit_scaling():
+    torch.manual_seed(0)
+    ours = umup.Embedding(5, 3, padding_idx=-1)
+    torch.manual_seed(0)
+    theirs = uu.Embedding(5, 3, padding_idx=-1)
+    assert ours.padding_idx == theirs.padding_idx == 4 and not ours.weight[4].any()
+    ids = torch.tensor([4, 0, 2])
+    torch.testing.assert_close(ours(ids), theirs(ids))
+    with pytest.raises(ValueError, match="padding_idx"):
+        umup.Embedding(5, 3, padding_idx=5)

@@ -26,6 +26,10 @@ a document and that of a query: R[u] = cos(clean) - cos(u suppressed); the query
 
 from __future__ import annotations
 
+import numbers
+import operator
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor
 
@@ -60,9 +64,10 @@ def explain(model, prompt, target, *, tokenizer=None, units="token", factor: flo
         raise TypeError(f"model: {type(model).__name__} is an encoder; explain an embedding similarity with "
                         "explain_similarity")
     suppression = _settings(adapter, factor, form, layers, factor_min, conceptual_threshold, postprocessing,
-                            batch_size)
-    if not isinstance(include_target, bool):
-        raise TypeError(f"include_target: expected a bool, got {type(include_target).__name__}")
+                            batch_size, normalize)
+    for name, flag in (("include_target", include_target), ("prefix_reuse", prefix_reuse)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__}")
     prompt_tokens = _tokens(adapter, prompt, "prompt", True)
     target_tokens = _tokens(adapter, target, "target", False)
     length = len(prompt_tokens) + len(target_tokens) - 1
@@ -110,12 +115,12 @@ def explain_similarity(model, document, query, *, tokenizer=None, units="token",
     if adapter.causal:
         raise TypeError(f"model: {type(model).__name__} is a causal LM; explain a continuation with explain")
     suppression = _settings(adapter, factor, form, layers, factor_min, conceptual_threshold, postprocessing,
-                            batch_size)
+                            batch_size, normalize)
     document_tokens = _tokens(adapter, document, "document", True)
     query_tokens = _tokens(adapter, query, "query", True)
     _check_length(adapter, len(document_tokens), "document")
     _check_length(adapter, len(query_tokens), "query")
-    unit_list = build_units(document_tokens, units)
+    unit_list = build_units(document_tokens, units, name="document")
     device = adapter.device
     ids = document_tokens.tensor(device)
     with torch.no_grad():
@@ -136,9 +141,17 @@ def explain_similarity(model, document, query, *, tokenizer=None, units="token",
 
 
 def _settings(adapter, factor, form, layers, factor_min, conceptual_threshold, postprocessing,
-              batch_size) -> Suppression:
-    suppression = Suppression(factor, form, None if layers is None else tuple(layers), factor_min,
-                              conceptual_threshold)
+              batch_size, normalize) -> Suppression:
+    if adapter.device.type == "meta":
+        raise ValueError("model: its weights are on the meta device; load or materialise them first")
+    if layers is not None:
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+            raise TypeError(f"layers: expected a sequence of layer indices or None, got {type(layers).__name__}")
+        layers = tuple(operator.index(layer) if isinstance(layer, numbers.Integral) and not isinstance(layer, bool)
+                       else layer for layer in layers)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
+    suppression = Suppression(factor, form, layers, factor_min, conceptual_threshold)
     suppression.check_layers(adapter.num_layers)
     check_postprocessing(postprocessing)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

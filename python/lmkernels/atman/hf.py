@@ -10,12 +10,22 @@ variable set around the model call (so nothing is threaded through the model's s
   records each layer's keys/values; perturbed passes feed only the suffix tokens with their
   ``position_ids`` and read the clean prefix as ``prefix_k`` / ``prefix_v``; logits come from the
   output embedding applied to the target rows of ``model.base_model``'s last hidden state (so
-  models that post-process logits, e.g. with soft-capping, are not supported);
+  models that post-process logits, with soft-capping or a logit scale, are refused);
 - encoders (BERT family, ``is_decoder`` false, no LM head): bidirectional attention, the output is
   the mean over positions of the last hidden state (sentence-transformers' mean pooling).
 
 Sequences are single and unpadded, so transformers' attention masks are not needed and are ignored
-(the model is asked for none); layers are numbered in the order they run.
+(the model is asked for none); a layer's sliding window is applied by the kernel; layers are
+numbered in the order they run. Models whose attention does not go through the interface (Bloom,
+GPT-Neo, DeBERTa, T5: ``_supports_attention_backend`` is False) or that soft-cap attention logits
+are refused, as the explanation would silently be of another model; a pass in which fewer layers
+than the model has called the function raises for the same reason. Passes run in eval mode (the
+model's modes are restored afterwards): dropout would make every pass, clean or not, random.
+
+A target given as text is tokenised together with the prompt, as the model reads them, and the
+tokens after the prompt's are the target's: a SentencePiece tokenizer tokenising the target alone
+would put a word-start marker before it. Where the prompt's tokens are not a prefix of the joint
+tokens (the boundary falls inside a token) the target is tokenised alone.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from torch import Tensor
 from transformers import AttentionInterface, PreTrainedModel
 
 from lmkernels.atman.models import Adapter, recorded_prefix
-from lmkernels.atman.tokens import Tokens, hf_tokens
+from lmkernels.atman.tokens import Tokens, hf_continuation, hf_tokens
 from lmkernels.nn import KeySuppression
 from lmkernels.ops import attention
 
@@ -52,13 +62,18 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
     run = _PASS.get()
     if run is None:
         raise RuntimeError(f"attn_implementation {IMPLEMENTATION!r} only runs inside lmkernels.atman explainers")
+    if kwargs.get("softcap") is not None:
+        raise TypeError(f"model: {type(module).__name__} soft-caps its attention logits, which lmkernels' attention "
+                        "kernel does not do")
+    window = kwargs.get("sliding_window")
     layer, run.layer = run.layer, run.layer + 1
     if run.record is not None:
         run.record.append((key, value))
     prefix_k, prefix_v = run.prefix[layer] if run.prefix is not None else (None, None)
     active = run.suppression if run.suppression.acts_in(layer) else KeySuppression()
     out = attention(query, key, value, causal=run.causal, scale=scaling, key_bias=active.key_bias,
-                    key_factor=active.key_factor, factor_min=active.factor_min, prefix_k=prefix_k, prefix_v=prefix_v)
+                    key_factor=active.key_factor, factor_min=active.factor_min, prefix_k=prefix_k, prefix_v=prefix_v,
+                    window=window if window is not None and window > 0 else None)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -71,6 +86,7 @@ class _HFModel(Adapter):
             raise TypeError("tokenizer: expected a Hugging Face fast tokenizer (character offsets are needed)")
         self.model = model
         self.tokenizer = tokenizer
+        self._prompt: Tokens | None = None  # the last prompt, which a target's tokens continue
         config = model.config
         self.num_layers = config.num_hidden_layers
         self.vocab_size = model.get_input_embeddings().num_embeddings
@@ -80,9 +96,19 @@ class _HFModel(Adapter):
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
+    def tokens(self, text, name: str, is_prompt: bool) -> Tokens:
+        tokens = super().tokens(text, name, is_prompt)
+        if is_prompt:
+            self._prompt = tokens
+        return tokens
+
     def text_tokens(self, text: str, name: str, is_prompt: bool) -> Tokens:
         if self.tokenizer is None:
             raise TypeError(f"{name}: text needs the model's tokenizer (pass tokenizer=, or token ids)")
+        if not is_prompt and self._prompt is not None and self._prompt.text is not None:
+            tail = hf_continuation(self.tokenizer, self._prompt, text)
+            if tail is not None:
+                return tail
         return hf_tokens(self.tokenizer, text, add_special_tokens=is_prompt)
 
     def embeddings(self, ids: Tensor) -> Tensor:
@@ -90,13 +116,22 @@ class _HFModel(Adapter):
 
     def _run(self, run: _Pass, **inputs) -> Tensor:
         previous = self.model.config._attn_implementation
+        modes = [(module, module.training) for module in self.model.modules()]
         token = _PASS.set(run)
         self.model.set_attn_implementation(IMPLEMENTATION)
+        self.model.eval()
         try:
-            return self.model.base_model(**inputs, use_cache=False).last_hidden_state
+            hidden = self.model.base_model(**inputs, use_cache=False).last_hidden_state
         finally:
+            for module, training in modes:
+                module.training = training
             self.model.set_attn_implementation(previous)
             _PASS.reset(token)
+        if run.layer != self.num_layers:
+            raise TypeError(f"model: {run.layer} of {type(self.model).__name__}'s {self.num_layers} layers ran their "
+                            "attention through transformers' attention interface; its explanation would be of "
+                            "another model")
+        return hidden
 
 
 class HFCausalLM(_HFModel):
@@ -135,6 +170,13 @@ def hf_adapter(model: PreTrainedModel, tokenizer) -> _HFModel:
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
         raise TypeError(f"model: encoder-decoder models ({type(model).__name__}) are not supported")
+    if not getattr(type(model), "_supports_attention_backend", False):
+        raise TypeError(f"model: {type(model).__name__} does not run its attention through transformers' attention "
+                        "interface, through which the explainer suppresses keys")
+    for name in ("final_logit_softcapping", "logit_scale"):
+        if getattr(config, name, None) not in (None, 1, 1.0):
+            raise TypeError(f"model: {type(model).__name__} post-processes its logits ({name}), which the explainer's "
+                            "logits leave out")
     head = model.get_output_embeddings()
     if head is not None and type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
         return HFCausalLM(model, tokenizer)

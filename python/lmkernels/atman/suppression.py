@@ -56,8 +56,12 @@ class Suppression:
                 raise ValueError(f"layers: expected non-negative layer indices, got {self.layers!r}")
             if not self.layers:
                 raise ValueError("layers: expected at least one layer index (None: all layers)")
-        if self.conceptual_threshold is not None and not math.isfinite(self.conceptual_threshold):
-            raise ValueError(f"conceptual_threshold: expected a finite number, got {self.conceptual_threshold}")
+        if self.conceptual_threshold is not None:
+            if isinstance(self.conceptual_threshold, bool) or not isinstance(self.conceptual_threshold, (int, float)):
+                raise TypeError(f"conceptual_threshold: expected a float or None, got "
+                                f"{type(self.conceptual_threshold).__name__}")
+            if not math.isfinite(self.conceptual_threshold):
+                raise ValueError(f"conceptual_threshold: expected a finite number, got {self.conceptual_threshold}")
 
     def check_layers(self, num_layers: int) -> None:
         if self.layers is not None and max(self.layers) >= num_layers:

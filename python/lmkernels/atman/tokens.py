@@ -71,3 +71,19 @@ def hf_tokens(tokenizer, text: str, add_special_tokens: bool) -> Tokens:
                         return_special_tokens_mask=True)
     return Tokens(tuple(encoded["input_ids"]), text, tuple(map(tuple, encoded["offset_mapping"])),
                   tuple(bool(flag) for flag in encoded["special_tokens_mask"]))
+
+
+def hf_continuation(tokenizer, prompt: Tokens, text: str) -> Tokens | None:
+    """The tokens ``text`` gets after ``prompt`` (tokenised with special tokens) when the two are tokenised
+    together, its spans indexing ``text``; None where the prompt's tokens are not a prefix of the joint
+    ones or a joint token straddles the boundary. Special tokens the tokenizer appends (an EOS) are dropped."""
+    joint = hf_tokens(tokenizer, prompt.text + text, add_special_tokens=True)
+    count, cut = len(prompt), len(prompt.text)
+    if joint.ids[:count] != prompt.ids or any(not special and start < cut for (start, _), special
+                                              in zip(joint.spans[count:], joint.special[count:])):
+        return None
+    end = len(joint)
+    while end > count and joint.special[end - 1]:
+        end -= 1
+    spans = tuple((max(start - cut, 0), max(end_ - cut, 0)) for start, end_ in joint.spans[count:end])
+    return Tokens(joint.ids[count:end], text, spans, joint.special[count:end])

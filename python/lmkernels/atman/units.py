@@ -25,6 +25,7 @@ x and must not cross the boundary at P (``ValueError``).
 from __future__ import annotations
 
 import math
+import operator
 import re
 from dataclasses import dataclass
 
@@ -50,17 +51,18 @@ class Unit:
     in_target: bool = False
 
 
-def build_units(prompt: Tokens, units="token", target: Tokens | None = None) -> list[Unit]:
-    """The units of ``prompt`` for a granularity name or a list of custom (start, end) token spans; with
-    ``target`` (the target's input tokens), of the prompt and then of the target (module docstring)."""
-    parts = [("prompt", prompt, 0)] + ([("target", target, len(prompt))] if target is not None else [])
-    what = "prompt" if target is None else "prompt and target"
+def build_units(prompt: Tokens, units="token", target: Tokens | None = None, name: str = "prompt") -> list[Unit]:
+    """The units of ``prompt`` (called ``name`` in errors) for a granularity name or a list of custom
+    (start, end) token spans; with ``target`` (the target's input tokens), of the prompt and then of
+    the target (module docstring)."""
+    parts = [(name, prompt, 0)] + ([("target", target, len(prompt))] if target is not None else [])
+    what = name if target is None else f"{name} and target"
     if isinstance(units, str):
         if units not in GRANULARITIES:
             raise ValueError(f"units: expected one of {', '.join(GRANULARITIES)} or a list of (start, end) "
                              f"spans, got {units!r}")
         if units == "auto":
-            return _auto(prompt, target, what)
+            return _auto(prompt, target, what, parts)
         found = [Unit(tuple(offset + i for i in group), _label(tokens, group), name == "target")
                  for name, tokens, offset in parts for group in _groups(name, tokens, units)]
     else:
@@ -78,17 +80,17 @@ def _groups(name: str, tokens: Tokens, granularity: str) -> list[list[int]]:
     return _text_groups(name, tokens, granularity)
 
 
-def _auto(prompt: Tokens, target: Tokens | None, what: str) -> list[Unit]:
+def _auto(prompt: Tokens, target: Tokens | None, what: str, parts) -> list[Unit]:
     if prompt.text is None:
         length = len(prompt) + (len(target) if target is not None else 0)
         size = max(1, math.ceil(length / AUTO_TARGET))
         bounds = [(0, len(prompt))] + ([(len(prompt), length)] if target is not None else [])
         return build_units(prompt, [(start, min(start + size, end)) for first, end in bounds
-                                    for start in range(first, end, size)], target)
+                                    for start in range(first, end, size)], target, parts[0][0])
     candidates = []
     for granularity in ("token", "word", "sentence", "paragraph"):
         try:
-            candidates.append(build_units(prompt, granularity, target))
+            candidates.append(build_units(prompt, granularity, target, parts[0][0]))
         except ValueError:  # no unit of this kind, e.g. a prompt of special tokens only, or a target without text
             continue
     if not candidates:
@@ -125,11 +127,11 @@ def _text_groups(name: str, tokens: Tokens, granularity: str) -> list[list[int]]
 
 def _custom_units(spans, parts: list[tuple[str, Tokens, int]]) -> list[Unit]:
     try:
-        pairs = [(int(start), int(end)) for start, end in spans]
+        pairs = [(operator.index(start), operator.index(end)) for start, end in spans]
     except (TypeError, ValueError):
         raise TypeError("units: expected a granularity name or a list of (start, end) token spans") from None
     length = sum(len(tokens) for _, tokens, _ in parts)
-    where = "the prompt's" if len(parts) == 1 else "prompt ⊕ target[:-1]'s"
+    where = f"the {parts[0][0]}'s" if len(parts) == 1 else "prompt ⊕ target[:-1]'s"
     for start, end in pairs:
         if not 0 <= start < end <= length:
             raise IndexError(f"units: span ({start}, {end}) is empty or outside {where} {length} tokens")

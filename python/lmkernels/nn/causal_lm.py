@@ -57,8 +57,11 @@ class CausalLM(torch.nn.Module):
             raise ValueError(f"tokens: expected [B, S], got shape {list(tokens.shape)}")
         if tokens.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"tokens: expected an int32 or int64 tensor, got {tokens.dtype}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
-            raise IndexError(f"tokens: expected values in [0, {self.vocab_size})")
+        # Not traceable (data-dependent); under torch.compile the embedding's own bounds check remains.
+        if tokens.numel() and not torch.compiler.is_compiling():
+            low, high = torch.aminmax(tokens)
+            if int(low) < 0 or int(high) >= self.vocab_size:
+                raise IndexError(f"tokens: expected values in [0, {self.vocab_size})")
         if positions is None:
             start = cache.length if cache is not None else prefix.length if prefix is not None else 0
             positions = torch.arange(start, start + tokens.shape[1], device=tokens.device).expand_as(tokens)

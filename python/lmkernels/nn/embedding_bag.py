@@ -43,7 +43,7 @@ class EmbeddingBag(torch.nn.Module):
                 raise ValueError(f"indices: expected 2-D [num_bags, bag_size] when offsets is None, got shape "
                                  f"{list(indices.shape)}")
             num_bags, bag_size = indices.shape
-            offsets = torch.arange(0, num_bags * bag_size + 1, max(bag_size, 1), device=indices.device)[: num_bags + 1]
+            offsets = torch.arange(num_bags + 1, device=indices.device) * bag_size
             indices = indices.reshape(-1)
             if per_sample_weights is not None:
                 per_sample_weights = per_sample_weights.reshape(-1)

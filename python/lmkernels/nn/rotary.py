@@ -52,10 +52,11 @@ class RotaryEmbedding(torch.nn.Module):
                                                                          else device), persistent=False)
 
     def _apply(self, fn, recurse=True):
-        # model.to(torch.bfloat16) casts every floating buffer; the frequencies stay fp32, as the
-        # angle p * f of a bf16 frequency is off by about p * f * 2^-8 radians at position p.
+        # The buffer is computed again from the fp32 copy after every conversion: model.to(torch.bfloat16)
+        # casts every floating buffer (the angle p * f of a bf16 frequency is off by about p * f * 2^-8
+        # radians at position p), and to_empty() leaves it uninitialised. On the meta device it has no values.
         super()._apply(fn, recurse)
-        if self.inverse_frequencies.dtype != torch.float32:
+        if not self.inverse_frequencies.is_meta:
             self.inverse_frequencies = self._frequencies.to(self.inverse_frequencies.device)
         return self
 

@@ -7,6 +7,7 @@ import math
 import weakref
 
 import torch
+from torch.autograd import forward_ad
 
 from lmkernels import _C
 
@@ -22,13 +23,23 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def define_op(schema: str, kernel, fake) -> None:
-    """Define ``lmk::<schema>`` with ``kernel`` for CPU and CUDA tensors and ``fake`` for tracing."""
+    """Define ``lmk::<schema>`` with ``kernel`` for CPU and CUDA tensors and ``fake`` for tracing.
+
+    An op named ``*_backward*`` (the gradient of another op) gets a gradient that raises: without
+    one, a backward with ``create_graph=True`` would silently treat it as a constant and return zero
+    or partial second-order gradients."""
     name = schema.split("(", 1)[0]
     LIBRARY.define(schema)
     for key in ("CPU", "CUDA"):
         LIBRARY.impl(name, kernel, key)
     torch.library.register_fake(f"lmk::{name}", fake, lib=LIBRARY)
     _KERNELS[name] = kernel
+    if "_backward" in name:
+        def no_double_backward(ctx, *grads):
+            raise NotImplementedError(f"lmk::{name}: second-order gradients (a backward with create_graph=True "
+                                      "differentiated again) are not supported")
+
+        torch.library.register_autograd(f"lmk::{name}", no_double_backward, lib=LIBRARY)
 
 
 def define_autograd(name: str, backward, setup_context=None) -> None:
@@ -67,9 +78,12 @@ def call_op(name: str, *args):
     tracked = False
     for arg in args:
         if isinstance(arg, torch.Tensor):
-            if type(arg) not in _PLAIN_TENSORS:
+            if type(arg) not in _PLAIN_TENSORS or arg.is_meta:  # meta tensors: the fake kernel
                 return getattr(torch.ops.lmk, name)(*args)
             tracked = tracked or arg.requires_grad
+    if forward_ad._current_level >= 0 and any(
+            isinstance(arg, torch.Tensor) and forward_ad.unpack_dual(arg).tangent is not None for arg in args):
+        raise NotImplementedError(f"lmk::{name}: forward-mode AD (dual tensors) is not supported")
     if tracked and torch.is_grad_enabled():
         # Ops without a gradient of their own (the backward ops, met under create_graph=True) keep
         # the dispatcher's behaviour.
@@ -101,6 +115,17 @@ def kernel_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tens
     if torch.device(device).type != "cpu" or nbytes < _CACHED_OUTPUT_MIN_BYTES:
         return torch.empty(shape, dtype=dtype, device=device)
     return torch.from_numpy(_C.cached_bytes(nbytes)).view(dtype).view(shape)
+
+
+def narrowed_offsets(offsets: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """CSR ``offsets`` in the dtype of their ``indices``. Narrowing int64 to int32 saturates: an offset
+    outside [0, len(indices)] becomes -1 or len + 1, which the kernels reject, where a plain cast would
+    wrap 2^32 + 2 to a valid-looking 2 (and no check needs to wait for the GPU here)."""
+    if offsets.dtype == indices.dtype:
+        return offsets
+    if indices.dtype == torch.int32:
+        offsets = offsets.clamp(-1, min(indices.numel() + 1, torch.iinfo(torch.int32).max))
+    return offsets.to(indices.dtype)
 
 
 def stream_of(t: torch.Tensor) -> int:
@@ -188,5 +213,5 @@ def raise_on_flag(flag: torch.Tensor | None, messages: dict[int, BaseException])
         raise RuntimeError(f"kernel reported unknown error bits {bits:#x}")
 
 
-__all__ = ["_C", "LIBRARY", "define_op", "define_autograd", "call_op", "dl", "stream_of", "error_flag",
-           "unchecked_flag", "table_known_valid", "remember_valid_table", "TableCheck", "raise_on_flag"]
+__all__ = ["_C", "LIBRARY", "define_op", "define_autograd", "call_op", "dl", "narrowed_offsets", "stream_of",
+           "error_flag", "unchecked_flag", "table_known_valid", "remember_valid_table", "TableCheck", "raise_on_flag"]

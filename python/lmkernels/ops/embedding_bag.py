@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import _C, TableCheck, call_op, define_autograd, define_op, dl, kernel_output, stream_of
+from lmkernels.ops._native import (_C, TableCheck, call_op, define_autograd, define_op, dl, kernel_output,
+                                   narrowed_offsets, stream_of)
 
 _MODES = {"sum": 0, "mean": 1}
 
@@ -63,7 +64,7 @@ def _prepare(table: Tensor, indices: Tensor, offsets: Tensor, weights: Tensor | 
         table = table.contiguous()
     indices = indices.detach().contiguous()
     if offsets.dtype in (torch.int32, torch.int64) and indices.dtype in (torch.int32, torch.int64):
-        offsets = offsets.to(indices.dtype)
+        offsets = narrowed_offsets(offsets, indices)
     offsets = offsets.detach().contiguous()
     weights = None if weights is None else weights.detach().contiguous()
     return table.detach(), indices, offsets, weights

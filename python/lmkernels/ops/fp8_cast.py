@@ -68,6 +68,8 @@ def fp8_cast(x: Tensor, dtype: torch.dtype, rounding: str = "nearest", seed: int
         raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
     if transpose and x.dim() != 2:
         raise ValueError(f"x: transpose=True expects a 2-D tensor, got shape {list(x.shape)}")
+    if x.numel() == 0:  # an empty tensor can carry any strides (a gradient of y.sum() has stride 0): take plain ones
+        x = x.as_strided(x.shape, torch.empty(x.shape, device="meta").stride())
     if not _supported_layout(x):
         raise ValueError("x: expected a contiguous tensor, or a 2-D one with unit stride in the last dimension")
     if seed is not None:  # to the signed 64-bit range of the op's schema

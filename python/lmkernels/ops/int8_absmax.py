@@ -143,7 +143,7 @@ def _dequantize(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     _check_dtype_argument(dtype)
     q = _rows(q)
     out = kernel_output(q.shape, dtype, q.device)
-    _C.int8_absmax_dequantize(dl(q), dl(scale.detach()), dl(out), stream_of(q))
+    _C.int8_absmax_dequantize(dl(q), dl(scale.detach().contiguous()), dl(out), stream_of(q))
     return out
 
 
@@ -182,6 +182,8 @@ def _fake_quantize_inplace(weight: Tensor) -> Tensor:
     flag = error_flag(weight)
     _C.int8_absmax_fake_quantize(dl(target), dl(target), dl(scale), dl(flag), stream_of(weight))
     _check_flag(flag)
+    if not weight.is_inference():  # a write torch did not see: autograd must know the tensor changed
+        torch.autograd.graph.increment_version(weight)
     return scale
 
 

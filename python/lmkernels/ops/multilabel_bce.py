@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from lmkernels.ops._native import (_C, call_op, define_autograd, define_op, dl, error_flag, kernel_output,
-                                   raise_on_flag, stream_of)
+                                   narrowed_offsets, raise_on_flag, stream_of)
 
 _REDUCTIONS = ("mean", "sum", "none")
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -129,7 +129,7 @@ def _multilabel_bce(
     if logits.dim() == 2 and logits.shape[1] > 1 and logits.stride(1) != 1:
         logits = logits.contiguous()
     pos_indices = pos_indices.detach().contiguous()
-    pos_offsets = pos_offsets.detach().to(pos_indices.dtype).contiguous()
+    pos_offsets = narrowed_offsets(pos_offsets.detach(), pos_indices).contiguous()
     weights = None if weights is None else weights.detach().contiguous()
     loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
     grad = kernel_output(logits.shape if compute_grad else (0,), logits.dtype, logits.device)

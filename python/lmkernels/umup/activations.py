@@ -8,6 +8,7 @@ limits, with ``a`` a sigmoid of ``log(mult^2)``.
 
 from __future__ import annotations
 
+import numbers
 from math import log, pi
 
 import torch
@@ -140,6 +141,10 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     ``(softmax(m z) - onehot(y)) * V / sqrt(V - 1)`` per row, unit scale whatever the batch size
     (rows of ``ignore_index`` still count in ``B``). Flatten [B, T, V] logits to [B T, V] first.
     """
+    for name, value, default in (("weight", weight, None), ("size_average", size_average, None),
+                                 ("reduce", reduce, None), ("label_smoothing", label_smoothing, 0.0)):
+        if value is not default and value != default:  # unit-scaling raises for these too
+            raise ValueError(f"{name}: not supported by the unit-scaled cross entropy, got {value!r}")
     if input.dim() not in (1, 2):
         raise ValueError(f"input: expected logits of shape [V] or [B, V] (flatten [B, T, V] first), "
                          f"got {list(input.shape)}")
@@ -149,8 +154,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     if vocab_size < 2:
         raise ValueError(f"input: expected a vocabulary of at least 2 classes, got {vocab_size}")
     input = scale_fwd(scale_bwd(input, vocab_size / (vocab_size - 1) ** 0.5), mult)
-    loss = F.cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction="sum",
-                           label_smoothing=label_smoothing)
+    loss = F.cross_entropy(input, target, ignore_index=ignore_index, reduction="sum")
     return scale_fwd(loss, 1 / batch_size) if reduction == "mean" else loss
 
 
@@ -159,5 +163,9 @@ def _unscaled_silu(x: Tensor, mult: float) -> Tensor:
 
 
 def _check_mult(mult: float) -> None:
-    if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0:
+    if isinstance(mult, torch.Tensor) and mult.numel() == 1:
+        mult = mult.item()
+    if isinstance(mult, bool) or not isinstance(mult, numbers.Real):
+        raise TypeError(f"mult: expected a number, got {type(mult).__name__}")
+    if not mult > 0:
         raise ValueError(f"mult: expected a positive number, got {mult!r}")

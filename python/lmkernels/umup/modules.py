@@ -95,8 +95,21 @@ class Embedding(torch.nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, device=None,
                  dtype=None):
         super().__init__()
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(f"padding_idx: expected an index in [-{num_embeddings}, {num_embeddings}), "
+                                 f"got {padding_idx}")
+            padding_idx %= num_embeddings
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
-        self.weight = parameter(torch.randn(num_embeddings, embedding_dim, device=device, dtype=dtype), "weight")
+        self.weight = parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype), "weight")
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 1) entries; the padding row zero (it gets no gradient, so it stays so), as in torch and unit-scaling."""
+        with torch.no_grad():
+            self.weight.normal_()
+            if self.padding_idx is not None:
+                self.weight[self.padding_idx].zero_()
 
     def forward(self, input: Tensor) -> Tensor:
         return U.embedding(input, self.weight, self.padding_idx)
@@ -262,7 +275,7 @@ def set_fp8(model: torch.nn.Module, scheme: str) -> torch.nn.Module:
 
     The readout (``LinearReadout``) keeps the model's dtype in every scheme."""
     if scheme not in FP8_SCHEMES:
-        raise ValueError(f"scheme: expected one of {', '.join(FP8_SCHEMES)}; got {scheme!r}")
+        raise ValueError(f"scheme (fp8): expected one of {', '.join(FP8_SCHEMES)}; got {scheme!r}")
     for module in model.modules():
         if isinstance(module, Linear) and not isinstance(module, LinearReadout):
             module.fp8 = scheme == "all" or (scheme == "partial" and not module.critical)

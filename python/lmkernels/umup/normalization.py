@@ -46,7 +46,8 @@ def rms_norm(input: Tensor, normalized_shape: tuple[int, ...], weight: Tensor | 
     output = input / mean_square.sqrt().to(input.dtype)
     if weight is None:
         return output
-    return output * scale_bwd(weight, (prod(normalized_shape) / max(input.numel(), 1)) ** 0.5)
+    # In the input's dtype, as unit-scaling's in-place multiply keeps it (a bf16 input with an fp32 gain).
+    return (output * scale_bwd(weight, (prod(normalized_shape) / max(input.numel(), 1)) ** 0.5)).to(input.dtype)
 
 
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None, max_norm: float | None = None,
