@@ -439,6 +439,7 @@ def shapes(q, k, v, dtype=torch.float32):
      "k: expected a number of heads that divides the query heads \\(3\\)"),
     (shapes((3, 4, 10, 16), (2, 2, 10, 16), (2, 2, 10, 16)), ValueError, "k: expected shape \\[3, 2, 10, 16\\]"),
     (shapes((2, 4, 10, 300), (2, 2, 10, 300), (2, 2, 10, 300)), ValueError, "q: expected a head dimension in"),
+    (shapes((2, 4, 10, 0), (2, 2, 10, 0), (2, 2, 10, 0)), ValueError, "q: expected a head dimension of at least 1"),
 ])
 def test_bad_tensors_raise(make, error, message):
     with pytest.raises(error, match=message):
@@ -464,6 +465,9 @@ def test_bad_tensors_raise(make, error, message):
      "prefix_v: expected shape \\[1 or 2, 2, P, 16\\] \\(P the same"),
     (dict(prefix_k=torch.randn(1, 2, 4, 16).half(), prefix_v=torch.randn(1, 2, 4, 16).half()), TypeError,
      "prefix_k: expected the dtype of q"),
+    (dict(prefix_k=torch.randn(1, 2, 4, 16, device="meta"), prefix_v=torch.randn(1, 2, 4, 16, device="meta")),
+     ValueError, "prefix_k: expected the device of q"),
+    (dict(scale=True), TypeError, "scale: expected a float"),
 ])
 def test_bad_options_raise(options, error, message):
     with pytest.raises(error, match=message):

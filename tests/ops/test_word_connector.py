@@ -188,6 +188,11 @@ def test_bad_input(device):
     with pytest.raises(ValueError, match="head dimension"):
         word_attention(torch.randn(2, 1, 300, device=device), torch.randn(5, 1, 300, device=device),
                        torch.randn(5, 1, 300, device=device), cu)
+    with pytest.raises(ValueError, match="head dimension of at least 1"):
+        word_attention(torch.randn(2, 1, 0, device=device), torch.randn(5, 1, 0, device=device),
+                       torch.randn(5, 1, 0, device=device), cu)
+    with pytest.raises(TypeError, match="scale"):
+        word_attention(q, k, v, cu, scale=True)
     for bad in ([0, 3, 2], [-1, 2, 5], [0, 2, 6]):
         with pytest.raises(ValueError, match="cu_seqlens"):
             word_attention(q, k, v, torch.tensor(bad, device=device))

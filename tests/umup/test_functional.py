@@ -303,3 +303,8 @@ def test_mult_takes_numpy_and_tensor_numbers():
         U.silu(x, mult="2")
     with pytest.raises(ValueError, match="mult"):
         U.silu(x, mult=-1.0)
+
+
+def test_linear_names_a_bias_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="bias: expected shape \\[3\\]"):
+        U.linear(torch.randn(2, 8), torch.randn(3, 8), torch.randn(4))

@@ -78,6 +78,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: fl
     _check_values(q, k, v, 4)
     if (prefix_k is None) != (prefix_v is None):
         raise ValueError("prefix_k: expected prefix_k and prefix_v together")
+    for name, t in (("prefix_k", prefix_k), ("prefix_v", prefix_v)):
+        if t is not None and t.device != q.device:
+            raise ValueError(f"{name}: expected the device of q ({q.device}), got {t.device}")
     if factor_min not in _FACTOR_MIN:
         raise ValueError(f"factor_min: expected 'causal' or 'all', got {factor_min!r}")
     batch, _, sq, dim = q.shape
@@ -142,6 +145,8 @@ def _check_values(q: Tensor, k: Tensor, v: Tensor, ndim: int) -> None:
         raise ValueError(f"v: expected the shape of k ({list(k.shape)}), got {list(v.shape)}")
     if k.shape[-1] != q.shape[-1]:
         raise ValueError(f"k: expected the head dimension of q ({q.shape[-1]}), got shape {list(k.shape)}")
+    if q.shape[-1] == 0:
+        raise ValueError(f"q: expected a head dimension of at least 1, got shape {list(q.shape)}")
     if k.shape[1] < 1 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"k: expected a number of heads that divides the query heads ({q.shape[1]}), got "
                          f"{k.shape[1]}")

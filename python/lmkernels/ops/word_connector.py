@@ -70,8 +70,10 @@ def word_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, scale
         [W, Hq, D] of q's dtype.
     """
     _check_tensors({"q": q, "k": k, "v": v, "cu_seqlens": cu_seqlens}, {"q": 3, "k": 3, "v": 3})
-    if scale is not None and not isinstance(scale, (int, float)):
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
+    if q.shape[-1] == 0:
+        raise ValueError(f"q: expected a head dimension of at least 1, got shape {list(q.shape)}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return call_op("word_attention", q, k, v, cu_seqlens, scale)[0]
 

@@ -37,6 +37,9 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None, constraint: str |
     residual stream sums gradients.
     """
     fan_out, fan_in = _weight_shape(input, weight, "weight")
+    if bias is not None and (not isinstance(bias, Tensor) or bias.shape != (fan_out,)):
+        raise ValueError(f"bias: expected shape [{fan_out}] (fan_out of weight), got "
+                         f"{list(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__}")
     rows = input.numel() // fan_in if fan_in else 0
     output_scale = 1 / fan_in ** scale_power[0]
     grad_input_scale = 1 / fan_out ** scale_power[1]
