@@ -15,6 +15,8 @@ the zeros exact: AdamW's weight decay and moment estimates move a weight whose g
 With ``teacher=`` (the dense model, a copy that pruning does not touch) it distils instead: the
 loss is KL(teacher || model) of the next-token distributions on the same windows, so recovery pulls
 the pruned model back toward the model its FDT is measured against, rather than toward the corpus.
+It does not hold a model still, though: AdamW's weight decay and its normalised steps on the
+rounding-level differences between the training pass and the teacher's move even an unpruned copy.
 """
 
 from __future__ import annotations
@@ -82,9 +84,11 @@ class RecoveryTraining:
             if self.teacher.vocab_size != model.vocab_size:
                 raise ValueError(f"teacher: expected the model's vocabulary of {model.vocab_size}, "
                                  f"got {self.teacher.vocab_size}")
-            self.teacher.eval()
         was_training = model.training
+        teacher_training = self.teacher is not None and self.teacher.training
         model.train()
+        if self.teacher is not None:
+            self.teacher.eval()
         try:
             with torch.enable_grad():
                 self.losses.append(train_steps(
@@ -93,3 +97,5 @@ class RecoveryTraining:
                     label=f"recovery {len(self.losses) + 1} ", teacher=self.teacher))
         finally:
             model.train(was_training)
+            if self.teacher is not None:
+                self.teacher.train(teacher_training)

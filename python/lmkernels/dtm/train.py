@@ -92,7 +92,8 @@ def train_steps(model: CausalLM, stream: Tensor, steps: int, seq_len: int, batch
             loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
         else:
             with torch.no_grad():
-                target = F.log_softmax(teacher(windows[:, :-1]).flatten(0, 1).float(), dim=-1)
+                target = F.log_softmax(teacher(windows[:, :-1].to(device_of(teacher))).flatten(0, 1).float().to(
+                    logits.device), dim=-1)
             loss = F.kl_div(F.log_softmax(logits.flatten(0, 1).float(), dim=-1), target, reduction="batchmean",
                             log_target=True)
         optimiser.zero_grad(set_to_none=True)
