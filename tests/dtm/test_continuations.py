@@ -104,3 +104,21 @@ def test_bad_input(model, prompts, tmp_path):
         dtm.generate(model, [torch.ones(2, 2, dtype=torch.int64)], 4)
     with pytest.raises(TypeError, match="model"):
         dtm.generate(torch.nn.Linear(2, 2), prompts, 4)
+
+
+def test_the_cache_key_covers_the_configuration_and_the_mode(tmp_path):
+    from lmkernels.nn import CausalLM, DecoderConfig
+
+    torch.manual_seed(0)
+    four = CausalLM(64, DecoderConfig(dim=32, num_layers=2, num_heads=4)).eval()
+    two = CausalLM(64, DecoderConfig(dim=32, num_layers=2, num_heads=2)).eval()
+    two.load_state_dict(four.state_dict())  # the same weights, another model
+    prompts = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
+    first = dtm.reference_continuations(four, prompts, 8, 2, cache_dir=tmp_path)
+    second = dtm.reference_continuations(two, prompts, 8, 2, cache_dir=tmp_path)
+    assert first.key != second.key
+    assert torch.equal(second.continuations, dtm.reference_continuations(two, prompts, 8, 2,
+                                                                         use_disk_cache=False).continuations)
+    assert dtm.reference_continuations(two, prompts, 8, 2, use_disk_cache=False).key is None
+    with pytest.raises(ValueError, match="eval mode"):
+        dtm.reference_continuations(two.train(), prompts, 8, 2, cache_dir=tmp_path)

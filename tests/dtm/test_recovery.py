@@ -166,3 +166,11 @@ def test_recovery_bad_input(model, llama, prompts, stream, tmp_path):
     other = type(model)(model.vocab_size * 2, model.config)
     with pytest.raises(ValueError, match="teacher: expected the model's vocabulary"):
         dtm.RecoveryTraining(stream, 2, seq_len=8, teacher=other)(model, dtm.keep_masks(model))
+
+
+def test_recovery_sizes_and_types_are_named(stream):
+    for name in ("seq_len", "batch_size"):
+        with pytest.raises(ValueError, match=name):
+            dtm.RecoveryTraining(stream, 2, **{name: 0})
+    with pytest.raises(TypeError, match="learning_rate"):
+        dtm.RecoveryTraining(stream, 2, learning_rate="x")

@@ -1,5 +1,6 @@
 """The FDT-guided allocation on synthetic curves, and sparsify / int8_plan on a tiny model."""
 
+import copy
 import importlib
 
 import pytest
@@ -157,3 +158,34 @@ def test_int8_plan_converts_least_divergent_first_within_budget(model, prompts, 
         assert torch.equal(w, dtm.int8_absmax(before[c]) if c in plan.converted else before[c])
     with pytest.raises(ValueError, match="budget"):
         dtm.int8_plan(model, 2.0, references)
+
+
+def test_uniform_fills_up_to_the_target_when_a_component_is_full(model, prompts, tmp_path):
+    with torch.no_grad():
+        dtm.components(model)["layers.0.down"].zero_()  # full: it can lose nothing more
+    start = dtm.global_sparsity(model)
+    references = dtm.reference_continuations(model, prompts, 4, 5, cache_dir=tmp_path)
+    for iterations in (1, 3):
+        candidate = copy.deepcopy(model)
+        plan = dtm.sparsify(candidate, 0.6, references, method="uniform", iterations=iterations, progress=False)
+        assert start < 0.6 and plan.global_sparsity == pytest.approx(0.6, abs=1e-3)
+        assert dtm.global_sparsity(candidate) == pytest.approx(0.6, abs=1e-3)
+
+
+@pytest.mark.parametrize("step", [float("nan"), 1e-15, float("inf"), 0.0])
+def test_allocation_rejects_steps_that_would_never_end(step):
+    with pytest.raises(ValueError, match="threshold_step"):
+        dtm.allocate({"a": ([0, 0.1, 0.3, 1], [100, 90, 50, 0])}, {"a": 10}, 0.2, threshold_step=step)
+
+
+def test_empty_component_lists_and_bad_quantiles_are_named(model, prompts, tmp_path):
+    references = dtm.reference_continuations(model, prompts, 4, 5, cache_dir=tmp_path)
+    for call in (lambda: dtm.sparsify(model, 0.5, references, components=[], progress=False),
+                 lambda: dtm.int8_plan(model, 0.5, references, components=[], progress=False),
+                 lambda: dtm.global_sparsity(model, [])):
+        with pytest.raises(ValueError, match="components"):
+            call()
+    with pytest.raises(ValueError, match="quantile"):
+        dtm.int8_plan(model, 0.5, references, quantile=2, progress=False)
+    with pytest.raises(TypeError, match="quantile"):
+        dtm.sparsify(model, 0.5, references, quantile="0.5", progress=False)

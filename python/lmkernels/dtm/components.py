@@ -50,6 +50,8 @@ def select(model: torch.nn.Module, names: Iterable[str] | str | None = None) -> 
     if names is None:
         return available
     names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("components: expected at least one component name (None: all of them)")
     unknown = [name for name in names if name not in available]
     if unknown:
         raise ValueError(f"components: {unknown} do not exist in this model; its components are "

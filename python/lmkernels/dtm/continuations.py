@@ -12,9 +12,11 @@ argmax first disagrees with ``y``, ``y`` takes the evaluation's token there and 
 from it, until the pass reproduces ``y`` everywhere. ``FDT(F, F) = N`` then holds on every prompt
 by construction (same batches, same kernels, same device and dtype).
 
-The result is cached on disk under a key that hashes the model's class and state (every
-parameter and buffer, bit for bit), its device and dtype, the prompts, ``N``, the batch size and
-the reconcile flag.
+The result is cached on disk under a key that hashes the model's class, its configuration and state
+(every parameter and buffer, non-persistent ones such as RoPE frequencies included, bit for bit),
+its device and dtype, the torch version, the prompts, ``N``, the batch size and the reconcile flag.
+The model must be in eval mode (dropout would make the references random). Without the disk cache
+no key is computed (hashing the state of a 7B model takes about a minute).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class References:
     continuations: Tensor
     batch_size: int
     vocab_size: int
-    key: str
+    key: str | None  # the disk cache key (None where the disk cache was not used)
 
     @property
     def num_tokens(self) -> int:
@@ -141,6 +143,7 @@ def teacher_forced_logits(model: torch.nn.Module, tokens: Tensor, real: Tensor, 
     return logits[:, length - 1:length - 1 + continuations.shape[1]]
 
 
+@torch.no_grad()
 def reference_continuations(model: torch.nn.Module, prompts, num_tokens: int = 100, batch_size: int = 16,
                             cache_dir: str | os.PathLike | None = None, use_disk_cache: bool = True,
                             reconcile: bool = True) -> References:
@@ -156,9 +159,11 @@ def reference_continuations(model: torch.nn.Module, prompts, num_tokens: int = 1
         reconcile: make the references self-consistent with the teacher-forced evaluation.
     """
     _check_sizes(num_tokens, batch_size)
+    if model.training:
+        raise ValueError("model: expected eval mode (model.eval()): dropout would make the references random")
     vocab = models.vocab_size(model)
     prompts = check_prompts(prompts, vocab)
-    key = _cache_key(model, prompts, num_tokens, batch_size, reconcile)
+    key = _cache_key(model, prompts, num_tokens, batch_size, reconcile) if use_disk_cache else None
     path = Path(cache_dir or default_cache_dir()) / f"{key}.pt"
     if use_disk_cache and path.is_file():
         continuations = torch.load(path, weights_only=True)
@@ -216,9 +221,13 @@ def _cache_key(model: torch.nn.Module, prompts: list[Tensor], num_tokens: int, b
                reconcile: bool) -> str:
     digest = hashlib.sha256()
     parameter = next(model.parameters())
+    config = getattr(model, "config", None)
+    config = config.to_json_string() if hasattr(config, "to_json_string") else repr(config)
     digest.update(f"{type(model).__module__}.{type(model).__qualname__}|{parameter.device.type}|{parameter.dtype}|"
-                  f"{num_tokens}|{batch_size}|{reconcile}".encode())
-    for name, value in model.state_dict().items():
+                  f"{torch.__version__}|{config}|{num_tokens}|{batch_size}|{reconcile}".encode())
+    state = dict(model.named_buffers())
+    state.update(model.state_dict())
+    for name, value in sorted(state.items()):
         value = value.detach().cpu().contiguous()
         digest.update(f"|{name}|{value.dtype}|{list(value.shape)}|".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -59,9 +59,12 @@ class RecoveryTraining:
     def __init__(self, stream: Tensor, steps: int, seq_len: int = 64, batch_size: int = 16,
                  learning_rate: float = 1e-3, warmup: int = 10, seed: int = 0, progress: bool = False,
                  teacher: CausalLM | None = None):
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
+        for name, value in (("steps", steps), ("seq_len", seq_len), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
         check_stream(stream, seq_len)
+        if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)):
+            raise TypeError(f"learning_rate: expected a number, got {type(learning_rate).__name__}")
         if not learning_rate > 0:
             raise ValueError(f"learning_rate: expected > 0, got {learning_rate!r}")
         if teacher is not None and not isinstance(teacher, CausalLM):

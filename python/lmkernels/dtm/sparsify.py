@@ -50,6 +50,8 @@ component parameters).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -88,8 +90,9 @@ def allocate(curves: dict[str, tuple[Sequence[float], Sequence[float]]], paramet
     """
     if set(curves) != set(parameters):
         raise ValueError("curves: expected one curve per component of parameters")
-    if threshold_step <= 0:
-        raise ValueError(f"threshold_step: expected > 0, got {threshold_step}")
+    if isinstance(threshold_step, bool) or not isinstance(threshold_step, (int, float)) or \
+            not math.isfinite(threshold_step) or threshold_step < 1e-6:
+        raise ValueError(f"threshold_step: expected a finite number >= 1e-6, got {threshold_step!r}")
     total = sum(parameters.values())
     capacity = sum(parameters[c] * curves[c][0][-1] for c in curves) / total
     if not 0.0 <= target <= capacity + 1e-12:
@@ -101,13 +104,14 @@ def allocate(curves: dict[str, tuple[Sequence[float], Sequence[float]]], paramet
         return added, sum(parameters[c] * added[c] for c in curves) / total
 
     previous, previous_mean = {c: 0.0 for c in curves}, 0.0
-    threshold = 100.0
+    lowered = 0  # the threshold is 100 - lowered * threshold_step: a step below an ulp of 100 still moves it
     while True:
+        threshold = 100.0 - lowered * threshold_step
         added, mean = at(max(threshold, 0.0))
         if mean >= target or threshold <= 0.0:
             break
         previous, previous_mean = added, mean
-        threshold -= threshold_step
+        lowered += 1
     if interpolate and mean > previous_mean:
         weight = (target - previous_mean) / (mean - previous_mean)
         added = {c: previous[c] + weight * (added[c] - previous[c]) for c in curves}
@@ -128,6 +132,29 @@ class SparsityPlan:
     steps: list[dict] = field(default_factory=list)
     result: DivergenceResult | None = None
     criterion: str = "magnitude"
+
+
+def _uniform(added_target: float, sparsity: dict[str, float], parameters: dict[str, int]) -> dict[str, float]:
+    """The same added sparsity t for every component, those that fill up (at most 1) taking what they
+    can, with t raised so that the parameter-weighted mean is ``added_target`` (water-filling)."""
+    if all(1.0 - s >= added_target for s in sparsity.values()):
+        return {c: added_target for c in sparsity}
+    need, remaining, level = added_target * sum(parameters.values()), sum(parameters.values()), 1.0
+    for c in sorted(sparsity, key=lambda c: 1.0 - sparsity[c]):
+        room = 1.0 - sparsity[c]
+        if room * remaining >= need:
+            level = need / remaining
+            break
+        need -= room * parameters[c]
+        remaining -= parameters[c]
+    return {c: min(level, 1.0 - sparsity[c]) for c in sparsity}
+
+
+def check_quantile(quantile) -> None:
+    if isinstance(quantile, bool) or not isinstance(quantile, (int, float)):
+        raise TypeError(f"quantile: expected a number in [0, 1], got {type(quantile).__name__}")
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile: expected a number in [0, 1], got {quantile!r}")
 
 
 def global_sparsity(model: torch.nn.Module, components: Iterable[str] | None = None) -> float:
@@ -159,8 +186,7 @@ def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt"
         raise ValueError(f"target: expected a sparsity in [0, 1], got {target!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations: expected an int >= 1, got {iterations!r}")
-    if not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"quantile: expected a number in [0, 1], got {quantile!r}")
+    check_quantile(quantile)
     if probe_reference not in PROBE_REFERENCES:
         raise ValueError(f"probe_reference: expected one of {PROBE_REFERENCES}, got {probe_reference!r}")
     weights = select(model, components)
@@ -181,7 +207,7 @@ def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt"
             model, references.prompts, references.num_tokens, references.batch_size, use_disk_cache=False)
         norms = input_norms(model, probes, names) if criterion == "wanda" else None
         if method == "uniform":
-            added = {c: min(added_target, 1.0 - sparsity[c]) for c in names}
+            added = _uniform(added_target, sparsity, parameters)
             threshold = None
         else:
             curves = _curves(model, probes, weights, sparsity, added_target, method, quantile, norms,
@@ -257,6 +283,7 @@ def int8_plan(model: torch.nn.Module, budget: float, prompts, quantile: float = 
     while the converted parameters stay within ``budget`` (a fraction in [0, 1]); in place when ``apply``."""
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 <= budget <= 1.0:
         raise ValueError(f"budget: expected a fraction of the component parameters in [0, 1], got {budget!r}")
+    check_quantile(quantile)
     weights = select(model, components)
     references = prompts if isinstance(prompts, References) else reference_continuations(
         model, prompts, num_tokens, batch_size, **reference_options)
@@ -267,7 +294,7 @@ def int8_plan(model: torch.nn.Module, budget: float, prompts, quantile: float = 
     total = sum(w.numel() for w in weights.values())
     converted, used = [], 0
     for c in order:
-        if used + weights[c].numel() > budget * total:
+        if used + weights[c].numel() > budget * total * (1 + 1e-12):  # 0.29 * 100 is 28.999...
             break
         converted.append(c)
         used += weights[c].numel()
