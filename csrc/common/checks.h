@@ -69,4 +69,16 @@ inline void check_writable(const TensorView& t, const char* name) {
   if (t.read_only) fail(ErrorKind::Value, name, ": the output buffer is read-only");
 }
 
+// For contiguous tensors: an output that shares memory with another argument could change it after
+// it was checked (an index read again as a write target).
+inline void check_disjoint(const TensorView& out, const char* name, const TensorView& other, const char* other_name) {
+  if (out.numel() == 0 || other.numel() == 0) return;
+  const auto first = [](const TensorView& t) { return reinterpret_cast<uintptr_t>(t.data); };
+  const auto last = [&](const TensorView& t) {
+    return first(t) + uintptr_t(t.numel()) * uintptr_t(dtype_itemsize(t.dtype));
+  };
+  if (first(out) < last(other) && first(other) < last(out))
+    fail(ErrorKind::Value, name, ": expected memory disjoint from ", other_name, ", got an overlap");
+}
+
 }  // namespace lmk

@@ -451,6 +451,7 @@ struct FileCloser {
 using File = std::unique_ptr<std::FILE, FileCloser>;
 
 File open_file(const std::string& path, const char* mode) {
+  if (path.find('\0') != std::string::npos) fail(ErrorKind::Value, "path: expected no NUL character");
   File file(std::fopen(path.c_str(), mode));
   if (!file) fail(ErrorKind::Runtime, "path: cannot open '", path, "' (", std::strerror(errno), ")");
   return file;

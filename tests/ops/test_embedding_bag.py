@@ -387,6 +387,13 @@ def test_native_sort_positions_checks_its_arguments():
         _C.embedding_bag_sort_positions(indices, 2, positions, torch.empty(3, dtype=torch.int64))
     with pytest.raises(TypeError, match="sorted_positions"):
         _C.embedding_bag_sort_positions(indices, 3, positions.int(), row_starts)
+    # Outputs over the indices would change them after the range check (a heap corruption before).
+    shared = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="sorted_positions: expected memory disjoint from indices"):
+        _C.embedding_bag_sort_positions(shared, 2, shared, torch.empty(3, dtype=torch.int64))
+    buffer = torch.zeros(8, dtype=torch.int64)
+    with pytest.raises(ValueError, match="disjoint"):
+        _C.embedding_bag_sort_positions(buffer[:5], 2, buffer[3:], buffer[:3])
 
 
 # The table gradient's sort of positions by row: a counting sort on the CPU, on the GPU a radix sort

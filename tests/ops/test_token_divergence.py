@@ -326,3 +326,10 @@ def test_strided_last_dimension_is_made_contiguous():
 def test_no_positions():
     out = token_divergence(torch.randn(0, 4, 10), torch.zeros(0, 4, dtype=torch.int64), None, torch.randn(0, 4, 10))
     assert out.argmax.shape == (0, 4) and out.kl.shape == (0, 4)
+
+
+def test_an_empty_input_with_many_rows_returns_at_once():
+    # [2^40, 0] logits: no token to check or score (the check used to walk every row).
+    logits = torch.empty(2**40, 0, 5).as_strided((2**40, 0, 5), (0, 5, 1))
+    result = token_divergence(logits, torch.empty(2**40, 0, dtype=torch.int64).as_strided((2**40, 0), (0, 1)))
+    assert result.argmax.shape == (2**40, 0)

@@ -409,3 +409,14 @@ def test_bad_words():
         patterns._table.hashed_word(b"<|\xff|>")
     with pytest.raises(ValueError, match="^word: truncated UTF-8"):
         patterns._table.word_pattern(b"<|\xc3")
+
+
+def test_save_and_load_refuse_paths_the_c_library_would_cut(tmp_path):
+    patterns = TrigramPatterns(1000, 4, 0)
+    with pytest.raises(ValueError, match="NUL"):
+        patterns.save(str(tmp_path / "a\0b"))
+    with pytest.raises(ValueError, match="NUL"):
+        TrigramPatterns.load(str(tmp_path / "a\0b"))
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(FileNotFoundError):
+        patterns.save(tmp_path / "missing" / "table.bin")

@@ -167,6 +167,8 @@ def test_bad_input(tokenizer):
         tokenizer.encode_words([b"bytes"])
     with pytest.raises(ValueError, match="seq_len"):
         tokenizer.encode_training("Hello", seq_len=0)
+    with pytest.raises(TypeError, match="sequences\\[0\\]"):
+        tokenizer.encode_training([b"\xff"], seq_len=3)
     with pytest.raises(ValueError, match="vocab_size"):
         Tokenizer(vocab_size=3, m=4, k_lowercase=0)  # v < m
     with pytest.raises(ValueError, match="m"):

@@ -119,16 +119,28 @@ class TrigramPatterns:
         self._table.precompute()
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the config and every computed row to ``path``."""
-        self._table.save(os.fspath(path))
+        """Write the config and every computed row to ``path`` (OSError where it cannot be written)."""
+        path = _file_path(path)
+        with open(path, "wb"):  # a missing directory or no permission: the OSError Python gives
+            pass
+        self._table.save(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrigramPatterns:
         """The table saved at ``path``; ValueError if the file is not a complete, valid table."""
-        path = os.fspath(path)
+        path = _file_path(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"path: no such file: {path!r}")
         return cls._wrap(_C.PatternTable.load(path))
+
+
+def _file_path(path) -> str:
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    if "\0" in path:  # the C library would stop at it and use another file
+        raise ValueError(f"path: expected no NUL character, got {path!r}")
+    return path
 
 
 def _utf8(word: str) -> bytes:

@@ -90,6 +90,9 @@ class Tokenizer:
             raise ValueError(f"seq_len: expected a positive int or None, got {seq_len!r}")
         texts, weights, first_chunk = [], [], []
         for s, sequence in enumerate(sequences):
+            if not isinstance(sequence, (str, list, tuple)):
+                raise TypeError(f"sequences[{s}]: expected a str or a list of (text, loss_weight) chunks, got "
+                                f"{type(sequence).__name__}")
             chunks = [(sequence, 1.0)] if isinstance(sequence, str) else list(sequence)
             first_chunk.append(len(texts))
             for text, weight in chunks:
