@@ -97,6 +97,9 @@ void check_sort_positions(const TensorView& indices, int64_t rows, const TensorV
   check_disjoint(row_starts, "row_starts", sorted_positions, "sorted_positions");
   if (!workspace) fail(ErrorKind::Value, "workspace: required for GPU tensors (int64 [sort_positions_workspace_size])");
   check_int64_vector(*workspace, "workspace", sort_positions_workspace_size(indices.size(0)));
+  check_disjoint(*workspace, "workspace", indices, "indices");
+  check_disjoint(*workspace, "workspace", sorted_positions, "sorted_positions");
+  check_disjoint(*workspace, "workspace", row_starts, "row_starts");
 }
 
 void check_backward_weights(const TensorView& grad_out, const TensorView& table, const Bags& bags,

@@ -221,9 +221,22 @@ def test_models_the_explainer_would_misread_are_refused():
                 "final_logit_softcapping"),
                (Gemma2ForCausalLM(Gemma2Config(head_dim=8, final_logit_softcapping=None, attn_logit_softcapping=5.0,
                                                **small)), "soft-caps")]
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    refused.append((GraniteForCausalLM(GraniteConfig(logits_scaling=8.0, **small)), "logits_scaling"))
     for model, message in refused:
         with pytest.raises(TypeError, match=message):
             explain(model.eval(), list(range(10)), [3, 4])
+
+
+def test_encoders_with_a_two_sided_sliding_window_are_refused():
+    from transformers import ModernBertConfig, ModernBertModel
+
+    model = ModernBertModel(ModernBertConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, local_attention=4, global_attn_every_n_layers=2,
+                                             pad_token_id=0)).eval()
+    with pytest.raises(TypeError, match="sliding window"):
+        explain_similarity(model, list(range(1, 11)), [3, 4, 5])
 
 
 def test_argument_types_are_checked_by_name():

@@ -172,7 +172,7 @@ def test_uniform_fills_up_to_the_target_when_a_component_is_full(model, prompts,
         assert dtm.global_sparsity(candidate) == pytest.approx(0.6, abs=1e-3)
 
 
-@pytest.mark.parametrize("step", [float("nan"), 1e-15, float("inf"), 0.0])
+@pytest.mark.parametrize("step", [float("nan"), 1e-15, 1e-6, float("inf"), 0.0])
 def test_allocation_rejects_steps_that_would_never_end(step):
     with pytest.raises(ValueError, match="threshold_step"):
         dtm.allocate({"a": ([0, 0.1, 0.3, 1], [100, 90, 50, 0])}, {"a": 10}, 0.2, threshold_step=step)

@@ -458,6 +458,9 @@ def test_native_cuda_sort_checks_its_arguments():
         sort(3, work=None)
     with pytest.raises(ValueError, match="workspace"):
         sort(3, work=workspace[1:])
+    shared = torch.empty(_C.embedding_bag_sort_workspace_size(3) + 4, dtype=torch.int64, device="cuda")
+    with pytest.raises(ValueError, match="workspace: expected memory disjoint from row_starts"):
+        sort(3, starts=shared[:4], work=shared[:_C.embedding_bag_sort_workspace_size(3)])
     with pytest.raises(ValueError, match="error_flag"):
         sort(3, flag=None)
     with pytest.raises(ValueError, match="rows"):

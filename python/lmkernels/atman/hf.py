@@ -15,7 +15,8 @@ variable set around the model call (so nothing is threaded through the model's s
   the mean over positions of the last hidden state (sentence-transformers' mean pooling).
 
 Sequences are single and unpadded, so transformers' attention masks are not needed and are ignored
-(the model is asked for none); a layer's sliding window is applied by the kernel; layers are
+(the model is asked for none); a causal layer's sliding window is applied by the kernel (an
+encoder's two-sided one is refused); layers are
 numbered in the order they run. Models whose attention does not go through the interface (Bloom,
 GPT-Neo, DeBERTa, T5: ``_supports_attention_backend`` is False) or that soft-cap attention logits
 are refused, as the explanation would silently be of another model; a pass in which fewer layers
@@ -66,6 +67,9 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
         raise TypeError(f"model: {type(module).__name__} soft-caps its attention logits, which lmkernels' attention "
                         "kernel does not do")
     window = kwargs.get("sliding_window")
+    if window is not None and window > 0 and not run.causal:
+        raise TypeError(f"model: {type(module).__name__} is a bidirectional encoder with a sliding window, whose "
+                        "two-sided window lmkernels' attention kernel does not do")
     layer, run.layer = run.layer, run.layer + 1
     if run.record is not None:
         run.record.append((key, value))
@@ -173,7 +177,7 @@ def hf_adapter(model: PreTrainedModel, tokenizer) -> _HFModel:
     if not getattr(type(model), "_supports_attention_backend", False):
         raise TypeError(f"model: {type(model).__name__} does not run its attention through transformers' attention "
                         "interface, through which the explainer suppresses keys")
-    for name in ("final_logit_softcapping", "logit_scale"):
+    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier"):
         if getattr(config, name, None) not in (None, 1, 1.0):
             raise TypeError(f"model: {type(model).__name__} post-processes its logits ({name}), which the explainer's "
                             "logits leave out")

@@ -15,7 +15,7 @@ by construction (same batches, same kernels, same device and dtype).
 The result is cached on disk under a key that hashes the model's class, its configuration and state
 (every parameter and buffer, non-persistent ones such as RoPE frequencies included, bit for bit),
 its device and dtype, the torch version, the prompts, ``N``, the batch size and the reconcile flag.
-The model must be in eval mode (dropout would make the references random). Without the disk cache
+The references are generated in eval mode (the model's modes are restored afterwards). Without the disk cache
 no key is computed (hashing the state of a 7B model takes about a minute).
 """
 
@@ -159,8 +159,17 @@ def reference_continuations(model: torch.nn.Module, prompts, num_tokens: int = 1
         reconcile: make the references self-consistent with the teacher-forced evaluation.
     """
     _check_sizes(num_tokens, batch_size)
-    if model.training:
-        raise ValueError("model: expected eval mode (model.eval()): dropout would make the references random")
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()  # dropout would make the references random; the caller's modes come back afterwards
+    try:
+        return _references(model, prompts, num_tokens, batch_size, cache_dir, use_disk_cache, reconcile)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _references(model, prompts, num_tokens: int, batch_size: int, cache_dir, use_disk_cache: bool,
+                reconcile: bool) -> References:
     vocab = models.vocab_size(model)
     prompts = check_prompts(prompts, vocab)
     key = _cache_key(model, prompts, num_tokens, batch_size, reconcile) if use_disk_cache else None

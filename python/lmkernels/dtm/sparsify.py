@@ -51,6 +51,7 @@ component parameters).
 from __future__ import annotations
 
 import math
+import numbers
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -91,8 +92,8 @@ def allocate(curves: dict[str, tuple[Sequence[float], Sequence[float]]], paramet
     if set(curves) != set(parameters):
         raise ValueError("curves: expected one curve per component of parameters")
     if isinstance(threshold_step, bool) or not isinstance(threshold_step, (int, float)) or \
-            not math.isfinite(threshold_step) or threshold_step < 1e-6:
-        raise ValueError(f"threshold_step: expected a finite number >= 1e-6, got {threshold_step!r}")
+            not math.isfinite(threshold_step) or threshold_step < 1e-3:
+        raise ValueError(f"threshold_step: expected a finite number >= 0.001, got {threshold_step!r}")
     total = sum(parameters.values())
     capacity = sum(parameters[c] * curves[c][0][-1] for c in curves) / total
     if not 0.0 <= target <= capacity + 1e-12:
@@ -151,7 +152,7 @@ def _uniform(added_target: float, sparsity: dict[str, float], parameters: dict[s
 
 
 def check_quantile(quantile) -> None:
-    if isinstance(quantile, bool) or not isinstance(quantile, (int, float)):
+    if isinstance(quantile, bool) or not isinstance(quantile, numbers.Real):
         raise TypeError(f"quantile: expected a number in [0, 1], got {type(quantile).__name__}")
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"quantile: expected a number in [0, 1], got {quantile!r}")
