@@ -92,11 +92,17 @@ void check_sort_positions(const TensorView& indices, int64_t rows, const TensorV
   };
   check_int64_vector(sorted_positions, "sorted_positions", indices.size(0));
   check_int64_vector(row_starts, "row_starts", rows + 1);
+  if (!workspace) fail(ErrorKind::Value, "workspace: required for GPU tensors (int64 [sort_positions_workspace_size])");
+  check_int64_vector(*workspace, "workspace", sort_positions_workspace_size(indices.size(0)));
+  check_sort_positions_disjoint(indices, sorted_positions, row_starts, workspace);
+}
+
+void check_sort_positions_disjoint(const TensorView& indices, const TensorView& sorted_positions,
+                                   const TensorView& row_starts, const OptionalView& workspace) {
   check_disjoint(sorted_positions, "sorted_positions", indices, "indices");
   check_disjoint(row_starts, "row_starts", indices, "indices");
   check_disjoint(row_starts, "row_starts", sorted_positions, "sorted_positions");
-  if (!workspace) fail(ErrorKind::Value, "workspace: required for GPU tensors (int64 [sort_positions_workspace_size])");
-  check_int64_vector(*workspace, "workspace", sort_positions_workspace_size(indices.size(0)));
+  if (!workspace) return;
   check_disjoint(*workspace, "workspace", indices, "indices");
   check_disjoint(*workspace, "workspace", sorted_positions, "sorted_positions");
   check_disjoint(*workspace, "workspace", row_starts, "row_starts");

@@ -74,6 +74,10 @@ constexpr int64_t kSortRadix = 256;
 int64_t sort_positions_workspace_size(int64_t num_indices);
 void check_sort_positions(const TensorView& indices, int64_t rows, const TensorView& sorted_positions,
                           const TensorView& row_starts, const OptionalView& workspace);
+// The sort's outputs (and GPU workspace) share no memory with each other or with the indices: a write
+// there would change an index after its range check.
+void check_sort_positions_disjoint(const TensorView& indices, const TensorView& sorted_positions,
+                                   const TensorView& row_starts, const OptionalView& workspace);
 
 #ifdef LMK_WITH_CUDA
 // sort_positions_by_row_cpu on the GPU; an index outside [0, rows) sets kBadIndex (its position

@@ -372,9 +372,7 @@ void sort_positions_by_row_cpu(const TensorView& indices_view, int64_t rows, con
   check_writable(row_starts, "row_starts");
   for (const TensorView* t : {&indices_view, &sorted_positions, &row_starts})
     if (t->device != DeviceType::CPU) fail(ErrorKind::Value, "sort_positions_by_row: expected CPU tensors");
-  check_disjoint(sorted_positions, "sorted_positions", indices_view, "indices");
-  check_disjoint(row_starts, "row_starts", indices_view, "indices");
-  check_disjoint(row_starts, "row_starts", sorted_positions, "sorted_positions");
+  check_sort_positions_disjoint(indices_view, sorted_positions, row_starts, std::nullopt);
   dispatch_index(indices_view.dtype, "indices", [&](auto index_tag) {
     using I = typename decltype(index_tag)::type;
     const I* indices = indices_view.as<I>();

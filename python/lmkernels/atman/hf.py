@@ -40,7 +40,7 @@ from transformers import AttentionInterface, PreTrainedModel
 
 from lmkernels.atman.models import Adapter, recorded_prefix
 from lmkernels.atman.tokens import Tokens, hf_continuation, hf_tokens
-from lmkernels.nn import KeySuppression
+from lmkernels.nn import KeySuppression, evaluating
 from lmkernels.ops import attention
 
 IMPLEMENTATION = "lmk_atman"
@@ -120,15 +120,12 @@ class _HFModel(Adapter):
 
     def _run(self, run: _Pass, **inputs) -> Tensor:
         previous = self.model.config._attn_implementation
-        modes = [(module, module.training) for module in self.model.modules()]
         token = _PASS.set(run)
         self.model.set_attn_implementation(IMPLEMENTATION)
-        self.model.eval()
         try:
-            hidden = self.model.base_model(**inputs, use_cache=False).last_hidden_state
+            with evaluating(self.model):
+                hidden = self.model.base_model(**inputs, use_cache=False).last_hidden_state
         finally:
-            for module, training in modes:
-                module.training = training
             self.model.set_attn_implementation(previous)
             _PASS.reset(token)
         if run.layer != self.num_layers:

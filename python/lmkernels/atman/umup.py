@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from lmkernels.atman.models import TokenIdModel, recorded_prefix
-from lmkernels.nn import KeySuppression
+from lmkernels.nn import KeySuppression, evaluating
 from lmkernels.ops import attention
 from lmkernels.umup import MHSA, TransformerDecoder
 from lmkernels.umup.activations import attention_output_scale
@@ -62,23 +62,20 @@ def _suppressed_mhsa(module: MHSA, layer: int, run: _Pass, input: Tensor) -> Ten
 @contextlib.contextmanager
 def suppressed_attention(model: TransformerDecoder, run: _Pass):
     """``model`` in eval mode with every ``MHSA`` running ``_suppressed_mhsa`` for ``run``; restored on exit."""
-    training = [(module, module.training) for module in model.modules()]
     shadowed = []
     try:
-        model.eval()
-        for layer, block in enumerate(model.layers):
-            module = block.mhsa
-            shadowed.append((module, vars(module).get("forward", _ABSENT)))
-            module.forward = lambda input, module=module, layer=layer: _suppressed_mhsa(module, layer, run, input)
-        yield
+        with evaluating(model):
+            for layer, block in enumerate(model.layers):
+                module = block.mhsa
+                shadowed.append((module, vars(module).get("forward", _ABSENT)))
+                module.forward = lambda input, module=module, layer=layer: _suppressed_mhsa(module, layer, run, input)
+            yield
     finally:
         for module, previous in shadowed:
             if previous is _ABSENT:
                 del module.forward
             else:
                 module.forward = previous
-        for module, flag in training:
-            module.training = flag
 
 
 class UMuPCausalLM(TokenIdModel):

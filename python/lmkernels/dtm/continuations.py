@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from lmkernels.dtm import models
+from lmkernels.nn import evaluating
 from lmkernels.ops import token_divergence
 
 
@@ -159,13 +160,8 @@ def reference_continuations(model: torch.nn.Module, prompts, num_tokens: int = 1
         reconcile: make the references self-consistent with the teacher-forced evaluation.
     """
     _check_sizes(num_tokens, batch_size)
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()  # dropout would make the references random; the caller's modes come back afterwards
-    try:
+    with evaluating(model):  # dropout would make the references random
         return _references(model, prompts, num_tokens, batch_size, cache_dir, use_disk_cache, reconcile)
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _references(model, prompts, num_tokens: int, batch_size: int, cache_dir, use_disk_cache: bool,

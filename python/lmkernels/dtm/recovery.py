@@ -29,7 +29,7 @@ from torch import Tensor
 
 from lmkernels.dtm.components import select
 from lmkernels.dtm.train import check_stream, train_steps
-from lmkernels.nn import CausalLM
+from lmkernels.nn import CausalLM, evaluating
 
 
 def keep_masks(model: torch.nn.Module, components: Iterable[str] | str | None = None) -> dict[str, Tensor]:
@@ -88,17 +88,12 @@ class RecoveryTraining:
                 raise ValueError(f"teacher: expected the model's vocabulary of {model.vocab_size}, "
                                  f"got {self.teacher.vocab_size}")
         was_training = model.training
-        teacher_training = self.teacher is not None and self.teacher.training
         model.train()
-        if self.teacher is not None:
-            self.teacher.eval()
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), evaluating(self.teacher):
                 self.losses.append(train_steps(
                     model, self.stream, self.steps, self.seq_len, self.batch_size, self.learning_rate, self.warmup,
                     self.generator, after_step=partial(apply_masks, model, masks), progress=self.progress,
                     label=f"recovery {len(self.losses) + 1} ", teacher=self.teacher))
         finally:
             model.train(was_training)
-            if self.teacher is not None:
-                self.teacher.train(teacher_training)

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import math
 import numbers
-
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 

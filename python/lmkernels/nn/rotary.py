@@ -57,7 +57,7 @@ class RotaryEmbedding(torch.nn.Module):
         # radians at position p), and to_empty() leaves it uninitialised. On the meta device it has no values.
         super()._apply(fn, recurse)
         if not self.inverse_frequencies.is_meta:
-            self.inverse_frequencies = self._frequencies.to(self.inverse_frequencies.device)
+            self.materialize(self.inverse_frequencies.device)
         return self
 
     def materialize(self, device: torch.device | str = "cpu") -> None:

@@ -85,8 +85,8 @@ def call_op(name: str, *args):
             isinstance(arg, torch.Tensor) and forward_ad.unpack_dual(arg).tangent is not None for arg in args):
         raise NotImplementedError(f"lmk::{name}: forward-mode AD (dual tensors) is not supported")
     if tracked and torch.is_grad_enabled():
-        # Ops without a gradient of their own (the backward ops, met under create_graph=True) keep
-        # the dispatcher's behaviour.
+        # Ops without an autograd.Function (the backward ops under create_graph=True, whose
+        # dispatcher gradient raises; the in-place fake quantize) keep the dispatcher's behaviour.
         function = _AUTOGRAD.get(name)
         return function.apply(*args) if function is not None else getattr(torch.ops.lmk, name)(*args)
     return _KERNELS[name](*args)
