@@ -15,6 +15,17 @@ the contrast score of that word equals its mean score. A dictionary of W = 0 wor
 [Q, 0] result. NaN logits give NaN scores: under contrast every word of that row (through S_q),
 under mean the words whose pattern holds the NaN column. Scores are bitwise reproducible.
 
+**Row tables.** Many words share a trigram, and so its m indices: a dictionary of 96,000 English
+words holds 684,000 trigram rows but only 14,000 distinct ones. Given a table of pattern rows
+(``row_indices``, ``row_offsets``: CSR of int32 vocabulary indices), the sets hold row ids instead
+of indices and each row counts as its indices::
+
+    s_qw = sum_{r in NE(w)} sum_{i in row r} a_q[i] + e * sum_{r in E(w)} sum_{i in row r} a_q[i]
+
+The kernels then sum each row's activations once and each word's row sums, about 8x fewer
+gathers for a real dictionary. The rows of one set must not share an index for this to equal the
+set semantics above (``lmkernels.tfree.Decoder`` builds its table so); the op sums what it is given.
+
 Inference only: the op has no gradient (T-FREE decodes with it; training uses the multi-label
 loss on the logits), and backpropagating through it raises a RuntimeError.
 """
@@ -40,6 +51,8 @@ def dictionary_scores(
     m: int,
     edge_weight: float = 1.0,
     variant: str = "contrast",
+    row_indices: Tensor | None = None,
+    row_offsets: Tensor | None = None,
 ) -> Tensor:
     """Score every dictionary word against each row of ``logits``; see the module docstring for the math.
 
@@ -52,12 +65,18 @@ def dictionary_scores(
         m: indices per trigram (>= 1).
         edge_weight: the weight ``e`` of the edge sums.
         variant: ``"contrast"`` or ``"mean"``.
+        row_indices, row_offsets: an optional table of pattern rows as CSR (int32 indices in ``[0, v)``,
+            int32 offsets [R + 1]); given, the sets hold row ids in ``[0, R)`` (see the module docstring).
 
     Returns:
         [Q, W] float32 scores.
     """
     tensors = dict(zip(("logits",) + _INDEX_ARGUMENTS,
                        (logits, ne_indices, ne_offsets, edge_indices, edge_offsets, trigram_counts)))
+    if (row_indices is None) != (row_offsets is None):
+        raise ValueError("row_indices, row_offsets: expected both or neither")
+    if row_indices is not None:
+        tensors.update(row_indices=row_indices, row_offsets=row_offsets)
     for name, t in tensors.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -67,11 +86,11 @@ def dictionary_scores(
         raise TypeError(f"edge_weight: expected a float, got {type(edge_weight).__name__}")
     if variant not in _VARIANTS:
         raise ValueError(f"variant: expected 'contrast' or 'mean', got {variant!r}")
-    for name in _INDEX_ARGUMENTS:
+    for name in tensors:
         if tensors[name].device != logits.device:
             raise ValueError(f"{name}: expected the device of logits ({logits.device}), got {tensors[name].device}")
     return call_op("dictionary_scores", logits, ne_indices, ne_offsets, edge_indices, edge_offsets,
-                                           trigram_counts, m, float(edge_weight), variant)
+                   trigram_counts, m, float(edge_weight), variant, row_indices, row_offsets)
 
 
 def top_words(scores: Tensor, k: int, softmax: bool = True) -> tuple[Tensor, Tensor]:
@@ -94,44 +113,59 @@ def top_words(scores: Tensor, k: int, softmax: bool = True) -> tuple[Tensor, Ten
 
 def _dictionary_scores(logits: Tensor, ne_indices: Tensor, ne_offsets: Tensor, edge_indices: Tensor,
                        edge_offsets: Tensor, trigram_counts: Tensor, m: int, edge_weight: float,
-                       variant: str) -> Tensor:
+                       variant: str, row_indices: Tensor | None = None, row_offsets: Tensor | None = None) -> Tensor:
     if logits.dim() != 2:
         raise ValueError(f"logits: expected 2 dimensions [Q, v], got shape {list(logits.shape)}")
     if trigram_counts.dim() != 1:
         raise ValueError(f"trigram_counts: expected 1 dimension [W], got shape {list(trigram_counts.shape)}")
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
+    factored = row_indices is not None
     dictionary = [t.detach().contiguous() for t in (ne_indices, ne_offsets, edge_indices, edge_offsets,
                                                     trigram_counts)]
+    rows = [t.detach().contiguous() for t in (row_indices, row_offsets)] if factored else [None, None]
     queries, vocab = logits.shape
+    num_rows = row_offsets.shape[0] - 1 if factored else vocab
     scores = torch.empty((queries, trigram_counts.shape[0]), dtype=torch.float32, device=logits.device)
-    activations = totals = None
+    activations = totals = row_sums = None
     if logits.is_cuda:
         activations = torch.empty((vocab, queries), dtype=torch.float32, device=logits.device)
         totals = torch.empty(queries, dtype=torch.float32, device=logits.device)
+        if factored:
+            row_sums = torch.empty((max(num_rows, 0), queries), dtype=torch.float32, device=logits.device)
     # A decoder scores against the same dictionary at every step: once the kernels found it valid for
     # this vocabulary, later calls need not wait for the GPU's verdict.
-    check = TableCheck(((ne_indices, (vocab,)), (edge_indices, (vocab,)), (ne_offsets, (ne_indices.numel(),)),
-                        (edge_offsets, (edge_indices.numel(),)), (trigram_counts, ())), logits)
+    tables = ((ne_indices, (num_rows,)), (edge_indices, (num_rows,)), (ne_offsets, (ne_indices.numel(),)),
+              (edge_offsets, (edge_indices.numel(),)), (trigram_counts, ()))
+    if factored:
+        tables += ((row_indices, (vocab,)), (row_offsets, (row_indices.numel(),)))
+    check = TableCheck(tables, logits)
     _C.dictionary_scores(dl(logits.detach()), *map(dl, dictionary), m, edge_weight, _VARIANTS[variant], dl(scores),
-                         dl(activations), dl(totals), dl(check.flag), stream_of(logits))
+                         dl(activations), dl(totals), dl(check.flag), stream_of(logits), *map(dl, rows),
+                         dl(row_sums))
+    set_range = (f"a row id is out of range for a table of {num_rows} rows" if factored else
+                 f"an index is out of range for logits of {vocab} columns")
     check.raise_on_flag({
-        _C.DICTIONARY_BAD_INDEX: IndexError(f"ne_indices, edge_indices: an index is out of range for logits of "
-                                            f"{vocab} columns"),
+        _C.DICTIONARY_BAD_INDEX: IndexError(f"ne_indices, edge_indices: {set_range}"),
         _C.DICTIONARY_BAD_OFFSETS: ValueError("ne_offsets, edge_offsets: expected offsets[0] == 0, non-decreasing, "
                                               "and last == the number of indices"),
         _C.DICTIONARY_BAD_COUNT: ValueError("trigram_counts: expected every word to have at least 1 trigram"),
+        _C.DICTIONARY_BAD_ROW_INDEX: IndexError(f"row_indices: an index is out of range for logits of {vocab} "
+                                                f"columns"),
+        _C.DICTIONARY_BAD_ROW_OFFSETS: ValueError("row_offsets: expected row_offsets[0] == 0, non-decreasing, and "
+                                                  "last == the number of row indices"),
     })
     return scores
 
 
 def _dictionary_scores_fake(logits, ne_indices, ne_offsets, edge_indices, edge_offsets, trigram_counts, m,
-                            edge_weight, variant):
+                            edge_weight, variant, row_indices=None, row_offsets=None):
     return logits.new_empty((logits.shape[0], trigram_counts.shape[0]), dtype=torch.float32)
 
 
 define_op("dictionary_scores(Tensor logits, Tensor ne_indices, Tensor ne_offsets, Tensor edge_indices, "
-          "Tensor edge_offsets, Tensor trigram_counts, int m, float edge_weight, str variant) -> Tensor",
+          "Tensor edge_offsets, Tensor trigram_counts, int m, float edge_weight, str variant, "
+          "Tensor? row_indices=None, Tensor? row_offsets=None) -> Tensor",
           _dictionary_scores, _dictionary_scores_fake)
 
 

@@ -16,13 +16,17 @@ def dictionary_scores(
     m: int,
     edge_weight: float = 1.0,
     variant: str = "contrast",
+    row_indices: Tensor | None = None,
+    row_offsets: Tensor | None = None,
 ) -> Tensor:
     """Scores [Q, W] of every dictionary word against each row of ``logits`` [Q, v], in fp32.
 
-    ``a = sigmoid(logits)``, ``s = a @ NE^T + e * a @ E^T`` with NE and E the [W, v] 0/1 CSR
-    matrices of the words' non-edge and edge index sets, ``S = a.sum(-1)``; contrast:
+    ``a = sigmoid(logits)``, ``s = a @ NE^T + e * a @ E^T`` with NE and E the [W, v] CSR matrices
+    of the words' non-edge and edge sets, ``S = a.sum(-1)``; contrast:
     ``s / (m n_w) + (s - S) / (v - m n_w)`` (the second term 0 where ``v - m n_w <= 0``); mean:
-    ``s / (m n_w)``.
+    ``s / (m n_w)``. With a row table (``row_indices``, ``row_offsets``) the sets hold row ids and
+    each row stands for its vocabulary indices: NE and E become (sets of rows) @ (rows of indices),
+    entries counted with multiplicity.
     """
     if variant not in ("contrast", "mean"):
         raise ValueError(f"variant: expected 'contrast' or 'mean', got {variant!r}")
@@ -32,9 +36,17 @@ def dictionary_scores(
     if words == 0:
         return activations.new_zeros(queries, 0)
 
-    def pattern(indices: Tensor, offsets: Tensor) -> Tensor:
+    def csr(indices: Tensor, offsets: Tensor, columns: int) -> Tensor:
+        rows = torch.repeat_interleave(torch.arange(offsets.numel() - 1, device=logits.device), offsets.diff().long())
         ones = torch.ones(indices.numel(), device=logits.device)
-        return torch.sparse_csr_tensor(offsets.long(), indices.long(), ones, (words, vocab), check_invariants=False)
+        return torch.sparse_coo_tensor(torch.stack([rows, indices.long()]), ones, (offsets.numel() - 1, columns),
+                                       check_invariants=False)
+
+    def pattern(indices: Tensor, offsets: Tensor) -> Tensor:
+        if row_indices is None:
+            return csr(indices, offsets, vocab).coalesce().to_sparse_csr()
+        rows = csr(row_indices, row_offsets, vocab)
+        return (csr(indices, offsets, row_offsets.numel() - 1) @ rows).coalesce().to_sparse_csr()
 
     transposed = activations.t().contiguous()
     pattern_sums = (pattern(ne_indices, ne_offsets) @ transposed
