@@ -20,6 +20,14 @@ void check_dictionary_scores(const TensorView& logits, const Dictionary& diction
   check_int32_vector(dictionary.edge_indices, "edge_indices", logits);
   check_int32_vector(dictionary.edge_offsets, "edge_offsets", logits);
   check_int32_vector(dictionary.trigram_counts, "trigram_counts", logits);
+  if (dictionary.row_indices.has_value() != dictionary.row_offsets.has_value())
+    fail(ErrorKind::Value, "row_indices, row_offsets: expected both or neither");
+  if (dictionary.has_rows()) {
+    check_int32_vector(*dictionary.row_indices, "row_indices", logits);
+    check_int32_vector(*dictionary.row_offsets, "row_offsets", logits);
+    if (dictionary.row_offsets->size(0) < 1)
+      fail(ErrorKind::Value, "row_offsets: expected at least one entry (offsets have num_rows + 1 entries), got 0");
+  }
   if (dictionary.ne_offsets.size(0) < 1)
     fail(ErrorKind::Value, "ne_offsets: expected at least one entry (offsets have num_words + 1 entries), got 0");
   const int64_t num_words = dictionary.num_words();
@@ -38,7 +46,9 @@ void check_dictionary_scores(const TensorView& logits, const Dictionary& diction
   check_same_device(scores, "scores", logits, "logits");
 }
 
-void check_dictionary_workspace(const TensorView& logits, const TensorView& activations, const TensorView& totals) {
+void check_dictionary_workspace(const TensorView& logits, const Dictionary& dictionary,
+                                const TensorView& activations, const TensorView& totals,
+                                const OptionalView& row_sums) {
   check_dtype(activations, "activations", {DType::Float32});
   check_ndim(activations, "activations", 2);
   check_size(activations, "activations", 0, logits.size(1));
@@ -52,6 +62,16 @@ void check_dictionary_workspace(const TensorView& logits, const TensorView& acti
   check_contiguous(totals, "totals");
   check_writable(totals, "totals");
   check_same_device(totals, "totals", logits, "logits");
+  if (row_sums.has_value() != dictionary.has_rows())
+    fail(ErrorKind::Value, "row_sums: the workspace is required with a row table, and only then");
+  if (!row_sums) return;
+  check_dtype(*row_sums, "row_sums", {DType::Float32});
+  check_ndim(*row_sums, "row_sums", 2);
+  check_size(*row_sums, "row_sums", 0, dictionary.set_bound(logits.size(1)));
+  check_size(*row_sums, "row_sums", 1, logits.size(0));
+  check_contiguous(*row_sums, "row_sums");
+  check_writable(*row_sums, "row_sums");
+  check_same_device(*row_sums, "row_sums", logits, "logits");
 }
 
 }  // namespace lmk::sparse

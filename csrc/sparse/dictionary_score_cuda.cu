@@ -16,6 +16,11 @@
 //    scores go out from the warp's own shared tile as 32-byte runs of each query's row, with no
 //    block-wide barrier, so a long word delays only its own warp.
 //
+// With a row table, row_sums_kernel runs between steps 3 and 4: the same lanes and gathers over
+// each pattern row's indices, written as row_sums[r * Q + q]; score_kernel then gathers from
+// row_sums with the row ids of the words' sets. Most rows' sums serve many words, and the row
+// sums of a dictionary (14,000 rows x 64 queries: 3.6 MB) stay in L2.
+//
 // Every sum has a fixed order (each lane in position order, then the fixed butterfly; the block
 // reduction for S_q), so results are bitwise reproducible; no floating-point atomics. Bad dictionary
 // values set a bit of error_flag and are skipped, so bad input never reads or writes out of bounds.
@@ -76,11 +81,22 @@ __global__ void check_kernel(DeviceWords words, int32_t* __restrict__ flag) {
   }
 }
 
-// Only for Q = 0, where score_kernel reads no index and so checks none.
-__global__ void check_range_kernel(const int32_t* __restrict__ indices, int64_t n, int64_t vocab,
+// Row offsets: offsets[0] = 0, non-decreasing, offsets[R] = count.
+__global__ void check_row_offsets_kernel(const int32_t* __restrict__ offsets, int64_t num_rows, int64_t count,
+                                         int32_t* __restrict__ flag) {
+  for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r <= num_rows;
+       r += int64_t(gridDim.x) * blockDim.x) {
+    const bool ok = (r > 0 || offsets[0] == 0) &&
+                    (r == num_rows ? offsets[r] == count : offsets[r] <= offsets[r + 1]);
+    if (!ok) flag_error(flag, kDictionaryBadRowOffsets);
+  }
+}
+
+// Only for Q = 0, where the gathers read no index and so check none.
+__global__ void check_range_kernel(const int32_t* __restrict__ indices, int64_t n, int64_t bound, int32_t bit,
                                    int32_t* __restrict__ flag) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    if (indices[i] < 0 || indices[i] >= vocab) flag_error(flag, kDictionaryBadIndex);
+    if (indices[i] < 0 || indices[i] >= bound) flag_error(flag, bit);
 }
 
 // activations[i * Q + q] = sigmoid(logits[q, i]) for a tile of 32 indices i0.. x 32 queries q0..: read
@@ -143,12 +159,13 @@ __device__ __forceinline__ void load_row(const float* p, float (&a)[V]) {
 }
 
 // One word's pattern sums s = sum NE + e * sum E for the lane's V queries, over the lane's share of
-// the word's n positions (n_ne in ne_set, then the rest in edge_set); the caller adds the groups'
-// shares. rows points at the lane's first query in activations row 0; active = the lane has
-// queries. All kUnroll index loads go out before any row load, and all row loads before any add.
+// the word's n positions (n_ne in ne_set, then the rest in edge_set), each an entry in [0, bound);
+// the caller adds the groups' shares. rows points at the lane's first query in the gathered table's
+// row 0; active = the lane has queries. All kUnroll index loads go out before any row load, and
+// all row loads before any add.
 template <int V>
 __device__ __forceinline__ void lane_sums(const int32_t* ne_set, int64_t n_ne, const int32_t* edge_set, int64_t n,
-                                          const float* __restrict__ rows, int64_t num_queries, int64_t vocab,
+                                          const float* __restrict__ rows, int64_t num_queries, int64_t bound,
                                           float edge_weight, bool active, int group, int groups, float (&s)[V],
                                           bool& bad_index) {
   for (int64_t p0 = group; p0 < n; p0 += int64_t(kUnroll) * groups) {
@@ -160,7 +177,7 @@ __device__ __forceinline__ void lane_sums(const int32_t* ne_set, int64_t n_ne, c
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const bool in_range = 0 <= index[u] && index[u] < vocab;
+      const bool in_range = 0 <= index[u] && index[u] < bound;
       bad_index |= p0 + int64_t(u) * groups < n && !in_range;
       if (!in_range) index[u] = -1;
     }
@@ -187,8 +204,8 @@ __device__ __forceinline__ void lane_sums(const int32_t* ne_set, int64_t n_ne, c
 template <int V>
 __global__ void __launch_bounds__(kThreads, V == 4 ? 3 : 4)
     score_kernel(DeviceWords words, const float* __restrict__ activations, const float* __restrict__ totals,
-                 int64_t num_queries, int64_t vocab, int64_t m, float edge_weight, bool contrast, int column_bits,
-                 float* __restrict__ scores, int32_t* __restrict__ flag) {
+                 int64_t num_queries, int64_t bound, int64_t vocab, int64_t m, float edge_weight, bool contrast,
+                 int column_bits, float* __restrict__ scores, int32_t* __restrict__ flag) {
   // Per warp: [query in group][word in task]; a group has at most 32 * V queries.
   __shared__ float tiles[kWarps][32 * V][kWordsPerWarp + 1];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -227,7 +244,7 @@ __global__ void __launch_bounds__(kThreads, V == 4 ? 3 : 4)
 
         float s[V] = {};
         lane_sums<V>(words.ne_indices + (ne_ok ? ne_begin : 0), n_ne, words.edge_indices + (edge_ok ? edge_begin : 0),
-                     n, activations + (active ? q : 0), num_queries, vocab, edge_weight, active, group, groups, s,
+                     n, activations + (active ? q : 0), num_queries, bound, edge_weight, active, group, groups, s,
                      bad_index);
         // Over the groups; lane `column` of group 0 ends with its queries' sums.
         for (int mask = columns; mask < 32; mask *= 2) {
@@ -257,16 +274,62 @@ __global__ void __launch_bounds__(kThreads, V == 4 ? 3 : 4)
   if (bad_index) flag_error(flag, kDictionaryBadIndex);
 }
 
+// Warp task t: rows [8t, 8t + 8) of the table, row_sums[r * Q + q] = sum of activations[i * Q + q]
+// over the row's indices i; lanes and gathers as in score_kernel, with the same register bounds.
+template <int V>
+__global__ void __launch_bounds__(kThreads, V == 4 ? 3 : 4)
+    row_sums_kernel(const int32_t* __restrict__ row_indices, const int32_t* __restrict__ row_offsets,
+                    int64_t row_count, int64_t num_rows, const float* __restrict__ activations, int64_t num_queries,
+                    int64_t vocab, int column_bits, float* __restrict__ row_sums, int32_t* __restrict__ flag) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int columns = 1 << column_bits, groups = 32 >> column_bits;
+  const int column = lane & (columns - 1), group = lane >> column_bits;
+  const int64_t group_queries = int64_t(columns) * V;
+  const int64_t num_tasks = ceil_div(num_rows, kWordsPerWarp);
+  bool bad_index = false;  // reported once, at the end
+
+  for (int64_t task = int64_t(blockIdx.x) * kWarps + warp; task < num_tasks; task += int64_t(gridDim.x) * kWarps) {
+    const int64_t r0 = task * kWordsPerWarp;
+    const int task_rows = num_rows - r0 < kWordsPerWarp ? int(num_rows - r0) : kWordsPerWarp;
+    const int32_t offset = lane <= task_rows ? row_offsets[r0 + lane] : 0;
+    for (int64_t q0 = int64_t(blockIdx.y) * group_queries; q0 < num_queries;
+         q0 += int64_t(gridDim.y) * group_queries) {
+      const int64_t q = q0 + int64_t(column) * V;
+      const bool active = q < num_queries;
+      for (int k = 0; k < task_rows; ++k) {
+        const int64_t begin = __shfl_sync(0xffffffffu, offset, k), end = __shfl_sync(0xffffffffu, offset, k + 1);
+        // A malformed row (flagged by check_row_offsets_kernel) counts as empty.
+        const bool ok = 0 <= begin && begin <= end && end <= row_count;
+        const int64_t n = ok ? end - begin : 0;
+        const int32_t* row = row_indices + (ok ? begin : 0);
+        float s[V] = {};
+        lane_sums<V>(row, n, row, n, activations + (active ? q : 0), num_queries, vocab, 1.f, active, group,
+                     groups, s, bad_index);
+        for (int mask = columns; mask < 32; mask *= 2) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) s[j] += __shfl_xor_sync(0xffffffffu, s[j], mask);
+        }
+        if (group == 0 && active) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) row_sums[(r0 + k) * num_queries + q + j] = s[j];
+        }
+      }
+    }
+  }
+  if (bad_index) flag_error(flag, kDictionaryBadRowIndex);
+}
+
 }  // namespace
 
 void dictionary_scores_cuda(const TensorView& logits, const Dictionary& dictionary, const ScoreParams& params,
-                            const TensorView& activations, const TensorView& totals, const TensorView& scores,
-                            const TensorView& error_flag, void* stream) {
+                            const TensorView& activations, const TensorView& totals, const OptionalView& row_sums,
+                            const TensorView& scores, const TensorView& error_flag, void* stream) {
   CudaDeviceGuard guard(logits.device_index);
   const auto s = static_cast<cudaStream_t>(stream);
   int32_t* flag = error_flag.as<int32_t>();
   const int64_t num_queries = logits.size(0), vocab = logits.size(1), num_words = dictionary.num_words();
   const bool contrast = params.variant == ScoreVariant::Contrast;
+  const int64_t bound = dictionary.set_bound(vocab);
   const DeviceWords words{dictionary.ne_indices.as<const int32_t>(),   dictionary.ne_offsets.as<const int32_t>(),
                           dictionary.edge_indices.as<const int32_t>(), dictionary.edge_offsets.as<const int32_t>(),
                           dictionary.trigram_counts.as<const int32_t>(), dictionary.ne_indices.size(0),
@@ -275,14 +338,23 @@ void dictionary_scores_cuda(const TensorView& logits, const Dictionary& dictiona
   const auto check_blocks = unsigned(std::min<int64_t>(ceil_div(num_words + 1, kThreads), 1024));
   check_kernel<<<check_blocks, kThreads, 0, s>>>(words, flag);
   LMK_CUDA_CHECK(cudaGetLastError());
+  if (dictionary.has_rows()) {
+    const auto blocks = unsigned(std::min<int64_t>(ceil_div(bound + 1, kThreads), 1024));
+    check_row_offsets_kernel<<<blocks, kThreads, 0, s>>>(dictionary.row_offsets->as<const int32_t>(), bound,
+                                                         dictionary.row_indices->size(0), flag);
+    LMK_CUDA_CHECK(cudaGetLastError());
+  }
   if (num_queries == 0) {
-    for (const TensorView* indices : {&dictionary.ne_indices, &dictionary.edge_indices}) {
-      const int64_t n = indices->size(0);
-      if (n == 0) continue;
+    const auto check_range = [&](const TensorView& indices, int64_t limit, int32_t bit) {
+      const int64_t n = indices.size(0);
+      if (n == 0) return;
       const auto blocks = unsigned(std::min<int64_t>(ceil_div(n, kThreads), 1024));
-      check_range_kernel<<<blocks, kThreads, 0, s>>>(indices->as<const int32_t>(), n, vocab, flag);
+      check_range_kernel<<<blocks, kThreads, 0, s>>>(indices.as<const int32_t>(), n, limit, bit, flag);
       LMK_CUDA_CHECK(cudaGetLastError());
-    }
+    };
+    check_range(dictionary.ne_indices, bound, kDictionaryBadIndex);
+    check_range(dictionary.edge_indices, bound, kDictionaryBadIndex);
+    if (dictionary.has_rows()) check_range(*dictionary.row_indices, vocab, kDictionaryBadRowIndex);
     return;
   }
   if (num_words == 0) return;
@@ -302,18 +374,34 @@ void dictionary_scores_cuda(const TensorView& logits, const Dictionary& dictiona
     }
   });
 
-  // float4 rows need Q % 4 == 0 and a 16-byte aligned workspace (the op's allocation is).
-  const bool vec4 = num_queries % 4 == 0 && reinterpret_cast<uintptr_t>(activations.data) % 16 == 0;
+  // float4 rows need Q % 4 == 0 and a 16-byte aligned workspace (the op's allocations are).
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vec4 = num_queries % 4 == 0 && aligned(activations.data) && (!row_sums || aligned(row_sums->data));
   const int64_t lanes_per_row = vec4 ? num_queries / 4 : num_queries;
   int column_bits = 0;
   while (column_bits < 5 && (int64_t(1) << column_bits) < lanes_per_row) ++column_bits;
   const int64_t group_queries = (int64_t(1) << column_bits) * (vec4 ? 4 : 1);
-  const dim3 grid(unsigned(std::min(ceil_div(ceil_div(num_words, kWordsPerWarp), kWarps), kMaxGridX)),
-                  unsigned(std::min(ceil_div(num_queries, group_queries), kMaxGridY)));
+  const auto grid_for = [&](int64_t items) {
+    return dim3(unsigned(std::min(ceil_div(ceil_div(items, kWordsPerWarp), kWarps), kMaxGridX)),
+                unsigned(std::min(ceil_div(num_queries, group_queries), kMaxGridY)));
+  };
+  const float* gathered = activations.as<const float>();
+  if (dictionary.has_rows() && bound > 0) {
+    const auto launch_rows = [&](auto kernel) {
+      kernel<<<grid_for(bound), kThreads, 0, s>>>(dictionary.row_indices->as<const int32_t>(),
+                                                  dictionary.row_offsets->as<const int32_t>(),
+                                                  dictionary.row_indices->size(0), bound, gathered, num_queries,
+                                                  vocab, column_bits, row_sums->as<float>(), flag);
+      LMK_CUDA_CHECK(cudaGetLastError());
+    };
+    if (vec4) launch_rows(row_sums_kernel<4>);
+    else launch_rows(row_sums_kernel<1>);
+  }
+  if (dictionary.has_rows()) gathered = row_sums->as<const float>();
   const auto launch = [&](auto kernel) {
-    kernel<<<grid, kThreads, 0, s>>>(words, activations.as<const float>(), totals.as<const float>(), num_queries,
-                                     vocab, params.indices_per_trigram, params.edge_weight, contrast, column_bits,
-                                     scores.as<float>(), flag);
+    kernel<<<grid_for(num_words), kThreads, 0, s>>>(words, gathered, totals.as<const float>(), num_queries, bound,
+                                                    vocab, params.indices_per_trigram, params.edge_weight, contrast,
+                                                    column_bits, scores.as<float>(), flag);
     LMK_CUDA_CHECK(cudaGetLastError());
   };
   if (vec4) launch(score_kernel<4>);

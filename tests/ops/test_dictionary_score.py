@@ -376,3 +376,158 @@ def test_wrong_shape_device_or_value_raises_value_error(position, name, make):
 def test_bad_variant_raises_value_error():
     with pytest.raises(ValueError, match="variant"):
         call(valid(), variant="max")
+
+
+# ---- row tables ---------------------------------------------------------------------------------
+
+def row_table_problem(queries, vocab, num_rows, ne_sizes, edge_sizes, m=10, seed=0, device="cpu",
+                      dtype=torch.float32):
+    """Logits and a dictionary whose sets hold ids of random pattern rows (1 to m indices each)."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, m + 1, (num_rows,), generator=generator).tolist()
+    rows = [torch.randperm(vocab, generator=generator)[:n] for n in lengths]
+    row_indices = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64)
+    row_offsets = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0)
+
+    def sets(sizes):
+        ids = [torch.randperm(num_rows, generator=generator)[:size] for size in sizes]
+        flat = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64)
+        return flat, torch.tensor([0] + [len(i) for i in ids], dtype=torch.int64).cumsum(0)
+
+    counts = torch.randint(1, 9, (len(ne_sizes),), generator=generator)
+    tensors = (*sets(ne_sizes), *sets(edge_sizes), counts, row_indices, row_offsets)
+    tensors = [t.to(device=device, dtype=torch.int32) for t in tensors]
+    logits = (3 * torch.randn(queries, vocab, generator=generator)).to(device=device, dtype=dtype)
+    return logits, tensors[:5], tensors[5:], m
+
+
+def check_row_table(problem, edge_weight=0.7, variant="contrast"):
+    logits, dictionary, rows, m = problem
+    ours = dictionary_scores(logits, *dictionary, m, edge_weight, variant, *rows)
+    expected = reference.dictionary_scores(logits, *dictionary, m, edge_weight, variant, *rows)
+    torch.testing.assert_close(ours, expected, **TOLERANCE)
+    return ours
+
+
+# Every lane layout of both CUDA kernels (as test_every_query_count), one query's scalar path on the
+# CPU, several passes; rows shared by many words, empty sets, words whose rows overlap (summed twice).
+@pytest.mark.parametrize("queries", [1, 3, 4, 8, 33, 64, 70, 132])
+@pytest.mark.parametrize("variant", ["contrast", "mean"])
+def test_row_table_matches_reference(device, queries, variant):
+    problem = row_table_problem(queries, 700, 45, [0, 3, 9, 5, 1, 7] * 9, [2, 0, 1, 2, 0, 2] * 9, seed=queries,
+                                device=device)
+    check_row_table(problem, variant=variant)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_row_table_half_logits(device, dtype):
+    check_row_table(row_table_problem(12, 300, 30, [4, 6, 2] * 7, [1, 2, 0] * 7, device=device, dtype=dtype))
+
+
+def test_row_table_equals_the_expanded_sets(device):
+    # Disjoint rows within each set (as lmkernels.tfree.Decoder builds them): the row form and the sets
+    # it stands for give the same scores up to rounding.
+    logits = torch.randn(5, 40, device=device)
+    row_indices = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], dtype=torch.int32, device=device)
+    row_offsets = torch.tensor([0, 3, 5, 10], dtype=torch.int32, device=device)  # {0,1,2} {3,4} {5..9}
+    ne_rows, ne_row_offsets = torch.tensor([0, 1, 2], dtype=torch.int32, device=device), torch.tensor(
+        [0, 2, 3], dtype=torch.int32, device=device)
+    edge_rows, edge_row_offsets = torch.tensor([1], dtype=torch.int32, device=device), torch.tensor(
+        [0, 1, 1], dtype=torch.int32, device=device)
+    counts = torch.tensor([3, 1], dtype=torch.int32, device=device)
+    factored = dictionary_scores(logits, ne_rows, ne_row_offsets, edge_rows, edge_row_offsets, counts, 2, 0.5,
+                                 "contrast", row_indices, row_offsets)
+    ne = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], dtype=torch.int32, device=device)
+    ne_offsets = torch.tensor([0, 5, 10], dtype=torch.int32, device=device)
+    edge = torch.tensor([3, 4], dtype=torch.int32, device=device)
+    edge_offsets = torch.tensor([0, 2, 2], dtype=torch.int32, device=device)
+    direct = dictionary_scores(logits, ne, ne_offsets, edge, edge_offsets, counts, 2, 0.5, "contrast")
+    torch.testing.assert_close(factored, direct, **TOLERANCE)
+
+
+def test_row_table_is_bitwise_deterministic_for_any_thread_count():
+    logits, dictionary, rows, m = row_table_problem(70, 2000, 400, [8] * 300, [2] * 300, seed=5)
+    threads = lmkernels.num_threads()
+    try:
+        lmkernels.set_num_threads(1)
+        single = dictionary_scores(logits, *dictionary, m, 0.8, "contrast", *rows)
+        lmkernels.set_num_threads(3)
+        several = dictionary_scores(logits, *dictionary, m, 0.8, "contrast", *rows)
+    finally:
+        lmkernels.set_num_threads(threads)
+    assert torch.equal(single, several)
+
+
+def test_row_table_empty_cases(device):
+    logits, dictionary, rows, m = row_table_problem(4, 50, 0, [0, 0], [0, 0], device=device)
+    scores = check_row_table((logits, dictionary, rows, m))  # no rows: every sum is 0
+    assert scores.shape == (4, 2)
+    logits, dictionary, rows, m = row_table_problem(0, 50, 5, [2, 1], [1, 0], device=device)
+    assert dictionary_scores(logits, *dictionary, m, 1.0, "contrast", *rows).shape == (0, 2)
+
+
+def test_row_table_opcheck_and_compile():
+    logits, dictionary, rows, m = row_table_problem(6, 100, 20, [3, 2, 5], [1, 2, 0])
+    torch.library.opcheck(torch.ops.lmk.dictionary_scores.default, (logits, *dictionary, m, 0.8, "mean", *rows))
+    compiled = torch.compile(lambda x: dictionary_scores(x, *dictionary, m, 0.8, "mean", *rows), fullgraph=True)
+    torch.testing.assert_close(compiled(logits), dictionary_scores(logits, *dictionary, m, 0.8, "mean", *rows))
+
+
+def valid_row_table():
+    logits, dictionary, rows, m = row_table_problem(2, 10, 4, [2, 0, 3], [1, 1, 0], m=3)
+    return [logits, *dictionary, m, 1.0, "contrast", *rows]
+
+
+# Positions in valid_row_table(): 1 ne rows, 3 edge rows, 9 row_indices, 10 row_offsets.
+@pytest.mark.parametrize("queries", [1, 64])
+@pytest.mark.parametrize("position, value, error, name", [
+    (1, (0, 4), IndexError, "ne_indices"),
+    (3, (0, -1), IndexError, "edge_indices"),
+    (9, (2, 10), IndexError, "row_indices"),
+    (9, (0, -5), IndexError, "row_indices"),
+    (10, [1, 2, 3, 4, 5], ValueError, "row_offsets"),
+    (10, [0, 3, 2, 4, 5], ValueError, "row_offsets"),
+])
+def test_bad_row_table_values_raise_on_every_device(device, queries, position, value, error, name):
+    args = valid_row_table()
+    args[0] = torch.randn(queries, 10)
+    if isinstance(value, tuple):
+        args[position][value[0]] = value[1]
+    else:
+        last = int(args[10][-1])
+        args[position] = torch.tensor(value[:-1] + [last], dtype=torch.int32)
+    args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(error, match=name):
+        call(args)
+
+
+def test_bad_row_offsets_end_raises():
+    args = valid_row_table()
+    args[10] = args[10].clone()
+    args[10][-1] += 1
+    with pytest.raises(ValueError, match="row_offsets"):
+        call(args)
+
+
+@pytest.mark.parametrize("position, name, make, error", [
+    (9, "row_indices", lambda t: t.long(), TypeError),
+    (10, "row_offsets", lambda t: t.long(), TypeError),
+    (9, "row_indices", lambda t: t.view(1, -1), ValueError),
+    (10, "row_offsets", lambda t: t[:0], ValueError),
+    (10, "row_offsets", lambda t: t.to("meta"), ValueError),
+    (10, "row_offsets", lambda t: None, ValueError),
+])
+def test_bad_row_table_arguments_raise(position, name, make, error):
+    args = valid_row_table()
+    args[position] = make(args[position])
+    with pytest.raises(error, match=name):
+        call(args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path checks indices even without queries")
+def test_bad_row_ids_on_cuda_without_queries():
+    args = [a.to("cuda") if isinstance(a, torch.Tensor) else a for a in valid_row_table()]
+    args[0] = args[0][:0]
+    args[1][0] = 4
+    with pytest.raises(IndexError, match="ne_indices"):
+        call(args)
