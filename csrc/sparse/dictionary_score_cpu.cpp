@@ -237,38 +237,54 @@ __attribute__((always_inline)) inline void score_words(const float* act, const f
 }
 
 // One query: the activations are a plain vector (a few hundred KiB, cache-resident), gathered as
-// scalars in kChains interleaved partial sums.
-template <int kChains = 4>
+// scalars in two interleaved partial sums (even and odd positions). A set holds a handful of
+// entries (a word's rows: about 7), so the loop is kept short: wider unrolling and a checked tail
+// cost more than they saved (one query, 96,000 words: 1.4x slower).
 __attribute__((always_inline)) inline int64_t gather_scalars(const float* act, const int32_t* indices, int64_t begin,
-                                                             int64_t end, int64_t vocab, float& sum) {
-  float chains[kChains] = {};
-  bool in_range = true;
+                                                             int64_t end, int64_t bound, float& sum) {
+  float even = 0.f, odd = 0.f;
+  bool bad = false;
   int64_t p = begin;
-  for (; p + kChains <= end; p += kChains) {
-    for (int c = 0; c < kChains; ++c) {
-      const uint32_t i = uint32_t(indices[p + c]);
-      in_range &= i < uint64_t(vocab);
-      chains[c] += act[in_range ? i : 0];
-    }
-    if (!in_range) break;
+  for (; p + 2 <= end; p += 2) {
+    const uint64_t i = uint32_t(indices[p]), j = uint32_t(indices[p + 1]);
+    bad |= (i >= uint64_t(bound)) | (j >= uint64_t(bound));
+    even += act[i < uint64_t(bound) ? i : 0];
+    odd += act[j < uint64_t(bound) ? j : 0];
   }
-  for (int c = 0; in_range && p < end; ++p, ++c) {
-    const uint32_t i = uint32_t(indices[p]);
-    in_range = i < uint64_t(vocab);
-    chains[c] += act[in_range ? i : 0];
+  if (p < end) {
+    const uint64_t i = uint32_t(indices[p]);
+    bad |= i >= uint64_t(bound);
+    even += act[i < uint64_t(bound) ? i : 0];
   }
-  if (!in_range) {  // find the first offending position of the block that failed
-    for (int64_t q = std::max(begin, p - kChains); q < end; ++q)
-      if (uint32_t(indices[q]) >= uint64_t(vocab)) return q;
+  if (bad) {
+    for (int64_t q = begin; q < end; ++q)
+      if (uint32_t(indices[q]) >= uint64_t(bound)) return q;
   }
-  for (int step = 1; step < kChains; step *= 2)
-    for (int c = 0; c + step < kChains; c += 2 * step) chains[c] += chains[c + step];
-  sum = chains[0];
+  sum = even + odd;
   return -1;
+}
+
+// The scores of up to kWordBlock words from their pattern sums, eight words a vector: word_score
+// lane by lane, so that its divisions are vector divisions (per word they cost about as much as
+// the word's gathers).
+void normalise_words(const float* sums, float total, const Words& words, int64_t w0, int64_t w1, float* tile) {
+  alignas(32) float on_slots[kWordBlock], off_slots[kWordBlock];
+  for (int64_t k = 0; k < kWordBlock; ++k) {
+    const int64_t slots = w0 + k < w1 ? words.m * int64_t(words.counts[w0 + k]) : 1;
+    on_slots[k] = float(slots);
+    off_slots[k] = float(words.vocab - slots);
+  }
+  for (int64_t k = 0; k < kWordBlock; k += kLanes) {
+    const f32x8 s = load8(sums + k), on = load8(on_slots + k), off = load8(off_slots + k);
+    f32x8 score = s * (1.f / on);
+    if (words.contrast) score += select(off > 0.f, (s - total) * (1.f / off), f32x8{});
+    std::memcpy(tile + k, &score, sizeof score);
+  }
 }
 
 void score_words_single(const float* act, float total, const Words& words, int64_t w0, int64_t w1, float* tile,
                         BadPosition& bad) {
+  alignas(32) float sums[kWordBlock] = {};
   for (int64_t w = w0; w < w1; ++w) {
     float ne, edge;
     bad.ne = gather_scalars(act, words.ne_indices, words.ne_offsets[w], words.ne_offsets[w + 1], words.bound, ne);
@@ -276,8 +292,9 @@ void score_words_single(const float* act, float total, const Words& words, int64
     bad.edge = gather_scalars(act, words.edge_indices, words.edge_offsets[w], words.edge_offsets[w + 1], words.bound,
                               edge);
     if (bad.edge >= 0) return;
-    tile[w - w0] = word_score(ne + words.edge_weight * edge, total, words, w);
+    sums[w - w0] = ne + words.edge_weight * edge;
   }
+  normalise_words(sums, total, words, w0, w1, tile);
 }
 
 // width = 1: one query; otherwise 8 * units lanes.

@@ -140,13 +140,3 @@ def test_text_cases_are_cpu_only():
     from lmkernels.bench import tfree_words
 
     assert tfree_words.cases(quick=True, device="cuda", tiny=True) == []
-
-
-def test_dictionary_scores_cases_compute_the_peers_scores():
-    from lmkernels.bench import dictionary_score
-
-    cases = dictionary_score.cases(quick=True, device="cpu", tiny=True)
-    assert {case.peer for case in cases} == {"torch embedding_bag (C = NE + e E)", "torch.sparse CSR @ dense"}
-    for case in cases:
-        assert case.kernel == "dictionary_scores"
-        torch.testing.assert_close(case.ours_fn(), case.peer_fn(), rtol=1e-5, atol=1e-5)
