@@ -1,12 +1,11 @@
-"""The T-FREE model pieces: embedding, loss, dictionary decoding, generation and a short training run."""
+"""The T-FREE model pieces: embedding, loss, generation and a short training run (decoding: test_decoding.py)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lmkernels.nn import DecoderConfig
-from lmkernels.tfree import (SPECIAL_WORDS, Decoder, TFreeConfig, TFreeLM, Tokenizer, build_dictionary, generate,
-                             tfree_loss)
+from lmkernels.tfree import Decoder, TFreeConfig, TFreeLM, Tokenizer, build_dictionary, generate, tfree_loss
 from lmkernels.tfree.train import TrainSettings, train
 
 
@@ -48,57 +47,6 @@ def test_loss_equals_dense_bce_with_pos_weight(tokenizer):
     torch.testing.assert_close(grad, expected_grad)
 
 
-def test_dictionary_sets_and_scores(tokenizer):
-    decoder = Decoder(tokenizer, ["<|endoftext|>", "Hello", "a", "world"])
-    logits = torch.randn(3, tokenizer.vocab_size)
-    scores = decoder.scores(logits, edge_weight=0.5)
-    a = torch.sigmoid(logits)
-    v, m = tokenizer.vocab_size, tokenizer.m
-    for w, word in enumerate(decoder.words):
-        rows = tokenizer.word_pattern(word)
-        ids = [-1] if word.startswith("<|") else tokenizer.patterns.trigram_ids(word)
-        edge = {i for row, t in zip(rows, ids) if t >= 0 and (t & 0xFF == 0x20 or t >> 16 == 0x20) for i in row}
-        inner = {i for row, t in zip(rows, ids) if not (t >= 0 and (t & 0xFF == 0x20 or t >> 16 == 0x20))
-                 for i in row}
-        s = a[:, sorted(inner)].sum(1) + 0.5 * a[:, sorted(edge)].sum(1)
-        n = len(rows)
-        expected = s / (m * n) + (s - a.sum(1)) / (v - m * n)
-        torch.testing.assert_close(scores[:, w], expected, rtol=1e-5, atol=1e-6)
-
-
-def test_dictionary_copies_its_tensors_to_another_device_once(tokenizer):
-    decoder = Decoder(tokenizer, ["a", "b"])
-    meta = torch.device("meta")
-    copies = decoder._tensors_on(meta)
-    assert all(t.device == meta for t in copies) and decoder._tensors_on(meta) is copies
-    assert decoder._tensors_on(torch.device("cpu")) is decoder._tensors
-    decoder.add(["c"])
-    refreshed = decoder._tensors_on(meta)
-    assert refreshed is not copies and refreshed[-1].shape == (3,)
-
-
-def test_dictionary_rejects_entries_that_are_not_one_word(tokenizer):
-    decoder = Decoder(tokenizer)
-    assert len(decoder) == 0
-    with pytest.raises(ValueError, match="not a single word"):
-        decoder.add(["two words"])
-    with pytest.raises(TypeError):
-        decoder.add([3])
-    assert decoder.add(["x", "x", "y"]) == 2 and decoder.add(["x"]) == 0
-
-
-def test_empty_dictionary_and_nan_logits(tokenizer):
-    empty = Decoder(tokenizer)
-    logits = torch.randn(2, tokenizer.vocab_size)
-    assert empty.scores(logits).shape == (2, 0)
-    with pytest.raises(ValueError, match="k"):
-        empty.top(logits)
-    decoder = Decoder(tokenizer, ["a", "b"])
-    logits[0, 0] = float("nan")
-    scores = decoder.scores(logits)
-    assert scores[0].isnan().all() and not scores[1].isnan().any()  # documented: NaN spreads through the total
-
-
 def test_generation_with_cache_equals_recomputation(tokenizer):
     model = _tiny_model(tokenizer)
     decoder = Decoder(tokenizer, build_dictionary(tokenizer, ["the cat sat on the mat . a dog ran <|endoftext|>"],
@@ -137,24 +85,6 @@ def test_generation_scores_missing_prompt_words_without_changing_the_decoder(tok
             break
         words.append(word)
     assert text == tokenizer.join(words)[len(prompt):]
-
-
-def test_dictionary_builder_orders_specials_counts_and_first_appearance(tokenizer):
-    texts = ["zeta alpha zeta", "beta alpha gamma beta<|endoftext|>", "beta"]
-    specials = ("<|ws|>", "<|endoftext|>")
-    everything = ["<|ws|>", "<|endoftext|>", "beta", "zeta", "alpha", "gamma"]
-    assert build_dictionary(tokenizer, texts, specials=specials) == everything
-    assert build_dictionary(tokenizer, texts, size=4, specials=specials) == everything[:4]
-    assert build_dictionary(tokenizer, texts, size=1, specials=specials) == ["<|ws|>"]
-    assert build_dictionary(tokenizer, texts, size=2, specials=specials) == ["<|ws|>", "<|endoftext|>"]
-    assert build_dictionary(tokenizer, texts) == [*SPECIAL_WORDS, "beta", "zeta", "alpha", "gamma"]
-    assert build_dictionary(tokenizer, ["b a", "a b"], specials=()) == ["b", "a"]
-
-
-@pytest.mark.parametrize("size", [0, -1])
-def test_dictionary_builder_rejects_sizes_below_one(tokenizer, size):
-    with pytest.raises(ValueError, match="^size:"):
-        build_dictionary(tokenizer, ["a b"], size=size)
 
 
 def _model_favouring(tokenizer, word):

@@ -11,10 +11,20 @@ puts every index in NE), and n_w, its number of distinct trigrams (1 when hashed
 
 and the next word is the argmax of ``softmax(score)``. Words of the prompt that are missing from
 the dictionary are scored with it for that request, as the official pipeline does (``generate``).
+
+Words share trigrams, and so pattern rows: 123,600 English words hold 883,000 rows (v = 32000,
+m = 10), only 16,300 of them distinct. The decoder keeps a table of the distinct rows and, per word,
+the ids of its NE and E rows. Where two rows of one set share an index (hash collisions, the
+partial-lowercase rule) or a row holds one twice, the later occurrence is dropped: the row gives
+way to a derived row of its remaining indices, itself in the table, so that each set's rows are
+disjoint and their sums add up to the set's. The kernel is given the row table when that takes
+fewer gathers (the table's indices plus the row ids, against the sets' indices: 1.06 M against
+8.8 M for those words), else the sets themselves (as for a few unrelated words).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -22,7 +32,6 @@ import torch
 from torch import Tensor
 
 from lmkernels.ops import dictionary_scores, top_words
-from lmkernels.tfree.encoding import Encoding
 from lmkernels.tfree.tokenizer import Tokenizer
 
 # The official dictionary starts with these special words (data/generate_tokenizer.py).
@@ -31,20 +40,43 @@ SPECIAL_WORDS = ("<|\n|>", "<|endoftext|>", "<|no_ws|>", "<|ws|>", "<|2<-ws->|>"
                  "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
 
-def _index_sets(encoding: Encoding, keep_rows: Tensor, vocab_size: int) -> tuple[Tensor, Tensor]:
-    """CSR (indices int32, offsets int32) of each word's distinct indices over the rows in ``keep_rows``."""
-    words = encoding.num_words
-    word_of_row = torch.repeat_interleave(torch.arange(words), encoding.row_offsets.diff())
-    rows = encoding.rows[keep_rows].long()
-    keys = (word_of_row[keep_rows, None] * vocab_size + rows).reshape(-1).unique()  # sorted by (word, index)
-    counts = torch.bincount(keys // vocab_size, minlength=words)
-    offsets = torch.zeros(words + 1, dtype=torch.int64)
+def _csr_offsets(counts: Tensor) -> Tensor:
+    offsets = torch.zeros(counts.numel() + 1, dtype=torch.int64)
     offsets[1:] = counts.cumsum(0)
-    return (keys % vocab_size).int(), offsets.int()
+    return offsets
+
+
+def _append_csr(values: Tensor, offsets: Tensor, new_values: Tensor, new_offsets: Tensor) -> tuple[Tensor, Tensor]:
+    return (torch.cat([values, new_values.int()]),
+            torch.cat([offsets, (new_offsets[1:] + offsets[-1]).int()]))
+
+
+def _words_with_a_repeated_index(rows: Tensor, counts: Tensor, starts: Tensor) -> Tensor:
+    """[W] bool: the words w whose rows ``rows[starts[w]:starts[w] + counts[w]]`` hold some index twice."""
+    repeated = torch.zeros(counts.numel(), dtype=torch.bool)
+    # A sort of each word's own indices, batched over the words with as many rows: a sort of all
+    # (word, index) keys at once takes about 10x longer for 100,000 words.
+    for count in counts[counts > 0].unique().tolist():
+        group = (counts == count).nonzero().squeeze(1)
+        indices = rows[starts[group, None] + torch.arange(count)].reshape(group.numel(), -1).sort(dim=1).values
+        repeated[group] = (indices[:, 1:] == indices[:, :-1]).any(1)
+    return repeated
+
+
+def _expand(ids: Tensor, offsets: Tensor, row_indices: Tensor, row_offsets: Tensor) -> tuple[Tensor, Tensor]:
+    """The index sets (CSR) of sets of row ids (CSR): each set's rows, concatenated."""
+    ids = ids.long()
+    starts, lengths = row_offsets[:-1].long()[ids], row_offsets.diff().long()[ids]
+    ends = _csr_offsets(lengths)  # where each row's indices go in the result
+    positions = torch.arange(int(ends[-1])) + torch.repeat_interleave(starts - ends[:-1], lengths)
+    return row_indices[positions], ends[offsets.long()].int()
 
 
 class Decoder:
     """Dictionary decoding: candidate words with their NE/E index sets, scored by the native kernel.
+
+    The sets are kept as rows of a table of distinct pattern rows (see the module docstring);
+    :attr:`uses_row_table` says whether the kernel is given that table or the sets' indices.
 
     ``edge_weight`` and ``variant`` are the defaults of :meth:`scores` and :meth:`top` (the official
     README suggests an edge weight below 0.8 to reduce artifacts; the official default is 1.0).
@@ -56,11 +88,16 @@ class Decoder:
         self.edge_weight, self.variant = edge_weight, variant
         self.words: list[str] = []
         self.index: dict[str, int] = {}
-        empty = torch.zeros(0, dtype=torch.int32)
-        self._tensors = (empty, torch.zeros(1, dtype=torch.int32), empty, torch.zeros(1, dtype=torch.int32), empty)
-        # Copies of the tensors on other devices, made once: a dictionary of 100,000 words holds about
-        # 20 MB of indices, which a GPU decoder would otherwise copy at every step.
-        self._on_device: dict[torch.device, tuple[Tensor, ...]] = {}
+        # The dictionary as a row table (the arguments of dictionary_scores by name): distinct pattern
+        # rows, and per word the ids of its NE and E rows. ``_row_ids`` maps a row's indices to its id.
+        empty, zero = torch.zeros(0, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+        self._by_row = {"ne_indices": empty, "ne_offsets": zero, "edge_indices": empty, "edge_offsets": zero,
+                        "trigram_counts": empty, "row_indices": empty, "row_offsets": zero}
+        self._row_ids: dict[tuple[int, ...], int] = {}
+        self._tensors = self._cheaper_form()
+        # Copies of the tensors on other devices, made once: a dictionary of 100,000 words holds a few
+        # MB of indices, which a GPU decoder would otherwise copy at every step.
+        self._on_device: dict[torch.device, dict[str, Tensor]] = {}
         self.add(words)
 
     def __len__(self) -> int:
@@ -68,6 +105,19 @@ class Decoder:
 
     def __contains__(self, word: str) -> bool:
         return word in self.index
+
+    def __copy__(self) -> Decoder:
+        """A copy that grows on its own: ``add`` on either leaves the other as it is."""
+        copied = object.__new__(Decoder)
+        copied.__dict__.update(self.__dict__)
+        copied.words, copied.index, copied._row_ids = list(self.words), dict(self.index), dict(self._row_ids)
+        copied._on_device = dict(self._on_device)  # the tensors are never changed in place, only replaced
+        return copied
+
+    @property
+    def uses_row_table(self) -> bool:
+        """Whether :meth:`scores` passes the kernel the table of distinct rows (else the words' index sets)."""
+        return "row_indices" in self._tensors
 
     def add(self, words: Iterable[str]) -> int:
         """Append the words not yet present; each must split to exactly one word. Returns how many were added."""
@@ -86,34 +136,94 @@ class Decoder:
         encoding = self.tokenizer.encode_words(list(new))
         ids = encoding.trigram_ids
         edge = (ids >= 0) & (((ids & 0xFF) == 0x20) | ((ids >> 16) == 0x20))
-        ne_indices, ne_offsets = _index_sets(encoding, ~edge, self.tokenizer.vocab_size)
-        e_indices, e_offsets = _index_sets(encoding, edge, self.tokenizer.vocab_size)
-        counts = encoding.row_offsets.diff().int()
+        rows_before = len(self._row_ids)
+        word_of_row = torch.repeat_interleave(torch.arange(encoding.num_words), encoding.row_offsets.diff())
+        ne = self._row_sets(encoding.rows[~edge], ids[~edge], word_of_row[~edge], encoding.num_words)
+        e = self._row_sets(encoding.rows[edge], ids[edge], word_of_row[edge], encoding.num_words)
+        added_rows = list(itertools.islice(self._row_ids, rows_before, None))
+        table = dict(self._by_row)  # a new dict, as a copy of this decoder (copy.copy) shares the old one
+        table["row_indices"], table["row_offsets"] = _append_csr(
+            table["row_indices"], table["row_offsets"], torch.tensor(list(itertools.chain.from_iterable(added_rows))),
+            _csr_offsets(torch.tensor([len(row) for row in added_rows], dtype=torch.int64)))
+        table["ne_indices"], table["ne_offsets"] = _append_csr(table["ne_indices"], table["ne_offsets"], *ne)
+        table["edge_indices"], table["edge_offsets"] = _append_csr(table["edge_indices"], table["edge_offsets"], *e)
+        table["trigram_counts"] = torch.cat([table["trigram_counts"], encoding.row_offsets.diff().int()])
         for word in new:
             self.index[word] = len(self.words)
             self.words.append(word)
-        self._append(ne_indices, ne_offsets, e_indices, e_offsets, counts)
+        self._by_row = table
+        self._tensors = self._cheaper_form()
+        self._on_device = {}
         return len(new)
 
-    def _append(self, ne_indices, ne_offsets, e_indices, e_offsets, counts) -> None:
-        old = self._tensors
-        self._on_device.clear()
-        self._tensors = (torch.cat([old[0], ne_indices]), torch.cat([old[1], ne_offsets[1:] + old[1][-1]]),
-                         torch.cat([old[2], e_indices]), torch.cat([old[3], e_offsets[1:] + old[3][-1]]),
-                         torch.cat([old[4], counts]))
+    def _row_id(self, row: tuple[int, ...]) -> int:
+        """The table id of a row with these indices (a new id for indices not seen before)."""
+        return self._row_ids.setdefault(row, len(self._row_ids))
+
+    def _ids_of_rows(self, rows: Tensor, trigram_ids: Tensor) -> Tensor:
+        """[R] int64: the table id of each of ``rows`` [R, m]."""
+        # A trigram's row is a function of its id, so one row per distinct trigram is looked up
+        # (torch.unique over the rows themselves takes seconds for 100,000 words). A hashed word's row
+        # (id -1) stands for itself; rows equal in content get one id through ``_row_ids``.
+        keys = torch.where(trigram_ids >= 0, trigram_ids.long(), -1 - torch.arange(trigram_ids.numel()))
+        distinct, inverse = torch.unique(keys, return_inverse=True)
+        first = torch.empty(distinct.numel(), dtype=torch.int64).scatter_(0, inverse, torch.arange(keys.numel()))
+        table_ids = torch.tensor([self._row_id(tuple(row)) for row in rows[first].tolist()], dtype=torch.int64)
+        return table_ids[inverse]
+
+    def _row_sets(self, rows: Tensor, trigram_ids: Tensor, word_of_row: Tensor, words: int) -> tuple[Tensor, Tensor]:
+        """CSR (row ids, offsets) of the words' sets of ``rows`` [R, m] (grouped by word, with their trigram
+        ids and words), made disjoint: a row that repeats an index of the word's earlier rows, or one of
+        its own, gives way to the row of its remaining indices (to none where none remain)."""
+        counts = torch.bincount(word_of_row, minlength=words)
+        redo = _words_with_a_repeated_index(rows, counts, counts.cumsum(0) - counts)[word_of_row]
+        whole = torch.ones(rows.shape[0], dtype=torch.bool)  # the rows that stay as they are
+        row_ids = torch.empty(rows.shape[0], dtype=torch.int64)
+        if redo.any():  # only the rows of words with a repeated index go through Python
+            stays_whole, derived_ids = [], []  # per row: kept as it is? else the id of its derived row (-1: none)
+            taken: set[int] = set()
+            previous_word = -1
+            for row, word in zip(rows[redo].tolist(), word_of_row[redo].tolist()):
+                if word != previous_word:
+                    taken, previous_word = set(), word
+                remaining = [i for i in dict.fromkeys(row) if i not in taken]
+                taken.update(remaining)
+                stays_whole.append(len(remaining) == len(row))
+                derived_ids.append(-1 if stays_whole[-1] or not remaining else self._row_id(tuple(remaining)))
+            whole[redo] = torch.tensor(stays_whole)
+            row_ids[redo] = torch.tensor(derived_ids, dtype=torch.int64)
+        # Only rows some word keeps enter the table: a row that always gives way would cost the kernel
+        # its gathers for nothing.
+        row_ids[whole] = self._ids_of_rows(rows[whole], trigram_ids[whole])
+        kept = row_ids >= 0
+        return row_ids[kept], _csr_offsets(torch.bincount(word_of_row[kept], minlength=words))
+
+    def _cheaper_form(self) -> dict[str, Tensor]:
+        """The kernel's arguments that take fewer gathers: the row table, or the words' index sets."""
+        table = self._by_row
+        row_lengths = table["row_offsets"].diff().long()
+        set_cost = int(row_lengths[table["ne_indices"].long()].sum() + row_lengths[table["edge_indices"].long()].sum())
+        table_cost = table["row_indices"].numel() + table["ne_indices"].numel() + table["edge_indices"].numel()
+        if table_cost < set_cost:
+            return table
+        rows = table["row_indices"], table["row_offsets"]
+        ne_indices, ne_offsets = _expand(table["ne_indices"], table["ne_offsets"], *rows)
+        edge_indices, edge_offsets = _expand(table["edge_indices"], table["edge_offsets"], *rows)
+        return {"ne_indices": ne_indices, "ne_offsets": ne_offsets, "edge_indices": edge_indices,
+                "edge_offsets": edge_offsets, "trigram_counts": table["trigram_counts"]}
 
     def scores(self, logits: Tensor, edge_weight: float | None = None, variant: str | None = None) -> Tensor:
         """[Q, W] float32 scores of every word for each row of ``logits`` [Q, v]."""
-        return dictionary_scores(logits, *self._tensors_on(logits.device), m=self.tokenizer.m,
+        return dictionary_scores(logits, **self._tensors_on(logits.device), m=self.tokenizer.m,
                                  edge_weight=self.edge_weight if edge_weight is None else edge_weight,
                                  variant=variant or self.variant)
 
-    def _tensors_on(self, device: torch.device) -> tuple[Tensor, ...]:
+    def _tensors_on(self, device: torch.device) -> dict[str, Tensor]:
         if device.type == "cpu":
             return self._tensors
         copies = self._on_device.get(device)
         if copies is None:
-            copies = self._on_device[device] = tuple(t.to(device) for t in self._tensors)
+            copies = self._on_device[device] = {name: t.to(device) for name, t in self._tensors.items()}
         return copies
 
     def top(self, logits: Tensor, k: int = 1, edge_weight: float | None = None, variant: str | None = None,
