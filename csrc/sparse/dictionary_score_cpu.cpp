@@ -453,7 +453,9 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
   const int64_t max_width = std::min(num_queries + kLanes - 1, kMaxChunk) / kLanes * kLanes;
   const int64_t pass_floats = vocab * max_width, table_floats = num_rows * max_width;
   // The workers reach the calling thread's scratch through these pointers.
-  float* act = activation_scratch(size_t((pass_floats + table_floats) * kPassesPerRound));
+  // kLanes floats more: one query's gathers read element 0 in place of an index out of range, which
+  // must exist even for an empty vocabulary or table (the error is raised after the gathers).
+  float* act = activation_scratch(size_t((pass_floats + table_floats) * kPassesPerRound + kLanes));
   float* table = act + pass_floats * kPassesPerRound;
   thread_local std::vector<float> partial_scratch;
   partial_scratch.resize(size_t(kPassesPerRound * column_blocks * kMaxChunk));

@@ -363,9 +363,11 @@ void dictionary_scores_cuda(const TensorView& logits, const Dictionary& dictiona
     using T = typename decltype(tag)::type;
     const dim3 tiles(unsigned(std::min(ceil_div(vocab, kTile), kMaxGridX)),
                      unsigned(std::min(ceil_div(num_queries, kTile), kMaxGridY)));
-    activate_kernel<T><<<tiles, kThreads, 0, s>>>(logits.as<const T>(), logits.stride(0), num_queries, vocab,
-                                                   activations.as<float>());
-    LMK_CUDA_CHECK(cudaGetLastError());
+    if (vocab > 0) {  // a grid of 0 blocks is an error; no index is in range then, and S_q = 0
+      activate_kernel<T><<<tiles, kThreads, 0, s>>>(logits.as<const T>(), logits.stride(0), num_queries, vocab,
+                                                     activations.as<float>());
+      LMK_CUDA_CHECK(cudaGetLastError());
+    }
     if (contrast) {
       const auto rows = unsigned(std::min<int64_t>(num_queries, kMaxGridX));
       totals_kernel<T><<<rows, kTotalsThreads, 0, s>>>(logits.as<const T>(), logits.stride(0), num_queries, vocab,

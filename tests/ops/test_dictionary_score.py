@@ -531,3 +531,19 @@ def test_bad_row_ids_on_cuda_without_queries():
     args[1][0] = 4
     with pytest.raises(IndexError, match="ne_indices"):
         call(args)
+
+
+@pytest.mark.parametrize("queries", [1, 8])
+@pytest.mark.parametrize("with_rows", [False, True])
+def test_sets_into_nothing_raise_index_error(device, queries, with_rows):
+    # Logits of no column, or a table of no row, with a word whose set is not empty: nothing is in
+    # range, and the gathers must not read (one query's path read element 0 of an empty buffer).
+    empty = torch.zeros(0, dtype=torch.int32, device=device)
+    one_set = torch.tensor([0], dtype=torch.int32, device=device), torch.tensor([0, 1], dtype=torch.int32,
+                                                                                device=device)
+    no_set = torch.zeros(2, dtype=torch.int32, device=device)
+    counts = torch.ones(1, dtype=torch.int32, device=device)
+    rows = (empty, torch.zeros(1, dtype=torch.int32, device=device)) if with_rows else (None, None)
+    logits = torch.randn(queries, 5 if with_rows else 0, device=device)
+    with pytest.raises(IndexError, match="ne_indices"):
+        dictionary_scores(logits, *one_set, empty, no_set, counts, 1, 1.0, "contrast", *rows)
