@@ -5,7 +5,7 @@
 //    totals S_q summed over fixed column blocks and then over the blocks in order.
 // 2. Gathers: per word, the rows act[i] of its NE and E indices summed as vectors, so every index
 //    load serves all the queries of the chunk; then the normalisation, into a tile of 16 words that
-//    goes out as 64-byte runs of each query's row of scores (non-temporal stores).
+//    goes out as 64-byte runs of each query's row of scores.
 //
 // A single query (a decoding step) keeps its activations as a plain vector and gathers scalars.
 //
@@ -170,10 +170,10 @@ struct BadPosition {
 // kChains interleaved partial sums (position p into chain p % kChains) that keep several
 // independent add chains in flight, combined pairwise at the end. The rows kAhead positions on
 // are prefetched, across word boundaries up to `limit` (the length of indices). Returns the
-// position of an index outside [0, vocab), or -1.
+// position of an index outside [0, bound) (the rows of act), or -1.
 template <int kUnits, int kChains>
 __attribute__((always_inline)) inline int64_t gather_rows(const float* act, const int32_t* indices, int64_t begin,
-                                                          int64_t end, int64_t limit, int64_t vocab, f32x8* acc) {
+                                                          int64_t end, int64_t limit, int64_t bound, f32x8* acc) {
   constexpr int64_t width = kUnits * kLanes;
   f32x8 chains[kChains][kUnits] = {};
   int64_t p = begin;
@@ -181,18 +181,18 @@ __attribute__((always_inline)) inline int64_t gather_rows(const float* act, cons
     for (int c = 0; c < kChains; ++c) {
       if (p + c + kAhead < limit) {
         const uint32_t next = uint32_t(indices[p + c + kAhead]);
-        if (next < uint64_t(vocab))
+        if (next < uint64_t(bound))
           for (int64_t byte = 0; byte < width * 4; byte += 64)
             __builtin_prefetch(reinterpret_cast<const char*>(act + int64_t(next) * width) + byte);
       }
       const uint32_t i = uint32_t(indices[p + c]);
-      if (i >= uint64_t(vocab)) return p + c;
+      if (i >= uint64_t(bound)) return p + c;
       const float* row = act + int64_t(i) * width;
       for (int u = 0; u < kUnits; ++u) chains[c][u] += load8(row + u * kLanes);
     }
   for (int c = 0; p < end; ++p, ++c) {
     const uint32_t i = uint32_t(indices[p]);
-    if (i >= uint64_t(vocab)) return p;
+    if (i >= uint64_t(bound)) return p;
     const float* row = act + int64_t(i) * width;
     for (int u = 0; u < kUnits; ++u) chains[c][u] += load8(row + u * kLanes);
   }
@@ -264,27 +264,8 @@ __attribute__((always_inline)) inline int64_t gather_scalars(const float* act, c
   return -1;
 }
 
-// The scores of up to kWordBlock words from their pattern sums, eight words a vector: word_score
-// lane by lane, so that its divisions are vector divisions (per word they cost about as much as
-// the word's gathers).
-void normalise_words(const float* sums, float total, const Words& words, int64_t w0, int64_t w1, float* tile) {
-  alignas(32) float on_slots[kWordBlock], off_slots[kWordBlock];
-  for (int64_t k = 0; k < kWordBlock; ++k) {
-    const int64_t slots = w0 + k < w1 ? words.m * int64_t(words.counts[w0 + k]) : 1;
-    on_slots[k] = float(slots);
-    off_slots[k] = float(words.vocab - slots);
-  }
-  for (int64_t k = 0; k < kWordBlock; k += kLanes) {
-    const f32x8 s = load8(sums + k), on = load8(on_slots + k), off = load8(off_slots + k);
-    f32x8 score = s * (1.f / on);
-    if (words.contrast) score += select(off > 0.f, (s - total) * (1.f / off), f32x8{});
-    std::memcpy(tile + k, &score, sizeof score);
-  }
-}
-
 void score_words_single(const float* act, float total, const Words& words, int64_t w0, int64_t w1, float* tile,
                         BadPosition& bad) {
-  alignas(32) float sums[kWordBlock] = {};
   for (int64_t w = w0; w < w1; ++w) {
     float ne, edge;
     bad.ne = gather_scalars(act, words.ne_indices, words.ne_offsets[w], words.ne_offsets[w + 1], words.bound, ne);
@@ -292,9 +273,8 @@ void score_words_single(const float* act, float total, const Words& words, int64
     bad.edge = gather_scalars(act, words.edge_indices, words.edge_offsets[w], words.edge_offsets[w + 1], words.bound,
                               edge);
     if (bad.edge >= 0) return;
-    sums[w - w0] = ne + words.edge_weight * edge;
+    tile[w - w0] = word_score(ne + words.edge_weight * edge, total, words, w);
   }
-  normalise_words(sums, total, words, w0, w1, tile);
 }
 
 // width = 1: one query; otherwise 8 * units lanes.
@@ -378,6 +358,23 @@ struct FirstBad {
   }
 };
 
+// The range checks of the gathers, for calls that gather nothing (no query, or no word).
+void check_ranges(const Dictionary& dictionary, int64_t vocab) {
+  BadPosition bad;
+  const auto first_outside = [](const TensorView& indices, int64_t bound) {
+    const int32_t* p = indices.as<int32_t>();
+    for (int64_t k = 0; k < indices.size(0); ++k)
+      if (uint32_t(p[k]) >= uint64_t(bound)) return k;
+    return int64_t(-1);
+  };
+  if (dictionary.has_rows()) bad.row = first_outside(*dictionary.row_indices, vocab);
+  bad.ne = first_outside(dictionary.ne_indices, dictionary.set_bound(vocab));
+  bad.edge = first_outside(dictionary.edge_indices, dictionary.set_bound(vocab));
+  FirstBad first_bad;
+  first_bad.record(bad);
+  first_bad.raise(dictionary, vocab);
+}
+
 // out[q * stride + w] = tile[w * width + q] for the tile's words w < words and queries q < rows: each
 // query's scores of the tile as one run. Plain stores: non-temporal ones (tried before) leave
 // partial lines wherever a row of scores does not start on a cache line (W % 16 != 0), and a
@@ -445,18 +442,19 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
                         dictionary.row_indices->size(0), vocab};
     check_csr_offsets(pattern_rows.offsets, num_rows, pattern_rows.count, "row_offsets");
   }
-  if (num_queries == 0 || num_words == 0) return;
+  if (num_queries == 0 || num_words == 0) return check_ranges(dictionary, vocab);
 
   const int64_t column_blocks = ceil_div(vocab, kColumnBlock);
   const int64_t word_blocks = ceil_div(num_words, kWordBlock);
   const int64_t row_blocks = ceil_div(num_rows, kWordBlock);
   const int64_t max_width = std::min(num_queries + kLanes - 1, kMaxChunk) / kLanes * kLanes;
   const int64_t pass_floats = vocab * max_width, table_floats = num_rows * max_width;
-  // The workers reach the calling thread's scratch through these pointers.
-  // kLanes floats more: one query's gathers read element 0 in place of an index out of range, which
-  // must exist even for an empty vocabulary or table (the error is raised after the gathers).
-  float* act = activation_scratch(size_t((pass_floats + table_floats) * kPassesPerRound + kLanes));
-  float* table = act + pass_floats * kPassesPerRound;
+  const int64_t max_passes = std::min(kPassesPerRound, ceil_div(num_queries, kMaxChunk));
+  // The workers reach the calling thread's scratch through these pointers. kLanes floats more: one
+  // query's gathers read element 0 in place of an index out of range, which must exist even for an
+  // empty vocabulary or table (the error is raised after the gathers).
+  float* act = activation_scratch(size_t((pass_floats + table_floats) * max_passes + kLanes));
+  float* table = act + pass_floats * max_passes;
   thread_local std::vector<float> partial_scratch;
   partial_scratch.resize(size_t(kPassesPerRound * column_blocks * kMaxChunk));
   float* partial = partial_scratch.data();

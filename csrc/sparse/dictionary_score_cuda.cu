@@ -92,7 +92,7 @@ __global__ void check_row_offsets_kernel(const int32_t* __restrict__ offsets, in
   }
 }
 
-// Only for Q = 0, where the gathers read no index and so check none.
+// Only for Q = 0 or W = 0, where the gathers read no index and so check none.
 __global__ void check_range_kernel(const int32_t* __restrict__ indices, int64_t n, int64_t bound, int32_t bit,
                                    int32_t* __restrict__ flag) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -344,7 +344,7 @@ void dictionary_scores_cuda(const TensorView& logits, const Dictionary& dictiona
                                                          dictionary.row_indices->size(0), flag);
     LMK_CUDA_CHECK(cudaGetLastError());
   }
-  if (num_queries == 0) {
+  if (num_queries == 0 || num_words == 0) {  // no gather checks the indices then
     const auto check_range = [&](const TensorView& indices, int64_t limit, int32_t bit) {
       const int64_t n = indices.size(0);
       if (n == 0) return;
@@ -357,7 +357,6 @@ void dictionary_scores_cuda(const TensorView& logits, const Dictionary& dictiona
     if (dictionary.has_rows()) check_range(*dictionary.row_indices, vocab, kDictionaryBadRowIndex);
     return;
   }
-  if (num_words == 0) return;
 
   dispatch_float(logits.dtype, "logits", [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -514,6 +514,7 @@ def test_bad_row_offsets_end_raises():
     (10, "row_offsets", lambda t: t.long(), TypeError),
     (9, "row_indices", lambda t: t.view(1, -1), ValueError),
     (10, "row_offsets", lambda t: t[:0], ValueError),
+    (10, "row_offsets", lambda t: t[0], ValueError),
     (10, "row_offsets", lambda t: t.to("meta"), ValueError),
     (10, "row_offsets", lambda t: None, ValueError),
 ])
@@ -524,13 +525,24 @@ def test_bad_row_table_arguments_raise(position, name, make, error):
         call(args)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path checks indices even without queries")
-def test_bad_row_ids_on_cuda_without_queries():
-    args = [a.to("cuda") if isinstance(a, torch.Tensor) else a for a in valid_row_table()]
-    args[0] = args[0][:0]
-    args[1][0] = 4
+@pytest.mark.parametrize("position, value, name", [(1, (0, 4), "ne_indices"), (9, (2, 10), "row_indices")])
+def test_bad_row_table_values_raise_without_queries_or_words(device, position, value, name):
+    # Nothing is gathered then, and the indices are checked all the same.
+    args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in valid_row_table()]
+    args[position][value[0]] = value[1]
+    with pytest.raises(IndexError, match=name):
+        call([args[0][:0], *args[1:]])
+    if position == 9:  # a table with no word to use it
+        empty, zero = args[1][:0], torch.zeros(1, dtype=torch.int32, device=device)
+        with pytest.raises(IndexError, match=name):
+            call([args[0], empty, zero, empty, zero, args[5][:0], *args[6:]])
+
+
+def test_bad_index_raises_without_queries(device):
+    args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in valid()]
+    args[1][0] = 10
     with pytest.raises(IndexError, match="ne_indices"):
-        call(args)
+        call([args[0][:0], *args[1:]])
 
 
 @pytest.mark.parametrize("queries", [1, 8])

@@ -187,6 +187,31 @@ def test_a_copy_grows_on_its_own(tokenizer, english):
     assert copied.words == english
 
 
+def test_an_interrupted_add_leaves_the_decoder_as_it_was(tokenizer, english, monkeypatch):
+    from lmkernels.tfree import decoding
+
+    decoder = Decoder(tokenizer, english[:500])
+    logits = torch.randn(2, tokenizer.vocab_size)
+    before = decoder.scores(logits)
+    calls = []
+    real = decoding._ids_of_rows
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:  # the edge rows, after the non-edge rows took new ids
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(decoding, "_ids_of_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        decoder.add(english[500:1000])
+    monkeypatch.setattr(decoding, "_ids_of_rows", real)
+    assert len(decoder) == 500 and torch.equal(decoder.scores(logits), before)
+    decoder.add(english[500:1000])
+    torch.testing.assert_close(decoder.scores(logits), Decoder(tokenizer, english[:1000]).scores(logits),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_dictionary_rejects_entries_that_are_not_one_word(tokenizer):
     decoder = Decoder(tokenizer)
     assert len(decoder) == 0

@@ -175,8 +175,7 @@ class TFreeCausalLM(_DecoderLM):
         self.model = model
         self.decoder = model.decoder
         self.tokenizer = tokenizer
-        self.dictionary = copy.copy(dictionary)  # ``add`` appends to these two and replaces the tensors
-        self.dictionary.words, self.dictionary.index = list(dictionary.words), dict(dictionary.index)
+        self.dictionary = copy.copy(dictionary)  # grows with the texts explained; the caller's stays as it is
         self.max_length = max_length
         self.num_layers = len(model.decoder.layers)
         self._prompt: list[str] | None = None  # the words of the last prompt, which a target's split continues

@@ -121,6 +121,8 @@ def _dictionary_scores(logits: Tensor, ne_indices: Tensor, ne_offsets: Tensor, e
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     factored = row_indices is not None
+    if factored and row_offsets.dim() != 1:
+        raise ValueError(f"row_offsets: expected 1 dimension [R + 1], got shape {list(row_offsets.shape)}")
     dictionary = [t.detach().contiguous() for t in (ne_indices, ne_offsets, edge_indices, edge_offsets,
                                                     trigram_counts)]
     rows = [t.detach().contiguous() for t in (row_indices, row_offsets)] if factored else [None, None]

@@ -13,11 +13,11 @@ and the next word is the argmax of ``softmax(score)``. Words of the prompt that 
 the dictionary are scored with it for that request, as the official pipeline does (``generate``).
 
 Words share trigrams, and so pattern rows: 123,600 English words hold 883,000 rows (v = 32000,
-m = 10), only 16,300 of them distinct. The decoder keeps a table of the distinct rows and, per word,
-the ids of its NE and E rows. Where two rows of one set share an index (hash collisions, the
-partial-lowercase rule) or a row holds one twice, the later occurrence is dropped: the row gives
-way to a derived row of its remaining indices, itself in the table, so that each set's rows are
-disjoint and their sums add up to the set's. The kernel is given the row table when that takes
+m = 10), only 16,300 of them distinct (17,800 with the derived rows below). The decoder keeps a
+table of the distinct rows and, per word, the ids of its NE and E rows. Where two rows of one set
+share an index (hash collisions, the partial-lowercase rule) or a row holds one twice, the later
+occurrence is dropped: the row gives way to a derived row of its remaining indices, itself in the
+table, so that each set's rows are disjoint and their sums add up to the set's. The kernel is given the row table when that takes
 fewer gathers (the table's indices plus the row ids, against the sets' indices: 1.06 M against
 8.8 M for those words), else the sets themselves (as for a few unrelated words).
 """
@@ -72,6 +72,64 @@ def _expand(ids: Tensor, offsets: Tensor, row_indices: Tensor, row_offsets: Tens
     return row_indices[positions], ends[offsets.long()].int()
 
 
+def _row_id(known: dict[tuple[int, ...], int], row: tuple[int, ...]) -> int:
+    """The table id of a row with these indices: from ``known``, or a new one entered there."""
+    return known.setdefault(row, len(known))
+
+
+def _ids_of_rows(known: dict[tuple[int, ...], int], rows: Tensor, trigram_ids: Tensor) -> Tensor:
+    """[R] int64: the table id of each of ``rows`` [R, m]."""
+    # A trigram's row is a function of its id, so one row per distinct trigram is looked up
+    # (torch.unique over the rows themselves takes seconds for 100,000 words). A hashed word's row
+    # (id -1) stands for itself; rows equal in content get one id through ``known``.
+    keys = torch.where(trigram_ids >= 0, trigram_ids.long(), -1 - torch.arange(trigram_ids.numel()))
+    distinct, inverse = torch.unique(keys, return_inverse=True)
+    first = torch.empty(distinct.numel(), dtype=torch.int64).scatter_(0, inverse, torch.arange(keys.numel()))
+    table_ids = torch.tensor([_row_id(known, tuple(row)) for row in rows[first].tolist()], dtype=torch.int64)
+    return table_ids[inverse]
+
+
+def _row_sets(known: dict[tuple[int, ...], int], rows: Tensor, trigram_ids: Tensor, word_of_row: Tensor,
+              words: int) -> tuple[Tensor, Tensor]:
+    """CSR (row ids, offsets) of the words' sets of ``rows`` [R, m] (grouped by word, with their trigram
+    ids and words), made disjoint: a row that repeats an index of the word's earlier rows, or one of
+    its own, gives way to the row of its remaining indices (to none where none remain)."""
+    counts = torch.bincount(word_of_row, minlength=words)
+    redo = _words_with_a_repeated_index(rows, counts, counts.cumsum(0) - counts)[word_of_row]
+    whole = torch.ones(rows.shape[0], dtype=torch.bool)  # the rows that stay as they are
+    row_ids = torch.empty(rows.shape[0], dtype=torch.int64)
+    if redo.any():  # only the rows of words with a repeated index go through Python
+        stays_whole, derived_ids = [], []  # per row: kept as it is? else the id of its derived row (-1: none)
+        taken: set[int] = set()
+        previous_word = -1
+        for row, word in zip(rows[redo].tolist(), word_of_row[redo].tolist()):
+            if word != previous_word:
+                taken, previous_word = set(), word
+            remaining = [i for i in dict.fromkeys(row) if i not in taken]
+            taken.update(remaining)
+            stays_whole.append(len(remaining) == len(row))
+            derived_ids.append(-1 if stays_whole[-1] or not remaining else _row_id(known, tuple(remaining)))
+        whole[redo] = torch.tensor(stays_whole)
+        row_ids[redo] = torch.tensor(derived_ids, dtype=torch.int64)
+    # Only rows some word keeps enter the table: a row that always gives way would cost the kernel
+    # its gathers for nothing.
+    row_ids[whole] = _ids_of_rows(known, rows[whole], trigram_ids[whole])
+    kept = row_ids >= 0
+    return row_ids[kept], _csr_offsets(torch.bincount(word_of_row[kept], minlength=words))
+
+
+def _cheaper_form(table: dict[str, Tensor], table_cost: int, set_cost: int) -> dict[str, Tensor]:
+    """The kernel's arguments that take fewer gathers: the row table, whose gathers are its indices
+    plus the sets' row ids, or the words' index sets expanded from it, whose gathers are their indices."""
+    if table_cost < set_cost:
+        return table
+    rows = table["row_indices"], table["row_offsets"]
+    ne_indices, ne_offsets = _expand(table["ne_indices"], table["ne_offsets"], *rows)
+    edge_indices, edge_offsets = _expand(table["edge_indices"], table["edge_offsets"], *rows)
+    return {"ne_indices": ne_indices, "ne_offsets": ne_offsets, "edge_indices": edge_indices,
+            "edge_offsets": edge_offsets, "trigram_counts": table["trigram_counts"]}
+
+
 class Decoder:
     """Dictionary decoding: candidate words with their NE/E index sets, scored by the native kernel.
 
@@ -94,7 +152,9 @@ class Decoder:
         self._by_row = {"ne_indices": empty, "ne_offsets": zero, "edge_indices": empty, "edge_offsets": zero,
                         "trigram_counts": empty, "row_indices": empty, "row_offsets": zero}
         self._row_ids: dict[tuple[int, ...], int] = {}
-        self._tensors = self._cheaper_form()
+        # Gathers per scoring call of the two forms (see _cheaper_form), kept as words are added.
+        self._table_cost = self._set_cost = 0
+        self._tensors = _cheaper_form(self._by_row, 0, 0)
         # Copies of the tensors on other devices, made once: a dictionary of 100,000 words holds a few
         # MB of indices, which a GPU decoder would otherwise copy at every step.
         self._on_device: dict[torch.device, dict[str, Tensor]] = {}
@@ -110,8 +170,8 @@ class Decoder:
         """A copy that grows on its own: ``add`` on either leaves the other as it is."""
         copied = object.__new__(Decoder)
         copied.__dict__.update(self.__dict__)
-        copied.words, copied.index, copied._row_ids = list(self.words), dict(self.index), dict(self._row_ids)
-        copied._on_device = dict(self._on_device)  # the tensors are never changed in place, only replaced
+        # The rest is replaced, never changed in place, by ``add``: the copy may share it.
+        copied.words, copied.index = list(self.words), dict(self.index)
         return copied
 
     @property
@@ -136,81 +196,31 @@ class Decoder:
         encoding = self.tokenizer.encode_words(list(new))
         ids = encoding.trigram_ids
         edge = (ids >= 0) & (((ids & 0xFF) == 0x20) | ((ids >> 16) == 0x20))
-        rows_before = len(self._row_ids)
+        # New rows go into a copy of the known rows, which replaces this decoder's only once everything
+        # else succeeded: an add that fails (or is interrupted) leaves the decoder as it was.
+        known = dict(self._row_ids)
         word_of_row = torch.repeat_interleave(torch.arange(encoding.num_words), encoding.row_offsets.diff())
-        ne = self._row_sets(encoding.rows[~edge], ids[~edge], word_of_row[~edge], encoding.num_words)
-        e = self._row_sets(encoding.rows[edge], ids[edge], word_of_row[edge], encoding.num_words)
-        added_rows = list(itertools.islice(self._row_ids, rows_before, None))
+        ne = _row_sets(known, encoding.rows[~edge], ids[~edge], word_of_row[~edge], encoding.num_words)
+        e = _row_sets(known, encoding.rows[edge], ids[edge], word_of_row[edge], encoding.num_words)
+        added_rows = list(itertools.islice(known, len(self._row_ids), None))
+        added_lengths = torch.tensor([len(row) for row in added_rows], dtype=torch.int64)
         table = dict(self._by_row)  # a new dict, as a copy of this decoder (copy.copy) shares the old one
         table["row_indices"], table["row_offsets"] = _append_csr(
             table["row_indices"], table["row_offsets"], torch.tensor(list(itertools.chain.from_iterable(added_rows))),
-            _csr_offsets(torch.tensor([len(row) for row in added_rows], dtype=torch.int64)))
+            _csr_offsets(added_lengths))
         table["ne_indices"], table["ne_offsets"] = _append_csr(table["ne_indices"], table["ne_offsets"], *ne)
         table["edge_indices"], table["edge_offsets"] = _append_csr(table["edge_indices"], table["edge_offsets"], *e)
         table["trigram_counts"] = torch.cat([table["trigram_counts"], encoding.row_offsets.diff().int()])
+        row_lengths = table["row_offsets"].diff().long()
+        set_cost = self._set_cost + int(row_lengths[ne[0]].sum() + row_lengths[e[0]].sum())
+        table_cost = self._table_cost + int(added_lengths.sum()) + ne[0].numel() + e[0].numel()
+        tensors = _cheaper_form(table, table_cost, set_cost)
+        self._row_ids, self._by_row, self._tensors, self._on_device = known, table, tensors, {}
+        self._table_cost, self._set_cost = table_cost, set_cost
         for word in new:
             self.index[word] = len(self.words)
             self.words.append(word)
-        self._by_row = table
-        self._tensors = self._cheaper_form()
-        self._on_device = {}
         return len(new)
-
-    def _row_id(self, row: tuple[int, ...]) -> int:
-        """The table id of a row with these indices (a new id for indices not seen before)."""
-        return self._row_ids.setdefault(row, len(self._row_ids))
-
-    def _ids_of_rows(self, rows: Tensor, trigram_ids: Tensor) -> Tensor:
-        """[R] int64: the table id of each of ``rows`` [R, m]."""
-        # A trigram's row is a function of its id, so one row per distinct trigram is looked up
-        # (torch.unique over the rows themselves takes seconds for 100,000 words). A hashed word's row
-        # (id -1) stands for itself; rows equal in content get one id through ``_row_ids``.
-        keys = torch.where(trigram_ids >= 0, trigram_ids.long(), -1 - torch.arange(trigram_ids.numel()))
-        distinct, inverse = torch.unique(keys, return_inverse=True)
-        first = torch.empty(distinct.numel(), dtype=torch.int64).scatter_(0, inverse, torch.arange(keys.numel()))
-        table_ids = torch.tensor([self._row_id(tuple(row)) for row in rows[first].tolist()], dtype=torch.int64)
-        return table_ids[inverse]
-
-    def _row_sets(self, rows: Tensor, trigram_ids: Tensor, word_of_row: Tensor, words: int) -> tuple[Tensor, Tensor]:
-        """CSR (row ids, offsets) of the words' sets of ``rows`` [R, m] (grouped by word, with their trigram
-        ids and words), made disjoint: a row that repeats an index of the word's earlier rows, or one of
-        its own, gives way to the row of its remaining indices (to none where none remain)."""
-        counts = torch.bincount(word_of_row, minlength=words)
-        redo = _words_with_a_repeated_index(rows, counts, counts.cumsum(0) - counts)[word_of_row]
-        whole = torch.ones(rows.shape[0], dtype=torch.bool)  # the rows that stay as they are
-        row_ids = torch.empty(rows.shape[0], dtype=torch.int64)
-        if redo.any():  # only the rows of words with a repeated index go through Python
-            stays_whole, derived_ids = [], []  # per row: kept as it is? else the id of its derived row (-1: none)
-            taken: set[int] = set()
-            previous_word = -1
-            for row, word in zip(rows[redo].tolist(), word_of_row[redo].tolist()):
-                if word != previous_word:
-                    taken, previous_word = set(), word
-                remaining = [i for i in dict.fromkeys(row) if i not in taken]
-                taken.update(remaining)
-                stays_whole.append(len(remaining) == len(row))
-                derived_ids.append(-1 if stays_whole[-1] or not remaining else self._row_id(tuple(remaining)))
-            whole[redo] = torch.tensor(stays_whole)
-            row_ids[redo] = torch.tensor(derived_ids, dtype=torch.int64)
-        # Only rows some word keeps enter the table: a row that always gives way would cost the kernel
-        # its gathers for nothing.
-        row_ids[whole] = self._ids_of_rows(rows[whole], trigram_ids[whole])
-        kept = row_ids >= 0
-        return row_ids[kept], _csr_offsets(torch.bincount(word_of_row[kept], minlength=words))
-
-    def _cheaper_form(self) -> dict[str, Tensor]:
-        """The kernel's arguments that take fewer gathers: the row table, or the words' index sets."""
-        table = self._by_row
-        row_lengths = table["row_offsets"].diff().long()
-        set_cost = int(row_lengths[table["ne_indices"].long()].sum() + row_lengths[table["edge_indices"].long()].sum())
-        table_cost = table["row_indices"].numel() + table["ne_indices"].numel() + table["edge_indices"].numel()
-        if table_cost < set_cost:
-            return table
-        rows = table["row_indices"], table["row_offsets"]
-        ne_indices, ne_offsets = _expand(table["ne_indices"], table["ne_offsets"], *rows)
-        edge_indices, edge_offsets = _expand(table["edge_indices"], table["edge_offsets"], *rows)
-        return {"ne_indices": ne_indices, "ne_offsets": ne_offsets, "edge_indices": edge_indices,
-                "edge_offsets": edge_offsets, "trigram_counts": table["trigram_counts"]}
 
     def scores(self, logits: Tensor, edge_weight: float | None = None, variant: str | None = None) -> Tensor:
         """[Q, W] float32 scores of every word for each row of ``logits`` [Q, v]."""
