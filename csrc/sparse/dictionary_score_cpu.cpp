@@ -23,8 +23,6 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
-#include <tuple>
 #include <vector>
 
 #include "common/dispatch.h"
@@ -165,21 +163,13 @@ struct Rows {
   bool gathers;  // one query's rows through gather_sets16
 };
 
-// Where a gather met an entry out of range: its position in ne_indices, edge_indices or row_indices.
-struct BadPosition {
-  int64_t ne = -1;
-  int64_t edge = -1;
-  int64_t row = -1;
-  bool any() const { return ne >= 0 || edge >= 0 || row >= 0; }
-};
-
 // acc[0:kUnits] = sum over positions [begin, end) of the activation rows of indices[p], in
 // kChains interleaved partial sums (position p into chain p % kChains) that keep several
 // independent add chains in flight, combined pairwise at the end. The rows kAhead positions on
-// are prefetched, across word boundaries up to `limit` (the length of indices). Returns the
-// position of an index outside [0, bound) (the rows of act), or -1.
+// are prefetched, across word boundaries up to `limit` (the length of indices). Returns false at
+// an index outside [0, bound) (the rows of act); the caller's check_ranges then names it.
 template <int kUnits, int kChains>
-__attribute__((always_inline)) inline int64_t gather_rows(const float* act, const int32_t* indices, int64_t begin,
+__attribute__((always_inline)) inline bool gather_rows(const float* act, const int32_t* indices, int64_t begin,
                                                           int64_t end, int64_t limit, int64_t bound, f32x8* acc) {
   constexpr int64_t width = kUnits * kLanes;
   f32x8 chains[kChains][kUnits] = {};
@@ -193,13 +183,13 @@ __attribute__((always_inline)) inline int64_t gather_rows(const float* act, cons
             __builtin_prefetch(reinterpret_cast<const char*>(act + int64_t(next) * width) + byte);
       }
       const uint32_t i = uint32_t(indices[p + c]);
-      if (i >= uint64_t(bound)) return p + c;
+      if (i >= uint64_t(bound)) return false;
       const float* row = act + int64_t(i) * width;
       for (int u = 0; u < kUnits; ++u) chains[c][u] += load8(row + u * kLanes);
     }
   for (int c = 0; p < end; ++p, ++c) {
     const uint32_t i = uint32_t(indices[p]);
-    if (i >= uint64_t(bound)) return p;
+    if (i >= uint64_t(bound)) return false;
     const float* row = act + int64_t(i) * width;
     for (int u = 0; u < kUnits; ++u) chains[c][u] += load8(row + u * kLanes);
   }
@@ -207,7 +197,7 @@ __attribute__((always_inline)) inline int64_t gather_rows(const float* act, cons
     for (int c = 0; c + step < kChains; c += 2 * step)
       for (int u = 0; u < kUnits; ++u) chains[c][u] += chains[c + step][u];
   for (int u = 0; u < kUnits; ++u) acc[u] = chains[0][u];
-  return -1;
+  return true;
 }
 
 // The score of one word from its pattern sums s (vectors or scalars of any lanes): on- and
@@ -225,30 +215,30 @@ __attribute__((always_inline)) inline V word_score(V s, V total, const Words& wo
 // lane group (four for a single group): with one the gathers waited on the add latency (1.1x
 // slower), four per group of four ran out of registers (1.4x slower).
 template <int kUnits, int kChains = (kUnits == 1 ? 4 : 2)>
-__attribute__((always_inline)) inline void score_words(const float* act, const float* totals, const Words& words,
-                                                       int64_t w0, int64_t w1, float* tile, BadPosition& bad) {
+__attribute__((always_inline)) inline bool score_words(const float* act, const float* totals, const Words& words,
+                                                       int64_t w0, int64_t w1, float* tile) {
   constexpr int64_t width = kUnits * kLanes;
   for (int64_t w = w0; w < w1; ++w) {
     f32x8 ne[kUnits], edge[kUnits];
-    bad.ne = gather_rows<kUnits, kChains>(act, words.ne_indices, words.ne_offsets[w], words.ne_offsets[w + 1],
-                                          words.ne_count, words.bound, ne);
-    if (bad.ne >= 0) return;
-    bad.edge = gather_rows<kUnits, kChains>(act, words.edge_indices, words.edge_offsets[w], words.edge_offsets[w + 1],
-                                            words.edge_count, words.bound, edge);
-    if (bad.edge >= 0) return;
+    if (!gather_rows<kUnits, kChains>(act, words.ne_indices, words.ne_offsets[w], words.ne_offsets[w + 1],
+                                      words.ne_count, words.bound, ne) ||
+        !gather_rows<kUnits, kChains>(act, words.edge_indices, words.edge_offsets[w], words.edge_offsets[w + 1],
+                                      words.edge_count, words.bound, edge))
+      return false;
     for (int u = 0; u < kUnits; ++u) {
       const f32x8 score = word_score(ne[u] + words.edge_weight * edge[u], load8(totals + u * kLanes), words, w);
       std::memcpy(tile + (w - w0) * width + u * kLanes, &score, sizeof score);
     }
   }
+  return true;
 }
 
 // One query: the activations are a plain vector (a few hundred KiB, cache-resident), gathered as
 // scalars in two interleaved partial sums (even and odd positions). A set holds a handful of
 // entries (a word's rows: about 7), so the loop is kept short: wider unrolling and a checked tail
 // cost more than they saved (one query, 96,000 words: 1.4x slower).
-__attribute__((always_inline)) inline int64_t gather_scalars(const float* act, const int32_t* indices, int64_t begin,
-                                                             int64_t end, int64_t bound, float& sum) {
+__attribute__((always_inline)) inline bool gather_scalars(const float* act, const int32_t* indices, int64_t begin,
+                                                          int64_t end, int64_t bound, float& sum) {
   float even = 0.f, odd = 0.f;
   bool bad = false;
   int64_t p = begin;
@@ -263,28 +253,26 @@ __attribute__((always_inline)) inline int64_t gather_scalars(const float* act, c
     bad |= i >= uint64_t(bound);
     even += act[i < uint64_t(bound) ? i : 0];
   }
-  if (bad) {
-    for (int64_t q = begin; q < end; ++q)
-      if (uint32_t(indices[q]) >= uint64_t(bound)) return q;
-  }
   sum = even + odd;
-  return -1;
+  return !bad;
 }
 
 #if LMK_DICTIONARY_GATHERS
-// One query, sixteen sets at a time (words, or rows of a table): lane k sums set k, taking
-// position j of every set in step j through masked gathers, so the loop ends once per sixteen sets,
-// at the longest. A loop per set ends at a branch the predictor cannot learn where set lengths
-// vary (100,000 words of random lengths took 1.9x as long as words of one length). Each set's
-// sum runs in position order, into sums[k]. Returns the lanes that met an entry outside [0, bound).
-__attribute__((target("avx512f"))) __mmask16 gather_sets16(const float* act, const int32_t* indices,
-                                                          const int32_t* offsets, __mmask16 lanes, int64_t bound,
-                                                          float* sums) {
+// One query, up to sixteen sets at a time (words, or rows of a table): lane k sums set k into
+// sums[k], taking position j of every set in step j through masked gathers, so the loop ends once
+// per sixteen sets, at the longest. A loop per set ends at a branch the predictor cannot learn
+// where set lengths vary (100,000 words of random lengths took 1.9x as long as words of one
+// length). Even and odd positions go into two sums added at the end, as gather_scalars does, so
+// both paths give bitwise the same scores. Returns false at an entry outside [0, bound).
+__attribute__((target("avx512f"))) bool gather_sets16(const float* act, const int32_t* indices, const int32_t* offsets,
+                                                     int64_t sets, int64_t bound, float* sums) {
+  const auto lanes = __mmask16((1u << sets) - 1);  // sets <= 16
   const __m512i begin = _mm512_maskz_loadu_epi32(lanes, offsets);
   const __m512i length = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(lanes, offsets + 1), begin);
   const int longest = _mm512_mask_reduce_max_epi32(lanes, length);
-  const __m512i limit = _mm512_set1_epi32(int32_t(uint32_t(std::min<int64_t>(bound, UINT32_MAX))));
-  __m512 acc = _mm512_setzero_ps();
+  // Indices compare as unsigned, so a negative one is out of range: at most 2^31 for that.
+  const __m512i limit = _mm512_set1_epi32(int32_t(uint32_t(std::min<int64_t>(bound, int64_t(1) << 31))));
+  __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
   __mmask16 bad = 0;
   for (int j = 0; j < longest; ++j) {
     const __m512i step = _mm512_set1_epi32(j);
@@ -293,12 +281,11 @@ __attribute__((target("avx512f"))) __mmask16 gather_sets16(const float* act, con
         _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, _mm512_add_epi32(begin, step), indices, 4);
     const __mmask16 in_range = _mm512_mask_cmplt_epu32_mask(live, index, limit);
     bad |= live & ~in_range;
-    acc = _mm512_add_ps(acc, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in_range, index, act, 4));
+    acc[j % 2] = _mm512_add_ps(acc[j % 2], _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in_range, index, act, 4));
   }
-  _mm512_mask_storeu_ps(sums, lanes, acc);  // sums[k] for the lanes' sets only
-  return bad;
+  _mm512_mask_storeu_ps(sums, lanes, _mm512_add_ps(acc[0], acc[1]));
+  return !bad;
 }
-
 #endif
 
 // Whether one query's sets of `entries` entries over `sets` sets go through gather_sets16: short
@@ -317,80 +304,71 @@ bool use_gathers(int64_t entries, int64_t sets) {
 #endif
 }
 
-void score_words_single(const float* act, float total, const Words& words, int64_t w0, int64_t w1, float* tile,
-                        BadPosition& bad) {
+bool score_words_single(const float* act, float total, const Words& words, int64_t w0, int64_t w1, float* tile) {
+  static_assert(kWordBlock <= 16, "a block of words fits in gather_sets16's lanes");
 #if LMK_DICTIONARY_GATHERS
-  static_assert(kWordBlock == 16, "a block of words is one set of 16 lanes");
   if (words.gathers) {
-    const auto lanes = __mmask16((1u << (w1 - w0)) - 1);
     float ne[kWordBlock], edge[kWordBlock];
-    const __mmask16 out_of_range =
-        gather_sets16(act, words.ne_indices, words.ne_offsets + w0, lanes, words.bound, ne) |
-        gather_sets16(act, words.edge_indices, words.edge_offsets + w0, lanes, words.bound, edge);
-    if (!out_of_range) {
-      for (int64_t w = w0; w < w1; ++w)
-        tile[w - w0] = word_score(ne[w - w0] + words.edge_weight * edge[w - w0], total, words, w);
-      return;
-    }  // else the loop below finds the first entry out of range
+    if (!gather_sets16(act, words.ne_indices, words.ne_offsets + w0, w1 - w0, words.bound, ne) ||
+        !gather_sets16(act, words.edge_indices, words.edge_offsets + w0, w1 - w0, words.bound, edge))
+      return false;
+    for (int64_t w = w0; w < w1; ++w)
+      tile[w - w0] = word_score(ne[w - w0] + words.edge_weight * edge[w - w0], total, words, w);
+    return true;
   }
 #endif
   for (int64_t w = w0; w < w1; ++w) {
     float ne, edge;
-    bad.ne = gather_scalars(act, words.ne_indices, words.ne_offsets[w], words.ne_offsets[w + 1], words.bound, ne);
-    if (bad.ne >= 0) return;
-    bad.edge = gather_scalars(act, words.edge_indices, words.edge_offsets[w], words.edge_offsets[w + 1], words.bound,
-                              edge);
-    if (bad.edge >= 0) return;
+    if (!gather_scalars(act, words.ne_indices, words.ne_offsets[w], words.ne_offsets[w + 1], words.bound, ne) ||
+        !gather_scalars(act, words.edge_indices, words.edge_offsets[w], words.edge_offsets[w + 1], words.bound, edge))
+      return false;
     tile[w - w0] = word_score(ne + words.edge_weight * edge, total, words, w);
   }
+  return true;
 }
 
-// width = 1: one query; otherwise 8 * units lanes.
-LMK_SIMD_CLONES void score_words_simd(int64_t width, const float* act, const float* totals, const Words& words,
-                                      int64_t w0, int64_t w1, float* tile, BadPosition& bad) {
+// width = 1: one query; otherwise 8 * units lanes. False at an entry out of range.
+LMK_SIMD_CLONES bool score_words_simd(int64_t width, const float* act, const float* totals, const Words& words,
+                                      int64_t w0, int64_t w1, float* tile) {
   switch (width / kLanes) {
-    case 0: return score_words_single(act, totals[0], words, w0, w1, tile, bad);
-    case 1: return score_words<1>(act, totals, words, w0, w1, tile, bad);
-    case 2: return score_words<2>(act, totals, words, w0, w1, tile, bad);
-    case 3: return score_words<3>(act, totals, words, w0, w1, tile, bad);
-    default: return score_words<4>(act, totals, words, w0, w1, tile, bad);
+    case 0: return score_words_single(act, totals[0], words, w0, w1, tile);
+    case 1: return score_words<1>(act, totals, words, w0, w1, tile);
+    case 2: return score_words<2>(act, totals, words, w0, w1, tile);
+    case 3: return score_words<3>(act, totals, words, w0, w1, tile);
+    default: return score_words<4>(act, totals, words, w0, w1, tile);
   }
 }
 
 // table[r * width + q] = t of row r for lane q, for r in [r0, r1); the same chains as the words.
 template <int kUnits, int kChains = (kUnits == 1 ? 4 : 2)>
-__attribute__((always_inline)) inline void sum_rows(const float* act, const Rows& rows, int64_t r0, int64_t r1,
-                                                    float* table, BadPosition& bad) {
+__attribute__((always_inline)) inline bool sum_rows(const float* act, const Rows& rows, int64_t r0, int64_t r1,
+                                                    float* table) {
   constexpr int64_t width = kUnits * kLanes;
   for (int64_t r = r0; r < r1; ++r) {
     f32x8 sums[kUnits];
-    bad.row = gather_rows<kUnits, kChains>(act, rows.indices, rows.offsets[r], rows.offsets[r + 1], rows.count,
-                                           rows.vocab, sums);
-    if (bad.row >= 0) return;
+    if (!gather_rows<kUnits, kChains>(act, rows.indices, rows.offsets[r], rows.offsets[r + 1], rows.count,
+                                      rows.vocab, sums))
+      return false;
     for (int u = 0; u < kUnits; ++u) std::memcpy(table + r * width + u * kLanes, &sums[u], sizeof sums[u]);
   }
+  return true;
 }
 
-LMK_SIMD_CLONES void sum_rows_simd(int64_t width, const float* act, const Rows& rows, int64_t r0, int64_t r1,
-                                   float* table, BadPosition& bad) {
+LMK_SIMD_CLONES bool sum_rows_simd(int64_t width, const float* act, const Rows& rows, int64_t r0, int64_t r1,
+                                   float* table) {
   switch (width / kLanes) {
     case 0:
 #if LMK_DICTIONARY_GATHERS
-      if (rows.gathers) {
-        static_assert(kWordBlock == 16, "a block of rows is one set of 16 lanes");
-        const auto lanes = __mmask16((1u << (r1 - r0)) - 1);
-        if (!gather_sets16(act, rows.indices, rows.offsets + r0, lanes, rows.vocab, table + r0)) return;
-      }  // else the loop below finds the first index out of range
+      if (rows.gathers) return gather_sets16(act, rows.indices, rows.offsets + r0, r1 - r0, rows.vocab, table + r0);
 #endif
-      for (int64_t r = r0; r < r1; ++r) {
-        bad.row = gather_scalars(act, rows.indices, rows.offsets[r], rows.offsets[r + 1], rows.vocab, table[r]);
-        if (bad.row >= 0) return;
-      }
-      return;
-    case 1: return sum_rows<1>(act, rows, r0, r1, table, bad);
-    case 2: return sum_rows<2>(act, rows, r0, r1, table, bad);
-    case 3: return sum_rows<3>(act, rows, r0, r1, table, bad);
-    default: return sum_rows<4>(act, rows, r0, r1, table, bad);
+      for (int64_t r = r0; r < r1; ++r)
+        if (!gather_scalars(act, rows.indices, rows.offsets[r], rows.offsets[r + 1], rows.vocab, table[r]))
+          return false;
+      return true;
+    case 1: return sum_rows<1>(act, rows, r0, r1, table);
+    case 2: return sum_rows<2>(act, rows, r0, r1, table);
+    case 3: return sum_rows<3>(act, rows, r0, r1, table);
+    default: return sum_rows<4>(act, rows, r0, r1, table);
   }
 }
 
@@ -403,53 +381,25 @@ void check_counts(const int32_t* counts, int64_t num_words) {
            "] = ", counts[w]);
 }
 
-// The smallest offending positions seen by any thread.
-struct FirstBad {
-  std::atomic<int64_t> ne{std::numeric_limits<int64_t>::max()};
-  std::atomic<int64_t> edge{std::numeric_limits<int64_t>::max()};
-  std::atomic<int64_t> row{std::numeric_limits<int64_t>::max()};
-
-  static void lower(std::atomic<int64_t>& to, int64_t p) {
-    int64_t seen = to.load();
-    while (p >= 0 && p < seen && !to.compare_exchange_weak(seen, p)) {}
-  }
-  void record(const BadPosition& bad) {
-    lower(ne, bad.ne);
-    lower(edge, bad.edge);
-    lower(row, bad.row);
-  }
-  void raise(const Dictionary& dictionary, int64_t vocab) const {
-    constexpr int64_t none = std::numeric_limits<int64_t>::max();
-    if (const int64_t p = row.load(); p != none)
-      fail(ErrorKind::Index, "row_indices: row_indices[", p, "] = ", dictionary.row_indices->as<int32_t>()[p],
-           " is out of range for logits of ", vocab, " columns");
-    for (auto [position, view, name] : {std::tuple{ne.load(), &dictionary.ne_indices, "ne_indices"},
-                                        std::tuple{edge.load(), &dictionary.edge_indices, "edge_indices"}}) {
-      if (position == none) continue;
-      if (dictionary.has_rows())
-        fail(ErrorKind::Index, name, ": ", name, "[", position, "] = ", view->as<int32_t>()[position],
-             " is out of range for a table of ", dictionary.set_bound(vocab), " rows");
-      fail(ErrorKind::Index, name, ": ", name, "[", position, "] = ", view->as<int32_t>()[position],
-           " is out of range for logits of ", vocab, " columns");
-    }
-  }
-};
-
-// The range checks of the gathers, for calls that gather nothing (no query, or no word).
+// Raises IndexError for the first entry out of range, looking in a fixed order (row_indices,
+// ne_indices, edge_indices), so that the error names the same entry whatever the query count,
+// thread count or gather path; returns if there is none. The gathers only say that they met one.
 void check_ranges(const Dictionary& dictionary, int64_t vocab) {
-  BadPosition bad;
-  const auto first_outside = [](const TensorView& indices, int64_t bound) {
+  // `range` names what [0, bound) counts, as in "logits of 300 columns".
+  const auto check = [](const TensorView& indices, const char* name, int64_t bound, const char* range,
+                        const char* unit) {
     const int32_t* p = indices.as<int32_t>();
     for (int64_t k = 0; k < indices.size(0); ++k)
-      if (uint32_t(p[k]) >= uint64_t(bound)) return k;
-    return int64_t(-1);
+      if (uint32_t(p[k]) >= uint64_t(bound))
+        fail(ErrorKind::Index, name, ": ", name, "[", k, "] = ", p[k], " is out of range for ", range, " of ", bound,
+             " ", unit);
   };
-  if (dictionary.has_rows()) bad.row = first_outside(*dictionary.row_indices, vocab);
-  bad.ne = first_outside(dictionary.ne_indices, dictionary.set_bound(vocab));
-  bad.edge = first_outside(dictionary.edge_indices, dictionary.set_bound(vocab));
-  FirstBad first_bad;
-  first_bad.record(bad);
-  first_bad.raise(dictionary, vocab);
+  if (dictionary.has_rows()) check(*dictionary.row_indices, "row_indices", vocab, "logits", "columns");
+  const int64_t bound = dictionary.set_bound(vocab);
+  const char* range = dictionary.has_rows() ? "a table" : "logits";
+  const char* unit = dictionary.has_rows() ? "rows" : "columns";
+  check(dictionary.ne_indices, "ne_indices", bound, range, unit);
+  check(dictionary.edge_indices, "edge_indices", bound, range, unit);
 }
 
 // out[q * stride + w] = tile[w * width + q] for the tile's words w < words and queries q < rows: each
@@ -526,7 +476,7 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
   const int64_t column_blocks = ceil_div(vocab, kColumnBlock);
   const int64_t word_blocks = ceil_div(num_words, kWordBlock);
   const int64_t row_blocks = ceil_div(num_rows, kWordBlock);
-  const int64_t max_width = std::min(num_queries + kLanes - 1, kMaxChunk) / kLanes * kLanes;
+  const int64_t max_width = num_queries == 1 ? 1 : std::min(num_queries + kLanes - 1, kMaxChunk) / kLanes * kLanes;
   const int64_t pass_floats = vocab * max_width, table_floats = num_rows * max_width;
   const int64_t max_passes = std::min(kPassesPerRound, ceil_div(num_queries, kMaxChunk));
   // The workers reach the calling thread's scratch through these pointers. kLanes floats more: one
@@ -564,7 +514,7 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
       for (int64_t b = 0; b < column_blocks; ++b)
         for (int64_t q = 0; q < rows[p]; ++q) totals[p][q] += partial[(p * column_blocks + b) * kMaxChunk + q];
 
-    FirstBad first_bad;
+    std::atomic<bool> out_of_range{false};
     // What the words' sets index: the activations, or the row sums.
     const float* sources[kPassesPerRound];
     for (int64_t p = 0; p < passes; ++p)
@@ -574,13 +524,12 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
       parallel_for(0, passes * row_blocks, grain, [&](int64_t lo, int64_t hi) {
         for (int64_t task = lo; task < hi; ++task) {
           const int64_t p = task / row_blocks, b = task % row_blocks;
-          BadPosition bad;
-          sum_rows_simd(width[p], act + p * pass_floats, pattern_rows, b * kWordBlock,
-                        std::min(num_rows, (b + 1) * kWordBlock), table + p * table_floats, bad);
-          if (bad.any()) return first_bad.record(bad);
+          if (!sum_rows_simd(width[p], act + p * pass_floats, pattern_rows, b * kWordBlock,
+                             std::min(num_rows, (b + 1) * kWordBlock), table + p * table_floats))
+            return out_of_range.store(true);
         }
       });
-      first_bad.raise(dictionary, vocab);
+      if (out_of_range) check_ranges(dictionary, vocab);
     }
     const int64_t set_entries = words.ne_count + words.edge_count;
     parallel_for(0, passes * word_blocks, gather_grain(set_entries, num_words, width[0]), [&](int64_t lo, int64_t hi) {
@@ -588,13 +537,11 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
       for (int64_t task = lo; task < hi; ++task) {
         const int64_t p = task / word_blocks, b = task % word_blocks;
         const int64_t w0 = b * kWordBlock, w1 = std::min(num_words, w0 + kWordBlock);
-        BadPosition bad;
-        score_words_simd(width[p], sources[p], totals[p], words, w0, w1, tile, bad);
-        if (bad.any()) return first_bad.record(bad);
+        if (!score_words_simd(width[p], sources[p], totals[p], words, w0, w1, tile)) return out_of_range.store(true);
         write_tile(tile, width[p], rows[p], w1 - w0, out + first[p] * num_words + w0, num_words);
       }
     });
-    first_bad.raise(dictionary, vocab);
+    if (out_of_range) check_ranges(dictionary, vocab);
   }
 }
 

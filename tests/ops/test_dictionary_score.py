@@ -562,21 +562,49 @@ def test_sets_into_nothing_raise_index_error(device, queries, with_rows):
 
 
 # One query's short sets (under 16 entries a set on average) go through AVX-512 gathers where the
-# CPU has them; LMK_DICTIONARY_GATHERS=off takes the scalar loop instead, so that both run on a
-# machine with AVX-512.
+# CPU has them; LMK_DICTIONARY_GATHERS=off takes the scalar loop instead. Both sum in the same order.
+def test_one_query_gives_bitwise_the_same_scores_with_and_without_gathers(monkeypatch):
+    lengths = torch.randint(0, 12, (53,), generator=torch.Generator().manual_seed(3)).tolist()  # a partial block
+    direct = build((1, 400, lengths, lengths[::-1], [4] * 53, 5, 0.7, "contrast", torch.float32, True, 11))
+    table = row_table_problem(1, 500, 37, lengths, [2] * 53, seed=4)
+
+    def both():
+        logits, dictionary, m, e, variant = direct
+        logits_t, dictionary_t, rows, m_t = table
+        return (dictionary_scores(logits, *dictionary, m, e, variant),
+                dictionary_scores(logits_t, *dictionary_t, m_t, 0.7, "contrast", *rows))
+
+    default = both()
+    monkeypatch.setenv("LMK_DICTIONARY_GATHERS", "off")
+    scalar = both()
+    assert all(torch.equal(a, b) for a, b in zip(default, scalar))
+    logits, dictionary, m, e, variant = direct
+    torch.testing.assert_close(scalar[0], reference.dictionary_scores(logits, *dictionary, m, e, variant), **TOLERANCE)
+    logits_t, dictionary_t, rows, m_t = table
+    torch.testing.assert_close(scalar[1], reference.dictionary_scores(logits_t, *dictionary_t, m_t, 0.7, "contrast",
+                                                                      *rows), **TOLERANCE)
+
+
+# The error names the first bad entry in a fixed order (row_indices, ne_indices, edge_indices),
+# whatever the number of queries, threads or the gather path.
+@pytest.mark.parametrize("queries", [0, 1, 70])
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("gathers", ["default", "off"])
-def test_one_query_with_and_without_gathers(monkeypatch, gathers):
+def test_the_bad_entry_named_does_not_depend_on_the_schedule(monkeypatch, queries, threads, gathers):
     if gathers == "off":
         monkeypatch.setenv("LMK_DICTIONARY_GATHERS", "off")
-    lengths = torch.randint(0, 12, (53,), generator=torch.Generator().manual_seed(3)).tolist()  # a partial block
-    check((1, 400, lengths, lengths[::-1], [4] * 53, 5, 0.7, "contrast", torch.float32, True, 11))
-    check_row_table(row_table_problem(1, 500, 37, lengths, [2] * 53, seed=4))
-    logits, dictionary, rows, m = row_table_problem(1, 500, 37, lengths, [2] * 53, seed=4)
-    bad_rows = rows[0].clone()
-    bad_rows[-1] = 500
-    with pytest.raises(IndexError, match=f"row_indices\\[{bad_rows.numel() - 1}\\] = 500"):
-        dictionary_scores(logits, *dictionary, m, 1.0, "contrast", bad_rows, rows[1])
-    bad_ids = dictionary[0].clone()
-    bad_ids[-2] = -1
-    with pytest.raises(IndexError, match=f"ne_indices\\[{bad_ids.numel() - 2}\\] = -1"):
-        dictionary_scores(logits, bad_ids, *dictionary[1:], m, 1.0, "contrast", *rows)
+    logits, dictionary, rows, m = row_table_problem(queries, 300, 40, [3] * 4000, [2] * 4000, seed=6)
+    ne, edge = dictionary[0].clone(), dictionary[2].clone()
+    edge[0], ne[-5] = 77, 99
+    previous = lmkernels.num_threads()
+    try:
+        lmkernels.set_num_threads(threads)
+        message = f"ne_indices\\[{ne.numel() - 5}\\] = 99 is out of range for a table of 40 rows"
+        with pytest.raises(IndexError, match=message):
+            dictionary_scores(logits, ne, dictionary[1], edge, *dictionary[3:], m, 1.0, "contrast", *rows)
+        bad_rows = rows[0].clone()
+        bad_rows[-1] = 300
+        with pytest.raises(IndexError, match=f"row_indices\\[{bad_rows.numel() - 1}\\] = 300"):
+            dictionary_scores(logits, ne, dictionary[1], edge, *dictionary[3:], m, 1.0, "contrast", bad_rows, rows[1])
+    finally:
+        lmkernels.set_num_threads(previous)

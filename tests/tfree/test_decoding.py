@@ -187,29 +187,46 @@ def test_a_copy_grows_on_its_own(tokenizer, english):
     assert copied.words == english
 
 
-def test_an_interrupted_add_leaves_the_decoder_as_it_was(tokenizer, english, monkeypatch):
-    from lmkernels.tfree import decoding
+def test_an_add_is_all_or_nothing_wherever_it_is_interrupted(tokenizer, english):
+    import sys
 
-    decoder = Decoder(tokenizer, english[:500])
+    base, extra = english[:300], english[300:306]
     logits = torch.randn(2, tokenizer.vocab_size)
-    before = decoder.scores(logits)
-    calls = []
-    real = decoding._ids_of_rows
+    before = Decoder(tokenizer, base).scores(logits)
+    after = Decoder(tokenizer, base + extra).scores(logits)
+    stop_at = 1
+    while True:  # a KeyboardInterrupt at the first line of add, then at the second, ... until add finishes
+        decoder, lines = Decoder(tokenizer, base), 0
 
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) == 2:  # the edge rows, after the non-edge rows took new ids
-            raise KeyboardInterrupt
-        return real(*args)
+        def interrupt(frame, event, arg):
+            nonlocal lines
+            if event == "line":
+                lines += 1
+                if lines == stop_at:
+                    raise KeyboardInterrupt
+            return interrupt
 
-    monkeypatch.setattr(decoding, "_ids_of_rows", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        decoder.add(english[500:1000])
-    monkeypatch.setattr(decoding, "_ids_of_rows", real)
-    assert len(decoder) == 500 and torch.equal(decoder.scores(logits), before)
-    decoder.add(english[500:1000])
-    torch.testing.assert_close(decoder.scores(logits), Decoder(tokenizer, english[:1000]).scores(logits),
-                               rtol=1e-5, atol=1e-5)
+        def trace(frame, event, arg):
+            return interrupt if frame.f_code is Decoder.add.__code__ else None
+
+        sys.settrace(trace)
+        try:
+            decoder.add(extra)
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        finally:
+            sys.settrace(None)
+        if finished:
+            break
+        if len(decoder) == len(base):  # nothing happened; else it was interrupted after it grew
+            assert torch.equal(decoder.scores(logits), before), stop_at
+            decoder.add(extra)
+        assert len(decoder) == len(base) + len(extra), stop_at
+        torch.testing.assert_close(decoder.scores(logits), after, rtol=1e-5, atol=1e-5)
+        stop_at += 1
+    assert stop_at > 20  # every line of add was interrupted once
+    torch.testing.assert_close(decoder.scores(logits), after, rtol=1e-5, atol=1e-5)
 
 
 def test_dictionary_rejects_entries_that_are_not_one_word(tokenizer):

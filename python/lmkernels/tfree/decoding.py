@@ -17,9 +17,10 @@ m = 10), only 16,300 of them distinct (17,800 with the derived rows below). The 
 table of the distinct rows and, per word, the ids of its NE and E rows. Where two rows of one set
 share an index (hash collisions, the partial-lowercase rule) or a row holds one twice, the later
 occurrence is dropped: the row gives way to a derived row of its remaining indices, itself in the
-table, so that each set's rows are disjoint and their sums add up to the set's. The kernel is given the row table when that takes
-fewer gathers (the table's indices plus the row ids, against the sets' indices: 1.06 M against
-8.8 M for those words), else the sets themselves (as for a few unrelated words).
+table, so that each set's rows are disjoint and their sums add up to the set's. The kernel is
+given the row table when that takes fewer gathers (the table's indices plus the row ids, against
+the sets' indices: 1.06 M against 8.8 M for those words), else the sets themselves (as for a few
+unrelated words).
 """
 
 from __future__ import annotations
@@ -166,14 +167,6 @@ class Decoder:
     def __contains__(self, word: str) -> bool:
         return word in self.index
 
-    def __copy__(self) -> Decoder:
-        """A copy that grows on its own: ``add`` on either leaves the other as it is."""
-        copied = object.__new__(Decoder)
-        copied.__dict__.update(self.__dict__)
-        # The rest is replaced, never changed in place, by ``add``: the copy may share it.
-        copied.words, copied.index = list(self.words), dict(self.index)
-        return copied
-
     @property
     def uses_row_table(self) -> bool:
         """Whether :meth:`scores` passes the kernel the table of distinct rows (else the words' index sets)."""
@@ -215,11 +208,13 @@ class Decoder:
         set_cost = self._set_cost + int(row_lengths[ne[0]].sum() + row_lengths[e[0]].sum())
         table_cost = self._table_cost + int(added_lengths.sum()) + ne[0].numel() + e[0].numel()
         tensors = _cheaper_form(table, table_cost, set_cost)
-        self._row_ids, self._by_row, self._tensors, self._on_device = known, table, tensors, {}
-        self._table_cost, self._set_cost = table_cost, set_cost
-        for word in new:
-            self.index[word] = len(self.words)
-            self.words.append(word)
+        index = dict(self.index)
+        index.update(zip(new, range(len(self.words), len(self.words) + len(new))))
+        # One statement, so that nothing can interrupt the decoder half-grown. Every attribute is
+        # replaced, so that a shallow copy (copy.copy) grows on its own; only the cache of device
+        # copies changes in place, and it belongs to the tensors, which a copy shares until it grows.
+        self.__dict__.update(words=self.words + list(new), index=index, _row_ids=known, _by_row=table,
+                             _tensors=tensors, _on_device={}, _table_cost=table_cost, _set_cost=set_cost)
         return len(new)
 
     def scores(self, logits: Tensor, edge_weight: float | None = None, variant: str | None = None) -> Tensor:
