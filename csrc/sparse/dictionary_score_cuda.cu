@@ -158,16 +158,19 @@ __device__ __forceinline__ void load_row(const float* p, float (&a)[V]) {
   }
 }
 
-// One word's pattern sums s = sum NE + e * sum E for the lane's V queries, over the lane's share of
-// the word's n positions (n_ne in ne_set, then the rest in edge_set), each an entry in [0, bound);
-// the caller adds the groups' shares. rows points at the lane's first query in the gathered table's
-// row 0; active = the lane has queries. All kUnroll index loads go out before any row load, and
-// all row loads before any add.
+// One set's sums s = sum NE + e * sum E for the lane's V queries (a word's two sets, or a row of
+// the table as its NE set alone). Each lane sums its group's share of the n positions (n_ne in
+// ne_set, then the rest in edge_set), each an entry in [0, bound); then the C = 2^column_bits
+// columns' groups meet in a fixed xor butterfly, so that lane `column` of group 0 ends with its
+// queries' sums. rows points at the lane's first query in the gathered table's row 0; active = the
+// lane has queries. All kUnroll index loads go out before any row load, and all row loads before
+// any add. The whole warp must call it.
 template <int V>
-__device__ __forceinline__ void lane_sums(const int32_t* ne_set, int64_t n_ne, const int32_t* edge_set, int64_t n,
+__device__ __forceinline__ void warp_sums(const int32_t* ne_set, int64_t n_ne, const int32_t* edge_set, int64_t n,
                                           const float* __restrict__ rows, int64_t num_queries, int64_t bound,
-                                          float edge_weight, bool active, int group, int groups, float (&s)[V],
+                                          float edge_weight, bool active, int column_bits, float (&s)[V],
                                           bool& bad_index) {
+  const int groups = 32 >> column_bits, group = (threadIdx.x % 32) >> column_bits;
   for (int64_t p0 = group; p0 < n; p0 += int64_t(kUnroll) * groups) {
     int32_t index[kUnroll];  // -1: no position, or a bad index (skipped)
 #pragma unroll
@@ -195,6 +198,10 @@ __device__ __forceinline__ void lane_sums(const int32_t* ne_set, int64_t n_ne, c
       }
     }
   }
+  for (int mask = 1 << column_bits; mask < 32; mask *= 2) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) s[j] += __shfl_xor_sync(0xffffffffu, s[j], mask);
+  }
 }
 
 // Warp task t: words [8t, 8t + 8) against each group of C * V queries that its block's y index
@@ -209,7 +216,7 @@ __global__ void __launch_bounds__(kThreads, V == 4 ? 3 : 4)
   // Per warp: [query in group][word in task]; a group has at most 32 * V queries.
   __shared__ float tiles[kWarps][32 * V][kWordsPerWarp + 1];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int columns = 1 << column_bits, groups = 32 >> column_bits;
+  const int columns = 1 << column_bits;
   const int column = lane & (columns - 1), group = lane >> column_bits;
   const int64_t group_queries = int64_t(columns) * V;
   const int64_t num_words = words.num_words, num_tasks = ceil_div(num_words, kWordsPerWarp);
@@ -243,14 +250,9 @@ __global__ void __launch_bounds__(kThreads, V == 4 ? 3 : 4)
         const int64_t n = n_ne + (edge_ok ? edge_end - edge_begin : 0);
 
         float s[V] = {};
-        lane_sums<V>(words.ne_indices + (ne_ok ? ne_begin : 0), n_ne, words.edge_indices + (edge_ok ? edge_begin : 0),
-                     n, activations + (active ? q : 0), num_queries, bound, edge_weight, active, group, groups, s,
+        warp_sums<V>(words.ne_indices + (ne_ok ? ne_begin : 0), n_ne, words.edge_indices + (edge_ok ? edge_begin : 0),
+                     n, activations + (active ? q : 0), num_queries, bound, edge_weight, active, column_bits, s,
                      bad_index);
-        // Over the groups; lane `column` of group 0 ends with its queries' sums.
-        for (int mask = columns; mask < 32; mask *= 2) {
-#pragma unroll
-          for (int j = 0; j < V; ++j) s[j] += __shfl_xor_sync(0xffffffffu, s[j], mask);
-        }
         if (group == 0 && active) {
           const float off_pattern = float(vocab - slots);
 #pragma unroll
@@ -282,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, V == 4 ? 3 : 4)
                     int64_t row_count, int64_t num_rows, const float* __restrict__ activations, int64_t num_queries,
                     int64_t vocab, int column_bits, float* __restrict__ row_sums, int32_t* __restrict__ flag) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int columns = 1 << column_bits, groups = 32 >> column_bits;
+  const int columns = 1 << column_bits;
   const int column = lane & (columns - 1), group = lane >> column_bits;
   const int64_t group_queries = int64_t(columns) * V;
   const int64_t num_tasks = ceil_div(num_rows, kWordsPerWarp);
@@ -303,12 +305,8 @@ __global__ void __launch_bounds__(kThreads, V == 4 ? 3 : 4)
         const int64_t n = ok ? end - begin : 0;
         const int32_t* row = row_indices + (ok ? begin : 0);
         float s[V] = {};
-        lane_sums<V>(row, n, row, n, activations + (active ? q : 0), num_queries, vocab, 1.f, active, group,
-                     groups, s, bad_index);
-        for (int mask = columns; mask < 32; mask *= 2) {
-#pragma unroll
-          for (int j = 0; j < V; ++j) s[j] += __shfl_xor_sync(0xffffffffu, s[j], mask);
-        }
+        warp_sums<V>(row, n, row, n, activations + (active ? q : 0), num_queries, vocab, 1.f, active, column_bits, s,
+                     bad_index);
         if (group == 0 && active) {
 #pragma unroll
           for (int j = 0; j < V; ++j) row_sums[(r0 + k) * num_queries + q + j] = s[j];

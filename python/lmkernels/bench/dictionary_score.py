@@ -108,6 +108,13 @@ def _trigram_counts(words: int, extra_trigrams: float, generator: torch.Generato
     return trigrams, hashed, edge_trigrams, trigrams - edge_trigrams
 
 
+def _offsets(per_word: Tensor) -> Tensor:
+    """int32 CSR offsets [W + 1] of sets of ``per_word`` entries."""
+    offsets = torch.zeros(per_word.numel() + 1, dtype=torch.int64)
+    offsets[1:] = per_word.cumsum(0)
+    return offsets.int()
+
+
 def random_dictionary(words: int, vocab: int, m: int, generator: torch.Generator) -> tuple[Tensor, ...]:
     """A T-FREE-shaped random dictionary: (ne_indices, ne_offsets, edge_indices, edge_offsets, trigram_counts)."""
     trigrams, _, edge_trigrams, ne_trigrams = _trigram_counts(words, _RANDOM_EXTRA_TRIGRAMS, generator)
@@ -117,9 +124,7 @@ def random_dictionary(words: int, vocab: int, m: int, generator: torch.Generator
         rows = torch.repeat_interleave(torch.arange(words), counts)
         columns = torch.randint(vocab, (int(counts.sum()),), generator=generator)
         keys = torch.unique(rows * vocab + columns)  # sorted: by word, then index; duplicates dropped
-        offsets = torch.zeros(words + 1, dtype=torch.int64)
-        offsets[1:] = torch.bincount(keys // vocab, minlength=words).cumsum(0)
-        return (keys % vocab).int(), offsets.int()
+        return (keys % vocab).int(), _offsets(torch.bincount(keys // vocab, minlength=words))
 
     return (*index_sets(ne_trigrams), *index_sets(edge_trigrams), trigrams.int())
 
@@ -154,17 +159,12 @@ def shared_row_dictionary(words: int, rows: int, vocab: int, m: int, generator: 
     _make_disjoint(ne_slot_rows, ne_word, table, vocab, draw_inner)
     _make_disjoint(edge_slot_rows, edge_word, table, vocab, draw_edge)
 
-    def offsets(per_word: Tensor) -> Tensor:
-        result = torch.zeros(words + 1, dtype=torch.int64)
-        result[1:] = per_word.cumsum(0)
-        return result.int()
-
     def expanded(slot_rows: Tensor, word_of_slot: Tensor, per_word: Tensor) -> tuple[Tensor, Tensor]:
         keys = (word_of_slot[:, None] * vocab + table[slot_rows]).reshape(-1).sort().values  # by word, then index
-        return (keys % vocab).int(), offsets(per_word * m)
+        return (keys % vocab).int(), _offsets(per_word * m)
 
     row_form = RowDictionary(table.reshape(-1).int(), torch.arange(0, table.numel() + 1, m, dtype=torch.int32),
-                             ne_slot_rows.int(), offsets(ne_trigrams), edge_slot_rows.int(), offsets(edge_trigrams),
+                             ne_slot_rows.int(), _offsets(ne_trigrams), edge_slot_rows.int(), _offsets(edge_trigrams),
                              trigrams.int())
     direct = (*expanded(ne_slot_rows, ne_word, ne_trigrams), *expanded(edge_slot_rows, edge_word, edge_trigrams),
               trigrams.int())

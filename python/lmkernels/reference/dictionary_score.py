@@ -36,17 +36,18 @@ def dictionary_scores(
     if words == 0:
         return activations.new_zeros(queries, 0)
 
-    def csr(indices: Tensor, offsets: Tensor, columns: int) -> Tensor:
+    def coo(indices: Tensor, offsets: Tensor, columns: int) -> Tensor:
         rows = torch.repeat_interleave(torch.arange(offsets.numel() - 1, device=logits.device), offsets.diff().long())
         ones = torch.ones(indices.numel(), device=logits.device)
         return torch.sparse_coo_tensor(torch.stack([rows, indices.long()]), ones, (offsets.numel() - 1, columns),
                                        check_invariants=False)
 
+    table = None if row_indices is None else coo(row_indices, row_offsets, vocab)
+
     def pattern(indices: Tensor, offsets: Tensor) -> Tensor:
-        if row_indices is None:
-            return csr(indices, offsets, vocab).coalesce().to_sparse_csr()
-        rows = csr(row_indices, row_offsets, vocab)
-        return (csr(indices, offsets, row_offsets.numel() - 1) @ rows).coalesce().to_sparse_csr()
+        if table is None:
+            return coo(indices, offsets, vocab).coalesce().to_sparse_csr()
+        return (coo(indices, offsets, table.shape[0]) @ table).coalesce().to_sparse_csr()
 
     transposed = activations.t().contiguous()
     pattern_sums = (pattern(ne_indices, ne_offsets) @ transposed
