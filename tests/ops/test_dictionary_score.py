@@ -501,6 +501,25 @@ def test_bad_row_table_values_raise_on_every_device(device, queries, position, v
         call(args)
 
 
+# Several faults at once: every device raises for the one the CPU kernel checks first (offsets,
+# trigram_counts, row_offsets, row_indices, then the sets' entries).
+@pytest.mark.parametrize("faults, error, name", [
+    ([(9, 2, 10), (1, 0, 4)], IndexError, "row_indices"),
+    ([(10, 1, 7), (1, 0, 4)], ValueError, "row_offsets"),
+    ([(10, 1, 7), (9, 2, 10)], ValueError, "row_offsets"),
+    ([(5, 0, 0), (1, 0, 4), (9, 2, 10)], ValueError, "trigram_counts"),
+    ([(2, 1, 5), (5, 0, 0), (10, 1, 7)], ValueError, "ne_offsets"),
+])
+def test_several_faults_raise_the_first_checked_on_every_device(device, faults, error, name):
+    args = valid_row_table()
+    for position, entry, value in faults:
+        args[position] = args[position].clone()
+        args[position][entry] = value
+    args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(error, match=name):
+        call(args)
+
+
 def test_bad_row_offsets_end_raises():
     args = valid_row_table()
     args[10] = args[10].clone()

@@ -313,6 +313,14 @@ def test_malformed_offsets_raise_value_error(device, offsets, message):
         embedding_bag(table.to(device), indices.to(device), torch.tensor(offsets, dtype=torch.int64, device=device))
 
 
+def test_malformed_offsets_win_over_a_bad_index_on_every_device(device):
+    table, indices, _ = valid()
+    indices[3] = 10
+    offsets = torch.tensor([0, 4, 2, 5], device=device)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        embedding_bag(table.to(device), indices.to(device), offsets)
+
+
 @pytest.mark.parametrize("argument, make", [
     ("indices", lambda t, i, o: (t, i.float(), o, None)),
     ("table", lambda t, i, o: (t.to(torch.int32), i, o, None)),

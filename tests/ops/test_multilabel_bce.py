@@ -349,6 +349,7 @@ def test_malformed_offsets_raise_value_error(offsets, message):
     (None, [-1, 2, 5], ValueError, "pos_offsets"),
     (None, [0, 4, 2], ValueError, "pos_offsets"),
     (None, [0, 2, 9], ValueError, "pos_offsets"),
+    (10, [0, 4, 2], ValueError, "pos_offsets"),  # both: the offsets are checked first on every device
 ])
 def test_bad_target_values_raise_on_every_device(device, bad_index, offsets, error, name):
     logits, indices, _ = valid()

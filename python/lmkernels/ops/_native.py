@@ -202,11 +202,14 @@ class TableCheck:
 
 
 def raise_on_flag(flag: torch.Tensor | None, messages: dict[int, BaseException]) -> None:
-    """Raise the exception of the lowest set bit of ``flag`` (this synchronises with the GPU)."""
+    """Raise the exception of the first bit of ``messages`` set in ``flag`` (this synchronises with the GPU).
+
+    Callers list the bits in the order their CPU kernel checks its inputs, so that an input with several
+    faults raises the same exception on either device."""
     if flag is None:
         return
     bits = int(flag.item())
-    for bit, error in sorted(messages.items()):
+    for bit, error in messages.items():
         if bits & bit:
             raise error
     if bits:

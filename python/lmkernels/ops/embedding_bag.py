@@ -78,9 +78,9 @@ def _tables_check(indices: Tensor, offsets: Tensor, rows: int, like: Tensor) -> 
 
 def _raise_on_flag(check: TableCheck, rows: int) -> None:
     check.raise_on_flag({
-        _C.BAG_BAD_INDEX: IndexError(f"indices: an index is out of range for a table of {rows} rows"),
         _C.BAG_BAD_OFFSETS: ValueError("offsets: expected offsets[0] == 0, non-decreasing offsets, and the last offset "
                                         "== len(indices)"),
+        _C.BAG_BAD_INDEX: IndexError(f"indices: an index is out of range for a table of {rows} rows"),
     })
 
 
