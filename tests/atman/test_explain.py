@@ -63,6 +63,14 @@ def test_knockout_equals_a_hard_mask_through_sdpa(byte_model):
         torch.testing.assert_close(explanation.relevance[unit], expected, atol=5e-5, rtol=1e-4)
 
 
+def test_knockout_is_the_limit_of_small_factors_in_a_layer_subset(byte_model):
+    """A unit at position 0 knocks out row 0's only key: the row is left as it was (c -> 0), not zeroed."""
+    units = [(0, 1), (3, 4)]
+    knockout = explain(byte_model, PROMPT, TARGET, factor=0.0, layers=[0], units=units)
+    small = explain(byte_model, PROMPT, TARGET, factor=1e-30, layers=[0], units=units)
+    torch.testing.assert_close(knockout.relevance, small.relevance, atol=1e-5, rtol=1e-4)
+
+
 def test_multiplicative_over_all_keys_equals_the_official_algorithm(byte_model):
     prompt = torch.tensor(list(PROMPT.encode()))
     target = torch.tensor(list(TARGET.encode()))

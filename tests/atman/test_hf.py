@@ -224,9 +224,30 @@ def test_models_the_explainer_would_misread_are_refused():
     from transformers import GraniteConfig, GraniteForCausalLM
 
     refused.append((GraniteForCausalLM(GraniteConfig(logits_scaling=8.0, **small)), "logits_scaling"))
+    from transformers import BertLMHeadModel, GptOssConfig, GptOssForCausalLM, RobertaConfig, RobertaForCausalLM
+
+    bert = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    refused += [(BertLMHeadModel(BertConfig(is_decoder=True, **bert)), "LM head transforms"),
+                (RobertaForCausalLM(RobertaConfig(is_decoder=True, pad_token_id=1, **bert)), "LM head transforms")]
+    sinks = GptOssForCausalLM(GptOssConfig(head_dim=8, num_local_experts=2, num_experts_per_tok=1, sliding_window=8,
+                                           layer_types=["full_attention"] * 2, **small))
+    refused.append((sinks, "attention sinks"))
     for model, message in refused:
         with pytest.raises(TypeError, match=message):
             explain(model.eval(), list(range(10)), [3, 4])
+
+
+def test_attention_that_attends_both_ways_in_a_causal_pass_is_refused():
+    from lmkernels.atman import hf
+    from lmkernels.nn import KeySuppression
+
+    q = k = v = torch.randn(1, 2, 4, 8)
+    token = hf._PASS.set(hf._Pass(True, KeySuppression()))
+    try:
+        with pytest.raises(TypeError, match="attends both ways"):
+            hf._attention(torch.nn.Identity(), q, k, v, None, is_causal=False)
+    finally:
+        hf._PASS.reset(token)
 
 
 def test_encoders_with_a_two_sided_sliding_window_are_refused():

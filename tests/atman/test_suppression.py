@@ -1,4 +1,4 @@
-"""Suppression factors: unit factors, conceptual neighbours (similarity-scaled, minimum from 1), checks."""
+"""Suppression factors: unit factors, conceptual neighbours (similarity-scaled, strongest from 1), checks."""
 
 import math
 
@@ -27,6 +27,15 @@ def test_conceptual_neighbours_get_similarity_scaled_factors_and_the_strongest_w
     assert low.tolist() == pytest.approx([c, 1 - (1 - c) * 0.8, 1 - (1 - c) * 0.6, 1])
 
 
+def test_amplifying_neighbours_keep_the_strongest_amplification():
+    embeddings = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [-1.0, 0.0]])
+    c = 2.0
+    (alone,) = Suppression(factor=c, conceptual_threshold=0.7).factors([Unit((0,), "a")], 4, embeddings)
+    assert alone.tolist() == pytest.approx([c, 1 + (c - 1) * 0.8, 1, 1])
+    (pair,) = Suppression(factor=c, conceptual_threshold=0.5).factors([Unit((0, 1), "ab")], 4, embeddings)
+    assert pair.tolist() == pytest.approx([c, c, 1 + (c - 1) * 0.96, 1])
+
+
 def test_threshold_above_one_is_single_token_suppression():
     embeddings = torch.randn(6, 8)
     units = [Unit((i,), str(i)) for i in range(6)]
@@ -44,7 +53,7 @@ def test_attention_arguments():
     factors = torch.tensor([[1.0, 0.5, 0.0]])
     additive = Suppression(layers=(1,)).attention_arguments(factors)
     assert additive.key_factor is None and additive.layers == frozenset({1})
-    assert torch.equal(additive.key_bias, torch.log(factors)) and additive.key_bias[0, 2] == -math.inf
+    assert additive.key_bias[0, 0] == 0 and additive.key_bias[0, 2] == -10000  # c = 0: the official -10000
     assert additive.key_bias[0, 1].item() == pytest.approx(math.log(0.5))
     multiplicative = Suppression(form="multiplicative", factor_min="all").attention_arguments(factors)
     assert multiplicative.key_bias is None and torch.equal(multiplicative.key_factor, factors)

@@ -10,7 +10,8 @@ variable set around the model call (so nothing is threaded through the model's s
   records each layer's keys/values; perturbed passes feed only the suffix tokens with their
   ``position_ids`` and read the clean prefix as ``prefix_k`` / ``prefix_v``; logits come from the
   output embedding applied to the target rows of ``model.base_model``'s last hidden state (so
-  models that post-process logits, with soft-capping or a logit scale, are refused);
+  models that post-process logits, with soft-capping or a logit scale, or whose LM head transforms
+  the states before its output embedding, as BERT's and RoBERTa's do, are refused);
 - encoders (BERT family, ``is_decoder`` false, no LM head): bidirectional attention, the output is
   the mean over positions of the last hidden state (sentence-transformers' mean pooling).
 
@@ -18,9 +19,10 @@ Sequences are single and unpadded, so transformers' attention masks are not need
 (the model is asked for none); a causal layer's sliding window is applied by the kernel (an
 encoder's two-sided one is refused); layers are
 numbered in the order they run. Models whose attention does not go through the interface (Bloom,
-GPT-Neo, DeBERTa, T5: ``_supports_attention_backend`` is False) or that soft-cap attention logits
-are refused, as the explanation would silently be of another model; a pass in which fewer layers
-than the model has called the function raises for the same reason. Passes run in eval mode (the
+GPT-Neo, DeBERTa, T5: ``_supports_attention_backend`` is False) or that change the attention in
+ways the kernel does not (soft-capping, attention sinks, position biases, head masks, attending
+both ways in a causal LM) are refused, as the explanation would silently be of another model; a
+pass in which fewer layers than the model has called the function raises for the same reason. Passes run in eval mode (the
 model's modes are restored afterwards): dropout would make every pass, clean or not, random.
 
 A target given as text is tokenised together with the prompt, as the model reads them, and the
@@ -58,14 +60,30 @@ class _Pass:
 _PASS: contextvars.ContextVar[_Pass | None] = contextvars.ContextVar("lmk_atman_pass", default=None)
 
 
+# Arguments of transformers' attention functions that change the attention itself.
+_UNSUPPORTED_ARGUMENTS = {
+    "softcap": "soft-caps its attention logits",
+    "s_aux": "adds attention sinks to the softmax",
+    "sinks": "adds attention sinks to the softmax",
+    "position_bias": "adds a position bias to the attention logits",
+    "head_mask": "masks attention heads",
+    "indices": "attends to a selection of keys",
+    "block_indices": "attends to a selection of key blocks",
+}
+
+
 def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                **kwargs):
     run = _PASS.get()
     if run is None:
         raise RuntimeError(f"attn_implementation {IMPLEMENTATION!r} only runs inside lmkernels.atman explainers")
-    if kwargs.get("softcap") is not None:
-        raise TypeError(f"model: {type(module).__name__} soft-caps its attention logits, which lmkernels' attention "
-                        "kernel does not do")
+    for name, what in _UNSUPPORTED_ARGUMENTS.items():
+        if kwargs.get(name) is not None:
+            raise TypeError(f"model: {type(module).__name__} {what} ({name}), which lmkernels' attention kernel does "
+                            "not do")
+    if run.causal and kwargs.get("is_causal") is False:
+        raise TypeError(f"model: {type(module).__name__} attends both ways (is_causal=False) in a causal LM, which "
+                        "the explainer's causal passes would change")
     window = kwargs.get("sliding_window")
     if window is not None and window > 0 and not run.causal:
         raise TypeError(f"model: {type(module).__name__} is a bidirectional encoder with a sliding window, whose "
@@ -180,6 +198,9 @@ def hf_adapter(model: PreTrainedModel, tokenizer) -> _HFModel:
                             "logits leave out")
     head = model.get_output_embeddings()
     if head is not None and type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        if not any(child is head for child in model.children()):
+            raise TypeError(f"model: {type(model).__name__}'s logits are not its output embedding of the last hidden "
+                            "state (its LM head transforms the states first), which the explainer's logits assume")
         return HFCausalLM(model, tokenizer)
     causal_attention = any(getattr(module, "is_causal", False) is True for module in model.modules())
     if head is None and not causal_attention and not getattr(config, "is_decoder", False):

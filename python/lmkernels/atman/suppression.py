@@ -4,14 +4,20 @@ A unit's own positions get the factor c (default 0.1; c > 1 amplifies, for steer
 the scaled attention logits s_rj of every head, in every layer or in ``layers`` only:
 
     log-additive (default):  s_rj + log c_j       (post-softmax weight of key j times c_j, renormalised;
-                                                   c = 0 is an exact knockout)
+                                                   c = 0 adds -10000, see below)
     multiplicative:          m_r + c_j (s_rj - m_r),   m_r the row minimum over the causally visible keys
                              (``factor_min="all"``: over all keys, as the research code)
+
+For c = 0 the log-additive form adds -10000, as the official production code (``scaling``) does, not
+log 0 = -inf: a knocked-out key's weight is exactly 0 wherever the row sees another key (exp(-10000) is 0
+in float32), and a row whose every visible key is knocked out (a unit at the start of the sequence) is
+left as it was, the c -> 0 limit, where -inf would zero its output.
 
 Conceptual suppression (``conceptual_threshold`` = kappa, off by default): a unit also suppresses every
 other position k whose input embedding is close to one of its positions i, cos(e_i, e_k) >= kappa, with
 the similarity-scaled factor 1 - (1 - c) s_ik (for s_ik in [0, 1]; 1 otherwise). A position reached
-from several unit positions keeps the strongest suppression, the minimum factor, starting from 1.
+from several unit positions keeps the strongest effect: the minimum factor, starting from 1, when
+c <= 1, and the maximum when c > 1 amplifies (the unit's own positions keep c either way).
 
 The official production code (``scaling``) starts that minimum from 0.0 instead, so every neighbour
 ends at factor 0 (a full knockout, -10000 in log-additive form) whatever its similarity; that is
@@ -31,6 +37,7 @@ from lmkernels.atman.units import Unit
 from lmkernels.nn import KeySuppression
 
 FORMS = ("log_additive", "multiplicative")
+KNOCKOUT_BIAS = -10000.0  # log-additive c = 0, as the official production code
 FACTOR_MINIMA = ("causal", "all")
 
 
@@ -82,16 +89,20 @@ class Suppression:
         close = similarity >= self.conceptual_threshold
         close.fill_diagonal_(False)
         neighbour_factor = torch.where(close, neighbour_factor, torch.ones_like(neighbour_factor))
+        amplifies = self.factor > 1
         for row, unit in enumerate(units):
-            strongest = neighbour_factor[list(unit.positions)].amin(dim=0)
-            factors[row] = torch.minimum(factors[row], strongest)
+            reached = neighbour_factor[list(unit.positions)]
+            if amplifies:
+                factors[row] = torch.maximum(factors[row], reached.amax(dim=0))
+            else:
+                factors[row] = torch.minimum(factors[row], reached.amin(dim=0))
         return factors
 
     def attention_arguments(self, factors: Tensor) -> KeySuppression:
         """The ``KeySuppression`` applying ``factors`` [B, keys] in this form and these layers."""
         layers = None if self.layers is None else frozenset(self.layers)
         if self.form == "log_additive":
-            return KeySuppression(key_bias=torch.log(factors), layers=layers)
+            return KeySuppression(key_bias=torch.log(factors).clamp_min(KNOCKOUT_BIAS), layers=layers)
         return KeySuppression(key_factor=factors, factor_min=self.factor_min, layers=layers)
 
 
