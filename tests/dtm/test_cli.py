@@ -70,6 +70,12 @@ def test_dtm_command_rejects_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="--recover-distil"):
         main(["dtm", "--steps", "1", "--dim", "16", "--layers", "1", "--recover-distil", "--cache-dir",
               str(tmp_path)])
+    # Checked before the training, which would otherwise come first.
+    for flag, value in (("--tokens", "0"), ("--iterations", "0"), ("--steps", "0"), ("--target", "1.5"),
+                        ("--quantile", "2"), ("--sweep-sparsity", "-0.1"), ("--int8-budget", "2")):
+        with pytest.raises(ValueError, match=flag):
+            main(["dtm", "--steps", "100000", "--dim", "16", "--layers", "1", flag, value, "--cache-dir",
+                  str(tmp_path)])
     with pytest.raises(ValueError, match="--eval-prompts: only"):
         main(["dtm", "--steps", "1", "--dim", "16", "--layers", "1", "--eval-prompts", "100000", "--cache-dir",
               str(tmp_path)])

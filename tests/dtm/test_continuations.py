@@ -124,3 +124,15 @@ def test_the_cache_key_covers_the_configuration_and_the_mode(tmp_path):
     assert torch.equal(dtm.reference_continuations(two.train(), prompts, 8, 2, cache_dir=tmp_path).continuations,
                        second.continuations)
     assert two.training
+
+
+def test_the_cache_key_covers_the_attention_implementation(llama, prompts, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the cache argument under the name this transformers takes
+        keys = set()
+        for implementation in ("eager", "sdpa"):
+            llama.set_attn_implementation(implementation)
+            keys.add(dtm.reference_continuations(llama, prompts, 4, 2, cache_dir=tmp_path).key)
+    assert len(keys) == 2

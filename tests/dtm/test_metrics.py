@@ -33,6 +33,28 @@ def test_quantiles_interpolate_between_order_statistics():
     assert result.fdt_quantile(0.75) == pytest.approx(7.5)
 
 
+@pytest.mark.parametrize("q, error", [(1.5, ValueError), (-0.1, ValueError), (float("nan"), ValueError),
+                                      ("0.5", TypeError)])
+def test_bad_quantiles_name_q(q, error):
+    result = DivergenceResult(torch.tensor([0, 10]), torch.zeros(2), torch.zeros(2), 10)
+    with pytest.raises(error, match="q"):
+        result.fdt_quantile(q)
+    with pytest.raises(error, match="q"):
+        result.fdt_score(q)
+
+
+def test_score_runs_in_eval_mode_whatever_the_models_mode(prompts):
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.5)
+    llama = transformers.LlamaForCausalLM(config)  # in train mode: dropout would make every score random
+    references = dtm.reference_continuations(llama, prompts, 6, 2, use_disk_cache=False)
+    result = dtm.score(llama, references)
+    assert result.fdt.tolist() == [6] * len(prompts) and llama.training
+
+
 def test_score_counts_divergence_of_a_perturbed_model(model, prompts, tmp_path):
     references = dtm.reference_continuations(model, prompts, 12, 2, cache_dir=tmp_path)
     with torch.no_grad():

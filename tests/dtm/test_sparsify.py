@@ -60,10 +60,13 @@ def test_allocation_bad_input():
 
 
 @pytest.mark.parametrize("method", dtm.METHODS)
-def test_sparsify_reaches_the_global_target(model, prompts, tmp_path, method):
+@pytest.mark.parametrize("criterion", dtm.CRITERIA)
+def test_sparsify_reaches_the_global_target(model, prompts, tmp_path, method, criterion):
     references = dtm.reference_continuations(model, prompts, 8, 5, cache_dir=tmp_path)
-    plan = dtm.sparsify(model, 0.4, references, method=method, iterations=2, progress=False)
-    assert plan.global_sparsity == pytest.approx(0.4, abs=1e-3)
+    plan = dtm.sparsify(model, 0.4, references, method=method, iterations=2, criterion=criterion, progress=False)
+    counts = dtm.parameter_counts(model)
+    # Never short of it (each component's count rounded apart could be); over by less than a weight each.
+    assert 0.4 <= plan.global_sparsity < 0.4 + len(counts) / sum(counts.values())
     assert dtm.global_sparsity(model) == plan.global_sparsity
     assert [s["step"] for s in plan.steps] == [1, 2]
     assert plan.sparsity == {c: dtm.sparsity_of(w) for c, w in dtm.components(model).items()}

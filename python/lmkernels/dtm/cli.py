@@ -87,6 +87,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--eval-prompts: expected >= 0, got {args.eval_prompts}")
     if args.recover_steps < 0:
         raise ValueError(f"--recover-steps: expected >= 0, got {args.recover_steps}")
+    # The rest of the arguments too: a bad one would otherwise stop the run after minutes of training.
+    for flag, value, low in (("--tokens", args.tokens, 1), ("--iterations", args.iterations, 1),
+                             ("--steps", args.steps, 1)):
+        if value < low:
+            raise ValueError(f"{flag}: expected >= {low}, got {value}")
+    for flag, value in (("--target", args.target), ("--quantile", args.quantile),
+                        ("--sweep-sparsity", args.sweep_sparsity), ("--int8-budget", args.int8_budget)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{flag}: expected a number in [0, 1], got {value}")
     if args.recover_distil and not args.recover_steps:
         raise ValueError("--recover-distil: expected --recover-steps >= 1 (distillation is a form of recovery training)")
     # Before the training: an explicit --plot without matplotlib fails now, not after minutes of work.

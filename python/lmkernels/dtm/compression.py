@@ -39,6 +39,7 @@ from torch import Tensor
 from lmkernels.dtm import models
 from lmkernels.dtm.components import component_modules, select
 from lmkernels.dtm.continuations import References, teacher_forced_sequence
+from lmkernels.nn import evaluating
 from lmkernels.ops import int8_fake_quantize
 
 CRITERIA = ("magnitude", "wanda")
@@ -119,10 +120,11 @@ def input_norms(model: torch.nn.Module, references: References,
 
     handles = [module.register_forward_hook(accumulate(name)) for name, module in modules.items()]
     try:
-        for _, tokens, real, continuations in references.batches():
-            full, full_real = teacher_forced_sequence(tokens, real, continuations)
-            current_batch["real"] = full_real.to(device)
-            models.logits_of(model, full.to(device), current_batch["real"])
+        with evaluating(model):  # dropout would make the norms random
+            for _, tokens, real, continuations in references.batches():
+                full, full_real = teacher_forced_sequence(tokens, real, continuations)
+                current_batch["real"] = full_real.to(device)
+                models.logits_of(model, full.to(device), current_batch["real"])
     finally:
         for handle in handles:
             handle.remove()

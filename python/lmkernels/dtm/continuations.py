@@ -14,7 +14,8 @@ by construction (same batches, same kernels, same device and dtype).
 
 The result is cached on disk under a key that hashes the model's class, its configuration and state
 (every parameter and buffer, non-persistent ones such as RoPE frequencies included, bit for bit),
-its device and dtype, the torch version, the prompts, ``N``, the batch size and the reconcile flag.
+its attention implementation (Hugging Face), its device (with the GPU's name) and dtype, the torch,
+lmkernels and transformers versions, the prompts, ``N``, the batch size and the reconcile flag.
 The references are generated in eval mode (the model's modes are restored afterwards). Without the disk cache
 no key is computed (hashing the state of a 7B model takes about a minute).
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+import lmkernels
 from lmkernels.dtm import models
 from lmkernels.nn import evaluating
 from lmkernels.ops import token_divergence
@@ -227,9 +229,19 @@ def _cache_key(model: torch.nn.Module, prompts: list[Tensor], num_tokens: int, b
     digest = hashlib.sha256()
     parameter = next(model.parameters())
     config = getattr(model, "config", None)
+    # The attention implementation changes the greedy tokens at near-ties but is no part of the JSON.
+    attention = getattr(config, "_attn_implementation", None)
     config = config.to_json_string() if hasattr(config, "to_json_string") else repr(config)
-    digest.update(f"{type(model).__module__}.{type(model).__qualname__}|{parameter.device.type}|{parameter.dtype}|"
-                  f"{torch.__version__}|{config}|{num_tokens}|{batch_size}|{reconcile}".encode())
+    device = parameter.device.type
+    if device == "cuda":
+        device += f" {torch.cuda.get_device_name(parameter.device)}"
+    libraries = f"torch {torch.__version__} lmkernels {lmkernels.__version__}"
+    if models.is_huggingface(model):
+        import transformers
+
+        libraries += f" transformers {transformers.__version__}"
+    digest.update(f"{type(model).__module__}.{type(model).__qualname__}|{device}|{parameter.dtype}|{libraries}|"
+                  f"{config}|{attention}|{num_tokens}|{batch_size}|{reconcile}".encode())
     state = dict(model.named_buffers())
     state.update(model.state_dict())
     for name, value in sorted(state.items()):

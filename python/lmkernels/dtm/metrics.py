@@ -27,6 +27,7 @@ from torch import Tensor
 
 from lmkernels.dtm import models
 from lmkernels.dtm.continuations import References, teacher_forced_logits
+from lmkernels.nn import evaluating
 from lmkernels.ops import token_divergence
 
 
@@ -62,6 +63,10 @@ class DivergenceResult:
                    match.shape[1])
 
     def fdt_quantile(self, q: float) -> float:
+        if isinstance(q, bool) or not isinstance(q, (int, float)):
+            raise TypeError(f"q: expected a float, got {type(q).__name__}")
+        if not 0 <= q <= 1:
+            raise ValueError(f"q: expected a quantile in [0, 1], got {q}")
         return float(torch.quantile(self.fdt.double(), q))
 
     def fdt_score(self, q: float = 0.75) -> float:
@@ -100,7 +105,8 @@ def score(model: torch.nn.Module, references: References) -> DivergenceResult:
                          f"{references.vocab_size}")
     matches, nlls = [], []
     for start, tokens, real, continuations in references.batches():
-        logits = teacher_forced_logits(model, tokens, real, continuations)
+        with evaluating(model):  # dropout would make the scores random
+            logits = teacher_forced_logits(model, tokens, real, continuations)
         if logits.shape[:2] != continuations.shape:
             raise ValueError(f"model: its logits have shape {list(logits.shape)}, expected "
                              f"{list(continuations.shape)} + [vocabulary]")

@@ -8,6 +8,9 @@ True, all at the end, and positions count real tokens only.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -44,6 +47,12 @@ def positions_of(real: Tensor) -> Tensor:
     return (real.long().cumsum(-1) - 1).clamp(min=0)
 
 
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def logits_of(model: torch.nn.Module, tokens: Tensor, real: Tensor, cache=None) -> Tensor:
     """Logits [B, S, V] of the new ``tokens`` [B, S] after the ``cache``'s positions.
 
@@ -53,7 +62,7 @@ def logits_of(model: torch.nn.Module, tokens: Tensor, real: Tensor, cache=None) 
     positions = positions_of(real)[:, past:]
     if is_huggingface(model):
         output = model(input_ids=tokens, attention_mask=real.long(), position_ids=positions,
-                       past_key_values=cache, use_cache=cache is not None)
+                       use_cache=cache is not None, **{_cache_argument(type(model)): cache})
         return output.logits
     keys = torch.arange(real.shape[1], device=tokens.device)
     queries = keys[past:, None]

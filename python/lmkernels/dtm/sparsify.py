@@ -213,8 +213,9 @@ def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt"
             curves = _curves(model, probes, weights, sparsity, added_target, method, quantile, norms,
                              f"sparsify step {step + 1}/{iterations}" if progress else None)
             added, threshold = allocate(curves, parameters, added_target, threshold_step, interpolate)
+        zeros = _whole_zeros({c: min(sparsity[c] + added[c], 1.0) * parameters[c] for c in names}, parameters)
         for c in names:
-            weights[c].copy_(bind(_pruning(min(sparsity[c] + added[c], 1.0), norms), c)(weights[c]))
+            weights[c].copy_(bind(_pruning(zeros[c] / parameters[c], norms), c)(weights[c]))
         if recover is not None:
             masks = keep_masks(model, names)
             was_training = model.training
@@ -231,6 +232,18 @@ def sparsify(model: torch.nn.Module, target: float, prompts, method: str = "fdt"
     plan.global_sparsity = global_sparsity(model, names)
     plan.result = score(model, references)
     return plan
+
+
+def _whole_zeros(goal: dict[str, float], parameters: dict[str, int]) -> dict[str, int]:
+    """Whole zero counts for the real-valued ``goal`` counts: each rounded, then, where the rounded
+    counts fall short of the goal's total rounded up (they can by up to half a weight per component),
+    one more where the most was rounded away."""
+    counts = {c: min(round(wanted), parameters[c]) for c, wanted in goal.items()}
+    total = min(math.ceil(sum(goal.values()) - 1e-6), sum(parameters.values()))
+    open_components = sorted((c for c in goal if counts[c] < parameters[c]), key=lambda c: counts[c] - goal[c])
+    for c in open_components[:max(0, total - sum(counts.values()))]:
+        counts[c] += 1
+    return counts
 
 
 def _pruning(sparsity: float, norms: dict | None) -> MagnitudePruning | WandaPruning:
