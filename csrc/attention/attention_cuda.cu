@@ -426,6 +426,9 @@ template <typename Kernel, typename... Args>
 void launch(Kernel kernel, dim3 grid, size_t shared_bytes, cudaStream_t stream, const AttentionProblem& p,
             Args... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  if (shared_bytes > max_block_shared_memory())
+    fail(ErrorKind::Value, "q: a head dimension of ", p.dim, " needs ", shared_bytes,
+         " bytes of shared memory per block on CUDA, more than this GPU's ", max_block_shared_memory());
   LMK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
   kernel<<<grid, kThreads, shared_bytes, stream>>>(p, args...);
   LMK_CUDA_CHECK(cudaGetLastError());

@@ -16,6 +16,7 @@
 // +inf, so that every P_ij of the row is 0. Rows past the end of a tile are read the same way.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -259,18 +260,22 @@ bool attention_backward_mma_cuda(const AttentionProblem& p, const AttentionGradi
   if (!chunk_aligned(g.grad_out) || !pair_aligned(g.grad_q) || !pair_aligned(g.grad_k) || !pair_aligned(g.grad_v))
     return false;
   const int64_t keys = varlen ? p.queries : p.prefix + p.keys;
+  bool fits = true;  // the 128-wide tiles take about 103 KiB: more than GPUs of compute capability 8.6 / 8.9 have
   dispatch_tile(p, [&](auto tag, auto dim) {
     using T = typename decltype(tag)::type;
     const size_t tiles = sizeof(uint16_t) * 6 * Tile<dim>::kElements;
+    const size_t query_shared = tiles + sizeof(float) * 2 * kTileRows, key_shared = tiles + sizeof(float) * 4 * kTileRows;
+    fits = std::max(query_shared, key_shared) <= max_block_shared_memory();
+    if (!fits) return;
     int32_t* flag = error_flag.as<int32_t>();
     launch_tiles(grad_query_mma_kernel<T, dim>,
                  dim3(unsigned((p.queries + kTileRows - 1) / kTileRows), unsigned(p.q_heads), unsigned(p.items)),
-                 tiles + sizeof(float) * 2 * kTileRows, stream, p, g, flag);
+                 query_shared, stream, p, g, flag);
     launch_tiles(grad_key_mma_kernel<T, dim>,
                  dim3(unsigned((keys + kTileRows - 1) / kTileRows), unsigned(p.kv_heads), unsigned(p.items)),
-                 tiles + sizeof(float) * 4 * kTileRows, stream, p, g, flag);
+                 key_shared, stream, p, g, flag);
   });
-  return true;
+  return fits;
 }
 
 }  // namespace lmk::attention

@@ -244,13 +244,16 @@ bool attention_forward_mma_cuda(const AttentionProblem& p, const AttentionForwar
   const Operand lse = operand_of(out.lse, varlen);
   const Operand row_min = out.row_min ? operand_of(*out.row_min, varlen) : Operand{};
   const Operand row_argmin = out.row_argmin ? operand_of(*out.row_argmin, varlen) : Operand{};
+  bool fits = true;
   dispatch_tile(p, [&](auto tag, auto dim) {
     const dim3 grid(unsigned((p.queries + kTileRows - 1) / kTileRows * p.q_heads), unsigned(p.items));
     const size_t shared = sizeof(uint16_t) * 5 * Tile<dim>::kElements + sizeof(float) * 4 * kTileRows;
+    fits = shared <= max_block_shared_memory();
+    if (!fits) return;
     launch_tiles(forward_mma_kernel<typename decltype(tag)::type, dim>, grid, shared, stream, p, out_op, lse, row_min,
                  row_argmin, error_flag.as<int32_t>());
   });
-  return true;
+  return fits;
 }
 
 }  // namespace lmk::attention

@@ -2,6 +2,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "common/errors.h"
@@ -17,6 +18,15 @@
   } while (0)
 
 namespace lmk {
+
+// The most dynamic shared memory one block may opt into on the current device: 227 KiB on Hopper,
+// 163 KiB on the A100, 99 KiB on compute capability 8.6 and 8.9 (A10, L4, L40S, RTX 30xx / 40xx).
+inline size_t max_block_shared_memory() {
+  int device = 0, bytes = 0;
+  LMK_CUDA_CHECK(cudaGetDevice(&device));
+  LMK_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return size_t(bytes);
+}
 
 // Launch on the tensors' device even when the caller's current device is another one; the
 // caller's current device is restored on exit.
