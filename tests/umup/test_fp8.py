@@ -127,3 +127,15 @@ def test_empty_batch_forward_and_backward():
     y = fp8_linear(x, weight)
     y.sum().backward()  # the gradient of y.sum() has stride 0
     assert y.shape == (0, 8) and x.grad.shape == (0, 16) and not weight.grad.any()
+
+
+@pytest.mark.parametrize("shape, fan_out", [((3, 0), 5), ((2, 3, 4), 0)], ids=["fan_in 0", "fan_out 0"])
+def test_zero_fan_in_or_fan_out_equals_the_unit_scaled_linear(shape, fan_out):
+    """Empty sizes have no scale to correct: the result is ``U.linear``'s (the bias alone, or empty)."""
+    x, w, b, g = _inputs(shape, fan_out, True)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    exact = U.linear(*leaves, constraint="to_output_scale")
+    exact_grads = torch.autograd.grad(exact, leaves, g)
+    for ours, ref in zip(_ours(x, w, b, g, "to_output_scale"), (exact, *exact_grads), strict=True):
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref, rtol=0, atol=0)

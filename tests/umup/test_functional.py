@@ -308,3 +308,67 @@ def test_mult_takes_numpy_and_tensor_numbers():
 def test_linear_names_a_bias_of_the_wrong_shape():
     with pytest.raises(ValueError, match="bias: expected shape \\[3\\]"):
         U.linear(torch.randn(2, 8), torch.randn(3, 8), torch.randn(4))
+
+
+def _zero_size_cases():
+    """(name, ours, torch's un-scaled op, inputs) with a dimension of size 0."""
+    F = torch.nn.functional
+    return [
+        ("linear fan_out 0", lambda x, w: U.linear(x, w, None), F.linear, [_randn(3, 4), _randn(0, 4)]),
+        ("linear fan_in 0", U.linear, F.linear, [_randn(3, 0), _randn(5, 0), _randn(5)]),
+        ("linear rows 0", U.linear, F.linear, [_randn(2, 0, 4), _randn(5, 4), _randn(5)]),
+        ("matmul k 0", U.matmul, torch.matmul, [_randn(3, 0), _randn(0, 4)]),
+        ("matmul m 0", U.matmul, torch.matmul, [_randn(0, 2), _randn(2, 4)]),
+        ("matmul n 0", U.matmul, torch.matmul, [_randn(3, 2), _randn(2, 0)]),
+        ("softmax D 0", lambda x: U.softmax(x, -1), lambda x: F.softmax(x, -1), [_randn(3, 0)]),
+        ("cross_entropy B 0 mean", U.cross_entropy, F.cross_entropy, [_randn(0, 5), torch.zeros(0, dtype=torch.long)]),
+        ("cross_entropy B 0 sum", lambda z, y: U.cross_entropy(z, y, reduction="sum"),
+         lambda z, y: F.cross_entropy(z, y, reduction="sum"), [_randn(0, 5), torch.zeros(0, dtype=torch.long)]),
+        ("attention d_head 0", U.scaled_dot_product_attention, F.scaled_dot_product_attention,
+         [_randn(1, 2, 3, 0), _randn(1, 2, 3, 0), _randn(1, 2, 3, 0)]),
+    ]
+
+
+@pytest.mark.parametrize("name, ours, plain, inputs", _zero_size_cases(), ids=[c[0] for c in _zero_size_cases()])
+def test_zero_sizes_give_the_plain_ops_result(name, ours, plain, inputs):
+    """Empty sizes have no scale to correct: the result is torch's (empty, zeros, the bias alone, NaN for a mean
+    over no rows), and the backward runs."""
+    (out,), grads = _run(ours, inputs)
+    torch.testing.assert_close(out, plain(*inputs), rtol=0, atol=0, equal_nan=True)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_linear_with_fan_in_0_scales_the_bias_gradient_by_the_rows():
+    bias = torch.zeros(5, requires_grad=True)
+    grad, = torch.autograd.grad(U.linear(_randn(4, 0), _randn(5, 0), bias), bias, torch.ones(4, 5))
+    torch.testing.assert_close(grad, torch.full((5,), 4 * 4**-0.5))  # 4 rows summed, times B^-1/2
+
+
+def _ops_with_mult(mult):
+    x, q = _randn(4, 8), _randn(1, 1, 4, 8)
+    return (lambda: U.gelu(x, mult), lambda: U.silu(x, mult), lambda: U.silu_glu(x, x, mult),
+            lambda: U.softmax(x, -1, mult=mult), lambda: U.scaled_dot_product_attention(q, q, q, mult=mult),
+            lambda: U.cross_entropy(x, torch.zeros(4, dtype=torch.long), mult=mult))
+
+
+@pytest.mark.parametrize("mult", [math.inf, -math.inf, math.nan, 0.0, -1.0, 1e200, 1e-200])
+def test_mult_outside_the_finite_positive_range_is_refused(mult):
+    for op in _ops_with_mult(mult):
+        with pytest.raises(ValueError, match="mult"):
+            op()
+
+
+@pytest.mark.parametrize("mult", [1e-150, 1e150])
+def test_mult_at_the_ends_of_its_range_is_accepted(mult):
+    for op in _ops_with_mult(mult):
+        op()
+
+
+def test_add_refuses_out():
+    a, b, buffer = _randn(3), _randn(3, seed=1), torch.zeros(3)
+    for other in (b, 2.0):
+        with pytest.raises(TypeError, match="out"):
+            U.add(a, other, out=buffer)
+    assert not buffer.any()
+    R.add(a, b, out=buffer)  # what is refused: unit-scaling's buffer holds the unscaled sum, its result the scaled one
+    torch.testing.assert_close(buffer, a + b)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lmkernels.cli import main
-from lmkernels.umup.cli import report
+from lmkernels.umup import cli
+from lmkernels.umup.cli import report, split_heldout
 from lmkernels.umup.sweep import SweepResult, SweepSettings, byte_stream, sweep, windows
 
 TEXT = "\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog, again and again." for i in range(40))
@@ -49,11 +50,63 @@ def test_windows_and_report():
     assert batch.shape == (3, 5) and all((row[1:] - row[:-1] == 1).all() for row in batch)
     with pytest.raises(ValueError, match="text"):
         windows(stream, 1, 20, torch.Generator())
+    with pytest.raises(ValueError, match="text"):
+        windows(stream, 1, 10, torch.Generator())  # 10 inputs need 11 bytes with their targets
     result = SweepResult(SweepSettings(widths=(16, 32)),
                          losses={"umup": {16: {0: 2.0, 1: 1.5}, 32: {0: 1.4, 1: math.inf}}})
     assert result.best_log2_lr("umup", 16) == 1 and result.best_log2_lr("umup", 32) == 0
     text = report(result)
     assert "diverged" in text and "2^1, 2^0 (moves by 1 octaves)" in text
+
+
+def test_windows_reach_the_last_byte():
+    stream = byte_stream("abcdefghij")
+    only = windows(stream, 4, 9, torch.Generator().manual_seed(0))  # 9 inputs and their targets: the whole stream
+    assert (only == stream).all()
+    starts = windows(stream, 200, 7, torch.Generator().manual_seed(0))[:, 0] - ord("a")
+    assert set(starts.tolist()) == {0, 1, 2}  # every start, the last one (target = the final byte) included
+
+
+def _captured_texts(monkeypatch, tmp_path, text):
+    """The (train, held-out) texts ``lmk umup sweep --text`` hands to the sweep for a file holding ``text``."""
+    captured = []
+
+    def fake_sweep(train_text, heldout_text, settings):
+        captured.append((train_text, heldout_text))
+        return SweepResult(settings)
+
+    monkeypatch.setattr(cli, "sweep", fake_sweep)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    assert main(["umup", "sweep", "--text", str(corpus), "--seq-len", "8"]) == 0
+    return captured[0]
+
+
+def test_one_paragraph_is_split_by_bytes_not_reused(monkeypatch, tmp_path):
+    paragraph = "the quick brown fox jumps over the lazy dog, " * 4 + "and the held-out end."
+    train_text, heldout_text = _captured_texts(monkeypatch, tmp_path, paragraph + "\n")
+    assert train_text + heldout_text == paragraph and heldout_text == paragraph[-len(heldout_text):]
+    assert len(heldout_text.encode()) == len(paragraph.encode()) - len(paragraph.encode()) * 9 // 10
+    assert _captured_texts(monkeypatch, tmp_path, TEXT) == (TEXT[:TEXT.index("Paragraph 36")].rstrip(),
+                                                            TEXT[TEXT.index("Paragraph 36"):])
+
+
+def test_split_heldout_cuts_between_characters():
+    text = "é" * 15  # 30 bytes: a tenth is 3, one and a half characters
+    train_text, heldout_text = split_heldout(text)
+    assert (train_text, heldout_text) == ("é" * 13, "é" * 2)
+    assert split_heldout("") == ("", "")
+
+
+def test_a_text_too_short_for_a_held_out_window_names_text(monkeypatch, tmp_path):
+    def no_sweep(*_args):
+        raise AssertionError("the sweep started")
+
+    monkeypatch.setattr(cli, "sweep", no_sweep)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("x" * 100)
+    with pytest.raises(ValueError, match="--text: the held-out part has 10 bytes, fewer than --seq-len \\+ 1 = 17"):
+        main(["umup", "sweep", "--text", str(corpus), "--seq-len", "16"])
 
 
 @pytest.fixture

@@ -3,13 +3,15 @@
 The scales of the nonlinearities are empirical models of the output and gradient standard
 deviation for a unit-normal input, as functions of the op's multiplier ``mult``, interpolated
 geometrically (``logint(a, lo, hi) = lo^(1-a) hi^a``) between the small-``mult`` and large-``mult``
-limits, with ``a`` a sigmoid of ``log(mult^2)``.
+limits, with ``a`` a sigmoid of ``log(mult^2)``. ``mult`` must lie in [1e-150, 1e150] (a ValueError
+otherwise, for the loss too): the scales square it, and a float's square overflows beyond about
+1e154 and rounds to 0 below about 2e-162, where unit-scaling raises OverflowError or ZeroDivisionError.
 """
 
 from __future__ import annotations
 
 import numbers
-from math import log, pi
+from math import log, nan, pi
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from torch import Tensor
 from lmkernels.umup.scale import apply_constraint, logarithmic_interpolation, scale_bwd, scale_fwd
 
 _GAUSSIAN_LIMIT = (2 / (1 - 1 / pi)) ** 0.5  # 1 / std of relu(z), z ~ N(0, 1): the large-mult output limit
+_MULT_RANGE = (1e-150, 1e150)
 
 
 def _scaled_elementwise(input: Tensor, fn, output_scale: float, grad_input_scale: float,
@@ -79,13 +82,19 @@ def softmax(input: Tensor, dim: int, dtype: torch.dtype | None = None, constrain
         y = softmax(m x) * logint(a, D, sqrt(D))         s_x = logint(a, D/m, sqrt(D/m))         a = 1 / (1 + 4 / m^2)
 
     (the flat limit ``D`` at small ``m``, the one-hot limit ``sqrt(D)`` at large ``m``; ``D^0.9`` at m = 1).
+    Over an empty ``dim`` (``D = 0``) both scales are 1 and the result is ``F.softmax``'s, an empty
+    tensor; unit-scaling raises "math domain error" there.
     """
     _check_mult(mult)
     size = input.shape[dim]
-    alpha = 1 / (1 + 4 / mult**2)
-    return _scaled_elementwise(input, lambda x: F.softmax(x * mult, dim=dim, dtype=dtype),
-                               logarithmic_interpolation(alpha, size, size**0.5),
-                               logarithmic_interpolation(alpha, size / mult, (size / mult) ** 0.5), constraint)
+    if size:
+        alpha = 1 / (1 + 4 / mult**2)
+        output_scale = logarithmic_interpolation(alpha, size, size**0.5)
+        grad_input_scale = logarithmic_interpolation(alpha, size / mult, (size / mult) ** 0.5)
+    else:
+        output_scale = grad_input_scale = 1.0
+    return _scaled_elementwise(input, lambda x: F.softmax(x * mult, dim=dim, dtype=dtype), output_scale,
+                               grad_input_scale, constraint)
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
@@ -119,14 +128,16 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     ``m`` the attention is nearly uniform over ``T`` (or, causally, a harmonic average) keys and
     the output standard deviation falls to ``sqrt(c / T)``. An arbitrary ``attn_mask`` does not
     change the model (only ``is_causal`` does). One position (T = 1) attends only to itself, so
-    its limit is 1 (the causal formula would give 0, whose logarithm is undefined).
+    its limit is 1 (the causal formula would give 0, whose logarithm is undefined). With
+    ``d_head = 0`` the output is empty whatever the logits, so the logit scale is ``m`` and the
+    result is ``F.scaled_dot_product_attention``'s (unit-scaling raises ZeroDivisionError there).
     """
     _check_mult(mult)
     *_, seq_len, d_head = value.shape
     scale = attention_output_scale(seq_len, d_head, mult, dropout_p, is_causal)
     query, key, value = (scale_bwd(t, scale) for t in (query, key, value))
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                                            is_causal=is_causal, scale=mult / d_head)
+                                            is_causal=is_causal, scale=mult / d_head if d_head else mult)
     return scale_fwd(output, scale)
 
 
@@ -140,11 +151,14 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     The multiplier ``m`` and the ``1 / B`` apply to the forward value only: the logits' gradient is
     ``(softmax(m z) - onehot(y)) * V / sqrt(V - 1)`` per row, unit scale whatever the batch size
     (rows of ``ignore_index`` still count in ``B``). Flatten [B, T, V] logits to [B T, V] first.
+    An empty batch (B = 0) gives ``F.cross_entropy``'s result: NaN, the mean over no rows, for
+    "mean" and 0 for "sum" (unit-scaling raises ZeroDivisionError for "mean").
     """
     for name, value, default in (("weight", weight, None), ("size_average", size_average, None),
                                  ("reduce", reduce, None), ("label_smoothing", label_smoothing, 0.0)):
         if value is not default and value != default:  # unit-scaling raises for these too
             raise ValueError(f"{name}: not supported by the unit-scaled cross entropy, got {value!r}")
+    _check_mult(mult)
     if input.dim() not in (1, 2):
         raise ValueError(f"input: expected logits of shape [V] or [B, V] (flatten [B, T, V] first), "
                          f"got {list(input.shape)}")
@@ -155,7 +169,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
         raise ValueError(f"input: expected a vocabulary of at least 2 classes, got {vocab_size}")
     input = scale_fwd(scale_bwd(input, vocab_size / (vocab_size - 1) ** 0.5), mult)
     loss = F.cross_entropy(input, target, ignore_index=ignore_index, reduction="sum")
-    return scale_fwd(loss, 1 / batch_size) if reduction == "mean" else loss
+    if reduction == "sum":
+        return loss
+    return scale_fwd(loss, 1 / batch_size if batch_size else nan)
 
 
 def _unscaled_silu(x: Tensor, mult: float) -> Tensor:
@@ -167,5 +183,7 @@ def _check_mult(mult: float) -> None:
         mult = mult.item()
     if isinstance(mult, bool) or not isinstance(mult, numbers.Real):
         raise TypeError(f"mult: expected a number, got {type(mult).__name__}")
-    if not mult > 0:
-        raise ValueError(f"mult: expected a positive number, got {mult!r}")
+    # A round range inside the one whose squares are finite and nonzero (see the module docstring).
+    if not _MULT_RANGE[0] <= mult <= _MULT_RANGE[1]:
+        raise ValueError(f"mult: expected a positive finite number in [{_MULT_RANGE[0]:g}, {_MULT_RANGE[1]:g}], "
+                         f"got {mult!r}")

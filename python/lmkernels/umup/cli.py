@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                      "and an FP8 run")
     defaults = SweepSettings()
     sweep_parser.add_argument("--text", metavar="FILE", help="UTF-8 text, paragraphs separated by blank lines; "
-                                                             "the last tenth is held out (default: embedded text)")
+                                                             "the last tenth of the paragraphs (of the bytes, for "
+                                                             "one paragraph) is held out (default: embedded text)")
     sweep_parser.add_argument("--widths", default=",".join(map(str, defaults.widths)), help="comma-separated")
     sweep_parser.add_argument("--sp-lrs", default=_join(defaults.sp_log2_lrs),
                               help="log2 learning rates of SP (write --sp-lrs=-9,-8 for negatives)")
@@ -55,9 +56,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{name}: expected >= 1, got {value}")
     if args.text:
         with open(args.text, encoding="utf-8") as f:
-            documents = data.paragraphs(f.read())
-        cut = max(len(documents) * 9 // 10, 1)
-        train_text, heldout_text = "\n\n".join(documents[:cut]), "\n\n".join(documents[cut:] or documents[-1:])
+            train_text, heldout_text = split_heldout(f.read())
+        for part, text in (("training", train_text), ("held-out", heldout_text)):
+            size = len(text.encode("utf-8"))
+            if size < settings.seq_len + 1:
+                raise ValueError(f"--text: the {part} part has {size} bytes, fewer than --seq-len + 1 = "
+                                 f"{settings.seq_len + 1}; give a longer text")
     else:
         train_text, heldout_text = data.text("train"), data.text("heldout")
     print(f"lmk umup sweep: {len(train_text) / 1e6:.2f} MB of training text, {len(heldout_text) / 1e6:.2f} MB "
@@ -72,6 +76,21 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot(result, args.plot)
     return 0
+
+
+def split_heldout(text: str) -> tuple[str, str]:
+    """``(train, heldout)`` parts of ``text``, disjoint: the last tenth of its paragraphs (at least one)
+    is held out, or, when there is only one paragraph, the last tenth of its UTF-8 bytes (cut at a
+    character boundary)."""
+    documents = data.paragraphs(text)
+    if len(documents) > 1:
+        cut = len(documents) * 9 // 10
+        return "\n\n".join(documents[:cut]), "\n\n".join(documents[cut:])
+    encoded = "".join(documents).encode("utf-8")
+    cut = len(encoded) * 9 // 10
+    while cut and encoded[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: the cut would split a character
+        cut -= 1
+    return encoded[:cut].decode("utf-8"), encoded[cut:].decode("utf-8")
 
 
 def report(result: SweepResult) -> str:

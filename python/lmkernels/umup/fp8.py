@@ -22,8 +22,7 @@ import torch
 from torch import Tensor
 
 from lmkernels.ops import fp8_cast, fp8_gemm
-from lmkernels.umup.functional import _weight_shape
-from lmkernels.umup.scale import apply_constraint
+from lmkernels.umup.functional import _linear_scales, _weight_shape
 
 _E4M3, _E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -78,12 +77,9 @@ def fp8_linear(input: Tensor, weight: Tensor, bias: Tensor | None = None, constr
             raise TypeError(f"{name}: expected float32, bfloat16 or float16, got {tensor.dtype}")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != fan_out):
         raise ValueError(f"bias: expected shape [{fan_out}] (fan_out), got {list(bias.shape)}")
-    rows = input.numel() // fan_in if fan_in else 0
-    output_scale = 1 / fan_in ** scale_power[0]
-    grad_input_scale = 1 / fan_out ** scale_power[1]
-    grad_weight_scale = 1 / max(rows, 1) ** scale_power[2]
-    output_scale, grad_input_scale = apply_constraint(constraint, output_scale, grad_input_scale)
-    flat = input.reshape(rows, fan_in)
+    output_scale, grad_input_scale, grad_weight_scale = _linear_scales(input, fan_out, fan_in, constraint,
+                                                                       scale_power)
+    flat = input.reshape(input.shape[:-1].numel(), fan_in)
     output = _FP8Linear.apply(flat if flat.is_contiguous() else flat.contiguous(), weight, bias, output_scale,
                               grad_input_scale, grad_weight_scale)
     return output.reshape(*input.shape[:-1], fan_out)

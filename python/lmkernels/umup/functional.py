@@ -34,17 +34,16 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None, constraint: str |
 
     ``scale_power = (p0, p1, p2)``. With the default constraint ``to_output_scale`` the input
     gradient is scaled by ``fan_in^-p0`` as well, which keeps the backward consistent where the
-    residual stream sums gradients.
+    residual stream sums gradients. A size of 0 (``fan_in``, ``fan_out`` or ``B``) gives its scale 1
+    and the result is ``F.linear``'s (empty, or the bias alone for ``fan_in = 0``); unit-scaling
+    raises ZeroDivisionError there.
     """
     fan_out, fan_in = _weight_shape(input, weight, "weight")
     if bias is not None and (not isinstance(bias, Tensor) or bias.shape != (fan_out,)):
         raise ValueError(f"bias: expected shape [{fan_out}] (fan_out of weight), got "
                          f"{list(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__}")
-    rows = input.numel() // fan_in if fan_in else 0
-    output_scale = 1 / fan_in ** scale_power[0]
-    grad_input_scale = 1 / fan_out ** scale_power[1]
-    grad_weight_scale = 1 / max(rows, 1) ** scale_power[2]
-    output_scale, grad_input_scale = apply_constraint(constraint, output_scale, grad_input_scale)
+    output_scale, grad_input_scale, grad_weight_scale = _linear_scales(input, fan_out, fan_in, constraint,
+                                                                       scale_power)
     input = scale_bwd(input, grad_input_scale)
     weight = scale_bwd(weight, grad_weight_scale)
     bias = scale_bwd(bias, grad_weight_scale) if bias is not None else None
@@ -66,14 +65,15 @@ def matmul(left: Tensor, right: Tensor, constraint: str | None = "to_output_scal
 
         out = (left @ right) * k^-1/2          s_left = n^-1/2          s_right = m^-1/2
 
-    (the three constrained together; by default all become ``k^-1/2``).
+    (the three constrained together; by default all become ``k^-1/2``). A size of 0 gives its scale
+    1 and the result is ``torch.matmul``'s (empty, or zeros for ``k = 0``); unit-scaling raises
+    ZeroDivisionError there.
     """
     if left.dim() < 2 or right.dim() < 2:
         raise ValueError(f"left, right: expected at least 2 dimensions each, got shapes {list(left.shape)} "
                          f"and {list(right.shape)}")
-    output_scale = left.shape[-1] ** -0.5
-    left_grad_scale = right.shape[-1] ** -0.5
-    right_grad_scale = left.shape[-2] ** -0.5
+    output_scale, left_grad_scale, right_grad_scale = (
+        size ** -0.5 if size else 1.0 for size in (left.shape[-1], right.shape[-1], left.shape[-2]))
     output_scale, left_grad_scale, right_grad_scale = apply_constraint(constraint, output_scale, left_grad_scale,
                                                                        right_grad_scale)
     output = torch.matmul(scale_bwd(left, left_grad_scale), scale_bwd(right, right_grad_scale))
@@ -88,19 +88,23 @@ def add(input: Tensor | int | float, other: Tensor | int | float, constraint: st
 
     where ``n_a`` is the number of output elements each element of ``a`` feeds by broadcasting (the
     gradient of ``a`` sums that many). A one-element operand leaves the output scale at 1; a Python
-    number is added unscaled. ``alpha`` other than 1 is not supported (as in unit-scaling).
+    number is added unscaled. ``alpha`` other than 1 is not supported (as in unit-scaling), nor is
+    ``out`` (a TypeError): unit-scaling accepts it but leaves the buffer holding the unscaled sum
+    while it returns the scaled one, and torch's ``out=`` takes no part in autograd.
     """
     if alpha != 1:
         raise ValueError(f"alpha: only 1 is supported by the unit-scaled add, got {alpha}")
+    if out is not None:
+        raise TypeError("out: not supported by the unit-scaled add (use the returned tensor)")
     if not isinstance(input, Tensor) or not isinstance(other, Tensor):
-        return torch.add(input, other, out=out)
+        return torch.add(input, other)
     output_numel = torch.broadcast_shapes(input.shape, other.shape).numel()
     input_grad_scale = (output_numel // max(input.numel(), 1)) ** -0.5 if output_numel else 1.0
     other_grad_scale = (output_numel // max(other.numel(), 1)) ** -0.5 if output_numel else 1.0
     output_scale = 1.0 if input.numel() == 1 or other.numel() == 1 else 2**-0.5
     output_scale, input_grad_scale, other_grad_scale = apply_constraint(constraint, output_scale, input_grad_scale,
                                                                         other_grad_scale)
-    result = torch.add(scale_bwd(input, input_grad_scale), scale_bwd(other, other_grad_scale), out=out)
+    result = torch.add(scale_bwd(input, input_grad_scale), scale_bwd(other, other_grad_scale))
     return scale_fwd(result, output_scale)
 
 
@@ -157,6 +161,17 @@ def transformer_residual_scaling_rule(residual_mult: float = 1.0,
         return alpha / (branches / 2 + n_attn * alpha_attn**2 + n_mlp * alpha_mlp**2) ** 0.5
 
     return tau
+
+
+def _linear_scales(input: Tensor, fan_out: int, fan_in: int, constraint: str | None,
+                   scale_power: tuple[float, float, float]) -> tuple[float, float, float]:
+    """``(s_out, s_x, s_W)`` of ``linear`` (see its docstring), a size of 0 giving its scale 1."""
+    rows = input.shape[:-1].numel()
+    output_scale = 1 / fan_in ** scale_power[0] if fan_in else 1.0
+    grad_input_scale = 1 / fan_out ** scale_power[1] if fan_out else 1.0
+    grad_weight_scale = 1 / rows ** scale_power[2] if rows else 1.0
+    output_scale, grad_input_scale = apply_constraint(constraint, output_scale, grad_input_scale)
+    return output_scale, grad_input_scale, grad_weight_scale
 
 
 def _weight_shape(input: Tensor, weight: Tensor, name: str) -> tuple[int, int]:

@@ -70,10 +70,11 @@ def byte_stream(text: str) -> Tensor:
 
 
 def windows(stream: Tensor, count: int, seq_len: int, generator: torch.Generator) -> Tensor:
-    """``count`` random windows [count, seq_len + 1] of ``stream``."""
-    if stream.numel() <= seq_len + 1:
-        raise ValueError(f"text: expected more than seq_len + 1 = {seq_len + 1} bytes, got {stream.numel()}")
-    starts = torch.randint(0, stream.numel() - seq_len - 1, (count,), generator=generator)
+    """``count`` random windows [count, seq_len + 1] of ``stream`` (seq_len inputs and the next-byte
+    targets), each of the ``stream.numel() - seq_len`` possible starts equally likely."""
+    if stream.numel() < seq_len + 1:
+        raise ValueError(f"text: expected at least seq_len + 1 = {seq_len + 1} bytes, got {stream.numel()}")
+    starts = torch.randint(0, stream.numel() - seq_len, (count,), generator=generator)
     return stream[starts[:, None] + torch.arange(seq_len + 1)]
 
 
