@@ -149,9 +149,11 @@ struct Scratch {
   std::vector<Visible> visible;
   // The forward's key tiles of one (item, key head), packed once and reused by the chunk's later
   // query tiles of that head: keys transposed, [tile][dim_padded][kTileK], values [key][dim_padded].
+  // Only the tiles from head_first_tile to the last one visited are held, so that a query tile whose
+  // sliding window reaches a few tiles of a long item costs O(window), not O(keys).
   std::vector<float> head_keys_t, head_values;
   std::vector<char> head_tile_packed;
-  int64_t head_item = -1, head_kv = -1;
+  int64_t head_item = -1, head_kv = -1, head_first_tile = 0;
 
   explicit Scratch(int64_t dim) : dim_padded(round_up(dim, 16)) {
     const size_t tile = size_t(kTileQ * dim_padded), key_tile = size_t(kTileK * dim_padded);
@@ -200,23 +202,38 @@ __attribute__((always_inline)) inline void pack_keys(const AttentionProblem& p, 
 template <typename T>
 __attribute__((always_inline)) inline std::pair<const float*, const float*> head_key_tile(
     const AttentionProblem& p, const Item& it, int64_t kv_head, int64_t j0, Scratch& s) {
-  const int64_t dp = s.dim_padded, tiles = ceil_div(it.keys, kTileK), tile = j0 / kTileK;
+  const int64_t dp = s.dim_padded, tile = j0 / kTileK;
   const size_t tile_floats = size_t(kTileK * dp);
-  if (s.head_item != it.index || s.head_kv != kv_head) {
-    s.head_keys_t.assign(size_t(tiles) * tile_floats, 0.f);
-    s.head_values.assign(size_t(tiles) * tile_floats, 0.f);
-    s.head_tile_packed.assign(size_t(tiles), 0);
-    s.head_item = it.index, s.head_kv = kv_head;
+  if (s.head_item != it.index || s.head_kv != kv_head) {  // clear() keeps the capacity for the next head
+    s.head_keys_t.clear();
+    s.head_values.clear();
+    s.head_tile_packed.clear();
+    s.head_item = it.index, s.head_kv = kv_head, s.head_first_tile = tile;
   }
-  float* keys_t = s.head_keys_t.data() + size_t(tile) * tile_floats;
-  float* values = s.head_values.data() + size_t(tile) * tile_floats;
-  if (!s.head_tile_packed[size_t(tile)]) {
+  // A chunk that began inside a query head meets lower tiles at the group's next head: zeroed tiles
+  // go in front, at most once per (item, key head).
+  if (tile < s.head_first_tile) {
+    const size_t added = size_t(s.head_first_tile - tile);
+    s.head_keys_t.insert(s.head_keys_t.begin(), added * tile_floats, 0.f);
+    s.head_values.insert(s.head_values.begin(), added * tile_floats, 0.f);
+    s.head_tile_packed.insert(s.head_tile_packed.begin(), added, 0);
+    s.head_first_tile = tile;
+  }
+  const size_t slot = size_t(tile - s.head_first_tile);
+  if (slot >= s.head_tile_packed.size()) {
+    s.head_keys_t.resize((slot + 1) * tile_floats, 0.f);
+    s.head_values.resize((slot + 1) * tile_floats, 0.f);
+    s.head_tile_packed.resize(slot + 1, 0);
+  }
+  float* keys_t = s.head_keys_t.data() + slot * tile_floats;
+  float* values = s.head_values.data() + slot * tile_floats;
+  if (!s.head_tile_packed[slot]) {
     for (int64_t jj = 0; jj < std::min(kTileK, it.keys - j0); ++jj) {
       const T* k = key_row<T>(p, p.prefix_k, p.k, it, kv_head, j0 + jj);
       for (int64_t d = 0; d < p.dim; ++d) keys_t[d * kTileK + jj] = to_float(k[d]);
       pack_row(values + jj * dp, key_row<T>(p, p.prefix_v, p.v, it, kv_head, j0 + jj), p.dim, 1.f);
     }
-    s.head_tile_packed[size_t(tile)] = 1;
+    s.head_tile_packed[slot] = 1;
   }
   return {keys_t, values};
 }

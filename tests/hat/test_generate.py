@@ -234,3 +234,52 @@ def test_model_generate_method_equals_the_function():
         assert model.generate("Hello", 12, stop=[text[2:4]]) == text[:text.index(text[2:4])]
     with pytest.raises(ValueError, match="max_bytes"):
         model.generate("Hello", -1)
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    (dict(stop=[""]), ValueError, "stop\\[0\\]: expected a non-empty"),
+    (dict(stop=["a", 1]), TypeError, "stop\\[1\\]: expected a str"),
+    (dict(stop=5), TypeError, "stop: expected a str, a sequence of str or None"),
+    (dict(temperature=float("nan")), ValueError, "temperature"),
+    (dict(temperature="1"), TypeError, "temperature"),
+    (dict(temperature=True), TypeError, "temperature"),
+    (dict(seed="x", temperature=1.0), TypeError, "seed"),
+    (dict(seed=2**64, temperature=1.0), ValueError, "seed"),
+    (dict(splitter="x"), TypeError, "splitter"),
+    (dict(max_bytes=True), TypeError, "max_bytes"),
+    (dict(max_bytes=5.0), TypeError, "max_bytes"),
+    (dict(prompt="a\ud800"), ValueError, "prompt: lone surrogate U\\+D800 at index 1"),
+])
+def test_bad_arguments_name_the_argument(arguments, error, message):
+    model = tiny_model()
+    arguments = {"prompt": "Hello", "max_bytes": 5, **arguments}
+    with pytest.raises(error, match=message):
+        generate(model, arguments.pop("prompt"), arguments.pop("max_bytes"), **arguments)
+
+
+def test_a_bare_stop_string_is_one_stop_string_and_none_is_none(monkeypatch):
+    model = tiny_model()
+    head = ScriptedHead(monkeypatch, model, [*b"one two three", EOS])
+
+    def scripted(**arguments):
+        text = generate(model, "Hi", 40, **arguments)
+        head.take()
+        return text
+
+    assert scripted(stop="two") == scripted(stop=["two"]) == "one "
+    assert scripted(stop="ox") == "one two three"  # as a set of characters, it stopped at "o"
+    assert scripted(stop=None) == scripted() == "one two three"
+
+
+def test_a_special_token_spelled_by_generated_bytes_ends_words_at_its_raw_bytes(monkeypatch):
+    """With a special token "EOT" that bytes can spell, the text "x EOT ab!" re-splits into "x", " ",
+    "EOT" (one special byte), " ab!". Generation holds the raw bytes E, O, T: the word boundaries must
+    fall around all three of them, not after the first (as a count of the re-split's one byte gave)."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(HATConfig.tiny(width=32, layers=1, window=5),
+                                 special_token_dict={"<|eot_id|>": EOS, "EOT": 200})
+    model = HATModel(config).eval()
+    ScriptedHead(monkeypatch, model, [*b"T ab!", EOS])
+    calls = record_session(monkeypatch)
+    assert generate(model, "x EO", 10) == "T ab!"
+    assert calls["words"] == [1, 1, 3]  # "x" (prefill), " ", "EOT"; " ab!" is still open

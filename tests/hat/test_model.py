@@ -221,9 +221,159 @@ def test_bad_batches():
         HATBatch.from_words([[b"a", b""]])
     batch = HATBatch.from_words([TEXT_A, TEXT_B])
     batch.sequence_bytes = batch.sequence_bytes + 1
-    with pytest.raises(ValueError, match="sequence_words"):
+    with pytest.raises(ValueError, match="sequence_bytes"):
         model(batch)
     batch = HATBatch.from_words([TEXT_A])
     batch.word_cu = batch.word_cu.flip(0)
     with pytest.raises(ValueError, match="word_cu"):
         model(batch)
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda c: c["encoder_config"].update(num_attention_heads=0), ValueError, "encoder_config.num_attention_heads"),
+    (lambda c: c["encoder_config"].update(num_key_value_heads=0), ValueError, "encoder_config.num_key_value_heads"),
+    (lambda c: c["encoder_config"]["cross_attention_config"].update(num_attention_heads=0), ValueError,
+     "encoder_config.cross_attention_config.num_attention_heads"),
+    (lambda c: c["backbone_config"].update(hidden_size=0), ValueError, "backbone_config.hidden_size"),
+    (lambda c: c["backbone_config"].update(head_dim=15), ValueError, "backbone_config.head_dim: expected an even"),
+    (lambda c: c["encoder_config"]["cross_attention_config"].update(hidden_size_kv=96), ValueError,
+     "encoder_config.cross_attention_config.hidden_size_kv: expected the encoder width, 64"),
+    (lambda c: c["encoder_config"]["cross_attention_config"].update(hidden_size_q=64), ValueError,
+     "encoder_config.cross_attention_config.hidden_size_q: expected the backbone width, 96"),
+    (lambda c: c["decoder_config"]["cross_attention_config"].update(hidden_size_kv=64), ValueError,
+     "decoder_config.cross_attention_config.hidden_size_kv: expected the backbone width, 96"),
+    (lambda c: c["decoder_config"]["cross_attention_config"].update(hidden_size_q=96), ValueError,
+     "decoder_config.cross_attention_config.hidden_size_q: expected the decoder width, 64"),
+    (lambda c: c["decoder_config"].update(hidden_size=128, intermediate_size=256), ValueError,
+     "decoder_config.hidden_size: expected the encoder width"),
+    (lambda c: c["encoder_config"].update(vocab_size=0), ValueError, "encoder_config.vocab_size: expected 256"),
+    (lambda c: c["decoder_config"].update(vocab_size=300), ValueError, "decoder_config.vocab_size: expected 256"),
+    (lambda c: c.update(eos_token_id=300), ValueError, "eos_token_id"),
+    (lambda c: c.update(special_token_dict={"<|eot_id|>": 300}), ValueError, "special_token_dict"),
+    (lambda c: c["backbone_config"].update(rope_scaling={"type": "linear", "factor": 2.0}), ValueError,
+     "backbone_config.rope_scaling"),
+    (lambda c: c["encoder_config"].update(sliding_window="5"), TypeError, "encoder_config.sliding_window"),
+    (lambda c: c.update(max_word_size="100"), TypeError, "max_word_size"),
+    (lambda c: c["encoder_config"].pop("hidden_size"), ValueError, "encoder_config: missing required keys"),
+    (lambda c: c.update(backbone_config=[]), TypeError, "backbone_config"),
+])
+def test_bad_configs_name_the_field(change, error, message):
+    values = json.loads(json.dumps(RELEASED_STYLE))
+    change(values)
+    with pytest.raises(error, match=message):
+        HATConfig.from_dict(values)
+
+
+def test_omitted_stack_keys_take_the_llama_config_defaults():
+    values = json.loads(json.dumps(RELEASED_STYLE))
+    for key in ("rms_norm_eps", "rope_theta", "max_position_embeddings", "num_key_value_heads"):
+        values["decoder_config"].pop(key)
+    decoder = HATConfig.from_dict(values).decoder_config
+    # LlamaConfig's defaults (transformers 4.46 and 5.x alike)
+    assert (decoder.rms_norm_eps, decoder.rope_theta, decoder.max_position_embeddings) == (1e-6, 10000.0, 2048)
+    assert decoder.num_key_value_heads == decoder.num_attention_heads == 2
+
+
+def test_default_rope_type_means_no_scaling():
+    values = json.loads(json.dumps(RELEASED_STYLE))
+    values["backbone_config"]["rope_scaling"] = {"rope_type": "default"}
+    config = HATConfig.from_dict(values)
+    assert config.backbone_config.rope_scaling is None
+    values["backbone_config"]["rope_scaling"] = None
+    assert config == HATConfig.from_dict(values)
+
+
+def test_a_given_head_dim_is_honoured():
+    values = json.loads(json.dumps(RELEASED_STYLE))
+    values["encoder_config"]["head_dim"] = 16  # 64 / 2 heads would be 32
+    torch.manual_seed(0)
+    model = HATModel(HATConfig.from_dict(values)).eval()
+    attention = model.encoder.layers[0].self_attn
+    assert attention.q_proj.weight.shape == (2 * 16, 64) and attention.o_proj.weight.shape == (64, 2 * 16)
+    with torch.no_grad():
+        assert model(HATBatch.from_words([TEXT_A])).shape == (sum(map(len, TEXT_A)), 256)
+
+
+def test_a_window_past_every_key_is_no_window():
+    values = json.loads(json.dumps(RELEASED_STYLE))
+    values["encoder_config"]["sliding_window"] = values["decoder_config"]["sliding_window"] = None
+    torch.manual_seed(0)
+    unbounded = HATModel(HATConfig.from_dict(values)).eval()
+    values["encoder_config"]["sliding_window"] = values["decoder_config"]["sliding_window"] = 2**63 - 1
+    huge = HATModel(HATConfig.from_dict(values)).eval()
+    huge.load_state_dict(unbounded.state_dict())
+    batch = HATBatch.from_words([TEXT_A, TEXT_B])
+    with torch.no_grad():
+        assert torch.equal(huge(batch), unbounded(batch))
+
+
+@pytest.mark.parametrize("model", [released_model, lambda: HATModel(HATConfig.tiny(width=32, layers=2, window=5))])
+def test_forward_backward_and_generate_under_autocast(model):
+    model = model().train()
+    batch = HATBatch.from_words([TEXT_A, TEXT_B])
+    expected = model(batch)
+    hat_loss(expected, batch).backward()
+    trained = {name for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(batch)
+        loss = hat_loss(logits, batch)
+    loss.backward()
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+    torch.testing.assert_close(logits.float(), expected.detach(), rtol=0.1, atol=0.1)
+    assert {name for name, p in model.named_parameters() if p.grad is not None} == trained
+    assert all(bool(p.grad.isfinite().all()) for name, p in model.named_parameters() if name in trained)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        text = model.eval().generate("Hello", 12)
+    assert isinstance(text, str) and len(text.encode()) <= 12 * 3
+
+
+def test_split_batch_output_packs_directly():
+    from lmkernels.hat import split_batch
+
+    split = split_batch(["Hello world, how are you?", "Größe 日本 ok"], 100)
+    assert split.bytes.dtype == torch.uint8
+    packed = HATBatch(split.bytes, split.word_offsets, split.word_offsets[split.text_word_offsets],
+                      split.text_word_offsets)
+    assert packed.bytes.dtype == torch.int64
+    model = released_model()
+    with torch.no_grad():
+        assert torch.equal(model(packed), model(HATBatch.from_words([split.words(0), split.words(1)])))
+
+
+def batch_with(**fields):
+    good = HATBatch.from_words([[b"ab", b" cd"], [b"x", b"yz", b"!"]])
+    values = dict(bytes=good.bytes, word_cu=good.word_cu, sequence_bytes=good.sequence_bytes,
+                  sequence_words=good.sequence_words)
+    if "sequence_words" in fields and "sequence_bytes" not in fields:
+        fields["sequence_bytes"] = good.word_cu[fields["sequence_words"].clamp(0, 5)]
+    return HATBatch(**{**values, **fields})
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: HATBatch(torch.zeros(0, dtype=torch.long), torch.tensor([0]), torch.tensor([0]), torch.tensor([0])),
+     ValueError, "bytes: expected at least one byte"),
+    (lambda: batch_with(bytes=torch.arange(9.0)), TypeError, "bytes: expected int64"),
+    (lambda: batch_with(bytes=torch.arange(9)[None]), ValueError, "bytes: expected 1 dimension"),
+    (lambda: batch_with(word_cu=[0, 2, 5, 6, 8, 9]), TypeError, "word_cu: expected a torch.Tensor"),
+    (lambda: batch_with(word_cu=torch.tensor([0.0, 2, 5, 6, 8, 9])), TypeError, "word_cu: expected int64"),
+    (lambda: batch_with(sequence_words=torch.tensor([0, 3, 2, 5])), ValueError, "sequence_words"),
+    (lambda: batch_with(sequence_words=torch.tensor([0, 2, 5, 5])), ValueError, "sequence_words"),
+    (lambda: batch_with(sequence_words=torch.tensor([0, 0, 2, 5])), ValueError, "sequence_words"),
+    (lambda: batch_with(sequence_words=torch.tensor([5])), ValueError, "sequence_words"),
+    (lambda: batch_with(sequence_bytes=torch.tensor([0, 4, 9])), ValueError, "sequence_bytes"),
+    (lambda: HATBatch.from_words([["ab", " cd"]]), TypeError, "sequences\\[0\\]\\[0\\]: expected bytes"),
+])
+def test_malformed_batches_name_the_field(make, error, message):
+    model = released_model()
+    with pytest.raises(error, match=message):
+        model(make())
+
+
+def test_a_loss_with_nothing_to_predict_raises():
+    model = released_model()
+    batch = HATBatch.from_words([[b"a"], [b"b"]])
+    with pytest.raises(ValueError, match="batch: no byte to predict"):
+        hat_loss(model(batch), batch)
+    batch = HATBatch.from_words([[b"a"], [b"bc"]])
+    assert torch.isfinite(hat_loss(model(batch), batch))

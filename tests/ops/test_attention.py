@@ -583,3 +583,31 @@ def test_backward_rejects_a_row_minimum_key_out_of_range_on_every_device(device,
     with pytest.raises(IndexError, match="row_argmin: expected"):
         torch.ops.lmk.attention_backward(torch.ones_like(out), q, k, v, None, None, None, factor, None, 0, True, 0.25,
                                          0, False, lse, row_min, row_argmin)
+
+
+# ---- sliding windows over long key caches ---------------------------------------------------------
+
+@pytest.mark.parametrize("window", [2**62, 2**63, 2**70])
+def test_a_window_past_every_key_is_no_window(window):
+    q, k, v = llama_like(length=70)
+    assert torch.equal(attention(q, k, v, window=window), attention(q, k, v))
+    assert torch.equal(attention(q, k, v, causal=False, window=window), attention(q, k, v, causal=False))
+    packed = [t[0].transpose(0, 1) for t in (q, k, v)]
+    cu_seqlens = torch.tensor([0, 30, 70])
+    assert torch.equal(varlen_attention(*packed, cu_seqlens, window=window), varlen_attention(*packed, cu_seqlens))
+
+
+def test_windowed_grouped_heads_give_the_same_bits_whatever_chunk_a_task_lands_in():
+    # 15 query tiles x 4 query heads over 1 KV head: on 2 threads the tasks go 2 to a chunk, so chunks
+    # start inside a head and then reach the next head's first key tiles, below those cached so far.
+    q, k, v = llama_like(batch=1, heads=4, kv_heads=1, length=15 * 64 - 7, dim=16)
+    threads = lmkernels.num_threads()
+    try:
+        runs = []
+        for n in (1, 2):
+            lmkernels.set_num_threads(n)
+            runs.append(attention(q, k, v, window=100))
+    finally:
+        lmkernels.set_num_threads(threads)
+    assert torch.equal(*runs)
+    torch.testing.assert_close(runs[0], reference.attention(q, k, v, window=100), **FORWARD_TOLERANCE[torch.float32])

@@ -193,6 +193,9 @@ def test_bad_input(device):
                        torch.randn(5, 1, 0, device=device), cu)
     with pytest.raises(TypeError, match="scale"):
         word_attention(q, k, v, cu, scale=True)
+    for bad in (math.nan, math.inf, -math.inf):  # as attention() rejects them
+        with pytest.raises(ValueError, match="scale: expected a finite number"):
+            word_attention(q, k, v, cu, scale=bad)
     for bad in ([0, 3, 2], [-1, 2, 5], [0, 2, 6]):
         with pytest.raises(ValueError, match="cu_seqlens"):
             word_attention(q, k, v, torch.tensor(bad, device=device))

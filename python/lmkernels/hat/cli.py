@@ -5,22 +5,43 @@ from __future__ import annotations
 import argparse
 
 
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _prompt(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("expected a non-empty prompt")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="hat", required=True)
     train = commands.add_parser("train", help="train a small HAT on a text file (default: embedded text) and "
                                               "compare its robustness to noise with a same-size BPE model")
     train.add_argument("--text", metavar="FILE", help="UTF-8 text; paragraphs separated by blank lines")
-    train.add_argument("--steps", type=int, default=300)
-    train.add_argument("--width", type=int, default=128, help="width of all three stacks")
-    train.add_argument("--layers", type=int, default=1, help="layers per stack")
-    train.add_argument("--window", type=int, default=255, help="byte sliding window of encoder and decoder")
-    train.add_argument("--seq-bytes", type=int, default=512, help="bytes per training window")
-    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--steps", type=_int_at_least(1), default=300)
+    train.add_argument("--width", type=_int_at_least(1), default=128, help="width of all three stacks")
+    train.add_argument("--layers", type=_int_at_least(1), default=1, help="layers per stack")
+    train.add_argument("--window", type=_int_at_least(0), default=255,
+                       help="byte sliding window of encoder and decoder")
+    train.add_argument("--seq-bytes", type=_int_at_least(2), default=512,
+                       help="bytes per training window (at least two words)")
+    train.add_argument("--batch-size", type=_int_at_least(1), default=8)
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--bpe-vocab", type=int, default=2048, help="BPE vocabulary of the comparison model")
     train.add_argument("--no-bpe", action="store_true", help="skip the BPE comparison")
-    train.add_argument("--prompt", action="append", help="prompt to sample from (repeatable)")
+    train.add_argument("--prompt", action="append", type=_prompt, help="prompt to sample from (repeatable)")
 
 
 def run(args: argparse.Namespace, train_text: str, heldout: str) -> int:

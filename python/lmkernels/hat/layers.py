@@ -203,7 +203,10 @@ class DecoderBlock(torch.nn.Module):
                 cache: LayerCache | None = None) -> Tensor:
         """Packed sequences; or, with ``cache``, the next rows of one sequence (``cu_seqlens`` unused)."""
         if self.cross_attention is not None:
-            x = guide_broadcast(x, self.cross_attention.guide(self.kv_norm(predictive)), word_cu)
+            # Under autocast the guide's projections give bf16 (or fp16) while the residual stream x
+            # stays fp32; the broadcast adds in x's dtype.
+            guide = self.cross_attention.guide(self.kv_norm(predictive)).to(x.dtype)
+            x = guide_broadcast(x, guide, word_cu)
         if cache is not None:
             return self.llama_layer.step(x, positions, cache)
         return self.llama_layer(x, positions, cu_seqlens)

@@ -33,24 +33,42 @@ if TYPE_CHECKING:
     from lmkernels.hat.splitter import HATRuleSplitter
 
 
+_FIELDS = ("bytes", "word_cu", "sequence_bytes", "sequence_words")
+_CONVERTED_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32)
+
+
 @dataclass
 class HATBatch:
-    """Packed sequences: ``bytes`` [T] int64, their words ``word_cu`` [W + 1], and the sequences as
-    byte ranges ``sequence_bytes`` [N + 1] and word ranges ``sequence_words`` [N + 1]."""
+    """Packed sequences: ``bytes`` [T], their words ``word_cu`` [W + 1], and the sequences as byte
+    ranges ``sequence_bytes`` [N + 1] and word ranges ``sequence_words`` [N + 1].
+
+    All four are 1-D integer tensors on one device, kept as int64: integer tensors of other dtypes
+    (such as ``split_batch``'s uint8 bytes) are converted when the batch is built.
+    """
 
     bytes: Tensor
     word_cu: Tensor
     sequence_bytes: Tensor
     sequence_words: Tensor
 
+    def __post_init__(self):
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, Tensor) and value.dtype in _CONVERTED_DTYPES:
+                setattr(self, name, value.long())
+
     @classmethod
     def from_words(cls, sequences: list[list[bytes]], device=None) -> HATBatch:
         """Pack already split sequences (lists of words, each word its UTF-8 bytes)."""
         if not sequences or any(not words for words in sequences):
             raise ValueError("sequences: expected at least one sequence, each with at least one word")
+        for s, sequence in enumerate(sequences):
+            for w, word in enumerate(sequence):
+                if not isinstance(word, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"sequences[{s}][{w}]: expected bytes, got {type(word).__name__}")
+                if not word:
+                    raise ValueError(f"sequences[{s}][{w}]: words must not be empty")
         words = [word for sequence in sequences for word in sequence]
-        if any(not word for word in words):
-            raise ValueError("sequences: words must not be empty")
         stream = b"".join(words)
         lengths = torch.tensor([len(word) for word in words])
         word_cu = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
@@ -60,18 +78,37 @@ class HATBatch:
                    sequence_words=sequence_words.to(device))
 
     def check(self, max_word_size: int) -> None:
-        """Raise ValueError unless the boundaries are consistent and every word fits ``max_word_size``."""
-        lengths = self.word_cu[1:] - self.word_cu[:-1]
-        if self.word_cu[0] != 0 or self.word_cu[-1] != self.bytes.shape[0] or bool((lengths < 1).any()):
-            raise ValueError(f"word_cu: expected increasing word boundaries from 0 to {self.bytes.shape[0]}")
-        if int(lengths.max()) > max_word_size:
-            raise ValueError(f"word_cu: a word of {int(lengths.max())} bytes exceeds max_word_size {max_word_size}")
-        if (self.sequence_words[0] != 0 or self.sequence_words[-1] != lengths.shape[0]
-                or not torch.equal(self.word_cu[self.sequence_words], self.sequence_bytes)):
-            raise ValueError("sequence_words: expected sequences made of whole words covering every word, "
-                             "with sequence_bytes their byte boundaries")
+        """Raise TypeError or ValueError, naming the field, unless the batch is well formed: at least
+        one byte, words of 1 to ``max_word_size`` bytes covering the bytes, sequences of at least one
+        whole word covering the words, byte values in [0, 255]."""
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+            if value.dtype != torch.int64:
+                raise TypeError(f"{name}: expected int64 values (other integer dtypes are converted when the batch "
+                                f"is built), got {value.dtype}")
+            if value.dim() != 1:
+                raise ValueError(f"{name}: expected 1 dimension, got shape {list(value.shape)}")
+            if value.device != self.bytes.device:
+                raise ValueError(f"{name}: expected the device of bytes ({self.bytes.device}), got {value.device}")
+        total = self.bytes.shape[0]
+        if total == 0:
+            raise ValueError("bytes: expected at least one byte")
         if bool((self.bytes < 0).any()) or bool((self.bytes > 255).any()):
             raise ValueError("bytes: expected values in [0, 255]")
+        lengths = self.word_cu.diff()
+        if (self.word_cu.shape[0] < 2 or self.word_cu[0] != 0 or self.word_cu[-1] != total
+                or bool((lengths < 1).any())):
+            raise ValueError(f"word_cu: expected increasing word boundaries from 0 to {total}")
+        if int(lengths.max()) > max_word_size:
+            raise ValueError(f"word_cu: a word of {int(lengths.max())} bytes exceeds max_word_size {max_word_size}")
+        if (self.sequence_words.shape[0] < 2 or self.sequence_words[0] != 0
+                or self.sequence_words[-1] != lengths.shape[0] or bool((self.sequence_words.diff() < 1).any())):
+            raise ValueError(f"sequence_words: expected increasing word boundaries from 0 to {lengths.shape[0]} "
+                             "(every sequence at least one word)")
+        if not torch.equal(self.word_cu[self.sequence_words], self.sequence_bytes):
+            raise ValueError("sequence_bytes: expected the byte boundaries of sequence_words (word_cu[sequence_words])")
 
     def positions(self) -> tuple[Tensor, Tensor]:
         """Byte positions [T] and word positions [W], each counted from its sequence's start."""
@@ -196,8 +233,9 @@ class HATModel(torch.nn.Module):
                 module.materialize()
         return model.to(dtype)
 
-    def generate(self, prompt: str, max_bytes: int = 256, *, temperature: float = 0.0, stop: Sequence[str] = (),
-                 seed: int | None = None, splitter: HATRuleSplitter | None = None) -> str:
+    def generate(self, prompt: str, max_bytes: int = 256, *, temperature: float = 0.0,
+                 stop: str | Sequence[str] | None = None, seed: int | None = None,
+                 splitter: HATRuleSplitter | None = None) -> str:
         """Continue ``prompt`` by up to ``max_bytes`` bytes (greedy when ``temperature`` is 0) and return the
         continuation as text: :func:`lmkernels.hat.generate.generate` on this model, with the same arguments."""
         from lmkernels.hat.generate import generate
@@ -206,8 +244,15 @@ class HATModel(torch.nn.Module):
 
 
 def hat_loss(logits: Tensor, batch: HATBatch) -> Tensor:
-    """Mean next-byte cross-entropy: byte t predicts byte t + 1 of the same sequence."""
+    """Mean next-byte cross-entropy: byte t predicts byte t + 1 of the same sequence.
+
+    Raises ValueError when no byte has a next byte (every sequence is one byte long): the mean over
+    no targets is undefined, and such a batch is more likely a data bug than a training step.
+    """
     targets = batch.bytes.roll(-1)
     last = batch.sequence_bytes[1:] - 1
+    if last.shape[0] >= targets.shape[0]:
+        raise ValueError(f"batch: no byte to predict (its {last.shape[0]} sequences hold {targets.shape[0]} bytes: "
+                         "each is one byte long, and the last byte of a sequence predicts nothing)")
     mask = torch.ones_like(targets, dtype=torch.bool).index_fill(0, last, False)
     return F.cross_entropy(logits[mask].float(), targets[mask])

@@ -48,6 +48,15 @@ class TrainSettings:
     noise_levels: tuple[float, ...] = (0.0, 0.05, 0.10)
     eval_windows: int = 32
 
+    def __post_init__(self):
+        for name, minimum in (("width", 1), ("layers", 1), ("window", 0), ("seq_bytes", 2), ("batch_size", 1),
+                              ("steps", 1), ("warmup", 0), ("eval_windows", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+            if value < minimum:
+                raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+
 
 @dataclass
 class TrainResult:
@@ -99,6 +108,8 @@ def split_documents(text: str, splitter: HATRuleSplitter) -> list[bytes]:
 
 
 def hat_nats_per_byte(model: HATModel, windows: list[list[bytes]]) -> float:
+    if not windows:
+        raise ValueError("windows: expected at least one window to score")
     total, count = 0.0, 0
     with torch.no_grad():
         for window in windows:
@@ -106,7 +117,7 @@ def hat_nats_per_byte(model: HATModel, windows: list[list[bytes]]) -> float:
             logits = model(batch)
             total += float(F.cross_entropy(logits[:-1].float(), batch.bytes[1:], reduction="sum"))
             count += batch.bytes.shape[0] - 1
-    return total / max(count, 1)
+    return total / count
 
 
 def train_hat(text: str, s: TrainSettings, log=print) -> TrainResult:
@@ -114,9 +125,11 @@ def train_hat(text: str, s: TrainSettings, log=print) -> TrainResult:
     config = HATConfig.tiny(width=s.width, layers=s.layers, window=s.window)
     splitter = HATRuleSplitter(config.special_token_dict, config.max_word_size)
     words = split_documents(text, splitter)
+    if len(words) < 2:
+        raise ValueError("text: no training window (the text has fewer than two words)")
     windows = word_windows(words, s.seq_bytes)
     if not windows:
-        raise ValueError("text: no training window (the text has fewer than two words)")
+        raise ValueError(f"seq_bytes: no training window (no two consecutive words fit in {s.seq_bytes} bytes)")
     model = HATModel(config)
     result = TrainResult(model, bytes_per_word=sum(len(w) for w in words) / len(words))
     optimiser, schedule = adamw_warmup_cosine(model, s.learning_rate, s.warmup, s.steps)
@@ -215,7 +228,8 @@ def train_bpe(text: str, heldout: str, s: TrainSettings, hat_parameters: int, by
                 logits = model(tokens[None, :-1])[0]
                 total += float(F.cross_entropy(logits, tokens[1:], reduction="sum"))
                 count += covered
-            scores[level] = total / max(count, 1)
+            if count:
+                scores[level] = total / count
     parameters = sum(p.numel() for p in model.parameters())
     return scores, parameters, bpe.get_vocab_size()
 
@@ -224,6 +238,11 @@ def run(text: str, heldout: str, settings: TrainSettings | None = None, prompts:
         log=print) -> TrainResult:
     """Train HAT (and the BPE peer unless ``settings.bpe_vocab`` is None) and print the report."""
     s = settings or TrainSettings()
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompts[{i}]: expected a str, got {type(prompt).__name__}")
+        if not prompt:
+            raise ValueError(f"prompts[{i}]: expected a non-empty prompt")
     result = train_hat(text, s, log)
     model = result.model.eval()
     hat_parameters = sum(p.numel() for p in model.parameters())
@@ -231,7 +250,8 @@ def run(text: str, heldout: str, settings: TrainSettings | None = None, prompts:
     for level in s.noise_levels:
         noisy = add_noise(heldout, level, s.seed)
         windows = word_windows(split_documents(noisy, splitter), s.seq_bytes)[:s.eval_windows]
-        result.hat_nats_per_byte[level] = hat_nats_per_byte(model, windows)
+        if windows:
+            result.hat_nats_per_byte[level] = hat_nats_per_byte(model, windows)
     log(f"HAT: {hat_parameters:,} parameters, {result.bytes_per_word:.2f} bytes per word "
         f"(the backbone runs once per word), {s.steps} steps in {result.seconds:.0f} s, "
         f"training loss {result.losses[0]:.3f} -> {sum(result.losses[-10:]) / len(result.losses[-10:]):.3f}")
@@ -239,11 +259,19 @@ def run(text: str, heldout: str, settings: TrainSettings | None = None, prompts:
         result.bpe_nats_per_byte, result.bpe_parameters, result.bpe_vocab = train_bpe(
             text, heldout, s, hat_parameters, s.seq_bytes, log)
         log(f"BPE: {result.bpe_parameters:,} parameters (vocabulary {result.bpe_vocab:,} trained on the same text)")
-    log("held-out loss, nats per byte (character noise: swaps, drops, case flips)")
-    log("  noise   HAT      BPE")
-    for level in s.noise_levels:
-        bpe = result.bpe_nats_per_byte.get(level)
-        log(f"  {level:4.0%}   {result.hat_nats_per_byte[level]:.3f}    {'-' if bpe is None else f'{bpe:.3f}'}")
+    if result.hat_nats_per_byte or result.bpe_nats_per_byte:
+        log("held-out loss, nats per byte (character noise: swaps, drops, case flips)")
+        log("  noise   HAT      BPE")
+        for level in s.noise_levels:
+            hat, bpe = result.hat_nats_per_byte.get(level), result.bpe_nats_per_byte.get(level)
+            log(f"  {level:4.0%}   {_score(hat)}    {_score(bpe)}")
+    else:
+        log("held-out loss: not measured, the held-out text has no window of two words "
+            "(a text of one paragraph holds nothing out)")
     for prompt in prompts:
         log(f"sample: {prompt!r} -> {generate(model, prompt, 80)!r}")
     return result
+
+
+def _score(nats_per_byte: float | None) -> str:
+    return "-" if nats_per_byte is None else f"{nats_per_byte:.3f}"

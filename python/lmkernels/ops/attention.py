@@ -25,7 +25,10 @@ window costs O(S x window)), and saves the row log-sum-exp for the backward, whi
 probabilities tile by tile. Inputs are float32, bfloat16 or float16; the output has q's dtype.
 
 Gradients flow to q, k, v, prefix_k, prefix_v, key_bias and key_factor; they are deterministic
-(each gradient element is written by one task, no atomics). Through the multiplicative form the
+(each gradient element is written by one task, no atomics). One limit of the saved log-sum-exp: in a
+row whose visible keys all carry a finite bias below about -1e6 (float32's lowest, say, as a padding
+mask), float32 cannot hold the log of the key count beside it, so that row's gradients are off
+(its output is right); mask with -inf, or a bias above -1e4, which removes a key as completely. Through the multiplicative form the
 chain rule runs through m_i + c_j (s_ij - m_i) and the row minimum, whose sub-gradient goes to the
 first key holding it (torch's ``amin`` splits it among tied keys; ties have measure zero).
 
@@ -44,6 +47,7 @@ from lmkernels.ops._native import _C, TableCheck, call_op, define_autograd, defi
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 _FACTOR_MIN = ("causal", "all")
+_WINDOW_BOUND = 2**62  # more keys than any tensor can hold
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: float | None = None,
@@ -183,7 +187,8 @@ def _window(window: int | None) -> int:
         raise TypeError(f"window: expected an int or None, got {type(window).__name__}")
     if window < 1:
         raise ValueError(f"window: expected a positive number of keys (or None), got {window}")
-    return window
+    # A window past every key is no window; the bound keeps the kernels' position + window within int64.
+    return min(window, _WINDOW_BOUND)
 
 
 def _unit_last(t: Tensor | None) -> Tensor | None:

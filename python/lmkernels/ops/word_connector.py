@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from lmkernels.ops._native import _C, TableCheck, call_op, define_autograd, define_op, dl, stream_of
+from lmkernels.ops.attention import _scale
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -64,18 +65,15 @@ def word_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, scale
         q: [W, Hq, D] one query per word and head (D <= 256).
         k, v: [T, Hkv, D] byte keys and values, of q's dtype, with Hkv dividing Hq.
         cu_seqlens: [W + 1] int32 or int64 word boundaries in the byte stream.
-        scale: logit scale, D^-1/2 by default.
+        scale: logit scale, a finite number; D^-1/2 by default.
 
     Returns:
         [W, Hq, D] of q's dtype.
     """
     _check_tensors({"q": q, "k": k, "v": v, "cu_seqlens": cu_seqlens}, {"q": 3, "k": 3, "v": 3})
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
     if q.shape[-1] == 0:
         raise ValueError(f"q: expected a head dimension of at least 1, got shape {list(q.shape)}")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return call_op("word_attention", q, k, v, cu_seqlens, scale)[0]
+    return call_op("word_attention", q, k, v, cu_seqlens, _scale(scale, q.shape[-1]))[0]
 
 
 def _word_attention(q: Tensor, k: Tensor, v: Tensor, table: Tensor, scale: float) -> tuple[Tensor, Tensor]:
