@@ -68,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "training on the corpus' next bytes")
     parser.add_argument("--sweep-sparsity", type=float, default=0.5, help="pruning level of the component sweep")
     parser.add_argument("--int8-budget", type=float, default=0.8, help="fraction of component parameters in int8")
-    parser.add_argument("--cache-dir", metavar="DIR", help="reference continuation cache (default ~/.cache/lmkernels)")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="reference continuation cache (default $LMK_CACHE_DIR/dtm, else ~/.cache/lmkernels/dtm)")
     parser.add_argument("--json", metavar="PATH", help="write the sweep, the plans and the comparison as JSON")
     plot = parser.add_mutually_exclusive_group()
     plot.add_argument("--plot", metavar="PNG",
