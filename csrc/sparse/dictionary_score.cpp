@@ -30,7 +30,19 @@ void check_dictionary_scores(const TensorView& logits, const Dictionary& diction
   }
   if (dictionary.ne_offsets.size(0) < 1)
     fail(ErrorKind::Value, "ne_offsets: expected at least one entry (offsets have num_words + 1 entries), got 0");
-  const int64_t num_words = dictionary.num_words();
+  if (dictionary.edge_offsets.size(0) < 1)
+    fail(ErrorKind::Value, "edge_offsets: expected at least one entry (offsets have num_words + 1 entries), got 0");
+  // Three tensors give the number of words W: the one that disagrees with the other two is the one
+  // blamed, whichever it is (Dictionary::num_words reads ne_offsets alone).
+  const int64_t from_ne = dictionary.ne_offsets.size(0) - 1;
+  const int64_t from_edge = dictionary.edge_offsets.size(0) - 1;
+  const int64_t from_counts = dictionary.trigram_counts.size(0);
+  if (from_ne != from_edge && from_ne != from_counts && from_edge != from_counts)
+    fail(ErrorKind::Value, "ne_offsets, edge_offsets, trigram_counts: expected W + 1, W + 1 and W entries for one "
+         "number of words W, got shapes ", shape_string(dictionary.ne_offsets), ", ",
+         shape_string(dictionary.edge_offsets), " and ", shape_string(dictionary.trigram_counts));
+  const int64_t num_words = from_edge == from_counts ? from_edge : from_ne;
+  check_size(dictionary.ne_offsets, "ne_offsets", 0, num_words + 1);
   check_size(dictionary.edge_offsets, "edge_offsets", 0, num_words + 1);
   check_size(dictionary.trigram_counts, "trigram_counts", 0, num_words);
   if (params.indices_per_trigram < 1 || params.indices_per_trigram > INT32_MAX)

@@ -228,6 +228,20 @@ def test_top_words_are_the_best_log_probabilities():
     assert torch.equal(raw_indices, indices) and torch.equal(raw, scores.gather(1, indices))
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 3), st.integers(1, 30), st.data())
+def test_top_indices_are_a_stable_sort_of_the_scores(queries, words, data):
+    scores = torch.tensor(data.draw(st.lists(st.lists(st.sampled_from([0.0, 1.0, 2.0, math.nan]), min_size=words,
+                                                      max_size=words), min_size=queries, max_size=queries)),
+                          dtype=torch.float32).view(queries, words)
+    k = data.draw(st.integers(0, words))
+    nan_highest = torch.where(scores.isnan(), math.inf, scores)
+    expected = nan_highest.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    values, indices = top_words(scores, k, softmax=False)
+    assert torch.equal(indices, expected)
+    torch.testing.assert_close(values, scores.gather(1, expected), rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("k, error", [(51, ValueError), (-1, ValueError), (2.0, TypeError)])
 def test_top_words_rejects_bad_k(k, error):
     with pytest.raises(error, match="k"):
@@ -627,3 +641,24 @@ def test_the_bad_entry_named_does_not_depend_on_the_schedule(monkeypatch, querie
             dictionary_scores(logits, ne, dictionary[1], edge, *dictionary[3:], m, 1.0, "contrast", bad_rows, rows[1])
     finally:
         lmkernels.set_num_threads(previous)
+
+
+
+
+# W is given three times (ne_offsets and edge_offsets [W + 1], trigram_counts [W]): a wrong length
+# is blamed on the tensor that disagrees with the other two, ne_offsets included, or on all three.
+@pytest.mark.parametrize("changes, message", [
+    ({2: lambda t: t[:2]}, "^ne_offsets: expected size 4"),
+    ({2: lambda t: torch.cat([t, t[-1:]])}, "^ne_offsets: expected size 4"),
+    ({4: lambda t: t[:-1]}, "^edge_offsets: expected size 4"),
+    ({4: lambda t: t[:0]}, "^edge_offsets: expected at least one entry"),
+    ({5: lambda t: torch.cat([t, t[-1:]])}, "^trigram_counts: expected size 3"),
+    ({2: lambda t: t[:3], 5: lambda t: t[:1]},  # W = 2, 3 and 1
+     "^ne_offsets, edge_offsets, trigram_counts: .* got shapes \\[3\\], \\[4\\] and \\[1\\]$"),
+])
+def test_a_wrong_number_of_words_is_blamed_on_its_tensor(changes, message):
+    args = valid()
+    for position, make in changes.items():
+        args[position] = make(args[position])
+    with pytest.raises(ValueError, match=message):
+        call(args)

@@ -1,6 +1,8 @@
-"""T-FREE dictionary decoding: index sets and the row table, scores, growth, device copies, the dictionary builder."""
+"""T-FREE dictionary decoding: index sets and the row table, scores, ties, growth, device copies, pickling, the
+dictionary builder."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from lmkernels import data
 from lmkernels.ops import dictionary_scores
 from lmkernels.tfree import SPECIAL_WORDS, Decoder, Tokenizer, build_dictionary
+from lmkernels.tfree.generate import _best_word
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +242,66 @@ def test_dictionary_rejects_entries_that_are_not_one_word(tokenizer):
     assert decoder.add(["x", "x", "y"]) == 2 and decoder.add(["x"]) == 0
 
 
+def test_dictionary_rejects_a_str_for_its_words(tokenizer):
+    decoder = Decoder(tokenizer)
+    for words in ("hello", b"hello"):
+        with pytest.raises(TypeError, match="^words: expected an iterable of str"):
+            Decoder(tokenizer, words)
+        with pytest.raises(TypeError, match="^words: expected an iterable of str"):
+            decoder.add(words)
+    assert len(decoder) == 0
+
+
+def test_a_lowercasing_tokenizer_gives_a_lowercase_dictionary():
+    lowercasing = Tokenizer(vocab_size=2000, m=4, k_lowercase=1, lowercase=True)
+    decoder = Decoder(lowercasing, ["Hello", "hello", "WORLD"])
+    assert decoder.words == ["hello", "world"] and "Hello" in decoder and "hello" in decoder
+    assert decoder.add(["World", "cat"]) == 1
+    logits = torch.randn(2, lowercasing.vocab_size)
+    assert torch.equal(decoder.scores(logits), Decoder(lowercasing, ["hello", "world", "cat"]).scores(logits))
+    # A dotted capital I lowercases to an i and a combining dot, which the splitter parts.
+    with pytest.raises(ValueError, match="^words: 'İ' \\(lowercased by the tokenizer to 'i̇'\\) is not a single"):
+        decoder.add(["İ"])
+    assert "Hello" not in Decoder(Tokenizer(vocab_size=2000, m=4, k_lowercase=1), ["hello"])
+
+
+def test_scores_reject_logits_of_another_vocabulary_size(tokenizer):
+    decoder = Decoder(tokenizer, ["hello", "world"])
+    logits = torch.randn(2, tokenizer.vocab_size)
+    for bad in (torch.cat([logits, torch.full((2, 24), 5.0)], 1), logits[:, :900], logits[0]):
+        with pytest.raises(ValueError, match=f"^logits: expected shape \\[Q, {tokenizer.vocab_size}\\]"):
+            decoder.scores(bad)
+        with pytest.raises(ValueError, match="^logits:"):
+            decoder.top(bad)
+    with pytest.raises(TypeError, match="^logits:"):
+        decoder.scores(logits.numpy())
+
+
+def test_equal_scores_go_to_the_word_added_first(tokenizer):
+    # Words of as many trigrams score the same against zero logits; topk would pick any of them.
+    words = ["ab", "cd", "ef", "gh", "ij"]
+    decoder = Decoder(tokenizer, words)
+    logits = torch.zeros(2, tokenizer.vocab_size)
+    assert decoder.scores(logits).unique().numel() == 1
+    assert [[word for word, _ in row] for row in decoder.top(logits, 3)] == [words[:3]] * 2
+    assert _best_word(decoder, Decoder(tokenizer), logits[:1]) == "ab"
+    assert _best_word(Decoder(tokenizer, ["ef"]), decoder, logits[:1]) == "ef"  # the first decoder's first
+
+
+@pytest.mark.parametrize("duplicate", [lambda d: pickle.loads(pickle.dumps(d)), copy.deepcopy])
+def test_a_pickled_or_copied_decoder_scores_the_same(tokenizer, english, duplicate):
+    decoder = Decoder(tokenizer, english[:500], edge_weight=0.7, variant="mean")
+    twin = duplicate(decoder)
+    assert twin.words == decoder.words and twin.tokenizer is not decoder.tokenizer
+    logits = torch.randn(3, tokenizer.vocab_size)
+    assert torch.equal(twin.scores(logits), decoder.scores(logits))
+    assert twin.top(logits, 4) == decoder.top(logits, 4)
+    assert twin.add(["zebra"]) == 1 and "zebra" not in decoder
+    copied_tokenizer = duplicate(tokenizer)
+    assert repr(copied_tokenizer) == repr(tokenizer)
+    assert torch.equal(copied_tokenizer.encode("Hello world").rows, tokenizer.encode("Hello world").rows)
+
+
 def test_empty_dictionary_and_nan_logits(tokenizer):
     empty = Decoder(tokenizer)
     logits = torch.randn(2, tokenizer.vocab_size)
@@ -261,6 +324,15 @@ def test_dictionary_builder_orders_specials_counts_and_first_appearance(tokenize
     assert build_dictionary(tokenizer, texts, size=2, specials=specials) == ["<|ws|>", "<|endoftext|>"]
     assert build_dictionary(tokenizer, texts) == [*SPECIAL_WORDS, "beta", "zeta", "alpha", "gamma"]
     assert build_dictionary(tokenizer, ["b a", "a b"], specials=()) == ["b", "a"]
+
+
+def test_dictionary_builder_rejects_a_str_for_its_texts_or_specials(tokenizer):
+    with pytest.raises(TypeError, match="^texts: expected a sequence of str, got str"):
+        build_dictionary(tokenizer, "hello world")
+    with pytest.raises(TypeError, match="^texts: expected a sequence of str, got bytes"):
+        build_dictionary(tokenizer, b"hello world")
+    with pytest.raises(TypeError, match="^specials: expected a sequence of str, got str"):
+        build_dictionary(tokenizer, ["hello world"], specials="<|ws|>")
 
 
 @pytest.mark.parametrize("size", [0, -1])

@@ -1,5 +1,7 @@
 """The T-FREE model pieces: embedding, loss, generation and a short training run (decoding: test_decoding.py)."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,6 +47,15 @@ def test_loss_equals_dense_bce_with_pos_weight(tokenizer):
     grad, = torch.autograd.grad(loss, logits)
     expected_grad, = torch.autograd.grad(expected, logits)
     torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("text", ["", "a"])
+def test_loss_rejects_a_batch_without_positions(tokenizer, text):
+    batch = tokenizer.encode_training(text)
+    assert batch.shape == (1, 0)
+    with pytest.raises(ValueError, match="^batch: expected at least one position to predict, got shape \\(1, 0\\) "
+                                         "\\(a text of one word has no next word to predict\\)"):
+        _tiny_model(tokenizer).loss(batch)
 
 
 def test_generation_with_cache_equals_recomputation(tokenizer):
@@ -137,6 +148,18 @@ def test_generation_rejects_a_prompt_without_words(tokenizer):
     with pytest.raises(ValueError, match="^prompt: expected at least one word"):
         generate(model, tokenizer, _small_decoder(tokenizer), "")
     assert calls == []
+
+
+@pytest.mark.parametrize("config", [(2048, 4, 1), (2000, 5, 1), (2000, 4, 0)])
+def test_generation_rejects_a_model_of_another_pattern_config(tokenizer, config):
+    torch.manual_seed(0)
+    model = TFreeLM(TFreeConfig(*config, DecoderConfig(dim=32, num_layers=1, num_heads=4)))
+    message = f"model, tokenizer: the model's config has (vocab_size, m, k_lowercase) = {config}, the tokenizer "
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}\\(2000, 4, 1\\)$"):
+        generate(model, tokenizer, _small_decoder(tokenizer), "the cat")
+    other = Tokenizer(*config)
+    with pytest.raises(ValueError, match="^decoder, tokenizer: the decoder's tokenizer has"):
+        generate(_tiny_model(tokenizer), tokenizer, _small_decoder(other), "the cat")
 
 
 def test_short_training_run_learns():

@@ -1,7 +1,9 @@
 """T-FREE trigram patterns (lmkernels.tfree.patterns) against the official outputs and the reference."""
 
+import copy
 import json
 import pathlib
+import pickle
 import threading
 
 import pytest
@@ -216,6 +218,17 @@ def test_rows_are_lazy_and_kept():
     assert patterns.row(trigram_id("Hel")) == first and patterns.rows_computed == 1
     patterns.word_pattern("Hello")
     assert patterns.rows_computed == 5
+
+
+@pytest.mark.parametrize("duplicate", [lambda p: pickle.loads(pickle.dumps(p)), copy.deepcopy])
+def test_a_pickled_or_copied_table_keeps_its_config_and_recomputes_its_rows(duplicate):
+    patterns = TrigramPatterns(32000, 10, 2)
+    patterns.word_pattern("Hello")
+    twin = duplicate(patterns)
+    assert isinstance(twin, TrigramPatterns) and twin.native is not patterns.native
+    assert (twin.vocab_size, twin.m, twin.k_lowercase, twin.rows_computed) == (32000, 10, 2, 0)
+    assert twin.word_pattern("Hello") == patterns.word_pattern("Hello")
+    assert twin.hashed_word("<|ws|>") == patterns.hashed_word("<|ws|>")
 
 
 def test_rows_from_several_threads_equal_serial_rows():

@@ -1,8 +1,10 @@
 """lmkernels.tfree.Tokenizer: batched native encoding against word_pattern, and the official
 training/inference encoding tests (spec 6.1)."""
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy
 import pytest
 import torch
 from hypothesis import given, settings
@@ -178,3 +180,38 @@ def test_bad_input(tokenizer):
     assert tokenizer.encode("").num_words == 0
     huge = "a" * (1 << 20)  # a megabyte-long word with three distinct trigrams: " aa", "aaa", "aa "
     assert tokenizer.encode(huge).rows.shape == (3, 4)
+
+
+def test_bytes_or_a_str_where_a_list_is_expected_are_rejected(tokenizer):
+    with pytest.raises(TypeError, match="^texts: expected a str or a sequence of str, got bytes"):
+        tokenizer.encode(b"abc")
+    for words in ("abc", b"abc"):
+        with pytest.raises(TypeError, match="^words: expected a sequence of str"):
+            tokenizer.encode_words(words)
+    with pytest.raises(TypeError, match="^sequences: expected a str, a list of"):
+        tokenizer.encode_training(b"a b c")
+
+
+@pytest.mark.parametrize("sequences, error, message", [
+    ([("a b c",)], TypeError, "^sequences\\[0\\]: expected a \\(text, loss_weight\\) pair, got \\('a b c',\\)"),
+    ([("a b", 1.0, 2.0)], TypeError, "^sequences\\[0\\]: expected a \\(text, loss_weight\\) pair"),
+    ([("a b", 1.0), "c d"], TypeError, "^sequences\\[1\\]: expected a \\(text, loss_weight\\) pair"),
+    ([("a b", "x")], TypeError, "^sequences\\[0\\]: expected a real number as loss_weight, got str"),
+    ([("a b", "0.5")], TypeError, "^sequences\\[0\\]: expected a real number"),
+    ([("a b", None)], TypeError, "^sequences\\[0\\]: expected a real number"),
+    ([(3, 1.0)], TypeError, "^sequences\\[0\\]: expected str, got int"),
+    ([("a b", math.nan)], ValueError, "^sequences\\[0\\]: expected a finite loss_weight, got nan"),
+    ([("a b", math.inf)], ValueError, "^sequences\\[0\\]: expected a finite loss_weight"),
+    (["a b", [("c d", 1.0), ("e",)]], TypeError, "^sequences\\[1\\]\\[1\\]: expected a \\(text, loss_weight\\) pair"),
+    (["a b", [("c d", 1.0), ("e f", "1")]], TypeError, "^sequences\\[1\\]\\[1\\]: expected a real number"),
+    (["a b", [["c d"]]], TypeError, "^sequences\\[1\\]\\[0\\]: expected a \\(text, loss_weight\\) pair"),
+    (3, TypeError, "^sequences: expected a str, a list of"),
+])
+def test_malformed_chunks_are_named(tokenizer, sequences, error, message):
+    with pytest.raises(error, match=message):
+        tokenizer.encode_training(sequences, seq_len=4)
+
+
+def test_chunk_weights_may_be_any_real_number(tokenizer):
+    batch = tokenizer.encode_training([[("a b", 0), ("c d", numpy.float32(0.5)), ("e", True)]])
+    assert batch.loss_weights.tolist() == [[0.0, 0.5, 0.5, 1.0]]

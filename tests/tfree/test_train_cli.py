@@ -3,7 +3,7 @@
 import pytest
 
 from lmkernels.cli import main
-from lmkernels.tfree.train import bpe_vocabulary_size
+from lmkernels.tfree.train import TrainSettings, bpe_vocabulary_size, train
 
 TEXT = "\n\n".join(f"The cat number {i} sat on the mat. A dog looked at the cat and ran away." for i in range(60))
 
@@ -44,3 +44,30 @@ def test_train_rejects_text_without_words(tmp_path):
     path.write_text("   ", encoding="utf-8")
     with pytest.raises(ValueError, match="text"):
         main(["tfree", "train", "--text", str(path), "--steps", "1", "--no-bpe"])
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--steps", "0", "^steps: expected an int >= 1, got 0"),
+    ("--seq-len", "0", "^seq_len: expected an int >= 1"),
+    ("--batch-size", "-1", "^batch_size: expected an int >= 1"),
+    ("--dim", "0", "^dim: expected an int >= 1"),
+    ("--layers", "0", "^num_layers: expected an int >= 1"),
+    ("--lr", "0", "^learning_rate: expected a positive finite number"),
+    ("--lr", "nan", "^learning_rate: expected a positive finite number"),
+])
+def test_train_rejects_settings_that_are_not_positive_before_it_starts(tmp_path, monkeypatch, flag, value, message):
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    monkeypatch.setattr("lmkernels.tfree.train.Tokenizer", None)  # the check comes first: nothing is built
+    with pytest.raises(ValueError, match=message):
+        main(["tfree", "train", "--text", str(path), "--no-bpe", "--vocab-size", "1000", "--m", "4", flag, value])
+
+
+@pytest.mark.parametrize("setting, value, error", [
+    ("num_heads", 0, ValueError), ("dictionary_size", 0, ValueError), ("warmup", -1, ValueError),
+    ("pos_weight", 0.0, ValueError), ("loss_scale", float("inf"), ValueError), ("steps", 2.5, TypeError),
+    ("learning_rate", "3e-3", TypeError),
+])
+def test_train_rejects_settings_without_flags_too(setting, value, error):
+    with pytest.raises(error, match=f"^{setting}: expected"):
+        train(TEXT, settings=TrainSettings(**{setting: value}), log=None)

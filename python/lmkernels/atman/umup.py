@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from lmkernels.atman.models import TokenIdModel, recorded_prefix

@@ -96,8 +96,10 @@ def dictionary_scores(
 def top_words(scores: Tensor, k: int, softmax: bool = True) -> tuple[Tensor, Tensor]:
     """The ``k`` best words of each row of ``scores`` [Q, W]: (values [Q, k], word indices [Q, k]).
 
-    With ``softmax`` the values are log-probabilities, ``log_softmax`` of the scores over the
-    words (T-FREE's default); without, the raw scores. Greedy decoding takes ``indices[:, 0]``.
+    Best first; of equal scores the lower index first, as a stable sort and ``argmax`` order them (NaN
+    counts as the highest, as in ``torch.topk``), so that greedy decoding, ``indices[:, 0]``, is
+    ``scores.argmax(1)``. With ``softmax`` the values are log-probabilities, ``log_softmax`` of the
+    scores over the words (T-FREE's default); without, the raw scores.
     """
     if not isinstance(scores, Tensor):
         raise TypeError(f"scores: expected a torch.Tensor, got {type(scores).__name__}")
@@ -107,8 +109,25 @@ def top_words(scores: Tensor, k: int, softmax: bool = True) -> tuple[Tensor, Ten
         raise TypeError(f"k: expected an int, got {type(k).__name__}")
     if not 0 <= k <= scores.shape[1]:
         raise ValueError(f"k: expected 0 <= k <= {scores.shape[1]} (the number of words), got {k}")
+    indices = _first_best(scores, k)  # ranked by the scores: log_softmax can round distinct ones together
     values = torch.log_softmax(scores.float(), dim=-1) if softmax else scores
-    return torch.topk(values, k, dim=-1)
+    return values.gather(1, indices), indices
+
+
+def _first_best(scores: Tensor, k: int) -> Tensor:
+    """[Q, k] int64: per row, the indices of the k highest scores, highest first, equal ones in index order."""
+    if k == 0:
+        return torch.zeros(scores.shape[0], 0, dtype=torch.int64, device=scores.device)
+    keys = torch.where(scores.isnan(), torch.inf, scores)  # NaN compares unequal, even to itself
+    # topk finds the k-th highest score but leaves open which of the words that share it are taken
+    # (and in which order): take those above it and the first of those equal to it, as a full
+    # stable sort would, at the cost of a few passes over the scores rather than a sort.
+    kth = keys.topk(k, dim=1).values[:, -1:]
+    above, equal = keys > kth, keys == kth
+    taken = above | (equal & (equal.cumsum(1) <= k - above.sum(1, keepdim=True)))
+    indices = taken.nonzero()[:, 1].view(-1, k)  # in index order
+    order = keys.gather(1, indices).sort(dim=1, descending=True, stable=True).indices
+    return indices.gather(1, order)
 
 
 def _dictionary_scores(logits: Tensor, ne_indices: Tensor, ne_offsets: Tensor, edge_indices: Tensor,

@@ -139,6 +139,9 @@ class Decoder:
 
     ``edge_weight`` and ``variant`` are the defaults of :meth:`scores` and :meth:`top` (the official
     README suggests an edge weight below 0.8 to reduce artifacts; the official default is 1.0).
+
+    Where the tokenizer lowercases, so does the dictionary: ``"Hello"`` is entered, and found, as
+    ``"hello"``, the only form the tokenizer gives the model and the only one it could generate.
     """
 
     def __init__(self, tokenizer: Tokenizer, words: Iterable[str] = (), edge_weight: float = 1.0,
@@ -165,7 +168,11 @@ class Decoder:
         return len(self.words)
 
     def __contains__(self, word: str) -> bool:
-        return word in self.index
+        return self._entry(word) in self.index
+
+    def _entry(self, word):
+        """The form in which the dictionary holds ``word``."""
+        return word.lower() if self.tokenizer.lowercase and isinstance(word, str) else word
 
     @property
     def uses_row_table(self) -> bool:
@@ -173,17 +180,23 @@ class Decoder:
         return "row_indices" in self._tensors
 
     def add(self, words: Iterable[str]) -> int:
-        """Append the words not yet present; each must split to exactly one word. Returns how many were added."""
+        """Append the words not yet present (lowercased first where the tokenizer lowercases); each must
+        split to exactly one word. Returns how many were added."""
+        if isinstance(words, (str, bytes, bytearray)):  # else each character would become a word
+            raise TypeError(f"words: expected an iterable of str, got {type(words).__name__} (wrap a single word "
+                            "in a list)")
         new: dict[str, None] = {}  # insertion-ordered set: a dictionary can hold a million words
         for word in words:
             if not isinstance(word, str):
                 raise TypeError(f"words: expected str entries, got {type(word).__name__}")
-            if word in self.index or word in new:
+            entry = self._entry(word)
+            if entry in self.index or entry in new:
                 continue
             pieces = self.tokenizer.split(word)
-            if pieces != [word]:
-                raise ValueError(f"words: {word!r} is not a single word (it splits into {pieces!r})")
-            new[word] = None
+            if pieces != [entry]:
+                lowered = f" (lowercased by the tokenizer to {entry!r})" if entry != word else ""
+                raise ValueError(f"words: {word!r}{lowered} is not a single word (it splits into {pieces!r})")
+            new[entry] = None
         if not new:
             return 0
         encoding = self.tokenizer.encode_words(list(new))
@@ -219,6 +232,14 @@ class Decoder:
 
     def scores(self, logits: Tensor, edge_weight: float | None = None, variant: str | None = None) -> Tensor:
         """[Q, W] float32 scores of every word for each row of ``logits`` [Q, v]."""
+        if not isinstance(logits, Tensor):
+            raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
+        # The kernel takes v, and the total S of the contrast score, from the logits: a wider head
+        # would silently change every score.
+        vocab_size = self.tokenizer.vocab_size
+        if logits.dim() != 2 or logits.shape[1] != vocab_size:
+            raise ValueError(f"logits: expected shape [Q, {vocab_size}] (the tokenizer's vocab_size), got "
+                             f"{list(logits.shape)}")
         return dictionary_scores(logits, **self._tensors_on(logits.device), m=self.tokenizer.m,
                                  edge_weight=self.edge_weight if edge_weight is None else edge_weight,
                                  variant=variant or self.variant)
@@ -233,7 +254,9 @@ class Decoder:
 
     def top(self, logits: Tensor, k: int = 1, edge_weight: float | None = None, variant: str | None = None,
             ) -> list[list[tuple[str, float]]]:
-        """The k best words with their log-probabilities (softmax over the dictionary), per row of logits."""
+        """The k best words with their log-probabilities (softmax over the dictionary), per row of logits,
+        best first; of equal scores the word added first comes first (NaN scores count as the highest),
+        so that ``top(logits, 1)`` is what :func:`~lmkernels.tfree.generate` picks."""
         values, indices = top_words(self.scores(logits, edge_weight, variant), k)
         return [[(self.words[int(i)], float(v)) for v, i in zip(vs, ids)] for vs, ids in zip(values, indices)]
 
@@ -242,6 +265,10 @@ def build_dictionary(tokenizer: Tokenizer, texts: Sequence[str], size: int = 100
                      specials: Sequence[str] = SPECIAL_WORDS) -> list[str]:
     """The official construction: the special words first, then the words of ``texts`` by descending count
     (ties in order of first appearance), ``size`` words in all."""
+    for name, value in (("texts", texts), ("specials", specials)):
+        if isinstance(value, (str, bytes, bytearray)):  # else read character by character
+            raise TypeError(f"{name}: expected a sequence of str, got {type(value).__name__} (wrap a single "
+                            "text in a list)")
     if size < 1:
         raise ValueError(f"size: expected a positive int, got {size}")
     counts: Counter[str] = Counter()

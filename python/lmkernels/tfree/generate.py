@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from lmkernels.ops import top_words
 from lmkernels.tfree.decoding import Decoder
 from lmkernels.tfree.model import TFreeLM
 from lmkernels.tfree.tokenizer import Tokenizer
@@ -28,6 +27,7 @@ def generate(model: TFreeLM, tokenizer: Tokenizer, decoder: Decoder, prompt: str
         raise TypeError(f"prompt: expected str, got {type(prompt).__name__}")
     if max_words < 0:
         raise ValueError(f"max_words: expected >= 0, got {max_words}")
+    _check_same_patterns(model, tokenizer, decoder)
     device = model.head.weight.device
     prompt_words = tokenizer.split(prompt)
     extra = Decoder(tokenizer, [word for word in prompt_words if word not in decoder], decoder.edge_weight,
@@ -54,10 +54,24 @@ def generate(model: TFreeLM, tokenizer: Tokenizer, decoder: Decoder, prompt: str
     return tokenizer.join(prompt_words + words)[len(tokenizer.join(prompt_words)):]
 
 
+def _check_same_patterns(model: TFreeLM, tokenizer: Tokenizer, decoder: Decoder) -> None:
+    """The model was trained on, and the decoder built with, the tokenizer's patterns: a mismatch would
+    pass unnoticed (any m fits the embedding, and a wider head only shifts the scores)."""
+    expected = (tokenizer.vocab_size, tokenizer.m, tokenizer.patterns.k_lowercase)
+    config = model.config
+    if (config.vocab_size, config.m, config.k_lowercase) != expected:
+        raise ValueError(f"model, tokenizer: the model's config has (vocab_size, m, k_lowercase) = "
+                         f"{(config.vocab_size, config.m, config.k_lowercase)}, the tokenizer {expected}")
+    patterns = decoder.tokenizer.patterns
+    if (patterns.vocab_size, patterns.m, patterns.k_lowercase) != expected:
+        raise ValueError(f"decoder, tokenizer: the decoder's tokenizer has (vocab_size, m, k_lowercase) = "
+                         f"{(patterns.vocab_size, patterns.m, patterns.k_lowercase)}, the tokenizer {expected}")
+
+
 def _best_word(decoder: Decoder, extra: Decoder, logits: torch.Tensor) -> str:
     """The best word of ``decoder`` followed by ``extra`` (ties to the first), for one row of logits."""
     scores = decoder.scores(logits)
     if len(extra):
         scores = torch.cat([scores, extra.scores(logits)], dim=1)
-    best = int(top_words(scores, 1, softmax=False)[1][0, 0])
+    best = int(scores[0].argmax())  # the first of equal maxima, unlike topk
     return decoder.words[best] if best < len(decoder) else extra.words[best - len(decoder)]

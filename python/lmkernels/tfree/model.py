@@ -93,7 +93,7 @@ class TFreeLM(torch.nn.Module):
                cache: KVCache | None = None) -> Tensor:
         """Final hidden states [B, S, dim] of B * S positions given as CSR pattern rows."""
         batch, length = positions.shape
-        x = self.embedding(rows, row_offsets).view(batch, length, -1)
+        x = self.embedding(rows, row_offsets).view(batch, length, self.config.decoder.dim)
         return self.decoder(x, positions, allowed, cache)
 
     def forward(self, rows: Tensor, row_offsets: Tensor, positions: Tensor, allowed: Tensor | None = None,
@@ -102,6 +102,15 @@ class TFreeLM(torch.nn.Module):
         return self.head(self.hidden(rows, row_offsets, positions, allowed, cache))
 
     def loss(self, batch: TrainingBatch) -> Tensor:
+        """The T-FREE loss of a training batch (see :func:`tfree_loss`).
+
+        Raises ValueError for a batch without positions (``seq_len`` 0), as ``encode_training`` gives
+        for texts of fewer than two words: their mean loss is 0 / 0, and a 0 or NaN there would pass
+        for a result. Padded positions count, with weight 0, as in :func:`tfree_loss`.
+        """
+        if batch.loss_weights.numel() == 0:
+            raise ValueError(f"batch: expected at least one position to predict, got shape {batch.shape} (a text of "
+                             "one word has no next word to predict)")
         logits = self(batch.input_rows, batch.input_offsets, batch.position_ids, batch.attention_allowed())
         return tfree_loss(logits.flatten(0, 1), batch.target_rows, batch.target_offsets, batch.loss_weights,
                           self.config.pos_weight, self.config.loss_scale)

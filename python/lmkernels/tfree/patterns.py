@@ -16,7 +16,9 @@ is padded to ``b" " + utf8(w) + b" "`` and cut into its distinct byte trigrams, 
 
 This is the official implementation's table (``vocab_population = m``,
 ``vocab_population_partial_lowercase = k``), bit for bit. Rows are computed on first use and
-kept (thread-safe), or all 2^24 at once by :meth:`TrigramPatterns.precompute`.
+kept (thread-safe), or all 2^24 at once by :meth:`TrigramPatterns.precompute`. A pickled or copied
+table carries its config only: the rows are a function of it, computed again on use, and the full
+table would be hundreds of MB.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ class TrigramPatterns:
     def rows_computed(self) -> int:
         """How many of the 2^24 trigram rows have been computed and kept."""
         return self._table.rows_computed
+
+    def __reduce__(self):
+        return TrigramPatterns, (self.vocab_size, self.m, self.k_lowercase)
 
     def __repr__(self) -> str:
         return (f"TrigramPatterns(vocab_size={self.vocab_size}, m={self.m}, k_lowercase={self.k_lowercase}; "

@@ -11,6 +11,8 @@ Batches are encoded in native code, in parallel and without the GIL, into flat C
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -64,12 +66,18 @@ class Tokenizer:
 
     def encode(self, texts: str | Sequence[str], strip: bool = False) -> Encoding:
         """Encode one text or a batch (inference encoding: texts are not stripped by default)."""
+        if isinstance(texts, (bytes, bytearray)):  # else read as a sequence of ints
+            raise TypeError(f"texts: expected a str or a sequence of str, got {type(texts).__name__} (decode it "
+                            "to str first)")
         texts = [texts] if isinstance(texts, str) else list(texts)
         return self._encode([self._prepare(t, strip, f"texts[{i}]") for i, t in enumerate(texts)], split=True)
 
     def encode_words(self, words: Sequence[str]) -> Encoding:
         """Encode each entry as a single word, without splitting (dictionary entries, generated words);
         lowercased first where the tokenizer lowercases, as ``encode`` does."""
+        if isinstance(words, (str, bytes, bytearray)):
+            raise TypeError(f"words: expected a sequence of str, got {type(words).__name__} (wrap a single word "
+                            "in a list)")
         words = [self._prepare(word, False, f"words[{i}]") for i, word in enumerate(words)]
         return self._encode(words, split=False)
 
@@ -77,12 +85,17 @@ class Tokenizer:
                         strip: bool = True, reset_at_endoftext: bool = True) -> TrainingBatch:
         """Training encoding of one sequence or a batch of sequences.
 
-        A sequence is a text, or a list of ``(text, loss_weight)`` chunks (instruction data) that are
-        split separately and concatenated with no whitespace marker between them. ``seq_len``
-        truncates or pads every sequence to that many positions (required for batches of unequal
-        length). Texts are stripped before splitting, as the official training code does.
+        A sequence is a text, or a list of ``(text, loss_weight)`` chunks (instruction data; a weight is
+        a finite real number) that are split separately and concatenated with no whitespace marker
+        between them. ``seq_len`` truncates or pads every sequence to that many positions (required
+        for batches of unequal length). Texts are stripped before splitting, as the official training
+        code does.
         """
-        if isinstance(sequences, str) or (sequences and isinstance(sequences[0], tuple)):
+        if isinstance(sequences, (bytes, bytearray)) or not isinstance(sequences, Sequence):
+            raise TypeError("sequences: expected a str, a list of (text, loss_weight) chunks or a list of those, "
+                            f"got {type(sequences).__name__}")
+        single = isinstance(sequences, str) or (sequences and isinstance(sequences[0], tuple))
+        if single:
             sequences = [sequences]
         if len(sequences) == 0:
             raise ValueError("sequences: expected at least one sequence")
@@ -90,14 +103,19 @@ class Tokenizer:
             raise ValueError(f"seq_len: expected a positive int or None, got {seq_len!r}")
         texts, weights, first_chunk = [], [], []
         for s, sequence in enumerate(sequences):
+            name = "sequences" if single else f"sequences[{s}]"
             if not isinstance(sequence, (str, list, tuple)):
-                raise TypeError(f"sequences[{s}]: expected a str or a list of (text, loss_weight) chunks, got "
+                raise TypeError(f"{name}: expected a str or a list of (text, loss_weight) chunks, got "
                                 f"{type(sequence).__name__}")
-            chunks = [(sequence, 1.0)] if isinstance(sequence, str) else list(sequence)
             first_chunk.append(len(texts))
-            for text, weight in chunks:
-                texts.append(self._prepare(text, strip, f"sequences[{s}]"))
-                weights.append(float(weight))
+            if isinstance(sequence, str):
+                texts.append(self._prepare(sequence, strip, name))
+                weights.append(1.0)
+                continue
+            for c, chunk in enumerate(sequence):
+                text, weight = _chunk(chunk, f"{name}[{c}]")
+                texts.append(self._prepare(text, strip, f"{name}[{c}]"))
+                weights.append(weight)
         first_chunk.append(len(texts))
         encoding = self._encode(texts, split=True)
         starts = encoding.word_offsets[first_chunk[:-1]]
@@ -124,3 +142,16 @@ class Tokenizer:
         return Encoding(torch.from_numpy(word_offsets), torch.from_numpy(row_offsets),
                         torch.from_numpy(rows).view(-1, self.m), torch.from_numpy(trigram_ids),
                         torch.from_numpy(is_eot).bool())
+
+
+def _chunk(chunk, name: str) -> tuple[str, float]:
+    """The (text, loss_weight) of one instruction chunk."""
+    if not isinstance(chunk, (tuple, list)) or len(chunk) != 2:
+        raise TypeError(f"{name}: expected a (text, loss_weight) pair, got {chunk!r:.80}")
+    text, weight = chunk
+    # A str weight such as "0.5" would pass float() and hide a column mix-up.
+    if not isinstance(weight, numbers.Real):
+        raise TypeError(f"{name}: expected a real number as loss_weight, got {type(weight).__name__}")
+    if not math.isfinite(weight):
+        raise ValueError(f"{name}: expected a finite loss_weight, got {weight}")
+    return text, float(weight)

@@ -9,6 +9,8 @@ and greedy samples decoded against a dictionary of the text's most frequent word
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -85,6 +87,7 @@ def _evaluate(model: TFreeLM, batches: list[TrainingBatch]) -> float:
 def train(text: str, heldout: str = "", settings: TrainSettings | None = None, log=print) -> TrainResult:
     """Train on ``text``; evaluate on ``heldout`` every tenth of the run (when given)."""
     s = settings or TrainSettings()
+    _check_settings(s)
     torch.manual_seed(s.seed)
     tokenizer = Tokenizer(s.vocab_size, s.m, s.k_lowercase)
     documents = data.paragraphs(text)
@@ -116,6 +119,24 @@ def train(text: str, heldout: str = "", settings: TrainSettings | None = None, l
             show_progress("", step + 1, s.steps, result.losses, start)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _check_settings(s: TrainSettings) -> None:
+    """Reject settings that would fail only late, or not at all: 0 steps trains nothing and leaves
+    no loss curve to report. (The pattern table checks vocab_size, m and k_lowercase itself.)"""
+    for name in ("dim", "num_layers", "num_heads", "seq_len", "batch_size", "steps", "dictionary_size", "warmup"):
+        value = getattr(s, name)
+        least = 0 if name == "warmup" else 1
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+        if value < least:
+            raise ValueError(f"{name}: expected an int >= {least}, got {value}")
+    for name in ("learning_rate", "pos_weight", "loss_scale"):
+        value = getattr(s, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+        if not 0 < value < math.inf:
+            raise ValueError(f"{name}: expected a positive finite number, got {value}")
 
 
 def bpe_vocabulary_size(text: str, vocab_size: int) -> int:
