@@ -227,7 +227,10 @@ def test_models_the_explainer_would_misread_are_refused():
     from transformers import BertLMHeadModel, GptOssConfig, GptOssForCausalLM, RobertaConfig, RobertaForCausalLM
 
     bert = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    from transformers import ElectraConfig, ElectraForCausalLM
+
     refused += [(BertLMHeadModel(BertConfig(is_decoder=True, **bert)), "LM head transforms"),
+                (ElectraForCausalLM(ElectraConfig(is_decoder=True, embedding_size=32, **bert)), "LM head transforms"),
                 (RobertaForCausalLM(RobertaConfig(is_decoder=True, pad_token_id=1, **bert)), "LM head transforms")]
     sinks = GptOssForCausalLM(GptOssConfig(head_dim=8, num_local_experts=2, num_experts_per_tok=1, sliding_window=8,
                                            layer_types=["full_attention"] * 2, **small))

@@ -34,13 +34,20 @@ def test_quantiles_interpolate_between_order_statistics():
 
 
 @pytest.mark.parametrize("q, error", [(1.5, ValueError), (-0.1, ValueError), (float("nan"), ValueError),
-                                      ("0.5", TypeError)])
+                                      ("0.5", TypeError), (True, TypeError)])
 def test_bad_quantiles_name_q(q, error):
     result = DivergenceResult(torch.tensor([0, 10]), torch.zeros(2), torch.zeros(2), 10)
     with pytest.raises(error, match="q"):
         result.fdt_quantile(q)
     with pytest.raises(error, match="q"):
         result.fdt_score(q)
+
+
+def test_numpy_quantiles_are_numbers():
+    import numpy as np
+
+    result = DivergenceResult(torch.tensor([0, 10]), torch.zeros(2), torch.zeros(2), 10)
+    assert result.fdt_quantile(np.float32(0.75)) == pytest.approx(7.5)
 
 
 def test_score_runs_in_eval_mode_whatever_the_models_mode(prompts):

@@ -155,8 +155,8 @@ def test_recovery_bad_input(model, llama, prompts, stream, tmp_path):
         dtm.RecoveryTraining(stream[:8], 2, seq_len=8)
     with pytest.raises(ValueError, match="learning_rate"):
         dtm.RecoveryTraining(stream, 2, learning_rate=0.0)
-    for warmup in (-1, "a", 1.5):
-        with pytest.raises(ValueError, match="warmup"):
+    for warmup, error in ((-1, ValueError), ("a", TypeError), (1.5, TypeError)):
+        with pytest.raises(error, match="warmup"):
             dtm.RecoveryTraining(stream, 2, warmup=warmup)
     with pytest.raises(ValueError, match="stream: token ids"):
         dtm.RecoveryTraining(stream + model.vocab_size, 2, seq_len=8)(model, dtm.keep_masks(model))

@@ -1,6 +1,7 @@
 """HATConfig (the released schema), HATModel (packing, causality, the encoder connector against a dense
 cross-attention, the one-key decoder cross-attention, checkpoint round trip, training) and bad input."""
 
+import dataclasses
 import json
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lmkernels.hat import HATBatch, HATConfig, HATModel, hat_loss
+from lmkernels.hat.config import StackConfig
 from lmkernels.hat.layers import CrossAttention
 
 RELEASED_STYLE = {
@@ -256,6 +258,15 @@ def test_bad_batches():
     (lambda c: c.update(max_word_size="100"), TypeError, "max_word_size"),
     (lambda c: c["encoder_config"].pop("hidden_size"), ValueError, "encoder_config: missing required keys"),
     (lambda c: c.update(backbone_config=[]), TypeError, "backbone_config"),
+    (lambda c: c["encoder_config"].pop("intermediate_size"), ValueError, "encoder_config.intermediate_size: required"),
+    (lambda c: c["backbone_config"].update(rope_parameters={"rope_type": "yarn", "rope_theta": 500000.0}),
+     ValueError, "backbone_config.rope_parameters: only rope_type 'llama3'"),
+    (lambda c: c["backbone_config"].update(rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0}),
+     ValueError, "backbone_config.rope_parameters: rope_theta 10000.0 disagrees"),
+    (lambda c: c["backbone_config"].update(rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
+     ValueError, "backbone_config.rope_parameters: .* disagrees with the stack's rope_scaling"),
+    (lambda c: c["backbone_config"].update(rope_parameters={"rope_type": "default"}), ValueError,
+     "backbone_config.rope_parameters: missing keys \\['rope_theta'\\]"),
 ])
 def test_bad_configs_name_the_field(change, error, message):
     values = json.loads(json.dumps(RELEASED_STYLE))
@@ -271,7 +282,75 @@ def test_omitted_stack_keys_take_the_llama_config_defaults():
     decoder = HATConfig.from_dict(values).decoder_config
     # LlamaConfig's defaults (transformers 4.46 and 5.x alike)
     assert (decoder.rms_norm_eps, decoder.rope_theta, decoder.max_position_embeddings) == (1e-6, 10000.0, 2048)
-    assert decoder.num_key_value_heads == decoder.num_attention_heads == 2
+    assert decoder.kv_heads == decoder.num_attention_heads == 2 and decoder.head_size == 32
+    # resolved where used, never written back as if given: to_dict saves what the file said
+    assert decoder.num_key_value_heads is None and decoder.head_dim is None
+    assert "num_key_value_heads" not in values["decoder_config"]
+    saved = HATConfig.from_dict(values).to_dict()["decoder_config"]
+    assert saved["num_key_value_heads"] is None and saved["head_dim"] is None
+
+
+def test_replace_rederives_head_dim_and_kv_heads():
+    values = json.loads(json.dumps(RELEASED_STYLE))
+    values["backbone_config"].pop("num_key_value_heads")  # 96 wide, 3 heads: 3 KV heads of 32
+    config = HATConfig.from_dict(values)
+    backbone = config.backbone_config
+    more_heads = dataclasses.replace(config, backbone_config=dataclasses.replace(backbone, num_attention_heads=6))
+    values["backbone_config"]["num_attention_heads"] = 6
+    assert more_heads == HATConfig.from_dict(values)
+    assert (more_heads.backbone_config.kv_heads, more_heads.backbone_config.head_size) == (6, 16)
+    encoder, decoder = config.encoder_config, config.decoder_config
+    wider = dataclasses.replace(
+        config, backbone_config=dataclasses.replace(backbone, hidden_size=192),
+        encoder_config=dataclasses.replace(encoder, cross_attention_config=dataclasses.replace(
+            encoder.cross_attention_config, hidden_size_q=192)),
+        decoder_config=dataclasses.replace(decoder, cross_attention_config=dataclasses.replace(
+            decoder.cross_attention_config, hidden_size_kv=192)))
+    values["backbone_config"].update(num_attention_heads=3, hidden_size=192)
+    values["encoder_config"]["cross_attention_config"]["hidden_size_q"] = 192
+    values["decoder_config"]["cross_attention_config"]["hidden_size_kv"] = 192
+    assert wider == HATConfig.from_dict(values) and wider.backbone_config.head_size == 64
+    for changed, fresh in ((more_heads, more_heads.to_dict()), (wider, values)):
+        shapes = {name: p.shape for name, p in HATModel(changed).state_dict().items()}
+        assert shapes == {name: p.shape for name, p in HATModel(HATConfig.from_dict(fresh)).state_dict().items()}
+
+
+def test_positional_stack_fields_keep_their_order():
+    # hidden, layers, heads, kv heads, intermediate: the order StackConfig has always had
+    stack = StackConfig(64, 1, 4, 2, 256)
+    assert (stack.num_key_value_heads, stack.intermediate_size, stack.head_size) == (2, 256, 16)
+
+
+def test_transformers_5_rope_parameters_are_read():
+    values = json.loads(json.dumps(RELEASED_STYLE))
+    backbone = values["backbone_config"]
+    parameters = {"rope_type": backbone.pop("rope_scaling")["rope_type"], "factor": 8.0, "low_freq_factor": 1.0,
+                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+                  "rope_theta": backbone.pop("rope_theta")}
+    backbone["rope_parameters"] = parameters
+    assert HATConfig.from_dict(values) == HATConfig.from_dict(RELEASED_STYLE)
+    backbone.update(rope_theta=500000.0, rope_scaling={"type": "llama3", **{k: v for k, v in parameters.items()
+                                                                            if k not in ("rope_type", "rope_theta")}})
+    assert HATConfig.from_dict(values) == HATConfig.from_dict(RELEASED_STYLE)  # both given, and they agree
+    values["decoder_config"]["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+    assert HATConfig.from_dict(values) == HATConfig.from_dict(RELEASED_STYLE)
+
+
+def test_a_transformers_llama_config_dict_is_read():
+    transformers = pytest.importorskip("transformers")
+    released = json.loads(json.dumps(RELEASED_STYLE["backbone_config"]))  # LlamaConfig edits rope_scaling in place
+    llama = transformers.LlamaConfig(**{key: released[key] for key in (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
+        "intermediate_size", "max_position_embeddings", "rope_theta", "rope_scaling", "mlp_bias", "vocab_size")})
+    values = {**RELEASED_STYLE, "backbone_config": llama.to_dict()}
+    backbone = HATConfig.from_dict(values).backbone_config
+    assert (backbone.rope_theta, backbone.rope_scaling) == (500000.0, RELEASED_STYLE["backbone_config"]["rope_scaling"])
+
+
+def test_top_level_sliding_window_may_be_none():
+    values = json.loads(json.dumps(RELEASED_STYLE))
+    values["sliding_window"] = None
+    assert HATConfig.from_dict(values).sliding_window is None
 
 
 def test_default_rope_type_means_no_scaling():
@@ -328,6 +407,17 @@ def test_forward_backward_and_generate_under_autocast(model):
     assert isinstance(text, str) and len(text.encode()) <= 12 * 3
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.uint8, torch.uint16, torch.uint32,
+                                   torch.uint64])
+def test_every_integer_dtype_is_converted(dtype):
+    good = HATBatch.from_words([TEXT_A, TEXT_A[:3]])  # ASCII: every value fits int8 too
+    batch = HATBatch(*(getattr(good, name).to(dtype) for name in ("bytes", "word_cu", "sequence_bytes",
+                                                                   "sequence_words")))
+    batch.check(100)
+    assert all(torch.equal(getattr(batch, name), getattr(good, name))
+               for name in ("bytes", "word_cu", "sequence_bytes", "sequence_words"))
+
+
 def test_split_batch_output_packs_directly():
     from lmkernels.hat import split_batch
 
@@ -354,6 +444,9 @@ def batch_with(**fields):
     (lambda: HATBatch(torch.zeros(0, dtype=torch.long), torch.tensor([0]), torch.tensor([0]), torch.tensor([0])),
      ValueError, "bytes: expected at least one byte"),
     (lambda: batch_with(bytes=torch.arange(9.0)), TypeError, "bytes: expected int64"),
+    (lambda: batch_with(bytes=torch.ones(9, dtype=torch.bool)), TypeError, "bytes: expected int64"),
+    (lambda: batch_with(word_cu=torch.tensor([0, 2, 5, 6, 8, 2**64 - 1], dtype=torch.uint64)), ValueError,
+     "word_cu"),
     (lambda: batch_with(bytes=torch.arange(9)[None]), ValueError, "bytes: expected 1 dimension"),
     (lambda: batch_with(word_cu=[0, 2, 5, 6, 8, 9]), TypeError, "word_cu: expected a torch.Tensor"),
     (lambda: batch_with(word_cu=torch.tensor([0.0, 2, 5, 6, 8, 9])), TypeError, "word_cu: expected int64"),

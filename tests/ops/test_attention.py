@@ -597,6 +597,20 @@ def test_a_window_past_every_key_is_no_window(window):
     assert torch.equal(varlen_attention(*packed, cu_seqlens, window=window), varlen_attention(*packed, cu_seqlens))
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_the_op_itself_bounds_a_window_past_every_key(causal):
+    q, k, v = llama_like(length=20, dim=16)
+    grad = torch.randn_like(q)
+    runs = []
+    for window in (0, 2**63 - 1):  # 0: no window
+        out, lse, row_min, row_argmin = torch.ops.lmk.attention(q, k, v, None, None, None, None, None, 0, causal, 0.25,
+                                                                window, False)
+        runs.append(torch.ops.lmk.attention_backward(grad, q, k, v, None, None, None, None, None, 0, causal, 0.25,
+                                                     window, False, lse, row_min, row_argmin))
+    for no_window, huge_window in zip(*runs):
+        assert (no_window is None and huge_window is None) or torch.equal(no_window, huge_window)
+
+
 def test_windowed_grouped_heads_give_the_same_bits_whatever_chunk_a_task_lands_in():
     # 15 query tiles x 4 query heads over 1 KV head: on 2 threads the tasks go 2 to a chunk, so chunks
     # start inside a head and then reach the next head's first key tiles, below those cached so far.

@@ -643,8 +643,6 @@ def test_the_bad_entry_named_does_not_depend_on_the_schedule(monkeypatch, querie
         lmkernels.set_num_threads(previous)
 
 
-
-
 # W is given three times (ne_offsets and edge_offsets [W + 1], trigram_counts [W]): a wrong length
 # is blamed on the tensor that disagrees with the other two, ne_offsets included, or on all three.
 @pytest.mark.parametrize("changes, message", [

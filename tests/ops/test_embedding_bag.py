@@ -313,12 +313,14 @@ def test_malformed_offsets_raise_value_error(device, offsets, message):
         embedding_bag(table.to(device), indices.to(device), torch.tensor(offsets, dtype=torch.int64, device=device))
 
 
-def test_malformed_offsets_win_over_a_bad_index_on_every_device(device):
+def test_several_faults_raise_what_the_cpu_checks_first_on_every_device(device):
     table, indices, _ = valid()
     indices[3] = 10
-    offsets = torch.tensor([0, 4, 2, 5], device=device)
-    with pytest.raises(ValueError, match="non-decreasing"):
-        embedding_bag(table.to(device), indices.to(device), offsets)
+    table, indices, offsets = table.to(device), indices.to(device), torch.tensor([0, 4, 2, 5], device=device)
+    with pytest.raises(ValueError, match="non-decreasing"):  # the forward checks the offsets first
+        embedding_bag(table, indices, offsets)
+    with pytest.raises(IndexError, match="indices"):  # the backward sorts by row first, which checks the indices
+        torch.ops.lmk.embedding_bag_backward_table(torch.ones(3, 4, device=device), indices, offsets, None, "sum", 10)
 
 
 @pytest.mark.parametrize("argument, make", [

@@ -198,7 +198,11 @@ def hf_adapter(model: PreTrainedModel, tokenizer) -> _HFModel:
                             "logits leave out")
     head = model.get_output_embeddings()
     if head is not None and type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
-        if not any(child is head for child in model.children()):
+        # The logits must be the head applied to base_model's last hidden state: a model with any other
+        # module holding weights beside the two (BERT's and Electra's prediction transforms) is another model.
+        others = [name for name, child in model.named_children()
+                  if child is not model.base_model and child is not head and any(True for _ in child.parameters())]
+        if others or not any(child is head for child in model.children()):
             raise TypeError(f"model: {type(model).__name__}'s logits are not its output embedding of the last hidden "
                             "state (its LM head transforms the states first), which the explainer's logits assume")
         return HFCausalLM(model, tokenizer)

@@ -20,6 +20,7 @@ between order statistics, ``torch.quantile``'s default), the mean SDT (SDTM), an
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,13 @@ def share_of_divergent_tokens(match: Tensor) -> Tensor:
     return (~match).float().mean(1)
 
 
+def check_quantile(quantile, name: str = "quantile") -> None:
+    if isinstance(quantile, bool) or not isinstance(quantile, numbers.Real):
+        raise TypeError(f"{name}: expected a number in [0, 1], got {type(quantile).__name__}")
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1], got {quantile!r}")
+
+
 @dataclass
 class DivergenceResult:
     """Per-prompt ``fdt`` int64 [P], ``sdt`` float32 [P] and ``nll`` float32 [P] (mean over the N tokens)."""
@@ -63,11 +71,8 @@ class DivergenceResult:
                    match.shape[1])
 
     def fdt_quantile(self, q: float) -> float:
-        if isinstance(q, bool) or not isinstance(q, (int, float)):
-            raise TypeError(f"q: expected a float, got {type(q).__name__}")
-        if not 0 <= q <= 1:
-            raise ValueError(f"q: expected a quantile in [0, 1], got {q}")
-        return float(torch.quantile(self.fdt.double(), q))
+        check_quantile(q, "q")
+        return float(torch.quantile(self.fdt.double(), float(q)))
 
     def fdt_score(self, q: float = 0.75) -> float:
         """The q-quantile of FDT on a 0..100 scale (100 = no prompt diverges before the q-quantile)."""

@@ -67,7 +67,9 @@ class RecoveryTraining:
             raise TypeError(f"learning_rate: expected a number, got {type(learning_rate).__name__}")
         if not learning_rate > 0:
             raise ValueError(f"learning_rate: expected > 0, got {learning_rate!r}")
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        if isinstance(warmup, bool) or not isinstance(warmup, int):
+            raise TypeError(f"warmup: expected an int, got {type(warmup).__name__}")
+        if warmup < 0:
             raise ValueError(f"warmup: expected an int >= 0, got {warmup!r}")
         if teacher is not None and not isinstance(teacher, CausalLM):
             raise TypeError(f"teacher: expected an lmkernels.nn.CausalLM or None, got {type(teacher).__name__}")

@@ -51,7 +51,6 @@ component parameters).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -61,7 +60,7 @@ from lmkernels.dtm.components import bind, compressed, select
 from lmkernels.dtm.compression import (CRITERIA, Int8Absmax, MagnitudePruning, WandaPruning, input_norms, int8_absmax,
                                        sparsity_of)
 from lmkernels.dtm.continuations import References, reference_continuations
-from lmkernels.dtm.metrics import DivergenceResult, score
+from lmkernels.dtm.metrics import DivergenceResult, check_quantile, score
 from lmkernels.dtm.recovery import apply_masks, keep_masks
 from lmkernels.dtm.sweep import ProgressBar, SweepTable, component_sweep
 
@@ -148,13 +147,6 @@ def _uniform(added_target: float, sparsity: dict[str, float], parameters: dict[s
         need -= room * parameters[c]
         remaining -= parameters[c]
     return {c: min(level, 1.0 - sparsity[c]) for c in sparsity}
-
-
-def check_quantile(quantile) -> None:
-    if isinstance(quantile, bool) or not isinstance(quantile, numbers.Real):
-        raise TypeError(f"quantile: expected a number in [0, 1], got {type(quantile).__name__}")
-    if not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"quantile: expected a number in [0, 1], got {quantile!r}")
 
 
 def global_sparsity(model: torch.nn.Module, components: Iterable[str] | None = None) -> float:

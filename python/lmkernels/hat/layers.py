@@ -76,8 +76,8 @@ class SelfAttention(torch.nn.Module):
         if config.key_query_norm:
             raise ValueError("key_query_norm: QK norm in a stack's self-attention is not supported (the released "
                              "models use it only in the word connectors)")
-        width, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
-        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, config.head_dim
+        width, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.kv_heads
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, config.head_size
         self.window = config.attention_window
         self.q_proj = torch.nn.Linear(width, heads * self.head_dim, bias=False)
         self.k_proj = torch.nn.Linear(width, kv_heads * self.head_dim, bias=False)

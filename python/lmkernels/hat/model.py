@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 
 
 _FIELDS = ("bytes", "word_cu", "sequence_bytes", "sequence_words")
-_CONVERTED_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32)
+# Every integer dtype but int64 itself. uint64 values above int64's range wrap to negative values,
+# which check() refuses in every field (bytes and boundaries are never negative): no valid batch
+# changes in the conversion.
+_CONVERTED_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.uint16, torch.uint32, torch.uint64)
 
 
 @dataclass
@@ -42,8 +45,9 @@ class HATBatch:
     """Packed sequences: ``bytes`` [T], their words ``word_cu`` [W + 1], and the sequences as byte
     ranges ``sequence_bytes`` [N + 1] and word ranges ``sequence_words`` [N + 1].
 
-    All four are 1-D integer tensors on one device, kept as int64: integer tensors of other dtypes
-    (such as ``split_batch``'s uint8 bytes) are converted when the batch is built.
+    All four are 1-D integer tensors on one device, kept as int64: tensors of the other integer
+    dtypes (int8 to int32, uint8 to uint64; such as ``split_batch``'s uint8 bytes) are converted when
+    the batch is built. Bool, float and complex tensors are refused.
     """
 
     bytes: Tensor
@@ -86,8 +90,8 @@ class HATBatch:
             if not isinstance(value, Tensor):
                 raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
             if value.dtype != torch.int64:
-                raise TypeError(f"{name}: expected int64 values (other integer dtypes are converted when the batch "
-                                f"is built), got {value.dtype}")
+                raise TypeError(f"{name}: expected int64 values (int8 to int32 and uint8 to uint64 are converted "
+                                f"when the batch is built), got {value.dtype}")
             if value.dim() != 1:
                 raise ValueError(f"{name}: expected 1 dimension, got shape {list(value.shape)}")
             if value.device != self.bytes.device:

@@ -28,8 +28,8 @@ Gradients flow to q, k, v, prefix_k, prefix_v, key_bias and key_factor; they are
 (each gradient element is written by one task, no atomics). One limit of the saved log-sum-exp: in a
 row whose visible keys all carry a finite bias below about -1e6 (float32's lowest, say, as a padding
 mask), float32 cannot hold the log of the key count beside it, so that row's gradients are off
-(its output is right); mask with -inf, or a bias above -1e4, which removes a key as completely. Through the multiplicative form the
-chain rule runs through m_i + c_j (s_ij - m_i) and the row minimum, whose sub-gradient goes to the
+(its output is right); mask with -inf, or a bias above -1e4, which removes a key as completely.
+Through the multiplicative form the chain rule runs through m_i + c_j (s_ij - m_i) and the row minimum, whose sub-gradient goes to the
 first key holding it (torch's ``amin`` splits it among tied keys; ties have measure zero).
 
 NaN policy: a NaN in q, k, v, key_bias or key_factor of a key that a row can see makes that row
@@ -187,7 +187,12 @@ def _window(window: int | None) -> int:
         raise TypeError(f"window: expected an int or None, got {type(window).__name__}")
     if window < 1:
         raise ValueError(f"window: expected a positive number of keys (or None), got {window}")
-    # A window past every key is no window; the bound keeps the kernels' position + window within int64.
+    return window
+
+
+def _bounded(window: int) -> int:
+    """A window past every key is no window: the op, however called, hands the kernels at most
+    _WINDOW_BOUND, which keeps their position + window within int64."""
     return min(window, _WINDOW_BOUND)
 
 
@@ -230,7 +235,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None, prefix_
     row_argmin = torch.empty(factor_rows, dtype=torch.int64, device=q.device)
     check = _table_check(q, cu_seqlens, max_seqlen, factor=False)  # the forward checks only cu_seqlens
     detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, key_factor, cu_seqlens)]
-    _C.attention_forward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, window,
+    _C.attention_forward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, _bounded(window),
                          factor_min_all, dl(out), dl(lse),
                          *(dl(t if key_factor is not None else None) for t in (row_min, row_argmin)), dl(check.flag),
                          stream_of(q))
@@ -268,7 +273,7 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefi
     grad_min = torch.empty(lse.shape, **new) if factor else None
     check = _table_check(q, cu_seqlens, max_seqlen, factor)
     detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, key_factor, cu_seqlens)]
-    _C.attention_backward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, window,
+    _C.attention_backward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, _bounded(window),
                           factor_min_all, dl(grad_out), dl(lse.contiguous()), dl(row_min if factor else None),
                           dl(row_argmin if factor else None), dl(delta), dl(grad_min), dl(grad_q), dl(grad_k),
                           dl(grad_v), dl(grad_bias), dl(grad_factor), dl(check.flag), stream_of(q))

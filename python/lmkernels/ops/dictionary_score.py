@@ -97,9 +97,9 @@ def top_words(scores: Tensor, k: int, softmax: bool = True) -> tuple[Tensor, Ten
     """The ``k`` best words of each row of ``scores`` [Q, W]: (values [Q, k], word indices [Q, k]).
 
     Best first; of equal scores the lower index first, as a stable sort and ``argmax`` order them (NaN
-    counts as the highest, as in ``torch.topk``), so that greedy decoding, ``indices[:, 0]``, is
-    ``scores.argmax(1)``. With ``softmax`` the values are log-probabilities, ``log_softmax`` of the
-    scores over the words (T-FREE's default); without, the raw scores.
+    ranks as +inf), so that greedy decoding, ``indices[:, 0]``, is ``scores.argmax(1)`` (in a row
+    without both NaN and +inf). With ``softmax`` the values are log-probabilities, ``log_softmax`` of
+    the scores over the words (T-FREE's default); without, the raw scores.
     """
     if not isinstance(scores, Tensor):
         raise TypeError(f"scores: expected a torch.Tensor, got {type(scores).__name__}")
@@ -119,13 +119,17 @@ def _first_best(scores: Tensor, k: int) -> Tensor:
     if k == 0:
         return torch.zeros(scores.shape[0], 0, dtype=torch.int64, device=scores.device)
     keys = torch.where(scores.isnan(), torch.inf, scores)  # NaN compares unequal, even to itself
-    # topk finds the k-th highest score but leaves open which of the words that share it are taken
-    # (and in which order): take those above it and the first of those equal to it, as a full
-    # stable sort would, at the cost of a few passes over the scores rather than a sort.
-    kth = keys.topk(k, dim=1).values[:, -1:]
-    above, equal = keys > kth, keys == kth
-    taken = above | (equal & (equal.cumsum(1) <= k - above.sum(1, keepdim=True)))
-    indices = taken.nonzero()[:, 1].view(-1, k)  # in index order
+    values, indices = keys.topk(k, dim=1)
+    # topk takes some of the words that share the k-th highest score, not necessarily the first ones:
+    # in the rows where more words share it than topk took, take those above it and the first of those
+    # equal to it, as a stable sort would (a few passes over those rows only).
+    kth = values[:, -1:]
+    ambiguous = ((keys == kth).sum(1) > (values == kth).sum(1)).nonzero()[:, 0]  # no branch: torch.compile
+    rows, bound = keys[ambiguous], kth[ambiguous]
+    above, equal = rows > bound, rows == bound
+    first_equal = equal & (equal.cumsum(1, dtype=torch.int32) <= k - above.sum(1, keepdim=True))
+    indices[ambiguous] = (above | first_equal).nonzero()[:, 1].view(-1, k)
+    indices = indices.sort(dim=1).values  # then by score, stably: equal scores stay in index order
     order = keys.gather(1, indices).sort(dim=1, descending=True, stable=True).indices
     return indices.gather(1, order)
 

@@ -76,12 +76,13 @@ def _tables_check(indices: Tensor, offsets: Tensor, rows: int, like: Tensor) -> 
     return TableCheck(((indices, (rows,)), (offsets, (indices.numel(),))), like)
 
 
-def _raise_on_flag(check: TableCheck, rows: int) -> None:
-    check.raise_on_flag({
-        _C.BAG_BAD_OFFSETS: ValueError("offsets: expected offsets[0] == 0, non-decreasing offsets, and the last offset "
-                                        "== len(indices)"),
-        _C.BAG_BAD_INDEX: IndexError(f"indices: an index is out of range for a table of {rows} rows"),
-    })
+def _raise_on_flag(check: TableCheck, rows: int, sorted_first: bool = False) -> None:
+    """In the CPU kernels' order: offsets, then indices; after the sort by row, which checks the
+    indices before anything reads the offsets, indices first."""
+    offsets = (_C.BAG_BAD_OFFSETS, ValueError("offsets: expected offsets[0] == 0, non-decreasing offsets, and the last "
+                                              "offset == len(indices)"))
+    indices = (_C.BAG_BAD_INDEX, IndexError(f"indices: an index is out of range for a table of {rows} rows"))
+    check.raise_on_flag(dict([indices, offsets] if sorted_first else [offsets, indices]))
 
 
 def _embedding_bag(
@@ -133,7 +134,7 @@ def _backward_table(
     grad_table = kernel_output((rows, grad_out.shape[1]), grad_out.dtype, grad_out.device)
     _C.embedding_bag_backward_table(dl(grad_out), dl(indices), dl(offsets), dl(weights), _MODES[mode],
                                     dl(positions), dl(row_starts), dl(grad_table), dl(check.flag), stream_of(grad_out))
-    _raise_on_flag(check, rows)
+    _raise_on_flag(check, rows, sorted_first=True)
     return grad_table
 
 

@@ -62,10 +62,13 @@ def _check_same_patterns(model: TFreeLM, tokenizer: Tokenizer, decoder: Decoder)
     if (config.vocab_size, config.m, config.k_lowercase) != expected:
         raise ValueError(f"model, tokenizer: the model's config has (vocab_size, m, k_lowercase) = "
                          f"{(config.vocab_size, config.m, config.k_lowercase)}, the tokenizer {expected}")
-    patterns = decoder.tokenizer.patterns
-    if (patterns.vocab_size, patterns.m, patterns.k_lowercase) != expected:
-        raise ValueError(f"decoder, tokenizer: the decoder's tokenizer has (vocab_size, m, k_lowercase) = "
-                         f"{(patterns.vocab_size, patterns.m, patterns.k_lowercase)}, the tokenizer {expected}")
+    def words_patterns(t: Tokenizer):
+        return t.vocab_size, t.m, t.patterns.k_lowercase, t.lowercase, t.entire_words
+
+    if words_patterns(decoder.tokenizer) != words_patterns(tokenizer):
+        raise ValueError(f"decoder, tokenizer: the decoder's tokenizer has (vocab_size, m, k_lowercase, lowercase, "
+                         f"entire_words) = {words_patterns(decoder.tokenizer)}, the tokenizer "
+                         f"{words_patterns(tokenizer)}")
 
 
 def _best_word(decoder: Decoder, extra: Decoder, logits: torch.Tensor) -> str:
