@@ -27,6 +27,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from lmkernels._checks import check_int
 from lmkernels.dtm.components import select
 from lmkernels.dtm.train import check_stream, train_steps
 from lmkernels.nn import CausalLM, evaluating
@@ -67,10 +68,7 @@ class RecoveryTraining:
             raise TypeError(f"learning_rate: expected a number, got {type(learning_rate).__name__}")
         if not learning_rate > 0:
             raise ValueError(f"learning_rate: expected > 0, got {learning_rate!r}")
-        if isinstance(warmup, bool) or not isinstance(warmup, int):
-            raise TypeError(f"warmup: expected an int, got {type(warmup).__name__}")
-        if warmup < 0:
-            raise ValueError(f"warmup: expected an int >= 0, got {warmup!r}")
+        check_int(warmup, "warmup", 0)
         if teacher is not None and not isinstance(teacher, CausalLM):
             raise TypeError(f"teacher: expected an lmkernels.nn.CausalLM or None, got {type(teacher).__name__}")
         self.teacher = teacher

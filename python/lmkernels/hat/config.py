@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmkernels._checks import check_int
+
 _BYTE_VALUES = 256
 
 
@@ -55,11 +57,7 @@ def _build(cls, value, name: str):
 
 
 def _check_int(owner: object, name: str, minimum: int) -> None:
-    value = getattr(owner, name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    check_int(getattr(owner, name), name, minimum)
 
 
 def _check_heads(heads_name: str, heads: int, kv_heads_name: str, kv_heads: int, head_dim: int) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from lmkernels._checks import check_int
 from lmkernels.hat.layers import LayerCache
 from lmkernels.hat.model import HATModel
 from lmkernels.hat.splitter import HATRuleSplitter
@@ -143,10 +144,7 @@ def generate(model: HATModel, prompt: str, max_bytes: int = 256, *, temperature:
     before the first stop string. Raises TypeError or ValueError naming the bad argument.
     """
     _check_text(prompt, "prompt")
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
-        raise TypeError(f"max_bytes: expected an int, got {type(max_bytes).__name__}")
-    if max_bytes < 0:
-        raise ValueError(f"max_bytes: expected an int >= 0, got {max_bytes}")
+    check_int(max_bytes, "max_bytes", 0)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature: expected a number, got {type(temperature).__name__}")
     if not temperature >= 0:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lmkernels import data
+from lmkernels._checks import check_int
 from lmkernels.hat.config import HATConfig
 from lmkernels.hat.generate import generate
 from lmkernels.hat.model import HATBatch, HATModel, hat_loss
@@ -51,11 +52,7 @@ class TrainSettings:
     def __post_init__(self):
         for name, minimum in (("width", 1), ("layers", 1), ("window", 0), ("seq_bytes", 2), ("batch_size", 1),
                               ("steps", 1), ("warmup", 0), ("eval_windows", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-            if value < minimum:
-                raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+            check_int(getattr(self, name), name, minimum)
 
 
 @dataclass

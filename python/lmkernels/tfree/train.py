@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from lmkernels import data
+from lmkernels._checks import check_int
 from lmkernels.nn import DecoderConfig
 from lmkernels.tfree.decoding import Decoder, build_dictionary
 from lmkernels.tfree.encoding import Encoding, TrainingBatch, batch_from_stream
@@ -125,12 +126,7 @@ def _check_settings(s: TrainSettings) -> None:
     """Reject settings that would fail only late, or not at all: 0 steps trains nothing and leaves
     no loss curve to report. (The pattern table checks vocab_size, m and k_lowercase itself.)"""
     for name in ("dim", "num_layers", "num_heads", "seq_len", "batch_size", "steps", "dictionary_size", "warmup"):
-        value = getattr(s, name)
-        least = 0 if name == "warmup" else 1
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-        if value < least:
-            raise ValueError(f"{name}: expected an int >= {least}, got {value}")
+        check_int(getattr(s, name), name, 0 if name == "warmup" else 1)
     for name in ("learning_rate", "pos_weight", "loss_scale"):
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
