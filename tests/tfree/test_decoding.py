@@ -265,6 +265,18 @@ def test_a_lowercasing_tokenizer_gives_a_lowercase_dictionary():
     assert "Hello" not in Decoder(Tokenizer(vocab_size=2000, m=4, k_lowercase=1), ["hello"])
 
 
+def test_the_word_index_looks_words_up_as_the_dictionary_holds_them():
+    decoder = Decoder(Tokenizer(vocab_size=2000, m=4, k_lowercase=1, lowercase=True), ["Hello", "WORLD"])
+    assert decoder.index["Hello"] == decoder.index["hello"] == 0 and decoder.index["World"] == 1
+    assert "HELLO" in decoder.index and list(decoder.index) == ["hello", "world"] and len(decoder.index) == 2
+    with pytest.raises(KeyError):
+        decoder.index["cat"]
+    exact = Decoder(Tokenizer(vocab_size=2000, m=4, k_lowercase=1), ["hello"])
+    assert exact.index["hello"] == 0 and "Hello" not in exact.index
+    with pytest.raises(TypeError):
+        exact.index["hello"] = 1  # read-only: the kernel's tensors follow add(), not the map
+
+
 def test_scores_reject_logits_of_another_vocabulary_size(tokenizer):
     decoder = Decoder(tokenizer, ["hello", "world"])
     logits = torch.randn(2, tokenizer.vocab_size)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -131,6 +131,26 @@ def _cheaper_form(table: dict[str, Tensor], table_cost: int, set_cost: int) -> d
             "edge_offsets": edge_offsets, "trigram_counts": table["trigram_counts"]}
 
 
+class WordIndex(Mapping):
+    """A read-only map from a word to its position in :attr:`Decoder.words`, which looks a word up in the
+    form the dictionary holds it (lowercased where the tokenizer lowercases)."""
+
+    def __init__(self, ids: dict[str, int], entry: Callable[[str], str]):
+        self._ids, self._entry = ids, entry
+
+    def __getitem__(self, word: str) -> int:
+        return self._ids[self._entry(word)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, word: object) -> bool:
+        return self._entry(word) in self._ids
+
+
 class Decoder:
     """Dictionary decoding: candidate words with their NE/E index sets, scored by the native kernel.
 
@@ -141,7 +161,8 @@ class Decoder:
     README suggests an edge weight below 0.8 to reduce artifacts; the official default is 1.0).
 
     Where the tokenizer lowercases, so does the dictionary: ``"Hello"`` is entered, and found, as
-    ``"hello"``, the only form the tokenizer gives the model and the only one it could generate.
+    ``"hello"``, the only form the tokenizer gives the model and the only one it could generate;
+    ``"Hello" in decoder`` and ``decoder.index["Hello"]`` (the position in :attr:`words`) look it up so.
     """
 
     def __init__(self, tokenizer: Tokenizer, words: Iterable[str] = (), edge_weight: float = 1.0,
@@ -149,7 +170,7 @@ class Decoder:
         self.tokenizer = tokenizer
         self.edge_weight, self.variant = edge_weight, variant
         self.words: list[str] = []
-        self.index: dict[str, int] = {}
+        self._ids: dict[str, int] = {}  # word -> position in self.words, in the form the dictionary holds it
         # The dictionary as a row table (the arguments of dictionary_scores by name): distinct pattern
         # rows, and per word the ids of its NE and E rows. ``_row_ids`` maps a row's indices to its id.
         empty, zero = torch.zeros(0, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
@@ -168,7 +189,12 @@ class Decoder:
         return len(self.words)
 
     def __contains__(self, word: str) -> bool:
-        return self._entry(word) in self.index
+        return self._entry(word) in self._ids
+
+    @property
+    def index(self) -> WordIndex:
+        """Each word's position in :attr:`words` (the column of :meth:`scores`)."""
+        return WordIndex(self._ids, self._entry)
 
     def _entry(self, word):
         """The form in which the dictionary holds ``word``."""
@@ -190,7 +216,7 @@ class Decoder:
             if not isinstance(word, str):
                 raise TypeError(f"words: expected str entries, got {type(word).__name__}")
             entry = self._entry(word)
-            if entry in self.index or entry in new:
+            if entry in self._ids or entry in new:
                 continue
             pieces = self.tokenizer.split(word)
             if pieces != [entry]:
@@ -221,12 +247,12 @@ class Decoder:
         set_cost = self._set_cost + int(row_lengths[ne[0]].sum() + row_lengths[e[0]].sum())
         table_cost = self._table_cost + int(added_lengths.sum()) + ne[0].numel() + e[0].numel()
         tensors = _cheaper_form(table, table_cost, set_cost)
-        index = dict(self.index)
-        index.update(zip(new, range(len(self.words), len(self.words) + len(new))))
+        ids = dict(self._ids)
+        ids.update(zip(new, range(len(self.words), len(self.words) + len(new))))
         # One statement, so that nothing can interrupt the decoder half-grown. Every attribute is
         # replaced, so that a shallow copy (copy.copy) grows on its own; only the cache of device
         # copies changes in place, and it belongs to the tensors, which a copy shares until it grows.
-        self.__dict__.update(words=self.words + list(new), index=index, _row_ids=known, _by_row=table,
+        self.__dict__.update(words=self.words + list(new), _ids=ids, _row_ids=known, _by_row=table,
                              _tensors=tensors, _on_device={}, _table_cost=table_cost, _set_cost=set_cost)
         return len(new)
 
