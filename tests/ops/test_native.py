@@ -150,3 +150,12 @@ def test_int64_offsets_that_int32_indices_cannot_hold_are_rejected_not_wrapped()
         embedding_bag(table, indices, torch.tensor([0, 2 + 2**32, 4]))
     with pytest.raises(ValueError, match="offsets"):
         multilabel_bce_with_logits(torch.randn(2, 10), indices, torch.tensor([0, 2 + 2**32, 4]))
+
+
+def test_int32_indices_past_what_int32_offsets_reach_are_refused_by_name():
+    indices = torch.zeros(1, dtype=torch.int32).expand(2**31)  # numel 2^31 without the 8 GiB
+    offsets = torch.tensor([0, 2**31])
+    with pytest.raises(ValueError, match=r"^pos_indices: int32 indices take int32 offsets, .* got 2147483648 "):
+        _native.narrowed_offsets(offsets, indices, "pos_indices")
+    fits = indices[: 2**31 - 1]
+    assert _native.narrowed_offsets(torch.tensor([0, 2**31 - 1]), fits).tolist() == [0, 2**31 - 1]

@@ -117,13 +117,17 @@ def kernel_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tens
     return torch.from_numpy(_C.cached_bytes(nbytes)).view(dtype).view(shape)
 
 
-def narrowed_offsets(offsets: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+def narrowed_offsets(offsets: torch.Tensor, indices: torch.Tensor, name: str = "indices") -> torch.Tensor:
     """CSR ``offsets`` in the dtype of their ``indices``. Narrowing int64 to int32 saturates: an offset
     outside [0, len(indices)] becomes -1 or len + 1, which the kernels reject, where a plain cast would
-    wrap 2^32 + 2 to a valid-looking 2 (and no check needs to wait for the GPU here)."""
+    wrap 2^32 + 2 to a valid-looking 2 (and no check needs to wait for the GPU here). ``name`` is the
+    indices' argument name, for the error that int32 offsets cannot reach past 2^31 - 1 of them."""
     if offsets.dtype == indices.dtype:
         return offsets
     if indices.dtype == torch.int32:
+        if indices.numel() > torch.iinfo(torch.int32).max:
+            raise ValueError(f"{name}: int32 indices take int32 offsets, which reach at most 2**31 - 1 entries; "
+                             f"got {indices.numel()} (pass int64 indices)")
         offsets = offsets.clamp(-1, min(indices.numel() + 1, torch.iinfo(torch.int32).max))
     return offsets.to(indices.dtype)
 

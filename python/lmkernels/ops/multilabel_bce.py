@@ -129,7 +129,7 @@ def _multilabel_bce(
     if logits.dim() == 2 and logits.shape[1] > 1 and logits.stride(1) != 1:
         logits = logits.contiguous()
     pos_indices = pos_indices.detach().contiguous()
-    pos_offsets = narrowed_offsets(pos_offsets.detach(), pos_indices).contiguous()
+    pos_offsets = narrowed_offsets(pos_offsets.detach(), pos_indices, "pos_indices").contiguous()
     weights = None if weights is None else weights.detach().contiguous()
     loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
     grad = kernel_output(logits.shape if compute_grad else (0,), logits.dtype, logits.device)
