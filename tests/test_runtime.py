@@ -68,9 +68,65 @@ for threads in (1, 3):
     results.append(out)
 assert np.array_equal(results[0], results[1])
 np.testing.assert_allclose(results[0], table[indices].reshape(100, 40, 33).sum(1), rtol=1e-5, atol=1e-5)
+# A forked child has none of the workers: it runs on its own thread, then on new workers.
+import os, time
+child = os.fork()
+if child == 0:
+    ok = native.num_threads() == 1
+    for threads in (1, 2):
+        native.set_num_threads(threads)
+        out = np.empty((100, 33), np.float32)
+        native.embedding_bag_forward(table, indices, offsets, None, 0, out)
+        ok &= np.array_equal(out, results[0])
+    os._exit(0 if ok else 1)
+deadline = time.monotonic() + 60
+while not (done := os.waitpid(child, os.WNOHANG))[0] and time.monotonic() < deadline:
+    time.sleep(0.05)
+if not done[0]:
+    os.kill(child, 9)
+assert done[0] and done[1] == 0, done
 print("ok")
 """
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "ok"
+
+
+def test_forked_dataloader_workers_run_the_kernels():
+    """A fork leaves the child none of the parent's threads (nor OpenMP's team, which libgomp would wait
+    for forever): the child runs on one thread, and on threads of its own after set_num_threads."""
+    import subprocess
+    import sys
+
+    code = """
+import torch, lmkernels
+from lmkernels.ops import embedding_bag
+from lmkernels.tfree import Tokenizer
+tokenizer = Tokenizer(vocab_size=2000, m=4, k_lowercase=1)
+texts = [f"Sentence number {i} of a document, with some words." for i in range(3000)]
+expected = tokenizer.encode(texts).rows  # the parent's pool (and OpenMP team) has run
+table = torch.randn(5000, 64)
+indices, offsets = torch.randint(0, 5000, (200000,)), torch.arange(0, 200001, 10)
+expected_bags = embedding_bag(table, indices, offsets)
+torch.randn(1000, 1000).exp().sum()
+
+class Work(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        threads = lmkernels.num_threads()
+        if i % 2:
+            lmkernels.set_num_threads(2)
+        same = torch.equal(tokenizer.encode(texts).rows, expected)
+        same &= torch.equal(embedding_bag(table, indices, offsets), expected_bags)
+        return torch.tensor([threads, lmkernels.num_threads(), same, lmkernels.info()["threads_from"] == "own threads"])
+
+loader = torch.utils.data.DataLoader(Work(), num_workers=2, multiprocessing_context="fork", timeout=60)
+print(torch.cat(list(loader)).tolist())
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # Per item: threads on entry, threads after (worker 1 moves to 2 at item 1), same results, own threads.
+    assert eval(result.stdout) == [[1, 1, 1, 1], [1, 2, 1, 1], [1, 1, 1, 1], [2, 2, 1, 1]]
 
 
 @pytest.fixture

@@ -55,7 +55,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info, "Version, build type, CUDA support and architectures, Hopper (CUTLASS) kernels, sanitizers, compiler.");
   m.def("simd_level", &lmk::simd_level, "The SIMD level the CPU kernels run at on this machine.");
   m.def("num_threads", &lmk::num_threads, "Threads used by the CPU kernels.");
-  m.def("set_num_threads", &lmk::set_num_threads, py::arg("n"), "Set the threads used by the CPU kernels.");
+  // Without the GIL: a resize waits for a kernel that another thread is running.
+  m.def("set_num_threads", &lmk::set_num_threads, py::arg("n"), py::call_guard<py::gil_scoped_release>(),
+        "Set the threads used by the CPU kernels.");
   m.def("parallel_backend", &lmk::parallel_backend, "Whose threads the CPU kernels run on.");
   lmk::bindings::register_sparse(m);
   lmk::bindings::register_text_words(m);

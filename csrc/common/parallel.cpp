@@ -5,11 +5,13 @@
 #include <condition_variable>
 #include <exception>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <dlfcn.h>
+#include <pthread.h>
 #endif
 
 #include "common/errors.h"
@@ -45,9 +47,31 @@ class ThreadPool {
     std::lock_guard<std::mutex> busy(busy_);
     stop_workers();
     stopping_ = false;
+    // A new worker waits for the next run, not the last one (generation_ only changes under busy_):
+    // one that took the last run for new would leave a count in active_ that the next run needs.
     if (!openmp_)
-      for (int i = 0; i + 1 < n; ++i) workers_.emplace_back([this] { work(); });
+      for (int i = 0; i + 1 < n; ++i) workers_.emplace_back([this, seen = generation_] { work(seen); });
     size_ = n;
+  }
+
+  // In the child of a fork (a DataLoader worker, a multiprocessing pool) only the forking thread
+  // exists. The parent's workers, and the OpenMP team its threads ran, are gone: libgomp would wait
+  // at its barrier for them forever. So the child drops them without joining (destroying a
+  // joinable std::thread would abort), re-creates the locks another thread may have held at the
+  // fork, and runs on one thread, as torch does in a DataLoader worker; set_num_threads starts
+  // threads of its own there, never OpenMP's.
+  void reset_after_fork() {
+    new (&busy_) std::mutex;
+    new (&mutex_) std::mutex;
+    new (&wake_) std::condition_variable;
+    new (&done_) std::condition_variable;
+    new (&workers_) std::vector<std::thread>;  // the old vector leaks, deliberately
+    job_ = nullptr;
+    active_ = 0;
+    stopping_ = false;
+    error_ = nullptr;
+    openmp_ = nullptr;
+    size_ = 1;
   }
 
   // Returns false without running anything when the pool is already in use.
@@ -88,8 +112,7 @@ class ThreadPool {
     }
   }
 
-  void work() {
-    uint64_t seen = 0;
+  void work(uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(mutex_);
@@ -125,13 +148,16 @@ class ThreadPool {
   bool stopping_ = false;
   std::exception_ptr error_;
   std::atomic<int> size_{1};
-  const OpenMPParallel openmp_ = find_openmp();
+  OpenMPParallel openmp_ = find_openmp();
 };
 
 ThreadPool& pool() {
   static ThreadPool* instance = [] {
     auto* p = new ThreadPool();  // never destroyed: workers must not be joined during static teardown
     p->resize(int(std::max(1u, std::thread::hardware_concurrency())));
+#if defined(__unix__) || defined(__APPLE__)
+    pthread_atfork(nullptr, nullptr, [] { pool().reset_after_fork(); });
+#endif
     return p;
   }();
   return *instance;

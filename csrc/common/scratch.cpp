@@ -6,6 +6,10 @@
 #include <new>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
+
 #include "common/memory.h"
 
 namespace lmk {
@@ -33,7 +37,17 @@ struct ScratchCache {
 };
 
 ScratchCache& cache() {
-  static ScratchCache* instance = new ScratchCache;  // never destroyed: blocks may be released at exit
+  static ScratchCache* instance = [] {
+    auto* c = new ScratchCache;  // never destroyed: blocks may be released at exit
+#if defined(__unix__) || defined(__APPLE__)
+    // A fork (a DataLoader worker) while another thread is inside the cache would hand the child a
+    // locked mutex and a half-edited list: the fork waits for the cache instead, and the child,
+    // whose only thread is the forking one, starts with a fresh mutex.
+    pthread_atfork([] { cache().mutex.lock(); }, [] { cache().mutex.unlock(); },
+                   [] { new (&cache().mutex) std::mutex; });
+#endif
+    return c;
+  }();
   return *instance;
 }
 
