@@ -12,7 +12,9 @@
 # ./device-out) in at most 8 files. The benchmarks default to the full-size cases behind the open
 # GPU targets (attention, word connector, dictionary, token divergence, FP8 GEMM); set LMK_BENCH_ARGS
 # to change the benchmark's arguments (e.g. --quick for every family) and LMK_BENCH_TIMEOUT its time
-# limit in seconds (default 240; rows printed before a timeout are kept).
+# limit in seconds (default 240; rows printed before a timeout are kept). Last, the tests of the
+# kernels that have never run on a GPU go under compute-sanitizer's memcheck (LMK_MEMCHECK_TIMEOUT
+# seconds each, three at once, default 90; 0 skips them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device-out}
@@ -74,4 +76,20 @@ mark "bench $bench_args"
 timeout "${LMK_BENCH_TIMEOUT:-240}" python3 -m lmkernels.cli bench --device cuda $bench_args --json "$OUT/bench_cuda.json" \
   >"$OUT/bench_cuda.txt" 2>&1
 tail -n 40 "$OUT/bench_cuda.txt"
+
+# The kernels that had never run on a GPU when this was written, under memcheck whether or not their
+# tests passed: an out-of-bounds read can pass a test. After the benchmarks, so that they come first;
+# LMK_MEMCHECK_TIMEOUT=0 skips it.
+memcheck_tests=("tests/ops/test_dictionary_score.py::test_every_query_count"
+  "tests/ops/test_dictionary_score.py::test_row_table_matches_reference"
+  "tests/ops/test_attention.py::test_cuda_tensor_core_kernels_agree_with_the_plain_ones")
+if [[ ${LMK_MEMCHECK_TIMEOUT:-90} != 0 ]]; then
+  mark "memcheck of the new kernels"
+  printf '%s\n' "${memcheck_tests[@]}" | xargs -P 3 -I{} sh -c 'log="/tmp/mcn-$(echo "{}" | md5sum | cut -c1-8).log"
+    timeout "${LMK_MEMCHECK_TIMEOUT:-90}" compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest "{}" -q \
+      -p no:warnings -k "cuda or hopper" >"$log" 2>&1
+    echo "exit $? {}" >>"$log"'
+  for f in /tmp/mcn-*.log; do echo "=== $(tail -n 1 "$f")"; grep -v "^\s*$" "$f" | tail -n 60; done >"$OUT/memcheck_new.log"
+  grep -h "^exit\|ERROR SUMMARY\|passed\|failed" /tmp/mcn-*.log | tee -a "$OUT/env.txt"
+fi
 mark "done"
