@@ -59,6 +59,18 @@ def test_mlp_and_mhsa():
                                 [_x(2, 9, 32)], exact=False)
 
 
+def test_mhsa_drops_attention_weights_in_training_mode_only():
+    torch.manual_seed(0)
+    dropping, plain = M.MHSA(32, 4, True, dropout_p=0.3), M.MHSA(32, 4, True)
+    plain.load_state_dict(dropping.state_dict())
+    x = _x(2, 9, 32)
+    assert not torch.equal(dropping(x), dropping(x))
+    dropping.eval()
+    # The expected output: no weight dropped, S keeps its sqrt(1 - p), as U.dropout out of training.
+    torch.testing.assert_close(dropping(x), plain(x) * 0.7**0.5, rtol=1e-5, atol=1e-6)
+    assert torch.equal(dropping(x), dropping(x))
+
+
 def test_transformer_layer_and_decoder():
     _assert_same_module(M.TransformerLayer(32, 4, 0.4, 0.3, is_causal=True),
                         uu.TransformerLayer(32, 4, 0.4, 0.3, is_causal=True), [_x(2, 6, 32)], exact=False)

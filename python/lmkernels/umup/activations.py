@@ -118,7 +118,8 @@ def attention_output_scale(seq_len: int, d_head: int, mult: float, dropout_p: fl
 
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
-                                 dropout_p: float = 0.0, is_causal: bool = False, mult: float = 1.0) -> Tensor:
+                                 dropout_p: float = 0.0, is_causal: bool = False, mult: float = 1.0,
+                                 training: bool = True) -> Tensor:
     """Unit-scaled attention with the muP ``1 / d_head`` logit scale and multiplier ``m`` (u-muP's ``attn_mult``)::
 
         O = softmax(m q k^T / d_head + mask) v * S               s_q = s_k = s_v = S
@@ -131,13 +132,17 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     its limit is 1 (the causal formula would give 0, whose logarithm is undefined). With
     ``d_head = 0`` the output is empty whatever the logits, so the logit scale is ``m`` and the
     result is ``F.scaled_dot_product_attention``'s (unit-scaling raises ZeroDivisionError there).
+
+    ``training=False`` drops no attention weights and keeps the ``sqrt(1 - p)`` in ``S``, the expected
+    output, as :func:`dropout` does out of training (unit-scaling has no such argument and always drops).
     """
     _check_mult(mult)
     *_, seq_len, d_head = value.shape
     scale = attention_output_scale(seq_len, d_head, mult, dropout_p, is_causal)
     query, key, value = (scale_bwd(t, scale) for t in (query, key, value))
-    output = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                                            is_causal=is_causal, scale=mult / d_head if d_head else mult)
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
+                                            dropout_p=dropout_p if training else 0.0, is_causal=is_causal,
+                                            scale=mult / d_head if d_head else mult)
     return scale_fwd(output, scale)
 
 

@@ -156,7 +156,8 @@ class MLP(torch.nn.Module):
 class MHSA(torch.nn.Module):
     """Multi-head self-attention: fused ``linear_qkv``, ``U.scaled_dot_product_attention`` (``mult`` = attn_mult),
     ``linear_o`` (attention-out, a critical layer: bf16 under the partial FP8 scheme).
-    Input and output [batch, seq, hidden]."""
+    Input and output [batch, seq, hidden]. ``dropout_p`` drops attention weights in training mode
+    only (unit-scaling's ``MHSA`` drops them in eval mode too); ``S`` keeps its ``sqrt(1 - p)`` in both."""
 
     def __init__(self, hidden_size: int, heads: int, is_causal: bool, dropout_p: float = 0.0, mult: float = 1.0):
         super().__init__()
@@ -169,7 +170,7 @@ class MHSA(torch.nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         q, k, v = self.project_qkv(input)
         attended = U.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p, is_causal=self.is_causal,
-                                                  mult=self.mult)
+                                                  mult=self.mult, training=self.training)
         return self.project_output(attended)
 
     def project_qkv(self, input: Tensor) -> tuple[Tensor, Tensor, Tensor]:
