@@ -125,8 +125,13 @@ def test_depth_tags_and_types():
     assert tags == {name: (p.mup_type, p.mup_scaling_depth) for name, p in theirs.named_parameters()}
     norm = M.RMSNorm(8, elementwise_affine=True)
     assert norm.weight.mup_type == "norm" and M.Linear(4, 4, bias=True).bias.mup_type == "bias"
-    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+    model.embedding.weight.requires_grad_(False)
+    loaded = pickle.loads(pickle.dumps(model))
+    for clone in (copy.deepcopy(model), loaded, copy.deepcopy(loaded)):  # a loaded copy's deepcopy too
         assert {name: (p.mup_type, p.mup_scaling_depth) for name, p in clone.named_parameters()} == tags
+        assert all(type(p) is umup.UnitScaledParameter for p in clone.parameters())
+        assert not clone.embedding.weight.requires_grad and clone.projection.weight.requires_grad
+        assert torch.equal(clone.projection.weight, model.projection.weight)
     with pytest.raises(ValueError, match="u-muP tags"):
         M.DepthSequential(torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match="heads"):

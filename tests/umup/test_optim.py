@@ -81,3 +81,15 @@ def test_untagged_parameters_and_bad_learning_rates():
     lr = torch.tensor(0.5)
     groups = optim.scaled_parameters(_model().parameters(), lr)
     assert isinstance(groups[0]["lr"], torch.Tensor) and lr.item() == 0.5  # scaled in a clone
+
+
+def test_named_parameters_are_taken_and_their_names_kept():
+    model = _model()
+    named = optim.AdamW(model.named_parameters(), lr=0.1, weight_decay=1e-3)
+    plain = optim.AdamW(model.parameters(), lr=0.1, weight_decay=1e-3)
+    assert [g["param_names"] for g in named.param_groups] == [[n] for n, _ in model.named_parameters()]
+    assert _by_param(named.param_groups) == _by_param(plain.param_groups)
+    grouped = optim.scaled_parameters([{"params": list(model.named_parameters())[:2], "lr": 0.5}], 1.0)
+    assert [g["param_names"] for g in grouped] == [[n] for n, _ in list(model.named_parameters())[:2]]
+    with pytest.raises(TypeError, match="^params: expected tensors, \\(name, tensor\\) pairs or parameter groups"):
+        optim.AdamW([("weight", 3.0)], lr=0.1)

@@ -53,8 +53,8 @@ def scaled_parameters(params: Iterable, lr: float | Tensor | None = None, weight
     """One optimiser parameter group per parameter, with the u-muP learning rate and weight decay.
 
     Args:
-        params: parameters, or parameter groups (dicts; their ``lr`` and ``weight_decay`` override
-            the arguments, their other options are kept).
+        params: parameters, ``named_parameters()`` pairs, or parameter groups (dicts of either; their
+            ``lr`` and ``weight_decay`` override the arguments, their other options are kept).
         lr: the global learning rate (a tensor learning rate is scaled per parameter in a clone).
         weight_decay: the global weight decay.
         independent_weight_decay: divide each group's weight decay by its learning rate.
@@ -64,14 +64,15 @@ def scaled_parameters(params: Iterable, lr: float | Tensor | None = None, weight
     """
     groups = []
     for entry in params:
-        group = {"params": [entry]} if isinstance(entry, Tensor) else dict(entry)
+        group = dict(entry) if isinstance(entry, dict) else {"params": [entry]}
         group_params = [group["params"]] if isinstance(group["params"], Tensor) else list(group["params"])
         group_lr = group.get("lr", lr)
         group_decay = group.get("weight_decay", weight_decay)
         if group_lr is None:
             raise ValueError("lr: required, unless every parameter group sets its own 'lr'")
-        options = {k: v for k, v in group.items() if k not in ("params", "lr", "weight_decay")}
-        for param in group_params:
+        options = {k: v for k, v in group.items() if k not in ("params", "lr", "weight_decay", "param_names")}
+        for item in group_params:
+            name, param = _named(item)
             param_lr = group_lr
             if is_tagged(param):
                 param_lr = (param_lr.clone() if isinstance(param_lr, Tensor) else param_lr) * lr_scale(param)
@@ -83,8 +84,19 @@ def scaled_parameters(params: Iterable, lr: float | Tensor | None = None, weight
                 if float(param_lr) == 0:
                     raise ValueError("lr: independent weight decay divides by the learning rate, which is 0")
                 param_decay = group_decay / float(param_lr)
-            groups.append({"params": [param], "lr": param_lr, "weight_decay": param_decay, **options})
+            names = {} if name is None else {"param_names": [name]}  # kept, as torch's optimisers keep them
+            groups.append({"params": [param], "lr": param_lr, "weight_decay": param_decay, **options, **names})
     return groups
+
+
+def _named(item) -> tuple[str | None, Tensor]:
+    """A parameter, or a (name, parameter) pair of ``named_parameters()``, as (name or None, parameter)."""
+    if isinstance(item, Tensor):
+        return None, item
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], Tensor):
+        return item
+    raise TypeError(f"params: expected tensors, (name, tensor) pairs or parameter groups (dicts), got "
+                    f"{type(item).__name__}")
 
 
 class Adam(torch.optim.Adam):

@@ -26,6 +26,15 @@ class UnitScaledParameter(torch.nn.Parameter):
         result.mup_type, result.mup_scaling_depth = self.mup_type, self.mup_scaling_depth
         return result
 
+    def __reduce_ex__(self, protocol):
+        # torch's Parameter pickles as a plain Parameter with the tags in its __dict__, which a later
+        # deepcopy of the loaded copy drops: pickle rebuilds this class instead.
+        return _rebuild, (self.data, self.requires_grad, self.mup_type, self.mup_scaling_depth)
+
+
+def _rebuild(data: Tensor, requires_grad: bool, mup_type: str, mup_scaling_depth: int | None) -> UnitScaledParameter:
+    return parameter(data, mup_type, mup_scaling_depth).requires_grad_(requires_grad)
+
 
 def parameter(data: Tensor, mup_type: str, mup_scaling_depth: int | None = None) -> UnitScaledParameter:
     """A trainable parameter holding ``data``, tagged ``mup_type`` (see the module docstring)."""
