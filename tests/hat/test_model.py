@@ -186,9 +186,10 @@ def test_a_bf16_checkpoint_loads_without_copies_and_keeps_fp32_rope(tmp_path):
     state = {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
     save_file(state, tmp_path / "model.safetensors")
     loaded = HATModel.from_pretrained(tmp_path)  # bfloat16 by default
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}  # all but the unused decoder weights
     for name, parameter in loaded.named_parameters():
-        assert parameter.device.type == "cpu" and parameter.dtype == torch.bfloat16 and parameter.requires_grad
-        assert torch.equal(parameter, state[name])
+        assert parameter.device.type == "cpu" and parameter.dtype == torch.bfloat16
+        assert parameter.requires_grad == trainable[name] and torch.equal(parameter, state[name])
     rotaries = [m for m in loaded.modules() if isinstance(m, RotaryEmbedding)]
     assert rotaries and all(r.inverse_frequencies.dtype == torch.float32 and not r.inverse_frequencies.is_meta
                             for r in rotaries)
@@ -211,6 +212,19 @@ def test_a_few_training_steps_lower_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
+
+
+def test_every_trainable_weight_gets_a_gradient():
+    """The decoder's one-key cross-attention ignores its queries and keys: those weights are frozen (else
+    DistributedDataParallel waits for their gradients), and every other weight gets a gradient."""
+    model = HATModel(HATConfig.from_dict(RELEASED_STYLE))
+    batch = HATBatch.from_words([TEXT_A, TEXT_B])
+    hat_loss(model(batch), batch).backward()
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {f"decoder.decoder_layers.{i}.{name}.weight" for i in range(2)
+                      for name in ("query_norm", "cross_attention.q_proj", "cross_attention.k_proj")}
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for name, p in model.named_parameters()
+               if name not in frozen)
 
 
 def test_bad_batches():

@@ -198,6 +198,15 @@ class DecoderBlock(torch.nn.Module):
         # released checkpoints load strictly.
         self.query_norm = RMSNorm(cross.hidden_size_q, config.rms_norm_eps)
         self.kv_norm = RMSNorm(cross.hidden_size_kv, config.rms_norm_eps)
+        # The weights that drop out get no gradient, ever: frozen, so that an optimiser skips them and
+        # DistributedDataParallel does not wait for their gradients (it raises at the second step).
+        unused = [self.query_norm]
+        if self.cross_attention is not None:
+            unused += [self.cross_attention.q_proj, self.cross_attention.k_proj, self.cross_attention.norm_query,
+                       self.cross_attention.norm_key]
+        for module in unused:
+            if module is not None:
+                module.requires_grad_(False)
 
     def forward(self, x: Tensor, predictive: Tensor, word_cu: Tensor, positions: Tensor, cu_seqlens: Tensor,
                 cache: LayerCache | None = None) -> Tensor:
