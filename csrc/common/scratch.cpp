@@ -52,6 +52,7 @@ ScratchCache& cache() {
 }
 
 constexpr size_t kAlignment = 64;
+constexpr size_t kHugePage = size_t(2) << 20;
 
 }  // namespace
 
@@ -65,7 +66,10 @@ void ScratchRelease::operator()(std::byte* data) const {
 }
 
 Scratch acquire_scratch(size_t bytes) {
-  const size_t capacity = std::max<size_t>(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
+  // Blocks of a huge page or more start on one, so that the whole block can be backed by huge pages
+  // (the dictionary scoring's gathers read theirs at random).
+  const size_t alignment = bytes >= kHugePage ? kHugePage : kAlignment;
+  const size_t capacity = std::max<size_t>(alignment, (bytes + alignment - 1) / alignment * alignment);
   {
     ScratchCache& c = cache();
     std::lock_guard<std::mutex> lock(c.mutex);
@@ -81,7 +85,7 @@ Scratch acquire_scratch(size_t bytes) {
       return Scratch(block.data, ScratchRelease{block.capacity});
     }
   }
-  auto* data = static_cast<std::byte*>(std::aligned_alloc(kAlignment, capacity));
+  auto* data = static_cast<std::byte*>(std::aligned_alloc(alignment, capacity));
   if (!data) throw std::bad_alloc();
   advise_huge_pages(data, capacity);
   return Scratch(data, ScratchRelease{capacity});

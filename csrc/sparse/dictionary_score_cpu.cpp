@@ -27,8 +27,8 @@
 
 #include "common/dispatch.h"
 #include "common/index_math.h"
-#include "common/memory.h"
 #include "common/parallel.h"
+#include "common/scratch.h"
 #include "common/simd.h"
 #include "common/stream_store.h"
 #include "common/vec.h"
@@ -456,27 +456,6 @@ void write_tile(const float* tile, int64_t width, int64_t rows, int64_t words, f
   }
 }
 
-// The calling thread's activation buffer, kept between calls so that repeated calls fault no pages
-// in, and advised onto huge pages before its first touch (the gathers read it at random).
-float* activation_scratch(size_t count) {
-  struct Buffer {
-    float* data = nullptr;
-    size_t capacity = 0;
-    ~Buffer() { std::free(data); }
-  };
-  thread_local Buffer buffer;
-  if (count > buffer.capacity) {
-    constexpr size_t kHugePage = size_t(2) << 20;
-    const size_t bytes = (count * sizeof(float) + kHugePage - 1) / kHugePage * kHugePage;
-    std::free(buffer.data);
-    buffer.data = static_cast<float*>(std::aligned_alloc(kHugePage, bytes));
-    buffer.capacity = buffer.data ? bytes / sizeof(float) : 0;
-    if (!buffer.data) fail(ErrorKind::Runtime, "dictionary_scores: could not allocate ", bytes, " bytes of scratch");
-    advise_huge_pages(buffer.data, bytes);
-  }
-  return buffer.data;
-}
-
 // Grains of the two parallel loops: at least ~64 K activations, or ~16 K gathered vectors, per
 // chunk, so that small problems run on one thread instead of paying for waking the others.
 int64_t activation_grain(int64_t rows) { return std::max<int64_t>(1, (int64_t(1) << 16) / (kColumnBlock * rows)); }
@@ -517,14 +496,15 @@ void dictionary_scores_cpu(const TensorView& logits, const Dictionary& dictionar
   const int64_t max_width = num_queries == 1 ? 1 : std::min(num_queries + kLanes - 1, kMaxChunk) / kLanes * kLanes;
   const int64_t pass_floats = vocab * max_width, table_floats = num_rows * max_width;
   const int64_t max_passes = std::min(kPassesPerRound, ceil_div(num_queries, kMaxChunk));
-  // The workers reach the calling thread's scratch through these pointers. kLanes floats more: one
-  // query's gathers read element 0 in place of an index out of range, which must exist even for an
-  // empty vocabulary or table (the error is raised after the gathers).
-  float* act = activation_scratch(size_t((pass_floats + table_floats) * max_passes + kLanes));
+  // The activations, the row table and the column blocks' partial sums, in a block of the memory
+  // cache: repeated calls fault no pages in, and no thread keeps a vocabulary-sized buffer for good.
+  // kLanes floats more: one query's gathers read element 0 in place of an index out of range, which
+  // must exist even for an empty vocabulary or table (the error is raised after the gathers).
+  const size_t act_floats = size_t((pass_floats + table_floats) * max_passes + kLanes);
+  const Scratch scratch = acquire_scratch(sizeof(float) * (act_floats + size_t(kPassesPerRound * column_blocks * kMaxChunk)));
+  float* act = reinterpret_cast<float*>(scratch.get());
   float* table = act + pass_floats * max_passes;
-  thread_local std::vector<float> partial_scratch;
-  partial_scratch.resize(size_t(kPassesPerRound * column_blocks * kMaxChunk));
-  float* partial = partial_scratch.data();
+  float* partial = act + act_floats;
   float* out = scores.as<float>();
 
   for (int64_t round0 = 0; round0 < num_queries; round0 += kPassesPerRound * kMaxChunk) {

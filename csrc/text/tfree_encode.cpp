@@ -85,6 +85,10 @@ void split_text(std::string_view text, const EncodeOptions& options, BlockEncodi
     out.trigram_ids.insert(out.trigram_ids.end(), ids.begin(), ids.end());
     out.rows_per_word.push_back(static_cast<int64_t>(ids.size()));
   }
+  // Kept for the next text up to a million views (16 MiB), as the splitter's binding does: a text of
+  // millions of words would otherwise leave every thread that split one holding its size for good.
+  constexpr size_t kKeptViews = size_t{1} << 20;
+  if (words.capacity() > kKeptViews) std::vector<std::string_view>().swap(words);
 }
 
 // Writes the pattern rows of a block (m indices each) to rows[]. Trigram rows are looked up in one
