@@ -159,3 +159,24 @@ def test_int32_indices_past_what_int32_offsets_reach_are_refused_by_name():
         _native.narrowed_offsets(offsets, indices, "pos_indices")
     fits = indices[: 2**31 - 1]
     assert _native.narrowed_offsets(torch.tensor([0, 2**31 - 1]), fits).tolist() == [0, 2**31 - 1]
+
+
+def test_a_flagged_error_leaves_no_cycle_holding_the_call_tensors():
+    """Raising the message itself made error -> traceback -> a caller's frame -> the messages -> error, which
+    kept a failed GPU call's tensors alive until the garbage collector ran."""
+    import weakref
+
+    def failing_call():
+        output = torch.empty(1000)
+        messages = {1: ValueError("offsets: bad"), 2: IndexError("indices: out of range")}
+        failing_call.output = weakref.ref(output)
+        _native.raise_on_flag(torch.tensor([3], dtype=torch.int32), messages)
+
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(ValueError, match="^offsets: bad$"):
+            failing_call()
+        assert failing_call.output() is None  # freed by reference counting alone
+    finally:
+        gc.enable()

@@ -3,6 +3,7 @@ CUDA error flag through which kernels report bad values without a device-side as
 
 from __future__ import annotations
 
+import copy
 import math
 import weakref
 
@@ -215,7 +216,9 @@ def raise_on_flag(flag: torch.Tensor | None, messages: dict[int, BaseException])
     bits = int(flag.item())
     for bit, error in messages.items():
         if bits & bit:
-            raise error
+            # A copy: the callers' frames, which the raised error's traceback holds, hold the message itself;
+            # raising it would make a cycle that keeps the failed call's tensors alive until gc runs.
+            raise copy.copy(error)
     if bits:
         raise RuntimeError(f"kernel reported unknown error bits {bits:#x}")
 
