@@ -9,6 +9,9 @@
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
 #endif
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "common/memory.h"
 
@@ -99,9 +102,19 @@ size_t scratch_cache_limit() {
 
 void set_scratch_cache_limit(size_t bytes) {
   ScratchCache& c = cache();
-  std::lock_guard<std::mutex> lock(c.mutex);
-  c.limit = bytes;
-  c.make_room(0);
+  size_t freed = 0;
+  {
+    std::lock_guard<std::mutex> lock(c.mutex);
+    c.limit = bytes;
+    freed = c.cached_bytes;
+    c.make_room(0);
+    freed -= c.cached_bytes;
+  }
+#ifdef __GLIBC__
+  // glibc keeps freed blocks below its (adaptive, up to 32 MiB) mmap threshold in the heap: without a
+  // trim, lowering the limit would give the process's memory back to glibc but not to the system.
+  if (freed > 0) malloc_trim(0);
+#endif
 }
 
 size_t scratch_cached_bytes() {
