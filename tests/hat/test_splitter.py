@@ -243,6 +243,9 @@ def test_batch_matches_single_texts():
         assert bytes(batch.bytes.tolist()) == "".join(texts).encode()
         assert batch.num_words == sum(len(e) for e in expected)
         assert batch.word_lengths().tolist() == [len(w) for e in expected for w in e]
+        # No storage sized for a word per byte rides along (torch.save and share_memory_ copy it whole).
+        assert batch.word_offsets.untyped_storage().nbytes() == 8 * (batch.num_words + 1)
+        assert batch.bytes.untyped_storage().nbytes() == batch.bytes.numel()
 
 
 def test_batch_same_for_any_thread_count():

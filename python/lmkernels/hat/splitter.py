@@ -132,7 +132,10 @@ def split_batch(texts: Sequence[str], max_bytes: int | None = None,
     word_offsets = torch.empty(total + 1, dtype=torch.int64)
     text_word_offsets = torch.empty(len(texts) + 1, dtype=torch.int64)
     used, words = _C.hat_split_batch(texts, limit, specials, data, word_offsets, text_word_offsets)
-    return SplitBatch(data[:used], word_offsets[:words + 1], text_word_offsets)
+    # The buffers had room for a word per byte: as views they would carry it along (torch.save and
+    # share_memory_, as DataLoader workers do, copy a view's whole storage: 5x the offsets of real text).
+    data = data if used == total else data[:used].clone()
+    return SplitBatch(data, word_offsets[:words + 1].clone(), text_word_offsets)
 
 
 class HATRuleSplitter:
