@@ -67,6 +67,17 @@ def test_disk_cache_hit_skips_generation(model, prompts, tmp_path, monkeypatch):
     assert second.key == first.key and torch.equal(second.continuations, first.continuations)
 
 
+def test_a_failed_cache_write_leaves_no_file(model, prompts, tmp_path, monkeypatch):
+    def full_disk(obj, path):
+        open(path, "wb").write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(continuations_module.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        dtm.reference_continuations(model, prompts, 4, 2, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cache_key_depends_on_model_state_prompts_and_sizes(model, prompts, tmp_path):
     key = dtm.reference_continuations(model, prompts, 4, 2, cache_dir=tmp_path).key
     other_keys = {

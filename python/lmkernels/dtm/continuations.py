@@ -187,8 +187,11 @@ def _references(model, prompts, num_tokens: int, batch_size: int, cache_dir, use
     if use_disk_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(references.continuations, temporary)
-        temporary.replace(path)  # atomic: a concurrent reader never sees half a file
+        try:
+            torch.save(references.continuations, temporary)
+            temporary.replace(path)  # atomic: a concurrent reader never sees half a file
+        finally:
+            temporary.unlink(missing_ok=True)  # what a failed save (a full disk) left
     return references
 
 
