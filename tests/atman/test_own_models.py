@@ -185,6 +185,13 @@ def test_tfree_leaves_the_model_and_the_dictionary_unchanged(tfree_model, dictio
     assert explanation.targets == [" dance", "."]
     assert dictionary.words == known and "Zebras" not in dictionary  # the adapter added them to its own copy
     assert "Zebras" in adapter.dictionary and "dance" in adapter.dictionary
+    # The next explanation starts from the caller's dictionary again: a serving adapter does not grow.
+    again = explain(adapter, "Giraffes hum softly. And they", " dance.", units="word")
+    assert "Giraffes" in adapter.dictionary and "Zebras" not in adapter.dictionary
+    added = set(adapter.dictionary.words) - set(known)
+    assert added == set(tokenizer.split("Giraffes hum softly. And they dance.")) - set(known)
+    assert len(adapter.dictionary) == len(known) + len(added)
+    assert again.targets == [" dance", "."]
     with torch.no_grad():
         assert torch.equal(tfree_model(encoding.rows, encoding.row_offsets, positions), before)
     assert all(torch.equal(state[name], tensor) for name, tensor in tfree_model.state_dict().items())

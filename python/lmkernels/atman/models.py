@@ -152,9 +152,9 @@ class TFreeCausalLM(_DecoderLM):
     target is split on its own.
 
     The adapter decodes with its own copy of ``dictionary`` (the caller's is left as it is) and adds
-    the words of the prompts and targets it sees to that copy, as the official pipeline adds the
-    prompt's words before decoding: a target word must be in the dictionary to have a probability.
-    Later explanations through the same adapter therefore score over the grown dictionary.
+    the words of the prompt and target to that copy, as the official pipeline adds the prompt's words
+    before decoding: a target word must be in the dictionary to have a probability. Each prompt starts
+    from ``dictionary`` again, so an adapter that serves many explanations does not grow with them.
     """
 
     def __init__(self, model, dictionary, max_length: int | None = None):
@@ -175,7 +175,8 @@ class TFreeCausalLM(_DecoderLM):
         self.model = model
         self.decoder = model.decoder
         self.tokenizer = tokenizer
-        self.dictionary = copy.copy(dictionary)  # grows with the texts explained; the caller's stays as it is
+        self._base = dictionary
+        self.dictionary = copy.copy(dictionary)  # grows with one explanation's words; the caller's stays as it is
         self.max_length = max_length
         self.num_layers = len(model.decoder.layers)
         self._prompt: list[str] | None = None  # the words of the last prompt, which a target's split continues
@@ -190,6 +191,8 @@ class TFreeCausalLM(_DecoderLM):
         return self.model.head.weight.device
 
     def tokens(self, text, name: str, is_prompt: bool) -> Tokens:
+        if is_prompt:  # a new explanation: the last one's words go
+            self.dictionary = copy.copy(self._base)
         tokens = super().tokens(text, name, is_prompt)
         words = [self.dictionary.words[i] for i in tokens.ids] if all(
             0 <= i < len(self.dictionary) for i in tokens.ids) else None
