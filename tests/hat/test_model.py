@@ -227,6 +227,14 @@ def test_every_trainable_weight_gets_a_gradient():
                if name not in frozen)
 
 
+def test_compiles_as_one_graph_and_equals_eager():
+    torch.manual_seed(0)
+    model = HATModel(HATConfig.tiny(width=32, layers=1, window=7))
+    batch = HATBatch.from_words([TEXT_A, TEXT_B])
+    compiled = torch.compile(model, fullgraph=True)  # the batch's value checks run in eager mode only
+    torch.testing.assert_close(compiled(batch), model(batch), rtol=1e-5, atol=1e-5)
+
+
 def test_bad_batches():
     model = released_model()
     with pytest.raises(ValueError, match="max_word_size"):

@@ -206,7 +206,8 @@ class HATModel(torch.nn.Module):
 
     def forward(self, batch: HATBatch) -> Tensor:
         """Next-byte logits [T, 256] for a packed batch."""
-        batch.check(self.config.max_word_size)
+        if not torch.compiler.is_compiling():  # its value checks would break the graph at every bool()
+            batch.check(self.config.max_word_size)
         byte_positions, word_positions = batch.positions()
         byte_states = self.encoder(batch, byte_positions)
         words = self.encoder_connector(byte_states, batch, word_positions, byte_positions)
