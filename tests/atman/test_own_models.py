@@ -330,6 +330,12 @@ def test_umup_bad_input(umup_model):
         UMuPCausalLM(torch.nn.Linear(2, 2))
 
 
+def test_compiled_and_data_parallel_models_are_explained_as_the_model(umup_model):
+    expected = explain(umup_model, [5, 9, 2, 7], [3, 1]).relevance
+    for wrapped in (torch.compile(umup_model), torch.nn.DataParallel(umup_model)):
+        assert torch.equal(explain(wrapped, [5, 9, 2, 7], [3, 1]).relevance, expected)
+
+
 # HAT and others
 
 def test_hat_and_other_models_are_rejected_with_the_reason():

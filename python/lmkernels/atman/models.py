@@ -254,6 +254,19 @@ SUPPORTED = ("lmkernels.nn.CausalLM, lmkernels.tfree.TFreeLM, lmkernels.umup.Tra
              "Face transformers causal LM or encoder")
 
 
+def _unwrapped(model):
+    """The module inside torch.compile's, DistributedDataParallel's and DataParallel's wrappers."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    while True:
+        if isinstance(model, OptimizedModule):
+            model = model._orig_mod
+        elif isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def adapter_for(model, tokenizer=None):
     """The adapter of ``model``, which is one of:
 
@@ -266,10 +279,13 @@ def adapter_for(model, tokenizer=None):
       for ``CausalLM``);
     - a Hugging Face causal LM or encoder (``lmkernels.atman.hf``, with its fast tokenizer).
 
+    A model inside ``torch.compile``'s or ``DistributedDataParallel``'s wrapper is explained as the model
+    itself (run eagerly: the suppression replaces its attention for each pass).
     ``lmkernels.hat.HATModel`` raises ``TypeError`` (not supported, see the message), as does anything else.
     """
     if isinstance(model, Adapter):
         return model
+    model = _unwrapped(model)
     if isinstance(model, CausalLM):
         return LMKernelsCausalLM(model, tokenizer)
     from lmkernels.hat import HATModel
