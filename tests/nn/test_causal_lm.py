@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lmkernels.nn import ByteTokenizer, CausalLM, DecoderConfig
+from lmkernels.nn import ByteTokenizer, CausalLM, DecoderConfig, KeySuppression, RMSNorm
 
 
 def _model():
@@ -65,3 +65,65 @@ def test_compiles_with_fullgraph():
     model = CausalLM(256, DecoderConfig(dim=32, num_layers=1, num_heads=2))
     tokens = torch.randint(256, (2, 6))
     torch.testing.assert_close(torch.compile(model, fullgraph=True)(tokens), model(tokens))
+
+
+def test_fixed_seed_draws_every_weight_as_before():
+    # Recorded before the init scheme moved into reset_parameters: a seed still gives the same model.
+    torch.manual_seed(0)
+    model = CausalLM(8, DecoderConfig(dim=8, num_layers=1, num_heads=2))
+    recorded = {"embedding.weight": [0.265726, -0.568386], "head.weight": [0.06107, -0.080196],
+                "decoder.layers.0.attention.q_proj.weight": [0.194091, -0.044625],
+                "decoder.layers.0.attention.o_proj.weight": [-0.350424, 0.159592],
+                "decoder.layers.0.mlp.w_in.weight": [-0.506647, 0.245764],
+                "decoder.layers.0.mlp.w_gate.weight": [-0.339582, 0.268442],
+                "decoder.layers.0.mlp.w_out.weight": [0.365858, 1.499263]}
+    parameters = dict(model.named_parameters())
+    for name, values in recorded.items():
+        torch.testing.assert_close(parameters[name].detach().flatten()[:2], torch.tensor(values), rtol=0, atol=1e-6)
+    assert all(parameters[name].eq(1).all() for name in parameters if name.endswith("norm.weight"))
+
+
+def _reset_each_module(model):
+    for module in model.modules():  # parents first, as FSDP's deferred init visits them
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+@pytest.mark.parametrize("reset", [_reset_each_module, lambda model: model.reset_parameters()],
+                         ids=["each module", "model"])
+def test_deferred_init_on_meta_draws_the_init_scheme(reset):
+    config = DecoderConfig(dim=64, num_layers=2, num_heads=4)
+    torch.manual_seed(0)
+    fresh = CausalLM(256, config)
+    with torch.device("meta"):
+        model = CausalLM(256, config)
+    model.to_empty(device="cpu")
+    reset(model)
+    for name, parameter in model.named_parameters():
+        expected = fresh.get_parameter(name).detach()
+        assert abs(float(parameter.mean() - expected.mean())) < 0.01, name
+        if name.endswith("norm.weight"):
+            assert parameter.eq(1).all(), name
+        else:
+            torch.testing.assert_close(parameter.std(), expected.std(), rtol=0.1, atol=0, msg=name)
+    assert abs(float(model.embedding.weight.std()) - (2 / (5 * 64)) ** 0.5) < 0.005
+    assert abs(float(model.decoder.layers[0].mlp.w_out.weight.std()) - 2 / (2 * 64 ** 0.5)) < 0.005
+    assert torch.isfinite(model(torch.randint(256, (1, 5)))).all()
+
+
+def test_rms_norm_resets_its_gain_to_one():
+    norm = RMSNorm(4)
+    with torch.no_grad():
+        norm.weight.fill_(float("nan"))
+    norm.reset_parameters()
+    assert norm.weight.eq(1).all()
+
+
+def test_batch_of_zero_gives_empty_logits_and_gradients():
+    model = _model()
+    tokens = torch.zeros(0, 5, dtype=torch.int64)
+    for kwargs in ({}, {"cache": model.new_cache()}, {"suppression": KeySuppression(key_bias=torch.zeros(0, 5))}):
+        logits = model(tokens, **kwargs)
+        assert logits.shape == (0, 5, 50)
+        logits.sum().backward()
+        assert not model.head.weight.grad.any()

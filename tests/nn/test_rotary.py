@@ -47,3 +47,31 @@ def test_meta_initialisation_then_to_empty_and_load_gives_the_trained_model():
     model.load_state_dict(trained.state_dict())
     tokens = torch.randint(11, (2, 7))
     torch.testing.assert_close(model(tokens), trained(tokens), rtol=0, atol=0)
+
+
+def test_a_meta_model_loaded_with_assign_computes_its_frequencies():
+    # load_state_dict(assign=True) sets only what the checkpoint holds, not the frequencies.
+    config = DecoderConfig(dim=32, num_layers=1, num_heads=2)
+    torch.manual_seed(0)
+    trained = CausalLM(11, config)
+    with torch.device("meta"):
+        model = CausalLM(11, config)
+    model.load_state_dict(trained.state_dict(), assign=True)
+    tokens = torch.randint(11, (2, 7))
+    torch.testing.assert_close(model(tokens), trained(tokens), rtol=0, atol=0)
+    assert model.decoder.layers[0].attention.rotary.inverse_frequencies.device.type == "cpu"
+
+
+def test_reset_parameters_recomputes_the_frequencies():
+    rotary = RotaryEmbedding(16)
+    rotary.inverse_frequencies.fill_(float("nan"))
+    rotary.reset_parameters()
+    torch.testing.assert_close(rotary.inverse_frequencies, RotaryEmbedding(16).inverse_frequencies, rtol=0, atol=0)
+
+
+def test_repr_shows_the_sizes():
+    assert repr(RotaryEmbedding(16)) == "RotaryEmbedding(16, base=10000.0, interleaved=True)"
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    assert repr(RotaryEmbedding(8, 500000.0, False, scaling)) == \
+        f"RotaryEmbedding(8, base=500000.0, interleaved=False, scaling={scaling!r})"

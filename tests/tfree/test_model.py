@@ -170,3 +170,77 @@ def test_short_training_run_learns():
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
     assert last < 0.7 * first
     assert result.heldout_losses[-1][1] < result.heldout_losses[0][1]
+
+
+def _small_config():
+    return TFreeConfig(vocab_size=8, m=3, decoder=DecoderConfig(dim=8, num_layers=1, num_heads=2))
+
+
+def test_fixed_seed_draws_every_weight_as_before():
+    # Recorded before the init scheme moved into reset_parameters: a seed still gives the same model.
+    torch.manual_seed(0)
+    model = TFreeLM(_small_config())
+    recorded = {"embedding.weight": [-0.251745, -0.257676], "head.weight": [0.265726, -0.568386],
+                "decoder.layers.0.attention.q_proj.weight": [0.194091, -0.044625],
+                "decoder.layers.0.mlp.w_in.weight": [0.06107, -0.080196],
+                "decoder.layers.0.mlp.w_gate.weight": [-0.01292, 0.261962],
+                "decoder.layers.0.mlp.w_out.weight": [-0.547915, 0.134173]}
+    parameters = dict(model.named_parameters())
+    for name, values in recorded.items():
+        torch.testing.assert_close(parameters[name].detach().flatten()[:2], torch.tensor(values), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_only", [False, True], ids=["each module", "model"])
+def test_deferred_init_on_meta_draws_the_init_scheme(model_only):
+    config = TFreeConfig(vocab_size=512, m=3, decoder=DecoderConfig(dim=64, num_layers=2, num_heads=4))
+    torch.manual_seed(0)
+    fresh = TFreeLM(config)
+    with torch.device("meta"):
+        model = TFreeLM(config)
+    model.to_empty(device="cpu")
+    for module in [model] if model_only else model.modules():  # parents first, as FSDP's deferred init
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    for name, parameter in model.named_parameters():
+        expected = fresh.get_parameter(name).detach()
+        assert abs(float(parameter.mean() - expected.mean())) < 0.01, name
+        if name.endswith("norm.weight"):
+            assert parameter.eq(1).all(), name
+        else:
+            torch.testing.assert_close(parameter.std(), expected.std(), rtol=0.1, atol=0, msg=name)
+    for weight in (model.embedding.weight, model.head.weight):
+        assert abs(float(weight.std()) - (2 / (5 * 64)) ** 0.5) < 0.005
+
+
+def test_a_meta_model_loaded_with_assign_equals_the_trained_one(tokenizer):
+    trained = _tiny_model(tokenizer)
+    with torch.device("meta"):
+        model = TFreeLM(trained.config)
+    model.load_state_dict(trained.state_dict(), assign=True)
+    encoding = tokenizer.encode("Hello Hello world")
+    positions = torch.arange(len(encoding.row_offsets) - 1).unsqueeze(0)
+    torch.testing.assert_close(model(encoding.rows, encoding.row_offsets, positions),
+                               trained(encoding.rows, encoding.row_offsets, positions), rtol=0, atol=0)
+
+
+def test_batch_of_zero_gives_empty_logits_and_gradients():
+    torch.manual_seed(0)
+    model = TFreeLM(_small_config())
+    logits = model(torch.zeros(0, 3, dtype=torch.int64), torch.zeros(1, dtype=torch.int64),
+                   torch.zeros(0, 4, dtype=torch.int64))
+    assert logits.shape == (0, 4, 8)
+    logits.sum().backward()
+    assert not model.head.weight.grad.any()
+
+
+def test_config_from_dict_takes_a_decoder_config():
+    config = _small_config()
+    assert TFreeConfig.from_dict(config.to_dict()) == config
+    assert TFreeConfig.from_dict({**config.to_dict(), "decoder": config.decoder}) == config
+    assert TFreeConfig.from_dict({"vocab_size": 8}).decoder == DecoderConfig()
+
+
+def test_repr_shows_the_sizes():
+    model = TFreeLM(_small_config())
+    assert repr(model.embedding) == "TFreeEmbedding(8, 8)"
+    assert "TFreeHead(in_features=8, out_features=8, bias=False" in repr(model.head)

@@ -266,3 +266,49 @@ def test_embedding_padding_row_is_zero_as_in_unit_scaling():
     torch.testing.assert_close(ours(ids), theirs(ids))
     with pytest.raises(ValueError, match="padding_idx"):
         umup.Embedding(5, 3, padding_idx=5)
+
+
+def test_fixed_seed_draws_the_weights_as_before():
+    # Recorded before the init moved into reset_parameters (torch.randn then): a seed gives the same layer.
+    torch.manual_seed(0)
+    layer = M.Linear(3, 2, bias=True)
+    recorded = [1.5409960746765137, -0.293428897857666, -2.1787893772125244, 0.5684312582015991,
+                -1.0845223665237427, -1.3985954523086548]
+    assert layer.weight.flatten().tolist() == recorded and layer.bias.tolist() == [0.0, 0.0]
+
+
+def test_reset_parameters_after_to_empty_draws_unit_normal_weights_and_unit_gains():
+    with torch.device("meta"):
+        model = M.TransformerDecoder(64, 256, layers=1, heads=4)
+        norm = M.RMSNorm(64, elementwise_affine=True)
+    for module in (model, norm):
+        module.to_empty(device="cpu")
+        for child in module.modules():
+            if hasattr(child, "reset_parameters"):
+                child.reset_parameters()
+    assert norm.weight.eq(1).all()
+    for name, parameter in model.named_parameters():
+        assert abs(float(parameter.mean())) < 0.05 and abs(float(parameter.std()) - 1) < 0.05, name
+    layer = M.Linear(4, 3, bias=True)
+    with torch.no_grad():
+        layer.bias.fill_(5)
+    layer.reset_parameters()
+    assert not layer.bias.any()
+
+
+def test_slices_of_the_containers_are_sequentials_of_the_same_modules():
+    model = M.TransformerDecoder(16, 30, layers=3, heads=2)
+    head = model[:-1]
+    assert type(head) is torch.nn.Sequential and list(head._modules) == ["embedding", "layers", "final_norm"]
+    assert head.layers is model.layers and model[-1] is model.projection and model[1] is model.layers
+    for layers in (model.layers[:2], model.layers[1:]):
+        assert type(layers) is torch.nn.Sequential and len(layers) == 2
+        assert all(p.mup_scaling_depth == 3 for p in layers.parameters())  # the model's depth, as tagged
+    assert list(model.layers[1:]._modules) == ["1", "2"] and model.layers[1:][0] is model.layers[1]
+    ids = torch.randint(30, (2, 5))
+    torch.testing.assert_close(model[:-1](ids), model.final_norm(model.layers(model.embedding(ids))))
+
+
+def test_embedding_repr_shows_the_padding_index():
+    assert repr(M.Embedding(5, 3)) == "Embedding(5, 3)"
+    assert repr(M.Embedding(5, 3, padding_idx=-1)) == "Embedding(5, 3, padding_idx=4)"

@@ -82,7 +82,7 @@ class SelfAttention(torch.nn.Module):
         k = self.rotary(k, positions.unsqueeze(1))
         if suppression is not None or prefix is not None:
             out = self._suppressed(q, k, v, allowed, cache, layer, suppression, prefix)
-            return self.o_proj(out.transpose(1, 2).reshape(batch, count, -1))
+            return self.o_proj(out.transpose(1, 2).reshape(batch, count, self.num_heads * self.head_dim))
         past = 0
         if cache is not None:
             past = cache.seen(layer)
@@ -96,7 +96,7 @@ class SelfAttention(torch.nn.Module):
         else:
             allowed = allowed[:, allowed.shape[1] - count:].unsqueeze(1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, count, -1))
+        return self.o_proj(out.transpose(1, 2).reshape(batch, count, self.num_heads * self.head_dim))
 
     def _suppressed(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, cache: KVCache | None, layer: int,
                     suppression: KeySuppression | None, prefix: KVCache | None) -> Tensor:

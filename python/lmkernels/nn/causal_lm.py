@@ -19,6 +19,7 @@ from torch import Tensor
 from lmkernels.nn.attention import KeySuppression
 from lmkernels.nn.decoder import Decoder, DecoderConfig
 from lmkernels.nn.kv_cache import KVCache
+from lmkernels.nn.normal_init import NormalEmbedding, NormalLinear, init_mlps, init_normal, reset_submodules
 
 
 class CausalLM(torch.nn.Module):
@@ -29,16 +30,17 @@ class CausalLM(torch.nn.Module):
         self.vocab_size = vocab_size
         self.config = config or DecoderConfig()
         dim = self.config.dim
-        self.embedding = torch.nn.Embedding(vocab_size, dim, device=device, dtype=dtype)
+        self.embedding = NormalEmbedding(vocab_size, dim, device=device, dtype=dtype)
         self.decoder = Decoder(self.config, device, dtype)
-        self.head = torch.nn.Linear(dim, vocab_size, bias=False, device=device, dtype=dtype)
-        std = math.sqrt(2 / (5 * dim))
-        for weight in [self.embedding.weight, self.head.weight]:
-            torch.nn.init.normal_(weight, std=std)
-        for layer in self.decoder.layers:
-            torch.nn.init.normal_(layer.mlp.w_in.weight, std=std)
-            torch.nn.init.normal_(layer.mlp.w_gate.weight, std=std)
-            torch.nn.init.normal_(layer.mlp.w_out.weight, std=2 / (self.config.num_layers * math.sqrt(dim)))
+        self.head = NormalLinear(dim, vocab_size, bias=False, device=device, dtype=dtype)
+        init_normal(self.embedding, math.sqrt(2 / (5 * dim)))
+        init_normal(self.head, math.sqrt(2 / (5 * dim)))
+        init_mlps(self.decoder)
+
+    def reset_parameters(self) -> None:
+        """Draw every weight again by the scheme of the module docstring (after ``to_empty`` of a model
+        built on the meta device, say); so does ``reset_parameters`` of each module in turn."""
+        reset_submodules(self)
 
     def new_cache(self) -> KVCache:
         return self.decoder.new_cache()

@@ -12,7 +12,11 @@ class RMSNorm(torch.nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
         self.eps = eps
-        self.weight = torch.nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.weight = torch.nn.Parameter(torch.empty(dim, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.ones_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         x32 = x.float()

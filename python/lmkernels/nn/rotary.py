@@ -46,10 +46,10 @@ class RotaryEmbedding(torch.nn.Module):
             if scaling.get("rope_type", scaling.get("type")) != "llama3":
                 raise ValueError(f"scaling: only rope_type 'llama3' is supported, got {scaling!r}")
             frequencies = llama3_scaled(frequencies, scaling)
-        self.interleaved = interleaved
+        self.head_dim, self.base, self.interleaved, self.scaling = head_dim, base, interleaved, scaling
         self._frequencies = frequencies.float()
-        self.register_buffer("inverse_frequencies", self._frequencies.to(torch.get_default_device() if device is None
-                                                                         else device), persistent=False)
+        self.register_buffer("inverse_frequencies", None, persistent=False)
+        self.materialize(torch.get_default_device() if device is None else device)
 
     def _apply(self, fn, recurse=True):
         # The buffer is computed again from the fp32 copy after every conversion: model.to(torch.bfloat16)
@@ -63,9 +63,19 @@ class RotaryEmbedding(torch.nn.Module):
     def materialize(self, device: torch.device | str = "cpu") -> None:
         """Compute the frequencies on ``device``: for a module built on the meta device whose
         parameters were then loaded (the frequencies are not in a checkpoint)."""
-        self.inverse_frequencies = self._frequencies.to(device)
+        # A copy: on the CPU, to() would return the fp32 copy itself, which an in-place write to the
+        # buffer would then change for good.
+        self.inverse_frequencies = self._frequencies.to(device, copy=True)
+
+    def reset_parameters(self) -> None:
+        # FSDP's deferred init calls reset_parameters on every module that holds a parameter or buffer.
+        self.materialize(self.inverse_frequencies.device)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        if self.inverse_frequencies.is_meta and not x.is_meta:
+            # Built on the meta device, then loaded with load_state_dict(assign=True), which sets only
+            # what the checkpoint holds: the frequencies go to the device the inputs come on.
+            self.materialize(x.device)
         angles = positions.unsqueeze(-1).float() * self.inverse_frequencies  # [..., S, d/2]
         cos, sin = angles.cos(), angles.sin()
         if self.interleaved:
@@ -74,3 +84,7 @@ class RotaryEmbedding(torch.nn.Module):
             return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
         a, b = x.float().chunk(2, dim=-1)
         return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        scaling = "" if self.scaling is None else f", scaling={self.scaling!r}"
+        return f"{self.head_dim}, base={self.base}, interleaved={self.interleaved}{scaling}"

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from lmkernels.nn import Decoder, DecoderConfig, KVCache
+from lmkernels.nn.normal_init import NormalLinear, init_mlps, init_normal, reset_submodules
 from lmkernels.ops import embedding_bag, multilabel_bce_with_logits
 from lmkernels.tfree.encoding import TrainingBatch
 
@@ -39,7 +40,8 @@ class TFreeConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TFreeConfig":
         values = dict(values)
-        values["decoder"] = DecoderConfig(**values.get("decoder", {}))
+        decoder = values.get("decoder", {})
+        values["decoder"] = decoder if isinstance(decoder, DecoderConfig) else DecoderConfig(**decoder)
         return cls(**values)
 
 
@@ -49,18 +51,24 @@ class TFreeEmbedding(torch.nn.Module):
     def __init__(self, vocab_size: int, dim: int, device=None, dtype=None):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.empty(vocab_size, dim, device=device, dtype=dtype))
-        torch.nn.init.normal_(self.weight, std=math.sqrt(2 / (5 * dim)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.normal_(self.weight, std=math.sqrt(2 / (5 * self.weight.shape[1])))
 
     def forward(self, rows: Tensor, row_offsets: Tensor) -> Tensor:
         return embedding_bag(self.weight, rows.reshape(-1), row_offsets * rows.shape[1], mode="sum")
 
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, {self.weight.shape[1]}"
 
-class TFreeHead(torch.nn.Linear):
+
+class TFreeHead(NormalLinear):
     """``Linear(dim -> v)`` without bias: one logit per hash index."""
 
     def __init__(self, dim: int, vocab_size: int, device=None, dtype=None):
         super().__init__(dim, vocab_size, bias=False, device=device, dtype=dtype)
-        torch.nn.init.normal_(self.weight, std=math.sqrt(2 / (5 * dim)))
+        init_normal(self, math.sqrt(2 / (5 * dim)))
 
 
 def tfree_loss(logits: Tensor, target_rows: Tensor, target_offsets: Tensor, loss_weights: Tensor,
@@ -84,10 +92,12 @@ class TFreeLM(torch.nn.Module):
         self.embedding = TFreeEmbedding(config.vocab_size, dim, device, dtype)
         self.decoder = Decoder(config.decoder, device, dtype)
         self.head = TFreeHead(dim, config.vocab_size, device, dtype)
-        for layer in self.decoder.layers:
-            torch.nn.init.normal_(layer.mlp.w_in.weight, std=math.sqrt(2 / (5 * dim)))
-            torch.nn.init.normal_(layer.mlp.w_gate.weight, std=math.sqrt(2 / (5 * dim)))
-            torch.nn.init.normal_(layer.mlp.w_out.weight, std=2 / (config.decoder.num_layers * math.sqrt(dim)))
+        init_mlps(self.decoder)
+
+    def reset_parameters(self) -> None:
+        """Draw every weight again by the scheme of the module docstring (after ``to_empty`` of a model
+        built on the meta device, say); so does ``reset_parameters`` of each module in turn."""
+        reset_submodules(self)
 
     def hidden(self, rows: Tensor, row_offsets: Tensor, positions: Tensor, allowed: Tensor | None = None,
                cache: KVCache | None = None) -> Tensor:

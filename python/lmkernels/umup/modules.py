@@ -23,6 +23,8 @@ The readout and the embedding always stay in the model's dtype.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import Tensor
 
@@ -51,8 +53,16 @@ class Linear(torch.nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.constraint, self.fp8, self.critical, self.bf16 = constraint, fp8, critical, bf16
-        self.weight = parameter(torch.randn(out_features, in_features, device=device, dtype=dtype), weight_mup_type)
-        self.bias = parameter(torch.zeros(out_features, device=device, dtype=dtype), "bias") if bias else None
+        self.weight = parameter(torch.empty(out_features, in_features, device=device, dtype=dtype), weight_mup_type)
+        self.bias = parameter(torch.empty(out_features, device=device, dtype=dtype), "bias") if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 1) weight, zero bias, as in unit-scaling."""
+        with torch.no_grad():
+            self.weight.normal_()
+            if self.bias is not None:
+                self.bias.zero_()
 
     def forward(self, input: Tensor) -> Tensor:
         if self.fp8:
@@ -115,7 +125,8 @@ class Embedding(torch.nn.Module):
         return U.embedding(input, self.weight, self.padding_idx)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        padding = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{self.num_embeddings}, {self.embedding_dim}{padding}"
 
 
 class RMSNorm(torch.nn.Module):
@@ -125,7 +136,12 @@ class RMSNorm(torch.nn.Module):
         super().__init__()
         self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         self.eps = eps
-        self.weight = parameter(torch.ones(self.normalized_shape), "norm") if elementwise_affine else None
+        self.weight = parameter(torch.empty(self.normalized_shape), "norm") if elementwise_affine else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            torch.nn.init.ones_(self.weight)
 
     def forward(self, input: Tensor) -> Tensor:
         return U.rms_norm(input, self.normalized_shape, self.weight, self.eps)
@@ -222,6 +238,9 @@ class DepthSequential(torch.nn.Sequential):
                 raise ValueError(f"modules: parameter {name} is already in a depth-scaled container")
             param.mup_scaling_depth = len(self)
 
+    def __getitem__(self, idx):
+        return _sequential_item(self, idx)
+
 
 class TransformerStack(DepthSequential):
     """``layers`` transformer layers; layer i gets ``mhsa_tau = rule(2i, 2 layers)`` and
@@ -260,11 +279,22 @@ class TransformerDecoder(torch.nn.Sequential):
         self.projection = LinearReadout(hidden_size, vocab_size)
         set_fp8(self, fp8)
 
+    def __getitem__(self, idx):
+        return _sequential_item(self, idx)
+
     def loss(self, input_ids: Tensor) -> Tensor:
         """Mean next-token cross entropy of ``input_ids`` [batch, seq] (unit-scaled gradients)."""
         logits = self(input_ids).float()
         return U.cross_entropy(logits[..., :-1, :].flatten(end_dim=-2), input_ids[..., 1:].flatten(),
                                mult=self.loss_mult)
+
+
+def _sequential_item(sequential: torch.nn.Sequential, idx):
+    # torch's Sequential builds a slice as self.__class__(OrderedDict), which these constructors do not
+    # take; a plain Sequential of the same (already tagged) modules keeps their tags and names.
+    if isinstance(idx, slice):
+        return torch.nn.Sequential(OrderedDict(list(sequential._modules.items())[idx]))
+    return torch.nn.Sequential.__getitem__(sequential, idx)
 
 
 def set_fp8(model: torch.nn.Module, scheme: str) -> torch.nn.Module:
