@@ -48,7 +48,7 @@ def memory_cache_limit() -> int:
 
 def info() -> dict:
     """Version, build type, CUDA support and architectures, Hopper kernels, the SIMD level chosen at run time, the
-    FP8 GEMM's CPU kernel, threads, the memory cache's limit."""
+    FP8 GEMM's CPU kernel, threads, the memory cache's limit and what it holds now."""
     build = _C.build_info()
     return {
         "version": build["version"],
@@ -64,6 +64,7 @@ def info() -> dict:
         "threads": num_threads(),
         "threads_from": _C.parallel_backend(),
         "memory_cache_limit": memory_cache_limit(),
+        "memory_cached": _C.scratch_cached_bytes(),  # bytes of freed buffers the cache holds now
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
     }
