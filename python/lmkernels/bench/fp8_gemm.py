@@ -114,6 +114,7 @@ def _cuda_peers(a, b, bias):
     bias_bf16 = bias.to(torch.bfloat16)  # _scaled_mm takes the bias in the output dtype
 
     def scaled_mm():
-        return torch._scaled_mm(a, b.T, scale_a=scale_a, scale_b=scale_b, bias=bias_bf16, out_dtype=torch.bfloat16)
+        out = torch._scaled_mm(a, b.T, scale_a=scale_a, scale_b=scale_b, bias=bias_bf16, out_dtype=torch.bfloat16)
+        return out[0] if isinstance(out, tuple) else out  # (out, amax) before torch 2.5
 
     return [("torch._scaled_mm (scale_a = alpha)", scaled_mm), _bf16_addmm(a, b, bias)]

@@ -49,7 +49,9 @@ class RotaryEmbedding(torch.nn.Module):
         self.head_dim, self.base, self.interleaved, self.scaling = head_dim, base, interleaved, scaling
         self._frequencies = frequencies.float()
         self.register_buffer("inverse_frequencies", None, persistent=False)
-        self.materialize(torch.get_default_device() if device is None else device)
+        # torch.empty follows a `with torch.device(...)` context in every torch 2.x; get_default_device only
+        # from 2.5 on.
+        self.materialize(torch.empty(0).device if device is None else device)
 
     def _apply(self, fn, recurse=True):
         # The buffer is computed again from the fp32 copy after every conversion: model.to(torch.bfloat16)
