@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings/families.h"
+#include "bindings/tensor_import.h"
 #include "common/errors.h"
 #include "common/parallel.h"
 #include "common/simd.h"
@@ -59,6 +60,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &lmk::set_num_threads, py::arg("n"), py::call_guard<py::gil_scoped_release>(),
         "Set the threads used by the CPU kernels.");
   m.def("parallel_backend", &lmk::parallel_backend, "Whose threads the CPU kernels run on.");
+  m.def("retag_float8", &lmk::bindings::retag_float8, py::arg("capsule"), py::arg("code"),
+        "A DLPack capsule of uint8 bytes relabelled, in place, as DLPack float8 (10: e4m3fn, 12: e5m2).");
   lmk::bindings::register_sparse(m);
   lmk::bindings::register_text_words(m);
   lmk::bindings::register_text_patterns(m);

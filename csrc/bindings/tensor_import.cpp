@@ -117,6 +117,23 @@ OptionalView TensorImports::optional(py::handle obj, const char* name) {
   return require(obj, name);
 }
 
+py::object retag_float8(py::object capsule, int code) {
+  if (code != dlpack::kDLFloat8_e4m3fn && code != dlpack::kDLFloat8_e5m2)
+    fail(ErrorKind::Value, "code: expected DLPack's float8 e4m3fn (", int(dlpack::kDLFloat8_e4m3fn), ") or e5m2 (",
+         int(dlpack::kDLFloat8_e5m2), "), got ", code);
+  const char* capsule_name = PyCapsule_CheckExact(capsule.ptr()) ? PyCapsule_GetName(capsule.ptr()) : nullptr;
+  if (!capsule_name || std::string(capsule_name) != "dltensor")
+    fail(ErrorKind::Value, "capsule: expected an unconsumed DLPack capsule (\"dltensor\")");
+  auto* m = static_cast<dlpack::DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), capsule_name));
+  if (!m) throw py::error_already_set();
+  dlpack::DLDataType& dtype = m->dl_tensor.dtype;
+  if (dtype.code != dlpack::kDLUInt || dtype.bits != 8 || dtype.lanes != 1)
+    fail(ErrorKind::Type, "capsule: expected uint8 bytes to retag, got DLPack dtype code ", int(dtype.code), ", bits ",
+         int(dtype.bits));
+  dtype.code = uint8_t(code);
+  return capsule;
+}
+
 void require_error_flag(const OptionalView& flag, const TensorView& like) {
   if (like.device != DeviceType::CUDA) return;
 #ifndef LMK_WITH_CUDA

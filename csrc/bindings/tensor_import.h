@@ -20,6 +20,10 @@ class TensorImports {
   std::vector<pybind11::object> capsules_;
 };
 
+// `capsule` (an unconsumed "dltensor" of uint8 bytes) relabelled as DLPack float8 `code`, in place: the
+// export of float8 tensors by torch versions whose DLPack has no float8 (before about 2.10).
+pybind11::object retag_float8(pybind11::object capsule, int code);
+
 // The CUDA error flag that the op layer allocates; required when the inputs live on a GPU.
 void require_error_flag(const OptionalView& flag, const TensorView& like);
 

@@ -111,3 +111,31 @@ def test_tensors_on_different_devices_raise_value_error():
     with pytest.raises(ValueError, match="out: expected the device of table"):
         _C.embedding_bag_forward(np.ones((3, 2), np.float32), np.array([0, 1, 2]), np.array([0, 3]), None, 0,
                                  gpu_capsule([1, 2], keep))
+
+
+def test_float8_goes_through_as_relabelled_bytes_where_torch_dlpack_has_no_float8(monkeypatch):
+    """torch before about 2.10 raises for float8 in to_dlpack: the op layer then exports the bytes and
+    relabels them, so fp8_cast and fp8_gemm give the same results."""
+    from lmkernels.ops import fp8_cast, fp8_gemm
+
+    x = torch.randn(64, 48, generator=torch.Generator().manual_seed(0)) * 8
+    expected = [fp8_cast(x, dtype) for dtype in (torch.float8_e4m3fn, torch.float8_e5m2)]
+    product = fp8_gemm(expected[0], expected[0])
+    real = torch.utils.dlpack.to_dlpack
+
+    def old_torch(t):
+        if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            raise RuntimeError("float8 types are not supported by dlpack")
+        return real(t)
+
+    monkeypatch.setattr(torch.utils.dlpack, "to_dlpack", old_torch)
+    for dtype, want in zip((torch.float8_e4m3fn, torch.float8_e5m2), expected):
+        got = fp8_cast(x, dtype)
+        assert got.dtype == dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+    assert torch.equal(fp8_gemm(expected[0], expected[0]), product)
+    with pytest.raises(ValueError, match="^code: expected DLPack's float8"):
+        _C.retag_float8(real(torch.zeros(2, dtype=torch.uint8)), 2)
+    with pytest.raises(TypeError, match="^capsule: expected uint8 bytes to retag"):
+        _C.retag_float8(real(torch.zeros(2)), 10)
+    with pytest.raises(ValueError, match="^capsule: expected an unconsumed DLPack capsule"):
+        _C.retag_float8(torch.zeros(2, dtype=torch.uint8), 10)

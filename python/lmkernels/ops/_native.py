@@ -100,7 +100,19 @@ def dl(t: torch.Tensor | None):
     2-3 us for the native side calling ``Tensor.__dlpack__``, which matters for small calls. No
     stream synchronisation is done: kernels run on the current stream, which the op passes.
     """
-    return None if t is None else torch.utils.dlpack.to_dlpack(t)
+    if t is None:
+        return None
+    try:
+        return torch.utils.dlpack.to_dlpack(t)
+    except (BufferError, RuntimeError, TypeError):
+        code = _DLPACK_FLOAT8.get(t.dtype)
+        if code is None:
+            raise
+        # torch before about 2.10 exports no float8 through DLPack: its bytes, relabelled in the capsule.
+        return _C.retag_float8(torch.utils.dlpack.to_dlpack(t.view(torch.uint8)), code)
+
+
+_DLPACK_FLOAT8 = {torch.float8_e4m3fn: 10, torch.float8_e5m2: 12}  # DLPack 1.1's kDLFloat8_e4m3fn, _e5m2
 
 
 # Below this, glibc's malloc already reuses freed memory; above it, each buffer is a fresh mapping.
