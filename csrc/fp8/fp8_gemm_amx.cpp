@@ -12,15 +12,22 @@
 // Layouts: A in panels of 32 rows, [K / 32][2 tiles of 16 rows x 32 bf16], each tile contiguous;
 // B in panels of 32 columns, [K / 2][32] words of (x[k] low, x[k + 1] high), the VNNI layout of a
 // B tile (16 k pairs x 16 columns at a stride of 128 bytes). K is padded to 32, rows and columns to
-// 32, with +0, whose products change no sum. The output is cut into kTileM x kTileN tiles computed
-// in parallel; a tile walks K in blocks whose A and B slices stay in L2, each 32 x 32 sub-block
-// (2 x 2 accumulator tiles, 2 A and 2 B tiles: all 8 tile registers) adding its block's products
-// to the tile's fp32 accumulators in memory. Tile loads that miss L2 stall the tile unit for
-// several times their work, so each sub-block prefetches into L2 what a later one will need.
+// 32, with +0, whose products change no sum. The output is cut into tiles of 128 or 256 rows x
+// kTileN computed in parallel; a tile walks K in blocks whose A and B slices stay in L2, each 32 x 32
+// sub-block (2 x 2 accumulator tiles, 2 A and 2 B tiles: all 8 tile registers) adding its block's
+// products to the tile's fp32 accumulators in memory. Tile loads that miss L2 stall the tile unit
+// for several times their work, so each sub-block prefetches into L2 what a later one will need.
+// Where M has at least 4 row strips per thread, a thread takes a whole strip of 256 (or 128) rows:
+// it decodes the strip's A panels into its own block, which stays in L2 for all the strip's tiles,
+// instead of reading A panels decoded up front from L3. B is decoded up front, E4M3 with integer
+// instructions (decode_e4m3_32).
 //
 // Tuned on 2 cores of an Emerald Rapids VM (docs/benchmarks.md): sub-blocks over all of K up to 2048
 // beat shorter K blocks (the accumulators' round trips through memory cost more than the L1 reuse
-// they buy); tiles of 128 x 256 beat 64, 128 or 512 rows.
+// they buy); tiles of 128 x 256 beat 64, 128 or 512 rows when A comes from L3. A B panel's first
+// pass (the strip's first row of sub-blocks) runs about 2.5x slower than the others, its tile loads
+// missing L2: 256-row strips halve how often that happens. Prefetch hints (T0 / T1 / T2 / none)
+// and prefetching B's first pass a few steps ahead measured alike.
 #include "fp8/fp8_gemm_bf16_pairs.h"
 #ifdef LMK_HAVE_BF16_PAIRS
 #include <sys/syscall.h>
@@ -28,7 +35,9 @@
 
 #include <cpuid.h>
 
+#include <cstdlib>
 #include <memory>
+#include <new>
 
 #include "common/dispatch.h"
 #include "common/index_math.h"
@@ -46,7 +55,8 @@ constexpr int64_t kStepK = 32;        // k per TDPBF16PS
 constexpr int64_t kATile = 16 * kStepK;  // bf16 of an A tile
 constexpr int64_t kAStep = 2 * kATile;    // bf16 of an A panel's step: two tiles
 constexpr int64_t kBStep = kStepK / 2 * kSub;  // words of a B panel's step
-constexpr int64_t kTileM = 128, kTileN = 256;
+constexpr int64_t kTileN = 256;
+constexpr int64_t kTileMSmall = 128, kTileMLarge = 256;  // see gemm_tiles
 constexpr int64_t kBlockK = 2048;  // a tile's A block (512 KiB) and B block (1 MiB) stay in L2 (2 MiB)
 
 // The tile register shapes (palette 1): tiles 0-3 accumulators, 4-5 A, 6-7 B; all 16 rows x 64 bytes.
@@ -106,6 +116,23 @@ __attribute__((target("amx-tile,amx-bf16"))) void multiply_32x32(const uint16_t*
   _tile_stored(3, acc + 16 * kTileN + 16, acc_bytes);
 }
 
+// 32 E4M3 bytes as bf16, in order (the values decode_32 gives, with fewer instructions): a normal
+// value's bits shifted into place with the exponent rebiased (7 -> 127), the 7 subnormals from a
+// table, NaN as decode_32 gives it.
+__attribute__((target("avx512f,avx512bw"))) inline __m512i decode_e4m3_32(const uint8_t* bytes) {
+  const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
+  const __m512i magnitude = _mm512_and_si512(wide, _mm512_set1_epi16(0x7F));
+  const __m512i sign = _mm512_and_si512(_mm512_slli_epi16(wide, 8), _mm512_set1_epi16(int16_t(0x8000)));
+  const __m512i subnormals = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                              0x3C60, 0x3C40, 0x3C20, 0x3C00, 0x3BC0, 0x3B80, 0x3B00, 0);
+  __m512i value = _mm512_add_epi16(_mm512_slli_epi16(magnitude, 4), _mm512_set1_epi16(0x3C00));
+  value = _mm512_mask_permutexvar_epi16(value, _mm512_cmplt_epu16_mask(magnitude, _mm512_set1_epi16(8)), magnitude,
+                                        subnormals);
+  value = _mm512_or_si512(value, sign);
+  return _mm512_mask_mov_epi16(value, _mm512_cmpeq_epi16_mask(magnitude, _mm512_set1_epi16(0x7F)),
+                               _mm512_set1_epi16(0x7FC0));
+}
+
 // An A panel: `rows` (<= 32) FP8 rows of K = k (row stride `row_stride` bytes) as `steps` pairs of A
 // tiles (16 rows x 32 bf16 each, rows 0-15 then 16-31), each tile contiguous, zeros past `rows` and
 // k. (Row-major bf16 with a power-of-two row stride would put a tile's 16 rows in one L1 set.)
@@ -116,21 +143,51 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void decode_a_panel(DType
   const bool e4m3 = dtype == DType::Float8E4M3FN;
   const int64_t vector_steps = k / kStepK;
   const std::array<uint16_t, 256>& bf16 = bf16_table(dtype);
-  for (int64_t s = 0; s < steps; ++s) {  // steps outer: the panel is written in order
-    for (int64_t r = 0; r < kSub; ++r) {
-      uint16_t* out = dst + s * kAStep + r * kStepK;  // rows 16-31 land in the step's second tile
-      if (r >= rows) {
-        std::fill_n(out, kStepK, uint16_t(0));
-        continue;
-      }
-      const uint8_t* row = first_row + r * row_stride;
-      if (s < vector_steps) {
-        _mm512_storeu_si512(out, decode_32(e4m3, row + s * kStepK, PairOrder::KLow));
-      } else {
-        for (int64_t j = 0; j < kStepK; ++j) out[j] = s * kStepK + j < k ? bf16[row[s * kStepK + j]] : 0;
-      }
+  for (int64_t r = 0; r < kSub; ++r) {  // rows outer: each row is read in order
+    uint16_t* out = dst + r * kStepK;       // rows 16-31 land in a step's second tile
+    if (r >= rows) {
+      for (int64_t s = 0; s < steps; ++s) _mm512_storeu_si512(out + s * kAStep, _mm512_setzero_si512());
+      continue;
+    }
+    const uint8_t* row = first_row + r * row_stride;
+    if (e4m3)
+      for (int64_t s = 0; s < vector_steps; ++s) _mm512_storeu_si512(out + s * kAStep, decode_e4m3_32(row + s * kStepK));
+    else
+      for (int64_t s = 0; s < vector_steps; ++s)
+        _mm512_storeu_si512(out + s * kAStep, decode_32(e4m3, row + s * kStepK, PairOrder::KLow));
+    for (int64_t s = vector_steps; s < steps; ++s)
+      for (int64_t j = 0; j < kStepK; ++j) out[s * kAStep + j] = s * kStepK + j < k ? bf16[row[s * kStepK + j]] : 0;
+  }
+}
+
+// A B panel, decode_pair_panel's (width 32, PairOrder::KLow) with E4M3 decoded by decode_e4m3_32.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void decode_b_panel(DType dtype, const uint8_t* first_row,
+                                                                            int64_t row_stride, int64_t rows,
+                                                                            int64_t k, int64_t steps, Bf16Word* dst) {
+  if (dtype != DType::Float8E4M3FN)
+    return decode_pair_panel(dtype, first_row, row_stride, rows, k, steps, dst, kSub, PairOrder::KLow);
+  const int64_t vector_k = k / kStepK * kStepK;
+  for (int64_t h = 0; h < kSub; h += 16) {
+    const int64_t live = std::clamp<int64_t>(rows - h, 0, 16);
+    for (int64_t j = 0; j < vector_k; j += kStepK) {
+      __m512i r[16];
+      for (int64_t i = 0; i < 16; ++i)
+        r[i] = i < live ? decode_e4m3_32(first_row + (h + i) * row_stride + j) : _mm512_setzero_si512();
+      transpose_16x16(r);
+      for (int q = 0; q < 16; ++q) _mm512_storeu_si512(dst + (j / 2 + q) * kSub + h, r[q]);
     }
   }
+  const std::array<uint16_t, 256>& bf16 = bf16_table(dtype);
+  for (int64_t j = vector_k; j < 2 * steps; j += 2)  // padding with +0 adds +0 products, which change no sum
+    for (int64_t w = 0; w < kSub; ++w) {
+      uint16_t x = 0, y = 0;
+      if (w < rows) {
+        const uint8_t* row = first_row + w * row_stride;
+        x = j < k ? bf16[row[j]] : 0;
+        y = j + 1 < k ? bf16[row[j + 1]] : 0;
+      }
+      dst[j / 2 * kSub + w] = bf16_word(x, y, PairOrder::KLow);
+    }
 }
 
 // The same A panel from an operand stored transposed: row r's k-th value at first[k * k_stride + r].
@@ -159,52 +216,84 @@ void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const flo
   const int64_t padded_m = round_up(m, kSub), padded_n = round_up(n, kSub);
 
   const int64_t a_panel = steps * kAStep, panel_words = padded_k / 2 * kSub;
-  const Scratch a_scratch = decode_operand_panels<uint16_t>(
-      a, kSub, a_panel, [&](bool transposed, const uint8_t* first, int64_t stride, int64_t live, uint16_t* dst) {
-        if (transposed) return decode_a_panel_transposed(a.dtype, first, stride, live, k, steps, dst);
-        decode_a_panel(a.dtype, first, stride, live, k, steps, dst);
-      });
+  auto decode_a = [&](bool transposed, const uint8_t* first, int64_t stride, int64_t live, uint16_t* dst) {
+    if (transposed) return decode_a_panel_transposed(a.dtype, first, stride, live, k, steps, dst);
+    decode_a_panel(a.dtype, first, stride, live, k, steps, dst);
+  };
+  // Row strips of A decoded by the thread that multiplies them, into its own block that stays in L2,
+  // where there are enough strips to share out (else A is decoded up front, as B always is).
+  const int64_t threads = num_threads();
+  const int64_t strip_m = ceil_div(m, kTileMLarge) >= 4 * threads   ? kTileMLarge
+                          : ceil_div(m, kTileMSmall) >= 4 * threads ? kTileMSmall
+                                                                    : 0;
+  const Scratch a_scratch = strip_m ? Scratch(nullptr, ScratchRelease{0})
+                                    : decode_operand_panels<uint16_t>(a, kSub, a_panel, decode_a);
   const Scratch b_scratch = decode_operand_panels<Bf16Word>(
       b, kSub, panel_words, [&](bool transposed, const uint8_t* first, int64_t stride, int64_t live, Bf16Word* dst) {
         if (transposed) return decode_pair_panel_transposed(b.dtype, first, stride, live, k, padded_k / 2, dst, kSub,
                                                             PairOrder::KLow);
-        decode_pair_panel(b.dtype, first, stride, live, k, padded_k / 2, dst, kSub, PairOrder::KLow);
+        decode_b_panel(b.dtype, first, stride, live, k, padded_k / 2, dst);
       });
-  const auto* a_tiles = reinterpret_cast<const uint16_t*>(a_scratch.get());
   const auto* b_panels = reinterpret_cast<const Bf16Word*>(b_scratch.get());
   const int64_t panels = padded_n / kSub;
 
-  const int64_t tiles_m = ceil_div(m, kTileM), tiles_n = ceil_div(n, kTileN);
-  parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t begin, int64_t end) {
+  // The output tile [row0, row0 + tile_m) x [col0, col0 + kTileN), `a_rows` the A panel of row0.
+  // `a_in_l2`: the A panels were decoded by this thread just before (else they are fetched from L3).
+  auto tile = [&](const uint16_t* a_rows, int64_t row0, int64_t col0, int64_t tile_m, bool a_in_l2, float* acc) {
+    const int64_t rows = std::min(tile_m, padded_m - row0), cols = std::min(kTileN, padded_n - col0);
+    for (int64_t s0 = 0; s0 < steps; s0 += kBlockK / kStepK) {
+      const int64_t block = std::min(kBlockK / kStepK, steps - s0);
+      // Columns outer: a B slice is read from L2 once per row. Into L2 meanwhile: during the first
+      // column, the next A slice (unless decoded here); throughout, a share of the next B slice.
+      const int64_t b_prefetch_lines = ceil_div(block * kBStep * int64_t(sizeof(Bf16Word)) / 64, rows / kSub);
+      for (int64_t j = 0; j < cols; j += kSub)
+        for (int64_t i = 0; i < rows; i += kSub) {
+          const uint16_t* a_block = a_rows + i / kSub * a_panel + s0 * kAStep;
+          const Bf16Word* b_block = b_panels + (col0 + j) / kSub * panel_words + s0 * kBStep;
+          const bool next_a = !a_in_l2 && j == 0 && i + kSub < rows;
+          const bool next_b = (col0 + j) / kSub + 1 < panels;
+          const uintptr_t prefetch =
+              next_a ? reinterpret_cast<uintptr_t>(a_block + a_panel)
+                     : reinterpret_cast<uintptr_t>(b_block) + uintptr_t(panel_words) * sizeof(Bf16Word) +
+                           uintptr_t(i / kSub * b_prefetch_lines) * 64;
+          const int64_t lines = next_a   ? kAStep * int64_t(sizeof(uint16_t)) / 64
+                                : next_b ? ceil_div(b_prefetch_lines, block)
+                                         : 0;
+          multiply_32x32(a_block, b_block, block, s0 == 0, acc + i * kTileN + j, prefetch, lines);
+        }
+    }
+    for (int64_t i = 0; i < std::min(tile_m, m - row0); ++i)
+      store_output_row(result + (row0 + i) * n + col0, acc + i * kTileN, std::min(kTileN, n - col0), alpha,
+                       bias ? bias + col0 : nullptr);
+  };
+
+  const int64_t tiles_n = ceil_div(n, kTileN), tiles_m = ceil_div(m, kTileMSmall);
+  const int64_t units = strip_m ? ceil_div(m, strip_m) : tiles_m * tiles_n;
+  parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
     configure_tiles();
-    const std::unique_ptr<float[]> acc(new float[kTileM * kTileN]);  // every element written before it is read
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t row0 = (t / tiles_n) * kTileM, col0 = (t % tiles_n) * kTileN;
-      const int64_t rows = std::min(kTileM, padded_m - row0), cols = std::min(kTileN, padded_n - col0);
-      for (int64_t s0 = 0; s0 < steps; s0 += kBlockK / kStepK) {
-        const int64_t block = std::min(kBlockK / kStepK, steps - s0);
-        // Columns outer: a B slice is read from L2 once per row. Into L2 meanwhile: during the first
-        // column, the next A slice; throughout, a share of the next B slice (the next tile's first).
-        const int64_t b_prefetch_lines = ceil_div(block * kBStep * int64_t(sizeof(Bf16Word)) / 64, rows / kSub);
-        for (int64_t j = 0; j < cols; j += kSub)
-          for (int64_t i = 0; i < rows; i += kSub) {
-            const uint16_t* a_block = a_tiles + (row0 + i) / kSub * a_panel + s0 * kAStep;
-            const Bf16Word* b_block = b_panels + (col0 + j) / kSub * panel_words + s0 * kBStep;
-            const bool next_a = j == 0 && i + kSub < rows;
-            const bool next_b = (col0 + j) / kSub + 1 < panels;
-            const uintptr_t prefetch =
-                next_a ? reinterpret_cast<uintptr_t>(a_block + a_panel)
-                       : reinterpret_cast<uintptr_t>(b_block) + uintptr_t(panel_words) * sizeof(Bf16Word) +
-                             uintptr_t(i / kSub * b_prefetch_lines) * 64;
-            const int64_t lines = next_a   ? kAStep * int64_t(sizeof(uint16_t)) / 64
-                                  : next_b ? ceil_div(b_prefetch_lines, block)
-                                           : 0;
-            multiply_32x32(a_block, b_block, block, s0 == 0, acc.get() + i * kTileN + j, prefetch, lines);
-          }
+    // Every element written before it is read; 64-byte aligned for the tile stores.
+    const std::unique_ptr<float, decltype(&std::free)> acc(
+        static_cast<float*>(std::aligned_alloc(64, kTileMLarge * kTileN * sizeof(float))), &std::free);
+    if (!acc) throw std::bad_alloc();
+    if (!strip_m) {
+      const auto* a_tiles = reinterpret_cast<const uint16_t*>(a_scratch.get());
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t row0 = (t / tiles_n) * kTileMSmall;
+        tile(a_tiles + row0 / kSub * a_panel, row0, (t % tiles_n) * kTileN, kTileMSmall, false, acc.get());
       }
-      for (int64_t i = 0; i < std::min(kTileM, m - row0); ++i)
-        store_output_row(result + (row0 + i) * n + col0, acc.get() + i * kTileN, std::min(kTileN, n - col0), alpha,
-                         bias ? bias + col0 : nullptr);
+    } else {
+      const Scratch strip = acquire_scratch(size_t(strip_m / kSub * a_panel) * sizeof(uint16_t));
+      auto* a_strip = reinterpret_cast<uint16_t*>(strip.get());
+      const bool transposed = stored_transposed(a);
+      const auto* bytes = a.as<const uint8_t>();
+      const int64_t row_step = transposed ? 1 : a.stride(0), stride = transposed ? a.stride(1) : a.stride(0);
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t row0 = u * strip_m;
+        for (int64_t r = 0; r < std::min(strip_m, m - row0); r += kSub)
+          decode_a(transposed, bytes + (row0 + r) * row_step, stride, std::min(kSub, m - row0 - r),
+                   a_strip + r / kSub * a_panel);
+        for (int64_t col0 = 0; col0 < n; col0 += kTileN) tile(a_strip, row0, col0, strip_m, true, acc.get());
+      }
     }
     release_tiles();
   });

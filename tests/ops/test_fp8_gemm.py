@@ -170,6 +170,36 @@ def test_amx_kernel_within_fp32_accumulation_bound(shape, a_dtype, b_dtype):
 
 
 @needs_amx
+@pytest.mark.parametrize("a_dtype, b_dtype", PAIRS)
+@pytest.mark.parametrize("m, transposed", [(520, False), (1100, False), (1100, True)])
+def test_amx_row_strips_decoded_per_thread(m, transposed, a_dtype, b_dtype):
+    # With at least 4 row strips per thread, each thread decodes its strips of A (128 rows at m = 520,
+    # 256 at 1100 on one thread) itself; a ragged last strip, more than one K block, A stored transposed.
+    a, b, bias = random_fp8(m, 2100, a_dtype), random_fp8(70, 2100, b_dtype), torch.randn(70)
+    if transposed:
+        a = a.t().contiguous().t()
+    previous = lmkernels.num_threads()
+    lmkernels.set_num_threads(1)
+    try:
+        out = fp8_gemm(a, b, 0.3, bias, torch.float32)
+    finally:
+        lmkernels.set_num_threads(previous)
+    assert_within_fp32_accumulation_bound(out, a, b, 0.3, bias)
+    assert torch.equal(out, fp8_gemm(a, b, 0.3, bias, torch.float32))  # any thread count: the same sums
+
+
+@needs_amx
+def test_amx_decodes_every_e4m3_code():
+    # Every code but NaN's (0x7F, 0xFF) against the identity, as A and as B: each product is one value.
+    codes = torch.tensor([c for c in range(256) if c & 0x7F != 0x7F], dtype=torch.uint8).view(E4M3)
+    eye = torch.eye(len(codes)).to(E4M3)
+    assert torch.equal(fp8_gemm(codes[None], eye, out_dtype=torch.float32)[0], codes.float())
+    assert torch.equal(fp8_gemm(eye, codes[None], out_dtype=torch.float32)[:, 0], codes.float())
+    nan = torch.tensor([0x7F, 0xFF], dtype=torch.uint8).view(E4M3)
+    assert fp8_gemm(nan[None], torch.eye(2).to(E4M3), out_dtype=torch.float32).isnan().all()
+
+
+@needs_amx
 def test_amx_kernel_as_accurate_as_the_sequential_sum():
     # Products spanning 2^-25 .. 2^17 with cancellation: the tile unit's errors are of the sequential
     # sum's size (measured: largest errors within a few percent of each other).
