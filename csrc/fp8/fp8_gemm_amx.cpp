@@ -19,8 +19,7 @@
 // for several times their work, so each sub-block prefetches into L2 what a later one will need.
 // Where M has at least 4 row strips per thread, a thread takes a whole strip of 256 (or 128) rows:
 // it decodes the strip's A panels into its own block, which stays in L2 for all the strip's tiles,
-// instead of reading A panels decoded up front from L3. B is decoded up front, E4M3 with integer
-// instructions (decode_e4m3_32).
+// instead of reading A panels decoded up front from L3. B is decoded up front.
 //
 // Tuned on 2 cores of an Emerald Rapids VM (docs/benchmarks.md): sub-blocks over all of K up to 2048
 // beat shorter K blocks (the accumulators' round trips through memory cost more than the L1 reuse
@@ -116,23 +115,6 @@ __attribute__((target("amx-tile,amx-bf16"))) void multiply_32x32(const uint16_t*
   _tile_stored(3, acc + 16 * kTileN + 16, acc_bytes);
 }
 
-// 32 E4M3 bytes as bf16, in order (the values decode_32 gives, with fewer instructions): a normal
-// value's bits shifted into place with the exponent rebiased (7 -> 127), the 7 subnormals from a
-// table, NaN as decode_32 gives it.
-__attribute__((target("avx512f,avx512bw"))) inline __m512i decode_e4m3_32(const uint8_t* bytes) {
-  const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
-  const __m512i magnitude = _mm512_and_si512(wide, _mm512_set1_epi16(0x7F));
-  const __m512i sign = _mm512_and_si512(_mm512_slli_epi16(wide, 8), _mm512_set1_epi16(int16_t(0x8000)));
-  const __m512i subnormals = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                              0x3C60, 0x3C40, 0x3C20, 0x3C00, 0x3BC0, 0x3B80, 0x3B00, 0);
-  __m512i value = _mm512_add_epi16(_mm512_slli_epi16(magnitude, 4), _mm512_set1_epi16(0x3C00));
-  value = _mm512_mask_permutexvar_epi16(value, _mm512_cmplt_epu16_mask(magnitude, _mm512_set1_epi16(8)), magnitude,
-                                        subnormals);
-  value = _mm512_or_si512(value, sign);
-  return _mm512_mask_mov_epi16(value, _mm512_cmpeq_epi16_mask(magnitude, _mm512_set1_epi16(0x7F)),
-                               _mm512_set1_epi16(0x7FC0));
-}
-
 // An A panel: `rows` (<= 32) FP8 rows of K = k (row stride `row_stride` bytes) as `steps` pairs of A
 // tiles (16 rows x 32 bf16 each, rows 0-15 then 16-31), each tile contiguous, zeros past `rows` and
 // k. (Row-major bf16 with a power-of-two row stride would put a tile's 16 rows in one L1 set.)
@@ -150,44 +132,11 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void decode_a_panel(DType
       continue;
     }
     const uint8_t* row = first_row + r * row_stride;
-    if (e4m3)
-      for (int64_t s = 0; s < vector_steps; ++s) _mm512_storeu_si512(out + s * kAStep, decode_e4m3_32(row + s * kStepK));
-    else
-      for (int64_t s = 0; s < vector_steps; ++s)
-        _mm512_storeu_si512(out + s * kAStep, decode_32(e4m3, row + s * kStepK, PairOrder::KLow));
+    for (int64_t s = 0; s < vector_steps; ++s)
+      _mm512_storeu_si512(out + s * kAStep, decode_32(e4m3, row + s * kStepK, PairOrder::KLow));
     for (int64_t s = vector_steps; s < steps; ++s)
       for (int64_t j = 0; j < kStepK; ++j) out[s * kAStep + j] = s * kStepK + j < k ? bf16[row[s * kStepK + j]] : 0;
   }
-}
-
-// A B panel, decode_pair_panel's (width 32, PairOrder::KLow) with E4M3 decoded by decode_e4m3_32.
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void decode_b_panel(DType dtype, const uint8_t* first_row,
-                                                                            int64_t row_stride, int64_t rows,
-                                                                            int64_t k, int64_t steps, Bf16Word* dst) {
-  if (dtype != DType::Float8E4M3FN)
-    return decode_pair_panel(dtype, first_row, row_stride, rows, k, steps, dst, kSub, PairOrder::KLow);
-  const int64_t vector_k = k / kStepK * kStepK;
-  for (int64_t h = 0; h < kSub; h += 16) {
-    const int64_t live = std::clamp<int64_t>(rows - h, 0, 16);
-    for (int64_t j = 0; j < vector_k; j += kStepK) {
-      __m512i r[16];
-      for (int64_t i = 0; i < 16; ++i)
-        r[i] = i < live ? decode_e4m3_32(first_row + (h + i) * row_stride + j) : _mm512_setzero_si512();
-      transpose_16x16(r);
-      for (int q = 0; q < 16; ++q) _mm512_storeu_si512(dst + (j / 2 + q) * kSub + h, r[q]);
-    }
-  }
-  const std::array<uint16_t, 256>& bf16 = bf16_table(dtype);
-  for (int64_t j = vector_k; j < 2 * steps; j += 2)  // padding with +0 adds +0 products, which change no sum
-    for (int64_t w = 0; w < kSub; ++w) {
-      uint16_t x = 0, y = 0;
-      if (w < rows) {
-        const uint8_t* row = first_row + w * row_stride;
-        x = j < k ? bf16[row[j]] : 0;
-        y = j + 1 < k ? bf16[row[j + 1]] : 0;
-      }
-      dst[j / 2 * kSub + w] = bf16_word(x, y, PairOrder::KLow);
-    }
 }
 
 // The same A panel from an operand stored transposed: row r's k-th value at first[k * k_stride + r].
@@ -232,7 +181,7 @@ void gemm_tiles(const TensorView& a, const TensorView& b, float alpha, const flo
       b, kSub, panel_words, [&](bool transposed, const uint8_t* first, int64_t stride, int64_t live, Bf16Word* dst) {
         if (transposed) return decode_pair_panel_transposed(b.dtype, first, stride, live, k, padded_k / 2, dst, kSub,
                                                             PairOrder::KLow);
-        decode_b_panel(b.dtype, first, stride, live, k, padded_k / 2, dst);
+        decode_pair_panel(b.dtype, first, stride, live, k, padded_k / 2, dst, kSub, PairOrder::KLow);
       });
   const auto* b_panels = reinterpret_cast<const Bf16Word*>(b_scratch.get());
   const int64_t panels = padded_n / kSub;

@@ -45,26 +45,32 @@ inline Bf16Word bf16_word(uint16_t k, uint16_t k_plus_1, PairOrder order) {
   return order == PairOrder::KHigh ? Bf16Word(k) << 16 | k_plus_1 : Bf16Word(k_plus_1) << 16 | k;
 }
 
-// The 16 words of 32 consecutive k of an FP8 row, decoded arithmetically: an FP8 byte is an fp16
-// bit pattern shifted (for E4M3 then scaled by 2^8, which is exact; S.1111.111 is NaN), converted
-// to 32 bf16 in k order (exact), x[k] low; for KHigh each word's halves are then swapped.
+// The 16 words of 32 consecutive k of an FP8 row, decoded arithmetically, x[k] low (exact): an E5M2
+// byte is the top byte of its fp16 bit pattern, converted through fp32; an E4M3 byte's
+// normal value is its bits shifted into place with the exponent rebiased (7 -> 127), its 7
+// subnormals come from a table and S.1111.111 is NaN (integer instructions only: about twice as
+// fast as through fp16). For KHigh each word's halves are then swapped.
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline __m512i decode_32(bool e4m3, __m256i bytes,
                                                                                  PairOrder order) {
   const __m512i wide = _mm512_cvtepu8_epi16(bytes);
-  const __m512i magnitude = _mm512_and_si512(wide, _mm512_set1_epi16(0x7F));
-  const __m512i half_bits =
-      e4m3 ? _mm512_or_si512(_mm512_slli_epi16(magnitude, 7),
-                             _mm512_slli_epi16(_mm512_and_si512(wide, _mm512_set1_epi16(0x80)), 8))
-           : _mm512_slli_epi16(wide, 8);
-  __m512 low = _mm512_cvtph_ps(_mm512_castsi512_si256(half_bits));
-  __m512 high = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(half_bits, 1));
+  __m512i words;
   if (e4m3) {
-    const __mmask32 nan = _mm512_cmpeq_epi16_mask(magnitude, _mm512_set1_epi16(0x7F));
-    const __m512 quiet_nan = _mm512_set1_ps(__builtin_nanf(""));
-    low = _mm512_mask_blend_ps(__mmask16(nan), _mm512_mul_ps(low, _mm512_set1_ps(256.f)), quiet_nan);
-    high = _mm512_mask_blend_ps(__mmask16(nan >> 16), _mm512_mul_ps(high, _mm512_set1_ps(256.f)), quiet_nan);
+    const __m512i magnitude = _mm512_and_si512(wide, _mm512_set1_epi16(0x7F));
+    const __m512i sign = _mm512_and_si512(_mm512_slli_epi16(wide, 8), _mm512_set1_epi16(int16_t(0x8000)));
+    const __m512i subnormals = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                0x3C60, 0x3C40, 0x3C20, 0x3C00, 0x3BC0, 0x3B80, 0x3B00, 0);
+    words = _mm512_add_epi16(_mm512_slli_epi16(magnitude, 4), _mm512_set1_epi16(0x3C00));
+    words = _mm512_mask_permutexvar_epi16(words, _mm512_cmplt_epu16_mask(magnitude, _mm512_set1_epi16(8)), magnitude,
+                                          subnormals);
+    words = _mm512_or_si512(words, sign);
+    words = _mm512_mask_mov_epi16(words, _mm512_cmpeq_epi16_mask(magnitude, _mm512_set1_epi16(0x7F)),
+                                  _mm512_set1_epi16(0x7FC0));
+  } else {
+    const __m512i half_bits = _mm512_slli_epi16(wide, 8);
+    const __m512 low = _mm512_cvtph_ps(_mm512_castsi512_si256(half_bits));
+    const __m512 high = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(half_bits, 1));
+    words = (__m512i)_mm512_cvtne2ps_pbh(high, low);
   }
-  const auto words = (__m512i)_mm512_cvtne2ps_pbh(high, low);
   return order == PairOrder::KHigh ? _mm512_rol_epi32(words, 16) : words;
 }
 

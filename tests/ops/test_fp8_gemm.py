@@ -188,15 +188,21 @@ def test_amx_row_strips_decoded_per_thread(m, transposed, a_dtype, b_dtype):
     assert torch.equal(out, fp8_gemm(a, b, 0.3, bias, torch.float32))  # any thread count: the same sums
 
 
-@needs_amx
-def test_amx_decodes_every_e4m3_code():
-    # Every code but NaN's (0x7F, 0xFF) against the identity, as A and as B: each product is one value.
-    codes = torch.tensor([c for c in range(256) if c & 0x7F != 0x7F], dtype=torch.uint8).view(E4M3)
-    eye = torch.eye(len(codes)).to(E4M3)
-    assert torch.equal(fp8_gemm(codes[None], eye, out_dtype=torch.float32)[0], codes.float())
-    assert torch.equal(fp8_gemm(eye, codes[None], out_dtype=torch.float32)[:, 0], codes.float())
-    nan = torch.tensor([0x7F, 0xFF], dtype=torch.uint8).view(E4M3)
-    assert fp8_gemm(nan[None], torch.eye(2).to(E4M3), out_dtype=torch.float32).isnan().all()
+@pytest.mark.parametrize("exact_order", [False, True])
+@pytest.mark.parametrize("dtype", [E4M3, E5M2])
+def test_every_finite_code_is_decoded_exactly(dtype, exact_order):
+    # Every finite code against the identity, as A and as B (E4M3 with E5M2: E5M2 x E5M2 is refused):
+    # each output is one value. Then NaN codes give NaN.
+    finite = torch.arange(256, dtype=torch.uint8).view(dtype)
+    finite = finite[finite.float().isfinite()]
+    eye = torch.eye(len(finite)).to(E4M3)
+    rows = fp8_gemm(finite[None], eye, out_dtype=torch.float32, exact_order=exact_order)[0]
+    columns = fp8_gemm(eye, finite[None], out_dtype=torch.float32, exact_order=exact_order)[:, 0]
+    assert torch.equal(rows, finite.float()) and torch.equal(columns, finite.float())
+    nan = torch.arange(256, dtype=torch.uint8).view(dtype)
+    nan = nan[nan.float().isnan()]
+    assert fp8_gemm(nan[:, None], torch.ones(1, 1).to(E4M3), out_dtype=torch.float32,
+                    exact_order=exact_order).isnan().all()
 
 
 @needs_amx
