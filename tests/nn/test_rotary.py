@@ -37,26 +37,18 @@ def test_frequencies_follow_the_device_and_materialise_after_meta():
         .attention.rotary.inverse_frequencies.is_meta
 
 
-def test_meta_initialisation_then_to_empty_and_load_gives_the_trained_model():
+@pytest.mark.parametrize("assign", [False, True])
+def test_a_meta_model_loaded_from_a_checkpoint_gives_the_trained_model(assign):
+    # to_empty leaves the frequencies uninitialised memory, and load_state_dict(assign=True) sets only what
+    # the checkpoint holds: either way the frequencies are computed again.
     config = DecoderConfig(dim=32, num_layers=1, num_heads=2)
     torch.manual_seed(0)
     trained = CausalLM(11, config)
     with torch.device("meta"):
         model = CausalLM(11, config)
-    model.to_empty(device="cpu")  # the frequencies would be uninitialised memory
-    model.load_state_dict(trained.state_dict())
-    tokens = torch.randint(11, (2, 7))
-    torch.testing.assert_close(model(tokens), trained(tokens), rtol=0, atol=0)
-
-
-def test_a_meta_model_loaded_with_assign_computes_its_frequencies():
-    # load_state_dict(assign=True) sets only what the checkpoint holds, not the frequencies.
-    config = DecoderConfig(dim=32, num_layers=1, num_heads=2)
-    torch.manual_seed(0)
-    trained = CausalLM(11, config)
-    with torch.device("meta"):
-        model = CausalLM(11, config)
-    model.load_state_dict(trained.state_dict(), assign=True)
+    if not assign:
+        model.to_empty(device="cpu")
+    model.load_state_dict(trained.state_dict(), assign=assign)
     tokens = torch.randint(11, (2, 7))
     torch.testing.assert_close(model(tokens), trained(tokens), rtol=0, atol=0)
     assert model.decoder.layers[0].attention.rotary.inverse_frequencies.device.type == "cpu"
