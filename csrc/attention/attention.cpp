@@ -17,6 +17,16 @@ void check_float_output(const TensorView& t, const char* name, const TensorView&
   check_writable(t, name);
 }
 
+// grad_q, grad_k or grad_v: float32, or q's dtype for a result rounded once in the kernel.
+void check_grad_output(const TensorView& t, const char* name, const TensorView& q) {
+  if (t.dtype != DType::Float32 && t.dtype != q.dtype)
+    fail(ErrorKind::Type, name, ": expected dtype float32 or the dtype of q (", dtype_name(q.dtype), "), got ",
+         dtype_name(t.dtype));
+  check_same_device(t, name, q, "q");
+  check_contiguous(t, name);
+  check_writable(t, name);
+}
+
 void check_shape(const TensorView& t, const char* name, std::initializer_list<int64_t> expected) {
   bool same = t.ndim == int(expected.size());
   int d = 0;
@@ -57,7 +67,8 @@ GradientOperands gradient_operands(const AttentionGradients& g, bool varlen) {
   return GradientOperands{operand_of(g.grad_out, varlen), operand_of(g.lse, varlen), operand_of(g.delta, varlen),
                           operand_of(g.grad_q, varlen),   operand_of(g.grad_k, varlen), operand_of(g.grad_v, varlen),
                           optional(g.grad_bias),          optional(g.row_min),          optional(g.row_argmin),
-                          optional(g.grad_min),           optional(g.grad_factor)};
+                          optional(g.grad_min),           optional(g.grad_factor),
+                          g.grad_q.dtype != DType::Float32, g.grad_k.dtype != DType::Float32};
 }
 
 AttentionProblem check_attention(const AttentionInputs& in, const AttentionOptions& options, int64_t max_seqlen) {
@@ -195,10 +206,10 @@ void check_gradients(const AttentionProblem& p, const AttentionInputs& in, const
       check_shape(*t, name, {p.total_rows, p.q_heads});
     }
     check_writable(g.delta, "delta");
-    check_float_output(g.grad_q, "grad_q", q);
+    check_grad_output(g.grad_q, "grad_q", q);
     check_shape(g.grad_q, "grad_q", {p.total_rows, p.q_heads, p.dim});
     for (auto [t, name] : {std::pair{&g.grad_k, "grad_k"}, {&g.grad_v, "grad_v"}}) {
-      check_float_output(*t, name, q);
+      check_grad_output(*t, name, q);
       check_shape(*t, name, {p.total_rows, p.kv_heads, p.dim});
     }
   } else {
@@ -210,13 +221,14 @@ void check_gradients(const AttentionProblem& p, const AttentionInputs& in, const
       check_shape(*t, name, {p.items, p.q_heads, p.queries});
     }
     check_writable(g.delta, "delta");
-    check_float_output(g.grad_q, "grad_q", q);
+    check_grad_output(g.grad_q, "grad_q", q);
     check_shape(g.grad_q, "grad_q", {p.items, p.q_heads, p.queries, p.dim});
     for (auto [t, name] : {std::pair{&g.grad_k, "grad_k"}, {&g.grad_v, "grad_v"}}) {
-      check_float_output(*t, name, q);
+      check_grad_output(*t, name, q);
       check_shape(*t, name, {p.items, p.kv_heads, keys, p.dim});
     }
   }
+  check_same_dtype(g.grad_v, "grad_v", g.grad_k, "grad_k");  // the kernels write both in one pass
   if (g.grad_bias.has_value() != in.key_bias.has_value())
     fail(ErrorKind::Value, "grad_bias: expected an output exactly when key_bias is given");
   if (g.grad_bias) {

@@ -31,7 +31,9 @@
 //
 // Layouts: q, k, v, prefix_k, prefix_v, out and grad_out have unit stride in D and any
 // non-negative strides elsewhere (prefix batch stride 0 included: read in place). lse, row_min,
-// delta and every gradient are float32 outputs the op allocates contiguous.
+// delta and every gradient are outputs the op allocates contiguous: float32, except that grad_q
+// and grad_k / grad_v may each be in q's dtype, every element rounded once (to nearest even) from
+// its fp32 result, which one task computes and writes once.
 #pragma once
 #include <cstdint>
 
@@ -70,9 +72,9 @@ struct AttentionGradients {
   TensorView grad_out;  // like q, q's dtype (inputs)
   TensorView lse;       // the forward's
   TensorView delta;     // like lse, float32: a workspace the kernel fills (rowsum(grad_out * out))
-  TensorView grad_q;    // like q, float32
-  TensorView grad_k;    // [B, Hkv, P + Sk, D] (the prefix rows first), varlen [T, Hkv, D], float32
-  TensorView grad_v;    // like grad_k
+  TensorView grad_q;    // like q, float32 or q's dtype
+  TensorView grad_k;    // [B, Hkv, P + Sk, D] (the prefix rows first), varlen [T, Hkv, D], float32 or q's dtype
+  TensorView grad_v;    // like grad_k, grad_k's dtype
   OptionalView grad_bias;  // [B, Hkv, P + Sk] float32, present exactly when key_bias is
   // Present exactly when key_factor is: the forward's row_min and row_argmin, a float32 workspace
   // like lse for dm, and the factor gradient like grad_bias.
@@ -115,6 +117,7 @@ Operand operand_of(const TensorView& t, bool varlen);
 // The backward's tensors as operands (absent ones empty), as both devices' kernels read them.
 struct GradientOperands {
   Operand grad_out, lse, delta, grad_q, grad_k, grad_v, grad_bias, row_min, row_argmin, grad_min, grad_factor;
+  bool narrow_q = false, narrow_kv = false;  // grad_q, and grad_k and grad_v, in q's dtype (else float32)
 };
 GradientOperands gradient_operands(const AttentionGradients& g, bool varlen);
 

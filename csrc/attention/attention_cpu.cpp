@@ -77,6 +77,16 @@ T* row_of(const Operand& o, const Item& it, int64_t head, int64_t row) {
   return static_cast<T*>(o.data) + it.index * o.batch + head * o.head + (it.first_row + row) * o.row;
 }
 
+// Row `row` of a q, k or v gradient from its fp32 values: copied into a float32 gradient, or
+// rounded once into T (`narrow`).
+template <typename T>
+void store_gradient_row(const Operand& o, bool narrow, const Item& it, int64_t head, int64_t row, const float* src,
+                        int64_t dim) {
+  if (!narrow) return void(std::copy(src, src + dim, row_of<float>(o, it, head, row)));
+  T* dst = row_of<T>(o, it, head, row);
+  for (int64_t d = 0; d < dim; ++d) dst[d] = from_float<T>(src[d]);
+}
+
 // Key j of the concatenated prefix ⊕ own keys.
 template <typename T>
 const T* key_row(const AttentionProblem& p, const Operand& prefix, const Operand& own, const Item& it, int64_t head,
@@ -482,17 +492,17 @@ __attribute__((always_inline)) inline void grad_query_task(const AttentionProble
   }
   const float scale = float(p.options.scale);
   for (int64_t r = 0; r < count; ++r) {
-    float* dst = row_of<float>(g.grad_q, it, head, i0 + r);
-    const float* a = s.acc_a.data() + r * dp;
+    float* dq = s.acc_a.data() + r * dp;  // the row's dq, in place of its first sum
     const float* b = s.acc_b.data() + r * dp;
-    for (int64_t d = 0; d < p.dim; ++d) dst[d] = scale * (a[d] - delta[r] * b[d]);
+    for (int64_t d = 0; d < p.dim; ++d) dq[d] = scale * (dq[d] - delta[r] * b[d]);
     *row_of<float>(g.delta, it, head, i0 + r) = delta[r];
     if (p.key_factor) {
       const float grad_min = weighted_product[r] - delta[r] * weighted_prob[r];
       const T* key = key_row<T>(p, p.prefix_k, p.k, it, kv_head, s.argmin[size_t(r)]);
-      for (int64_t d = 0; d < p.dim; ++d) dst[d] += scale * grad_min * to_float(key[d]);
+      for (int64_t d = 0; d < p.dim; ++d) dq[d] += scale * grad_min * to_float(key[d]);
       *row_of<float>(g.grad_min, it, head, i0 + r) = grad_min;
     }
+    store_gradient_row<T>(g.grad_q, g.narrow_q, it, head, i0 + r, dq, p.dim);
   }
 }
 
@@ -555,10 +565,8 @@ __attribute__((always_inline)) inline void grad_key_task(const AttentionProblem&
       }
   }
   for (int64_t jj = 0; jj < n; ++jj) {
-    float* dk = row_of<float>(g.grad_k, it, kv_head, j0 + jj);
-    float* dv = row_of<float>(g.grad_v, it, kv_head, j0 + jj);
-    std::copy(s.acc_b.begin() + jj * dp, s.acc_b.begin() + jj * dp + p.dim, dk);
-    std::copy(s.acc_a.begin() + jj * dp, s.acc_a.begin() + jj * dp + p.dim, dv);
+    store_gradient_row<T>(g.grad_k, g.narrow_kv, it, kv_head, j0 + jj, s.acc_b.data() + jj * dp, p.dim);
+    store_gradient_row<T>(g.grad_v, g.narrow_kv, it, kv_head, j0 + jj, s.acc_a.data() + jj * dp, p.dim);
     if (p.key_bias) *row_of<float>(g.grad_bias, it, kv_head, j0 + jj) = s.bias_acc[size_t(jj)];
     if (p.key_factor) *row_of<float>(g.grad_factor, it, kv_head, j0 + jj) = s.factor_acc[size_t(jj)];
   }

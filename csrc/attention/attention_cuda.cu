@@ -91,6 +91,14 @@ __device__ float suppress(const AttentionProblem& p, float raw, float bias, floa
   return s;
 }
 
+// Element d of row `row` of a q, k or v gradient from its fp32 value: float32, or rounded once to T (`narrow`).
+template <typename T>
+__device__ void store_gradient(const Operand& o, bool narrow, const DeviceItem& it, int64_t head, int64_t row,
+                               int64_t d, float value) {
+  if (narrow) row_at<T>(o, it, head, row)[d] = from_float<T>(value);
+  else row_at<float>(o, it, head, row)[d] = value;
+}
+
 // The smaller of two (minimum, key) pairs over the row's threads; ties go to the lower key.
 __device__ void group_argmin(float& value, int64_t& key) {
 #pragma unroll
@@ -289,11 +297,12 @@ __global__ void __launch_bounds__(kThreads) grad_query_kernel(AttentionProblem p
   const bool argmin_ok = argmin >= 0 && argmin < it.keys;
   if (!argmin_ok && lane == 0) atomicOr(flag, kBadArgmin);
   const T* min_key = p.key_factor && argmin_ok ? keys(argmin) : nullptr;
-  float* dst = row_at<float>(g.grad_q, it, head, i);
 #pragma unroll
   for (int u = 0; u < kDimsPerLane; ++u) {
     const int64_t d = lane + u * kLanes;
-    if (d < dim) dst[d] = scale * (a[u] - delta * b[u] + (min_key ? grad_min * to_float(min_key[d]) : 0.f));
+    if (d < dim)
+      store_gradient<T>(g.grad_q, g.narrow_q, it, head, i, d,
+                        scale * (a[u] - delta * b[u] + (min_key ? grad_min * to_float(min_key[d]) : 0.f)));
   }
   if (lane == 0) {
     *row_at<float>(g.delta, it, head, i) = delta;
@@ -412,8 +421,8 @@ __global__ void __launch_bounds__(kThreads) grad_key_kernel(AttentionProblem p, 
   for (int s = 0; s < kGradSlots; ++s) {
     const int64_t e = tid + int64_t(s) * kThreads, jj = e / dim, d = e % dim;
     if (jj < n) {
-      row_at<float>(g.grad_k, it, kv_head, j0 + jj)[d] = acc_k[s];
-      row_at<float>(g.grad_v, it, kv_head, j0 + jj)[d] = acc_v[s];
+      store_gradient<T>(g.grad_k, g.narrow_kv, it, kv_head, j0 + jj, d, acc_k[s]);
+      store_gradient<T>(g.grad_v, g.narrow_kv, it, kv_head, j0 + jj, d, acc_v[s]);
     }
   }
   if (tid < n) {

@@ -12,6 +12,8 @@
 // products S^T = k q^T and dP^T = v grad_out^T, so that P^T and dS^T come out as the a operands of
 // dv += P^T grad_out and dk += dS^T q; the bias gradient sums the rows of dS^T.
 //
+// dq, dk and dv go out as float32 or, rounded once from their fp32 accumulators, in q's dtype.
+//
 // A row whose visible keys all have bias -inf has lse = -inf and no gradient: its lse is read as
 // +inf, so that every P_ij of the row is 0. Rows past the end of a tile are read the same way.
 #include <cuda_runtime.h>
@@ -35,15 +37,22 @@ __device__ __forceinline__ float lse_of_row(const Operand& lse, const DeviceItem
   return value == -INFINITY ? INFINITY : value;
 }
 
-// fp32 pairs (columns 8d + 2t and + 1 of rows g and g + 8 of a warp's fragments) into one row of a
-// gradient: row h of the lane's two, times `scale`, up to dim columns.
-template <int kDim>
-__device__ __forceinline__ void store_row(float* dst, const float (&acc)[kDim / 8][4], int h, int t, int64_t dim,
+// fp32 pairs (columns 8d + 2t and + 1 of rows g and g + 8 of a warp's fragments) into row `row` of a
+// gradient: row h of the lane's two, times `scale`, up to dim columns; as float2 into a float32
+// gradient, or rounded once into a pair of T (`narrow`).
+template <typename T, int kDim>
+__device__ __forceinline__ void store_row(const Operand& o, bool narrow, const DeviceItem& it, int64_t head,
+                                          int64_t row, const float (&acc)[kDim / 8][4], int h, int t, int64_t dim,
                                           float scale) {
+  float* wide = row_at<float>(o, it, head, row);
+  T* narrowed = row_at<T>(o, it, head, row);
 #pragma unroll
   for (int d = 0; d < kDim / 8; ++d) {
     const int64_t column = d * 8 + 2 * t;
-    if (column < dim) *reinterpret_cast<float2*>(dst + column) = make_float2(scale * acc[d][2 * h], scale * acc[d][2 * h + 1]);
+    if (column >= dim) continue;
+    const float x = scale * acc[d][2 * h], y = scale * acc[d][2 * h + 1];
+    if (narrow) *reinterpret_cast<uint32_t*>(narrowed + column) = pack<T>(x, y);
+    else *reinterpret_cast<float2*>(wide + column) = make_float2(x, y);
   }
 }
 
@@ -135,7 +144,7 @@ __global__ void __launch_bounds__(kThreads) grad_query_mma_kernel(AttentionProbl
   });
 #pragma unroll
   for (int h = 0; h < 2; ++h)
-    if (qb.on[h]) store_row<kDim>(row_at<float>(g.grad_q, it, head, qb.row[h]), dq, h, t, p.dim, scale);
+    if (qb.on[h]) store_row<T, kDim>(g.grad_q, g.narrow_q, it, head, qb.row[h], dq, h, t, p.dim, scale);
 }
 
 template <typename T, int kDim>
@@ -244,8 +253,8 @@ __global__ void __launch_bounds__(kThreads) grad_key_mma_kernel(AttentionProblem
   for (int h = 0; h < 2; ++h) {
     bias_grad[h] = row_sum(bias_grad[h]);
     if (!real[h]) continue;
-    store_row<kDim>(row_at<float>(g.grad_k, it, kv_head, key[h]), dk, h, t, p.dim, scale);
-    store_row<kDim>(row_at<float>(g.grad_v, it, kv_head, key[h]), dv, h, t, p.dim, 1.f);
+    store_row<T, kDim>(g.grad_k, g.narrow_kv, it, kv_head, key[h], dk, h, t, p.dim, scale);
+    store_row<T, kDim>(g.grad_v, g.narrow_kv, it, kv_head, key[h], dv, h, t, p.dim, 1.f);
     if (p.key_bias && t == 0) *row_at<float>(g.grad_bias, it, kv_head, key[h]) = bias_grad[h];
   }
 }

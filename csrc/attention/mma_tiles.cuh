@@ -67,7 +67,7 @@ inline bool chunk_aligned(const Operand& o) {
   return reinterpret_cast<uintptr_t>(o.data) % 16 == 0 && o.batch % 8 == 0 && o.head % 8 == 0 && o.row % 8 == 0;
 }
 
-// Whether fp32 results can go out as float2 stores.
+// Whether results can go out in column pairs: float2 stores of fp32, 32-bit stores of two 16-bit values.
 inline bool pair_aligned(const Operand& o) {
   return reinterpret_cast<uintptr_t>(o.data) % 8 == 0 && o.batch % 2 == 0 && o.head % 2 == 0 && o.row % 2 == 0;
 }

@@ -585,6 +585,74 @@ def test_backward_rejects_a_row_minimum_key_out_of_range_on_every_device(device,
                                          0, False, lse, row_min, row_argmin)
 
 
+def float32_gradients(grad_out, q, k, v, options, forward):
+    """The native backward into float32 grad_q, grad_k and grad_v (prefix rows first)."""
+    prefix_k, prefix_v, bias, factor, window = (options.get(name) for name in
+                                                 ("prefix_k", "prefix_v", "key_bias", "key_factor", "window"))
+    lse, row_min, row_argmin = forward[1:]
+    keys = k.shape[2] + (0 if prefix_k is None else prefix_k.shape[2])
+    grads = [torch.empty(q.shape, device=q.device)] + [torch.empty(*k.shape[:2], keys, k.shape[3], device=q.device)
+                                                       for _ in range(2)]
+    per_key = [torch.empty(*k.shape[:2], keys, device=q.device) if t is not None else None for t in (bias, factor)]
+    with_factor = factor is not None
+    lmkernels._C.attention_backward(
+        q, k, v, prefix_k, prefix_v, bias, factor, None, 0, True, 0.125, window or 0, False, grad_out, lse,
+        row_min if with_factor else None, row_argmin if with_factor else None, torch.empty_like(lse),
+        torch.empty_like(lse) if with_factor else None, *grads, *per_key,
+        torch.zeros(1, dtype=torch.int32, device=q.device) if q.is_cuda else None,
+        torch.cuda.current_stream().cuda_stream if q.is_cuda else 0)
+    return grads
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("options", ["plain", "window_bias", "factor", "prefix"])
+def test_gradients_in_the_input_dtype_are_the_float32_ones_rounded_once(device, dtype, options):
+    """The kernels write bf16 / fp16 gradients directly, each element rounded once (to nearest even)
+    from the fp32 value they write into float32 outputs: the bits of .to(dtype) of those."""
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, heads, 150, 64, generator=gen).to(device, dtype) for heads in (4, 2, 2))
+    kwargs = {}
+    if options == "window_bias":
+        kwargs.update(key_bias=torch.randn(2, 150, generator=gen).to(device), window=70)
+    if options == "factor":
+        kwargs.update(key_factor=(torch.rand(2, 150, generator=gen) * 1.5).to(device))
+    if options == "prefix":  # one prefix per item: no sum over the batch, so its gradients come rounded too
+        kwargs.update(prefix_k=torch.randn(2, 2, 70, 64, generator=gen).to(device, dtype),
+                      prefix_v=torch.randn(2, 2, 70, 64, generator=gen).to(device, dtype))
+    args = (q, k, v, kwargs.get("prefix_k"), kwargs.get("prefix_v"), kwargs.get("key_bias"), kwargs.get("key_factor"),
+            None, 0, True, 0.125, kwargs.get("window", 0), False)
+    forward = torch.ops.lmk.attention(*args)
+    grad_out = torch.randn(q.shape, generator=gen).to(device, dtype)
+    grads = torch.ops.lmk.attention_backward(grad_out, *args, *forward[1:])
+    grad_q, grad_k, grad_v = float32_gradients(grad_out, q, k, v, kwargs, forward)
+    prefix = 70 if options == "prefix" else 0
+    expected = [grad_q, grad_k[:, :, prefix:], grad_v[:, :, prefix:]]
+    if prefix:
+        expected += [grad_k[:, :, :prefix], grad_v[:, :, :prefix]]
+    for ours, wide in zip(grads, expected):
+        assert ours.dtype == dtype
+        assert torch.equal(ours.view(torch.int16), wide.to(dtype).view(torch.int16))
+
+
+def test_backward_outputs_are_float32_or_the_dtype_of_q():
+    q, k, v = (t.to(torch.bfloat16) for t in llama_like(length=20, dim=16))
+    forward = torch.ops.lmk.attention(q, k, v, None, None, None, None, None, 0, True, 0.25, 0, False)
+
+    def backward(grad_q_dtype=torch.bfloat16, grad_v_dtype=torch.bfloat16):
+        grad_q = torch.empty(q.shape, dtype=grad_q_dtype)
+        grad_k, grad_v = torch.empty_like(k), torch.empty(k.shape, dtype=grad_v_dtype)
+        lmkernels._C.attention_backward(q, k, v, None, None, None, None, None, 0, True, 0.25, 0, False,
+                                        torch.ones_like(q), forward[1], None, None, torch.empty_like(forward[1]),
+                                        None, grad_q, grad_k, grad_v, None, None)
+
+    backward()
+    backward(grad_q_dtype=torch.float32)
+    with pytest.raises(TypeError, match="grad_q: expected dtype float32 or the dtype of q \\(bfloat16\\), got float16"):
+        backward(grad_q_dtype=torch.float16)
+    with pytest.raises(TypeError, match="grad_v: expected the dtype of grad_k \\(bfloat16\\), got float32"):
+        backward(grad_v_dtype=torch.float32)
+
+
 # ---- sliding windows over long key caches ---------------------------------------------------------
 
 @pytest.mark.parametrize("window", [2**62, 2**63, 2**70])

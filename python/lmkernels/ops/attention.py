@@ -25,12 +25,16 @@ window costs O(S x window)), and saves the row log-sum-exp for the backward, whi
 probabilities tile by tile. Inputs are float32, bfloat16 or float16; the output has q's dtype.
 
 Gradients flow to q, k, v, prefix_k, prefix_v, key_bias and key_factor; they are deterministic
-(each gradient element is written by one task, no atomics). One limit of the saved log-sum-exp: in a
-row whose visible keys all carry a finite bias below about -1e6 (float32's lowest, say, as a padding
-mask), float32 cannot hold the log of the key count beside it, so that row's gradients are off
-(its output is right); mask with -inf, or a bias above -1e4, which removes a key as completely.
-Through the multiplicative form the chain rule runs through m_i + c_j (s_ij - m_i) and the row minimum, whose sub-gradient goes to the
-first key holding it (torch's ``amin`` splits it among tied keys; ties have measure zero).
+(each gradient element is written by one task, no atomics) and accumulated in fp32. The kernels
+write those of q, k and v in q's dtype, each element rounded once to nearest even (the keys of a
+batch-1 prefix serving several items stay fp32 until their gradients are summed), and those of
+key_bias and key_factor per key/value head in fp32, which the op sums over the heads.
+One limit of the saved log-sum-exp: in a row whose visible keys all carry a finite bias below about
+-1e6 (float32's lowest, say, as a padding mask), float32 cannot hold the log of the key count beside
+it, so that row's gradients are off (its output is right); mask with -inf, or a bias above -1e4,
+which removes a key as completely. Through the multiplicative form the chain rule runs through
+m_i + c_j (s_ij - m_i) and the row minimum, whose sub-gradient goes to the first key holding it
+(torch's ``amin`` splits it among tied keys; ties have measure zero).
 
 NaN policy: a NaN in q, k, v, key_bias or key_factor of a key that a row can see makes that row
 NaN (as in the reference). Keys a row cannot see are skipped a tile at a time, so unlike the dense
@@ -82,17 +86,18 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: fl
     _check_values(q, k, v, 4)
     if (prefix_k is None) != (prefix_v is None):
         raise ValueError("prefix_k: expected prefix_k and prefix_v together")
+    device = q.device
     for name, t in (("prefix_k", prefix_k), ("prefix_v", prefix_v)):
-        if t is not None and t.device != q.device:
-            raise ValueError(f"{name}: expected the device of q ({q.device}), got {t.device}")
+        if t is not None and t.device != device:
+            raise ValueError(f"{name}: expected the device of q ({device}), got {t.device}")
     if factor_min not in _FACTOR_MIN:
         raise ValueError(f"factor_min: expected 'causal' or 'all', got {factor_min!r}")
     batch, _, sq, dim = q.shape
     keys = k.shape[2] + (0 if prefix_k is None else prefix_k.shape[-2])
     if sq > keys:
         raise ValueError(f"q: expected at most as many queries as keys ({keys}), got {sq}")
-    key_bias = _key_vector(key_bias, "key_bias", batch, keys, q.device)
-    key_factor = _key_vector(key_factor, "key_factor", batch, keys, q.device)
+    key_bias = _key_vector(key_bias, "key_bias", batch, keys, device)
+    key_factor = _key_vector(key_factor, "key_factor", batch, keys, device)
     out, *_ = call_op("attention", q, k, v, _unit_last(prefix_k), _unit_last(prefix_v), key_bias, key_factor,
                                       None, 0, bool(causal), _scale(scale, dim), _window(window), factor_min == "all")
     return out
@@ -135,25 +140,27 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, sca
 
 
 def _check_values(q: Tensor, k: Tensor, v: Tensor, ndim: int) -> None:
-    layout = "[B, H, S, D]" if ndim == 4 else "[T, H, D]"
+    device = q.device
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dtype not in _FLOATS:
             raise TypeError(f"{name}: expected dtype float32, bfloat16 or float16, got {t.dtype}")
         if t.dim() != ndim:
+            layout = "[B, H, S, D]" if ndim == 4 else "[T, H, D]"
             raise ValueError(f"{name}: expected {ndim} dimensions {layout}, got shape {list(t.shape)}")
-        if t.device != q.device:
-            raise ValueError(f"{name}: expected the device of q ({q.device}), got {t.device}")
+        if t.device != device:
+            raise ValueError(f"{name}: expected the device of q ({device}), got {t.device}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"k, v: expected the dtype of q ({q.dtype}), got {k.dtype} and {v.dtype}")
-    if k.shape != v.shape:
-        raise ValueError(f"v: expected the shape of k ({list(k.shape)}), got {list(v.shape)}")
-    if k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"k: expected the head dimension of q ({q.shape[-1]}), got shape {list(k.shape)}")
-    if q.shape[-1] == 0:
-        raise ValueError(f"q: expected a head dimension of at least 1, got shape {list(q.shape)}")
-    if k.shape[1] < 1 or q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"k: expected a number of heads that divides the query heads ({q.shape[1]}), got "
-                         f"{k.shape[1]}")
+    q_shape, k_shape = q.shape, k.shape
+    if k_shape != v.shape:
+        raise ValueError(f"v: expected the shape of k ({list(k_shape)}), got {list(v.shape)}")
+    if k_shape[-1] != q_shape[-1]:
+        raise ValueError(f"k: expected the head dimension of q ({q_shape[-1]}), got shape {list(k_shape)}")
+    if q_shape[-1] == 0:
+        raise ValueError(f"q: expected a head dimension of at least 1, got shape {list(q_shape)}")
+    if k_shape[1] < 1 or q_shape[1] % k_shape[1] != 0:
+        raise ValueError(f"k: expected a number of heads that divides the query heads ({q_shape[1]}), got "
+                         f"{k_shape[1]}")
 
 
 def _key_vector(t: Tensor | None, name: str, batch: int, keys: int, device) -> Tensor | None:
@@ -197,22 +204,18 @@ def _bounded(window: int) -> int:
 
 
 def _unit_last(t: Tensor | None) -> Tensor | None:
-    if t is None or t.shape[-1] <= 1 or t.stride(-1) == 1:
+    if t is None or t.stride(-1) == 1 or t.shape[-1] <= 1:
         return t
     # An empty tensor counts as contiguous whatever its strides, so contiguous() would keep them.
     return t.new_empty(t.shape) if t.numel() == 0 else t.contiguous()
 
 
-def _rows_shape(q: Tensor, varlen: bool) -> tuple[int, ...]:
-    return tuple(q.shape[:2]) if varlen else tuple(q.shape[:3])
-
-
-def _flag_messages() -> dict[int, BaseException]:
-    return {
-        _C.ATTENTION_BAD_SEQLENS: ValueError("cu_seqlens: expected 0 first, non-decreasing entries, the number of "
-                                             "rows of q last, and no sequence longer than max_seqlen"),
-        _C.ATTENTION_BAD_ARGMIN: IndexError("row_argmin: expected the keys the forward found, in [0, keys)"),
-    }
+# raise_on_flag raises copies of these.
+_FLAG_MESSAGES: dict[int, BaseException] = {
+    _C.ATTENTION_BAD_SEQLENS: ValueError("cu_seqlens: expected 0 first, non-decreasing entries, the number of rows "
+                                         "of q last, and no sequence longer than max_seqlen"),
+    _C.ATTENTION_BAD_ARGMIN: IndexError("row_argmin: expected the keys the forward found, in [0, keys)"),
+}
 
 
 def _table_check(q: Tensor, cu_seqlens: Tensor | None, max_seqlen: int, factor: bool) -> TableCheck:
@@ -226,26 +229,28 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None, prefix_
                key_bias: Tensor | None, key_factor: Tensor | None, cu_seqlens: Tensor | None, max_seqlen: int,
                causal: bool, scale: float, window: int,
                factor_min_all: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    q, k, v = (_unit_last(t.detach()) for t in (q, k, v))
-    varlen = cu_seqlens is not None
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty(_rows_shape(q, varlen), dtype=torch.float32, device=q.device)
-    factor_rows = lse.shape if key_factor is not None else (0,)
-    row_min = torch.empty(factor_rows, dtype=torch.float32, device=q.device)
-    row_argmin = torch.empty(factor_rows, dtype=torch.int64, device=q.device)
+    # No detach() here or in the backward: autograd records nothing where the op's kernels run (under
+    # no_grad or below the autograd key), and a DLPack capsule carries no autograd state.
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = q.new_empty(q.shape[:-1], dtype=torch.float32)  # [B, Hq, Sq], varlen [T, Hq]
+    if key_factor is None:  # the op's outputs, empty: the kernels take None
+        row_min, row_argmin = lse.new_empty(0), lse.new_empty(0, dtype=torch.int64)
+        factor_outputs = None, None
+    else:
+        row_min, row_argmin = torch.empty_like(lse), torch.empty_like(lse, dtype=torch.int64)
+        factor_outputs = dl(row_min), dl(row_argmin)
     check = _table_check(q, cu_seqlens, max_seqlen, factor=False)  # the forward checks only cu_seqlens
-    detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, key_factor, cu_seqlens)]
-    _C.attention_forward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, _bounded(window),
-                         factor_min_all, dl(out), dl(lse),
-                         *(dl(t if key_factor is not None else None) for t in (row_min, row_argmin)), dl(check.flag),
-                         stream_of(q))
-    check.raise_on_flag(_flag_messages())
+    _C.attention_forward(dl(q), dl(k), dl(v), dl(prefix_k), dl(prefix_v), dl(key_bias), dl(key_factor), dl(cu_seqlens),
+                         max_seqlen, causal, scale, _bounded(window), factor_min_all, dl(out), dl(lse), *factor_outputs,
+                         dl(check.flag), stream_of(q))
+    check.raise_on_flag(_FLAG_MESSAGES)
     return out, lse, row_min, row_argmin
 
 
 def _attention_fake(q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, max_seqlen, causal, scale, window,
                     factor_min_all):
-    rows = _rows_shape(q, cu_seqlens is not None)
+    rows = q.shape[:-1]
     factor_rows = rows if key_factor is not None else (0,)
     return (q.new_empty(q.shape), q.new_empty(rows, dtype=torch.float32),
             q.new_empty(factor_rows, dtype=torch.float32), q.new_empty(factor_rows, dtype=torch.int64))
@@ -260,34 +265,42 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefi
                         prefix_v: Tensor | None, key_bias: Tensor | None, key_factor: Tensor | None,
                         cu_seqlens: Tensor | None, max_seqlen: int, causal: bool, scale: float, window: int,
                         factor_min_all: bool, lse: Tensor, row_min: Tensor, row_argmin: Tensor) -> tuple[Tensor, ...]:
-    q, k, v, grad_out = (_unit_last(t.detach()) for t in (q, k, v, grad_out))
-    varlen = cu_seqlens is not None
+    q, k, v, grad_out, lse = _unit_last(q), _unit_last(k), _unit_last(v), _unit_last(grad_out), lse.contiguous()
+    grad_q = torch.empty_like(q, memory_format=torch.contiguous_format)
     prefix = 0 if prefix_k is None else prefix_k.shape[2]
-    keys_shape = k.shape if varlen else (k.shape[0], k.shape[1], prefix + k.shape[2], k.shape[3])
-    new = dict(dtype=torch.float32, device=q.device)
-    grad_q, grad_k, grad_v = torch.empty(q.shape, **new), torch.empty(keys_shape, **new), torch.empty(keys_shape, **new)
-    delta = torch.empty(lse.shape, **new)  # filled by the kernel, in fp32
-    factor = key_factor is not None
-    grad_bias = torch.empty(keys_shape[:3], **new) if key_bias is not None else None
-    grad_factor = torch.empty(keys_shape[:3], **new) if factor else None
-    grad_min = torch.empty(lse.shape, **new) if factor else None
-    check = _table_check(q, cu_seqlens, max_seqlen, factor)
-    detached = [None if t is None else t.detach() for t in (prefix_k, prefix_v, key_bias, key_factor, cu_seqlens)]
-    _C.attention_backward(dl(q), dl(k), dl(v), *(dl(t) for t in detached), max_seqlen, causal, scale, _bounded(window),
-                          factor_min_all, dl(grad_out), dl(lse.contiguous()), dl(row_min if factor else None),
-                          dl(row_argmin if factor else None), dl(delta), dl(grad_min), dl(grad_q), dl(grad_k),
-                          dl(grad_v), dl(grad_bias), dl(grad_factor), dl(check.flag), stream_of(q))
-    check.raise_on_flag(_flag_messages())
-    empty = q.new_empty((0,))
-    grad_prefix_k = grad_prefix_v = empty
     if prefix:
-        # A batch-1 prefix served every item: its gradient sums theirs.
-        grad_prefix_k, grad_prefix_v = (g[:, :, :prefix].sum(0, keepdim=True) if t.shape[0] == 1 else g[:, :, :prefix]
-                                        for g, t in ((grad_k, prefix_k), (grad_v, prefix_v)))
-        grad_prefix_k, grad_prefix_v = grad_prefix_k.to(q.dtype), grad_prefix_v.to(q.dtype)
-        grad_k, grad_v = grad_k[:, :, prefix:], grad_v[:, :, prefix:]
-    no_key_vector = q.new_empty((0,), dtype=torch.float32)
-    return (grad_q.to(q.dtype), grad_k.to(q.dtype), grad_v.to(q.dtype), grad_prefix_k, grad_prefix_v,
+        # The kernels round each gradient once into q's dtype, but a batch-1 prefix that served
+        # several items gets the sum of their gradients: then the keys stay fp32 until summed.
+        batch, heads, own, dim = k.shape
+        shared = batch > 1 and min(prefix_k.shape[0], prefix_v.shape[0]) == 1
+        keys_shape = (batch, heads, prefix + own, dim)
+        grad_k = q.new_empty(keys_shape, dtype=torch.float32 if shared else None)
+    else:
+        keys_shape = k.shape
+        grad_k = torch.empty_like(k, memory_format=torch.contiguous_format)
+    grad_v = torch.empty_like(grad_k)
+    delta = torch.empty_like(lse)  # filled by the kernel, in fp32
+    factor = key_factor is not None
+    grad_bias = lse.new_empty(keys_shape[:3]) if key_bias is not None else None
+    grad_factor = lse.new_empty(keys_shape[:3]) if factor else None
+    grad_min = torch.empty_like(lse) if factor else None
+    check = _table_check(q, cu_seqlens, max_seqlen, factor)
+    _C.attention_backward(dl(q), dl(k), dl(v), dl(prefix_k), dl(prefix_v), dl(key_bias), dl(key_factor),
+                          dl(cu_seqlens), max_seqlen, causal, scale, _bounded(window), factor_min_all, dl(grad_out),
+                          dl(lse), dl(row_min) if factor else None, dl(row_argmin) if factor else None, dl(delta),
+                          dl(grad_min), dl(grad_q), dl(grad_k), dl(grad_v), dl(grad_bias), dl(grad_factor),
+                          dl(check.flag), stream_of(q))
+    check.raise_on_flag(_FLAG_MESSAGES)
+    if prefix:
+        # (.to() is a no-op where the kernels wrote q's dtype.)
+        grad_prefix_k, grad_prefix_v = (
+            (g[:, :, :prefix].sum(0, keepdim=True) if t.shape[0] < g.shape[0] else g[:, :, :prefix]).to(q.dtype)
+            for g, t in ((grad_k, prefix_k), (grad_v, prefix_v)))
+        grad_k, grad_v = grad_k[:, :, prefix:].to(q.dtype), grad_v[:, :, prefix:].to(q.dtype)
+    else:
+        grad_prefix_k = grad_prefix_v = q.new_empty(0)
+    no_key_vector = lse.new_empty(0) if grad_bias is None or grad_factor is None else None
+    return (grad_q, grad_k, grad_v, grad_prefix_k, grad_prefix_v,
             grad_bias.sum(1) if grad_bias is not None else no_key_vector,
             grad_factor.sum(1) if grad_factor is not None else no_key_vector)
 
@@ -310,10 +323,8 @@ define_op("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Ten
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, max_seqlen, causal, scale, window, min_all = inputs
-    ctx.options = (max_seqlen, causal, scale, window, min_all)
-    ctx.has_prefix, ctx.has_bias, ctx.has_factor = prefix_k is not None, key_bias is not None, key_factor is not None
-    ctx.save_for_backward(q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, *output[1:])
+    ctx.options = inputs[8:]  # max_seqlen, causal, scale, window, factor_min_all
+    ctx.save_for_backward(*inputs[:8], *output[1:])  # q, k, v, prefix_k, ..., cu_seqlens, lse, row_min, row_argmin
     ctx.set_materialize_grads(False)
 
 
@@ -322,11 +333,12 @@ def _backward(ctx, grad_out, _grad_lse, _grad_row_min, _grad_row_argmin):
         return (None,) * 13
     q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, lse, row_min, row_argmin = ctx.saved_tensors
     grads = call_op("attention_backward", grad_out, q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens,
-                                             *ctx.options, lse, row_min, row_argmin)
+                    *ctx.options, lse, row_min, row_argmin)
     grad_q, grad_k, grad_v, grad_prefix_k, grad_prefix_v, grad_bias, grad_factor = grads
-    return (grad_q, grad_k, grad_v, grad_prefix_k if ctx.has_prefix else None,
-            grad_prefix_v if ctx.has_prefix else None, grad_bias if ctx.has_bias else None,
-            grad_factor if ctx.has_factor else None, None, None, None, None, None, None)
+    prefix = prefix_k is not None
+    return (grad_q, grad_k, grad_v, grad_prefix_k if prefix else None, grad_prefix_v if prefix else None,
+            grad_bias if key_bias is not None else None, grad_factor if key_factor is not None else None,
+            None, None, None, None, None, None)
 
 
 define_autograd("attention", _backward, _setup_context)
