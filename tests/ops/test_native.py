@@ -180,3 +180,24 @@ def test_a_flagged_error_leaves_no_cycle_holding_the_call_tensors():
         assert failing_call.output() is None  # freed by reference counting alone
     finally:
         gc.enable()
+
+
+def test_dl_exports_a_tensor_that_requires_grad_without_a_detach():
+    # The ops pass such tensors to dl as they are; Tensor.__dlpack__ would refuse them.
+    weight = torch.randn(3, 4, requires_grad=True)
+    assert torch.equal(torch.utils.dlpack.from_dlpack(_native.dl(weight)), weight.detach())
+
+
+@pytest.mark.parametrize("retagged", [False, True])
+def test_dl_exports_float8_natively_or_as_relabelled_bytes(monkeypatch, retagged):
+    if retagged:  # the route of torch before about 2.10, which exports no float8
+        monkeypatch.setattr(_native, "_RETAGGED_FLOAT8", dict(_native._DLPACK_FLOAT8))
+    elif _native._RETAGGED_FLOAT8:
+        pytest.skip("this torch exports no float8 through DLPack")
+    x = torch.randn(16, 16)
+    expected = x.to(torch.float8_e4m3fn)
+    assert torch.equal(fp8_cast(x, torch.float8_e4m3fn).view(torch.uint8), expected.view(torch.uint8))
+
+
+def test_the_stream_of_a_cpu_tensor_is_0():
+    assert _native.stream_of(torch.ones(1)) == 0

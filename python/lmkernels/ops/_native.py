@@ -1,4 +1,4 @@
-"""What every op needs to call into ``lmkernels._C``: detached views, the current stream, and the
+"""What every op needs to call into ``lmkernels._C``: DLPack capsules, the current stream, and the
 CUDA error flag through which kernels report bad values without a device-side assert."""
 
 from __future__ import annotations
@@ -21,6 +21,13 @@ LIBRARY = torch.library.Library("lmk", "DEF")
 _KERNELS: dict[str, object] = {}
 _AUTOGRAD: dict[str, type[torch.autograd.Function]] = {}
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+# What call_op reads on every call, bound once: each ``torch.x.y`` costs attribute lookups per call.
+_Tensor = torch.Tensor
+_NOT_TENSORS = frozenset((type(None), bool, int, float, str, torch.dtype))
+_is_compiling = torch.compiler.is_compiling
+_len_dispatch_stack = torch._C._len_torch_dispatch_stack
+_len_function_stack = torch._C._len_torch_function_stack
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
 def define_op(schema: str, kernel, fake) -> None:
@@ -73,12 +80,13 @@ def call_op(name: str, *args):
     autograd route cost 0.1 ms of host time per attention forward and backward on the developer VM).
     """
     # is_compiling first: under torch.compile it is the constant True, and the rest is not traceable.
-    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._len_torch_function_stack() or torch._C._are_functorch_transforms_active()):
+    if _is_compiling() or _len_dispatch_stack() or _len_function_stack() or _functorch_active():
         return getattr(torch.ops.lmk, name)(*args)
     tracked = False
     for arg in args:
-        if isinstance(arg, torch.Tensor):
+        if type(arg) in _NOT_TENSORS:  # isinstance(arg, Tensor) takes 0.1 us for these (Tensor's metaclass)
+            continue
+        if isinstance(arg, _Tensor):
             if type(arg) not in _PLAIN_TENSORS or arg.is_meta:  # meta tensors: the fake kernel
                 return getattr(torch.ops.lmk, name)(*args)
             tracked = tracked or arg.requires_grad
@@ -97,22 +105,32 @@ def dl(t: torch.Tensor | None):
     """``t`` as a DLPack capsule for ``_C`` (None stays None).
 
     The native functions accept any DLPack producer, but a capsule made here costs 0.4 us against
-    2-3 us for the native side calling ``Tensor.__dlpack__``, which matters for small calls. No
-    stream synchronisation is done: kernels run on the current stream, which the op passes.
+    2-3 us for the native side calling ``Tensor.__dlpack__``, which matters for small calls. Unlike
+    ``Tensor.__dlpack__``, this exports a tensor that requires grad as it is: ops need not detach
+    (0.5-0.8 us a tensor) what they pass. No stream synchronisation is done: kernels run on the
+    current stream, which the op passes.
     """
     if t is None:
         return None
+    code = _RETAGGED_FLOAT8.get(t.dtype) if _RETAGGED_FLOAT8 else None  # empty on current torch
+    if code is None:
+        return _to_dlpack(t)
+    return _C.retag_float8(_to_dlpack(t.view(torch.uint8)), code)
+
+
+def _exports(dtype: torch.dtype) -> bool:
     try:
-        return torch.utils.dlpack.to_dlpack(t)
+        torch.utils.dlpack.to_dlpack(torch.empty(0, dtype=dtype))
     except (BufferError, RuntimeError, TypeError):
-        code = _DLPACK_FLOAT8.get(t.dtype)
-        if code is None:
-            raise
-        # torch before about 2.10 exports no float8 through DLPack: its bytes, relabelled in the capsule.
-        return _C.retag_float8(torch.utils.dlpack.to_dlpack(t.view(torch.uint8)), code)
+        return False
+    return True
 
 
+_to_dlpack = torch.utils.dlpack.to_dlpack
 _DLPACK_FLOAT8 = {torch.float8_e4m3fn: 10, torch.float8_e5m2: 12}  # DLPack 1.1's kDLFloat8_e4m3fn, _e5m2
+# torch before about 2.10 exports no float8 through DLPack: dl passes their bytes, relabelled in the
+# capsule. Found once here: a failed export raises a C++ error, about 12 us a call.
+_RETAGGED_FLOAT8 = {dtype: code for dtype, code in _DLPACK_FLOAT8.items() if not _exports(dtype)}
 
 
 # Below this, glibc's malloc already reuses freed memory; above it, each buffer is a fresh mapping.
@@ -123,11 +141,11 @@ def kernel_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tens
     """An uninitialised contiguous tensor for a kernel to overwrite entirely. Large CPU ones come
     from the memory cache (``lmkernels.set_memory_cache_limit``), so that their pages are not
     faulted in and zeroed afresh on every call."""
-    shape = tuple(shape)
     nbytes = math.prod(shape) * dtype.itemsize
-    if torch.device(device).type != "cpu" or nbytes < _CACHED_OUTPUT_MIN_BYTES:
+    # The size first: torch.device(device) costs more than the rest of a small call's checks.
+    if nbytes < _CACHED_OUTPUT_MIN_BYTES or torch.device(device).type != "cpu":
         return torch.empty(shape, dtype=dtype, device=device)
-    return torch.from_numpy(_C.cached_bytes(nbytes)).view(dtype).view(shape)
+    return torch.from_numpy(_C.cached_bytes(nbytes)).view(dtype).view(tuple(shape))
 
 
 def narrowed_offsets(offsets: torch.Tensor, indices: torch.Tensor, name: str = "indices") -> torch.Tensor:
@@ -145,9 +163,15 @@ def narrowed_offsets(offsets: torch.Tensor, indices: torch.Tensor, name: str = "
     return offsets.to(indices.dtype)
 
 
+# A device's current stream handle, read as torch's inductor does: torch.cuda.current_stream(...).cuda_stream
+# makes a Stream object per call, a few us of host time. Private, hence the fallback.
+_current_raw_stream = (getattr(torch._C, "_cuda_getCurrentRawStream", None)
+                       or (lambda index: torch.cuda.current_stream(index).cuda_stream))
+
+
 def stream_of(t: torch.Tensor) -> int:
     """The caller's current CUDA stream for ``t``'s device (0 on the CPU)."""
-    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+    return _current_raw_stream(t.get_device()) if t.is_cuda else 0
 
 
 def error_flag(like: torch.Tensor) -> torch.Tensor | None:
@@ -155,7 +179,7 @@ def error_flag(like: torch.Tensor) -> torch.Tensor | None:
     return torch.zeros(1, dtype=torch.int32, device=like.device) if like.is_cuda else None
 
 
-_UNCHECKED_FLAGS: dict[torch.device, torch.Tensor] = {}
+_UNCHECKED_FLAGS: dict[int, torch.Tensor] = {}  # by device index
 
 
 def unchecked_flag(like: torch.Tensor) -> torch.Tensor | None:
@@ -163,9 +187,9 @@ def unchecked_flag(like: torch.Tensor) -> torch.Tensor | None:
     one zeroed flag per GPU, made once, instead of an allocation and a memset per call."""
     if not like.is_cuda:
         return None
-    flag = _UNCHECKED_FLAGS.get(like.device)
+    flag = _UNCHECKED_FLAGS.get(like.get_device())
     if flag is None:
-        flag = _UNCHECKED_FLAGS[like.device] = torch.zeros(1, dtype=torch.int32, device=like.device)
+        flag = _UNCHECKED_FLAGS[like.get_device()] = torch.zeros(1, dtype=torch.int32, device=like.device)
     return flag
 
 
@@ -208,14 +232,18 @@ class TableCheck:
         self.checked = always or not all(table_known_valid(table, bounds) for table, bounds in tables)
         self.flag = error_flag(like) if self.checked else unchecked_flag(like)
 
+    @property
+    def pending(self) -> bool:
+        """Whether ``raise_on_flag`` has a flag to read: callers need not build its messages otherwise."""
+        return self.checked and self.flag is not None
+
     def raise_on_flag(self, messages: dict[int, BaseException]) -> None:
         """After the call: raise on a flagged input, else remember the tables valid (on the GPU)."""
-        if not self.checked:
+        if not self.pending:
             return
         raise_on_flag(self.flag, messages)
-        if self.flag is not None:
-            for table, bounds in self._tables:
-                remember_valid_table(table, bounds)
+        for table, bounds in self._tables:
+            remember_valid_table(table, bounds)
 
 
 def raise_on_flag(flag: torch.Tensor | None, messages: dict[int, BaseException]) -> None:

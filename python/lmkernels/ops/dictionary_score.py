@@ -86,9 +86,10 @@ def dictionary_scores(
         raise TypeError(f"edge_weight: expected a float, got {type(edge_weight).__name__}")
     if variant not in _VARIANTS:
         raise ValueError(f"variant: expected 'contrast' or 'mean', got {variant!r}")
-    for name in tensors:
-        if tensors[name].device != logits.device:
-            raise ValueError(f"{name}: expected the device of logits ({logits.device}), got {tensors[name].device}")
+    device = logits.device
+    for name, t in tensors.items():
+        if t.device != device:
+            raise ValueError(f"{name}: expected the device of logits ({device}), got {t.device}")
     return call_op("dictionary_scores", logits, ne_indices, ne_offsets, edge_indices, edge_offsets,
                    trigram_counts, m, float(edge_weight), variant, row_indices, row_offsets)
 
@@ -146,9 +147,8 @@ def _dictionary_scores(logits: Tensor, ne_indices: Tensor, ne_offsets: Tensor, e
     factored = row_indices is not None
     if factored and row_offsets.dim() != 1:
         raise ValueError(f"row_offsets: expected 1 dimension [R + 1], got shape {list(row_offsets.shape)}")
-    dictionary = [t.detach().contiguous() for t in (ne_indices, ne_offsets, edge_indices, edge_offsets,
-                                                    trigram_counts)]
-    rows = [t.detach().contiguous() for t in (row_indices, row_offsets)] if factored else [None, None]
+    dictionary = [t.contiguous() for t in (ne_indices, ne_offsets, edge_indices, edge_offsets, trigram_counts)]
+    rows = [row_indices.contiguous(), row_offsets.contiguous()] if factored else [None, None]
     queries, vocab = logits.shape
     num_rows = row_offsets.shape[0] - 1 if factored else vocab
     scores = torch.empty((queries, trigram_counts.shape[0]), dtype=torch.float32, device=logits.device)
@@ -165,9 +165,11 @@ def _dictionary_scores(logits: Tensor, ne_indices: Tensor, ne_offsets: Tensor, e
     if factored:
         tables += ((row_indices, (vocab,)), (row_offsets, (row_indices.numel(),)))
     check = TableCheck(tables, logits)
-    _C.dictionary_scores(dl(logits.detach()), *map(dl, dictionary), m, edge_weight, _VARIANTS[variant], dl(scores),
+    _C.dictionary_scores(dl(logits), *map(dl, dictionary), m, edge_weight, _VARIANTS[variant], dl(scores),
                          dl(activations), dl(totals), dl(check.flag), stream_of(logits), *map(dl, rows),
                          dl(row_sums))
+    if not check.pending:  # only a flag to read needs the messages: none are built on the CPU or for a known dictionary
+        return scores
     set_range = (f"a row id is out of range for a table of {num_rows} rows" if factored else
                  f"an index is out of range for logits of {vocab} columns")
     check.raise_on_flag({

@@ -59,15 +59,15 @@ def embedding_bag(
 
 
 def _prepare(table: Tensor, indices: Tensor, offsets: Tensor, weights: Tensor | None):
-    """Detached views in the layouts the kernels take (offsets converted to the index dtype)."""
+    """The tensors in the layouts the kernels take (offsets converted to the index dtype)."""
     if table.dim() == 2 and table.stride(-1) != 1:
         table = table.contiguous()
-    indices = indices.detach().contiguous()
+    indices = indices.contiguous()
     if offsets.dtype in (torch.int32, torch.int64) and indices.dtype in (torch.int32, torch.int64):
         offsets = narrowed_offsets(offsets, indices)
-    offsets = offsets.detach().contiguous()
-    weights = None if weights is None else weights.detach().contiguous()
-    return table.detach(), indices, offsets, weights
+    offsets = offsets.contiguous()
+    weights = None if weights is None else weights.contiguous()
+    return table, indices, offsets, weights
 
 
 def _tables_check(indices: Tensor, offsets: Tensor, rows: int, like: Tensor) -> TableCheck:
@@ -79,6 +79,8 @@ def _tables_check(indices: Tensor, offsets: Tensor, rows: int, like: Tensor) -> 
 def _raise_on_flag(check: TableCheck, rows: int, sorted_first: bool = False) -> None:
     """In the CPU kernels' order: offsets, then indices; after the sort by row, which checks the
     indices before anything reads the offsets, indices first."""
+    if not check.pending:  # only a flag to read needs the messages: none are built on the CPU or for known tables
+        return
     offsets = (_C.BAG_BAD_OFFSETS, ValueError("offsets: expected offsets[0] == 0, non-decreasing offsets, and the last "
                                               "offset == len(indices)"))
     indices = (_C.BAG_BAD_INDEX, IndexError(f"indices: an index is out of range for a table of {rows} rows"))
@@ -173,7 +175,7 @@ define_op("embedding_bag_backward_rows(Tensor grad_out, Tensor indices, Tensor o
 
 def _backward_weights(grad_out: Tensor, table: Tensor, index_table: Tensor, offset_table: Tensor, mode: str) -> Tensor:
     table, indices, offsets, _ = _prepare(table, index_table, offset_table, None)
-    grad_out = grad_out.detach().contiguous()
+    grad_out = grad_out.contiguous()
     grad_weights = torch.empty(indices.numel(), dtype=table.dtype, device=table.device)
     check = _tables_check(index_table, offset_table, table.shape[0], table)
     _C.embedding_bag_backward_weights(dl(grad_out), dl(table), dl(indices), dl(offsets), _MODES[mode],

@@ -78,15 +78,15 @@ def fp8_cast(x: Tensor, dtype: torch.dtype, rounding: str = "nearest", seed: int
     return call_op("fp8_cast", x, dtype, rounding, seed, bool(transpose))
 
 
-def _output_shape(x: Tensor, transpose: bool) -> list[int]:
-    return [x.shape[1], x.shape[0]] if transpose else list(x.shape)
+def _output_shape(x: Tensor, transpose: bool) -> tuple[int, ...]:
+    return (x.shape[1], x.shape[0]) if transpose else x.shape
 
 
 def _fp8_cast(x: Tensor, dtype: torch.dtype, rounding: str, seed: int | None, transpose: bool) -> Tensor:
     if rounding == "stochastic" and seed is None:
         seed = int(torch.randint(-(1 << 63), (1 << 63) - 1, (), dtype=torch.int64).item())
     out = kernel_output(_output_shape(x, transpose), dtype, x.device)
-    _C.fp8_cast(dl(x.detach()), dl(out), _ROUNDINGS[rounding], (seed or 0) % _SEED_MODULUS, transpose, stream_of(x))
+    _C.fp8_cast(dl(x), dl(out), _ROUNDINGS[rounding], (seed or 0) % _SEED_MODULUS, transpose, stream_of(x))
     return out
 
 

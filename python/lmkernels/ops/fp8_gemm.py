@@ -129,11 +129,13 @@ def _check(a: Tensor, b: Tensor, bias: Tensor | None, out_dtype) -> None:
 
 
 def _rows(t: Tensor, or_columns: bool = False) -> Tensor:
-    """``t`` detached, with unit stride within rows, or with ``or_columns`` within columns (the
-    transpose of a row-major tensor, which the CPU kernels decode directly); copied only where
-    it has neither."""
-    t = t.detach()
-    if t.shape[1] <= 1 or t.stride(1) == 1 or (or_columns and (t.shape[0] <= 1 or t.stride(0) == 1)):
+    """``t`` with unit stride within rows, or with ``or_columns`` within columns (the transpose of
+    a row-major tensor, which the CPU kernels decode directly); copied only where it has neither."""
+    if t.is_contiguous():  # the common case, cheaper to ask than the strides
+        return t
+    rows, columns = t.shape
+    row_stride, column_stride = t.stride()
+    if columns <= 1 or column_stride == 1 or (or_columns and (rows <= 1 or row_stride == 1)):
         return t
     return t.contiguous()
 
@@ -141,11 +143,11 @@ def _rows(t: Tensor, or_columns: bool = False) -> Tensor:
 def _gemm(a: Tensor, b: Tensor, alpha: float, bias: Tensor | None, out_dtype: torch.dtype,
           exact_order: bool = False) -> Tensor:
     _check(a, b, bias, out_dtype)
-    on_cpu = a.device.type == "cpu"
+    on_cpu = a.is_cpu
     a, b = _rows(a, or_columns=on_cpu), _rows(b, or_columns=on_cpu)
     if bias is not None:
-        bias = bias.detach().to(torch.float32).contiguous()  # exact for bf16 and fp16
-    out = torch.empty(a.shape[0], b.shape[0], dtype=out_dtype, device=a.device)
+        bias = bias.to(torch.float32).contiguous()  # exact for bf16 and fp16
+    out = torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
     _C.fp8_gemm(dl(a), dl(b), alpha, dl(bias), dl(out), exact_order, stream_of(a))
     return out
 

@@ -103,12 +103,13 @@ def _require_matrix(t: Tensor, name: str) -> None:
 
 
 def _rows(t: Tensor) -> Tensor:
-    """``t`` detached, with unit stride within rows (copied only where it has not)."""
-    t = t.detach()
-    return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
+    """``t`` with unit stride within rows (copied only where it has not)."""
+    return t if t.is_contiguous() or t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
 
 
 def _check_flag(flag: Tensor | None) -> None:
+    if flag is None:  # the CPU kernel raised itself: no message to build
+        return
     raise_on_flag(flag, {_C.QUANT_NON_FINITE: ValueError(
         "weight: a row holds a non-finite value (inf or NaN); int8 absmax quantisation needs finite weights")})
 
@@ -143,7 +144,7 @@ def _dequantize(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     _check_dtype_argument(dtype)
     q = _rows(q)
     out = kernel_output(q.shape, dtype, q.device)
-    _C.int8_absmax_dequantize(dl(q), dl(scale.detach().contiguous()), dl(out), stream_of(q))
+    _C.int8_absmax_dequantize(dl(q), dl(scale.contiguous()), dl(out), stream_of(q))
     return out
 
 
@@ -177,10 +178,9 @@ define_op("int8_fake_quantize(Tensor weight) -> (Tensor, Tensor)", _fake_quantiz
 
 def _fake_quantize_inplace(weight: Tensor) -> Tensor:
     _require_matrix(weight, "weight")
-    target = weight.detach()
     scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
     flag = error_flag(weight)
-    _C.int8_absmax_fake_quantize(dl(target), dl(target), dl(scale), dl(flag), stream_of(weight))
+    _C.int8_absmax_fake_quantize(dl(weight), dl(weight), dl(scale), dl(flag), stream_of(weight))
     _check_flag(flag)
     if not weight.is_inference():  # a write torch did not see: autograd must know the tensor changed
         torch.autograd.graph.increment_version(weight)

@@ -106,9 +106,10 @@ def multilabel_bce_with_logits(
             raise TypeError(f"weights: expected dtype float32, got {weights.dtype}")
         if weights.shape != (positions,):
             raise ValueError(f"weights: expected shape [{positions}], got {list(weights.shape)}")
+    device = logits.device
     for name, t in (("pos_indices", pos_indices), ("pos_offsets", pos_offsets), ("weights", weights)):
-        if t is not None and t.device != logits.device:
-            raise ValueError(f"{name}: expected the device of logits ({logits.device}), got {t.device}")
+        if t is not None and t.device != device:
+            raise ValueError(f"{name}: expected the device of logits ({device}), got {t.device}")
     if weights is not None and weights.requires_grad and torch.is_grad_enabled():
         raise ValueError("weights: the loss is not differentiable in the weights; pass weights.detach()")
 
@@ -125,17 +126,18 @@ def _multilabel_bce(
     logits: Tensor, pos_indices: Tensor, pos_offsets: Tensor, weights: Tensor | None, pos_weight: float,
     compute_grad: bool,
 ) -> tuple[Tensor, Tensor]:
-    logits = logits.detach()
     if logits.dim() == 2 and logits.shape[1] > 1 and logits.stride(1) != 1:
         logits = logits.contiguous()
-    pos_indices = pos_indices.detach().contiguous()
-    pos_offsets = narrowed_offsets(pos_offsets.detach(), pos_indices, "pos_indices").contiguous()
-    weights = None if weights is None else weights.detach().contiguous()
+    pos_indices = pos_indices.contiguous()
+    pos_offsets = narrowed_offsets(pos_offsets, pos_indices, "pos_indices").contiguous()
+    weights = None if weights is None else weights.contiguous()
     loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
     grad = kernel_output(logits.shape if compute_grad else (0,), logits.dtype, logits.device)
     flag = error_flag(logits)
     _C.multilabel_bce(dl(logits), dl(pos_indices), dl(pos_offsets), dl(weights), pos_weight, dl(loss),
                       dl(grad) if compute_grad else None, dl(flag), stream_of(logits))
+    if flag is None:  # the CPU kernel raised itself: no messages to build
+        return loss, grad
     raise_on_flag(flag, {
         _C.BCE_BAD_OFFSETS: ValueError("pos_offsets: expected pos_offsets[0] == 0, non-decreasing, and last == "
                                        "len(pos_indices)"),
@@ -156,9 +158,9 @@ define_op("multilabel_bce(Tensor logits, Tensor pos_indices, Tensor pos_offsets,
 
 
 def _multilabel_bce_backward(grad: Tensor, grad_loss: Tensor) -> Tensor:
-    grad_loss = grad_loss.detach().to(torch.float32).contiguous()
+    grad_loss = grad_loss.to(torch.float32).contiguous()
     grad_logits = kernel_output(grad.shape, grad.dtype, grad.device)
-    _C.multilabel_bce_backward(dl(grad.detach().contiguous()), dl(grad_loss), dl(grad_logits), stream_of(grad))
+    _C.multilabel_bce_backward(dl(grad.contiguous()), dl(grad_loss), dl(grad_logits), stream_of(grad))
     return grad_logits
 
 

@@ -70,9 +70,10 @@ def token_divergence(logits: Tensor, reference_tokens: Tensor, mask: Tensor | No
         raise TypeError(f"logits: expected dtype float32, bfloat16 or float16, got {logits.dtype}")
     if logits.dim() != 3:
         raise ValueError(f"logits: expected 3 dimensions [B, T, V], got shape {list(logits.shape)}")
+    device = logits.device
     for name, t in named.items():
-        if t is not None and t.device != logits.device:
-            raise ValueError(f"{name}: expected the device of logits ({logits.device}), got {t.device}")
+        if t is not None and t.device != device:
+            raise ValueError(f"{name}: expected the device of logits ({device}), got {t.device}")
     argmax, match, nll, margin, kl = call_op("token_divergence", logits, reference_tokens, mask, reference_logits)
     return TokenDivergence(argmax, match, nll, margin, kl if reference_logits is not None else None)
 
@@ -93,14 +94,16 @@ def _outputs(logits: Tensor, with_reference: bool) -> tuple[Tensor, ...]:
 
 def _token_divergence(logits: Tensor, reference_tokens: Tensor, mask: Tensor | None,
                       reference_logits: Tensor | None) -> tuple[Tensor, ...]:
-    logits = _unit_last_stride(logits.detach())
+    logits = _unit_last_stride(logits)
     if reference_logits is not None:
-        reference_logits = _unit_last_stride(reference_logits.detach())
+        reference_logits = _unit_last_stride(reference_logits)
     argmax, match, nll, margin, kl = _outputs(logits, reference_logits is not None)
     flag = error_flag(logits)
-    _C.token_divergence(dl(logits), dl(reference_tokens.detach()), dl(None if mask is None else mask.detach()),
-                        dl(reference_logits), dl(argmax), dl(match), dl(nll), dl(margin),
-                        dl(kl if reference_logits is not None else None), dl(flag), stream_of(logits))
+    _C.token_divergence(dl(logits), dl(reference_tokens), dl(mask), dl(reference_logits), dl(argmax), dl(match),
+                        dl(nll), dl(margin), dl(kl if reference_logits is not None else None), dl(flag),
+                        stream_of(logits))
+    if flag is None:  # the CPU kernel raised itself: no message to build
+        return argmax, match, nll, margin, kl
     raise_on_flag(flag, {
         _C.DIVERGENCE_BAD_TOKEN: IndexError(f"reference_tokens: expected values in [0, {logits.shape[-1]}) (the "
                                             f"vocabulary of logits) at every unmasked position"),

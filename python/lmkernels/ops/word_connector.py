@@ -41,9 +41,10 @@ def _check_tensors(named: dict[str, Tensor], values: dict[str, int]) -> None:
             raise TypeError(f"{name}: expected dtype float32, bfloat16 or float16, got {named[name].dtype}")
         if named[name].dim() != ndim:
             raise ValueError(f"{name}: expected {ndim} dimensions, got shape {list(named[name].shape)}")
+    device = named[first].device
     for name, t in named.items():
-        if t.device != named[first].device:
-            raise ValueError(f"{name}: expected the device of {first} ({named[first].device}), got {t.device}")
+        if t.device != device:
+            raise ValueError(f"{name}: expected the device of {first} ({device}), got {t.device}")
     if named["cu_seqlens"].dtype not in (torch.int32, torch.int64):
         raise TypeError(f"cu_seqlens: expected dtype int32 or int64, got {named['cu_seqlens'].dtype}")
 
@@ -54,8 +55,10 @@ def _seqlens_check(cu_seqlens: Tensor, rows: int, like: Tensor) -> TableCheck:
 
 
 def _raise_on_flag(check: TableCheck, rows: int) -> None:
-    check.raise_on_flag({_C.WORD_CONNECTOR_BAD_SEQLENS: ValueError(
-        f"cu_seqlens: expected non-decreasing word boundaries within [0, {rows}] (the rows of the byte stream)")})
+    if check.pending:  # only a flag to read needs the message: none is built on the CPU or for a known table
+        check.raise_on_flag({_C.WORD_CONNECTOR_BAD_SEQLENS: ValueError(
+            f"cu_seqlens: expected non-decreasing word boundaries within [0, {rows}] (the rows of the byte "
+            "stream)")})
 
 
 def word_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, scale: float | None = None) -> Tensor:
@@ -77,7 +80,7 @@ def word_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, scale
 
 
 def _word_attention(q: Tensor, k: Tensor, v: Tensor, table: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    q, k, v, cu_seqlens = (t.detach().contiguous() for t in (q, k, v, table))
+    q, k, v, cu_seqlens = q.contiguous(), k.contiguous(), v.contiguous(), table.contiguous()
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
     check = _seqlens_check(table, k.shape[0], q)
@@ -96,8 +99,8 @@ define_op("word_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, float
 
 def _word_attention_backward(q: Tensor, k: Tensor, v: Tensor, table: Tensor, lse: Tensor, grad_out: Tensor,
                              scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    q, k, v, cu_seqlens, lse = (t.detach().contiguous() for t in (q, k, v, table, lse))
-    grad_out = grad_out.detach().to(q.dtype).contiguous()
+    q, k, v, cu_seqlens, lse = q.contiguous(), k.contiguous(), v.contiguous(), table.contiguous(), lse.contiguous()
+    grad_out = grad_out.to(q.dtype).contiguous()
     grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
     check = _seqlens_check(table, k.shape[0], q)
@@ -148,7 +151,7 @@ def guide_broadcast(x: Tensor, guide: Tensor, cu_seqlens: Tensor) -> Tensor:
 
 
 def _guide_broadcast(x: Tensor, guide: Tensor, table: Tensor) -> Tensor:
-    x, guide, cu_seqlens = (t.detach().contiguous() for t in (x, guide, table))
+    x, guide, cu_seqlens = x.contiguous(), guide.contiguous(), table.contiguous()
     out = torch.empty_like(x)
     check = _seqlens_check(table, x.shape[0], x)
     _C.guide_broadcast(dl(x), dl(guide), dl(cu_seqlens), dl(out), dl(check.flag), stream_of(x))
@@ -161,7 +164,7 @@ define_op("guide_broadcast(Tensor x, Tensor guide, Tensor cu_seqlens) -> Tensor"
 
 
 def _guide_broadcast_backward(grad_out: Tensor, table: Tensor, words: int) -> Tensor:
-    grad_out, cu_seqlens = grad_out.detach().contiguous(), table.detach().contiguous()
+    grad_out, cu_seqlens = grad_out.contiguous(), table.contiguous()
     grad_guide = grad_out.new_empty((words, grad_out.shape[1]))
     check = _seqlens_check(table, grad_out.shape[0], grad_out)
     _C.guide_broadcast_backward(dl(grad_out), dl(cu_seqlens), dl(grad_guide), dl(check.flag), stream_of(grad_out))
