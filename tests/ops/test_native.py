@@ -201,3 +201,19 @@ def test_dl_exports_float8_natively_or_as_relabelled_bytes(monkeypatch, retagged
 
 def test_the_stream_of_a_cpu_tensor_is_0():
     assert _native.stream_of(torch.ones(1)) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_ops_run_on_the_callers_current_stream():
+    x = torch.randn(1024, 1024, device="cuda")
+    default = torch.cuda.current_stream()
+    assert _native.stream_of(x) == default.cuda_stream
+    expected = fp8_cast(x, torch.float8_e4m3fn)
+    side = torch.cuda.Stream()
+    assert side.cuda_stream != default.cuda_stream
+    side.wait_stream(default)
+    with torch.cuda.stream(side):
+        assert _native.stream_of(x) == side.cuda_stream
+        on_side = fp8_cast(x, torch.float8_e4m3fn)
+    default.wait_stream(side)
+    assert torch.equal(on_side.view(torch.uint8), expected.view(torch.uint8))
