@@ -9,7 +9,7 @@ from lmkernels.bench import harness
 from lmkernels.cli import main
 
 _KEYS = {"kernel", "case", "device", "peer", "ours_ms", "peer_ms", "speedup", "ours_kernel_ms", "peer_kernel_ms",
-         "ours_peak_mb", "peer_peak_mb", "gbps", "stream_gbps", "threads"}
+         "ours_kernels", "peer_kernels", "ours_peak_mb", "peer_peak_mb", "gbps", "stream_gbps", "threads"}
 
 
 def test_bench_writes_records(tmp_path, capsys):
@@ -25,8 +25,14 @@ def test_bench_writes_records(tmp_path, capsys):
         assert record["gbps"] > 0 and record["stream_gbps"] > 0
         assert record["ours_peak_mb"] is None and record["peer_peak_mb"] is None
         assert record["ours_kernel_ms"] is None and record["peer_kernel_ms"] is None  # CUDA only
+        assert record["ours_kernels"] is None and record["peer_kernels"] is None
     table = capsys.readouterr().out
     assert "machine:" in table and "speedup" in table and records[0]["case"] in table
+
+
+def test_kernel_times_sum_each_name_per_call_longest_first():
+    events = [("gemm", 300.0), ("cast", 20.0), ("gemm", 100.0), ("memcpy", 60.0)]
+    assert list(harness.per_kernel_ms(events, calls=2).items()) == [("gemm", 0.2), ("memcpy", 0.03), ("cast", 0.01)]
 
 
 def test_filter_terms_are_comma_separated_and_repeatable(tmp_path):

@@ -107,10 +107,10 @@ def _peak_mb(fn: Callable[[], object], device: str, on_cpu: bool = False) -> flo
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
-def kernel_ms(fn: Callable[[], object], device: str, calls: int = 5) -> float | None:
-    """GPU time of the kernels (and copies) one call launches, in milliseconds, from ``torch.profiler``:
-    the call's time without the host's work, which the wall time from an idle GPU includes. None on
-    the CPU."""
+def kernel_times(fn: Callable[[], object], device: str, calls: int = 5) -> dict[str, float] | None:
+    """GPU time of each kernel (and copy) one call launches, in milliseconds per call by name, longest
+    first, from ``torch.profiler``: the call's time without the host's work, which the wall time from
+    an idle GPU includes, and where it goes. None on the CPU."""
     if not _is_cuda(device):
         return None
     from torch.profiler import ProfilerActivity, profile
@@ -121,8 +121,17 @@ def kernel_ms(fn: Callable[[], object], device: str, calls: int = 5) -> float | 
         for _ in range(calls):
             fn()
         torch.cuda.synchronize(device)
-    on_gpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return sum(e.time_range.elapsed_us() for e in on_gpu) / calls / 1e3
+    on_gpu = [(e.name, e.time_range.elapsed_us()) for e in prof.events()
+              if e.device_type == torch.autograd.DeviceType.CUDA]
+    return per_kernel_ms(on_gpu, calls)
+
+
+def per_kernel_ms(events: list[tuple[str, float]], calls: int) -> dict[str, float]:
+    """(name, microseconds) events of ``calls`` calls as milliseconds per call by name, longest first."""
+    totals: dict[str, float] = {}
+    for name, us in events:
+        totals[name] = totals.get(name, 0.0) + us / calls / 1e3
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
 def stream_bandwidth(device: str, timing: Timing = FULL, repeats: int = 5) -> float:
@@ -138,8 +147,8 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
     """Time ``case``: warmup, then blocks of ours and of the peer alternately; medians in milliseconds.
 
     Returns the record: kernel, case, device, peer, ours_ms, peer_ms (times ``peer_scale``), speedup
-    (peer_ms / ours_ms), ours_kernel_ms and peer_kernel_ms (CUDA only: ``kernel_ms``; None for a
-    scaled peer),
+    (peer_ms / ours_ms), ours_kernel_ms and peer_kernel_ms (CUDA only: the sum of ``kernel_times``;
+    None for a scaled peer) and ours_kernels and peer_kernels (``kernel_times`` itself),
     ours_peak_mb, peer_peak_mb (CUDA, and the CPU for cases with ``memory_on_cpu``; else None), gbps (ours, from ``bytes_moved``),
     stream_gbps (as given) and threads (torch's CPU thread count, which lmkernels follows); cases with ``text_bytes`` add ours_mbps and peer_mbps (text MB/s), cases
     with ``flops`` add ours_gflops and peer_gflops, and with ``peak_tflops`` also ours_of_peak and
@@ -167,6 +176,8 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
         ours += [time_once(case.ours_fn) for _ in range(sizes[0])][1:]
         peer += [time_once(case.peer_fn) for _ in range(sizes[1])][1:]
     ours_ms, peer_ms = statistics.median(ours), statistics.median(peer) * case.peer_scale
+    ours_kernels = kernel_times(case.ours_fn, case.device)
+    peer_kernels = kernel_times(case.peer_fn, case.device) if case.peer_scale == 1.0 else None
     record = {
         "kernel": case.kernel,
         "case": case.case,
@@ -175,8 +186,10 @@ def measure(case: Case, timing: Timing = FULL, stream_gbps: float | None = None)
         "ours_ms": ours_ms,
         "peer_ms": peer_ms,
         "speedup": peer_ms / ours_ms,
-        "ours_kernel_ms": kernel_ms(case.ours_fn, case.device),
-        "peer_kernel_ms": kernel_ms(case.peer_fn, case.device) if case.peer_scale == 1.0 else None,
+        "ours_kernel_ms": None if ours_kernels is None else sum(ours_kernels.values()),
+        "peer_kernel_ms": None if peer_kernels is None else sum(peer_kernels.values()),
+        "ours_kernels": ours_kernels,
+        "peer_kernels": peer_kernels,
         "ours_peak_mb": _peak_mb(case.ours_fn, case.device, case.memory_on_cpu),
         "peer_peak_mb": _peak_mb(case.peer_fn, case.device, case.memory_on_cpu),
         "gbps": None if case.bytes_moved is None else case.bytes_moved / ours_ms / 1e6,
