@@ -114,6 +114,21 @@ def test_on_the_cpu_every_table_is_checked_without_a_flag():
     assert not _native.table_known_valid(table, (5,))  # CPU kernels raise themselves: nothing to remember
 
 
+def test_messages_are_made_only_where_a_flag_is_read():
+    made = []
+
+    def messages():
+        made.append(True)
+        return {1: ValueError("offsets: bad")}
+
+    _native.raise_on_flag(None, messages)  # the CPU: its kernels raise themselves
+    _native.raise_on_flag(torch.tensor([0], dtype=torch.int32), lambda: {})
+    assert not made
+    with pytest.raises(ValueError, match="^offsets: bad$"):
+        _native.raise_on_flag(torch.tensor([1], dtype=torch.int32), messages)
+    assert made == [True]
+
+
 def test_second_order_gradients_through_a_backward_op_raise():
     # Without a gradient of their own the backward ops would count as constants: zero second-order gradients.
     table = torch.randn(6, 3, requires_grad=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import math
 import weakref
+from collections.abc import Callable, Mapping
+from typing import Union
 
 import torch
 from torch.autograd import forward_ad
@@ -219,6 +221,10 @@ def remember_valid_table(table: torch.Tensor, bounds: tuple) -> None:
     _VALID_TABLES[key] = (weakref.ref(table), table._version, bounds)
 
 
+# Error bit -> the exception it raises, or a function that makes that mapping (see raise_on_flag).
+Messages = Union[Mapping[int, BaseException], Callable[[], Mapping[int, BaseException]]]
+
+
 class TableCheck:
     """The error flag of a kernel call whose checked inputs are ``tables``, pairs of an index table
     and the bounds it is checked against (``always``: inputs that must be checked on every call as
@@ -232,29 +238,26 @@ class TableCheck:
         self.checked = always or not all(table_known_valid(table, bounds) for table, bounds in tables)
         self.flag = error_flag(like) if self.checked else unchecked_flag(like)
 
-    @property
-    def pending(self) -> bool:
-        """Whether ``raise_on_flag`` has a flag to read: callers need not build its messages otherwise."""
-        return self.checked and self.flag is not None
-
-    def raise_on_flag(self, messages: dict[int, BaseException]) -> None:
+    def raise_on_flag(self, messages: Messages) -> None:
         """After the call: raise on a flagged input, else remember the tables valid (on the GPU)."""
-        if not self.pending:
+        if not self.checked or self.flag is None:
             return
         raise_on_flag(self.flag, messages)
         for table, bounds in self._tables:
             remember_valid_table(table, bounds)
 
 
-def raise_on_flag(flag: torch.Tensor | None, messages: dict[int, BaseException]) -> None:
+def raise_on_flag(flag: torch.Tensor | None, messages: Messages) -> None:
     """Raise the exception of the first bit of ``messages`` set in ``flag`` (this synchronises with the GPU).
 
     Callers list the bits in the order their CPU kernel checks its inputs, so that an input with several
-    faults raises the same exception on either device."""
+    faults raises the same exception on either device. ``messages`` may be a function that makes them:
+    it is called only where a flag is read, so that calls with none (on the CPU, whose kernels raise
+    themselves, or with tables known valid) build no exception objects."""
     if flag is None:
         return
     bits = int(flag.item())
-    for bit, error in messages.items():
+    for bit, error in (messages() if callable(messages) else messages).items():
         if bits & bit:
             # A copy: the callers' frames, which the raised error's traceback holds, hold the message itself;
             # raising it would make a cycle that keeps the failed call's tensors alive until gc runs.

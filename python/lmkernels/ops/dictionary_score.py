@@ -168,20 +168,21 @@ def _dictionary_scores(logits: Tensor, ne_indices: Tensor, ne_offsets: Tensor, e
     _C.dictionary_scores(dl(logits), *map(dl, dictionary), m, edge_weight, _VARIANTS[variant], dl(scores),
                          dl(activations), dl(totals), dl(check.flag), stream_of(logits), *map(dl, rows),
                          dl(row_sums))
-    if not check.pending:  # only a flag to read needs the messages: none are built on the CPU or for a known dictionary
-        return scores
-    set_range = (f"a row id is out of range for a table of {num_rows} rows" if factored else
-                 f"an index is out of range for logits of {vocab} columns")
-    check.raise_on_flag({
-        _C.DICTIONARY_BAD_OFFSETS: ValueError("ne_offsets, edge_offsets: expected offsets[0] == 0, non-decreasing, "
-                                              "and last == the number of indices"),
-        _C.DICTIONARY_BAD_COUNT: ValueError("trigram_counts: expected every word to have at least 1 trigram"),
-        _C.DICTIONARY_BAD_ROW_OFFSETS: ValueError("row_offsets: expected row_offsets[0] == 0, non-decreasing, and "
-                                                  "last == the number of row indices"),
-        _C.DICTIONARY_BAD_ROW_INDEX: IndexError(f"row_indices: an index is out of range for logits of {vocab} "
-                                                f"columns"),
-        _C.DICTIONARY_BAD_INDEX: IndexError(f"ne_indices, edge_indices: {set_range}"),
-    })
+    def messages():
+        set_range = (f"a row id is out of range for a table of {num_rows} rows" if factored else
+                     f"an index is out of range for logits of {vocab} columns")
+        return {
+            _C.DICTIONARY_BAD_OFFSETS: ValueError("ne_offsets, edge_offsets: expected offsets[0] == 0, non-decreasing, "
+                                                  "and last == the number of indices"),
+            _C.DICTIONARY_BAD_COUNT: ValueError("trigram_counts: expected every word to have at least 1 trigram"),
+            _C.DICTIONARY_BAD_ROW_OFFSETS: ValueError("row_offsets: expected row_offsets[0] == 0, non-decreasing, "
+                                                      "and last == the number of row indices"),
+            _C.DICTIONARY_BAD_ROW_INDEX: IndexError(f"row_indices: an index is out of range for logits of {vocab} "
+                                                    f"columns"),
+            _C.DICTIONARY_BAD_INDEX: IndexError(f"ne_indices, edge_indices: {set_range}"),
+        }
+
+    check.raise_on_flag(messages)
     return scores
 
 

@@ -79,12 +79,13 @@ def _tables_check(indices: Tensor, offsets: Tensor, rows: int, like: Tensor) -> 
 def _raise_on_flag(check: TableCheck, rows: int, sorted_first: bool = False) -> None:
     """In the CPU kernels' order: offsets, then indices; after the sort by row, which checks the
     indices before anything reads the offsets, indices first."""
-    if not check.pending:  # only a flag to read needs the messages: none are built on the CPU or for known tables
-        return
-    offsets = (_C.BAG_BAD_OFFSETS, ValueError("offsets: expected offsets[0] == 0, non-decreasing offsets, and the last "
-                                              "offset == len(indices)"))
-    indices = (_C.BAG_BAD_INDEX, IndexError(f"indices: an index is out of range for a table of {rows} rows"))
-    check.raise_on_flag(dict([indices, offsets] if sorted_first else [offsets, indices]))
+    def messages():
+        offsets = (_C.BAG_BAD_OFFSETS, ValueError("offsets: expected offsets[0] == 0, non-decreasing offsets, and the "
+                                                  "last offset == len(indices)"))
+        indices = (_C.BAG_BAD_INDEX, IndexError(f"indices: an index is out of range for a table of {rows} rows"))
+        return dict([indices, offsets] if sorted_first else [offsets, indices])
+
+    check.raise_on_flag(messages)
 
 
 def _embedding_bag(

@@ -108,9 +108,7 @@ def _rows(t: Tensor) -> Tensor:
 
 
 def _check_flag(flag: Tensor | None) -> None:
-    if flag is None:  # the CPU kernel raised itself: no message to build
-        return
-    raise_on_flag(flag, {_C.QUANT_NON_FINITE: ValueError(
+    raise_on_flag(flag, lambda: {_C.QUANT_NON_FINITE: ValueError(
         "weight: a row holds a non-finite value (inf or NaN); int8 absmax quantisation needs finite weights")})
 
 

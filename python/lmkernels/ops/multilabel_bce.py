@@ -136,9 +136,7 @@ def _multilabel_bce(
     flag = error_flag(logits)
     _C.multilabel_bce(dl(logits), dl(pos_indices), dl(pos_offsets), dl(weights), pos_weight, dl(loss),
                       dl(grad) if compute_grad else None, dl(flag), stream_of(logits))
-    if flag is None:  # the CPU kernel raised itself: no messages to build
-        return loss, grad
-    raise_on_flag(flag, {
+    raise_on_flag(flag, lambda: {
         _C.BCE_BAD_OFFSETS: ValueError("pos_offsets: expected pos_offsets[0] == 0, non-decreasing, and last == "
                                        "len(pos_indices)"),
         _C.BCE_BAD_INDEX: IndexError(f"pos_indices: an index is out of range for a vocabulary of {logits.shape[1]} "

@@ -102,9 +102,7 @@ def _token_divergence(logits: Tensor, reference_tokens: Tensor, mask: Tensor | N
     _C.token_divergence(dl(logits), dl(reference_tokens), dl(mask), dl(reference_logits), dl(argmax), dl(match),
                         dl(nll), dl(margin), dl(kl if reference_logits is not None else None), dl(flag),
                         stream_of(logits))
-    if flag is None:  # the CPU kernel raised itself: no message to build
-        return argmax, match, nll, margin, kl
-    raise_on_flag(flag, {
+    raise_on_flag(flag, lambda: {
         _C.DIVERGENCE_BAD_TOKEN: IndexError(f"reference_tokens: expected values in [0, {logits.shape[-1]}) (the "
                                             f"vocabulary of logits) at every unmasked position"),
     })

@@ -55,10 +55,8 @@ def _seqlens_check(cu_seqlens: Tensor, rows: int, like: Tensor) -> TableCheck:
 
 
 def _raise_on_flag(check: TableCheck, rows: int) -> None:
-    if check.pending:  # only a flag to read needs the message: none is built on the CPU or for a known table
-        check.raise_on_flag({_C.WORD_CONNECTOR_BAD_SEQLENS: ValueError(
-            f"cu_seqlens: expected non-decreasing word boundaries within [0, {rows}] (the rows of the byte "
-            "stream)")})
+    check.raise_on_flag(lambda: {_C.WORD_CONNECTOR_BAD_SEQLENS: ValueError(
+        f"cu_seqlens: expected non-decreasing word boundaries within [0, {rows}] (the rows of the byte stream)")})
 
 
 def word_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, scale: float | None = None) -> Tensor:
