@@ -296,6 +296,35 @@ def test_reset_parameters_after_to_empty_draws_unit_normal_weights_and_unit_gain
     assert not layer.bias.any()
 
 
+def _tags(model):
+    return {name: (type(p), p.mup_type, p.mup_scaling_depth) for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_tags_survive_conversions_that_replace_the_parameters(swap):
+    reference = M.TransformerDecoder(16, 30, layers=2, heads=2)
+    tags = _tags(reference)
+    previous = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(swap)
+    try:
+        with torch.device("meta"):
+            built_on_meta = M.TransformerDecoder(16, 30, layers=2, heads=2)
+        built_on_meta.to_empty(device="cpu")
+        assigned = M.TransformerDecoder(16, 30, layers=2, heads=2).to("meta")
+        assigned.load_state_dict(reference.state_dict(), assign=True)
+        converted = copy.deepcopy(reference)
+        objects = [id(p) for p in converted.parameters()]
+        converted.to(torch.float64)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(previous)
+    for model in (built_on_meta, assigned, converted):
+        assert _tags(model) == tags
+        umup.AdamW(model.parameters(), lr=1e-3)  # raises for untagged parameters
+    assert all(torch.equal(a, b) for a, b in zip(assigned.parameters(), reference.parameters()))
+    assert converted.projection.weight.dtype == torch.float64
+    assert [id(p) for p in converted.parameters()] == objects  # the parameters users hold stay the model's
+
+
 def test_slices_of_the_containers_are_sequentials_of_the_same_modules():
     model = M.TransformerDecoder(16, 30, layers=3, heads=2)
     head = model[:-1]

@@ -30,12 +30,12 @@ from torch import Tensor
 
 import lmkernels.umup.functional as U
 from lmkernels.umup.fp8 import fp8_linear
-from lmkernels.umup.parameter import is_tagged, parameter
+from lmkernels.umup.parameter import TaggedModule, is_tagged, parameter
 
 FP8_SCHEMES = ("off", "partial", "all")
 
 
-class Linear(torch.nn.Module):
+class Linear(TaggedModule):
     """Unit-scaled linear layer ``y = U.linear(x, W, b)``, no bias by default.
 
     Precision of its three GEMMs: ``fp8`` runs them in FP8 (``lmkernels.umup.fp8.fp8_linear``);
@@ -99,7 +99,7 @@ class LinearReadout(Linear):
         return U.linear_readout(input, self.weight, self.bias, self.constraint)
 
 
-class Embedding(torch.nn.Module):
+class Embedding(TaggedModule):
     """Unit-scaled embedding: an N(0, 1) table [V, d] looked up with ``U.embedding``."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, device=None,
@@ -129,7 +129,7 @@ class Embedding(torch.nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}{padding}"
 
 
-class RMSNorm(torch.nn.Module):
+class RMSNorm(TaggedModule):
     """Unit-scaled RMS normalisation over the trailing ``normalized_shape``; no gain by default (u-muP)."""
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5, elementwise_affine: bool = False):
