@@ -97,22 +97,12 @@ __attribute__((always_inline)) inline void weighted_row_sum(T* __restrict out, c
   }
 }
 
-// Columns per pass, measured on Zen 4 (see docs/benchmarks.md). 16-bit rows: 32 columns. fp32 rows
-// streamed from memory (`from_memory`: the source is larger than a last-level cache): 16 columns,
-// slightly faster than 32, where 64 columns ran at 0.8x of torch; fp32 rows in
-// cache: 64 columns, which ran 1.5x faster than 16.
-template <bool kStream, typename T>
-__attribute__((always_inline)) inline void weighted_row_sum(T* __restrict out, const T* const* rows, const float* w,
-                                                            int64_t count, int64_t dim, float divisor,
-                                                            bool from_memory, NextRows<T> next) {
-  if constexpr (sizeof(T) == 2) {
-    weighted_row_sum<2, kStream>(out, rows, w, count, dim, divisor, next);
-  } else if (from_memory) {
-    weighted_row_sum<1, kStream>(out, rows, w, count, dim, divisor, next);
-  } else {
-    weighted_row_sum<4, kStream>(out, rows, w, count, dim, divisor, next);
-  }
-}
+// Units of 16 columns per pass: 64 columns, 128 or 256 bytes of each row, for every value type.
+// Measured on an Emerald Rapids VM (docs/benchmarks.md) against 16, 32 and 128 columns, since the
+// next output's rows are prefetched: T-FREE-size fp32 forward 48 -> 31 ms (from 16 columns), bf16
+// 128 -> 94 ms (from 32), tables in cache alike or faster. (The narrower passes had been chosen on
+// Zen 4 before that prefetch.)
+constexpr int kPassUnits = 4;
 
 // Where the output goes. Outputs larger than a last-level cache are written with streaming
 // stores (when aligned for them); smaller ones stay in cache for whatever reads them next.
@@ -173,17 +163,17 @@ __attribute__((always_inline)) inline void packed_block_sums(T* out, int64_t out
 // The SIMD-cloned entry points, one per value type, and overloads that pick them.
 #define LMK_DEFINE_KERNELS(T, SUFFIX)                                                                       \
   LMK_SIMD_CLONES void weighted_row_sum_##SUFFIX(T* out, const T* const* rows, const float* w, int64_t count, \
-                                                 int64_t dim, float divisor, bool from_memory,               \
-                                                 OutputPath path, NextRows<T> next) {                        \
+                                                 int64_t dim, float divisor, OutputPath path,                \
+                                                 NextRows<T> next) {                                         \
     if (path == OutputPath::Streamed)                                                                        \
-      weighted_row_sum<true>(out, rows, w, count, dim, divisor, from_memory, next);                          \
+      weighted_row_sum<kPassUnits, true>(out, rows, w, count, dim, divisor, next);                           \
     else                                                                                                     \
-      weighted_row_sum<false>(out, rows, w, count, dim, divisor, from_memory, next);                         \
+      weighted_row_sum<kPassUnits, false>(out, rows, w, count, dim, divisor, next);                          \
   }                                                                                                          \
   LMK_SIMD_CLONES float dot_##SUFFIX(const T* a, const T* b, int64_t dim) { return dot(a, b, dim); }         \
   inline void weighted_row_sum_simd(T* out, const T* const* rows, const float* w, int64_t count, int64_t dim, \
-                                    float divisor, bool from_memory, OutputPath path, NextRows<T> next) {     \
-    weighted_row_sum_##SUFFIX(out, rows, w, count, dim, divisor, from_memory, path, next);                   \
+                                    float divisor, OutputPath path, NextRows<T> next) {                       \
+    weighted_row_sum_##SUFFIX(out, rows, w, count, dim, divisor, path, next);                                \
   }                                                                                                          \
   inline float dot_simd(const T* a, const T* b, int64_t dim) { return dot_##SUFFIX(a, b, dim); }              \
   LMK_SIMD_CLONES void packed_block_sums_##SUFFIX(T* out, int64_t out_stride, const T* block,                 \
@@ -243,10 +233,9 @@ struct Gather {
     unit_weights = unit_weights && w == 1.f;
   }
   // next: the output summed after this one, if known, whose rows are prefetched meanwhile.
-  void sum_into(T* out, int64_t dim, float divisor, bool from_memory, OutputPath path,
-                const Gather* next = nullptr) const {
+  void sum_into(T* out, int64_t dim, float divisor, OutputPath path, const Gather* next = nullptr) const {
     weighted_row_sum_simd(out, rows.data(), unit_weights ? nullptr : weights.data(), int64_t(rows.size()), dim,
-                          divisor, from_memory, path,
+                          divisor, path,
                           next ? NextRows<T>{next->rows.data(), int64_t(next->rows.size())} : NextRows<T>{});
   }
 };
@@ -331,7 +320,6 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
     const I* offsets = bags.offsets.as<I>();
     const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
     const OutputPath path = prepare_output<T>(out, num_bags, dim);
-    const bool from_memory = larger_than_cache(rows * table.stride(0) * int64_t(sizeof(T)));
     // The bag being summed and the next one, whose rows it prefetches: per thread (static storage,
     // not captured, each thread its own), one thread-local lookup per chunk.
     thread_local Gather<T> scratch_gathers[2];
@@ -347,7 +335,7 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
       gather_one_ahead(scratch_gathers, lo, hi, collect, [&](const Gather<T>& gather, int64_t b, const Gather<T>* next) {
         const int64_t size = offsets[b + 1] - offsets[b];
         const float divisor = bags.mode == BagMode::Mean && size > 0 ? float(size) : 1.f;
-        gather.sum_into(out.as<T>() + b * dim, dim, divisor, from_memory, path, next);
+        gather.sum_into(out.as<T>() + b * dim, dim, divisor, path, next);
       });
       return bad_position;
     });
@@ -407,7 +395,6 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
         fail(ErrorKind::Value, "segment_starts: expected non-decreasing starts within [0, ", n, "], got [",
              starts[s], ", ", starts[s + 1], "] for segment ", s);
     const OutputPath path = prepare_output<T>(grad_segments, num_segments, dim);
-    const bool from_memory = larger_than_cache(num_bags * grad_out.stride(0) * int64_t(sizeof(T)));
     FirstError bad;
     const auto scale_of = [&](int64_t position, int64_t bag) {  // the factor of a gathered row
       float scale = weights ? to_float(weights[position]) : 1.f;
@@ -475,7 +462,7 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
       parallel_for(0, num_segments, grain, [&](int64_t lo, int64_t hi) {
         Gather<T> gathers[2];
         gather_one_ahead(gathers, lo, hi, collect, [&](const Gather<T>& gather, int64_t s, const Gather<T>* next) {
-          gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, from_memory, path, next);
+          gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, path, next);
         });
         vec::stream_fence();
       });
