@@ -10,6 +10,10 @@
 
 #include "common/numeric.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace lmk::vec {
 
 typedef float f32x8 __attribute__((vector_size(32)));
@@ -59,6 +63,15 @@ __attribute__((always_inline)) inline f32x8 load8(const float16* p) {
   const i32x8 is_subnormal = (i32x8)(two_w < (1u << 27));
   return bitcast<f32x8>(sign | (is_subnormal ? bitcast<u32x8>(subnormal) : bitcast<u32x8>(normal)));
 }
+
+#if defined(__x86_64__)
+// load8(const float16*) by F16C's VCVTPH2PS: the same values (every fp16 is exactly a float), one
+// instruction where the portable form takes a dozen. Not inlinable into the SIMD clones' baseline
+// level, so only kernels compiled for F16C call it (x86-64-v3 and up, flattened: embedding bag).
+__attribute__((target("f16c,avx"))) inline f32x8 load8_f16c(const float16* p) {
+  return bitcast<f32x8>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+#endif
 
 // Sixteen consecutive values as two 8-lane vectors. fp32 and fp16: elements 0-7 and 8-15. bf16: the
 // even and the odd elements, which one load, a shift and a mask produce; store16 puts them back.

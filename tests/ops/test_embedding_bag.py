@@ -199,6 +199,24 @@ def test_compiles_fullgraph_with_backward(device, sparse):
         torch.testing.assert_close(a.to_dense(), b.to_dense())
 
 
+# 16-bit rows are read as exact fp32 values, by F16C's conversion for fp16 where the CPU has it and
+# by the portable decoding elsewhere, and each column is summed in bag order in fp32: plain sums
+# equal the sequential fp32 sum bit for bit, whichever path ran. 149 columns: two 64-column passes,
+# a 16-column pass and five scalar columns.
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_sums_equal_the_sequential_fp32_sum_bitwise(dtype):
+    torch.manual_seed(5)
+    table = (torch.randn(500, 149) * 1000).to(dtype)
+    table[3, :8] = torch.tensor([6e-8, -6e-8, 1e-5, 65504, -65504, float("inf"), 0.0, -0.0]).to(dtype)
+    indices, offsets = make_bags([0, 1, 7, 50, 3], 500)
+    indices[:1] = 3  # the bag of one: the subnormal, extreme and signed-zero values as they are
+    expected = torch.zeros(5, 149)
+    for bag in range(5):
+        for row in indices[offsets[bag]:offsets[bag + 1]]:
+            expected[bag] += table[row].float()
+    assert torch.equal(embedding_bag(table, indices, offsets), expected.to(dtype))
+
+
 # Outputs larger than a last-level cache (over 32 MiB) are faulted in up front and written with
 # streaming stores where their rows are 16-byte aligned; smaller outputs with plain stores. The
 # values must not depend on the path: large results are compared bitwise with the same values

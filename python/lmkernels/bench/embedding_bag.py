@@ -1,7 +1,7 @@
 """Embedding-bag cases: ``lmk.embedding_bag`` against ``torch.nn.functional.embedding_bag``.
 
-T-FREE sizes: a 32000 x 1024 float32 and a 32000 x 4096 bfloat16 table, 4096 bags of 50 uniform
-random int64 indices (seeded), mode "sum". ``fwd`` is the forward pass; ``fwd+bwd`` adds the
+T-FREE sizes: a 32000 x 1024 float32, a 32000 x 4096 bfloat16 and a 32000 x 1024 float16 table,
+4096 bags of 50 uniform random int64 indices (seeded), mode "sum". ``fwd`` is the forward pass; ``fwd+bwd`` adds the
 dense table gradient of a fixed random upstream gradient. Case names read
 ``<pass> <rows>x<dim> <dtype> <bags>x<bag size>``.
 
@@ -17,10 +17,13 @@ import torch.nn.functional as F
 from lmkernels.bench.harness import Case
 from lmkernels.ops import embedding_bag
 
-_FULL = {"tables": [(32000, 1024, torch.float32), (32000, 4096, torch.bfloat16)], "bags": 4096, "bag_size": 50}
-_QUICK = {"tables": [(8000, 256, torch.float32), (8000, 1024, torch.bfloat16)], "bags": 1024, "bag_size": 50}
-_TINY = {"tables": [(1000, 32, torch.float32), (1000, 64, torch.bfloat16)], "bags": 64, "bag_size": 50}
-_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+_FULL = {"tables": [(32000, 1024, torch.float32), (32000, 4096, torch.bfloat16), (32000, 1024, torch.float16)],
+         "bags": 4096, "bag_size": 50}
+_QUICK = {"tables": [(8000, 256, torch.float32), (8000, 1024, torch.bfloat16), (8000, 1024, torch.float16)],
+          "bags": 1024, "bag_size": 50}
+_TINY = {"tables": [(1000, 32, torch.float32), (1000, 64, torch.bfloat16), (1000, 64, torch.float16)], "bags": 64,
+         "bag_size": 50}
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
