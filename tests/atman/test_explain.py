@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from lmkernels.atman import LMKernelsCausalLM, Tokens, explain, explain_similarity
 from lmkernels.bench.atman_explain import official_relevance
+from lmkernels.nn import ByteTokenizer
 
 PROMPT = "The cat sat on the mat. Then it slept."
 TARGET = " Zzz."
@@ -118,6 +119,13 @@ def test_scores_and_renderings(byte_model, tmp_path):
     assert page.count("<span") == len(explanation.units) and "cat " in page and "Zzz." in page
     figure = explanation.plot(str(tmp_path / "atman.png"))
     assert (tmp_path / "atman.png").stat().st_size > 1000 and figure.axes
+
+
+def test_the_byte_tokenizer_passed_explicitly_keeps_the_text(byte_model):
+    implicit = explain(byte_model, PROMPT, TARGET, units="word")
+    explicit = explain(byte_model, PROMPT, TARGET, tokenizer=ByteTokenizer(), units="word")
+    assert [u.label for u in explicit.units] == [u.label for u in implicit.units]
+    assert torch.equal(explicit.relevance, implicit.relevance)
 
 
 def test_html_escapes_and_token_ids_without_text(byte_model):

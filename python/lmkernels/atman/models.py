@@ -50,8 +50,9 @@ class Adapter:
 
 
 def encoded_tokens(tokenizer, vocab_size: int, text: str, name: str) -> Tokens:
-    """``text`` through ``tokenizer.encode``, or as bytes without a tokenizer (vocabulary of 256 only)."""
-    if tokenizer is None:
+    """``text`` as bytes without a tokenizer or with ``lmkernels.nn.ByteTokenizer`` (vocabulary of 256
+    only), keeping each byte's character span; else through ``tokenizer.encode``, ids only."""
+    if tokenizer is None or isinstance(tokenizer, ByteTokenizer):
         if vocab_size != ByteTokenizer.vocab_size:
             raise TypeError(f"{name}: text needs a tokenizer for a vocabulary of {vocab_size} "
                             "(pass tokenizer=, or token ids)")
