@@ -67,22 +67,29 @@ __attribute__((always_inline)) inline void accumulate_row(vec::f32x8* acc, const
   }
 }
 
-// The gathered rows of the output summed next (rows[0:count]). Their lines are prefetched into L2
-// while the current output is summed, a tile of columns at a time, so that a whole output's rows
-// are in flight at once: prefetching two rows ahead within an output, as before, kept too few
-// misses in flight to approach the memory bandwidth (T-FREE fp32 forward 35-48 ms -> 22-30 ms,
-// bf16 81-92 ms -> 46-70 ms; docs/benchmarks.md).
+// The gathered rows of the output summed next (rows[0:count]). Their lines are prefetched while the
+// current output is summed, a tile of columns at a time, so that a whole output's rows are in flight
+// at once: prefetching two rows ahead within an output, as before, kept too few misses in flight to
+// approach the memory bandwidth (T-FREE fp32 forward 35-48 ms -> 22-30 ms, bf16 81-92 ms -> 46-70
+// ms; docs/benchmarks.md). Into L1 (`to_l1`) where the rows come from memory: the T-FREE bf16
+// forward, 32000 x 4096, ran 60 -> 53 ms so on the Intel machine (fp32 level); into L2 where they
+// come from cache, which L1 prefetches slowed by up to a tenth.
 template <typename T>
 struct NextRows {
   const T* const* rows = nullptr;
   int64_t count = 0;
+  bool to_l1 = false;
 };
 
-// Prefetches the cache lines of p[0:kBytes) into L2. Inlined by force: GCC takes a call holding only
-// prefetches for one without effects and deletes it.
+// Prefetches the cache lines of p[0:kBytes) into L1 or L2. Inlined by force: GCC takes a call holding
+// only prefetches for one without effects and deletes it.
 template <int64_t kBytes>
-__attribute__((always_inline)) inline void prefetch_to_l2(const void* p) {
-  for (int64_t byte = 0; byte < kBytes; byte += 64) __builtin_prefetch(static_cast<const char*>(p) + byte, 0, 2);
+__attribute__((always_inline)) inline void prefetch_lines(const void* p, bool to_l1) {
+  const char* bytes = static_cast<const char*>(p);
+  if (to_l1)
+    for (int64_t byte = 0; byte < kBytes; byte += 64) __builtin_prefetch(bytes + byte, 0, 3);
+  else
+    for (int64_t byte = 0; byte < kBytes; byte += 64) __builtin_prefetch(bytes + byte, 0, 2);
 }
 
 // out[d0 : d0 + 16 * kUnits] of weighted_row_sum, in 2 * kUnits vector accumulators: independent add
@@ -96,10 +103,10 @@ __attribute__((always_inline)) inline void weighted_tile_sum(T* __restrict out, 
   constexpr int64_t kTileBytes = 16 * kUnits * int64_t(sizeof(T));
   vec::f32x8 acc[2 * kUnits] = {};
   for (int64_t i = 0; i < count; ++i) {
-    if (i < next.count) prefetch_to_l2<kTileBytes>(next.rows[i] + d0);
+    if (i < next.count) prefetch_lines<kTileBytes>(next.rows[i] + d0, next.to_l1);
     accumulate_row<kUnits, Loads>(acc, rows[i] + d0, w != nullptr, w ? w[i] : 1.f);
   }
-  for (int64_t i = count; i < next.count; ++i) prefetch_to_l2<kTileBytes>(next.rows[i] + d0);
+  for (int64_t i = count; i < next.count; ++i) prefetch_lines<kTileBytes>(next.rows[i] + d0, next.to_l1);
   for (int u = 0; u < kUnits; ++u)
     vec::store_or_stream16<kStream>(out + d0 + 16 * u, acc[2 * u] / divisor, acc[2 * u + 1] / divisor);
 }
@@ -318,11 +325,13 @@ struct Gather {
     weights.push_back(w);
     unit_weights = unit_weights && w == 1.f;
   }
-  // next: the output summed after this one, if known, whose rows are prefetched meanwhile.
-  void sum_into(T* out, int64_t dim, float divisor, OutputPath path, const Gather* next = nullptr) const {
+  // next: the output summed after this one, if known, whose rows are prefetched meanwhile (into L1
+  // where they come from memory: `from_memory`).
+  void sum_into(T* out, int64_t dim, float divisor, OutputPath path, const Gather* next, bool from_memory) const {
     weighted_row_sum_simd(out, rows.data(), unit_weights ? nullptr : weights.data(), int64_t(rows.size()), dim,
                           divisor, path,
-                          next ? NextRows<T>{next->rows.data(), int64_t(next->rows.size())} : NextRows<T>{});
+                          next ? NextRows<T>{next->rows.data(), int64_t(next->rows.size()), from_memory}
+                               : NextRows<T>{});
   }
 };
 
@@ -406,6 +415,7 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
     const I* offsets = bags.offsets.as<I>();
     const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
     const OutputPath path = prepare_output<T>(out, num_bags, dim);
+    const bool from_memory = larger_than_cache(rows * table.stride(0) * int64_t(sizeof(T)));
     // The bag being summed and the next one, whose rows it prefetches: per thread (static storage,
     // not captured, each thread its own), one thread-local lookup per chunk.
     thread_local Gather<T> scratch_gathers[2];
@@ -421,7 +431,7 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
       gather_one_ahead(scratch_gathers, lo, hi, collect, [&](const Gather<T>& gather, int64_t b, const Gather<T>* next) {
         const int64_t size = offsets[b + 1] - offsets[b];
         const float divisor = bags.mode == BagMode::Mean && size > 0 ? float(size) : 1.f;
-        gather.sum_into(out.as<T>() + b * dim, dim, divisor, path, next);
+        gather.sum_into(out.as<T>() + b * dim, dim, divisor, path, next, from_memory);
       });
       return bad_position;
     });
@@ -548,7 +558,7 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
       parallel_for(0, num_segments, grain, [&](int64_t lo, int64_t hi) {
         Gather<T> gathers[2];
         gather_one_ahead(gathers, lo, hi, collect, [&](const Gather<T>& gather, int64_t s, const Gather<T>* next) {
-          gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, path, next);
+          gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, path, next, false);
         });
         vec::stream_fence();
       });
