@@ -234,8 +234,8 @@ LMK_DEFINE_KERNELS(float16, f16)
 
 #if LMK_F16C_KERNELS
 // fp16 rows through F16C's conversion (x86-64-v3 and up): the clones' portable fp16 decoding costs
-// more than the rows' memory reads (32000 x 1024 fp16, 4096 bags of 50: 50 ms against 18 ms for
-// torch). flatten inlines the whole kernel here, F16C loads included, which the always-inlined
+// more than the rows' memory reads (32000 x 1024 fp16, 4096 bags of 50: 53 -> 19 ms; torch 13-19 ms).
+// flatten inlines the whole kernel here, F16C loads included, which the always-inlined
 // helpers could not take in themselves. Same sums in the same order: the same bits as the clones.
 __attribute__((target("arch=x86-64-v3"), flatten)) void weighted_row_sum_f16c(
     float16* out, const float16* const* rows, const float* w, int64_t count, int64_t dim, float divisor,
@@ -558,7 +558,8 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
       parallel_for(0, num_segments, grain, [&](int64_t lo, int64_t hi) {
         Gather<T> gathers[2];
         gather_one_ahead(gathers, lo, hi, collect, [&](const Gather<T>& gather, int64_t s, const Gather<T>* next) {
-          gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, path, next, false);
+          // The upstream gradient's rows into L2 whatever its size: L1 was measured for the forward only.
+          gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, path, next, /*from_memory=*/false);
         });
         vec::stream_fence();
       });
