@@ -5,9 +5,13 @@
 #pragma once
 #include <string>
 
+// LMK_X86_64_LEVELS: 1 where functions are compiled per x86-64 level (LMK_SIMD_CLONES, and kernels
+// that compile their own level-specific variant beside the clones), else 0.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define LMK_X86_64_LEVELS 1
 #define LMK_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
+#define LMK_X86_64_LEVELS 0
 #define LMK_SIMD_CLONES
 #endif
 

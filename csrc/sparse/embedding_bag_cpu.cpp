@@ -40,13 +40,7 @@ struct PortableLoads {
   }
 };
 
-// GCC on x86-64, as LMK_SIMD_CLONES: kernels compiled for x86-64-v3 beside the clones.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LMK_F16C_KERNELS 1
-#else
-#define LMK_F16C_KERNELS 0
-#endif
-#if LMK_F16C_KERNELS
+#if LMK_X86_64_LEVELS
 struct F16CLoads {
   __attribute__((always_inline)) static void load16(const float16* p, vec::f32x8& a, vec::f32x8& b) {
     a = vec::load8_f16c(p);
@@ -232,7 +226,7 @@ LMK_DEFINE_KERNELS(bfloat16, bf16)
 LMK_DEFINE_KERNELS(float16, f16)
 #undef LMK_DEFINE_KERNELS
 
-#if LMK_F16C_KERNELS
+#if LMK_X86_64_LEVELS
 // fp16 rows through F16C's conversion (x86-64-v3 and up): the clones' portable fp16 decoding costs
 // more than the rows' memory reads (32000 x 1024 fp16, 4096 bags of 50: 53 -> 19 ms; torch 13-19 ms).
 // flatten inlines the whole kernel here, F16C loads included, which the always-inlined
@@ -257,11 +251,9 @@ __attribute__((target("arch=x86-64-v3"), flatten)) void packed_block_sums_f16c(
                                         scales);
 }
 
+// x86-64-v3 or better: the level simd_level() calls "avx2" or "avx512".
 bool use_f16c_kernels() {
-  static const bool use = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("x86-64-v3") != 0;
-  }();
+  static const bool use = simd_level() != "baseline";
   return use;
 }
 #endif
@@ -269,7 +261,7 @@ bool use_f16c_kernels() {
 template <typename T>
 void weighted_row_sum_simd(T* out, const T* const* rows, const float* w, int64_t count, int64_t dim, float divisor,
                            OutputPath path, NextRows<T> next) {
-#if LMK_F16C_KERNELS
+#if LMK_X86_64_LEVELS
   if constexpr (std::is_same_v<T, float16>)
     if (use_f16c_kernels()) return weighted_row_sum_f16c(out, rows, w, count, dim, divisor, path, next);
 #endif
@@ -280,7 +272,7 @@ template <typename T>
 void packed_block_sums_simd(T* out, int64_t out_stride, const T* block, int64_t block_columns, int64_t columns,
                             int64_t num_segments, const int64_t* starts, const int32_t* ids, const float* scales,
                             OutputPath path) {
-#if LMK_F16C_KERNELS
+#if LMK_X86_64_LEVELS
   if constexpr (std::is_same_v<T, float16>)
     if (use_f16c_kernels())
       return packed_block_sums_f16c(out, out_stride, block, block_columns, columns, num_segments, starts, ids, scales,
