@@ -65,9 +65,9 @@ __attribute__((always_inline)) inline void accumulate_row(vec::f32x8* acc, const
 // current output is summed, a tile of columns at a time, so that a whole output's rows are in flight
 // at once: prefetching two rows ahead within an output, as before, kept too few misses in flight to
 // approach the memory bandwidth (T-FREE fp32 forward 35-48 ms -> 22-30 ms, bf16 81-92 ms -> 46-70
-// ms; docs/benchmarks.md). Into L1 (`to_l1`) where the rows come from memory: the T-FREE bf16
-// forward, 32000 x 4096, ran 60 -> 53 ms so on the Intel machine (fp32 level); into L2 where they
-// come from cache, which L1 prefetches slowed by up to a tenth.
+// ms; docs/benchmarks.md). Into L1 (`to_l1`) where the rows come from memory on an Intel CPU
+// (l1_prefetch_pays): the T-FREE bf16 forward, 32000 x 4096, ran 60 -> 53 ms so on the Intel machine
+// (fp32 level); into L2 where they come from cache, which L1 prefetches slowed by up to a tenth.
 template <typename T>
 struct NextRows {
   const T* const* rows = nullptr;
@@ -318,11 +318,11 @@ struct Gather {
     unit_weights = unit_weights && w == 1.f;
   }
   // next: the output summed after this one, if known, whose rows are prefetched meanwhile (into L1
-  // where they come from memory: `from_memory`).
-  void sum_into(T* out, int64_t dim, float divisor, OutputPath path, const Gather* next, bool from_memory) const {
+  // where `to_l1`, else into L2).
+  void sum_into(T* out, int64_t dim, float divisor, OutputPath path, const Gather* next, bool to_l1) const {
     weighted_row_sum_simd(out, rows.data(), unit_weights ? nullptr : weights.data(), int64_t(rows.size()), dim,
                           divisor, path,
-                          next ? NextRows<T>{next->rows.data(), int64_t(next->rows.size()), from_memory}
+                          next ? NextRows<T>{next->rows.data(), int64_t(next->rows.size()), to_l1}
                                : NextRows<T>{});
   }
 };
@@ -346,6 +346,19 @@ void gather_one_ahead(Gather<T> (&gathers)[2], int64_t lo, int64_t hi, Collect c
 // Whether gathered rows come from memory rather than cache: a source larger than a typical
 // last-level cache (32 MiB).
 bool larger_than_cache(int64_t bytes) { return bytes > (int64_t(32) << 20); }
+
+// Whether the next bag's rows, where they come from memory, should be prefetched into L1 rather than
+// L2. On the Intel machine (Emerald Rapids) L1 ran the T-FREE bf16 forward 60 -> 53 ms; on Zen 4
+// it ran 3x slower than L2 (bf16 44-46 -> 151-166 ms, fp32 29 -> 59-63 ms, fp16 12 -> 35 ms, one
+// process alternating; docs/benchmarks.md), so only Intel CPUs take it.
+bool l1_prefetch_pays() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool intel = __builtin_cpu_is("intel");
+  return intel;
+#else
+  return false;
+#endif
+}
 
 // Readies a contiguous [rows, dim] output for its kernel and picks how to write it. Huge pages
 // always (a fresh output otherwise costs a page fault per 4 KiB); for outputs larger than a cache,
@@ -407,7 +420,7 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
     const I* offsets = bags.offsets.as<I>();
     const T* weights = bags.weights ? bags.weights->as<T>() : nullptr;
     const OutputPath path = prepare_output<T>(out, num_bags, dim);
-    const bool from_memory = larger_than_cache(rows * table.stride(0) * int64_t(sizeof(T)));
+    const bool rows_to_l1 = l1_prefetch_pays() && larger_than_cache(rows * table.stride(0) * int64_t(sizeof(T)));
     // The bag being summed and the next one, whose rows it prefetches: per thread (static storage,
     // not captured, each thread its own), one thread-local lookup per chunk.
     thread_local Gather<T> scratch_gathers[2];
@@ -423,7 +436,7 @@ void forward_cpu(const TensorView& table, const Bags& bags, const TensorView& ou
       gather_one_ahead(scratch_gathers, lo, hi, collect, [&](const Gather<T>& gather, int64_t b, const Gather<T>* next) {
         const int64_t size = offsets[b + 1] - offsets[b];
         const float divisor = bags.mode == BagMode::Mean && size > 0 ? float(size) : 1.f;
-        gather.sum_into(out.as<T>() + b * dim, dim, divisor, path, next, from_memory);
+        gather.sum_into(out.as<T>() + b * dim, dim, divisor, path, next, rows_to_l1);
       });
       return bad_position;
     });
@@ -551,7 +564,7 @@ void backward_table_cpu(const TensorView& grad_out, const Bags& bags, const Tens
         Gather<T> gathers[2];
         gather_one_ahead(gathers, lo, hi, collect, [&](const Gather<T>& gather, int64_t s, const Gather<T>* next) {
           // The upstream gradient's rows into L2 whatever its size: L1 was measured for the forward only.
-          gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, path, next, /*from_memory=*/false);
+          gather.sum_into(grad_segments.as<T>() + s * dim, dim, 1.f, path, next, /*to_l1=*/false);
         });
         vec::stream_fence();
       });
