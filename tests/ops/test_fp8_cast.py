@@ -202,7 +202,9 @@ def test_stochastic_is_unbiased_and_only_hits_the_two_neighbours(device, fmt, va
 
 # ---- transpose --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", [(1, 1), (64, 64), (100, 37), (3, 1000), (1030, 5)])
+# (130, 2100) and (64, 4104): more columns than the CPU kernel's 2048-column bands, ragged and whole
+# 64-row bands (the latter written with streaming stores).
+@pytest.mark.parametrize("shape", [(1, 1), (64, 64), (100, 37), (3, 1000), (1030, 5), (130, 2100), (64, 4104)])
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_transpose_equals_cast_then_transpose(device, shape, rounding):
     x = torch.randn(shape, device=device) * 50
