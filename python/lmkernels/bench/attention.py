@@ -1,17 +1,19 @@
 """Attention cases: ``lmk.attention`` against ``scaled_dot_product_attention`` with a dense mask, and
 ``flex_attention`` where it runs.
 
-AtMan (issue 6): suppressed causal attention of one explanation pass of a small Llama-style layer,
-batch 1, 8 heads x 64, S = 4096, ten keys suppressed through a per-key bias (log 0.1). The peer
-is what AtMan's research code runs: SDPA with the dense [S, S] additive mask (causal -inf plus the
-bias column), built once outside the timed call (which favours the peer).
+AtMan (issue 6): suppressed causal attention of a small Llama-style layer, 8 heads x 64, S = 4096,
+ten keys suppressed through a per-key bias (log 0.1): one explanation pass (batch 1), and four
+passes in one call as AtMan batches them (batch 4, each item suppressing its own ten keys). The
+peer is what AtMan's research code runs: SDPA with the dense additive mask (causal -inf plus the
+bias column), [1, 1, S, S] or one [S, S] per item, built once outside the timed call (which
+favours the peer).
 
 HAT (issue 5): the byte encoder's causal sliding-window attention, 8192 bytes, window 768, 8 heads
 x 64, forward and forward+backward (upstream gradient of ones through ``out.sum()``). Peers: SDPA
 with the dense [S, S] boolean mask, and ``flex_attention`` with the same mask as a compiled block
 mask (CUDA, and CPU where this torch compiles it; its compilation is paid in the warmup).
 
-Case names read ``<what> S=<S> [w=<window>] <H>x<D> <dtype> fwd|fwd+bwd``; CPU cases run in
+Case names read ``<what> S=<S> [w=<window>] [batch <B>] <H>x<D> <dtype> fwd|fwd+bwd``; CPU cases run in
 float32, CUDA ones in bfloat16. ``peak_memory_report()`` (``python -m lmkernels.bench.attention
 --memory``) measures each side's peak memory on the CPU, where the harness has no allocator
 statistics, each in a fresh process.
@@ -33,6 +35,7 @@ from lmkernels.ops import attention
 
 _HEADS, _DIM = 8, 64
 _SUPPRESSED = 10
+_ATMAN_BATCH = 4  # passes of the batched AtMan case
 
 
 def _sizes(quick: bool, tiny: bool) -> tuple[int, int, int]:
@@ -48,7 +51,7 @@ def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
     """The attention cases on ``device``: full sizes, ``quick`` (S = 2048) or ``tiny`` (smoke test)."""
     atman_length, hat_length, window = _sizes(quick, tiny)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    result = [_atman_case(atman_length, dtype, device)]
+    result = [_atman_case(atman_length, dtype, device, batch) for batch in (1, _ATMAN_BATCH)]
     for backward in (False, True):
         result.append(_window_case(hat_length, window, dtype, device, backward, "sdpa"))
         if not tiny and _flex_runs(device, backward):
@@ -60,24 +63,27 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
 
 
-def _qkv(length: int, dtype: torch.dtype, device: str, requires_grad: bool = False):
+def _qkv(length: int, dtype: torch.dtype, device: str, requires_grad: bool = False, batch: int = 1):
     gen = torch.Generator().manual_seed(0)
-    return [torch.randn(1, _HEADS, length, _DIM, generator=gen).to(device, dtype).requires_grad_(requires_grad)
+    return [torch.randn(batch, _HEADS, length, _DIM, generator=gen).to(device, dtype).requires_grad_(requires_grad)
             for _ in range(3)]
 
 
-def atman_bias(length: int) -> torch.Tensor:
-    """log 0.1 on ten keys a tenth of the way in, 0 elsewhere: [1, length] float32."""
-    bias = torch.zeros(1, length)
-    start = length // 10
-    bias[:, start:start + _SUPPRESSED] = math.log(0.1)
+def atman_bias(length: int, batch: int = 1) -> torch.Tensor:
+    """log 0.1 on ten keys per item, 0 elsewhere: [batch, length] float32. Item 0's keys start a
+    tenth of the way in, item b's b / batch of the length further."""
+    bias = torch.zeros(batch, length)
+    for item in range(batch):
+        start = length // 10 + item * (length // batch)
+        bias[item, start:start + _SUPPRESSED] = math.log(0.1)
     return bias
 
 
 def dense_atman_mask(length: int, bias: torch.Tensor, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """The research code's [1, 1, S, S] additive mask: -inf above the diagonal, the bias on every row."""
+    """The research code's [B, 1, S, S] additive mask: -inf above the diagonal, item b's bias on
+    every row of its [S, S]."""
     causal = torch.full((length, length), -math.inf, device=bias.device).triu(1)
-    return (causal + bias[:, None, :]).to(device, dtype)[None]
+    return (causal + bias[:, None, :]).to(device, dtype)[:, None]
 
 
 def window_mask(length: int, window: int, device: str) -> torch.Tensor:
@@ -87,11 +93,11 @@ def window_mask(length: int, window: int, device: str) -> torch.Tensor:
     return (distance >= 0) & (distance < window)
 
 
-def _atman_case(length: int, dtype: torch.dtype, device: str) -> Case:
+def _atman_case(length: int, dtype: torch.dtype, device: str, batch: int) -> Case:
     @functools.cache
     def inputs():
-        q, k, v = _qkv(length, dtype, device)
-        bias = atman_bias(length).to(device)
+        q, k, v = _qkv(length, dtype, device, batch=batch)
+        bias = atman_bias(length, batch).to(device)
         return q, k, v, bias, dense_atman_mask(length, bias, dtype, device)
 
     def ours():
@@ -103,9 +109,10 @@ def _atman_case(length: int, dtype: torch.dtype, device: str) -> Case:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     ours.inputs = peer.inputs = inputs
-    return Case(kernel="attention", case=f"atman S={length} {_HEADS}x{_DIM} {_dtype_name(dtype)} fwd",
+    passes = "" if batch == 1 else f" batch {batch}"
+    return Case(kernel="attention", case=f"atman S={length}{passes} {_HEADS}x{_DIM} {_dtype_name(dtype)} fwd",
                 peer="SDPA + dense additive mask", ours_fn=ours, peer_fn=peer, bytes_moved=None, device=device,
-                flops=2 * 2 * _HEADS * _DIM * length * (length + 1) // 2)
+                flops=batch * 2 * 2 * _HEADS * _DIM * length * (length + 1) // 2)
 
 
 @functools.cache
