@@ -171,9 +171,16 @@ def test_checkpoint_round_trip(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(RELEASED_STYLE))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "model.safetensors")
     loaded = HATModel.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    original, restored = model.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    for name, value in original.items():
+        assert torch.equal(restored[name], value), name
     batch = HATBatch.from_words([TEXT_A])
     with torch.no_grad():
-        assert torch.equal(loaded(batch), model(batch))
+        # The same function, but not always the same bits: the loaded weights lie in the memory-mapped
+        # file, at addresses with other alignments, for which torch's CPU GEMM may block its sums
+        # differently (last-bit differences on Zen 4 with torch 2.13).
+        torch.testing.assert_close(loaded(batch), model(batch), rtol=1e-5, atol=1e-6)
 
 
 def test_a_bf16_checkpoint_loads_without_copies_and_keeps_fp32_rope(tmp_path):
