@@ -8,8 +8,8 @@
 #include "common/numeric.h"
 #include "common/parallel.h"
 #include "common/scratch.h"
-#include "common/stream_store.h"
 #include "common/simd.h"
+#include "common/stream_store.h"
 #include "fp8/fp8_cast.h"
 
 namespace lmk::fp8 {

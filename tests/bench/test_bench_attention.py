@@ -26,7 +26,7 @@ def test_each_pass_of_the_batched_atman_case_suppresses_its_own_keys():
     mask = attention.dense_atman_mask(128, bias, torch.float32, "cpu")
     assert mask.shape == (4, 1, 128, 128)
     for item in range(4):  # below the diagonal: the item's bias; above it: -inf
-        torch.testing.assert_close(mask[item, 0].tril(), (bias[item].expand(128, 128)).tril())
+        torch.testing.assert_close(mask[item, 0].tril(), bias[item].expand(128, 128).tril())
         assert torch.isinf(mask[item, 0].triu(1)[mask[item, 0].triu(1) != 0]).all()
 
 
