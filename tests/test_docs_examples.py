@@ -176,7 +176,8 @@ CLAIMS = [
     Claim("README.md", 'model = umup.TransformerDecoder(256, vocab_size, layers=4, heads=4, fp8="partial")',
           "all(abs(float(p.detach().std()) - 1) < 0.05 for p in model.parameters() if p.dim() == 2)"),
     # docs/tfree.md
-    Claim("docs/tfree.md", 'words = tokenizer.split("Hello  world!")', "words == ['Hello', '<|2<-ws->|>', 'world', '!']"),
+    Claim("docs/tfree.md", 'words = tokenizer.split("Hello  world!")',
+          "words == ['Hello', '<|2<-ws->|>', 'world', '!']"),
     Claim("docs/tfree.md", 'tokenizer.word_pattern("Hello")', "len(_) == 5 and all(len(row) == 10 for row in _)"),
     Claim("docs/tfree.md", 'TFreeLM(config, device="meta").parameter_counts()',
           '_["embedding"] == _["head"] == 131_072_000'),
@@ -197,7 +198,8 @@ CLAIMS = [
     Claim("docs/hat.md", 'splitter.encode("Hi there!<|eot_id|>")',
           "_ == [[72, 105], [32, 116, 104, 101, 114, 101, 33], [192]]"),
     Claim("docs/hat.md", "batch.words(1)", "_ == [b'a', b'\\xc0', b'b']"),
-    Claim("docs/hat.md", "loss = hat_loss(model(packed), packed)", "model(packed).shape == (20, 256) and loss.dim() == 0"),
+    Claim("docs/hat.md", "loss = hat_loss(model(packed), packed)",
+          "model(packed).shape == (20, 256) and loss.dim() == 0"),
     Claim("docs/hat.md", "words = word_attention(q, k, v, word_cu)", "words.shape == (3, 4, 16)"),
     # docs/atman.md
     Claim("docs/atman.md", 'e = explain(model, "The capital of France is", " Paris"',

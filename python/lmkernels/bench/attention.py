@@ -13,8 +13,8 @@ x 64, forward and forward+backward (upstream gradient of ones through ``out.sum(
 with the dense [S, S] boolean mask, and ``flex_attention`` with the same mask as a compiled block
 mask (CUDA, and CPU where this torch compiles it; its compilation is paid in the warmup).
 
-Case names read ``<what> S=<S> [w=<window>] [batch <B>] <H>x<D> <dtype> fwd|fwd+bwd``; CPU cases run in
-float32, CUDA ones in bfloat16. ``peak_memory_report()`` (``python -m lmkernels.bench.attention
+Case names read ``<what> S=<S> [w=<window>] [batch <B>] <H>x<D> <dtype> fwd|fwd+bwd``; CPU cases
+run in float32, CUDA ones in bfloat16. ``peak_memory_report()`` (``python -m lmkernels.bench.attention
 --memory``) measures each side's peak memory on the CPU, where the harness has no allocator
 statistics, each in a fresh process.
 """

@@ -1,8 +1,8 @@
 """Embedding-bag cases: ``lmk.embedding_bag`` against ``torch.nn.functional.embedding_bag``.
 
 T-FREE sizes: a 32000 x 1024 float32, a 32000 x 4096 bfloat16 and a 32000 x 1024 float16 table,
-4096 bags of 50 uniform random int64 indices (seeded), mode "sum". ``fwd`` is the forward pass; ``fwd+bwd`` adds the
-dense table gradient of a fixed random upstream gradient. Case names read
+4096 bags of 50 uniform random int64 indices (seeded), mode "sum". ``fwd`` is the forward pass;
+``fwd+bwd`` adds the dense table gradient of a fixed random upstream gradient. Case names read
 ``<pass> <rows>x<dim> <dtype> <bags>x<bag size>``.
 
 Bytes moved (logical traffic): forward reads N rows and writes B rows of D values; the backward
