@@ -12,7 +12,8 @@
 # ./device-out) in at most 8 files. The benchmarks default to the full-size cases behind the open
 # GPU targets (attention, word connector, dictionary, token divergence, FP8 GEMM); set LMK_BENCH_ARGS
 # to change the benchmark's arguments (e.g. --quick for every family) and LMK_BENCH_TIMEOUT its time
-# limit in seconds (default 240; rows printed before a timeout are kept). Last, the tests of the
+# limit in seconds (default 240; rows printed before a timeout are kept); LMK_TESTS=0 skips the tests
+# (a profiling run of unchanged kernels). Last, the tests of the
 # kernels changed since the last GPU run go under compute-sanitizer's memcheck (LMK_MEMCHECK_TIMEOUT
 # seconds each, three at once, default 90; 0 skips them).
 set -uo pipefail
@@ -46,28 +47,30 @@ cp build-device/_C*.so "$OUT/"
 export PYTHONPATH=$PWD/python
 python3 -m lmkernels.cli info | tee -a "$OUT/env.txt"
 
-mark "tests"
-# pytest-timeout, where installed, turns a hung kernel into one failed test.
-export per_test_limit=$(python3 -c "import pytest_timeout" 2>/dev/null && echo --timeout=60)
-export logs=/tmp/lmk-tests
-mkdir -p "$logs"
-ls tests/ops/test_*.py | xargs -P 9 -I{} sh -c 'log="$logs/$(basename {} .py).log"
-  timeout 120 python3 -m pytest {} -q -p no:warnings $per_test_limit -rf -k "cuda or hopper" >"$log" 2>&1
-  echo "exit $? {}" >>"$log"'
-for f in "$logs"/*.log; do echo "=== $(basename "$f")"; cat "$f"; done >"$OUT/tests.log"
-grep -h "^exit\|passed\|failed" "$logs"/*.log | tee -a "$OUT/env.txt"
-mark "tests done"
-
-failing=$(grep -h "^FAILED" "$logs"/*.log | sed 's/^FAILED \([^ ]*\).*/\1/' | awk -F'::' '!seen[$1]++' | head -n 4)
-if [[ -n $failing ]]; then
-  # compute-sanitizer names an out-of-bounds or misaligned access and its kernel: what a failure in
-  # a first run on a GPU most often is.
-  mark "memcheck: $failing"
-  echo "$failing" | xargs -P 4 -I{} sh -c 'log="/tmp/mc-$(echo "{}" | md5sum | cut -c1-8).log"
-    timeout 90 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest "{}" -q -x -p no:warnings >"$log" 2>&1
+if [[ ${LMK_TESTS:-1} != 0 ]]; then
+  mark "tests"
+  # pytest-timeout, where installed, turns a hung kernel into one failed test.
+  export per_test_limit=$(python3 -c "import pytest_timeout" 2>/dev/null && echo --timeout=60)
+  export logs=/tmp/lmk-tests
+  mkdir -p "$logs"
+  ls tests/ops/test_*.py | xargs -P 9 -I{} sh -c 'log="$logs/$(basename {} .py).log"
+    timeout 120 python3 -m pytest {} -q -p no:warnings $per_test_limit -rf -k "cuda or hopper" >"$log" 2>&1
     echo "exit $? {}" >>"$log"'
-  for f in /tmp/mc-*.log; do echo "=== $(tail -n 1 "$f")"; grep -v "^\s*$" "$f" | head -n 120; done >"$OUT/memcheck.log"
-  mark "memcheck done"
+  for f in "$logs"/*.log; do echo "=== $(basename "$f")"; cat "$f"; done >"$OUT/tests.log"
+  grep -h "^exit\|passed\|failed" "$logs"/*.log | tee -a "$OUT/env.txt"
+  mark "tests done"
+
+  failing=$(grep -h "^FAILED" "$logs"/*.log | sed 's/^FAILED \([^ ]*\).*/\1/' | awk -F'::' '!seen[$1]++' | head -n 4)
+  if [[ -n $failing ]]; then
+    # compute-sanitizer names an out-of-bounds or misaligned access and its kernel: what a failure in
+    # a first run on a GPU most often is.
+    mark "memcheck: $failing"
+    echo "$failing" | xargs -P 4 -I{} sh -c 'log="/tmp/mc-$(echo "{}" | md5sum | cut -c1-8).log"
+      timeout 90 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest "{}" -q -x -p no:warnings >"$log" 2>&1
+      echo "exit $? {}" >>"$log"'
+    for f in /tmp/mc-*.log; do echo "=== $(tail -n 1 "$f")"; grep -v "^\s*$" "$f" | head -n 120; done >"$OUT/memcheck.log"
+    mark "memcheck done"
+  fi
 fi
 
 bench_args=${LMK_BENCH_ARGS:---filter attention,word_connector,dictionary,token_divergence,fp8_gemm}
