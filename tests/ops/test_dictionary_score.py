@@ -78,10 +78,11 @@ def test_fixed_problems_on_every_device(device, problem):
     check(problem, device)
 
 
-# Every lane layout of the CUDA kernel: 1 to 32 lanes per activations row, float4 rows where Q % 4 == 0,
-# lanes without queries (5, 12, 100), several query groups with a partial last one (33, 132, 260); 42
-# words (a partial last task of 8), empty sets and empty words.
-@pytest.mark.parametrize("queries", [1, 2, 3, 4, 5, 8, 12, 16, 31, 32, 33, 64, 100, 128, 132, 260])
+# Every lane layout of the CUDA kernel: 1 to 32 lanes per activations row, one float4 per lane where
+# Q % 4 == 0 below 32 queries and two from 32, lanes without queries (5, 12, 100), lanes with only their
+# first float4 (36, 72, 100), several query groups with a partial last one (33, 132, 260); 42 words (a
+# partial last task of 8), empty sets and empty words.
+@pytest.mark.parametrize("queries", [1, 2, 3, 4, 5, 8, 12, 16, 31, 32, 33, 36, 64, 72, 100, 128, 132, 260])
 def test_every_query_count(device, queries):
     problem = (queries, 300, [0, 7, 25, 64, 3, 0] * 7, [2, 0, 9, 20, 1, 0] * 7, [3, 1, 4, 9, 2, 1] * 7, 5, 0.7,
                "mean" if queries % 5 == 0 else "contrast", torch.float32, queries % 3 == 0, queries)
@@ -425,7 +426,7 @@ def check_row_table(problem, edge_weight=0.7, variant="contrast"):
 
 # Every lane layout of both CUDA kernels (as test_every_query_count), one query's scalar path on the
 # CPU, several passes; rows shared by many words, empty sets, words whose rows overlap (summed twice).
-@pytest.mark.parametrize("queries", [1, 3, 4, 8, 33, 64, 70, 132])
+@pytest.mark.parametrize("queries", [1, 3, 4, 8, 33, 36, 64, 70, 72, 132, 260])
 @pytest.mark.parametrize("variant", ["contrast", "mean"])
 def test_row_table_matches_reference(device, queries, variant):
     problem = row_table_problem(queries, 700, 45, [0, 3, 9, 5, 1, 7] * 9, [2, 0, 1, 2, 0, 2] * 9, seed=queries,
