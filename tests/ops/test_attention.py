@@ -338,6 +338,83 @@ def test_cuda_tensor_core_kernels_agree_with_the_plain_ones(dim, dtype, options)
         torch.testing.assert_close(fast[name], plain[name], **tolerance, msg=name)
 
 
+QUERY_ROWS_CASES = [
+    dict(queries=100), dict(queries=200, causal=False), dict(queries=333, bias=True),
+    dict(queries=333, window=50, bias=True), dict(queries=200, window=1), dict(queries=333, factor="causal"),
+    dict(queries=200, factor="all", bias=True), dict(queries=200, window=70, factor="causal"),
+    dict(queries=333, prefix=70, bias=True), dict(queries=130, keys=333), dict(queries=65, keys=200, causal=False),
+    dict(queries=1, keys=333, bias=True), dict(lengths=[0, 5, 130, 1, 200, 64]), dict(lengths=[129, 3], window=17),
+]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CUDA kernels at run time)")
+@pytest.mark.parametrize("dim", [64, 40])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", QUERY_ROWS_CASES, ids=lambda case: "-".join(f"{k}={v}".replace(" ", "") for k, v in case.items()))
+def test_cuda_128_query_rows_give_the_bits_of_64(monkeypatch, dim, dtype, case):
+    """The 128-row forward (two 64-row halves per block, each warp two m-tiles) and the 64-row one
+    compute every output and lse element by the same operations: the same bits, partial last blocks
+    and halves with no rows included; and both agree with the reference."""
+    gen = torch.Generator().manual_seed(dim + len(case))
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to("cuda", dtype)
+
+    scale = dim ** -0.5
+    window = case.get("window", 0)
+    if "lengths" in case:
+        cu_seqlens = torch.tensor([0] + case["lengths"]).cumsum(0).to("cuda", torch.int32)
+        total = int(cu_seqlens[-1])
+        q, k, v = (randn(total, h, dim) for h in (4, 2, 2))
+        args = (q, k, v, None, None, None, None, cu_seqlens, max(case["lengths"]), True, scale, window, False)
+        expected = reference.varlen_attention(q, k, v, cu_seqlens, scale=scale, window=window or None)
+    else:
+        queries, own_keys, prefix = case["queries"], case.get("keys", case["queries"]), case.get("prefix", 0)
+        q, k, v = randn(2, 4, queries, dim), randn(2, 2, own_keys, dim), randn(2, 2, own_keys, dim)
+        prefix_k, prefix_v = (randn(1, 2, prefix, dim), randn(1, 2, prefix, dim)) if prefix else (None, None)
+        bias = factor = None
+        if case.get("bias"):
+            bias = torch.randn(2, prefix + own_keys, generator=gen)
+            bias[:, ::7] = -math.inf
+            bias = bias.cuda()
+        if "factor" in case:
+            factor = (torch.rand(2, prefix + own_keys, generator=gen) * 1.5).cuda()
+        causal = case.get("causal", True)
+        args = (q, k, v, prefix_k, prefix_v, bias, factor, None, 0, causal, scale, window, case.get("factor") == "all")
+        expected = reference.attention(q, k, v, causal=causal, scale=scale, window=window or None, key_bias=bias,
+                                       key_factor=factor, factor_min=case.get("factor", "causal"),
+                                       prefix_k=prefix_k, prefix_v=prefix_v)
+    results = {}
+    for rows in ("128", "64"):
+        monkeypatch.setenv("LMK_ATTENTION_QUERY_ROWS", rows)
+        results[rows] = torch.ops.lmk.attention(*args)
+    wide, narrow = results["128"], results["64"]
+    for name, a, b in zip(("out", "lse", "row_min", "row_argmin"), wide, narrow):
+        assert torch.equal(a, b), name
+    torch.testing.assert_close(wide[0], expected, **FORWARD_TOLERANCE[dtype])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CUDA kernels at run time)")
+@pytest.mark.parametrize("rows", ["", "64", "128"])
+def test_cuda_query_rows_setting_changes_no_result(monkeypatch, rows):
+    """Unset (the grid-size choice: 128 rows for this many blocks on any GPU) or forced either way."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(16, h, 1024, 64, generator=gen).to("cuda", torch.bfloat16) for h in (8, 4, 4))
+    monkeypatch.setenv("LMK_ATTENTION_QUERY_ROWS", "64")
+    expected = attention(q, k, v)
+    monkeypatch.setenv("LMK_ATTENTION_QUERY_ROWS", rows)
+    assert torch.equal(attention(q, k, v), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CUDA kernels at run time)")
+@pytest.mark.parametrize("rows", ["96", "auto", " 64"])
+def test_cuda_bad_query_rows_setting_raises(monkeypatch, rows):
+    monkeypatch.setenv("LMK_ATTENTION_QUERY_ROWS", rows)
+    q, k, v = (torch.randn(1, 2, 70, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    with pytest.raises(ValueError, match="LMK_ATTENTION_QUERY_ROWS: expected 64 or 128"):
+        attention(q, k, v)
+
+
 # ---- varlen -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lengths, window, dtype", [
