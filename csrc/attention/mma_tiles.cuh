@@ -332,31 +332,6 @@ __device__ __forceinline__ void multiply_rows(Product& s, const uint32_t (&a)[kD
   }
 }
 
-// multiply_rows for kGroups groups of 16 rows at once: each b fragment, loaded once, feeds every
-// group's product (fewer shared-memory reads per mma), each product the same mma sequence as multiply_rows.
-template <typename T, int kDim, int kGroups>
-__device__ __forceinline__ void multiply_row_groups(Product (&s)[kGroups], const uint32_t (&a)[kGroups][kDim / 16][4],
-                                                    const uint16_t* b, int lane) {
-#pragma unroll
-  for (int m = 0; m < kGroups; ++m)
-#pragma unroll
-    for (int n = 0; n < kColumnTiles; ++n) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.f;
-  const int matrix = lane / 8, r = lane % 8;
-#pragma unroll
-  for (int kc = 0; kc < kDim / 16; ++kc) {
-#pragma unroll
-    for (int n = 0; n < kColumnTiles; n += 2) {
-      uint32_t f[4];
-      load_matrices(f, b + (n * 8 + (matrix / 2) * 8 + r) * Tile<kDim>::kStride + kc * 16 + (matrix % 2) * 8);
-#pragma unroll
-      for (int m = 0; m < kGroups; ++m) {
-        mma<T>(s[m][n], a[m][kc], f[0], f[1]);
-        mma<T>(s[m][n + 1], a[m][kc], f[2], f[3]);
-      }
-    }
-  }
-}
-
 // As multiply_rows, with the warp's 16 rows of a read from a shared tile, one 16-column slice at a time.
 template <typename T, int kDim>
 __device__ __forceinline__ void multiply_shared(Product& s, const uint16_t* a_rows, const uint16_t* b, int lane) {
@@ -392,34 +367,6 @@ __device__ __forceinline__ void accumulate(float (&acc)[kDim / 8][4], const Prod
       load_matrices_transposed(f, b + (kc * 16 + (matrix % 2) * 8 + r) * Tile<kDim>::kStride + d * 8 + (matrix / 2) * 8);
       mma<T>(acc[d], a, f[0], f[1]);
       mma<T>(acc[d + 1], a, f[2], f[3]);
-    }
-  }
-}
-
-// accumulate for kGroups groups of 16 rows at once, sharing each b fragment as multiply_row_groups does.
-template <typename T, int kDim, int kGroups>
-__device__ __forceinline__ void accumulate_row_groups(float (&acc)[kGroups][kDim / 8][4], const Product (&w)[kGroups],
-                                                      const uint16_t* b, int lane) {
-  const int matrix = lane / 8, r = lane % 8;
-#pragma unroll
-  for (int kc = 0; kc < kTileRows / 16; ++kc) {
-    uint32_t a[kGroups][4];
-#pragma unroll
-    for (int m = 0; m < kGroups; ++m) {
-      a[m][0] = pack<T>(w[m][2 * kc][0], w[m][2 * kc][1]);
-      a[m][1] = pack<T>(w[m][2 * kc][2], w[m][2 * kc][3]);
-      a[m][2] = pack<T>(w[m][2 * kc + 1][0], w[m][2 * kc + 1][1]);
-      a[m][3] = pack<T>(w[m][2 * kc + 1][2], w[m][2 * kc + 1][3]);
-    }
-#pragma unroll
-    for (int d = 0; d < kDim / 8; d += 2) {
-      uint32_t f[4];
-      load_matrices_transposed(f, b + (kc * 16 + (matrix % 2) * 8 + r) * Tile<kDim>::kStride + d * 8 + (matrix / 2) * 8);
-#pragma unroll
-      for (int m = 0; m < kGroups; ++m) {
-        mma<T>(acc[m][d], a[m], f[0], f[1]);
-        mma<T>(acc[m][d + 1], a[m], f[2], f[3]);
-      }
     }
   }
 }
