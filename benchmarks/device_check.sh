@@ -82,10 +82,8 @@ tail -n 40 "$OUT/bench_cuda.txt"
 
 # The kernels changed since the last GPU run, under memcheck whether or not their tests passed: an
 # out-of-bounds write can pass a test. After the benchmarks, so that they come first;
-# LMK_MEMCHECK_TIMEOUT=0 skips it. (2026-11-28 afternoon: the 128-row attention forward, the
-# dictionary's eight-query lanes.)
-memcheck_tests=("tests/ops/test_attention.py::test_cuda_128_query_rows_give_the_bits_of_64"
-  "tests/ops/test_dictionary_score.py::test_every_query_count"
+# LMK_MEMCHECK_TIMEOUT=0 skips it. (2026-11-28 afternoon: the dictionary's eight-query lanes.)
+memcheck_tests=("tests/ops/test_dictionary_score.py::test_every_query_count"
   "tests/ops/test_dictionary_score.py::test_row_table_matches_reference")
 if [[ ${LMK_MEMCHECK_TIMEOUT:-90} != 0 ]]; then
   mark "memcheck of the new kernels"

@@ -14,10 +14,7 @@ with the dense [S, S] boolean mask, and ``flex_attention`` with the same mask as
 mask (CUDA, and CPU where this torch compiles it; its compilation is paid in the warmup).
 
 Case names read ``<what> S=<S> [w=<window>] [batch <B>] <H>x<D> <dtype> fwd|fwd+bwd``; CPU cases
-run in float32, CUDA ones in bfloat16. On CUDA each AtMan case also runs with the tensor-core
-forward's block size forced to 64 and to 128 query rows (marked ``[rows N]``; the unmarked case
-takes the kernel's own choice); forcing sets an environment variable per call, a few microseconds,
-so compare marked cases with one another. ``peak_memory_report()`` (``python -m lmkernels.bench.attention
+run in float32, CUDA ones in bfloat16. ``peak_memory_report()`` (``python -m lmkernels.bench.attention
 --memory``) measures each side's peak memory on the CPU, where the harness has no allocator
 statistics, each in a fresh process.
 """
@@ -35,12 +32,10 @@ import torch.nn.functional as F
 
 from lmkernels.bench.harness import Case
 from lmkernels.ops import attention
-from lmkernels.ops.attention import _query_rows
 
 _HEADS, _DIM = 8, 64
 _SUPPRESSED = 10
 _ATMAN_BATCH = 4  # passes of the batched AtMan case
-_QUERY_ROWS = ("64", "128")  # the CUDA forward's block sizes, forced in the cases marked [rows N]
 
 
 def _sizes(quick: bool, tiny: bool) -> tuple[int, int, int]:
@@ -57,9 +52,6 @@ def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
     atman_length, hat_length, window = _sizes(quick, tiny)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     result = [_atman_case(atman_length, dtype, device, batch) for batch in (1, _ATMAN_BATCH)]
-    if device.startswith("cuda") and not tiny:
-        result += [_atman_case(atman_length, dtype, device, batch, rows)
-                   for batch in (1, _ATMAN_BATCH) for rows in _QUERY_ROWS]
     for backward in (False, True):
         result.append(_window_case(hat_length, window, dtype, device, backward, "sdpa"))
         if not tiny and _flex_runs(device, backward):
@@ -101,7 +93,7 @@ def window_mask(length: int, window: int, device: str) -> torch.Tensor:
     return (distance >= 0) & (distance < window)
 
 
-def _atman_case(length: int, dtype: torch.dtype, device: str, batch: int, rows: str = "") -> Case:
+def _atman_case(length: int, dtype: torch.dtype, device: str, batch: int) -> Case:
     @functools.cache
     def inputs():
         q, k, v = _qkv(length, dtype, device, batch=batch)
@@ -110,10 +102,7 @@ def _atman_case(length: int, dtype: torch.dtype, device: str, batch: int, rows: 
 
     def ours():
         q, k, v, bias, _ = inputs()
-        if not rows:
-            return attention(q, k, v, key_bias=bias)
-        with _query_rows(rows):
-            return attention(q, k, v, key_bias=bias)
+        return attention(q, k, v, key_bias=bias)
 
     def peer():
         q, k, v, _, mask = inputs()
@@ -121,9 +110,7 @@ def _atman_case(length: int, dtype: torch.dtype, device: str, batch: int, rows: 
 
     ours.inputs = peer.inputs = inputs
     passes = "" if batch == 1 else f" batch {batch}"
-    forced = f" [rows {rows}]" if rows else ""
-    return Case(kernel="attention",
-                case=f"atman S={length}{passes} {_HEADS}x{_DIM} {_dtype_name(dtype)} fwd{forced}",
+    return Case(kernel="attention", case=f"atman S={length}{passes} {_HEADS}x{_DIM} {_dtype_name(dtype)} fwd",
                 peer="SDPA + dense additive mask", ours_fn=ours, peer_fn=peer, bytes_moved=None, device=device,
                 flops=batch * 2 * 2 * _HEADS * _DIM * length * (length + 1) // 2)
 

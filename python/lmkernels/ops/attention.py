@@ -47,12 +47,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import _C, TableCheck, call_op, define_autograd, define_op, dl, native_setting, stream_of
+from lmkernels.ops._native import _C, TableCheck, call_op, define_autograd, define_op, dl, stream_of
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
-# Forces the CUDA tensor-core forward's block size, 64 or 128 query rows, instead of its heuristic
-# (csrc/attention/attention_mma_cuda.cu); read by the native code on every call.
-_QUERY_ROWS_ENV = "LMK_ATTENTION_QUERY_ROWS"
 _FACTOR_MIN = ("causal", "all")
 _WINDOW_BOUND = 2**62  # more keys than any tensor can hold
 
@@ -182,12 +179,6 @@ def _key_vector(t: Tensor | None, name: str, batch: int, keys: int, device) -> T
     if t.dim() == 1 or t.shape[0] != batch:  # a view costs host time on every call: only where it broadcasts
         t = t.expand(batch, keys)
     return _unit_last(t)
-
-
-def _query_rows(setting: str):
-    """A context in which CUDA tensor-core forwards run blocks of ``setting`` ("64" or "128") query
-    rows, or the heuristic's choice for ""; see ``native_setting``."""
-    return native_setting(_QUERY_ROWS_ENV, setting)
 
 
 def _scale(scale: float | None, dim: int) -> float:
