@@ -5,8 +5,8 @@
 //
 // x86-64: SSE2 stores, which every x86-64 level has, so they compile unchanged inside each
 // LMK_SIMD_CLONES clone (the AVX clones encode them with VEX); the write-combining buffers merge the
-// 16-byte pieces into whole lines. Elsewhere, and for fp16 (whose conversion stores lane by lane):
-// the plain store16 of vec.h. Values are the same bits either way; only the cache policy differs.
+// 16-byte pieces into whole lines. Elsewhere: the plain store16 of vec.h. Values are the same bits
+// either way; only the cache policy differs.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -57,6 +57,13 @@ template <>
 __attribute__((always_inline)) inline void stream16(bfloat16* out, f32x8 even, f32x8 odd) {
   const u32x8 pairs = (round_to_bf16_high(even) >> 16) | round_to_bf16_high(odd);
   stream32_bytes(out, &pairs);
+}
+
+// fp16: elements 0-7 then 8-15, rounded as store16 does.
+template <>
+__attribute__((always_inline)) inline void stream16(float16* out, f32x8 a, f32x8 b) {
+  const u16x8 halves[2] = {round_to_fp16(a), round_to_fp16(b)};
+  stream32_bytes(out, halves);
 }
 
 // store16 (kStream false) or stream16 (true), for kernels templated on the output path.

@@ -93,14 +93,7 @@ __attribute__((always_inline)) inline void load16(const bfloat16* p, f32x8& a, f
   b = bitcast<f32x8>(pairs & 0xFFFF0000u);
 }
 
-template <typename T>
-__attribute__((always_inline)) inline void store8(T* out, f32x8 v) {
-  float lanes[8];
-  std::memcpy(lanes, &v, sizeof lanes);
-  for (int k = 0; k < 8; ++k) out[k] = from_float<T>(lanes[k]);
-}
-
-// fp32 needs no conversion: one vector store (the lane loop above is not always turned into one).
+// Eight consecutive values of each storage type, rounded as from_float: fp32 needs no conversion.
 __attribute__((always_inline)) inline void store8(float* out, f32x8 v) { std::memcpy(out, &v, sizeof v); }
 
 // The lane-wise form of from_float<bfloat16>, left in the high 16 bits of each lane.
@@ -114,6 +107,31 @@ __attribute__((always_inline)) inline u32x8 round_to_bf16_high(f32x8 x) {
 // Eight consecutive bf16, rounded as from_float<bfloat16>.
 __attribute__((always_inline)) inline void store8(bfloat16* out, f32x8 v) {
   const u16x8 halves = __builtin_convertvector(round_to_bf16_high(v) >> 16, u16x8);
+  std::memcpy(out, &halves, sizeof halves);
+}
+
+// The lane-wise form of from_float<float16>: the float unit rounds to nearest even once the value
+// is scaled into the half range; NaN becomes the quiet 0x7E00 with its sign.
+__attribute__((always_inline)) inline u16x8 round_to_fp16(f32x8 x) {
+  const u32x8 w = bitcast<u32x8>(x);
+  const u32x8 shl1_w = w + w;
+  const u32x8 sign = w & 0x80000000u;
+  // Both scalings are by powers of two, exact short of overflow: a fused multiply-add rounds alike.
+  f32x8 base = (bitcast<f32x8>(w & 0x7FFFFFFFu) * 0x1p112f) * 0x1p-110f;
+  const u32x8 min_bias = u32x8{} + 0x71000000u;
+  u32x8 bias = shl1_w & 0xFF000000u;
+  bias = (i32x8)(bias < min_bias) ? min_bias : bias;
+  base = bitcast<f32x8>((bias >> 1) + 0x07800000u) + base;
+  const u32x8 bits = bitcast<u32x8>(base);
+  const u32x8 nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+  const u32x8 quiet_nan = u32x8{} + 0x7E00u;
+  const u32x8 half = (sign >> 16) | ((i32x8)(shl1_w > 0xFF000000u) ? quiet_nan : nonsign);
+  return __builtin_convertvector(half, u16x8);
+}
+
+// Eight consecutive fp16, rounded as from_float<float16>.
+__attribute__((always_inline)) inline void store8(float16* out, f32x8 v) {
+  const u16x8 halves = round_to_fp16(v);
   std::memcpy(out, &halves, sizeof halves);
 }
 

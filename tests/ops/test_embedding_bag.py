@@ -217,6 +217,25 @@ def test_16_bit_sums_equal_the_sequential_fp32_sum_bitwise(dtype):
     assert torch.equal(embedding_bag(table, indices, offsets), expected.to(dtype))
 
 
+# fp16 outputs are rounded from the fp32 sums as torch rounds them, by the vectorised conversion:
+# ties to even (also at the smallest subnormal, through the mean), overflow to inf from 65520, zeros,
+# and the NaN of inf + -inf with the sign x86 gives it. 40 columns: two 16-column units and eight
+# scalar columns.
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_fp16_outputs_round_as_torch_rounds(mode):
+    torch.manual_seed(7)
+    first = [2048, 2048, 2050, 65504, 65504, 65504, float("inf"), 2**-24, 3 * 2**-24, -2048, 1, -0.0]
+    second = [1, 3, 1, 8, 16, 65504, float("-inf"), 0, 0, -3, 2**-11, -0.0]
+    table = (torch.randn(2, 40) * 3000).to(torch.float16)
+    table[0, :12], table[1, :12] = torch.tensor(first), torch.tensor(second)
+    indices, offsets = torch.tensor([0, 1]), torch.tensor([0, 2])
+    expected = torch.zeros(40) + table[0].float() + table[1].float()  # each column summed from +0
+    if mode == "mean":
+        expected = expected / 2
+    result = embedding_bag(table, indices, offsets, mode=mode)
+    assert torch.equal(result.view(torch.int16), expected.to(torch.float16).view(torch.int16)[None])
+
+
 # Outputs larger than a last-level cache (over 32 MiB) are faulted in up front and written with
 # streaming stores where their rows are 16-byte aligned; smaller outputs with plain stores. The
 # values must not depend on the path: large results are compared bitwise with the same values
