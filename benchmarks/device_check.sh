@@ -13,9 +13,9 @@
 # GPU targets (attention, word connector, dictionary, token divergence, FP8 GEMM); set LMK_BENCH_ARGS
 # to change the benchmark's arguments (e.g. --quick for every family) and LMK_BENCH_TIMEOUT its time
 # limit in seconds (default 240; rows printed before a timeout are kept); LMK_TESTS=0 skips the tests
-# (a profiling run of unchanged kernels). Last, the tests of the
-# kernels changed since the last GPU run go under compute-sanitizer's memcheck (LMK_MEMCHECK_TIMEOUT
-# seconds each, three at once, default 90; 0 skips them).
+# (a profiling run of unchanged kernels). Last, the tests of the kernels changed since the last GPU
+# run go under compute-sanitizer's memcheck (LMK_MEMCHECK_TIMEOUT seconds each, three at once,
+# default 90; 0 skips them). benchmarks/profile_cuda.py then tells where a case's time goes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device-out}

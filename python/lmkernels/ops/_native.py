@@ -3,10 +3,8 @@ CUDA error flag through which kernels report bad values without a device-side as
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import os
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Union
@@ -223,23 +221,6 @@ def remember_valid_table(table: torch.Tensor, bounds: tuple) -> None:
     _VALID_TABLES[key] = (weakref.ref(table), table._version, bounds)
 
 
-@contextlib.contextmanager
-def native_setting(variable: str, value: str):
-    """Within the block, the environment variable ``variable`` (one the native code reads on every
-    call, such as a forced kernel configuration) is ``value``; restored afterwards. For tests and
-    benchmarks that compare kernels in one process: it sets the process environment, so calls from
-    other threads meanwhile see it too."""
-    previous = os.environ.get(variable)
-    os.environ[variable] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[variable]
-        else:
-            os.environ[variable] = previous
-
-
 # Error bit -> the exception it raises, or a function that makes that mapping (see raise_on_flag).
 Messages = Union[Mapping[int, BaseException], Callable[[], Mapping[int, BaseException]]]
 
@@ -286,5 +267,4 @@ def raise_on_flag(flag: torch.Tensor | None, messages: Messages) -> None:
 
 
 __all__ = ["_C", "LIBRARY", "define_op", "define_autograd", "call_op", "dl", "narrowed_offsets", "stream_of",
-           "error_flag", "unchecked_flag", "table_known_valid", "remember_valid_table", "TableCheck", "raise_on_flag",
-           "native_setting"]
+           "error_flag", "unchecked_flag", "table_known_valid", "remember_valid_table", "TableCheck", "raise_on_flag"]

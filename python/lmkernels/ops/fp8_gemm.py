@@ -36,10 +36,13 @@ own casts, so ``backward`` through this op raises ``RuntimeError``.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 from torch import Tensor
 
-from lmkernels.ops._native import _C, call_op, define_autograd, define_op, dl, native_setting, stream_of
+from lmkernels.ops._native import _C, call_op, define_autograd, define_op, dl, stream_of
 
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -50,11 +53,21 @@ _SM90_KERNELS = ("128x128", "128x192", "128x208")
 _SM90_ENV = "LMK_FP8_GEMM_SM90"
 
 
+@contextlib.contextmanager
 def _sm90_kernel(setting: str):
-    """A context in which Hopper calls run ``setting``: ``"auto"`` (the shape heuristic), a name of
-    ``_SM90_KERNELS``, or either followed by ``":<swizzle>"`` (1, 2, 4 or 8 tiles per scheduler run);
-    see ``native_setting``."""
-    return native_setting(_SM90_ENV, setting)
+    """Within the block, Hopper calls run ``setting``: ``"auto"`` (the shape heuristic), a name of
+    ``_SM90_KERNELS``, or either followed by ``":<swizzle>"`` (1, 2, 4 or 8 tiles per scheduler run).
+    For tests and benchmarks that compare configurations in one process; it sets the process
+    environment, so calls from other threads meanwhile see it too."""
+    previous = os.environ.get(_SM90_ENV)
+    os.environ[_SM90_ENV] = setting
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[_SM90_ENV]
+        else:
+            os.environ[_SM90_ENV] = previous
 
 
 def fp8_gemm(a: Tensor, b: Tensor, alpha: float = 1.0, bias: Tensor | None = None,
