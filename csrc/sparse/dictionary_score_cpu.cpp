@@ -320,15 +320,19 @@ __attribute__((target("avx512f"))) bool gather_sets16(const float* act, const in
 #endif
 
 // Whether one query's sets of `entries` entries over `sets` sets go through gather_sets16: short
-// sets on CPUs with AVX-512, unless the environment sets LMK_DICTIONARY_GATHERS=off (the tests run
-// both paths on one machine). Sets of a few entries are where a loop per set mispredicts most for
-// its work (a row table's words: about 7 rows); for direct sets (about 60 indices) the gathers'
-// idle lanes up to the longest of sixteen cost more (100,000 words: 8.7 against 7.1 ms).
+// sets on Intel CPUs with AVX-512. Sets of a few entries are where a loop per set mispredicts most
+// for its work (a row table's words: about 7 rows); for direct sets (about 60 indices) the gathers'
+// idle lanes up to the longest of sixteen cost more (100,000 words: 8.7 against 7.1 ms). On Zen 4
+// the gathers themselves cost more than the mispredictions (one query, a row table's 100,000 words,
+// 2 threads: 2.10 against 1.80 ms). LMK_DICTIONARY_GATHERS=on or off overrides the choice, so that
+// the tests run both paths on one machine ("on" only where the CPU has AVX-512).
 bool use_gathers(int64_t entries, int64_t sets) {
 #if LMK_DICTIONARY_GATHERS
   static const bool has = __builtin_cpu_supports("avx512f");
+  static const bool pays = has && __builtin_cpu_is("intel");
   const char* choice = std::getenv("LMK_DICTIONARY_GATHERS");
-  return has && !(choice && std::strcmp(choice, "off") == 0) && entries < 16 * sets;
+  const bool on = choice && std::strcmp(choice, "on") == 0, off = choice && std::strcmp(choice, "off") == 0;
+  return (on ? has : !off && pays) && entries < 16 * sets;
 #else
   (void)entries, (void)sets;
   return false;
