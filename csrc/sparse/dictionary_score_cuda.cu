@@ -341,6 +341,8 @@ __global__ void __launch_bounds__(kThreads, 4)
       // scores are formed here, by all 32 lanes rather than the C lanes of group 0.
       const int rows = min(num_queries - q0, group_queries);
       const int word = lane_id % kWordsPerWarp;  // the same for every t, as 32 is a multiple of 8
+      // The word's trigram count is read here, once per query group, rather than once per task:
+      // held across the gathers it would take registers that the 4 blocks per SM do not leave.
       const int64_t slots = m * int64_t(word < task_words ? words.counts[w0 + word] : 1);
       const float off_pattern = float(vocab - slots);
       for (int t = lane_id; t < rows * kWordsPerWarp; t += 32) {
