@@ -182,7 +182,8 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function
   const int threads = num_threads();
   // Chunks are taken in turn, so the last one to finish keeps the other threads waiting: 16 chunks
   // per thread bound that wait by a sixteenth of a thread's share (uneven bags, a core slowed by
-  // other work), at one atomic increment per chunk. With 4, the 2-thread FP8 GEMM lost 5-10% to it.
+  // other work), at one atomic increment per chunk. With 4, the 2-thread FP8 GEMM lost 5-10% to it;
+  // it now takes its tiles one at a time (parallel_tasks).
   const int64_t num_chunks = std::min<int64_t>(ceil_div(range, grain), int64_t(threads) * 16);
   if (threads == 1 || num_chunks <= 1) return fn(begin, end);
   const int64_t chunk_size = ceil_div(range, num_chunks);
@@ -192,6 +193,12 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function
     if (lo < hi) fn(lo, hi);
   };
   if (!pool().try_run(num_chunks, chunk)) fn(begin, end);
+}
+
+void parallel_tasks(int64_t count, const std::function<void(int64_t)>& fn) {
+  if (count <= 0) return;
+  if (num_threads() == 1 || count == 1 || !pool().try_run(count, fn))
+    for (int64_t task = 0; task < count; ++task) fn(task);
 }
 
 }  // namespace lmk

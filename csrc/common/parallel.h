@@ -21,4 +21,9 @@ std::string parallel_backend();  // "openmp (the process's runtime)" or "own thr
 // The first exception thrown by any chunk is rethrown in the caller after all chunks finish.
 void parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
+// Calls fn(task) for every task in [0, count), taken one at a time, for tasks heavy enough (a GEMM's
+// output tiles, a fraction of a millisecond each) that an atomic increment per task costs nothing:
+// then the threads finish within one task of each other.
+void parallel_tasks(int64_t count, const std::function<void(int64_t)>& fn);
+
 }  // namespace lmk

@@ -131,6 +131,23 @@ def test_cpu_micro_kernels_agree_bitwise(problem):
         assert torch.equal(fp8_gemm(*arguments(problem)), default)  # and the variable rules out AMX
 
 
+def test_cpu_micro_kernels_agree_bitwise_across_k_blocks_and_tiles():
+    # K = 4100: three of the pair kernel's 2048-deep blocks (17 of the fp32 kernel's 256-deep ones),
+    # a ragged last tile in both directions, each thread count taking the tiles in its own order.
+    torch.manual_seed(3)
+    a, b, bias = random_fp8(200, 4100, E4M3), random_fp8(130, 4100, E5M2), torch.randn(130)
+    default = fp8_gemm(a, b, 0.7, bias, torch.float32, exact_order=True)
+    previous = lmkernels.num_threads()
+    try:
+        lmkernels.set_num_threads(1)
+        assert torch.equal(fp8_gemm(a, b, 0.7, bias, torch.float32, exact_order=True), default)
+    finally:
+        lmkernels.set_num_threads(previous)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMK_FP8_GEMM_CPU", "fp32")
+        assert torch.equal(fp8_gemm(a, b, 0.7, bias, torch.float32, exact_order=True), default)
+
+
 def test_summation_is_sequential_in_k(device):
     # 2^23 + 0.5 + 0.5 - 2^23 in increasing k: each + 0.5 is a tie rounded to the even 2^23, so the sum
     # is 0 (the exact sum is 1, and any other order that pairs the halves first gives 1).
