@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "common/dispatch.h"
 
@@ -64,7 +66,11 @@ Operand operand_of(const TensorView& t, bool varlen) {
 
 GradientOperands gradient_operands(const AttentionGradients& g, bool varlen) {
   const auto optional = [](const OptionalView& t) { return t ? operand_of(*t, false) : Operand{}; };
-  return GradientOperands{operand_of(g.grad_out, varlen), operand_of(g.lse, varlen), operand_of(g.delta, varlen),
+  return GradientOperands{operand_of(g.grad_out, varlen),
+                          operand_of(g.out, varlen),
+                          g.out_residual ? operand_of(*g.out_residual, varlen) : Operand{},
+                          operand_of(g.lse, varlen),
+                          operand_of(g.delta, varlen),
                           operand_of(g.grad_q, varlen),   operand_of(g.grad_k, varlen), operand_of(g.grad_v, varlen),
                           optional(g.grad_bias),          optional(g.row_min),          optional(g.row_argmin),
                           optional(g.grad_min),           optional(g.grad_factor),
@@ -181,6 +187,14 @@ void check_forward_outputs(const AttentionProblem& p, const AttentionInputs& in,
     else check_shape(t, name, {p.items, p.q_heads, p.queries});
   };
   check_rows(out.lse, "lse");
+  if (out.out_residual) {
+    check_same_dtype(*out.out_residual, "out_residual", q, "q");
+    check_same_device(*out.out_residual, "out_residual", q, "q");
+    check_contiguous(*out.out_residual, "out_residual");
+    check_writable(*out.out_residual, "out_residual");
+    if (varlen) check_shape(*out.out_residual, "out_residual", {p.total_rows, p.q_heads, p.dim});
+    else check_shape(*out.out_residual, "out_residual", {p.items, p.q_heads, p.queries, p.dim});
+  }
   if (out.row_min.has_value() != in.key_factor.has_value() || out.row_argmin.has_value() != in.key_factor.has_value())
     fail(ErrorKind::Value, "row_min: expected row_min and row_argmin exactly when key_factor is given");
   if (out.row_min) {
@@ -193,12 +207,17 @@ void check_forward_outputs(const AttentionProblem& p, const AttentionInputs& in,
 void check_gradients(const AttentionProblem& p, const AttentionInputs& in, const AttentionGradients& g) {
   const TensorView& q = in.q;
   const bool varlen = p.cu_seqlens != nullptr;
-  check_same_dtype(g.grad_out, "grad_out", q, "q");
-  check_same_device(g.grad_out, "grad_out", q, "q");
-  check_unit_last_stride(g.grad_out, "grad_out");
+  std::vector<std::pair<const TensorView*, const char*>> like_q = {{&g.grad_out, "grad_out"}, {&g.out, "out"}};
+  if (g.out_residual) like_q.emplace_back(&*g.out_residual, "out_residual");
+  for (auto [t, name] : like_q) {
+    check_same_dtype(*t, name, q, "q");
+    check_same_device(*t, name, q, "q");
+    check_unit_last_stride(*t, name);
+    if (varlen) check_shape(*t, name, {p.total_rows, p.q_heads, p.dim});
+    else check_shape(*t, name, {p.items, p.q_heads, p.queries, p.dim});
+  }
   const int64_t keys = p.prefix + p.keys;
   if (varlen) {
-    check_shape(g.grad_out, "grad_out", {p.total_rows, p.q_heads, p.dim});
     for (auto [t, name] : {std::pair{&g.lse, "lse"}, {&g.delta, "delta"}}) {
       check_dtype(*t, name, {DType::Float32});
       check_same_device(*t, name, q, "q");
@@ -213,7 +232,6 @@ void check_gradients(const AttentionProblem& p, const AttentionInputs& in, const
       check_shape(*t, name, {p.total_rows, p.kv_heads, p.dim});
     }
   } else {
-    check_shape(g.grad_out, "grad_out", {p.items, p.q_heads, p.queries, p.dim});
     for (auto [t, name] : {std::pair{&g.lse, "lse"}, {&g.delta, "delta"}}) {
       check_dtype(*t, name, {DType::Float32});
       check_same_device(*t, name, q, "q");

@@ -20,14 +20,16 @@
 // (Sq = Sk = its length, no prefix, bias or factor).
 //
 // Backward (gradients of sum(out * grad_out)), P and dP recomputed tile by tile from lse, and
-// delta_i = sum_d grad_out_id out_id found as sum_j P_ij dP_ij in fp32 (not from the rounded out):
+// delta_i = sum_d grad_out_id out_id in fp32: on CUDA as sum_j P_ij dP_ij; on the CPU from the
+// forward's out, plus, for bf16 and fp16, the residual out_fp32 - out that the forward wrote in q's
+// dtype (from the rounded out alone, where none was kept, as FlashAttention-2 takes it):
 //   dS_ij = P_ij (dP_ij - delta_i),  dP_ij = grad_out_i . v_j
 //   dq_i = scale sum_j dS_ij k_j,  dk_j = scale sum_i dS_ij q_i,  dv_j = sum_i P_ij grad_out_i
 //   dbias_bj = sum_{h, i} dS_ij   (written per key/value head; the op sums the heads)
 // Multiplicative factor, s'_ij = c_j s_ij + (1 - c_j) m_i with m_i = s_{i a_i} (a_i the first
 // minimal counted key, saved by the forward): with G = dS the gradient of s',
 //   ds_ij = G_ij c_j + [j == a_i] dm_i,  dm_i = sum_j G_ij (1 - c_j),  dfactor_bj = sum_{h, i} G_ij (s_ij - m_i)
-// and dq, dk follow from ds as above. Pass 1 writes dm (grad_min), pass 2 adds it to k_{a_i}.
+// and dq, dk follow from ds as above.
 //
 // Layouts: q, k, v, prefix_k, prefix_v, out and grad_out have unit stride in D and any
 // non-negative strides elsewhere (prefix batch stride 0 included: read in place). lse, row_min,
@@ -66,10 +68,13 @@ struct AttentionForwardOutputs {
   TensorView lse;        // [B, Hq, Sq], varlen [T, Hq] float32
   OptionalView row_min;     // like lse, present exactly when key_factor is
   OptionalView row_argmin;  // like lse, int64: the first counted key with the minimum; with row_min
+  OptionalView out_residual;  // like out (CPU only): the fp32 output minus out, rounded to q's dtype
 };
 
 struct AttentionGradients {
   TensorView grad_out;  // like q, q's dtype (inputs)
+  TensorView out;       // the forward's, like grad_out (the CPU kernels take delta from it)
+  OptionalView out_residual;  // the forward's, like out (CPU only)
   TensorView lse;       // the forward's
   TensorView delta;     // like lse, float32: a workspace the kernel fills (rowsum(grad_out * out))
   TensorView grad_q;    // like q, float32 or q's dtype
@@ -116,7 +121,8 @@ Operand operand_of(const TensorView& t, bool varlen);
 
 // The backward's tensors as operands (absent ones empty), as both devices' kernels read them.
 struct GradientOperands {
-  Operand grad_out, lse, delta, grad_q, grad_k, grad_v, grad_bias, row_min, row_argmin, grad_min, grad_factor;
+  Operand grad_out, out, out_residual, lse, delta, grad_q, grad_k, grad_v, grad_bias, row_min, row_argmin, grad_min,
+      grad_factor;
   bool narrow_q = false, narrow_kv = false;  // grad_q, and grad_k and grad_v, in q's dtype (else float32)
 };
 GradientOperands gradient_operands(const AttentionGradients& g, bool varlen);

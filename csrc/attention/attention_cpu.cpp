@@ -8,11 +8,16 @@
 // between the first row's first visible key and the last row's last one are visited. With a
 // multiplicative factor a first pass over the counted keys finds each row's minimum score.
 //
-// Backward: two passes that each own what they write, so no two tasks add to the same value.
-// Pass 1 (dq, delta, dm): a task per (item, query head, query tile) walks its key tiles. Pass 2
-// (dk, dv, dbias, dfactor): a task per (item, key/value head, key tile) walks every query head of
-// its group and the query tiles that can see the tile. Both recompute P from the saved
-// log-sum-exp (and the multiplicative form's saved row minimum).
+// Backward: delta_i = grad_out_i . out_i first, then tasks that each own what they write, so no
+// two tasks add to the same value. Where there are at least twice as many (item, key/value head)
+// pairs as threads, no factor, and room for an item's dq sums, one task per pair walks its key
+// tiles, and for each the query heads of its group and the query tiles that can see the tile: a
+// block's P and dS are recomputed once and feed dv, dk and dq (summed in the task's scratch).
+// Otherwise two passes recompute each block twice: pass 1 (dq, dm) a task per (item, query head,
+// query tile) over its key tiles, pass 2 (dk, dv, dbias, dfactor) a task per (item, key/value
+// head, key tile) over the query tiles that see it. Both ways sum every gradient in the same
+// order, so they give the same bits. P comes from the saved log-sum-exp (and the multiplicative
+// form's saved row minimum).
 //
 // Every product is one register-blocked kernel, C (+)= A B with A read at any two strides (so
 // that P^T and dS^T need no transposed copy): four rows of C by sixteen columns in eight vector
@@ -154,7 +159,7 @@ __attribute__((always_inline)) inline void pack_row(float* dst, const T* src, in
 struct Scratch {
   int64_t dim_padded;
   std::vector<float> q, grad_out, keys_t, keys, values_t, values, scores, grad_scores, acc_a, acc_b;
-  std::vector<float> raw_scores, bias, factor, row_min, row_max, row_sum, lse, delta, grad_min, bias_acc, factor_acc;
+  std::vector<float> raw_scores, bias, factor, row_min, row_max, row_sum, lse, delta, bias_acc, factor_acc;
   std::vector<int64_t> argmin;
   std::vector<Visible> visible;
   // The forward's key tiles of one (item, key head), packed once and reused by the chunk's later
@@ -162,6 +167,8 @@ struct Scratch {
   // Only the tiles from head_first_tile to the last one visited are held, so that a query tile whose
   // sliding window reaches a few tiles of a long item costs O(window), not O(keys).
   std::vector<float> head_keys_t, head_values;
+  // The fused backward's dq sums of one (item, key/value head): [group heads][query tiles x kTileQ][dim_padded].
+  std::vector<float> head_grad_q;
   std::vector<char> head_tile_packed;
   int64_t head_item = -1, head_kv = -1, head_first_tile = 0;
 
@@ -171,7 +178,7 @@ struct Scratch {
     for (auto* v : {&keys_t, &keys, &values_t, &values, &acc_b}) v->assign(key_tile, 0.f);
     for (auto* v : {&scores, &grad_scores, &raw_scores}) v->assign(size_t(kTileQ * kTileK), 0.f);
     for (auto* v : {&bias, &factor, &bias_acc, &factor_acc}) v->assign(size_t(kTileK), 0.f);
-    for (auto* v : {&row_min, &row_max, &row_sum, &lse, &delta, &grad_min}) v->assign(size_t(kTileQ), 0.f);
+    for (auto* v : {&row_min, &row_max, &row_sum, &lse, &delta}) v->assign(size_t(kTileQ), 0.f);
     argmin.assign(size_t(kTileQ), 0);
     visible.assign(size_t(kTileQ), Visible{0, 0});
   }
@@ -309,7 +316,7 @@ __attribute__((always_inline)) inline float suppress_and_mask(float* row, const 
 
 // The outputs as operands (varlen or dense alike).
 struct ForwardOperands {
-  Operand out, lse, row_min, row_argmin;
+  Operand out, lse, row_min, row_argmin, out_residual;
 };
 
 
@@ -382,6 +389,10 @@ __attribute__((always_inline)) inline void forward_task(const AttentionProblem& 
     const float* o = s.acc_a.data() + r * dp;
     T* dst = row_of<T>(out.out, it, head, i0 + r);
     for (int64_t d = 0; d < p.dim; ++d) dst[d] = from_float<T>(o[d] * inverse);
+    if (out.out_residual.data) {
+      T* residual = row_of<T>(out.out_residual, it, head, i0 + r);
+      for (int64_t d = 0; d < p.dim; ++d) residual[d] = from_float<T>(o[d] * inverse - to_float(dst[d]));
+    }
     *row_of<float>(out.lse, it, head, i0 + r) = sum == 0.f ? -kInf : (m == -kInf ? 0.f : m) + std::log(sum);
     if (p.key_factor) {
       *row_of<float>(out.row_min, it, head, i0 + r) = s.row_min[size_t(r)];
@@ -391,12 +402,28 @@ __attribute__((always_inline)) inline void forward_task(const AttentionProblem& 
 }
 
 
-// Packs the grad_out rows, lse, the row minimum and its key (multiplicative form) and, when
-// asked, delta and dm of queries [i0, i0 + count) of one head.
+// delta_i = grad_out_i . (out_i + residual_i) in fp32 (increasing d) of queries [i0, i0 + count) of
+// one head, into g.delta: with the residual, within a few fp32 roundings of sum_j P_ij dP_ij.
+template <typename T>
+void write_deltas(const AttentionProblem& p, const GradientOperands& g, const Item& it, int64_t head, int64_t i0,
+                  int64_t count) {
+  for (int64_t i = i0; i < i0 + count; ++i) {
+    const T* grad_out = row_of<const T>(g.grad_out, it, head, i);
+    const T* out = row_of<const T>(g.out, it, head, i);
+    const T* residual = g.out_residual.data ? row_of<const T>(g.out_residual, it, head, i) : nullptr;
+    float delta = 0.f;
+    for (int64_t d = 0; d < p.dim; ++d)
+      delta += to_float(grad_out[d]) * (residual ? to_float(out[d]) + to_float(residual[d]) : to_float(out[d]));
+    *row_of<float>(g.delta, it, head, i) = delta;
+  }
+}
+
+// Packs the grad_out rows, lse, delta and the row minimum and its key (multiplicative form) of
+// queries [i0, i0 + count) of one head.
 template <typename T>
 __attribute__((always_inline)) inline void pack_gradient_rows(const AttentionProblem& p, const GradientOperands& g,
                                                               const Item& it, int64_t head, int64_t i0, int64_t count,
-                                                              bool read_delta, Scratch& s) {
+                                                              Scratch& s) {
   const int64_t dp = s.dim_padded;
   for (int64_t r = 0; r < kTileQ; ++r) {
     float* dst = s.grad_out.data() + r * dp;
@@ -406,11 +433,10 @@ __attribute__((always_inline)) inline void pack_gradient_rows(const AttentionPro
     }
     pack_row(dst, row_of<const T>(g.grad_out, it, head, i0 + r), p.dim, 1.f);
     s.lse[size_t(r)] = *row_of<const float>(g.lse, it, head, i0 + r);
-    if (read_delta) s.delta[size_t(r)] = *row_of<const float>(g.delta, it, head, i0 + r);
+    s.delta[size_t(r)] = *row_of<const float>(g.delta, it, head, i0 + r);
     if (p.key_factor) {
       s.row_min[size_t(r)] = *row_of<const float>(g.row_min, it, head, i0 + r);
       s.argmin[size_t(r)] = *row_of<const int64_t>(g.row_argmin, it, head, i0 + r);
-      if (read_delta) s.grad_min[size_t(r)] = *row_of<const float>(g.grad_min, it, head, i0 + r);
     }
   }
 }
@@ -447,62 +473,116 @@ __attribute__((always_inline)) inline float lane_sum(f32x8 v) {
   return total;
 }
 
-// Pass 1: dq of one query tile, delta_i = sum_j P_ij dP_ij (= grad_out_i . out_i, but in fp32
-// rather than from the rounded output) and, with a factor, dm_i. With G = P (dP - delta):
-//   dq_i / scale = sum_j G_ij c_j k_j + dm_i k_{a_i}
-//               = sum_j (P dP c)_ij k_j - delta_i sum_j (P c)_ij k_j + dm_i k_{a_i}
-//   dm_i = sum_j (P dP (1 - c))_ij - delta_i sum_j (P (1 - c))_ij
-// so one sweep over the key tiles accumulates both sums and two scalars per row.
+// G = P (dP - delta) of the block's rows < count, in place of dP, times the factor c_j where there
+// is one. With `key_sums`, dbias_j += sum_i G_ij and dfactor_j += sum_i G_ij (s_ij - m_i); with
+// `grad_min`, dm_i += sum_j G_ij (1 - c_j). The one place G is formed, so that every pass rounds alike.
+__attribute__((always_inline)) inline void block_gradients(const AttentionProblem& p, Scratch& s, int64_t count,
+                                                           bool key_sums, float* grad_min) {
+  for (int64_t r = 0; r < count; ++r) {
+    const float* prob_row = s.scores.data() + r * kTileK;
+    float* grad_row = s.grad_scores.data() + r * kTileK;
+    const float delta = s.delta[size_t(r)], row_min = s.row_min[size_t(r)];
+    f32x8 rest = {};
+    for (int64_t j = 0; j < kTileK; j += 8) {
+      const f32x8 grad = vec::load8(prob_row + j) * (vec::load8(grad_row + j) - delta);
+      if (key_sums) {
+        float* bias_acc = s.bias_acc.data() + j;
+        vec::store8(bias_acc, vec::load8(bias_acc) + grad);
+      }
+      if (p.key_factor) {
+        const f32x8 c = vec::load8(s.factor.data() + j);
+        if (key_sums) {
+          float* factor_acc = s.factor_acc.data() + j;
+          const f32x8 raw = vec::load8(s.raw_scores.data() + r * kTileK + j);
+          // Masked keys have G = 0, but their raw score may be anything: select, not multiply.
+          const f32x8 term = (i32x8)(grad == 0.f) ? vec::splat(0.f) : grad * (raw - row_min);
+          vec::store8(factor_acc, vec::load8(factor_acc) + term);
+        }
+        if (grad_min) rest += grad * (1.f - c);
+        vec::store8(grad_row + j, grad * c);
+      } else {
+        vec::store8(grad_row + j, grad);
+      }
+    }
+    if (grad_min) grad_min[r] += lane_sum(rest);
+  }
+}
+
+// Pass 1: dq of one query tile and, with a factor, dm:
+//   dq_i = scale (sum_j G_ij c_j k_j + dm_i k_{a_i}),  dm_i = sum_j G_ij (1 - c_j)
 template <typename T, int kRows>
 __attribute__((always_inline)) inline void grad_query_task(const AttentionProblem& p, const GradientOperands& g,
                                                            const Item& it, int64_t head, int64_t tile, Scratch& s) {
   const auto [i0, count, kv_head, rows, first_key, last_key] = pack_query_tile<T>(p, it, head, tile, s);
   if (count == 0) return;
   const int64_t dp = s.dim_padded;
-  pack_gradient_rows<T>(p, g, it, head, i0, count, false, s);
+  write_deltas<T>(p, g, it, head, i0, count);
+  pack_gradient_rows<T>(p, g, it, head, i0, count, s);
   std::fill(s.acc_a.begin(), s.acc_a.end(), 0.f);
-  std::fill(s.acc_b.begin(), s.acc_b.end(), 0.f);
-  float delta[kTileQ] = {}, weighted_product[kTileQ] = {}, weighted_prob[kTileQ] = {};
+  float grad_min[kTileQ] = {};
   for (int64_t j0 = first_key / kTileK * kTileK; j0 < last_key; j0 += kTileK) {
     const int64_t n = std::min(kTileK, it.keys - j0);
     pack_keys<T>(p, it, kv_head, j0, n, s, true, false, true);
     recompute_block<kRows>(p, s, j0, count);
-    for (int64_t r = 0; r < count; ++r) {
-      float* prob_row = s.scores.data() + r * kTileK;
-      float* grad_row = s.grad_scores.data() + r * kTileK;
-      f32x8 products = {}, product_rest = {}, prob_rest = {};
-      for (int64_t j = 0; j < kTileK; j += 8) {
-        const f32x8 prob = vec::load8(prob_row + j), product = prob * vec::load8(grad_row + j);
-        products += product;
-        if (p.key_factor) {
-          const f32x8 c = vec::load8(s.factor.data() + j), rest = 1.f - c;
-          product_rest += product * rest;
-          prob_rest += prob * rest;
-          vec::store8(prob_row + j, prob * c);
-          vec::store8(grad_row + j, product * c);
-        } else {
-          vec::store8(grad_row + j, product);
-        }
-      }
-      delta[r] += lane_sum(products);
-      if (p.key_factor) weighted_product[r] += lane_sum(product_rest), weighted_prob[r] += lane_sum(prob_rest);
-    }
+    block_gradients(p, s, count, false, p.key_factor ? grad_min : nullptr);
     gemm<true, kRows>(s.acc_a.data(), dp, s.grad_scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
-    gemm<true, kRows>(s.acc_b.data(), dp, s.scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
   }
   const float scale = float(p.options.scale);
   for (int64_t r = 0; r < count; ++r) {
-    float* dq = s.acc_a.data() + r * dp;  // the row's dq, in place of its first sum
-    const float* b = s.acc_b.data() + r * dp;
-    for (int64_t d = 0; d < p.dim; ++d) dq[d] = scale * (dq[d] - delta[r] * b[d]);
-    *row_of<float>(g.delta, it, head, i0 + r) = delta[r];
+    float* dq = s.acc_a.data() + r * dp;
+    for (int64_t d = 0; d < p.dim; ++d) dq[d] *= scale;
     if (p.key_factor) {
-      const float grad_min = weighted_product[r] - delta[r] * weighted_prob[r];
       const T* key = key_row<T>(p, p.prefix_k, p.k, it, kv_head, s.argmin[size_t(r)]);
-      for (int64_t d = 0; d < p.dim; ++d) dq[d] += scale * grad_min * to_float(key[d]);
-      *row_of<float>(g.grad_min, it, head, i0 + r) = grad_min;
+      for (int64_t d = 0; d < p.dim; ++d) dq[d] += scale * grad_min[r] * to_float(key[d]);
+      *row_of<float>(g.grad_min, it, head, i0 + r) = grad_min[r];
     }
     store_gradient_row<T>(g.grad_q, g.narrow_q, it, head, i0 + r, dq, p.dim);
+  }
+}
+
+// The key tile at j0 of one key/value head, over the query heads of its group and the query tiles
+// that see it: dv and dk (in acc_a and acc_b) and the per-key sums, and with `head_grad_q` the dq
+// sums of those query tiles (head_grad_q: the group's first head, rows of `padded_queries`).
+template <typename T, int kRows>
+__attribute__((always_inline)) inline void key_tile_gradients(const AttentionProblem& p, const GradientOperands& g,
+                                                              const Item& it, int64_t kv_head, int64_t j0, int64_t n,
+                                                              Scratch& s, float* head_grad_q, int64_t padded_queries) {
+  const int64_t dp = s.dim_padded, group = p.q_heads / p.kv_heads;
+  pack_keys<T>(p, it, kv_head, j0, n, s, head_grad_q != nullptr, false, true);
+  std::fill(s.acc_a.begin(), s.acc_a.begin() + kTileK * dp, 0.f);  // dv
+  std::fill(s.acc_b.begin(), s.acc_b.end(), 0.f);                  // dk
+  std::fill(s.bias_acc.begin(), s.bias_acc.end(), 0.f);
+  std::fill(s.factor_acc.begin(), s.factor_acc.end(), 0.f);
+  const Visible seeing = rows_seeing(p.options, it, j0, j0 + n);
+  for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
+    for (int64_t i0 = seeing.lo / kTileQ * kTileQ; i0 < seeing.hi; i0 += kTileQ) {
+      const int64_t count = std::min(kTileQ, it.queries - i0), rows = round_up(count, 4);
+      pack_queries<T>(p, it, head, i0, count, s);
+      pack_gradient_rows<T>(p, g, it, head, i0, count, s);
+      recompute_block<kRows>(p, s, j0, count);
+      block_gradients(p, s, count, true, nullptr);
+      // dv_j += sum_i P_ij grad_out_i and dk_j += sum_i dS_ij (scale q_i): A read transposed.
+      gemm<true, kRows>(s.acc_a.data(), dp, s.scores.data(), 1, kTileK, s.grad_out.data(), dp, kTileK, dp, rows);
+      gemm<true, kRows>(s.acc_b.data(), dp, s.grad_scores.data(), 1, kTileK, s.q.data(), dp, kTileK, dp, rows);
+      if (head_grad_q) {
+        float* dq = head_grad_q + ((head - kv_head * group) * padded_queries + i0) * dp;
+        gemm<true, kRows>(dq, dp, s.grad_scores.data(), kTileK, 1, s.keys.data(), dp, rows, dp, n);
+      }
+    }
+  }
+}
+
+// dk, dv and the per-key gradients of one key tile from acc_b, acc_a and the per-key sums.
+template <typename T>
+__attribute__((always_inline)) inline void store_key_tile(const AttentionProblem& p, const GradientOperands& g,
+                                                          const Item& it, int64_t kv_head, int64_t j0, int64_t n,
+                                                          const Scratch& s) {
+  const int64_t dp = s.dim_padded;
+  for (int64_t jj = 0; jj < n; ++jj) {
+    store_gradient_row<T>(g.grad_k, g.narrow_kv, it, kv_head, j0 + jj, s.acc_b.data() + jj * dp, p.dim);
+    store_gradient_row<T>(g.grad_v, g.narrow_kv, it, kv_head, j0 + jj, s.acc_a.data() + jj * dp, p.dim);
+    if (p.key_bias) *row_of<float>(g.grad_bias, it, kv_head, j0 + jj) = s.bias_acc[size_t(jj)];
+    if (p.key_factor) *row_of<float>(g.grad_factor, it, kv_head, j0 + jj) = s.factor_acc[size_t(jj)];
   }
 }
 
@@ -515,43 +595,7 @@ __attribute__((always_inline)) inline void grad_key_task(const AttentionProblem&
   const int64_t j0 = tile * kTileK, n = std::min(kTileK, it.keys - j0);
   if (n <= 0) return;
   const int64_t dp = s.dim_padded, group = p.q_heads / p.kv_heads;
-  pack_keys<T>(p, it, kv_head, j0, n, s, false, false, true);
-  std::fill(s.acc_a.begin(), s.acc_a.begin() + kTileK * dp, 0.f);  // dv
-  std::fill(s.acc_b.begin(), s.acc_b.end(), 0.f);                  // dk
-  std::fill(s.bias_acc.begin(), s.bias_acc.end(), 0.f);
-  std::fill(s.factor_acc.begin(), s.factor_acc.end(), 0.f);
-  const Visible seeing = rows_seeing(p.options, it, j0, j0 + n);
-  for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
-    for (int64_t i0 = seeing.lo / kTileQ * kTileQ; i0 < seeing.hi; i0 += kTileQ) {
-      const int64_t count = std::min(kTileQ, it.queries - i0), rows = round_up(count, 4);
-      pack_queries<T>(p, it, head, i0, count, s);
-      pack_gradient_rows<T>(p, g, it, head, i0, count, true, s);
-      recompute_block<kRows>(p, s, j0, count);
-      for (int64_t r = 0; r < count; ++r) {
-        const float* prob_row = s.scores.data() + r * kTileK;
-        float* grad_row = s.grad_scores.data() + r * kTileK;
-        const float delta = s.delta[size_t(r)], row_min = s.row_min[size_t(r)];
-        for (int64_t j = 0; j < kTileK; j += 8) {
-          const f32x8 grad = vec::load8(prob_row + j) * (vec::load8(grad_row + j) - delta);
-          float* bias_acc = s.bias_acc.data() + j;
-          vec::store8(bias_acc, vec::load8(bias_acc) + grad);
-          if (p.key_factor) {
-            float* factor_acc = s.factor_acc.data() + j;
-            const f32x8 raw = vec::load8(s.raw_scores.data() + r * kTileK + j);
-            // Masked keys have G = 0, but their raw score may be anything: select, not multiply.
-            const f32x8 term = (i32x8)(grad == 0.f) ? vec::splat(0.f) : grad * (raw - row_min);
-            vec::store8(factor_acc, vec::load8(factor_acc) + term);
-            vec::store8(grad_row + j, grad * vec::load8(s.factor.data() + j));
-          } else {
-            vec::store8(grad_row + j, grad);
-          }
-        }
-      }
-      // dv_j += sum_i P_ij grad_out_i and dk_j += sum_i dS_ij (scale q_i): A read transposed.
-      gemm<true, kRows>(s.acc_a.data(), dp, s.scores.data(), 1, kTileK, s.grad_out.data(), dp, kTileK, dp, rows);
-      gemm<true, kRows>(s.acc_b.data(), dp, s.grad_scores.data(), 1, kTileK, s.q.data(), dp, kTileK, dp, rows);
-    }
-  }
+  key_tile_gradients<T, kRows>(p, g, it, kv_head, j0, n, s, nullptr, 0);
   if (p.key_factor) {  // the rows whose minimum sits on a key of this tile (any row, for factor_min="all")
     const float scale = float(p.options.scale);
     for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head)
@@ -564,12 +608,31 @@ __attribute__((always_inline)) inline void grad_key_task(const AttentionProblem&
         for (int64_t d = 0; d < p.dim; ++d) dk[d] += weight * to_float(q[d]);
       }
   }
-  for (int64_t jj = 0; jj < n; ++jj) {
-    store_gradient_row<T>(g.grad_k, g.narrow_kv, it, kv_head, j0 + jj, s.acc_b.data() + jj * dp, p.dim);
-    store_gradient_row<T>(g.grad_v, g.narrow_kv, it, kv_head, j0 + jj, s.acc_a.data() + jj * dp, p.dim);
-    if (p.key_bias) *row_of<float>(g.grad_bias, it, kv_head, j0 + jj) = s.bias_acc[size_t(jj)];
-    if (p.key_factor) *row_of<float>(g.grad_factor, it, kv_head, j0 + jj) = s.factor_acc[size_t(jj)];
+  store_key_tile<T>(p, g, it, kv_head, j0, n, s);
+}
+
+// The fused backward of one (item, key/value head), without a factor: the key tiles in turn, each
+// block recomputed once for dv, dk and the dq sums, which sum over the key tiles in increasing
+// order as pass 1's do.
+template <typename T, int kRows>
+__attribute__((always_inline)) inline void grad_head_task(const AttentionProblem& p, const GradientOperands& g,
+                                                          const Item& it, int64_t kv_head, Scratch& s) {
+  const int64_t dp = s.dim_padded, group = p.q_heads / p.kv_heads, padded_queries = round_up(it.queries, kTileQ);
+  for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head)
+    write_deltas<T>(p, g, it, head, 0, it.queries);
+  s.head_grad_q.assign(size_t(group * padded_queries * dp), 0.f);
+  for (int64_t j0 = 0; j0 < it.keys; j0 += kTileK) {
+    const int64_t n = std::min(kTileK, it.keys - j0);
+    key_tile_gradients<T, kRows>(p, g, it, kv_head, j0, n, s, s.head_grad_q.data(), padded_queries);
+    store_key_tile<T>(p, g, it, kv_head, j0, n, s);
   }
+  const float scale = float(p.options.scale);
+  for (int64_t head = kv_head * group; head < (kv_head + 1) * group; ++head)
+    for (int64_t i = 0; i < it.queries; ++i) {
+      float* dq = s.head_grad_q.data() + ((head - kv_head * group) * padded_queries + i) * dp;
+      for (int64_t d = 0; d < p.dim; ++d) dq[d] *= scale;
+      store_gradient_row<T>(g.grad_q, g.narrow_q, it, head, i, dq, p.dim);
+    }
 }
 
 // Each task compiled for each SIMD level (LMK_SIMD_CLONES, 4-row GEMM tiles) and, on x86, once more
@@ -599,6 +662,10 @@ bool cpu_has_avx512() {
                                          int64_t head, int64_t tile, Scratch& s) {                                    \
     grad_key_task<T, 4>(p, g, it, head, tile, s);                                                                     \
   }                                                                                                                   \
+  LMK_SIMD_CLONES void grad_head_##SUFFIX(const AttentionProblem& p, const GradientOperands& g, const Item& it,       \
+                                          int64_t head, Scratch& s) {                                                 \
+    grad_head_task<T, 4>(p, g, it, head, s);                                                                          \
+  }                                                                                                                   \
   LMK_AVX512_TASK(void forward_##SUFFIX##_avx512(const AttentionProblem& p, const ForwardOperands& out,              \
                                                  const Item& it, int64_t head, int64_t tile, Scratch& s),             \
                   forward_task<T, 8>(p, out, it, head, tile, s))                                                      \
@@ -608,6 +675,9 @@ bool cpu_has_avx512() {
   LMK_AVX512_TASK(void grad_key_##SUFFIX##_avx512(const AttentionProblem& p, const GradientOperands& g,              \
                                                   const Item& it, int64_t head, int64_t tile, Scratch& s),            \
                   grad_key_task<T, 8>(p, g, it, head, tile, s))                                                       \
+  LMK_AVX512_TASK(void grad_head_##SUFFIX##_avx512(const AttentionProblem& p, const GradientOperands& g,             \
+                                                   const Item& it, int64_t head, Scratch& s),                         \
+                  grad_head_task<T, 8>(p, g, it, head, s))                                                            \
   void forward_simd(TypeTag<T>, const AttentionProblem& p, const ForwardOperands& out, const Item& it, int64_t head, \
                     int64_t tile, Scratch& s) {                                                                       \
     LMK_PICK(forward_##SUFFIX)(p, out, it, head, tile, s);                                                            \
@@ -619,6 +689,10 @@ bool cpu_has_avx512() {
   void grad_key_simd(TypeTag<T>, const AttentionProblem& p, const GradientOperands& g, const Item& it, int64_t head, \
                      int64_t tile, Scratch& s) {                                                                      \
     LMK_PICK(grad_key_##SUFFIX)(p, g, it, head, tile, s);                                                             \
+  }                                                                                                                   \
+  void grad_head_simd(TypeTag<T>, const AttentionProblem& p, const GradientOperands& g, const Item& it, int64_t head,\
+                      Scratch& s) {                                                                                   \
+    LMK_PICK(grad_head_##SUFFIX)(p, g, it, head, s);                                                                  \
   }
 LMK_DEFINE_TASKS(float, f32)
 LMK_DEFINE_TASKS(bfloat16, bf16)
@@ -647,7 +721,8 @@ void attention_forward_cpu(const AttentionProblem& p, const AttentionForwardOutp
   const bool varlen = p.cu_seqlens != nullptr;
   const ForwardOperands ops{operand_of(out.out, varlen), operand_of(out.lse, varlen),
                             out.row_min ? operand_of(*out.row_min, varlen) : Operand{},
-                            out.row_argmin ? operand_of(*out.row_argmin, varlen) : Operand{}};
+                            out.row_argmin ? operand_of(*out.row_argmin, varlen) : Operand{},
+                            out.out_residual ? operand_of(*out.out_residual, varlen) : Operand{}};
   const int64_t tiles = (longest_item(p) + kTileQ - 1) / kTileQ;
   dispatch_float(p.dtype, "q", [&](auto tag) {
     for_each_tile(p, p.q_heads, tiles, [&](const Item& it, int64_t head, int64_t tile, Scratch& s) {
@@ -669,7 +744,16 @@ void attention_backward_cpu(const AttentionProblem& p, const AttentionGradients&
   const GradientOperands ops = gradient_operands(g, varlen);
   const int64_t longest = longest_item(p);
   const int64_t longest_keys = varlen ? longest : p.prefix + p.keys;
+  // Fused where it leaves no thread idle and its dq sums fit 32 MiB of scratch per thread: the same
+  // bits either way.
+  const int64_t grad_q_bytes = p.q_heads / p.kv_heads * round_up(longest, kTileQ) * round_up(p.dim, 16) * 4;
+  const bool fused = !p.key_factor && p.items * p.kv_heads >= 2 * int64_t(num_threads()) &&
+                     grad_q_bytes <= (int64_t(32) << 20);
   dispatch_float(p.dtype, "q", [&](auto tag) {
+    if (fused)
+      return for_each_tile(p, p.kv_heads, 1, [&](const Item& it, int64_t head, int64_t, Scratch& s) {
+        grad_head_simd(tag, p, ops, it, head, s);
+      });
     for_each_tile(p, p.q_heads, ceil_div(longest, kTileQ),
                   [&](const Item& it, int64_t head, int64_t tile, Scratch& s) {
                     grad_query_simd(tag, p, ops, it, head, tile, s);

@@ -6,7 +6,7 @@ from lmkernels.bench import attention, harness
 
 
 def test_ours_and_peers_agree_and_are_measured():
-    atman, atman_batch, forward, backward = attention.cases(quick=False, device="cpu", tiny=True)
+    atman, atman_batch, forward, backward, *training = attention.cases(quick=False, device="cpu", tiny=True)
     torch.testing.assert_close(atman.ours_fn(), atman.peer_fn(), rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(atman_batch.ours_fn(), atman_batch.peer_fn(), rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(forward.ours_fn(), forward.peer_fn(), rtol=2e-5, atol=2e-5)
@@ -17,6 +17,18 @@ def test_ours_and_peers_agree_and_are_measured():
     assert atman_batch.ours_fn().shape[0] == 4 and "batch 4" in atman_batch.case
     record = harness.measure(atman, harness.TINY)
     assert record["kernel"] == "attention" and record["ours_ms"] > 0 and record["peer_ms"] > 0
+
+
+def test_the_training_cases_agree_with_flash_sdpa_in_both_dtypes():
+    training = attention.cases(quick=False, device="cpu", tiny=True)[4:]
+    assert [case.case.split()[-2:] for case in training] == [
+        ["fp32", "fwd"], ["fp32", "fwd+bwd"], ["bf16", "fwd"], ["bf16", "fwd+bwd"]]
+    for case in training:
+        tolerance = dict(rtol=1e-4, atol=1e-4) if "fp32" in case.case else dict(rtol=2e-2, atol=2e-2)
+        ours, peer = case.ours_fn(), case.peer_fn()
+        for a, b in zip(*((ours, peer) if isinstance(ours, tuple) else ((ours,), (peer,)))):
+            torch.testing.assert_close(a, b, **tolerance)
+    assert "batch 4" in training[0].case and training[0].peer == "SDPA is_causal=True (flash)"
 
 
 def test_each_pass_of_the_batched_atman_case_suppresses_its_own_keys():

@@ -373,6 +373,63 @@ def test_nan_reaches_exactly_the_rows_that_see_it(device):
     assert torch.equal(nan_rows, expected)
 
 
+@pytest.mark.parametrize("options", ["plain", "window_bias", "prefix", "bidirectional", "varlen"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_and_two_pass_cpu_backwards_give_the_same_bits(options, dtype):
+    # Two items of two key/value heads: one thread runs the fused backward (a task per item and head),
+    # four threads the two passes (too few such tasks to keep four threads busy).
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, heads, 150, 32, generator=gen).to(dtype).requires_grad_() for heads in (4, 2, 2))
+    kwargs = {}
+    if options == "window_bias":
+        kwargs.update(window=70, key_bias=torch.randn(2, 150, generator=gen).requires_grad_())
+    if options == "prefix":  # a batch-1 prefix: its key gradients are summed over the items
+        kwargs.update(prefix_k=torch.randn(1, 2, 40, 32, generator=gen).to(dtype).requires_grad_(),
+                      prefix_v=torch.randn(1, 2, 40, 32, generator=gen).to(dtype).requires_grad_(),
+                      key_bias=torch.randn(2, 190, generator=gen))
+    if options == "bidirectional":
+        kwargs.update(causal=False)
+
+    def run():
+        if options == "varlen":  # 3 sequences of 2 key/value heads: 6 tasks, fused with 1 or 2 threads
+            packed = [t[0].transpose(0, 1) for t in (q, k, v)]
+            out = varlen_attention(*packed, torch.tensor([0, 40, 41, 150]))
+        else:
+            out = attention(q, k, v, **kwargs)
+        inputs = [t for t in (q, k, v, *kwargs.values()) if isinstance(t, torch.Tensor) and t.requires_grad]
+        return torch.autograd.grad(out.float().square().sum(), inputs)
+
+    threads = lmkernels.num_threads()
+    try:
+        lmkernels.set_num_threads(1)
+        fused = run()
+        lmkernels.set_num_threads(8)
+        two_pass = run()
+    finally:
+        lmkernels.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(fused, two_pass))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_kept_residual_is_the_float32_output_minus_out(dtype):
+    # The kernels compute a bf16 or fp16 problem in fp32 exactly as the float32 problem of the same values;
+    # the residual is that fp32 output minus out, rounded to the dtype (from the unrounded product of the
+    # row sum's inverse where the compiler fuses the multiply-add: within a rounding of the dtype).
+    q, k, v = llama_like(dtype=dtype)
+    bias = torch.randn(2, 150)
+    out, _, _, _, residual = torch.ops.lmk.attention(q, k, v, None, None, bias, None, None, 0, True, 0.125, 0, False,
+                                                     True)
+    wide = torch.ops.lmk.attention(q.float(), k.float(), v.float(), None, None, bias, None, None, 0, True, 0.125, 0,
+                                   False)[0]
+    assert torch.equal(out, wide.to(dtype))
+    torch.testing.assert_close(residual.float(), wide - out.float(), rtol=2**-7, atol=1e-6)
+    assert residual.abs().max() > 0
+    # Only where a gradient will want it: not for a plain call, nor in float32, nor under no_grad.
+    assert torch.ops.lmk.attention(q, k, v, None, None, bias, None, None, 0, True, 0.125, 0, False)[4].numel() == 0
+    assert torch.ops.lmk.attention(*(t.float() for t in (q, k, v)), None, None, bias, None, None, 0, True, 0.125, 0,
+                                   False, True)[4].numel() == 0
+
+
 def test_results_do_not_depend_on_the_thread_count():
     q, k, v = (t.requires_grad_() for t in llama_like(length=300))
     bias = torch.randn(2, 300, requires_grad=True)
@@ -512,8 +569,9 @@ def test_one_entry_table_raises_before_the_backward(device):
     q, k, v = (torch.randn(10, heads, 16, device=device) for heads in (4, 2, 2))
     lse = torch.zeros(10, 4, device=device)
     with pytest.raises(ValueError, match="cu_seqlens: expected the last entry to be the number of rows of q \\(10\\)"):
-        torch.ops.lmk.attention_backward(torch.ones_like(q), q, k, v, None, None, None, None,
-                                         torch.tensor([0], device=device), 0, True, 0.25, 0, False, lse, None, None)
+        torch.ops.lmk.attention_backward(torch.ones_like(q), torch.zeros_like(q), q.new_empty(0), q, k, v, None, None,
+                                         None, None, torch.tensor([0], device=device), 0, True, 0.25, 0, False, lse,
+                                         None, None)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(),
@@ -527,8 +585,9 @@ def test_cuda_max_seqlen_below_the_longest_sequence_raises(max_seqlen):
     with pytest.raises(ValueError, match="max_seqlen"):
         varlen_attention(q, k, v, cu_seqlens, max_seqlen=max_seqlen)
     with pytest.raises(ValueError, match="max_seqlen"):
-        torch.ops.lmk.attention_backward(torch.ones_like(q), q, k, v, None, None, None, None, cu_seqlens, max_seqlen,
-                                         True, 0.25, 0, False, torch.zeros(10, 4, device="cuda"), None, None)
+        torch.ops.lmk.attention_backward(torch.ones_like(q), torch.zeros_like(q), q.new_empty(0), q, k, v, None, None,
+                                         None, None, cu_seqlens, max_seqlen, True, 0.25, 0, False,
+                                         torch.zeros(10, 4, device="cuda"), None, None)
 
 
 @pytest.mark.parametrize("cu_seqlens, error, message", [
@@ -564,12 +623,12 @@ def test_native_entry_checks_name_the_argument():
 def test_backward_rejects_a_row_minimum_key_out_of_range():
     q, k, v = llama_like(length=20, dim=16)
     factor = torch.rand(2, 20)
-    out, lse, row_min, row_argmin = torch.ops.lmk.attention(q, k, v, None, None, None, factor, None, 0, True, 0.25, 0,
-                                                            False)
+    out, lse, row_min, row_argmin, residual = torch.ops.lmk.attention(q, k, v, None, None, None, factor, None, 0,
+                                                                      True, 0.25, 0, False)
     row_argmin[1, 2, 3] = 20
     with pytest.raises(IndexError, match="row_argmin: expected keys in \\[0, 20\\)"):
-        torch.ops.lmk.attention_backward(torch.ones_like(out), q, k, v, None, None, None, factor, None, 0, True, 0.25,
-                                         0, False, lse, row_min, row_argmin)
+        torch.ops.lmk.attention_backward(torch.ones_like(out), out, residual, q, k, v, None, None, None, factor, None,
+                                         0, True, 0.25, 0, False, lse, row_min, row_argmin)
 
 
 @pytest.mark.parametrize("bad_key", [20, -1])
@@ -577,26 +636,27 @@ def test_backward_rejects_a_row_minimum_key_out_of_range_on_every_device(device,
     # CUDA reports it through the error flag (its own message), the CPU before any read.
     q, k, v = llama_like(length=20, dim=16, device=device)
     factor = torch.rand(2, 20, device=device)
-    out, lse, row_min, row_argmin = torch.ops.lmk.attention(q, k, v, None, None, None, factor, None, 0, True, 0.25, 0,
-                                                            False)
+    out, lse, row_min, row_argmin, residual = torch.ops.lmk.attention(q, k, v, None, None, None, factor, None, 0,
+                                                                      True, 0.25, 0, False)
     row_argmin[1, 2, 3] = bad_key
     with pytest.raises(IndexError, match="row_argmin: expected"):
-        torch.ops.lmk.attention_backward(torch.ones_like(out), q, k, v, None, None, None, factor, None, 0, True, 0.25,
-                                         0, False, lse, row_min, row_argmin)
+        torch.ops.lmk.attention_backward(torch.ones_like(out), out, residual, q, k, v, None, None, None, factor, None,
+                                         0, True, 0.25, 0, False, lse, row_min, row_argmin)
 
 
 def float32_gradients(grad_out, q, k, v, options, forward):
     """The native backward into float32 grad_q, grad_k and grad_v (prefix rows first)."""
     prefix_k, prefix_v, bias, factor, window = (options.get(name) for name in
                                                  ("prefix_k", "prefix_v", "key_bias", "key_factor", "window"))
-    lse, row_min, row_argmin = forward[1:]
+    out, lse, row_min, row_argmin, residual = forward
     keys = k.shape[2] + (0 if prefix_k is None else prefix_k.shape[2])
     grads = [torch.empty(q.shape, device=q.device)] + [torch.empty(*k.shape[:2], keys, k.shape[3], device=q.device)
                                                        for _ in range(2)]
     per_key = [torch.empty(*k.shape[:2], keys, device=q.device) if t is not None else None for t in (bias, factor)]
     with_factor = factor is not None
     lmkernels._C.attention_backward(
-        q, k, v, prefix_k, prefix_v, bias, factor, None, 0, True, 0.125, window or 0, False, grad_out, lse,
+        q, k, v, prefix_k, prefix_v, bias, factor, None, 0, True, 0.125, window or 0, False, grad_out, out,
+        residual if residual.numel() else None, lse,
         row_min if with_factor else None, row_argmin if with_factor else None, torch.empty_like(lse),
         torch.empty_like(lse) if with_factor else None, *grads, *per_key,
         torch.zeros(1, dtype=torch.int32, device=q.device) if q.is_cuda else None,
@@ -623,7 +683,7 @@ def test_gradients_in_the_input_dtype_are_the_float32_ones_rounded_once(device, 
             None, 0, True, 0.125, kwargs.get("window", 0), False)
     forward = torch.ops.lmk.attention(*args)
     grad_out = torch.randn(q.shape, generator=gen).to(device, dtype)
-    grads = torch.ops.lmk.attention_backward(grad_out, *args, *forward[1:])
+    grads = torch.ops.lmk.attention_backward(grad_out, forward[0], forward[4], *args, *forward[1:4])
     grad_q, grad_k, grad_v = float32_gradients(grad_out, q, k, v, kwargs, forward)
     prefix = 70 if options == "prefix" else 0
     expected = [grad_q, grad_k[:, :, prefix:], grad_v[:, :, prefix:]]
@@ -642,8 +702,8 @@ def test_backward_outputs_are_float32_or_the_dtype_of_q():
         grad_q = torch.empty(q.shape, dtype=grad_q_dtype)
         grad_k, grad_v = torch.empty_like(k), torch.empty(k.shape, dtype=grad_v_dtype)
         lmkernels._C.attention_backward(q, k, v, None, None, None, None, None, 0, True, 0.25, 0, False,
-                                        torch.ones_like(q), forward[1], None, None, torch.empty_like(forward[1]),
-                                        None, grad_q, grad_k, grad_v, None, None)
+                                        torch.ones_like(q), forward[0], None, forward[1], None, None,
+                                        torch.empty_like(forward[1]), None, grad_q, grad_k, grad_v, None, None)
 
     backward()
     backward(grad_q_dtype=torch.float32)
@@ -671,10 +731,10 @@ def test_the_op_itself_bounds_a_window_past_every_key(causal):
     grad = torch.randn_like(q)
     runs = []
     for window in (0, 2**63 - 1):  # 0: no window
-        out, lse, row_min, row_argmin = torch.ops.lmk.attention(q, k, v, None, None, None, None, None, 0, causal, 0.25,
-                                                                window, False)
-        runs.append(torch.ops.lmk.attention_backward(grad, q, k, v, None, None, None, None, None, 0, causal, 0.25,
-                                                     window, False, lse, row_min, row_argmin))
+        out, lse, row_min, row_argmin, residual = torch.ops.lmk.attention(q, k, v, None, None, None, None, None, 0,
+                                                                          causal, 0.25, window, False)
+        runs.append(torch.ops.lmk.attention_backward(grad, out, residual, q, k, v, None, None, None, None, None, 0,
+                                                     causal, 0.25, window, False, lse, row_min, row_argmin))
     for no_window, huge_window in zip(*runs):
         assert (no_window is None and huge_window is None) or torch.equal(no_window, huge_window)
 

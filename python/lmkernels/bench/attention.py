@@ -13,10 +13,14 @@ x 64, forward and forward+backward (upstream gradient of ones through ``out.sum(
 with the dense [S, S] boolean mask, and ``flex_attention`` with the same mask as a compiled block
 mask (CUDA, and CPU where this torch compiles it; its compilation is paid in the warmup).
 
+Training: plain causal attention of a batch of 4 sequences of 2048, 8 heads x 64, forward and
+forward+backward (upstream gradient of ones), against SDPA with ``is_causal=True`` (torch's flash
+kernels, the strongest peer without a mask); on the CPU in float32 and bfloat16.
+
 Case names read ``<what> S=<S> [w=<window>] [batch <B>] <H>x<D> <dtype> fwd|fwd+bwd``; CPU cases
-run in float32, CUDA ones in bfloat16. ``peak_memory_report()`` (``python -m lmkernels.bench.attention
---memory``) measures each side's peak memory on the CPU, where the harness has no allocator
-statistics, each in a fresh process.
+run in float32 (the training cases in bfloat16 as well), CUDA ones in bfloat16.
+``peak_memory_report()`` (``python -m lmkernels.bench.attention --memory``) measures each side's
+peak memory on the CPU, where the harness has no allocator statistics, each in a fresh process.
 """
 
 from __future__ import annotations
@@ -36,26 +40,30 @@ from lmkernels.ops import attention
 _HEADS, _DIM = 8, 64
 _SUPPRESSED = 10
 _ATMAN_BATCH = 4  # passes of the batched AtMan case
+_TRAINING_BATCH = 4
 
 
-def _sizes(quick: bool, tiny: bool) -> tuple[int, int, int]:
-    """(AtMan length, HAT length, HAT window)."""
+def _sizes(quick: bool, tiny: bool) -> tuple[int, int, int, int]:
+    """(AtMan length, HAT length, HAT window, training length)."""
     if tiny:
-        return 128, 256, 48
+        return 128, 256, 48, 128
     if quick:  # the dense peers' fwd+bwd grows as S^2: 2048 keeps the quick suite short
-        return 2048, 2048, 768
-    return 4096, 8192, 768
+        return 2048, 2048, 768, 1024
+    return 4096, 8192, 768, 2048
 
 
 def cases(quick: bool, device: str, tiny: bool = False) -> list[Case]:
     """The attention cases on ``device``: full sizes, ``quick`` (S = 2048) or ``tiny`` (smoke test)."""
-    atman_length, hat_length, window = _sizes(quick, tiny)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    atman_length, hat_length, window, training_length = _sizes(quick, tiny)
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
     result = [_atman_case(atman_length, dtype, device, batch) for batch in (1, _ATMAN_BATCH)]
     for backward in (False, True):
         result.append(_window_case(hat_length, window, dtype, device, backward, "sdpa"))
         if not tiny and _flex_runs(device, backward):
             result.append(_window_case(hat_length, window, dtype, device, backward, "flex"))
+    for training_dtype in (dtype,) if cuda else (torch.float32, torch.bfloat16):
+        result += [_causal_case(training_length, training_dtype, device, backward) for backward in (False, True)]
     return result
 
 
@@ -179,6 +187,32 @@ def _window_case(length: int, window: int, dtype: torch.dtype, device: str, back
                 peer="flex_attention (compiled block mask)" if peer_kind == "flex" else "SDPA + dense bool mask",
                 ours_fn=ours, peer_fn=peer, bytes_moved=None, device=device,
                 flops=(2 if not backward else 7) * 2 * _HEADS * _DIM * visible)
+
+
+def _causal_case(length: int, dtype: torch.dtype, device: str, backward: bool) -> Case:
+    @functools.cache
+    def inputs():
+        return _qkv(length, dtype, device, requires_grad=backward, batch=_TRAINING_BATCH)
+
+    def run(fn):
+        q, k, v = inputs()
+        if not backward:
+            with torch.no_grad():
+                return fn(q, k, v)
+        return torch.autograd.grad(fn(q, k, v).sum(), (q, k, v))
+
+    def ours():
+        return run(lambda q, k, v: attention(q, k, v))
+
+    def peer():
+        return run(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+    ours.inputs = peer.inputs = inputs
+    pass_name = "fwd+bwd" if backward else "fwd"
+    name = f"causal S={length} batch {_TRAINING_BATCH} {_HEADS}x{_DIM} {_dtype_name(dtype)} {pass_name}"
+    return Case(kernel="attention", case=name, peer="SDPA is_causal=True (flash)", ours_fn=ours, peer_fn=peer,
+                bytes_moved=None, device=device,
+                flops=_TRAINING_BATCH * (2 if not backward else 7) * 2 * _HEADS * _DIM * length * (length + 1) // 2)
 
 
 _MEASURE = """

@@ -28,7 +28,10 @@ Gradients flow to q, k, v, prefix_k, prefix_v, key_bias and key_factor; they are
 (each gradient element is written by one task, no atomics) and accumulated in fp32. The kernels
 write those of q, k and v in q's dtype, each element rounded once to nearest even (the keys of a
 batch-1 prefix serving several items stay fp32 until their gradients are summed), and those of
-key_bias and key_factor per key/value head in fp32, which the op sums over the heads.
+key_bias and key_factor per key/value head in fp32, which the op sums over the heads. On the CPU a
+bf16 or fp16 call whose gradient autograd will want also keeps, for the backward, out's rounding
+residual (fp32 output - out, in q's dtype: one more tensor the size of out), from which the backward
+finds delta = rowsum(grad_out * out) to about 16 bits.
 One limit of the saved log-sum-exp: in a row whose visible keys all carry a finite bias below about
 -1e6 (float32's lowest, say, as a padding mask), float32 cannot hold the log of the key count beside
 it, so that row's gradients are off (its output is right); mask with -inf, or a bias above -1e4,
@@ -98,8 +101,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: fl
         raise ValueError(f"q: expected at most as many queries as keys ({keys}), got {sq}")
     key_bias = _key_vector(key_bias, "key_bias", batch, keys, device)
     key_factor = _key_vector(key_factor, "key_factor", batch, keys, device)
+    keep_residual = _keeps_residual(q, k, v, key_bias, key_factor, prefix_k, prefix_v)
     out, *_ = call_op("attention", q, k, v, _unit_last(prefix_k), _unit_last(prefix_v), key_bias, key_factor,
-                                      None, 0, bool(causal), _scale(scale, dim), _window(window), factor_min == "all")
+                      None, 0, bool(causal), _scale(scale, dim), _window(window), factor_min == "all", keep_residual)
     return out
 
 
@@ -135,8 +139,15 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, sca
     if max_seqlen is None:  # a decreasing table is reported by the kernel, not here
         max_seqlen = max(0, int(cu_seqlens.diff().max().item())) if q.is_cuda and cu_seqlens.shape[0] > 1 else 0
     out, *_ = call_op("attention", q, k, v, None, None, None, None, cu_seqlens.contiguous(), int(max_seqlen),
-                                      True, _scale(scale, q.shape[-1]), _window(window), False)
+                      True, _scale(scale, q.shape[-1]), _window(window), False, _keeps_residual(q, k, v))
     return out
+
+
+def _keeps_residual(q: Tensor, *inputs: Tensor | None) -> bool:
+    """Whether the CPU forward keeps out's rounding residual for the backward's delta: bf16 and fp16
+    calls whose gradient autograd will want."""
+    return (torch.is_grad_enabled() and q.dtype is not torch.float32 and not q.is_cuda
+            and any(t is not None and t.requires_grad for t in (q, *inputs)))
 
 
 def _check_values(q: Tensor, k: Tensor, v: Tensor, ndim: int) -> None:
@@ -231,8 +242,8 @@ def _table_check(q: Tensor, cu_seqlens: Tensor | None, max_seqlen: int, factor: 
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None, prefix_v: Tensor | None,
                key_bias: Tensor | None, key_factor: Tensor | None, cu_seqlens: Tensor | None, max_seqlen: int,
-               causal: bool, scale: float, window: int,
-               factor_min_all: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+               causal: bool, scale: float, window: int, factor_min_all: bool,
+               keep_residual: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     # No detach() here or in the backward: autograd records nothing where the op's kernels run (under
     # no_grad or below the autograd key), and a DLPack capsule carries no autograd state.
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
@@ -244,32 +255,39 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None, prefix_
     else:
         row_min, row_argmin = torch.empty_like(lse), torch.empty_like(lse, dtype=torch.int64)
         factor_outputs = dl(row_min), dl(row_argmin)
+    keep_residual = keep_residual and not q.is_cuda and q.dtype is not torch.float32
+    residual = torch.empty_like(out) if keep_residual else lse.new_empty(0, dtype=q.dtype)
     check = _table_check(q, cu_seqlens, max_seqlen, factor=False)  # the forward checks only cu_seqlens
     _C.attention_forward(dl(q), dl(k), dl(v), dl(prefix_k), dl(prefix_v), dl(key_bias), dl(key_factor), dl(cu_seqlens),
                          max_seqlen, causal, scale, _bounded(window), factor_min_all, dl(out), dl(lse), *factor_outputs,
-                         dl(check.flag), stream_of(q))
+                         dl(residual) if keep_residual else None, dl(check.flag), stream_of(q))
     check.raise_on_flag(_FLAG_MESSAGES)
-    return out, lse, row_min, row_argmin
+    return out, lse, row_min, row_argmin, residual
 
 
 def _attention_fake(q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, max_seqlen, causal, scale, window,
-                    factor_min_all):
+                    factor_min_all, keep_residual=False):
     rows = q.shape[:-1]
     factor_rows = rows if key_factor is not None else (0,)
+    residual = q.shape if keep_residual and q.device.type != "cuda" and q.dtype != torch.float32 else (0,)
     return (q.new_empty(q.shape), q.new_empty(rows, dtype=torch.float32),
-            q.new_empty(factor_rows, dtype=torch.float32), q.new_empty(factor_rows, dtype=torch.int64))
+            q.new_empty(factor_rows, dtype=torch.float32), q.new_empty(factor_rows, dtype=torch.int64),
+            q.new_empty(residual))
 
 
 define_op("attention(Tensor q, Tensor k, Tensor v, Tensor? prefix_k, Tensor? prefix_v, Tensor? key_bias, "
           "Tensor? key_factor, Tensor? cu_seqlens, int max_seqlen, bool causal, float scale, int window, "
-          "bool factor_min_all) -> (Tensor, Tensor, Tensor, Tensor)", _attention, _attention_fake)
+          "bool factor_min_all, bool keep_residual=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", _attention,
+          _attention_fake)
 
 
-def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None,
-                        prefix_v: Tensor | None, key_bias: Tensor | None, key_factor: Tensor | None,
-                        cu_seqlens: Tensor | None, max_seqlen: int, causal: bool, scale: float, window: int,
-                        factor_min_all: bool, lse: Tensor, row_min: Tensor, row_argmin: Tensor) -> tuple[Tensor, ...]:
-    q, k, v, grad_out, lse = _unit_last(q), _unit_last(k), _unit_last(v), _unit_last(grad_out), lse.contiguous()
+def _attention_backward(grad_out: Tensor, out: Tensor, out_residual: Tensor, q: Tensor, k: Tensor, v: Tensor,
+                        prefix_k: Tensor | None, prefix_v: Tensor | None, key_bias: Tensor | None,
+                        key_factor: Tensor | None, cu_seqlens: Tensor | None, max_seqlen: int, causal: bool,
+                        scale: float, window: int, factor_min_all: bool, lse: Tensor, row_min: Tensor,
+                        row_argmin: Tensor) -> tuple[Tensor, ...]:
+    q, k, v, grad_out, out = _unit_last(q), _unit_last(k), _unit_last(v), _unit_last(grad_out), _unit_last(out)
+    out_residual, lse = _unit_last(out_residual), lse.contiguous()
     grad_q = torch.empty_like(q, memory_format=torch.contiguous_format)
     prefix = 0 if prefix_k is None else prefix_k.shape[2]
     if prefix:
@@ -283,7 +301,7 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefi
         keys_shape = k.shape
         grad_k = torch.empty_like(k, memory_format=torch.contiguous_format)
     grad_v = torch.empty_like(grad_k)
-    delta = torch.empty_like(lse)  # filled by the kernel, in fp32
+    delta = torch.empty_like(lse)  # rowsum(grad_out * out), filled by the kernels in fp32
     factor = key_factor is not None
     grad_bias = lse.new_empty(keys_shape[:3]) if key_bias is not None else None
     grad_factor = lse.new_empty(keys_shape[:3]) if factor else None
@@ -291,7 +309,8 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefi
     check = _table_check(q, cu_seqlens, max_seqlen, factor)
     _C.attention_backward(dl(q), dl(k), dl(v), dl(prefix_k), dl(prefix_v), dl(key_bias), dl(key_factor),
                           dl(cu_seqlens), max_seqlen, causal, scale, _bounded(window), factor_min_all, dl(grad_out),
-                          dl(lse), dl(row_min) if factor else None, dl(row_argmin) if factor else None, dl(delta),
+                          dl(out), dl(out_residual) if out_residual.numel() else None, dl(lse),
+                          dl(row_min) if factor else None, dl(row_argmin) if factor else None, dl(delta),
                           dl(grad_min), dl(grad_q), dl(grad_k), dl(grad_v), dl(grad_bias), dl(grad_factor),
                           dl(check.flag), stream_of(q))
     check.raise_on_flag(_FLAG_MESSAGES)
@@ -309,8 +328,8 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, prefi
             grad_factor.sum(1) if grad_factor is not None else no_key_vector)
 
 
-def _attention_backward_fake(grad_out, q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, max_seqlen,
-                             causal, scale, window, factor_min_all, lse, row_min, row_argmin):
+def _attention_backward_fake(grad_out, out, out_residual, q, k, v, prefix_k, prefix_v, key_bias, key_factor,
+                             cu_seqlens, max_seqlen, causal, scale, window, factor_min_all, lse, row_min, row_argmin):
     empty = q.new_empty((0,))
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             empty if prefix_k is None else prefix_k.new_empty(prefix_k.shape),
@@ -319,30 +338,32 @@ def _attention_backward_fake(grad_out, q, k, v, prefix_k, prefix_v, key_bias, ke
             q.new_empty(key_factor.shape if key_factor is not None else (0,), dtype=torch.float32))
 
 
-define_op("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? prefix_k, Tensor? prefix_v, "
-          "Tensor? key_bias, Tensor? key_factor, Tensor? cu_seqlens, int max_seqlen, bool causal, float scale, "
-          "int window, bool factor_min_all, Tensor lse, Tensor row_min, Tensor row_argmin) "
+define_op("attention_backward(Tensor grad_out, Tensor out, Tensor out_residual, Tensor q, Tensor k, Tensor v, "
+          "Tensor? prefix_k, Tensor? prefix_v, Tensor? key_bias, Tensor? key_factor, Tensor? cu_seqlens, "
+          "int max_seqlen, bool causal, float scale, int window, bool factor_min_all, Tensor lse, Tensor row_min, "
+          "Tensor row_argmin) "
           "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _attention_backward,
           _attention_backward_fake)
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.options = inputs[8:]  # max_seqlen, causal, scale, window, factor_min_all
-    ctx.save_for_backward(*inputs[:8], *output[1:])  # q, k, v, prefix_k, ..., cu_seqlens, lse, row_min, row_argmin
+    ctx.options = inputs[8:13]  # max_seqlen, causal, scale, window, factor_min_all
+    ctx.save_for_backward(*inputs[:8], *output)  # q, k, v, prefix_k, ..., cu_seqlens, out, lse, row_min, ...
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grad_out, _grad_lse, _grad_row_min, _grad_row_argmin):
+def _backward(ctx, grad_out, _grad_lse, _grad_row_min, _grad_row_argmin, _grad_residual):
     if grad_out is None:
-        return (None,) * 13
-    q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, lse, row_min, row_argmin = ctx.saved_tensors
-    grads = call_op("attention_backward", grad_out, q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens,
-                    *ctx.options, lse, row_min, row_argmin)
+        return (None,) * 14
+    q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlens, out, lse, row_min, row_argmin, residual = (
+        ctx.saved_tensors)
+    grads = call_op("attention_backward", grad_out, out, residual, q, k, v, prefix_k, prefix_v, key_bias, key_factor,
+                    cu_seqlens, *ctx.options, lse, row_min, row_argmin)
     grad_q, grad_k, grad_v, grad_prefix_k, grad_prefix_v, grad_bias, grad_factor = grads
     prefix = prefix_k is not None
     return (grad_q, grad_k, grad_v, grad_prefix_k if prefix else None, grad_prefix_v if prefix else None,
             grad_bias if key_bias is not None else None, grad_factor if key_factor is not None else None,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 define_autograd("attention", _backward, _setup_context)
