@@ -7,6 +7,7 @@ its unit-scaled residuals, is the oracle and only the innermost attention is the
 """
 
 import contextlib
+import importlib
 import math
 
 import pytest
@@ -66,8 +67,9 @@ def umup_model():
 
 @contextlib.contextmanager
 def dense_suppressed_sdpa(monkeypatch, factors: torch.Tensor, form: str):
-    """torch's SDPA replaced by a dense softmax with ``factors`` [S] on the keys (log-additive or multiplicative,
-    the minimum over the causally visible keys), as every attention layer of the model calls it."""
+    """torch's SDPA, and the plain causal ``lmkernels.ops.attention`` calls of ``lmkernels.nn``'s layers,
+    replaced by a dense softmax with ``factors`` [S] on the keys (log-additive or multiplicative, the
+    minimum over the causally visible keys), as every attention layer of the model calls one of them."""
 
     def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
         assert dropout_p == 0
@@ -84,8 +86,14 @@ def dense_suppressed_sdpa(monkeypatch, factors: torch.Tensor, form: str):
             scores = low + c * (scores - low)
         return torch.softmax(scores.masked_fill(~visible, -math.inf), -1) @ v
 
+    def plain_causal(q, k, v, *, causal):
+        assert causal
+        repeat = q.shape[1] // k.shape[1]
+        return sdpa(q, k.repeat_interleave(repeat, 1), v.repeat_interleave(repeat, 1))
+
     with monkeypatch.context() as patch:
         patch.setattr(F, "scaled_dot_product_attention", sdpa)
+        patch.setattr(importlib.import_module("lmkernels.nn.attention"), "attention", plain_causal)
         yield
 
 

@@ -12,10 +12,14 @@ def _model():
     return CausalLM(50, DecoderConfig(dim=32, num_layers=2, num_heads=4, num_kv_heads=2)).eval()
 
 
-def test_no_suppression_equals_the_sdpa_path():
+def test_no_suppression_is_the_default_path_and_close_to_sdpa():
+    # On the CPU plain causal attention runs through lmkernels.ops.attention too: the same bits. SDPA with
+    # the causal mask (what an explicit `allowed` takes) agrees to rounding.
     model = _model()
     tokens = torch.randint(50, (2, 9))
-    torch.testing.assert_close(model(tokens, suppression=KeySuppression()), model(tokens), atol=1e-5, rtol=1e-5)
+    assert torch.equal(model(tokens, suppression=KeySuppression()), model(tokens))
+    causal = torch.ones(2, 9, 9, dtype=torch.bool).tril()
+    torch.testing.assert_close(model(tokens, allowed=causal), model(tokens), atol=1e-5, rtol=1e-5)
 
 
 def test_knockout_bias_equals_a_boolean_mask():

@@ -11,8 +11,10 @@ still come from every position (a caller that needs only the final rows, such as
 
 ``suppression`` (a ``KeySuppression``: AtMan's per-key bias or factor) and ``prefix`` (a ``KVCache``
 of batch 1 holding keys/values shared by every batch item, which then computes only its own suffix
-positions) route the pass through ``lmkernels.ops.attention`` instead of SDPA; without them the
-module behaves as plain causal SDPA attention.
+positions) route the pass through ``lmkernels.ops.attention``. Without them, plain causal attention
+runs through it as well on the CPU (its forward and backward measured 1.2-1.5x torch's flash SDPA
+there, docs/benchmarks.md), and through SDPA with the causal mask elsewhere; ``allowed`` takes SDPA
+with that mask.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class SelfAttention(torch.nn.Module):
         if cache is not None:
             past = cache.seen(layer)
             k, v = cache.append(layer, k, v)
+        if allowed is None and not x.is_cuda:  # query i sits at position past + length - count + i, as there
+            out = attention(q, k, v, causal=True)
+            return self.o_proj(out.transpose(1, 2).reshape(batch, count, self.num_heads * self.head_dim))
         if self.num_kv_heads != self.num_heads:
             repeat = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
