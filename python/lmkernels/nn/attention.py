@@ -89,7 +89,7 @@ class SelfAttention(torch.nn.Module):
         if cache is not None:
             past = cache.seen(layer)
             k, v = cache.append(layer, k, v)
-        if allowed is None and not x.is_cuda:  # query i sits at position past + length - count + i, as there
+        if allowed is None and not x.is_cuda:  # the kernel puts query i at key past + length - count + i
             out = attention(q, k, v, causal=True)
             return self.o_proj(out.transpose(1, 2).reshape(batch, count, self.num_heads * self.head_dim))
         if self.num_kv_heads != self.num_heads:
