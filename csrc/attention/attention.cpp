@@ -4,8 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <utility>
-#include <vector>
 
 #include "common/dispatch.h"
 
@@ -39,6 +37,21 @@ void check_shape(const TensorView& t, const char* name, std::initializer_list<in
     for (int64_t size : expected) shape += (d++ ? ", " : "") + std::to_string(size);
     fail(ErrorKind::Value, name, ": expected shape ", shape, "], got ", shape_string(t));
   }
+}
+
+// out, its residual or grad_out: [B, Hq, Sq, D] (varlen [T, Hq, D]) of q's dtype and device; an output
+// contiguous and writable, an input with unit stride in D.
+void check_like_q(const TensorView& t, const char* name, const TensorView& q, const AttentionProblem& p, bool output) {
+  check_same_dtype(t, name, q, "q");
+  check_same_device(t, name, q, "q");
+  if (output) {
+    check_contiguous(t, name);
+    check_writable(t, name);
+  } else {
+    check_unit_last_stride(t, name);
+  }
+  if (p.cu_seqlens) check_shape(t, name, {p.total_rows, p.q_heads, p.dim});
+  else check_shape(t, name, {p.items, p.q_heads, p.queries, p.dim});
 }
 
 void check_argmin(const TensorView& t, const AttentionProblem& p, const TensorView& q) {
@@ -175,26 +188,14 @@ AttentionProblem check_attention(const AttentionInputs& in, const AttentionOptio
 void check_forward_outputs(const AttentionProblem& p, const AttentionInputs& in, const AttentionForwardOutputs& out) {
   const TensorView& q = in.q;
   const bool varlen = p.cu_seqlens != nullptr;
-  check_same_dtype(out.out, "out", q, "q");
-  check_same_device(out.out, "out", q, "q");
-  check_contiguous(out.out, "out");
-  check_writable(out.out, "out");
-  if (varlen) check_shape(out.out, "out", {p.total_rows, p.q_heads, p.dim});
-  else check_shape(out.out, "out", {p.items, p.q_heads, p.queries, p.dim});
+  check_like_q(out.out, "out", q, p, true);
   auto check_rows = [&](const TensorView& t, const char* name) {
     check_float_output(t, name, q);
     if (varlen) check_shape(t, name, {p.total_rows, p.q_heads});
     else check_shape(t, name, {p.items, p.q_heads, p.queries});
   };
   check_rows(out.lse, "lse");
-  if (out.out_residual) {
-    check_same_dtype(*out.out_residual, "out_residual", q, "q");
-    check_same_device(*out.out_residual, "out_residual", q, "q");
-    check_contiguous(*out.out_residual, "out_residual");
-    check_writable(*out.out_residual, "out_residual");
-    if (varlen) check_shape(*out.out_residual, "out_residual", {p.total_rows, p.q_heads, p.dim});
-    else check_shape(*out.out_residual, "out_residual", {p.items, p.q_heads, p.queries, p.dim});
-  }
+  if (out.out_residual) check_like_q(*out.out_residual, "out_residual", q, p, true);
   if (out.row_min.has_value() != in.key_factor.has_value() || out.row_argmin.has_value() != in.key_factor.has_value())
     fail(ErrorKind::Value, "row_min: expected row_min and row_argmin exactly when key_factor is given");
   if (out.row_min) {
@@ -207,15 +208,9 @@ void check_forward_outputs(const AttentionProblem& p, const AttentionInputs& in,
 void check_gradients(const AttentionProblem& p, const AttentionInputs& in, const AttentionGradients& g) {
   const TensorView& q = in.q;
   const bool varlen = p.cu_seqlens != nullptr;
-  std::vector<std::pair<const TensorView*, const char*>> like_q = {{&g.grad_out, "grad_out"}, {&g.out, "out"}};
-  if (g.out_residual) like_q.emplace_back(&*g.out_residual, "out_residual");
-  for (auto [t, name] : like_q) {
-    check_same_dtype(*t, name, q, "q");
-    check_same_device(*t, name, q, "q");
-    check_unit_last_stride(*t, name);
-    if (varlen) check_shape(*t, name, {p.total_rows, p.q_heads, p.dim});
-    else check_shape(*t, name, {p.items, p.q_heads, p.queries, p.dim});
-  }
+  check_like_q(g.grad_out, "grad_out", q, p, false);
+  check_like_q(g.out, "out", q, p, false);
+  if (g.out_residual) check_like_q(*g.out_residual, "out_residual", q, p, false);
   const int64_t keys = p.prefix + p.keys;
   if (varlen) {
     for (auto [t, name] : {std::pair{&g.lse, "lse"}, {&g.delta, "delta"}}) {

@@ -144,10 +144,15 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, *, sca
 
 
 def _keeps_residual(q: Tensor, *inputs: Tensor | None) -> bool:
-    """Whether the CPU forward keeps out's rounding residual for the backward's delta: bf16 and fp16
-    calls whose gradient autograd will want."""
-    return (torch.is_grad_enabled() and q.dtype is not torch.float32 and not q.is_cuda
-            and any(t is not None and t.requires_grad for t in (q, *inputs)))
+    """Whether the forward should keep out's rounding residual for the backward's delta: calls whose
+    gradient autograd will want (the op keeps one only where it applies, see ``_has_residual``)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, *inputs))
+
+
+def _has_residual(q: Tensor, keep_residual: bool) -> bool:
+    """Whether the op writes the residual: asked for, on the CPU (CUDA's backward finds delta itself),
+    for bf16 and fp16 (a float32 out is its own fp32 value)."""
+    return keep_residual and not q.is_cuda and q.dtype != torch.float32
 
 
 def _check_values(q: Tensor, k: Tensor, v: Tensor, ndim: int) -> None:
@@ -255,7 +260,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor | None, prefix_
     else:
         row_min, row_argmin = torch.empty_like(lse), torch.empty_like(lse, dtype=torch.int64)
         factor_outputs = dl(row_min), dl(row_argmin)
-    keep_residual = keep_residual and not q.is_cuda and q.dtype is not torch.float32
+    keep_residual = _has_residual(q, keep_residual)
     residual = torch.empty_like(out) if keep_residual else lse.new_empty(0, dtype=q.dtype)
     check = _table_check(q, cu_seqlens, max_seqlen, factor=False)  # the forward checks only cu_seqlens
     _C.attention_forward(dl(q), dl(k), dl(v), dl(prefix_k), dl(prefix_v), dl(key_bias), dl(key_factor), dl(cu_seqlens),
@@ -269,7 +274,7 @@ def _attention_fake(q, k, v, prefix_k, prefix_v, key_bias, key_factor, cu_seqlen
                     factor_min_all, keep_residual=False):
     rows = q.shape[:-1]
     factor_rows = rows if key_factor is not None else (0,)
-    residual = q.shape if keep_residual and q.device.type != "cuda" and q.dtype != torch.float32 else (0,)
+    residual = q.shape if _has_residual(q, keep_residual) else (0,)
     return (q.new_empty(q.shape), q.new_empty(rows, dtype=torch.float32),
             q.new_empty(factor_rows, dtype=torch.float32), q.new_empty(factor_rows, dtype=torch.int64),
             q.new_empty(residual))
